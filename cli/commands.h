@@ -1,0 +1,18 @@
+// Subcommands of the `oxtrain` program. Each registers its flags on a CLI11 subcommand and
+// returns the function that runs it (after parsing). Errors are thrown as oxtrain::Error.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace oxtrain::cli {
+
+struct Subcommand {
+  CLI::App* app;            // parsed() tells whether the user chose it
+  std::function<int()> run;
+};
+
+Subcommand add_graph_command(CLI::App& app);
+Subcommand add_zoo_command(CLI::App& app);
+
+}  // namespace oxtrain::cli

@@ -1,0 +1,197 @@
+// oxtrain graph IR: values, nodes, graphs and host tensors.
+//
+// A Graph owns its Values and Nodes. Nodes are kept in topological order; every Value has at
+// most one producer and any number of consumers. Import keeps ONNX names so that errors and
+// dumps speak the user's names. The IR knows nothing about devices or training: autodiff
+// builds a bigger Graph, the runtime executes one.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace oxtrain {
+
+// Every user-facing failure (bad file, unsupported op, shapes that disagree) is an Error whose
+// message is one line that names the op, node, file or shapes involved. The CLI prints it and
+// exits with status 2.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& message) : std::runtime_error(message) {}
+};
+
+}  // namespace oxtrain
+
+namespace oxtrain::graph {
+
+enum class DType : uint8_t { undefined, f32, f64, f16, bf16, i64, i32, i8, u8, boolean };
+
+size_t dtype_size(DType dtype);
+const char* dtype_name(DType dtype);
+bool is_float(DType dtype);
+// ONNX's TensorProto.DataType numbering (FLOAT = 1, INT64 = 7, ...); DType::undefined for the
+// types oxtrain does not handle (strings, complex, unsigned wider than 8 bits).
+DType dtype_from_onnx(int onnx_type);
+int dtype_to_onnx(DType dtype);
+
+// A dimension is either known (>= 0) or unknown (kUnknownDim); a Value may carry a symbolic
+// name for each unknown dimension (ONNX's dim_param, e.g. "N" or "batch_size").
+constexpr int64_t kUnknownDim = -1;
+using Shape = std::vector<int64_t>;
+
+int64_t shape_numel(const Shape& shape);  // -1 if any dimension is unknown
+bool shape_known(const Shape& shape);
+std::string shape_str(const Shape& shape, const std::vector<std::string>& dim_names = {});
+
+// A host tensor: dtype, shape and little-endian bytes.
+struct Tensor {
+  DType dtype = DType::undefined;
+  Shape shape;
+  std::vector<uint8_t> bytes;
+
+  Tensor() = default;
+  Tensor(DType dtype_, Shape shape_);  // zero-filled
+
+  int64_t numel() const { return shape_numel(shape); }
+  template <typename T>
+  T* data() {
+    return reinterpret_cast<T*>(bytes.data());
+  }
+  template <typename T>
+  const T* data() const {
+    return reinterpret_cast<const T*>(bytes.data());
+  }
+  // Values as int64 (for i64/i32/i8/u8/bool tensors): shape arguments, axes, indices.
+  std::vector<int64_t> to_int64() const;
+  static Tensor from_int64(const std::vector<int64_t>& values, Shape shape);
+  static Tensor from_float(const std::vector<float>& values, Shape shape);
+};
+
+enum class AttrType { f, i, s, t, floats, ints, strings };
+
+struct Attribute {
+  std::variant<float, int64_t, std::string, Tensor, std::vector<float>, std::vector<int64_t>,
+               std::vector<std::string>>
+      value;
+  AttrType type() const { return static_cast<AttrType>(value.index()); }
+};
+
+enum class Role {
+  Input,       // fed each step (images, labels, learning rate)
+  Parameter,   // trained
+  State,       // persistent, not trained: BN running statistics, momentum, step count
+  Activation,  // produced by a node, lives only inside a step
+  Constant,    // fixed data: shapes, axes, folded constants
+};
+const char* role_name(Role role);
+
+struct Node;
+
+struct Value {
+  std::string name;
+  DType dtype = DType::undefined;
+  Shape shape;                         // empty with rank_known=false means unknown rank
+  bool rank_known = false;
+  std::vector<std::string> dim_names;  // symbolic names per dim ("" where none); may be empty
+  Role role = Role::Activation;
+  Node* producer = nullptr;
+  std::vector<Node*> consumers;
+  std::shared_ptr<Tensor> data;  // initializer or folded constant
+
+  bool has_data() const { return data != nullptr; }
+  int64_t numel() const { return rank_known ? shape_numel(shape) : -1; }
+  int64_t bytes() const;  // -1 when the shape is not fully known
+  std::string shape_string() const;
+};
+
+struct Node {
+  std::string name;  // ONNX node name; import invents "<op>_<index>" where the file has none
+  std::string op_type;
+  std::string domain;  // "" is ai.onnx
+  std::vector<Value*> inputs;   // nullptr for an omitted optional input
+  std::vector<Value*> outputs;  // nullptr for an omitted optional output
+  std::map<std::string, Attribute> attrs;
+
+  Value* input(size_t i) const { return i < inputs.size() ? inputs[i] : nullptr; }
+  Value* output(size_t i) const { return i < outputs.size() ? outputs[i] : nullptr; }
+
+  bool has_attr(const std::string& key) const { return attrs.count(key) != 0; }
+  int64_t attr_int(const std::string& key, int64_t fallback) const;
+  float attr_float(const std::string& key, float fallback) const;
+  std::string attr_string(const std::string& key, const std::string& fallback) const;
+  std::vector<int64_t> attr_ints(const std::string& key,
+                                 const std::vector<int64_t>& fallback = {}) const;
+  const Tensor* attr_tensor(const std::string& key) const;
+  // "Conv 'layer1.0.conv1'", the prefix of every error about this node.
+  std::string describe() const;
+};
+
+struct OpsetImport {
+  std::string domain;
+  int64_t version = 0;
+};
+
+class Graph {
+ public:
+  Graph() = default;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  Graph(Graph&&) = default;
+  Graph& operator=(Graph&&) = default;
+
+  // Model-level metadata, kept so export writes what import read.
+  std::string name;
+  int64_t ir_version = 8;
+  std::vector<OpsetImport> opsets;  // default domain first when present
+  std::string producer_name;
+  std::string producer_version;
+  std::string doc_string;
+
+  std::vector<Value*> inputs;   // graph inputs without data (role Input)
+  std::vector<Value*> outputs;
+
+  // The opset version of `domain` ("" = ai.onnx), or 0 if not imported.
+  int64_t opset(const std::string& domain = "") const;
+
+  Value* find_value(const std::string& value_name) const;
+  Value* value(const std::string& value_name) const;  // throws if missing
+  // Creates a value; the name must be new (use unique_name() to make one).
+  Value* add_value(const std::string& value_name, DType dtype = DType::undefined,
+                   Shape shape = {}, Role role = Role::Activation);
+  Value* add_initializer(const std::string& value_name, Tensor tensor, Role role);
+  std::string unique_name(const std::string& base) const;
+
+  // Appends a node after all others; producer/consumer links are set.
+  Node* add_node(const std::string& op_type, std::vector<Value*> inputs,
+                 std::vector<Value*> outputs, std::string node_name = "",
+                 std::string domain = "");
+  // Removes nodes for which `dead` is true (their links too). Values they produced stay.
+  void remove_nodes_if(const std::function<bool(const Node&)>& dead);
+  // Replaces every use of `from` (node inputs and graph outputs) by `to`.
+  void replace_uses(Value* from, Value* to);
+  // Drops values that are neither produced, consumed, graph inputs/outputs nor initializers.
+  void prune_values();
+  // Removes nodes whose outputs reach no graph output (dead code).
+  void remove_dead_nodes();
+
+  const std::vector<std::unique_ptr<Node>>& nodes() const { return nodes_; }
+  std::vector<Value*> values_in_order() const;  // inputs, initializers, then node outputs
+  std::vector<Value*> initializers() const;     // values with data, in insertion order
+
+  // Re-sorts nodes topologically (stable); throws on a cycle.
+  void topological_sort();
+
+ private:
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::vector<std::unique_ptr<Value>> value_storage_;
+  std::map<std::string, Value*> values_;
+};
+
+}  // namespace oxtrain::graph

@@ -1,0 +1,53 @@
+// ONNX import and export through Debian's libonnx protobuf classes.
+//
+// import_onnx reads a model file (with external data), checks that every op is supported
+// (listing all unsupported ones at once), resolves the symbolic batch dimension, folds
+// shape-computing subgraphs into constants, infers every shape and assigns roles.
+// export_onnx writes any IR graph back as a valid ONNX model.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "graph/ir.h"
+
+namespace onnx {
+class ModelProto;
+}
+
+namespace oxtrain::graph {
+
+struct ImportOptions {
+  // Size of the batch dimension (axis 0 of each graph input) when the file leaves it
+  // symbolic; also replaces a fixed batch size. Without it a symbolic batch becomes 1.
+  std::optional<int64_t> batch_size;
+  // Fold constants and infer shapes (prepare()); off only for tests of the raw reader.
+  bool prepare = true;
+};
+
+Graph import_onnx(const std::string& path, const ImportOptions& options = {});
+// `base_dir` resolves external data locations.
+Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_dir,
+                        const ImportOptions& options = {});
+
+// Checks ops, resolves the batch, folds constants, infers shapes and assigns roles.
+void prepare(Graph& graph, const ImportOptions& options = {});
+
+// The batch dimension the graph was prepared with (axis 0 of the first input), or 1.
+int64_t batch_size_of(const Graph& graph);
+
+struct ExportOptions {
+  // Write tensors at least this big to `<file>.data` beside the model (0: all inline).
+  // Models over 2 GiB need it: protobuf cannot hold more in one message.
+  int64_t external_data_threshold = 0;
+};
+
+onnx::ModelProto to_onnx(const Graph& graph);
+void export_onnx(const Graph& graph, const std::string& path, const ExportOptions& options = {});
+
+// Runs libonnx's checker on the exported form of `graph` (standard domains only); throws Error
+// with the checker's message.
+void check_with_onnx(const Graph& graph);
+
+}  // namespace oxtrain::graph

@@ -1,0 +1,828 @@
+#include "graph/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <sstream>
+
+namespace oxtrain::graph {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Small helpers shared by the rules below.
+
+const Value& in(const Node& n, size_t i) {
+  const Value* v = n.input(i);
+  if (!v) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");
+  return *v;
+}
+
+const Shape& in_shape(const Node& n, size_t i) {
+  const Value& v = in(n, i);
+  if (!v.rank_known || !shape_known(v.shape))
+    throw Error(n.describe() + ": shape of input '" + v.name + "' is unknown " +
+                v.shape_string() + "; give --batch-size for a symbolic batch dimension");
+  return v.shape;
+}
+
+void set_out(Node& n, size_t i, DType dtype, Shape shape) {
+  Value* v = n.output(i);
+  if (!v) return;
+  v->dtype = dtype;
+  v->shape = std::move(shape);
+  v->rank_known = true;
+}
+
+int64_t norm_axis(const Node& n, int64_t axis, int64_t rank, bool allow_end = false) {
+  int64_t limit = allow_end ? rank + 1 : rank;
+  if (axis < -limit || axis >= limit)
+    throw Error(n.describe() + ": axis " + std::to_string(axis) + " is out of range for rank " +
+                std::to_string(rank));
+  return axis < 0 ? axis + limit : axis;
+}
+
+std::string join(const std::vector<int64_t>& v) { return shape_str(v); }
+
+void require_rank(const Node& n, size_t i, size_t min_rank, const char* what) {
+  const Shape& s = in_shape(n, i);
+  if (s.size() < min_rank)
+    throw Error(n.describe() + ": " + what + " '" + in(n, i).name + "' has shape " + join(s) +
+                ", expected at least " + std::to_string(min_rank) + " dimensions");
+}
+
+void same_as_input(Node& n, const InferContext&) {
+  const Value& x = in(n, 0);
+  set_out(n, 0, x.dtype, in_shape(n, 0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Constant folding helpers: byte-level data movement, so folding works for any dtype.
+
+Tensor& out_data(Node& n, size_t i, DType dtype, Shape shape) {
+  Value* v = n.output(i);
+  v->data = std::make_shared<Tensor>(dtype, shape);
+  v->dtype = dtype;
+  v->shape = std::move(shape);
+  v->rank_known = true;
+  v->role = Role::Constant;
+  return *v->data;
+}
+
+const Tensor& in_data(const Node& n, size_t i) {
+  const Value& v = in(n, i);
+  if (!v.data) throw Error(n.describe() + ": input '" + v.name + "' is not a constant");
+  return *v.data;
+}
+
+std::vector<int64_t> strides_of(const Shape& s) {
+  std::vector<int64_t> st(s.size(), 1);
+  for (int64_t i = static_cast<int64_t>(s.size()) - 2; i >= 0; --i) st[i] = st[i + 1] * s[i + 1];
+  return st;
+}
+
+template <typename F>
+void elementwise_fold(Node& n, F op) {
+  const Tensor& a = in_data(n, 0);
+  const Tensor& b = in_data(n, 1);
+  Shape out_shape = broadcast_shapes(n, a.shape, b.shape);
+  auto index_of = [&](const Tensor& t, int64_t flat) {
+    // Maps an output flat index to the (broadcast) input's flat index.
+    auto ost = strides_of(out_shape);
+    auto ist = strides_of(t.shape);
+    int64_t offset = static_cast<int64_t>(out_shape.size() - t.shape.size());
+    int64_t idx = 0;
+    for (size_t d = 0; d < out_shape.size(); ++d) {
+      int64_t coord = (flat / ost[d]) % out_shape[d];
+      int64_t td = static_cast<int64_t>(d) - offset;
+      if (td >= 0 && t.shape[td] != 1) idx += coord * ist[td];
+    }
+    return idx;
+  };
+  int64_t count = shape_numel(out_shape);
+  if (is_float(a.dtype)) {
+    if (a.dtype != DType::f32 && a.dtype != DType::f64)
+      throw Error(n.describe() + ": cannot fold " + dtype_name(a.dtype) + " arithmetic");
+    Tensor& o = out_data(n, 0, a.dtype, out_shape);
+    for (int64_t i = 0; i < count; ++i) {
+      double x = a.dtype == DType::f32 ? a.data<float>()[index_of(a, i)]
+                                       : a.data<double>()[index_of(a, i)];
+      double y = b.dtype == DType::f32 ? b.data<float>()[index_of(b, i)]
+                                       : b.data<double>()[index_of(b, i)];
+      double r = op(x, y);
+      if (a.dtype == DType::f32)
+        o.data<float>()[i] = static_cast<float>(r);
+      else
+        o.data<double>()[i] = r;
+    }
+  } else {
+    auto av = a.to_int64();
+    auto bv = b.to_int64();
+    std::vector<int64_t> r(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i)
+      r[i] = static_cast<int64_t>(op(static_cast<double>(av[index_of(a, i)]),
+                                     static_cast<double>(bv[index_of(b, i)])));
+    Tensor& o = out_data(n, 0, DType::i64, out_shape);
+    std::memcpy(o.bytes.data(), r.data(), o.bytes.size());
+    if (a.dtype != DType::i64) {
+      // Keep the input's integer type.
+      Tensor cast(a.dtype, out_shape);
+      for (int64_t i = 0; i < count; ++i) {
+        if (a.dtype == DType::i32) cast.data<int32_t>()[i] = static_cast<int32_t>(r[i]);
+        else cast.bytes[i] = static_cast<uint8_t>(r[i]);
+      }
+      o = std::move(cast);
+      n.output(0)->dtype = a.dtype;
+    }
+  }
+}
+
+// Gathers bytes of `src` (shape `s`) into a new tensor of `out_shape`, where `src_index` maps
+// each output multi-index to a source flat index.
+template <typename IndexFn>
+void remap_fold(Node& n, const Tensor& src, const Shape& out_shape, IndexFn src_index) {
+  Tensor& o = out_data(n, 0, src.dtype, out_shape);
+  size_t es = dtype_size(src.dtype);
+  int64_t count = shape_numel(out_shape);
+  auto ost = strides_of(out_shape);
+  std::vector<int64_t> coord(out_shape.size());
+  for (int64_t i = 0; i < count; ++i) {
+    for (size_t d = 0; d < out_shape.size(); ++d) coord[d] = (i / ost[d]) % out_shape[d];
+    std::memcpy(o.bytes.data() + i * es, src.bytes.data() + src_index(coord) * es, es);
+  }
+}
+
+void reshape_fold(Node& n) {
+  const Tensor& src = in_data(n, 0);
+  Tensor& o = out_data(n, 0, src.dtype, n.output(0)->shape);
+  o.bytes = src.bytes;
+}
+
+// ---------------------------------------------------------------------------------------
+// The rules.
+
+void infer_conv(Node& n, const InferContext&) {
+  require_rank(n, 0, 3, "input");
+  const Shape& x = in_shape(n, 0);
+  const Shape& w = in_shape(n, 1);
+  if (w.size() != x.size())
+    throw Error(n.describe() + ": input '" + in(n, 0).name + "' has shape " + join(x) +
+                " but weight '" + in(n, 1).name + "' has shape " + join(w) +
+                " (ranks must match)");
+  int64_t group = n.attr_int("group", 1);
+  if (group < 1 || x[1] != w[1] * group)
+    throw Error(n.describe() + ": input has " + std::to_string(x[1]) +
+                " channels but weight expects " + std::to_string(w[1] * group) +
+                " (group=" + std::to_string(group) + "); input " + join(x) + ", weight " +
+                join(w));
+  if (w[0] % group != 0)
+    throw Error(n.describe() + ": " + std::to_string(w[0]) +
+                " output channels are not divisible by group=" + std::to_string(group));
+  if (const Value* b = n.input(2)) {
+    const Shape& bs = in_shape(n, 2);
+    if (bs != Shape{w[0]})
+      throw Error(n.describe() + ": bias '" + b->name + "' has shape " + join(bs) +
+                  ", expected [" + std::to_string(w[0]) + "]");
+  }
+  std::vector<int64_t> kernel(w.begin() + 2, w.end());
+  if (n.has_attr("kernel_shape") && n.attr_ints("kernel_shape") != kernel)
+    throw Error(n.describe() + ": kernel_shape " + join(n.attr_ints("kernel_shape")) +
+                " disagrees with weight shape " + join(w));
+  WindowGeometry g = window_geometry(n, x, kernel, false);
+  Shape out{x[0], w[0]};
+  out.insert(out.end(), g.output.begin(), g.output.end());
+  set_out(n, 0, in(n, 0).dtype, out);
+}
+
+void infer_pool(Node& n, const InferContext& ctx) {
+  require_rank(n, 0, 3, "input");
+  const Shape& x = in_shape(n, 0);
+  if (!n.has_attr("kernel_shape"))
+    throw Error(n.describe() + ": attribute kernel_shape is required");
+  auto kernel = n.attr_ints("kernel_shape");
+  if (kernel.size() + 2 != x.size())
+    throw Error(n.describe() + ": kernel_shape " + join(kernel) + " does not fit input " +
+                join(x));
+  bool ceil_mode = ctx.opset >= 10 && n.attr_int("ceil_mode", 0) != 0;
+  WindowGeometry g = window_geometry(n, x, kernel, ceil_mode);
+  Shape out{x[0], x[1]};
+  out.insert(out.end(), g.output.begin(), g.output.end());
+  set_out(n, 0, in(n, 0).dtype, out);
+  set_out(n, 1, DType::i64, out);  // MaxPool's optional Indices
+}
+
+void infer_global_pool(Node& n, const InferContext&) {
+  require_rank(n, 0, 3, "input");
+  Shape out = in_shape(n, 0);
+  std::fill(out.begin() + 2, out.end(), 1);
+  set_out(n, 0, in(n, 0).dtype, out);
+}
+
+void infer_batchnorm(Node& n, const InferContext& ctx) {
+  require_rank(n, 0, 2, "input");
+  const Shape& x = in_shape(n, 0);
+  if (ctx.opset <= 8 && n.attr_int("spatial", 1) == 0)
+    throw Error(n.describe() + ": spatial=0 (per-activation statistics) is not supported");
+  const char* names[] = {"", "scale", "bias", "mean", "var"};
+  for (size_t i = 1; i < 5; ++i) {
+    const Shape& s = in_shape(n, i);
+    if (s != Shape{x[1]})
+      throw Error(n.describe() + ": " + names[i] + " '" + in(n, i).name + "' has shape " +
+                  join(s) + " but the input " + join(x) + " has " + std::to_string(x[1]) +
+                  " channels");
+  }
+  DType dt = in(n, 0).dtype;
+  set_out(n, 0, dt, x);
+  // Training mode: running mean/var (and, before opset 14, saved mean/var) per channel.
+  for (size_t i = 1; i < n.outputs.size(); ++i) set_out(n, i, in(n, 1).dtype, Shape{x[1]});
+}
+
+void infer_dropout(Node& n, const InferContext& ctx) {
+  same_as_input(n, ctx);
+  set_out(n, 1, DType::boolean, in_shape(n, 0));
+}
+
+void infer_broadcast(Node& n, const InferContext&) {
+  if (n.inputs.empty()) throw Error(n.describe() + ": needs at least one input");
+  Shape s = in_shape(n, 0);
+  DType dt = in(n, 0).dtype;
+  for (size_t i = 1; i < n.inputs.size(); ++i) {
+    if (in(n, i).dtype != dt)
+      throw Error(n.describe() + ": inputs have different types (" + dtype_name(dt) + " and " +
+                  dtype_name(in(n, i).dtype) + ")");
+    s = broadcast_shapes(n, s, in_shape(n, i));
+  }
+  set_out(n, 0, dt, s);
+}
+
+void infer_flatten(Node& n, const InferContext&) {
+  const Shape& x = in_shape(n, 0);
+  int64_t axis = norm_axis(n, n.attr_int("axis", 1), static_cast<int64_t>(x.size()), true);
+  int64_t a = 1, b = 1;
+  for (int64_t i = 0; i < static_cast<int64_t>(x.size()); ++i) (i < axis ? a : b) *= x[i];
+  set_out(n, 0, in(n, 0).dtype, Shape{a, b});
+}
+
+void infer_reshape(Node& n, const InferContext&) {
+  const Shape& x = in_shape(n, 0);
+  std::vector<int64_t> target = constant_ints(n, 1);
+  bool allow_zero = n.attr_int("allowzero", 0) != 0;
+  Shape out(target.size());
+  int64_t infer_at = -1, known = 1;
+  for (size_t i = 0; i < target.size(); ++i) {
+    int64_t d = target[i];
+    if (d == 0 && !allow_zero) {
+      if (i >= x.size())
+        throw Error(n.describe() + ": shape " + join(target) + " copies dimension " +
+                    std::to_string(i) + " of an input of shape " + join(x));
+      d = x[i];
+    }
+    if (d == -1) {
+      if (infer_at >= 0) throw Error(n.describe() + ": shape " + join(target) + " has two -1");
+      infer_at = static_cast<int64_t>(i);
+      continue;
+    }
+    if (d < 0) throw Error(n.describe() + ": invalid shape " + join(target));
+    out[i] = d;
+    known *= d;
+  }
+  int64_t total = shape_numel(x);
+  if (infer_at >= 0) {
+    if (known == 0 || total % known != 0)
+      throw Error(n.describe() + ": cannot reshape " + join(x) + " to " + join(target));
+    out[infer_at] = total / known;
+  } else if (known != total) {
+    throw Error(n.describe() + ": cannot reshape " + join(x) + " (" + std::to_string(total) +
+                " elements) to " + join(target) + " (" + std::to_string(known) + ")");
+  }
+  set_out(n, 0, in(n, 0).dtype, out);
+}
+
+void infer_gemm(Node& n, const InferContext&) {
+  const Shape& a = in_shape(n, 0);
+  const Shape& b = in_shape(n, 1);
+  if (a.size() != 2 || b.size() != 2)
+    throw Error(n.describe() + ": A " + join(a) + " and B " + join(b) + " must be matrices");
+  bool ta = n.attr_int("transA", 0) != 0, tb = n.attr_int("transB", 0) != 0;
+  int64_t m = ta ? a[1] : a[0], k = ta ? a[0] : a[1];
+  int64_t kb = tb ? b[1] : b[0], nn = tb ? b[0] : b[1];
+  if (k != kb)
+    throw Error(n.describe() + ": A " + join(a) + (ta ? " (transposed)" : "") + " and B " +
+                join(b) + (tb ? " (transposed)" : "") + " disagree on the inner dimension (" +
+                std::to_string(k) + " vs " + std::to_string(kb) + ")");
+  if (n.input(2)) {
+    const Shape& c = in_shape(n, 2);
+    Shape mn{m, nn};
+    // C broadcasts unidirectionally to (M, N).
+    bool ok = c.size() <= 2;
+    for (size_t i = 0; ok && i < c.size(); ++i) {
+      int64_t target = mn[2 - c.size() + i];
+      ok = c[i] == 1 || c[i] == target;
+    }
+    if (!ok)
+      throw Error(n.describe() + ": C " + join(c) + " does not broadcast to " + join(mn));
+  }
+  set_out(n, 0, in(n, 0).dtype, Shape{m, nn});
+}
+
+void infer_matmul(Node& n, const InferContext&) {
+  Shape a = in_shape(n, 0), b = in_shape(n, 1);
+  if (a.empty() || b.empty()) throw Error(n.describe() + ": inputs must not be scalars");
+  bool a1 = a.size() == 1, b1 = b.size() == 1;
+  if (a1) a.insert(a.begin(), 1);
+  if (b1) b.push_back(1);
+  if (a.back() != b[b.size() - 2])
+    throw Error(n.describe() + ": shapes " + join(in_shape(n, 0)) + " and " +
+                join(in_shape(n, 1)) + " disagree on the inner dimension");
+  Shape batch = broadcast_shapes(n, Shape(a.begin(), a.end() - 2), Shape(b.begin(), b.end() - 2));
+  Shape out = batch;
+  if (!a1) out.push_back(a[a.size() - 2]);
+  if (!b1) out.push_back(b.back());
+  set_out(n, 0, in(n, 0).dtype, out);
+}
+
+void infer_reduce_mean(Node& n, const InferContext& ctx) {
+  const Shape& x = in_shape(n, 0);
+  auto axes = axes_of(n, ctx, 18);
+  bool keep = n.attr_int("keepdims", 1) != 0;
+  int64_t rank = static_cast<int64_t>(x.size());
+  std::vector<bool> reduce(x.size(), false);
+  if (axes.empty()) {
+    if (n.attr_int("noop_with_empty_axes", 0) == 0) std::fill(reduce.begin(), reduce.end(), true);
+  } else {
+    for (int64_t a : axes) reduce[norm_axis(n, a, rank)] = true;
+  }
+  Shape out;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!reduce[i]) out.push_back(x[i]);
+    else if (keep) out.push_back(1);
+  }
+  set_out(n, 0, in(n, 0).dtype, out);
+}
+
+void infer_softmax(Node& n, const InferContext& ctx) {
+  const Shape& x = in_shape(n, 0);
+  norm_axis(n, n.attr_int("axis", ctx.opset >= 13 ? -1 : 1), static_cast<int64_t>(x.size()));
+  set_out(n, 0, in(n, 0).dtype, x);
+}
+
+void infer_sce_loss(Node& n, const InferContext&) {
+  require_rank(n, 0, 2, "scores");
+  const Shape& scores = in_shape(n, 0);
+  const Shape& labels = in_shape(n, 1);
+  Shape expected{scores[0]};
+  expected.insert(expected.end(), scores.begin() + 2, scores.end());
+  if (labels != expected)
+    throw Error(n.describe() + ": labels '" + in(n, 1).name + "' have shape " + join(labels) +
+                " but scores " + join(scores) + " need labels of shape " + join(expected));
+  DType ldt = in(n, 1).dtype;
+  if (ldt != DType::i64 && ldt != DType::i32)
+    throw Error(n.describe() + ": labels must be int64 or int32, not " + dtype_name(ldt));
+  if (const Value* w = n.input(2)) {
+    if (in_shape(n, 2) != Shape{scores[1]})
+      throw Error(n.describe() + ": weights '" + w->name + "' must have shape [" +
+                  std::to_string(scores[1]) + "]");
+  }
+  std::string reduction = n.attr_string("reduction", "mean");
+  if (reduction != "mean" && reduction != "sum" && reduction != "none")
+    throw Error(n.describe() + ": unknown reduction '" + reduction + "'");
+  DType dt = in(n, 0).dtype;
+  set_out(n, 0, dt, reduction == "none" ? expected : Shape{});
+  set_out(n, 1, dt, scores);
+}
+
+void infer_momentum(Node& n, const InferContext&) {
+  if (n.inputs.size() < 5 || (n.inputs.size() - 2) % 3 != 0)
+    throw Error(n.describe() + ": expects R, T, then X..., G..., V... (3 groups of equal size)");
+  size_t count = (n.inputs.size() - 2) / 3;
+  if (n.outputs.size() != 2 * count)
+    throw Error(n.describe() + ": expects " + std::to_string(2 * count) + " outputs");
+  for (size_t i = 0; i < count; ++i) {
+    const Shape& x = in_shape(n, 2 + i);
+    for (size_t g : {2 + count + i, 2 + 2 * count + i})
+      if (in_shape(n, g) != x)
+        throw Error(n.describe() + ": '" + in(n, g).name + "' has shape " +
+                    join(in_shape(n, g)) + " but '" + in(n, 2 + i).name + "' has " + join(x));
+    set_out(n, i, in(n, 2 + i).dtype, x);
+    set_out(n, count + i, in(n, 2 + i).dtype, x);
+  }
+}
+
+// ---- ops that only compute shapes: inferred by evaluating them (folding) ----
+
+void fold_constant(Node& n, const InferContext&) {
+  Value* out = n.output(0);
+  if (const Tensor* t = n.attr_tensor("value")) {
+    out_data(n, 0, t->dtype, t->shape) = *t;
+  } else if (n.has_attr("value_float")) {
+    out_data(n, 0, DType::f32, {}) = Tensor::from_float({n.attr_float("value_float", 0)}, {});
+  } else if (n.has_attr("value_floats")) {
+    auto it = n.attrs.find("value_floats");
+    const auto& f = std::get<std::vector<float>>(it->second.value);
+    out_data(n, 0, DType::f32, {}) = Tensor::from_float(f, {static_cast<int64_t>(f.size())});
+  } else if (n.has_attr("value_int")) {
+    out_data(n, 0, DType::i64, {}) = Tensor::from_int64({n.attr_int("value_int", 0)}, {});
+  } else if (n.has_attr("value_ints")) {
+    auto v = n.attr_ints("value_ints");
+    out_data(n, 0, DType::i64, {}) = Tensor::from_int64(v, {static_cast<int64_t>(v.size())});
+  } else {
+    throw Error(n.describe() + ": needs one of the attributes value, value_float(s), value_int(s)");
+  }
+  out->shape = out->data->shape;
+}
+
+void fold_shape(Node& n, const InferContext&) {
+  const Shape& x = in_shape(n, 0);
+  int64_t rank = static_cast<int64_t>(x.size());
+  int64_t start = n.attr_int("start", 0), end = n.attr_int("end", rank);
+  if (start < 0) start += rank;
+  if (end < 0) end += rank;
+  start = std::clamp<int64_t>(start, 0, rank);
+  end = std::clamp<int64_t>(end, start, rank);
+  std::vector<int64_t> dims(x.begin() + start, x.begin() + end);
+  out_data(n, 0, DType::i64, {}) = Tensor::from_int64(dims, {static_cast<int64_t>(dims.size())});
+}
+
+void fold_gather(Node& n, const InferContext&) {
+  const Tensor& data = in_data(n, 0);
+  const Tensor& idx_t = in_data(n, 1);
+  int64_t rank = static_cast<int64_t>(data.shape.size());
+  int64_t axis = norm_axis(n, n.attr_int("axis", 0), rank);
+  auto idx = idx_t.to_int64();
+  for (int64_t& i : idx) {
+    if (i < -data.shape[axis] || i >= data.shape[axis])
+      throw Error(n.describe() + ": index " + std::to_string(i) + " out of range for axis of size " +
+                  std::to_string(data.shape[axis]));
+    if (i < 0) i += data.shape[axis];
+  }
+  Shape out(data.shape.begin(), data.shape.begin() + axis);
+  out.insert(out.end(), idx_t.shape.begin(), idx_t.shape.end());
+  out.insert(out.end(), data.shape.begin() + axis + 1, data.shape.end());
+  auto dst = strides_of(data.shape);
+  auto ist = strides_of(idx_t.shape);
+  size_t irank = idx_t.shape.size();
+  remap_fold(n, data, out, [&](const std::vector<int64_t>& c) {
+    int64_t flat = 0;
+    for (int64_t d = 0; d < axis; ++d) flat += c[d] * dst[d];
+    int64_t ipos = 0;
+    for (size_t d = 0; d < irank; ++d) ipos += c[axis + d] * ist[d];
+    flat += idx[ipos] * dst[axis];
+    for (int64_t d = axis + 1; d < rank; ++d) flat += c[d - 1 + irank] * dst[d];
+    return flat;
+  });
+}
+
+void fold_unsqueeze(Node& n, const InferContext& ctx) {
+  const Tensor& x = in_data(n, 0);
+  auto axes = axes_of(n, ctx, 13);
+  int64_t rank = static_cast<int64_t>(x.shape.size() + axes.size());
+  std::vector<bool> inserted(rank, false);
+  for (int64_t a : axes) inserted[norm_axis(n, a, rank)] = true;
+  Shape out;
+  size_t j = 0;
+  for (int64_t i = 0; i < rank; ++i) out.push_back(inserted[i] ? 1 : x.shape.at(j++));
+  n.output(0)->shape = out;
+  reshape_fold(n);
+}
+
+void fold_squeeze(Node& n, const InferContext& ctx) {
+  const Tensor& x = in_data(n, 0);
+  auto axes = axes_of(n, ctx, 13);
+  int64_t rank = static_cast<int64_t>(x.shape.size());
+  std::vector<bool> removed(rank, false);
+  for (int64_t a : axes) removed[norm_axis(n, a, rank)] = true;
+  Shape out;
+  for (int64_t i = 0; i < rank; ++i) {
+    bool drop = axes.empty() ? x.shape[i] == 1 : removed[i];
+    if (drop && x.shape[i] != 1)
+      throw Error(n.describe() + ": cannot squeeze axis " + std::to_string(i) + " of size " +
+                  std::to_string(x.shape[i]));
+    if (!drop) out.push_back(x.shape[i]);
+  }
+  n.output(0)->shape = out;
+  reshape_fold(n);
+}
+
+void fold_concat(Node& n, const InferContext&) {
+  const Tensor& first = in_data(n, 0);
+  int64_t rank = static_cast<int64_t>(first.shape.size());
+  int64_t axis = norm_axis(n, n.attr_int("axis", 0), rank);
+  Shape out = first.shape;
+  out[axis] = 0;
+  std::vector<const Tensor*> parts;
+  for (size_t i = 0; i < n.inputs.size(); ++i) {
+    const Tensor& t = in_data(n, i);
+    if (t.dtype != first.dtype || t.shape.size() != first.shape.size())
+      throw Error(n.describe() + ": inputs disagree in type or rank");
+    for (int64_t d = 0; d < rank; ++d)
+      if (d != axis && t.shape[d] != first.shape[d])
+        throw Error(n.describe() + ": input shapes " + join(first.shape) + " and " +
+                    join(t.shape) + " disagree outside axis " + std::to_string(axis));
+    out[axis] += t.shape[axis];
+    parts.push_back(&t);
+  }
+  // Copy part by part: outer = product of dims before axis, inner = elements after it.
+  Tensor& o = out_data(n, 0, first.dtype, out);
+  size_t es = dtype_size(first.dtype);
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < axis; ++d) outer *= out[d];
+  for (int64_t d = axis + 1; d < rank; ++d) inner *= out[d];
+  size_t row = static_cast<size_t>(out[axis] * inner) * es;
+  size_t offset = 0;
+  for (const Tensor* t : parts) {
+    size_t chunk = static_cast<size_t>(t->shape[axis] * inner) * es;
+    for (int64_t o_i = 0; o_i < outer; ++o_i)
+      std::memcpy(o.bytes.data() + o_i * row + offset, t->bytes.data() + o_i * chunk, chunk);
+    offset += chunk;
+  }
+}
+
+void fold_cast(Node& n, const InferContext&) {
+  const Tensor& x = in_data(n, 0);
+  int64_t to_onnx = n.attr_int("to", 0);
+  DType to = dtype_from_onnx(static_cast<int>(to_onnx));
+  if (to == DType::undefined || to == DType::f16 || to == DType::bf16)
+    throw Error(n.describe() + ": cannot fold a cast to ONNX type " + std::to_string(to_onnx));
+  Tensor& o = out_data(n, 0, to, x.shape);
+  int64_t count = x.numel();
+  for (int64_t i = 0; i < count; ++i) {
+    double v;
+    switch (x.dtype) {
+      case DType::f32: v = x.data<float>()[i]; break;
+      case DType::f64: v = x.data<double>()[i]; break;
+      case DType::i64: v = static_cast<double>(x.data<int64_t>()[i]); break;
+      case DType::i32: v = x.data<int32_t>()[i]; break;
+      case DType::i8: v = x.data<int8_t>()[i]; break;
+      case DType::u8:
+      case DType::boolean: v = x.data<uint8_t>()[i]; break;
+      default: throw Error(n.describe() + ": cannot fold a cast from " + dtype_name(x.dtype));
+    }
+    switch (to) {
+      case DType::f32: o.data<float>()[i] = static_cast<float>(v); break;
+      case DType::f64: o.data<double>()[i] = v; break;
+      case DType::i64:
+        // Integer-to-integer casts stay exact beyond 2^53.
+        o.data<int64_t>()[i] = x.dtype == DType::i64 ? x.data<int64_t>()[i] : static_cast<int64_t>(v);
+        break;
+      case DType::i32: o.data<int32_t>()[i] = static_cast<int32_t>(v); break;
+      case DType::i8: o.data<int8_t>()[i] = static_cast<int8_t>(v); break;
+      case DType::u8: o.data<uint8_t>()[i] = static_cast<uint8_t>(v); break;
+      case DType::boolean: o.data<uint8_t>()[i] = v != 0; break;
+      default: break;
+    }
+  }
+}
+
+void fold_slice(Node& n, const InferContext& ctx) {
+  const Tensor& x = in_data(n, 0);
+  int64_t rank = static_cast<int64_t>(x.shape.size());
+  std::vector<int64_t> starts, ends, axes, steps;
+  if (ctx.opset < 10) {
+    starts = n.attr_ints("starts");
+    ends = n.attr_ints("ends");
+    axes = n.attr_ints("axes");
+  } else {
+    starts = constant_ints(n, 1);
+    ends = constant_ints(n, 2);
+    if (n.input(3)) axes = constant_ints(n, 3);
+    if (n.input(4)) steps = constant_ints(n, 4);
+  }
+  if (axes.empty())
+    for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
+  if (steps.empty()) steps.assign(starts.size(), 1);
+  if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
+    throw Error(n.describe() + ": starts, ends, axes and steps differ in length");
+  std::vector<int64_t> first(rank, 0), step(rank, 1);
+  Shape out = x.shape;
+  for (size_t i = 0; i < starts.size(); ++i) {
+    int64_t a = norm_axis(n, axes[i], rank), dim = x.shape[a], s = steps[i];
+    if (s == 0) throw Error(n.describe() + ": step 0");
+    int64_t b = starts[i] < 0 ? starts[i] + dim : starts[i];
+    int64_t e = ends[i] < 0 ? ends[i] + dim : ends[i];
+    if (s > 0) {
+      b = std::clamp<int64_t>(b, 0, dim);
+      e = std::clamp<int64_t>(e, 0, dim);
+      out[a] = e > b ? (e - b + s - 1) / s : 0;
+    } else {
+      b = std::clamp<int64_t>(b, 0, dim - 1);
+      e = std::clamp<int64_t>(e, -1, dim - 1);
+      out[a] = b > e ? (b - e - s - 1) / -s : 0;
+    }
+    first[a] = b;
+    step[a] = s;
+  }
+  auto st = strides_of(x.shape);
+  remap_fold(n, x, out, [&](const std::vector<int64_t>& c) {
+    int64_t flat = 0;
+    for (int64_t d = 0; d < rank; ++d) flat += (first[d] + c[d] * step[d]) * st[d];
+    return flat;
+  });
+}
+
+void fold_constant_of_shape(Node& n, const InferContext&) {
+  auto dims = constant_ints(n, 0);
+  const Tensor* value = n.attr_tensor("value");
+  DType dt = value ? value->dtype : DType::f32;
+  Tensor& o = out_data(n, 0, dt, dims);
+  size_t es = dtype_size(dt);
+  if (value && value->bytes.size() >= es)
+    for (size_t i = 0; i < o.bytes.size(); i += es)
+      std::memcpy(o.bytes.data() + i, value->bytes.data(), es);
+}
+
+void fold_expand(Node& n, const InferContext&) {
+  const Tensor& x = in_data(n, 0);
+  auto target = constant_ints(n, 1);
+  Shape out = broadcast_shapes(n, x.shape, target);
+  auto xst = strides_of(x.shape);
+  size_t offset = out.size() - x.shape.size();
+  remap_fold(n, x, out, [&](const std::vector<int64_t>& c) {
+    int64_t flat = 0;
+    for (size_t d = 0; d < x.shape.size(); ++d)
+      if (x.shape[d] != 1) flat += c[d + offset] * xst[d];
+    return flat;
+  });
+}
+
+void fold_cast(Node& n, const InferContext& ctx);
+
+void fold_cast_like(Node& n, const InferContext& ctx) {
+  // Cast to the type of input 1: rewritten as a Cast so one evaluator serves both.
+  Node as_cast = n;
+  as_cast.attrs["to"].value = static_cast<int64_t>(dtype_to_onnx(in(n, 1).dtype));
+  as_cast.inputs.resize(1);
+  fold_cast(as_cast, ctx);
+}
+
+void fold_identity(Node& n, const InferContext&) {
+  n.output(0)->shape = in_data(n, 0).shape;
+  reshape_fold(n);
+}
+
+void fold_reshape(Node& n, const InferContext& ctx) {
+  infer_reshape(n, ctx);
+  reshape_fold(n);
+}
+
+void fold_flatten(Node& n, const InferContext& ctx) {
+  infer_flatten(n, ctx);
+  reshape_fold(n);
+}
+
+// Shape inference for the folding ops when their inputs are not constant (they then stay in
+// the graph and need kernels later): only the ops that can be inferred without data.
+void infer_shape_op(Node& n, const InferContext& ctx) { fold_shape(n, ctx); }
+
+void infer_unfoldable(Node& n, const InferContext&) {
+  throw Error(n.describe() + ": inputs must be constants (oxtrain folds " + n.op_type +
+              " at import); input '" + (n.inputs.empty() || !n.inputs[0] ? "" : n.inputs[0]->name) +
+              "' is computed at run time");
+}
+
+void infer_cast(Node& n, const InferContext&) {
+  DType to = dtype_from_onnx(static_cast<int>(n.attr_int("to", 0)));
+  if (to == DType::undefined)
+    throw Error(n.describe() + ": unsupported target type " + std::to_string(n.attr_int("to", 0)));
+  set_out(n, 0, to, in_shape(n, 0));
+}
+
+std::vector<OpSchema>& registry() {
+  static std::vector<OpSchema> ops = [] {
+    using F = std::function<void(Node&, const InferContext&)>;
+    auto fold_arith = [](double (*f)(double, double)) -> F {
+      return [f](Node& n, const InferContext&) { elementwise_fold(n, f); };
+    };
+    std::vector<OpSchema> r = {
+        {"", "Conv", infer_conv, nullptr},
+        {"", "BatchNormalization", infer_batchnorm, nullptr},
+        {"", "Relu", same_as_input, nullptr},
+        {"", "MaxPool", infer_pool, nullptr},
+        {"", "AveragePool", infer_pool, nullptr},
+        {"", "GlobalAveragePool", infer_global_pool, nullptr},
+        {"", "ReduceMean", infer_reduce_mean, nullptr},
+        {"", "Add", infer_broadcast, fold_arith([](double a, double b) { return a + b; })},
+        {"", "Sub", infer_broadcast, fold_arith([](double a, double b) { return a - b; })},
+        {"", "Mul", infer_broadcast, fold_arith([](double a, double b) { return a * b; })},
+        {"", "Div", infer_broadcast,
+         fold_arith([](double a, double b) { return b == 0 ? NAN : a / b; })},
+        {"", "Sum", infer_broadcast, nullptr},
+        {"", "Flatten", infer_flatten, fold_flatten},
+        {"", "Reshape", infer_reshape, fold_reshape},
+        {"", "Gemm", infer_gemm, nullptr},
+        {"", "MatMul", infer_matmul, nullptr},
+        {"", "Identity", same_as_input, fold_identity},
+        {"", "Dropout", infer_dropout, nullptr},
+        {"", "Softmax", infer_softmax, nullptr},
+        {"", "SoftmaxCrossEntropyLoss", infer_sce_loss, nullptr},
+        {"", "Constant", fold_constant, fold_constant},
+        {"", "Shape", infer_shape_op, fold_shape, {0}},
+        {"", "Gather", infer_unfoldable, fold_gather},
+        {"", "Unsqueeze", infer_unfoldable, fold_unsqueeze},
+        {"", "Squeeze", infer_unfoldable, fold_squeeze},
+        {"", "Concat", infer_unfoldable, fold_concat},
+        {"", "Slice", infer_unfoldable, fold_slice},
+        {"", "ConstantOfShape", infer_unfoldable, fold_constant_of_shape},
+        {"", "Cast", infer_cast, fold_cast},
+        {"", "CastLike", infer_unfoldable, fold_cast_like, {1}},
+        {"", "Expand", infer_unfoldable, fold_expand},
+        {kTrainingDomain, "Momentum", infer_momentum, nullptr},
+    };
+    return r;
+  }();
+  return ops;
+}
+
+}  // namespace
+
+const OpSchema* find_schema(const std::string& domain, const std::string& op_type) {
+  const std::string& d = domain == "ai.onnx" ? std::string() : domain;
+  for (const OpSchema& s : registry())
+    if (s.domain == d && s.op_type == op_type) return &s;
+  return nullptr;
+}
+
+std::vector<std::string> supported_ops() {
+  std::vector<std::string> out;
+  for (const OpSchema& s : registry())
+    out.push_back(s.domain.empty() ? s.op_type : s.domain + "." + s.op_type);
+  return out;
+}
+
+WindowGeometry window_geometry(const Node& node, const Shape& input,
+                               const std::vector<int64_t>& kernel, bool ceil_mode) {
+  size_t r = kernel.size();
+  if (input.size() != r + 2)
+    throw Error(node.describe() + ": a " + std::to_string(r) + "-d window needs an input of rank " +
+                std::to_string(r + 2) + ", got " + join(input));
+  WindowGeometry g;
+  g.kernel = kernel;
+  g.strides = node.attr_ints("strides", std::vector<int64_t>(r, 1));
+  g.dilations = node.attr_ints("dilations", std::vector<int64_t>(r, 1));
+  auto pads = node.attr_ints("pads", std::vector<int64_t>(2 * r, 0));
+  if (g.strides.size() != r || g.dilations.size() != r || pads.size() != 2 * r)
+    throw Error(node.describe() + ": strides " + join(g.strides) + ", dilations " +
+                join(g.dilations) + " or pads " + join(pads) + " do not fit a " +
+                std::to_string(r) + "-d kernel");
+  std::string auto_pad = node.attr_string("auto_pad", "NOTSET");
+  g.pads_begin.assign(pads.begin(), pads.begin() + r);
+  g.pads_end.assign(pads.begin() + r, pads.end());
+  for (size_t i = 0; i < r; ++i) {
+    int64_t in = input[i + 2], s = g.strides[i], d = g.dilations[i], k = kernel[i];
+    if (s < 1 || d < 1 || k < 1)
+      throw Error(node.describe() + ": kernel, strides and dilations must be positive");
+    int64_t eff = (k - 1) * d + 1;
+    if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      int64_t out = (in + s - 1) / s;
+      int64_t total = std::max<int64_t>(0, (out - 1) * s + eff - in);
+      int64_t small = total / 2;
+      g.pads_begin[i] = auto_pad == "SAME_UPPER" ? small : total - small;
+      g.pads_end[i] = total - g.pads_begin[i];
+    } else if (auto_pad == "VALID") {
+      g.pads_begin[i] = g.pads_end[i] = 0;
+    } else if (auto_pad != "NOTSET") {
+      throw Error(node.describe() + ": unknown auto_pad '" + auto_pad + "'");
+    }
+    int64_t span = in + g.pads_begin[i] + g.pads_end[i] - eff;
+    if (span < 0)
+      throw Error(node.describe() + ": window of " + std::to_string(eff) +
+                  " is larger than the padded input " + join(input));
+    int64_t out = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
+    // As PyTorch: the last window must start inside the input or the left padding.
+    if (ceil_mode && (out - 1) * s >= in + g.pads_begin[i]) --out;
+    g.output.push_back(out);
+  }
+  return g;
+}
+
+Shape broadcast_shapes(const Node& node, const Shape& a, const Shape& b) {
+  size_t rank = std::max(a.size(), b.size());
+  Shape out(rank);
+  for (size_t i = 0; i < rank; ++i) {
+    int64_t da = i < rank - a.size() ? 1 : a[i - (rank - a.size())];
+    int64_t db = i < rank - b.size() ? 1 : b[i - (rank - b.size())];
+    if (da != db && da != 1 && db != 1)
+      throw Error(node.describe() + ": shapes " + join(a) + " and " + join(b) +
+                  " do not broadcast");
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+std::vector<int64_t> constant_ints(const Node& node, size_t input_index) {
+  const Value* v = node.input(input_index);
+  if (!v) throw Error(node.describe() + ": input " + std::to_string(input_index) + " is missing");
+  if (!v->data)
+    throw Error(node.describe() + ": input '" + v->name +
+                "' must be a constant (it is computed at run time)");
+  return v->data->to_int64();
+}
+
+std::vector<int64_t> axes_of(const Node& node, const InferContext& ctx, int64_t input_since) {
+  if (ctx.opset >= input_since) {
+    if (node.input(1)) return constant_ints(node, 1);
+    return {};
+  }
+  return node.attr_ints("axes");
+}
+
+}  // namespace oxtrain::graph

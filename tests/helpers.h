@@ -1,0 +1,49 @@
+// Shared helpers of the test suite: building small ONNX models in memory, comparing graphs,
+// running the oxtrain binary.
+#pragma once
+
+#include <onnx/onnx_pb.h>
+
+#include <string>
+#include <vector>
+
+#include "graph/ir.h"
+
+namespace oxtrain::test {
+
+// A tiny ModelProto builder, so error cases are made by the test itself.
+struct ModelBuilder {
+  onnx::ModelProto model;
+  explicit ModelBuilder(int64_t opset = 17, int64_t ir_version = 8);
+  onnx::GraphProto& graph() { return *model.mutable_graph(); }
+  // dims: -1 for a symbolic dim named `sym`
+  void input(const std::string& name, std::vector<int64_t> dims, int elem_type = 1,
+             const std::string& sym = "N");
+  void output(const std::string& name, int elem_type = 1);
+  void initializer(const std::string& name, std::vector<int64_t> dims, float fill);
+  void int_initializer(const std::string& name, std::vector<int64_t> values);
+  onnx::NodeProto& node(const std::string& op, std::vector<std::string> inputs,
+                        std::vector<std::string> outputs, const std::string& name = "");
+  void save(const std::string& path) const;
+};
+
+void set_ints(onnx::NodeProto& n, const std::string& key, std::vector<int64_t> values);
+void set_int(onnx::NodeProto& n, const std::string& key, int64_t value);
+
+// A small conv net: Conv(3->4, 3x3) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(4->5).
+ModelBuilder small_convnet(int64_t opset = 17);
+
+// Empty string when equal; otherwise what differs first.
+std::string graph_difference(const graph::Graph& a, const graph::Graph& b);
+
+struct RunResult {
+  int exit_code;
+  std::string out, err;
+};
+// Runs the oxtrain binary with `args` (shell-quoted by the caller).
+RunResult run_oxtrain(const std::string& args);
+
+std::string temp_dir();  // a fresh folder for this test
+std::string read_text(const std::string& path);
+
+}  // namespace oxtrain::test

@@ -1,0 +1,59 @@
+// The `oxtrain` program end to end: zoo, graph (text, --json, --nodes, --dot, --export).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "graph/onnx_io.h"
+#include "tests/helpers.h"
+
+using namespace oxtrain;
+
+TEST(Cli, ZooThenGraphJson) {
+  std::string dir = test::temp_dir();
+  auto z = test::run_oxtrain("zoo resnet50 -o " + dir + "/r50.onnx");
+  ASSERT_EQ(z.exit_code, 0) << z.err;
+  auto r = test::run_oxtrain("graph " + dir + "/r50.onnx --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["parameters"], 25557032);
+  EXPECT_EQ(j["ops"]["Conv"], 53);
+  EXPECT_EQ(j["ops"]["BatchNormalization"], 53);
+  EXPECT_EQ(j["ops"]["Relu"], 49);
+  EXPECT_EQ(j["ops"]["Add"], 16);
+  EXPECT_EQ(j["ops"]["MaxPool"], 1);
+  EXPECT_EQ(j["ops"]["GlobalAveragePool"], 1);
+  EXPECT_EQ(j["ops"]["Flatten"], 1);
+  EXPECT_EQ(j["ops"]["Gemm"], 1);
+  EXPECT_EQ(j["ops"].size(), 8u);
+  double gmacs = j["multiply_adds"].get<double>() / 1e9;
+  EXPECT_NEAR(gmacs, 4.09, 0.01);
+  EXPECT_EQ(j["flops"].get<int64_t>(), 2 * j["multiply_adds"].get<int64_t>());
+  EXPECT_EQ(j["inputs"][0]["shape"], nlohmann::json::parse(R"(["N",3,224,224])"));
+  EXPECT_EQ(j["opsets"]["ai.onnx"], 17);
+}
+
+TEST(Cli, GraphTextNodesDotAndExport) {
+  std::string dir = test::temp_dir();
+  ASSERT_EQ(test::run_oxtrain("zoo resnet18 --num-classes 10 --seed 3 -o " + dir + "/m.onnx").exit_code, 0);
+  auto r = test::run_oxtrain("graph " + dir + "/m.onnx --nodes --batch-size 4 --dot " + dir +
+                             "/m.dot --export " + dir + "/again.onnx");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("parameters   11,181,642"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("batch        4"), std::string::npos) << r.out;
+  // --nodes lists each node with its shapes at the chosen batch.
+  EXPECT_NE(r.out.find("layer1.0.conv1  [4,64,56,56] [64,64,3,3] -> [4,64,56,56]"),
+            std::string::npos)
+      << r.out;
+  std::string dot = test::read_text(dir + "/m.dot");
+  EXPECT_EQ(dot.rfind("digraph", 0), 0u);
+  EXPECT_NE(dot.find("\"n:layer1.0.conv1\" -> \"n:layer1.0.bn1\""), std::string::npos);
+  graph::Graph a = graph::import_onnx(dir + "/m.onnx");
+  graph::Graph b = graph::import_onnx(dir + "/again.onnx");
+  EXPECT_EQ(test::graph_difference(a, b), "");
+}
+
+TEST(Cli, VersionSaysWhetherCudaIsThere) {
+  auto r = test::run_oxtrain("--version");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out.rfind("oxtrain 0.1.0", 0), 0u) << r.out;
+}

@@ -1,0 +1,180 @@
+// Bad input gets one clear error (naming the file, op, node or shapes) and never a crash;
+// through the CLI it is one line on stderr and exit code 2.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "graph/onnx_io.h"
+#include "tests/helpers.h"
+
+using namespace oxtrain;
+using namespace oxtrain::graph;
+using oxtrain::test::ModelBuilder;
+
+namespace {
+
+// Imports `path`, expects an Error whose message holds every string of `needles`.
+void expect_import_error(const std::string& path, const std::vector<std::string>& needles) {
+  try {
+    import_onnx(path);
+    ADD_FAILURE() << "no error for " << path;
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
+  }
+  // Through the CLI: exit code 2 and one line on stderr.
+  auto r = test::run_oxtrain("graph '" + path + "'");
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("oxtrain: error: ", 0), 0u) << r.err;
+}
+
+std::string save(const ModelBuilder& b, const std::string& name = "model.onnx") {
+  std::string path = test::temp_dir() + "/" + name;
+  b.save(path);
+  return path;
+}
+
+void make_external(onnx::TensorProto& t, const std::string& location, int64_t offset,
+                   int64_t length) {
+  std::string raw = t.raw_data();
+  t.clear_raw_data();
+  t.set_data_location(onnx::TensorProto::EXTERNAL);
+  auto add = [&](const char* k, const std::string& v) {
+    auto* e = t.add_external_data();
+    e->set_key(k);
+    e->set_value(v);
+  };
+  add("location", location);
+  add("offset", std::to_string(offset));
+  if (length >= 0) add("length", std::to_string(length));
+}
+
+}  // namespace
+
+TEST(ImportErrors, MissingFile) {
+  expect_import_error("/nonexistent/model.onnx", {"/nonexistent/model.onnx", "does not exist"});
+}
+
+TEST(ImportErrors, NotOnnx) {
+  std::string path = test::temp_dir() + "/notes.onnx";
+  std::ofstream(path) << "these are my notes, not a model\n";
+  expect_import_error(path, {"notes.onnx", "not a valid ONNX model"});
+}
+
+TEST(ImportErrors, TruncatedFile) {
+  std::string path = save(test::small_convnet());
+  std::string bytes = test::read_text(path);
+  for (size_t cut : {bytes.size() / 2, bytes.size() - 3}) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), cut);
+    expect_import_error(path, {"model.onnx", "truncated"});
+  }
+}
+
+TEST(ImportErrors, ExternalDataMissingOrShort) {
+  std::string dir = test::temp_dir();
+  ModelBuilder b = test::small_convnet();
+  // conv.weight: 4x3x3x3 floats = 432 bytes, stored in weights.bin at offset 16.
+  onnx::TensorProto& w = *b.graph().mutable_initializer(0);
+  std::string raw = w.raw_data();
+  make_external(w, "weights.bin", 16, static_cast<int64_t>(raw.size()));
+  b.save(dir + "/model.onnx");
+  expect_import_error(dir + "/model.onnx", {"conv.weight", "weights.bin", "does not exist"});
+
+  // Too short: the file ends 100 bytes before the tensor does.
+  std::string short_data(16 + raw.size() - 100, '\0');
+  std::ofstream(dir + "/weights.bin", std::ios::binary).write(short_data.data(), short_data.size());
+  expect_import_error(dir + "/model.onnx", {"weights.bin", "conv.weight", "truncated"});
+
+  // Right size: imports, and the values are the ones written.
+  std::string good = std::string(16, '\0') + raw;
+  std::ofstream(dir + "/weights.bin", std::ios::binary | std::ios::trunc)
+      .write(good.data(), good.size());
+  Graph g = import_onnx(dir + "/model.onnx");
+  const Tensor& t = *g.value("conv.weight")->data;
+  ASSERT_EQ(t.bytes.size(), raw.size());
+  EXPECT_EQ(std::memcmp(t.bytes.data(), raw.data(), raw.size()), 0);
+}
+
+TEST(ImportErrors, UnsupportedOpsAreListedAtOnce) {
+  ModelBuilder b = test::small_convnet();
+  b.node("LRN", {"r"}, {"l1"}, "norm_a");
+  b.node("LRN", {"l1"}, {"l2"}, "norm_b");
+  b.node("HardSwish", {"l2"}, {"h"}, "act_c");
+  b.output("h");
+  expect_import_error(save(b), {"unsupported ops", "LRN (nodes 'norm_a', 'norm_b')",
+                                "HardSwish (node 'act_c')"});
+}
+
+TEST(ImportErrors, OpsetOutsideTheSupportedRange) {
+  for (int64_t opset : {6, 22}) {
+    ModelBuilder b = test::small_convnet(opset);
+    expect_import_error(save(b), {"opset " + std::to_string(opset), "supports 7 to 21"});
+  }
+}
+
+TEST(ImportErrors, ConvChannelsDisagree) {
+  ModelBuilder b = test::small_convnet();
+  // Weight expects 5 input channels; the input has 3.
+  auto* w = b.graph().mutable_initializer(0);
+  w->set_dims(1, 5);
+  std::vector<float> values(4 * 5 * 3 * 3, 0.1f);
+  w->set_raw_data(values.data(), values.size() * sizeof(float));
+  expect_import_error(save(b), {"Conv 'conv'", "input has 3 channels but weight expects 5",
+                                "group=1", "[1,3,8,8]", "[4,5,3,3]"});
+}
+
+TEST(ImportErrors, GemmInnerDimensionsDisagree) {
+  ModelBuilder b = test::small_convnet();
+  auto* w = b.graph().mutable_initializer(2);  // fc.weight [5,4] -> [5,6]
+  w->set_dims(1, 6);
+  std::vector<float> values(30, 0.1f);
+  w->set_raw_data(values.data(), values.size() * sizeof(float));
+  expect_import_error(save(b), {"Gemm 'fc'", "[1,4]", "[5,6]", "inner dimension"});
+}
+
+TEST(ImportErrors, BroadcastMismatch) {
+  ModelBuilder b(17);
+  b.input("a", {2, 3});
+  b.input("b", {4, 3});
+  b.node("Add", {"a", "b"}, {"c"}, "plus");
+  b.output("c");
+  expect_import_error(save(b), {"Add 'plus'", "[2,3]", "[4,3]", "do not broadcast"});
+}
+
+TEST(ImportErrors, DeclaredOutputShapeDisagrees) {
+  ModelBuilder b = test::small_convnet();
+  auto* shape = b.graph().mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape();
+  shape->add_dim()->set_dim_param("N");
+  shape->add_dim()->set_dim_value(7);
+  expect_import_error(save(b), {"output 'y'", "declared as", "[1,5]"});
+}
+
+TEST(ImportErrors, SymbolicNonBatchDimension) {
+  ModelBuilder b(17);
+  b.input("x", {2, -1}, 1, "width");
+  b.node("Relu", {"x"}, {"y"}, "relu");
+  b.output("y");
+  expect_import_error(save(b), {"'x'", "'width'", "axis 1", "only the batch dimension"});
+}
+
+TEST(ImportErrors, UndefinedInput) {
+  ModelBuilder b(17);
+  b.input("x", {2, 3});
+  b.node("Add", {"x", "ghost"}, {"y"}, "plus");
+  b.output("y");
+  expect_import_error(save(b), {"Add 'plus'", "'ghost'", "not produced"});
+}
+
+TEST(CliErrors, UsageErrorsExitWithTwo) {
+  EXPECT_EQ(test::run_oxtrain("").exit_code, 2);
+  EXPECT_EQ(test::run_oxtrain("graph").exit_code, 2);
+  EXPECT_EQ(test::run_oxtrain("graph a.onnx --no-such-flag").exit_code, 2);
+  EXPECT_EQ(test::run_oxtrain("zoo resnet18").exit_code, 2);  // no -o
+  auto r = test::run_oxtrain("zoo resnet51 -o /tmp/never.onnx");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("unknown model 'resnet51'"), std::string::npos) << r.err;
+  EXPECT_EQ(test::run_oxtrain("--help").exit_code, 0);
+}
