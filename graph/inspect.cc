@@ -94,7 +94,7 @@ std::string summary_text(const Graph& g, const InspectOptions& options) {
       break;
     }
   out << "; figures below are per sample\n";
-  out << "compute      " << giga(s.multiply_adds) << "multiply-adds (" << giga(s.flops)
+  out << "compute      " << giga(s.multiply_adds) << " multiply-adds (" << giga(s.flops)
       << "FLOPs) per sample\n";
   out << "activations  " << human_bytes(s.activation_bytes)
       << " per sample (all node outputs, forward)\n";
