@@ -1,0 +1,26 @@
+// Registration of the CPU kernels, one function per file of runtime/cpu/. Every kernel
+// handles float32 and float64 (float64 serves the gradient checker).
+#pragma once
+
+#include "runtime/kernel.h"
+
+namespace oxtrain::runtime {
+
+// conv.cc: Conv, oxtrain.ConvGradData, oxtrain.ConvGradFilter
+void register_cpu_conv_kernels(KernelRegistry& registry);
+// pool.cc: MaxPool, AveragePool, GlobalAveragePool and their oxtrain.*Grad ops
+void register_cpu_pool_kernels(KernelRegistry& registry);
+// batchnorm.cc: BatchNormalization (inference), oxtrain.BatchNormTraining, oxtrain.BatchNormGrad
+void register_cpu_norm_kernels(KernelRegistry& registry);
+// elementwise.cc: Add Sub Mul Div Neg Relu Identity Flatten Reshape Dropout Sum Transpose
+// ReduceMean, oxtrain.ReluGrad, oxtrain.ReduceSumTo, oxtrain.ReduceMeanGrad
+void register_cpu_elementwise_kernels(KernelRegistry& registry);
+// matmul.cc: Gemm, MatMul
+void register_cpu_matmul_kernels(KernelRegistry& registry);
+// loss.cc: Softmax, SoftmaxCrossEntropyLoss, oxtrain.SoftmaxGrad,
+// oxtrain.SoftmaxCrossEntropyLossGrad
+void register_cpu_loss_kernels(KernelRegistry& registry);
+// optimizer.cc: ai.onnx.preview.training.Momentum
+void register_cpu_optimizer_kernels(KernelRegistry& registry);
+
+}  // namespace oxtrain::runtime

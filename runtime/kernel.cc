@@ -1,0 +1,73 @@
+#include "runtime/kernel.h"
+
+#include <omp.h>
+
+#include "runtime/cpu/kernels.h"
+
+extern "C" void openblas_set_num_threads(int num_threads);
+
+namespace oxtrain::runtime {
+
+const char* device_name(Device device) { return device == Device::cpu ? "cpu" : "cuda"; }
+
+namespace {
+std::string key(const std::string& domain, const std::string& op_type, Device device) {
+  std::string d = domain == "ai.onnx" ? "" : domain;
+  return d + "|" + op_type + "|" + device_name(device);
+}
+}  // namespace
+
+void KernelRegistry::add(const std::string& domain, const std::string& op_type, Device device,
+                         KernelFactory factory) {
+  factories_[key(domain, op_type, device)] = std::move(factory);
+}
+
+const KernelFactory* KernelRegistry::find(const std::string& domain, const std::string& op_type,
+                                          Device device) const {
+  auto it = factories_.find(key(domain, op_type, device));
+  return it == factories_.end() ? nullptr : &it->second;
+}
+
+const KernelRegistry& KernelRegistry::global() {
+  static const KernelRegistry registry = [] {
+    KernelRegistry r;
+    register_cpu_conv_kernels(r);
+    register_cpu_pool_kernels(r);
+    register_cpu_norm_kernels(r);
+    register_cpu_elementwise_kernels(r);
+    register_cpu_matmul_kernels(r);
+    register_cpu_loss_kernels(r);
+    register_cpu_optimizer_kernels(r);
+    return r;
+  }();
+  return registry;
+}
+
+namespace {
+class LambdaKernel : public Kernel {
+ public:
+  LambdaKernel(std::function<void(const KernelArgs&)> run, size_t workspace)
+      : run_(std::move(run)), workspace_(workspace) {}
+  size_t workspace_bytes() const override { return workspace_; }
+  void run(const KernelArgs& args) override { run_(args); }
+
+ private:
+  std::function<void(const KernelArgs&)> run_;
+  size_t workspace_;
+};
+}  // namespace
+
+std::unique_ptr<Kernel> make_kernel(std::function<void(const KernelArgs&)> run,
+                                    size_t workspace_bytes) {
+  return std::make_unique<LambdaKernel>(std::move(run), workspace_bytes);
+}
+
+void set_cpu_threads(int threads) {
+  if (threads < 1) threads = omp_get_num_procs();
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+}
+
+int cpu_threads() { return omp_get_max_threads(); }
+
+}  // namespace oxtrain::runtime

@@ -1,0 +1,90 @@
+#include "tests/kernel_helpers.h"
+
+#include <vector>
+
+#include "graph/zoo.h"
+
+namespace oxtrain::test {
+
+using graph::DType;
+using graph::Tensor;
+
+KernelCase::KernelCase(const std::string& op, const std::string& domain,
+                       std::vector<Tensor> inputs, std::vector<OutputSpec> outputs)
+    : inputs_(std::move(inputs)) {
+  std::vector<graph::Value*> ins, outs;
+  for (size_t i = 0; i < inputs_.size(); ++i) {
+    if (inputs_[i].dtype == DType::undefined) {
+      ins.push_back(nullptr);
+      continue;
+    }
+    graph::Value* v = graph_.add_value("in" + std::to_string(i), inputs_[i].dtype,
+                                       inputs_[i].shape, graph::Role::Input);
+    v->rank_known = true;
+    ins.push_back(v);
+  }
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (outputs[i].dtype == DType::undefined) {
+      outs.push_back(nullptr);
+      outputs_.emplace_back();
+      continue;
+    }
+    graph::Value* v = graph_.add_value("out" + std::to_string(i), outputs[i].dtype,
+                                       outputs[i].shape);
+    v->rank_known = true;
+    outs.push_back(v);
+    outputs_.emplace_back(outputs[i].dtype, outputs[i].shape);
+  }
+  node_ = graph_.add_node(op, ins, outs, "test_" + op, domain);
+}
+
+void KernelCase::run(int64_t opset) {
+  using namespace runtime;
+  const KernelFactory* factory =
+      KernelRegistry::global().find(node_->domain, node_->op_type, Device::cpu);
+  if (!factory) throw Error("no CPU kernel for " + node_->describe());
+  std::unique_ptr<Kernel> kernel = (*factory)(KernelInit{*node_, opset, Device::cpu});
+  std::vector<uint8_t> workspace(kernel->workspace_bytes() + 64);
+  KernelArgs args;
+  for (auto& t : inputs_)
+    args.inputs.push_back(TensorView{t.dtype == DType::undefined ? nullptr : t.bytes.data(),
+                                     t.dtype, t.shape});
+  for (auto& t : outputs_)
+    args.outputs.push_back(TensorView{t.dtype == DType::undefined ? nullptr : t.bytes.data(),
+                                      t.dtype, t.shape});
+  args.workspace = workspace.data();
+  kernel->run(args);
+}
+
+Tensor random_tensor(DType dtype, graph::Shape shape, uint64_t seed, double lo, double hi) {
+  Tensor t(dtype, std::move(shape));
+  graph::Rng rng(seed);
+  for (int64_t i = 0; i < t.numel(); ++i) set_element(t, i, lo + (hi - lo) * rng.uniform());
+  return t;
+}
+
+double element(const Tensor& t, int64_t i) {
+  switch (t.dtype) {
+    case DType::f32: return t.data<float>()[i];
+    case DType::f64: return t.data<double>()[i];
+    case DType::i64: return static_cast<double>(t.data<int64_t>()[i]);
+    case DType::i32: return t.data<int32_t>()[i];
+    case DType::u8:
+    case DType::boolean: return t.data<uint8_t>()[i];
+    default: throw Error("element(): unsupported dtype");
+  }
+}
+
+void set_element(Tensor& t, int64_t i, double v) {
+  switch (t.dtype) {
+    case DType::f32: t.data<float>()[i] = static_cast<float>(v); break;
+    case DType::f64: t.data<double>()[i] = v; break;
+    case DType::i64: t.data<int64_t>()[i] = static_cast<int64_t>(v); break;
+    case DType::i32: t.data<int32_t>()[i] = static_cast<int32_t>(v); break;
+    case DType::u8:
+    case DType::boolean: t.data<uint8_t>()[i] = static_cast<uint8_t>(v); break;
+    default: throw Error("set_element(): unsupported dtype");
+  }
+}
+
+}  // namespace oxtrain::test

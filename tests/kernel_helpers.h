@@ -1,0 +1,47 @@
+// Running one CPU kernel on host tensors, for the kernel tests: builds a one-node graph whose
+// values carry the given shapes, makes the kernel through the global registry (as a Session
+// does) and runs it.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "graph/ir.h"
+#include "runtime/kernel.h"
+
+namespace oxtrain::test {
+
+struct OutputSpec {
+  graph::DType dtype;
+  graph::Shape shape;
+};
+
+class KernelCase {
+ public:
+  // An input Tensor with dtype undefined stands for an omitted optional input; an output spec
+  // with dtype undefined for an omitted optional output.
+  KernelCase(const std::string& op, const std::string& domain, std::vector<graph::Tensor> inputs,
+             std::vector<OutputSpec> outputs);
+  graph::Node& node() { return *node_; }
+  void set_attr(const std::string& key, graph::Attribute value) { node_->attrs[key] = std::move(value); }
+  // Makes the kernel and runs it; outputs are then in output(i). Throws what the factory throws.
+  void run(int64_t opset = 17);
+  graph::Tensor& output(size_t i) { return outputs_.at(i); }
+  graph::Tensor& input(size_t i) { return inputs_.at(i); }
+
+ private:
+  graph::Graph graph_;
+  graph::Node* node_ = nullptr;
+  std::vector<graph::Tensor> inputs_;
+  std::vector<graph::Tensor> outputs_;
+};
+
+// Deterministic test data in [lo, hi).
+graph::Tensor random_tensor(graph::DType dtype, graph::Shape shape, uint64_t seed,
+                            double lo = -1.0, double hi = 1.0);
+// Element i as double, for any float dtype.
+double element(const graph::Tensor& t, int64_t i);
+void set_element(graph::Tensor& t, int64_t i, double v);
+
+}  // namespace oxtrain::test
