@@ -1,47 +1,173 @@
-// oxtrain graph MODEL.onnx [--batch-size N] [--nodes] [--json] [--dot FILE]
+// oxtrain graph MODEL.onnx [--batch-size N] [--nodes] [--json] [--dot FILE] [--export FILE]
+//                          [--training [--plot FILE.svg]]
+#include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "autodiff/training.h"
 #include "cli/commands.h"
 #include "graph/inspect.h"
 #include "graph/onnx_io.h"
+#include "runtime/planner.h"
 
 namespace oxtrain::cli {
 
 namespace {
+
 struct GraphArgs {
   std::string model;
   int64_t batch_size = 0;
   bool nodes = false;
   bool json = false;
+  bool training = false;
   std::string dot;
   std::string export_path;
+  std::string plot;
 };
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  if (!out) throw Error("cannot write '" + path + "'");
+  out << text;
+  if (!out) throw Error("writing '" + path + "' failed");
+}
+
+// Live activation bytes over the schedule as an SVG line chart.
+std::string live_bytes_svg(const runtime::MemoryPlan& plan, const autodiff::TrainingGraph& tg,
+                           const std::string& title) {
+  const double width = 900, height = 360, left = 70, right = 20, top = 40, bottom = 50;
+  const auto& live = plan.live_bytes;
+  double max_bytes = std::max<double>(1, static_cast<double>(plan.activation_arena_bytes));
+  double steps = std::max<double>(1, static_cast<double>(live.size() - 1));
+  auto x = [&](double i) { return left + (width - left - right) * i / steps; };
+  auto y = [&](double b) { return height - bottom - (height - top - bottom) * b / max_bytes; };
+  std::ostringstream s;
+  s << "<svg xmlns='http://www.w3.org/2000/svg' width='" << width << "' height='" << height
+    << "' font-family='Helvetica' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
+  s << "<text x='" << left << "' y='22' font-size='15'>" << title << "</text>\n";
+  // Forward / backward / optimizer bands.
+  double fwd_end = x(static_cast<double>(tg.forward_nodes));
+  s << "<rect x='" << left << "' y='" << top << "' width='" << fwd_end - left << "' height='"
+    << height - top - bottom << "' fill='#eef4ff'/>\n";
+  s << "<text x='" << left + 6 << "' y='" << top + 16 << "' fill='#557'>forward</text>\n";
+  s << "<text x='" << fwd_end + 6 << "' y='" << top + 16 << "' fill='#755'>backward + update</text>\n";
+  // Axes and grid.
+  for (int k = 0; k <= 4; ++k) {
+    double b = max_bytes * k / 4;
+    s << "<line x1='" << left << "' x2='" << width - right << "' y1='" << y(b) << "' y2='" << y(b)
+      << "' stroke='#ddd'/>\n<text x='" << left - 6 << "' y='" << y(b) + 4
+      << "' text-anchor='end'>" << graph::human_bytes(static_cast<int64_t>(b)) << "</text>\n";
+  }
+  s << "<text x='" << (left + width - right) / 2 << "' y='" << height - 12
+    << "' text-anchor='middle'>schedule step (node)</text>\n";
+  s << "<polyline fill='none' stroke='#c33' stroke-width='1.5' points='";
+  for (size_t i = 0; i < live.size(); ++i) s << x(static_cast<double>(i)) << "," << y(static_cast<double>(live[i])) << " ";
+  s << "'/>\n";
+  s << "<text x='" << width - right << "' y='" << y(static_cast<double>(plan.peak_live_bytes)) - 6
+    << "' text-anchor='end' fill='#c33'>peak live " << graph::human_bytes(plan.peak_live_bytes)
+    << "; arena " << graph::human_bytes(plan.activation_arena_bytes) << "; naive "
+    << graph::human_bytes(plan.activation_naive_bytes) << "</text>\n</svg>\n";
+  return s.str();
+}
+
+int run_training_report(const GraphArgs& args, graph::Graph forward) {
+  autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(forward));
+  runtime::PlanOptions options;
+  for (const auto& [value, grad] : tg.gradients) options.gradients.push_back(tg.graph.value(grad));
+  runtime::MemoryPlan plan = runtime::plan_memory(tg.graph, options);
+
+  std::vector<const graph::Value*> largest;
+  for (const auto& [v, p] : plan.placements)
+    if (p.arena == runtime::Arena::activation || p.arena == runtime::Arena::gradient) largest.push_back(v);
+  std::sort(largest.begin(), largest.end(), [](const graph::Value* a, const graph::Value* b) {
+    return a->bytes() != b->bytes() ? a->bytes() > b->bytes() : a->name < b->name;
+  });
+  if (largest.size() > 10) largest.resize(10);
+  int64_t batch = graph::batch_size_of(tg.graph);
+  double ratio = static_cast<double>(plan.activation_arena_bytes) /
+                 static_cast<double>(std::max<int64_t>(plan.activation_naive_bytes, 1));
+
+  if (args.json) {
+    nlohmann::json j;
+    j["model"] = args.model;
+    j["batch"] = batch;
+    j["forward_nodes"] = tg.forward_nodes;
+    j["backward_nodes"] = tg.backward_nodes;
+    j["optimizer_nodes"] = tg.optimizer_nodes;
+    j["parameter_bytes"] = plan.parameter_bytes;
+    j["state_bytes"] = plan.state_bytes;
+    j["gradient_bytes"] = plan.gradient_bytes;
+    j["input_bytes"] = plan.input_bytes;
+    j["activation_arena_bytes"] = plan.activation_arena_bytes;
+    j["activation_naive_bytes"] = plan.activation_naive_bytes;
+    j["peak_live_bytes"] = plan.peak_live_bytes;
+    j["in_place_values"] = plan.in_place.size();
+    j["largest_values"] = nlohmann::json::array();
+    for (const auto* v : largest)
+      j["largest_values"].push_back({{"name", v->name}, {"bytes", v->bytes()}, {"shape", v->shape}});
+    std::cout << j.dump(2) << "\n";
+  } else {
+    using graph::human_bytes;
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.1f%%", 100 * ratio);
+    std::cout << "training graph " << args.model << " at batch " << batch << "\n"
+              << "nodes        " << tg.forward_nodes << " forward (with loss), " << tg.backward_nodes
+              << " backward, " << tg.optimizer_nodes << " optimizer\n"
+              << "parameters   " << human_bytes(plan.parameter_bytes) << ", gradients "
+              << human_bytes(plan.gradient_bytes) << " (one contiguous arena), state "
+              << human_bytes(plan.state_bytes) << " (momentum, BN statistics)\n"
+              << "activations  planned arena " << human_bytes(plan.activation_arena_bytes)
+              << " = " << buf << " of the naive sum " << human_bytes(plan.activation_naive_bytes)
+              << "; peak live " << human_bytes(plan.peak_live_bytes) << "; "
+              << plan.in_place.size() << " values in place\n"
+              << "largest values:\n";
+    for (const auto* v : largest)
+      std::cout << "  " << human_bytes(v->bytes()) << "  " << v->name << " " << v->shape_string() << "\n";
+  }
+  if (!args.plot.empty()) {
+    write_file(args.plot, live_bytes_svg(plan, tg, "live activation bytes, " + args.model +
+                                                       ", batch " + std::to_string(batch)));
+    if (!args.json) std::cout << "wrote " << args.plot << "\n";
+  }
+  if (!args.export_path.empty()) {
+    graph::export_onnx(tg.graph, args.export_path);
+    if (!args.json) std::cout << "wrote " << args.export_path << "\n";
+  }
+  if (!args.dot.empty()) write_file(args.dot, graph::to_dot(tg.graph));
+  return 0;
+}
+
 }  // namespace
 
 Subcommand add_graph_command(CLI::App& app) {
   auto args = std::make_shared<GraphArgs>();
   CLI::App* cmd = app.add_subcommand(
-      "graph", "Inspect an ONNX model: inputs, outputs, parameters, FLOPs, memory, ops");
+      "graph", "Inspect an ONNX model (or, with --training, its training graph and memory plan)");
   cmd->add_option("model", args->model, "ONNX model file")->required();
   cmd->add_option("-b,--batch-size", args->batch_size,
                   "batch size for a symbolic batch dimension (default 1: per-sample figures)");
   cmd->add_flag("--nodes", args->nodes, "list every node with its input and output shapes");
   cmd->add_flag("--json", args->json, "print the report as JSON");
-  cmd->add_option("--dot", args->dot, "write the graph in Graviz's dot format to this file");
+  cmd->add_flag("--training", args->training,
+                "build the training graph (loss, backward, Momentum) and plan its memory");
+  cmd->add_option("--dot", args->dot, "write the graph in Graphviz's dot format to this file");
   cmd->add_option("--export", args->export_path,
-                  "write the imported graph (constants folded) back as ONNX to this file");
+                  "write the graph (constants folded; with --training the training graph) as ONNX");
+  cmd->add_option("--plot", args->plot, "with --training: write live bytes over the schedule as SVG");
   return {cmd, [args]() {
     graph::ImportOptions options;
     if (args->batch_size != 0) options.batch_size = args->batch_size;
     graph::Graph g = graph::import_onnx(args->model, options);
+    if (args->training) return run_training_report(*args, std::move(g));
+    if (!args->plot.empty()) throw Error("--plot needs --training");
     graph::InspectOptions view{args->model, args->nodes};
     std::cout << (args->json ? graph::summary_json(g, view) : graph::summary_text(g, view));
     if (!args->dot.empty()) {
-      std::ofstream out(args->dot);
-      if (!out) throw Error("cannot write '" + args->dot + "'");
-      out << graph::to_dot(g);
+      write_file(args->dot, graph::to_dot(g));
       if (!args->json) std::cout << "wrote " << args->dot << "\n";
     }
     if (!args->export_path.empty()) {

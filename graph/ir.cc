@@ -289,6 +289,16 @@ Node* Graph::add_node(const std::string& op_type, std::vector<Value*> inputs,
   return nodes_.back().get();
 }
 
+void Graph::set_output(Node* node, size_t index, Value* value) {
+  if (value && value->producer && value->producer != node)
+    throw Error(node->describe() + ": output '" + value->name + "' is already produced by " +
+                value->producer->describe());
+  if (node->outputs.size() <= index) node->outputs.resize(index + 1, nullptr);
+  if (Value* old = node->outputs[index]; old && old != value) old->producer = nullptr;
+  node->outputs[index] = value;
+  if (value) value->producer = node;
+}
+
 void Graph::remove_nodes_if(const std::function<bool(const Node&)>& dead) {
   std::set<const Node*> doomed;
   for (const auto& n : nodes_)
@@ -323,6 +333,10 @@ void Graph::replace_uses(Value* from, Value* to) {
 void Graph::prune_values() {
   std::set<const Value*> keep(inputs.begin(), inputs.end());
   keep.insert(outputs.begin(), outputs.end());
+  for (const auto& [state, next] : updates) {
+    keep.insert(state);
+    keep.insert(next);
+  }
   for (const auto& n : nodes_) {
     for (Value* v : n->inputs) keep.insert(v);
     for (Value* v : n->outputs) keep.insert(v);
@@ -341,6 +355,7 @@ void Graph::prune_values() {
 void Graph::remove_dead_nodes() {
   std::set<const Node*> live;
   std::vector<const Value*> work(outputs.begin(), outputs.end());
+  for (const auto& update : updates) work.push_back(update.second);
   while (!work.empty()) {
     const Value* v = work.back();
     work.pop_back();

@@ -156,6 +156,9 @@ class Graph {
 
   std::vector<Value*> inputs;   // graph inputs without data (role Input)
   std::vector<Value*> outputs;
+  // Persistent values a step rewrites: (state or parameter, its new value). The runtime
+  // stores each new value back into the state after the step (in place where it can).
+  std::vector<std::pair<Value*, Value*>> updates;
 
   // The opset version of `domain` ("" = ai.onnx), or 0 if not imported.
   int64_t opset(const std::string& domain = "") const;
@@ -182,6 +185,9 @@ class Graph {
   void remove_dead_nodes();
 
   const std::vector<std::unique_ptr<Node>>& nodes() const { return nodes_; }
+  // Sets output `index` of `node` to `value` (which must have no producer), growing the
+  // output list as needed; the old output value, if any, loses its producer.
+  void set_output(Node* node, size_t index, Value* value);
   std::vector<Value*> values_in_order() const;  // inputs, initializers, then node outputs
   std::vector<Value*> initializers() const;     // values with data, in insertion order
 

@@ -686,6 +686,59 @@ void infer_cast(Node& n, const InferContext&) {
   set_out(n, 0, to, in_shape(n, 0));
 }
 
+// ---- ops of the oxtrain domain that autodiff emits ----
+
+// Output 0 takes its shape from an attribute (the forward input's shape) and input 0's type.
+std::function<void(Node&, const InferContext&)> shape_from_attr(const char* attr) {
+  return [attr](Node& n, const InferContext&) {
+    if (!n.has_attr(attr)) throw Error(n.describe() + ": attribute " + attr + " is required");
+    set_out(n, 0, in(n, 0).dtype, n.attr_ints(attr));
+  };
+}
+
+void infer_batchnorm_training(Node& n, const InferContext& ctx) {
+  infer_batchnorm(n, ctx);  // Y like X; every other output per channel
+}
+
+void infer_batchnorm_grad(Node& n, const InferContext&) {
+  const Shape& x = in_shape(n, 1);
+  if (in_shape(n, 0) != x)
+    throw Error(n.describe() + ": dY " + join(in_shape(n, 0)) + " and X " + join(x) + " differ");
+  set_out(n, 0, in(n, 0).dtype, x);
+  set_out(n, 1, in(n, 2).dtype, Shape{x[1]});
+  set_out(n, 2, in(n, 2).dtype, Shape{x[1]});
+}
+
+void infer_like_input1(Node& n, const InferContext&) {
+  set_out(n, 0, in(n, 0).dtype, in_shape(n, 1));
+}
+
+void infer_transpose(Node& n, const InferContext&) {
+  const Shape& x = in_shape(n, 0);
+  std::vector<int64_t> perm = n.attr_ints("perm");
+  if (perm.empty())
+    for (int64_t i = static_cast<int64_t>(x.size()) - 1; i >= 0; --i) perm.push_back(i);
+  if (perm.size() != x.size())
+    throw Error(n.describe() + ": perm " + join(perm) + " does not fit input " + join(x));
+  Shape out;
+  std::vector<bool> seen(x.size(), false);
+  for (int64_t p : perm) {
+    if (p < 0 || p >= static_cast<int64_t>(x.size()) || seen[p])
+      throw Error(n.describe() + ": perm " + join(perm) + " is not a permutation");
+    seen[p] = true;
+    out.push_back(x[p]);
+  }
+  set_out(n, 0, in(n, 0).dtype, out);
+}
+
+void infer_reduce_sum_to(Node& n, const InferContext&) {
+  Shape target = n.attr_ints("shape");
+  const Shape& x = in_shape(n, 0);
+  if (broadcast_shapes(n, x, target) != x)
+    throw Error(n.describe() + ": " + join(x) + " does not reduce to " + join(target));
+  set_out(n, 0, in(n, 0).dtype, target);
+}
+
 std::vector<OpSchema>& registry() {
   static std::vector<OpSchema> ops = [] {
     using F = std::function<void(Node&, const InferContext&)>;
@@ -725,7 +778,21 @@ std::vector<OpSchema>& registry() {
         {"", "Cast", infer_cast, fold_cast},
         {"", "CastLike", infer_unfoldable, fold_cast_like, {1}},
         {"", "Expand", infer_unfoldable, fold_expand},
+        {"", "Neg", same_as_input, nullptr},
+        {"", "Transpose", infer_transpose, nullptr},
         {kTrainingDomain, "Momentum", infer_momentum, nullptr},
+        {kOxtrainDomain, "BatchNormTraining", infer_batchnorm_training, nullptr},
+        {kOxtrainDomain, "BatchNormGrad", infer_batchnorm_grad, nullptr},
+        {kOxtrainDomain, "ReluGrad", same_as_input, nullptr},
+        {kOxtrainDomain, "ConvGradData", shape_from_attr("input_shape"), nullptr},
+        {kOxtrainDomain, "ConvGradFilter", shape_from_attr("filter_shape"), nullptr},
+        {kOxtrainDomain, "MaxPoolGrad", shape_from_attr("input_shape"), nullptr},
+        {kOxtrainDomain, "AveragePoolGrad", shape_from_attr("input_shape"), nullptr},
+        {kOxtrainDomain, "GlobalAveragePoolGrad", shape_from_attr("input_shape"), nullptr},
+        {kOxtrainDomain, "ReduceMeanGrad", shape_from_attr("input_shape"), nullptr},
+        {kOxtrainDomain, "SoftmaxGrad", same_as_input, nullptr},
+        {kOxtrainDomain, "SoftmaxCrossEntropyLossGrad", infer_like_input1, nullptr},
+        {kOxtrainDomain, "ReduceSumTo", infer_reduce_sum_to, nullptr},
     };
     return r;
   }();

@@ -1,0 +1,80 @@
+// The static memory planner.
+//
+// Every value gets a place in one of four arenas:
+//   input       graph inputs, fed each step
+//   persistent  initializers: parameters first (contiguous), then state, then constants
+//   gradient    gradients of parameters, contiguous in the order backward finishes them
+//               (the order of allreduce buckets)
+//   activation  everything else; offsets planned from live intervals
+// Activation intervals come from the schedule (node order): a value lives from its producer
+// to its last consumer (graph outputs to the end). Intervals are placed largest first at the
+// best-fitting gap among the intervals they overlap in time (the greedy-by-size approach of
+// TFLite and ONNX Runtime). Element-wise ops whose input dies at that node write in place
+// (Relu, Add, ...: see in_place_op()). A state update whose producer is the state's last
+// reader and runs in place (Momentum, BatchNormTraining's running statistics) writes straight
+// into the state's buffer; other updates are copied back after the step.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "graph/ir.h"
+
+namespace oxtrain::runtime {
+
+struct LiveInterval {
+  int64_t first = 0;  // schedule index of the producer
+  int64_t last = 0;   // schedule index of the last reader (inclusive)
+  int64_t bytes = 0;
+};
+
+struct OffsetAssignment {
+  std::vector<int64_t> offsets;  // one per interval
+  int64_t arena_bytes = 0;
+};
+
+// Best fit, largest first. Offsets are multiples of `alignment`.
+OffsetAssignment assign_offsets(const std::vector<LiveInterval>& intervals, int64_t alignment = 64);
+
+enum class Arena : uint8_t { none, input, persistent, gradient, activation };
+const char* arena_name(Arena arena);
+
+struct Placement {
+  Arena arena = Arena::none;
+  int64_t offset = 0;
+  int64_t bytes = 0;
+};
+
+struct PlanOptions {
+  bool in_place = true;
+  int64_t alignment = 64;
+  // Gradients to place contiguously in the gradient arena, in bucket order.
+  std::vector<const graph::Value*> gradients;
+};
+
+struct MemoryPlan {
+  std::unordered_map<const graph::Value*, Placement> placements;
+  int64_t input_bytes = 0;
+  int64_t parameter_bytes = 0, state_bytes = 0, constant_bytes = 0;
+  int64_t persistent_bytes = 0;
+  int64_t gradient_bytes = 0;
+  int64_t activation_arena_bytes = 0;  // planned
+  int64_t activation_naive_bytes = 0;  // every activation in its own buffer
+  int64_t peak_live_bytes = 0;         // most activation bytes live at one step
+  std::vector<int64_t> live_bytes;     // activation bytes live at each schedule step
+  // Outputs that share their input's buffer (in-place ops), and updates written in place.
+  std::vector<std::pair<const graph::Value*, const graph::Value*>> in_place;
+  std::vector<bool> update_in_place;  // one per Graph::updates entry
+
+  const Placement& at(const graph::Value* v) const;
+};
+
+// Whether `op` may write output 0 into the buffer of an input of the same shape that dies at
+// this node.
+bool in_place_op(const graph::Node& node);
+
+MemoryPlan plan_memory(const graph::Graph& graph, const PlanOptions& options = {});
+
+}  // namespace oxtrain::runtime

@@ -1,0 +1,146 @@
+#include "runtime/session.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+namespace oxtrain::runtime {
+
+using graph::Tensor;
+using graph::Value;
+
+namespace {
+
+uint8_t* allocate(int64_t bytes) {
+  size_t size = static_cast<size_t>((std::max<int64_t>(bytes, 64) + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, size);
+  if (!p) throw Error("cannot allocate " + std::to_string(size) + " bytes");
+  std::memset(p, 0, size);
+  return static_cast<uint8_t*>(p);
+}
+
+}  // namespace
+
+Session::Session(graph::Graph graph, const SessionOptions& options)
+    : graph_(std::move(graph)), options_(options) {
+  if (options_.device != Device::cpu)
+    throw Error("device cuda: the CUDA runtime cannot run graphs yet; use --device cpu");
+  set_cpu_threads(options_.threads);
+  for (const auto& n : graph_.nodes())
+    for (const Value* v : n->outputs)
+      if (v && (!v->rank_known || !graph::shape_known(v->shape) || v->dtype == graph::DType::undefined))
+        throw Error(n->describe() + ": output '" + v->name + "' has no known shape or type");
+
+  // Kernels first, so every missing one is reported at once.
+  const KernelRegistry& registry = KernelRegistry::global();
+  std::map<std::string, std::vector<std::string>> missing;
+  for (const auto& n : graph_.nodes()) {
+    if (!registry.find(n->domain, n->op_type, options_.device))
+      missing[n->domain.empty() ? n->op_type : n->domain + "." + n->op_type].push_back(n->name);
+  }
+  if (!missing.empty()) {
+    std::string msg = std::string("no ") + device_name(options_.device) + " kernel for:";
+    for (const auto& [op, names] : missing)
+      msg += " " + op + " ('" + names[0] + "'" +
+             (names.size() > 1 ? " and " + std::to_string(names.size() - 1) + " more" : "") + ")";
+    throw Error(msg);
+  }
+  size_t workspace = 0;
+  for (const auto& n : graph_.nodes()) {
+    KernelInit init{*n, graph_.opset(n->domain), options_.device};
+    kernels_.push_back((*registry.find(n->domain, n->op_type, options_.device))(init));
+    workspace = std::max(workspace, kernels_.back()->workspace_bytes());
+  }
+
+  PlanOptions plan_options;
+  plan_options.in_place = options_.in_place;
+  for (const auto& name : options_.gradients) plan_options.gradients.push_back(graph_.value(name));
+  plan_ = plan_memory(graph_, plan_options);
+
+  input_ = {allocate(plan_.input_bytes), plan_.input_bytes};
+  persistent_ = {allocate(plan_.persistent_bytes), plan_.persistent_bytes};
+  gradient_ = {allocate(plan_.gradient_bytes), plan_.gradient_bytes};
+  activation_ = {allocate(plan_.activation_arena_bytes), plan_.activation_arena_bytes};
+  workspace_ = {allocate(static_cast<int64_t>(workspace)), static_cast<int64_t>(workspace)};
+
+  for (const Value* v : graph_.initializers()) std::memcpy(address(v), v->data->bytes.data(), v->data->bytes.size());
+
+  for (const auto& n : graph_.nodes()) {
+    KernelArgs args;
+    for (const Value* v : n->inputs)
+      args.inputs.push_back(v ? TensorView{address(v), v->dtype, v->shape} : TensorView{});
+    for (const Value* v : n->outputs)
+      args.outputs.push_back(v ? TensorView{address(v), v->dtype, v->shape} : TensorView{});
+    args.workspace = workspace_.data;
+    args_.push_back(std::move(args));
+  }
+  fed_.assign(graph_.inputs.size(), false);
+}
+
+Session::~Session() {
+  for (Buffer* b : {&input_, &persistent_, &gradient_, &activation_, &workspace_}) std::free(b->data);
+}
+
+void* Session::address(const Value* v) const {
+  const Placement& p = plan_.at(v);
+  switch (p.arena) {
+    case Arena::input: return input_.data + p.offset;
+    case Arena::persistent: return persistent_.data + p.offset;
+    case Arena::gradient: return gradient_.data + p.offset;
+    case Arena::activation: return activation_.data + p.offset;
+    default: throw Error("value '" + v->name + "' has no buffer");
+  }
+}
+
+void Session::feed(const std::string& name, const Tensor& tensor) {
+  for (size_t i = 0; i < graph_.inputs.size(); ++i) {
+    const Value* v = graph_.inputs[i];
+    if (v->name != name) continue;
+    if (tensor.dtype != v->dtype || tensor.shape != v->shape)
+      throw Error("input '" + name + "' expects " + graph::dtype_name(v->dtype) + " " +
+                  graph::shape_str(v->shape) + ", got " + graph::dtype_name(tensor.dtype) + " " +
+                  graph::shape_str(tensor.shape));
+    std::memcpy(address(v), tensor.bytes.data(), tensor.bytes.size());
+    fed_[i] = true;
+    return;
+  }
+  throw Error("the graph has no input named '" + name + "'");
+}
+
+void Session::run() {
+  for (size_t i = 0; i < fed_.size(); ++i)
+    if (!fed_[i]) throw Error("input '" + graph_.inputs[i]->name + "' was not fed");
+  const auto& nodes = graph_.nodes();
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    try {
+      kernels_[i]->run(args_[i]);
+    } catch (const Error& e) {
+      throw Error(std::string(e.what()) + " (while running " + nodes[i]->describe() + ")");
+    }
+  }
+  for (size_t u = 0; u < graph_.updates.size(); ++u) {
+    if (plan_.update_in_place[u]) continue;
+    const auto& [state, next] = graph_.updates[u];
+    std::memcpy(address(state), address(next), static_cast<size_t>(state->bytes()));
+  }
+}
+
+Tensor Session::fetch(const std::string& name) const {
+  const Value* v = graph_.value(name);
+  Tensor t(v->dtype, v->shape);
+  std::memcpy(t.bytes.data(), address(v), t.bytes.size());
+  return t;
+}
+
+void Session::assign(const std::string& name, const Tensor& tensor) {
+  const Value* v = graph_.value(name);
+  if (plan_.at(v).arena != Arena::persistent)
+    throw Error("'" + name + "' is not a parameter or state; it cannot be assigned");
+  if (tensor.dtype != v->dtype || tensor.shape != v->shape)
+    throw Error("'" + name + "' is " + graph::dtype_name(v->dtype) + " " + v->shape_string() +
+                ", cannot assign " + graph::dtype_name(tensor.dtype) + " " +
+                graph::shape_str(tensor.shape));
+  std::memcpy(address(v), tensor.bytes.data(), tensor.bytes.size());
+}
+
+}  // namespace oxtrain::runtime
