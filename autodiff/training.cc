@@ -351,6 +351,10 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
     result.optimizer_nodes = 1;
   }
   g.outputs = new_outputs;
+  // The training graph is specialised to the batch it was built for (gradient reshapes hold
+  // the batch as constants), so its inputs and outputs carry fixed sizes.
+  for (Value* v : g.inputs) v->dim_names.clear();
+  for (Value* v : g.outputs) v->dim_names.clear();
   // Values nobody reads (e.g. BN saved stats of frozen branches) stay; dead nodes go.
   g.remove_dead_nodes();
   g.prune_values();

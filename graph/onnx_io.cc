@@ -20,6 +20,9 @@ namespace fs = std::filesystem;
 namespace oxtrain::graph {
 namespace {
 
+// Metadata key listing Graph::updates as "state<TAB>new value" lines.
+constexpr const char* kUpdatesKey = "oxtrain.updates";
+
 std::string read_file_bytes(const fs::path& path, const std::string& what) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw Error(what + " '" + path.string() + "' does not exist");
@@ -290,7 +293,10 @@ void assign_roles(Graph& g) {
     for (const Node* c : v->consumers) {
       for (size_t i = 0; i < c->inputs.size(); ++i) {
         if (c->inputs[i] != v) continue;
-        if (c->op_type == "BatchNormalization" && (i == 3 || i == 4)) state = true;
+        bool bn_stat = (c->op_type == "BatchNormalization" || c->op_type == "BatchNormTraining") &&
+                       (i == 3 || i == 4);
+        bool momentum_buffer = c->op_type == "Momentum" && i >= 2 + 2 * (c->inputs.size() - 2) / 3;
+        if (bn_stat || momentum_buffer) state = true;
         else if (!constant_slot(*c, i)) trainable = true;
       }
     }
@@ -460,6 +466,20 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
     if (v->dtype == DType::undefined) v->dtype = computed;
     g.outputs.push_back(v);
   }
+  for (const auto& prop : model.metadata_props()) {
+    if (prop.key() != kUpdatesKey) continue;
+    std::istringstream lines(prop.value());
+    std::string line;
+    while (std::getline(lines, line)) {
+      auto tab = line.find('\t');
+      if (tab == std::string::npos) continue;
+      Value* state = g.find_value(line.substr(0, tab));
+      Value* next = g.find_value(line.substr(tab + 1));
+      if (!state || !next) throw Error("metadata " + std::string(kUpdatesKey) + " names unknown values");
+      g.updates.push_back({state, next});
+      g.outputs.erase(std::remove(g.outputs.begin(), g.outputs.end(), next), g.outputs.end());
+    }
+  }
   if (g.outputs.empty()) throw Error("the graph has no outputs");
   if (options.prepare) prepare(g, options);
   return g;
@@ -524,6 +544,19 @@ onnx::ModelProto to_onnx(const Graph& g) {
     for (const Value* v : g.initializers())
       if (!as_constant_node(v)) write_value_info(*v, *gp->add_input(), true);
   for (const Value* v : g.outputs) write_value_info(*v, *gp->add_output(), true);
+  // A step's updates are outputs too (so readers keep the nodes that compute them); which
+  // state each one rewrites is recorded in the model's metadata.
+  if (!g.updates.empty()) {
+    std::string pairs;
+    std::set<const Value*> written(g.outputs.begin(), g.outputs.end());
+    for (const auto& [state, next] : g.updates) {
+      pairs += state->name + "\t" + next->name + "\n";
+      if (written.insert(next).second) write_value_info(*next, *gp->add_output(), true);
+    }
+    auto* prop = m.add_metadata_props();
+    prop->set_key(kUpdatesKey);
+    prop->set_value(pairs);
+  }
   // Intermediate shapes hold only for the batch the graph was prepared with; a graph with a
   // symbolic batch leaves them to the reader's shape inference.
   bool write_intermediate = !has_symbolic_dims(g);
