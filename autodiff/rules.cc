@@ -91,7 +91,13 @@ Grads conv_rule(GradContext& c) {
     a["filter_shape"] = ints(c.in(1)->shape);
     g[1] = c.emit1("ConvGradFilter", kOx, {c.dY(), c.in(0)}, a);
   }
-  if (c.needs(2)) g[2] = c.reduce_to(c.dY(), c.in(2));
+  if (c.needs(2)) {
+    // The bias broadcasts over batch and space: sum to [1, M, 1, ...], then reshape to [M].
+    Shape per_channel(c.dY()->shape.size(), 1);
+    per_channel[1] = c.in(2)->shape[0];
+    Value* sum = c.emit1("ReduceSumTo", kOx, {c.dY()}, {{"shape", ints(per_channel)}});
+    g[2] = c.emit1("Reshape", "", {sum, c.constant_ints(c.in(2)->shape)});
+  }
   return g;
 }
 

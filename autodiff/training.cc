@@ -301,7 +301,9 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
       Node* producer = d->producer;
       for (size_t i = 0; i < producer->outputs.size(); ++i)
         if (producer->outputs[i] == d) g.set_output(producer, i, named);
-      final_grad[t] = named;
+      // Other targets with the very same gradient (Add(x, y) passes dY to both) follow.
+      for (auto& [value, grad] : final_grad)
+        if (grad == d) grad = named;
     }
     result.gradients.push_back({t->name, final_grad[t]->name});
   }

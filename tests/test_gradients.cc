@@ -194,6 +194,10 @@ void check_gradients(const GradCase& c, const std::string& label, double h = 1e-
     const Tensor& a = analytic[i];
     ASSERT_EQ(a.shape, c.inputs[i].value.shape);
     int64_t n = a.numel();
+    // A gradient that is zero everywhere would match a broken kernel that outputs zeros.
+    double largest = 0;
+    for (int64_t j = 0; j < n; ++j) largest = std::max(largest, std::fabs(a.data<double>()[j]));
+    EXPECT_GT(largest, 1e-3) << "input " << i << ": gradient is (almost) zero everywhere";
     // Every element of small tensors, a random sample of 48 of larger ones.
     std::vector<int64_t> picks;
     if (n <= 48)
