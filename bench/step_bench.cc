@@ -1,0 +1,77 @@
+// Training-step throughput of oxtrain on the CPU for a zoo ResNet, on a fixed synthetic
+// batch, as ../shared/bench/torch_resnet.py measures PyTorch: SGD momentum 0.9, weight decay
+// 1e-4, cross-entropy. Prints one JSON line with img_s and ms_step.
+//
+//   oxtrain_step_bench --arch resnet18 --image-size 112 --batch-size 32 --iters 10 --warmup 3
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "autodiff/training.h"
+#include "graph/onnx_io.h"
+#include "graph/zoo.h"
+#include "runtime/session.h"
+
+using namespace oxtrain;
+
+int main(int argc, char** argv) {
+  std::string arch = "resnet50";
+  int64_t image = 224, batch = 16, classes = 1000;
+  int iters = 5, warmup = 2, threads = 0;
+  CLI::App app{"oxtrain training-step benchmark (CPU)"};
+  app.add_option("--arch", arch);
+  app.add_option("--image-size", image);
+  app.add_option("--batch-size", batch);
+  app.add_option("--num-classes", classes);
+  app.add_option("--iters", iters);
+  app.add_option("--warmup", warmup);
+  app.add_option("--threads", threads);
+  CLI11_PARSE(app, argc, argv);
+  try {
+    graph::ZooOptions zo;
+    zo.image_size = image;
+    zo.num_classes = classes;
+    graph::Graph g = graph::make_zoo_model(arch, zo);
+    graph::ImportOptions io;
+    io.batch_size = batch;
+    graph::prepare(g, io);
+    autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(g));
+    runtime::SessionOptions so;
+    so.threads = threads;
+    for (const auto& [v, d] : tg.gradients) so.gradients.push_back(d);
+    std::string input = tg.graph.inputs[0]->name;
+    runtime::Session session(std::move(tg.graph), so);
+
+    graph::Rng rng(0);
+    graph::Tensor images(graph::DType::f32, {batch, 3, image, image});
+    for (int64_t i = 0; i < images.numel(); ++i) images.data<float>()[i] = static_cast<float>(rng.normal());
+    std::vector<int64_t> labels(static_cast<size_t>(batch));
+    for (auto& l : labels) l = static_cast<int64_t>(rng.next_u64() % static_cast<uint64_t>(classes));
+    session.feed(input, images);
+    session.feed(tg.labels, graph::Tensor::from_int64(labels, {batch}));
+    session.feed(tg.learning_rate, graph::Tensor::from_float({0.1f}, {}));
+    int64_t step = 0;
+    auto one_step = [&] {
+      session.feed(tg.step, graph::Tensor::from_int64({step++}, {}));
+      session.run();
+      return session.fetch(tg.loss).data<float>()[0];
+    };
+    for (int i = 0; i < warmup; ++i) one_step();
+    auto start = std::chrono::steady_clock::now();
+    float loss = 0;
+    for (int i = 0; i < iters; ++i) loss = one_step();
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf(
+        "{\"framework\": \"oxtrain\", \"arch\": \"%s\", \"image_size\": %lld, \"batch\": %lld, "
+        "\"threads\": %d, \"img_s\": %.2f, \"ms_step\": %.1f, \"loss\": %.4f, "
+        "\"activation_arena_mib\": %.1f}\n",
+        arch.c_str(), static_cast<long long>(image), static_cast<long long>(batch),
+        runtime::cpu_threads(), batch * iters / seconds, 1000 * seconds / iters, loss,
+        session.plan().activation_arena_bytes / 1048576.0);
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "oxtrain_step_bench: error: " << e.what() << "\n";
+    return 2;
+  }
+}
