@@ -288,12 +288,14 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
   result.forward_nodes = static_cast<int64_t>(forward_count);
   result.backward_nodes = static_cast<int64_t>(g.nodes().size() - forward_count);
 
-  // Name the final gradients "grad/<value>" (a Sum or the last rule output).
+  // Name the final gradients "grad/<value>" (a Sum or the last rule output); a gradient
+  // shared by several values keeps the first name.
+  std::set<const Value*> renamed;
   for (Value* t : finished_targets) {
     Value* d = final_grad[t];
     if (!d) continue;
     std::string name = "grad/" + t->name;
-    if (d->producer && d->name != name && !g.find_value(name) && d->consumers.empty() &&
+    if (d->producer && !renamed.count(d) && !g.find_value(name) && d->consumers.empty() &&
         std::find(g.outputs.begin(), g.outputs.end(), d) == g.outputs.end()) {
       // Rename by replacing with a fresh value of the right name (names are map keys).
       Value* named = g.add_value(name, d->dtype, d->shape);
@@ -304,6 +306,7 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
       // Other targets with the very same gradient (Add(x, y) passes dY to both) follow.
       for (auto& [value, grad] : final_grad)
         if (grad == d) grad = named;
+      renamed.insert(named);
     }
     result.gradients.push_back({t->name, final_grad[t]->name});
   }

@@ -139,7 +139,7 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
   auto last_use = [&](const Value* v) {
     int64_t last = v->producer ? index[v->producer] : 0;
     for (const graph::Node* c : v->consumers) last = std::max(last, index[c]);
-    if (graph_outputs.count(v) || copied_updates.count(v)) last = end;
+    if (graph_outputs.count(v) || copied_updates.count(v) || options.keep_all) last = end;
     return last;
   };
   for (int64_t i = 0; i < end; ++i) {

@@ -49,6 +49,8 @@ struct Placement {
 
 struct PlanOptions {
   bool in_place = true;
+  // Every activation lives to the end of the step (for debugging and inspection tools).
+  bool keep_all = false;
   int64_t alignment = 64;
   // Gradients to place contiguously in the gradient arena, in bucket order.
   std::vector<const graph::Value*> gradients;

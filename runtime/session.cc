@@ -53,7 +53,8 @@ Session::Session(graph::Graph graph, const SessionOptions& options)
   }
 
   PlanOptions plan_options;
-  plan_options.in_place = options_.in_place;
+  plan_options.in_place = options_.in_place && !options_.keep_all_values;
+  plan_options.keep_all = options_.keep_all_values;
   for (const auto& name : options_.gradients) plan_options.gradients.push_back(graph_.value(name));
   plan_ = plan_memory(graph_, plan_options);
 

@@ -17,6 +17,8 @@ struct SessionOptions {
   Device device = Device::cpu;
   int threads = 0;  // CPU threads; 0: all cores
   bool in_place = true;
+  // Keep every value readable after run() (no buffer reuse): for debugging.
+  bool keep_all_values = false;
   // Gradient values (by name) in bucket order, placed contiguously in the gradient arena.
   std::vector<std::string> gradients;
 };

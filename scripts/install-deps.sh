@@ -8,7 +8,7 @@ packages=(
   cmake g++ make pkg-config
   libprotobuf-dev protobuf-compiler libonnx-dev
   libcli11-dev nlohmann-json3-dev
-  libgtest-dev libopenblas-dev
+  libgtest-dev libopenblas-openmp-dev
 )
 
 missing=()

@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 
 #include "autodiff/training.h"
 #include "graph/onnx_io.h"
 #include "graph/passes.h"
+#include "graph/zoo.h"
 #include "runtime/session.h"
 #include "tests/kernel_helpers.h"
 
@@ -25,8 +27,24 @@ struct Trainer {
   std::vector<std::pair<std::string, std::string>> updates;  // (state, new value)
 };
 
-Trainer make_trainer(DType dtype) {
-  Graph g = import_onnx(kModel);
+// The PyTorch-exported Bottleneck fixture, or (fixture = false) the zoo's resnet18 at 64x64
+// with batch 4 and 10 classes: its last stage still sees 2x2 pixels, so every BatchNorm
+// averages at least 16 values and float32 rounding stays at rounding level.
+Graph model(bool fixture) {
+  if (fixture) return import_onnx(kModel);
+  ZooOptions zo;
+  zo.image_size = 64;
+  zo.num_classes = 10;
+  zo.seed = 3;
+  Graph g = make_zoo_model("resnet18", zo);
+  ImportOptions io;
+  io.batch_size = 4;
+  prepare(g, io);
+  return g;
+}
+
+Trainer make_trainer(DType dtype, bool fixture = true) {
+  Graph g = model(fixture);
   if (dtype == DType::f64) convert_float_dtype(g, DType::f64);
   autodiff::TrainingOptions o;
   o.momentum = 0.9;
@@ -40,15 +58,16 @@ Trainer make_trainer(DType dtype) {
   return t;
 }
 
-void step(Trainer& t, DType dtype, int64_t index) {
-  Tensor images = read_tensor_file(kImages);
+void step(Trainer& t, DType dtype, int64_t index, bool fixture = true) {
+  Tensor images = fixture ? read_tensor_file(kImages) : test::random_tensor(DType::f32, {4, 3, 64, 64}, 17);
   if (dtype == DType::f64) {
     Tensor d(DType::f64, images.shape);
     for (int64_t i = 0; i < images.numel(); ++i) d.data<double>()[i] = images.data<float>()[i];
     images = d;
   }
   t.session->feed("input", images);
-  t.session->feed(t.tg.labels, Tensor::from_int64({3, 7}, {2}));
+  t.session->feed(t.tg.labels, fixture ? Tensor::from_int64({3, 7}, {2})
+                                        : Tensor::from_int64({3, 7, 0, 9}, {4}));
   t.session->feed(t.tg.learning_rate, Tensor::from_float({0.1f}, {}));
   t.session->feed(t.tg.step, Tensor::from_int64({index}, {}));
   t.session->run();
@@ -69,25 +88,29 @@ double relative_error(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 TEST(TrainingStep, Float32MatchesFloat64) {
-  Trainer f32 = make_trainer(DType::f32);
-  Trainer f64 = make_trainer(DType::f64);
-  for (int64_t s = 0; s < 2; ++s) {
-    step(f32, DType::f32, s);
-    step(f64, DType::f64, s);
-    double loss32 = test::element(f32.session->fetch(f32.tg.loss), 0);
-    double loss64 = test::element(f64.session->fetch(f64.tg.loss), 0);
-    EXPECT_NEAR(loss32, loss64, 1e-5 * std::fabs(loss64)) << "step " << s;
-    EXPECT_GT(loss64, 0.5);  // ten classes: about log(10) before training
-  }
-  // Every parameter, momentum buffer and BN running statistic after two steps.
+  Trainer f32 = make_trainer(DType::f32, false);
+  Trainer f64 = make_trainer(DType::f64, false);
+  // One step. (Later steps drift apart legitimately: four images are fitted within a few
+  // steps, and the gradients of nearly fitted examples are differences of probabilities
+  // close to 1, which float32 cannot resolve.)
+  step(f32, DType::f32, 0, false);
+  step(f64, DType::f64, 0, false);
+  double loss32 = test::element(f32.session->fetch(f32.tg.loss), 0);
+  double loss64 = test::element(f64.session->fetch(f64.tg.loss), 0);
+  EXPECT_NEAR(loss32, loss64, 1e-6 * std::fabs(loss64));
+  EXPECT_GT(loss64, 1.5);  // ten classes: about log(10) before training
+  // Every parameter, momentum buffer and BN running statistic after the step.
   int compared = 0;
+  double worst = 0;
   for (const auto& [state, next] : f32.updates) {
     double err = relative_error(f32.session->fetch(state), f64.session->fetch(state));
     EXPECT_LT(err, 2e-5) << state;
+    worst = std::max(worst, err);
     ++compared;
   }
   EXPECT_EQ(compared, static_cast<int>(f64.updates.size()));
   EXPECT_GT(compared, 40);
+  std::printf("worst relative error float32 vs float64: %.3g over %d tensors\n", worst, compared);
 }
 
 TEST(TrainingStep, ParametersMoveAgainstTheGradient) {
@@ -98,7 +121,8 @@ TEST(TrainingStep, ParametersMoveAgainstTheGradient) {
   // First step: momentum buffer = g + wd * w, and w_new = w - lr * buffer.
   Tensor buffer = t.session->fetch("momentum/fc.weight");
   for (int64_t i = 0; i < before.numel(); ++i)
-    ASSERT_NEAR(after.data<double>()[i], before.data<double>()[i] - 0.1 * buffer.data<double>()[i], 1e-12);
+    ASSERT_NEAR(after.data<double>()[i],
+                before.data<double>()[i] - static_cast<double>(0.1f) * buffer.data<double>()[i], 1e-15);
   double change = relative_error(after, before);
   EXPECT_GT(change, 1e-4);
 }

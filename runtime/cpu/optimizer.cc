@@ -1,7 +1,131 @@
+// ai.onnx.preview.training.Momentum: SGD with momentum (standard or Nesterov) and weight
+// decay, over n tensors at once. Inputs R (learning rate), T (update count), X1..Xn,
+// G1..Gn, V1..Vn; outputs X1_new..Xn_new, V1_new..Vn_new. The outputs may share buffers
+// with X and V: every element is read before it is written.
+//
+// With alpha = momentum, beta = 1, norm_coefficient = weight_decay and V starting at 0 this
+// is PyTorch's SGD(momentum, weight_decay, dampening=0, nesterov).
+#include <string>
+#include <vector>
+
+#include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
 
 namespace oxtrain::runtime {
+namespace {
 
-void register_cpu_optimizer_kernels(KernelRegistry& registry) {}
+using cpu::parallel_chunks;
+
+struct MomentumConfig {
+  double alpha = 0, beta = 0, norm_coefficient = 0;
+  bool nesterov = false;
+};
+
+template <typename T>
+void momentum_update(const MomentumConfig& cfg, double lr, bool first_step, const T* x,
+                     const T* g, const T* v, T* x_new, T* v_new, int64_t count) {
+  const T r = static_cast<T>(lr);
+  const T alpha = static_cast<T>(cfg.alpha);
+  const T beta = first_step ? T(1) : static_cast<T>(cfg.beta);
+  const T nc = static_cast<T>(cfg.norm_coefficient);
+  const bool nesterov = cfg.nesterov;
+  parallel_chunks(count, [&](int64_t b, int64_t e) {
+    if (nesterov) {
+#pragma omp simd
+      for (int64_t i = b; i < e; ++i) {
+        const T xi = x[i], gi = nc * xi + g[i], vi = v[i];
+        const T vn = alpha * vi + beta * gi;
+        x_new[i] = xi - r * (gi + alpha * vn);
+        v_new[i] = vn;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = b; i < e; ++i) {
+        const T xi = x[i], gi = nc * xi + g[i], vi = v[i];
+        const T vn = alpha * vi + beta * gi;
+        x_new[i] = xi - r * vn;
+        v_new[i] = vn;
+      }
+    }
+  });
+}
+
+double scalar_value(const TensorView& t) {
+  switch (t.dtype) {
+    case DType::f32: return t.as<float>()[0];
+    case DType::f64: return t.as<double>()[0];
+    case DType::i64: return static_cast<double>(t.as<int64_t>()[0]);
+    case DType::i32: return t.as<int32_t>()[0];
+    default: return 0;
+  }
+}
+
+KernelFactory momentum_factory() {
+  return [](const KernelInit& init) {
+    const Node& n = init.node;
+    const std::string what = n.describe();
+    if (n.inputs.size() < 5 || (n.inputs.size() - 2) % 3 != 0)
+      throw Error(what + ": expects R, T, then X..., G..., V... (3 groups of equal size)");
+    const size_t count = (n.inputs.size() - 2) / 3;
+    if (n.outputs.size() != 2 * count)
+      throw Error(what + ": expects " + std::to_string(2 * count) + " outputs");
+    for (size_t i = 0; i < n.inputs.size(); ++i)
+      if (!n.input(i)) throw Error(what + ": input " + std::to_string(i) + " is missing");
+    for (size_t i = 0; i < n.outputs.size(); ++i)
+      if (!n.output(i)) throw Error(what + ": output " + std::to_string(i) + " is missing");
+    DType rt = n.input(0)->dtype, tt = n.input(1)->dtype;
+    if (rt != DType::f32 && rt != DType::f64)
+      throw Error(what + ": learning rate must be float32 or float64, not " +
+                  graph::dtype_name(rt));
+    if (tt != DType::i64 && tt != DType::i32)
+      throw Error(what + ": update count T must be int64, not " + graph::dtype_name(tt));
+    std::vector<DType> types;
+    for (size_t i = 0; i < count; ++i) {
+      DType dt = n.input(2 + i)->dtype;
+      if (dt != DType::f32 && dt != DType::f64)
+        throw Error(what + ": '" + n.input(2 + i)->name + "' is " + graph::dtype_name(dt) +
+                    "; the CPU kernel updates float32 and float64 tensors");
+      for (size_t j : {2 + count + i, 2 + 2 * count + i})
+        if (n.input(j)->dtype != dt || n.input(j)->shape != n.input(2 + i)->shape)
+          throw Error(what + ": '" + n.input(j)->name + "' " + n.input(j)->shape_string() +
+                      " differs in type or shape from '" + n.input(2 + i)->name + "' " +
+                      n.input(2 + i)->shape_string());
+      types.push_back(dt);
+    }
+    for (const char* key : {"alpha", "beta"})
+      if (!n.has_attr(key)) throw Error(what + ": attribute " + key + " is required");
+    MomentumConfig cfg;
+    cfg.alpha = n.attr_float("alpha", 0.0f);
+    cfg.beta = n.attr_float("beta", 0.0f);
+    cfg.norm_coefficient = n.attr_float("norm_coefficient", 0.0f);
+    const std::string mode = n.attr_string("mode", "standard");
+    if (mode != "standard" && mode != "nesterov")
+      throw Error(what + ": unknown mode '" + mode + "' (standard or nesterov)");
+    cfg.nesterov = mode == "nesterov";
+    return make_kernel([cfg, count, types](const KernelArgs& a) {
+      const double lr = scalar_value(a.inputs[0]);
+      const bool first_step = scalar_value(a.inputs[1]) <= 0;
+      for (size_t i = 0; i < count; ++i) {
+        const TensorView& x = a.inputs[2 + i];
+        const TensorView& g = a.inputs[2 + count + i];
+        const TensorView& v = a.inputs[2 + 2 * count + i];
+        const TensorView& xn = a.outputs[i];
+        const TensorView& vn = a.outputs[count + i];
+        if (types[i] == DType::f32)
+          momentum_update(cfg, lr, first_step, x.as<float>(), g.as<float>(), v.as<float>(),
+                          xn.as<float>(), vn.as<float>(), x.numel());
+        else
+          momentum_update(cfg, lr, first_step, x.as<double>(), g.as<double>(), v.as<double>(),
+                          xn.as<double>(), vn.as<double>(), x.numel());
+      }
+    });
+  };
+}
+
+}  // namespace
+
+void register_cpu_optimizer_kernels(KernelRegistry& registry) {
+  registry.add("ai.onnx.preview.training", "Momentum", Device::cpu, momentum_factory());
+}
 
 }  // namespace oxtrain::runtime

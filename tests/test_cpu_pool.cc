@@ -1,0 +1,497 @@
+// CPU MaxPool, AveragePool, GlobalAveragePool and their oxtrain.*Grad kernels against direct
+// references (nested loops in double), adjoint identities, hand-computed MaxPool cases (ties,
+// NaN, indices) and errors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "graph/ir.h"
+#include "tests/kernel_helpers.h"
+
+using namespace oxtrain;
+using graph::Attribute;
+using graph::DType;
+using graph::Shape;
+using graph::Tensor;
+using test::element;
+using test::KernelCase;
+using test::random_tensor;
+using test::set_element;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+struct PoolParams {
+  std::string label;
+  Shape x;
+  std::vector<int64_t> kernel, strides, pads, dilations;  // empty: attribute omitted
+  std::string auto_pad;                                   // empty: attribute omitted
+  int64_t ceil_mode = 0;
+};
+
+// The window geometry, derived here (PyTorch's rule for ceil_mode: the last window must start
+// inside the input or the leading padding).
+struct RefGeom {
+  int64_t k[2], s[2], d[2], pb[2], pe[2], out[2];
+};
+
+RefGeom ref_geometry(const PoolParams& p) {
+  RefGeom g;
+  for (int i = 0; i < 2; ++i) {
+    g.k[i] = p.kernel[i];
+    g.s[i] = p.strides.empty() ? 1 : p.strides[i];
+    g.d[i] = p.dilations.empty() ? 1 : p.dilations[i];
+    g.pb[i] = p.pads.empty() ? 0 : p.pads[i];
+    g.pe[i] = p.pads.empty() ? 0 : p.pads[i + 2];
+    const int64_t in = p.x[i + 2], eff = (g.k[i] - 1) * g.d[i] + 1;
+    if (p.auto_pad == "SAME_UPPER" || p.auto_pad == "SAME_LOWER") {
+      int64_t out = (in + g.s[i] - 1) / g.s[i];
+      int64_t total = std::max<int64_t>(0, (out - 1) * g.s[i] + eff - in);
+      g.pb[i] = p.auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
+      g.pe[i] = total - g.pb[i];
+    } else if (p.auto_pad == "VALID") {
+      g.pb[i] = g.pe[i] = 0;
+    }
+    const int64_t span = in + g.pb[i] + g.pe[i] - eff;
+    int64_t out = (p.ceil_mode ? (span + g.s[i] - 1) / g.s[i] : span / g.s[i]) + 1;
+    if (p.ceil_mode && (out - 1) * g.s[i] >= in + g.pb[i]) --out;
+    g.out[i] = out;
+  }
+  return g;
+}
+
+Shape pooled_shape(const PoolParams& p) {
+  RefGeom g = ref_geometry(p);
+  return {p.x[0], p.x[1], g.out[0], g.out[1]};
+}
+
+void set_pool_attrs(KernelCase& k, const PoolParams& p) {
+  k.set_attr("kernel_shape", Attribute{p.kernel});
+  if (!p.strides.empty()) k.set_attr("strides", Attribute{p.strides});
+  if (!p.pads.empty()) k.set_attr("pads", Attribute{p.pads});
+  if (!p.dilations.empty()) k.set_attr("dilations", Attribute{p.dilations});
+  if (!p.auto_pad.empty()) k.set_attr("auto_pad", Attribute{p.auto_pad});
+  k.set_attr("ceil_mode", Attribute{p.ceil_mode});
+}
+
+// NaN-aware closeness: a non-finite result where a number is expected fails.
+void expect_close(const Tensor& got, const std::vector<double>& ref,
+                  const std::vector<double>& scale, double rtol, const std::string& what) {
+  ASSERT_EQ(got.numel(), static_cast<int64_t>(ref.size())) << what;
+  int failures = 0;
+  for (int64_t i = 0; i < got.numel() && failures < 5; ++i) {
+    const double g = element(got, i);
+    const double tol = rtol * std::max(scale[i], 1e-3);
+    if (!std::isfinite(g) || !(std::fabs(g - ref[i]) <= tol)) {
+      ADD_FAILURE() << what << ": element " << i << " is " << g << ", expected " << ref[i];
+      ++failures;
+    }
+  }
+}
+
+// Exact equality where NaN equals only NaN.
+void expect_same(const Tensor& got, const std::vector<double>& ref, const std::string& what) {
+  ASSERT_EQ(got.numel(), static_cast<int64_t>(ref.size())) << what;
+  int failures = 0;
+  for (int64_t i = 0; i < got.numel() && failures < 5; ++i) {
+    const double g = element(got, i);
+    const bool ok = std::isnan(ref[i]) ? std::isnan(g) : g == ref[i];
+    if (!ok) {
+      ADD_FAILURE() << what << ": element " << i << " is " << g << ", expected " << ref[i];
+      ++failures;
+    }
+  }
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  double s = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) s += element(a, i) * element(b, i);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// MaxPool.
+
+struct MaxRef {
+  std::vector<double> y, indices;
+};
+
+// First maximum in row-major window order; padding never wins; NaN beats numbers.
+MaxRef max_reference(const PoolParams& p, const Tensor& x) {
+  RefGeom g = ref_geometry(p);
+  const int64_t N = p.x[0], C = p.x[1], H = p.x[2], W = p.x[3];
+  MaxRef r;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t oh = 0; oh < g.out[0]; ++oh)
+        for (int64_t ow = 0; ow < g.out[1]; ++ow) {
+          bool found = false;
+          double best = 0;
+          int64_t at = -1;
+          for (int64_t kh = 0; kh < g.k[0]; ++kh)
+            for (int64_t kw = 0; kw < g.k[1]; ++kw) {
+              const int64_t h = oh * g.s[0] - g.pb[0] + kh * g.d[0];
+              const int64_t w = ow * g.s[1] - g.pb[1] + kw * g.d[1];
+              if (h < 0 || h >= H || w < 0 || w >= W) continue;
+              const int64_t i = ((n * C + c) * H + h) * W + w;
+              const double v = element(x, i);
+              bool take = !found || (std::isnan(v) && !std::isnan(best)) || v > best;
+              if (take) {
+                found = true;
+                best = v;
+                at = i;
+              }
+            }
+          r.y.push_back(best);
+          r.indices.push_back(static_cast<double>(at));
+        }
+  return r;
+}
+
+struct MaxOut {
+  Tensor y, indices;
+};
+
+MaxOut run_max_pool(const PoolParams& p, const Tensor& x, bool with_indices = true) {
+  Shape out = pooled_shape(p);
+  KernelCase k("MaxPool", "", {x},
+               {{x.dtype, out}, {with_indices ? DType::i64 : DType::undefined, out}});
+  set_pool_attrs(k, p);
+  k.run();
+  return {k.output(0), k.output(1)};
+}
+
+Tensor run_max_pool_grad(const Shape& x_shape, const Tensor& dy, const Tensor& indices) {
+  KernelCase k("MaxPoolGrad", "oxtrain", {dy, indices}, {{dy.dtype, x_shape}});
+  k.set_attr("input_shape", Attribute{x_shape});
+  k.run();
+  return k.output(0);
+}
+
+const std::vector<PoolParams>& max_cases() {
+  static const std::vector<PoolParams> all = {
+      {"3x3 stride 2 pad 1", {2, 3, 11, 13}, {3, 3}, {2, 2}, {1, 1, 1, 1}, {}, "", 0},
+      {"2x2 stride 2", {3, 4, 8, 9}, {2, 2}, {2, 2}, {}, {}, "", 0},
+      {"3x3 stride 1 asym pads", {2, 3, 7, 9}, {3, 3}, {}, {0, 1, 2, 1}, {}, "", 0},
+      {"3x3 stride 2 ceil", {2, 3, 8, 10}, {3, 3}, {2, 2}, {}, {}, "", 1},
+      {"2x2 stride 2 pad 1 ceil, last window dropped", {2, 3, 7, 9}, {2, 2}, {2, 2},
+       {1, 1, 1, 1}, {}, "", 1},
+      {"3x2 stride (2,1) ceil", {2, 5, 12, 7}, {3, 2}, {2, 1}, {1, 0, 1, 1}, {}, "", 1},
+      {"dilation 2", {2, 3, 9, 8}, {2, 2}, {}, {1, 1, 1, 1}, {2, 2}, "", 0},
+      {"dilation (2,1) stride 2", {2, 4, 12, 11}, {3, 3}, {2, 2}, {2, 1, 2, 1}, {2, 1}, "", 0},
+      {"SAME_UPPER", {2, 3, 11, 12}, {3, 3}, {2, 2}, {}, {}, "SAME_UPPER", 0},
+      {"SAME_LOWER even kernel", {2, 3, 11, 12}, {2, 2}, {2, 2}, {}, {}, "SAME_LOWER", 0},
+      {"VALID stride 3", {2, 3, 13, 10}, {3, 3}, {3, 3}, {}, {}, "VALID", 0},
+  };
+  return all;
+}
+
+// Values in {-2, -1, 0, 1}: many ties.
+Tensor tie_heavy(DType dt, const Shape& shape, uint64_t seed) {
+  Tensor t = random_tensor(dt, shape, seed, -2.0, 2.0);
+  for (int64_t i = 0; i < t.numel(); ++i) set_element(t, i, std::floor(element(t, i)));
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------
+// AveragePool.
+
+struct AvgRef {
+  std::vector<double> y, y_scale, dx, dx_scale;
+};
+
+// PyTorch's avg_pool2d: with count_include_pad the window clipped to the padded input counts,
+// else only its real elements.
+AvgRef avg_reference(const PoolParams& p, bool include_pad, const Tensor& x, const Tensor& dy) {
+  RefGeom g = ref_geometry(p);
+  const int64_t N = p.x[0], C = p.x[1], H = p.x[2], W = p.x[3];
+  AvgRef r;
+  r.dx.assign(x.numel(), 0.0);
+  r.dx_scale.assign(x.numel(), 0.0);
+  int64_t yi = 0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t oh = 0; oh < g.out[0]; ++oh)
+        for (int64_t ow = 0; ow < g.out[1]; ++ow, ++yi) {
+          int64_t h0 = oh * g.s[0] - g.pb[0], w0 = ow * g.s[1] - g.pb[1];
+          int64_t h1 = std::min(h0 + g.k[0], H + g.pe[0]), w1 = std::min(w0 + g.k[1], W + g.pe[1]);
+          const int64_t padded = (h1 - h0) * (w1 - w0);
+          h0 = std::max<int64_t>(h0, 0), w0 = std::max<int64_t>(w0, 0);
+          h1 = std::min(h1, H), w1 = std::min(w1, W);
+          const int64_t real = (h1 - h0) * (w1 - w0);
+          const double div = include_pad ? padded : real;
+          double sum = 0, abs_sum = 0;
+          for (int64_t h = h0; h < h1; ++h)
+            for (int64_t w = w0; w < w1; ++w) {
+              const int64_t i = ((n * C + c) * H + h) * W + w;
+              sum += element(x, i);
+              abs_sum += std::fabs(element(x, i));
+              r.dx[i] += element(dy, yi) / div;
+              r.dx_scale[i] += std::fabs(element(dy, yi) / div);
+            }
+          r.y.push_back(sum / div);
+          r.y_scale.push_back(abs_sum / div);
+        }
+  return r;
+}
+
+Tensor run_avg_pool(const PoolParams& p, bool include_pad, const Tensor& x) {
+  KernelCase k("AveragePool", "", {x}, {{x.dtype, pooled_shape(p)}});
+  set_pool_attrs(k, p);
+  k.set_attr("count_include_pad", Attribute{int64_t{include_pad}});
+  k.run();
+  return k.output(0);
+}
+
+Tensor run_avg_pool_grad(const PoolParams& p, bool include_pad, const Tensor& dy) {
+  KernelCase k("AveragePoolGrad", "oxtrain", {dy}, {{dy.dtype, p.x}});
+  set_pool_attrs(k, p);
+  k.set_attr("count_include_pad", Attribute{int64_t{include_pad}});
+  k.set_attr("input_shape", Attribute{p.x});
+  k.run();
+  return k.output(0);
+}
+
+const std::vector<PoolParams>& avg_cases() {
+  static const std::vector<PoolParams> all = {
+      {"3x3 stride 2 pad 1", {2, 3, 11, 13}, {3, 3}, {2, 2}, {1, 1, 1, 1}, {}, "", 0},
+      {"3x3 stride 1 asym pads", {2, 3, 7, 9}, {3, 3}, {}, {0, 1, 2, 1}, {}, "", 0},
+      {"2x2 stride 2", {3, 4, 8, 9}, {2, 2}, {2, 2}, {}, {}, "", 0},
+      {"3x3 stride 2 pad 1 ceil", {2, 5, 10, 12}, {3, 3}, {2, 2}, {1, 1, 1, 1}, {}, "", 1},
+      {"2x2 stride 2 pad 1 ceil, last window dropped", {2, 3, 7, 9}, {2, 2}, {2, 2},
+       {1, 1, 1, 1}, {}, "", 1},
+      {"3x3 stride 2 ceil no pads", {2, 3, 8, 10}, {3, 3}, {2, 2}, {}, {}, "", 1},
+      {"3x2 stride (3,1) asym pads", {3, 4, 13, 7}, {3, 2}, {3, 1}, {1, 0, 2, 1}, {}, "", 0},
+      {"SAME_UPPER", {2, 3, 11, 12}, {3, 3}, {2, 2}, {}, {}, "SAME_UPPER", 0},
+      {"SAME_LOWER even kernel", {2, 3, 11, 12}, {4, 4}, {2, 2}, {}, {}, "SAME_LOWER", 0},
+      {"VALID stride 3", {2, 3, 13, 10}, {3, 3}, {3, 3}, {}, {}, "VALID", 0},
+      {"whole plane", {2, 3, 7, 7}, {7, 7}, {}, {}, {}, "", 0},
+  };
+  return all;
+}
+
+// ---------------------------------------------------------------------------------------
+// GlobalAveragePool.
+
+Shape global_shape(Shape x) {
+  std::fill(x.begin() + 2, x.end(), 1);
+  return x;
+}
+
+Tensor run_global(const Tensor& x) {
+  KernelCase k("GlobalAveragePool", "", {x}, {{x.dtype, global_shape(x.shape)}});
+  k.run();
+  return k.output(0);
+}
+
+Tensor run_global_grad(const Shape& x_shape, const Tensor& dy) {
+  KernelCase k("GlobalAveragePoolGrad", "oxtrain", {dy}, {{dy.dtype, x_shape}});
+  k.set_attr("input_shape", Attribute{x_shape});
+  k.run();
+  return k.output(0);
+}
+
+double tolerance(DType dt) { return dt == DType::f32 ? 1e-5 : 1e-12; }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+
+TEST(CpuPool, MaxPoolMatchesReference) {
+  uint64_t seed = 10;
+  for (DType dt : {DType::f32, DType::f64})
+    for (const PoolParams& p : max_cases())
+      for (bool ties : {false, true}) {
+        SCOPED_TRACE(p.label + (ties ? ", ties" : "") +
+                     (dt == DType::f32 ? " (float32)" : " (float64)"));
+        Tensor x = ties ? tie_heavy(dt, p.x, ++seed) : random_tensor(dt, p.x, ++seed);
+        MaxRef ref = max_reference(p, x);
+        MaxOut out = run_max_pool(p, x);
+        expect_same(out.y, ref.y, "Y");
+        expect_same(out.indices, ref.indices, "Indices");
+        // Without the optional Indices output.
+        expect_same(run_max_pool(p, x, false).y, ref.y, "Y without Indices");
+      }
+}
+
+// Hand-computed: 2x2 stride 2 on [1,2,4,4]; ties keep the first, NaN wins over numbers
+// (also over a larger number before it), the first NaN stays, and indices count the channel.
+TEST(CpuPool, MaxPoolTiesNaNAndIndices) {
+  const std::vector<double> values = {
+      1,    3, 3, 0,     //
+      2,    3, 1, 1,     //
+      7,    0, 5, kNaN,  //
+      kNaN, 4, 5, kNaN,  //
+      // channel 1: all equal
+      -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+  for (DType dt : {DType::f32, DType::f64}) {
+    Tensor x(dt, {1, 2, 4, 4});
+    for (size_t i = 0; i < values.size(); ++i) set_element(x, static_cast<int64_t>(i), values[i]);
+    PoolParams p{"", x.shape, {2, 2}, {2, 2}, {}, {}, "", 0};
+    MaxOut out = run_max_pool(p, x);
+    expect_same(out.y, {3, 3, kNaN, kNaN, -1, -1, -1, -1}, "Y");
+    expect_same(out.indices, {1, 2, 12, 11, 16, 18, 24, 26}, "Indices");
+  }
+}
+
+TEST(CpuPool, MaxPoolPaddingNeverWins) {
+  Tensor x(DType::f32, {2, 3, 5, 6});
+  for (int64_t i = 0; i < x.numel(); ++i) set_element(x, i, -2.0 - (i % 3));
+  PoolParams p{"", x.shape, {3, 3}, {1, 1}, {1, 1, 1, 1}, {}, "", 0};
+  MaxOut out = run_max_pool(p, x);
+  MaxRef ref = max_reference(p, x);
+  for (int64_t i = 0; i < out.y.numel(); ++i) EXPECT_LE(element(out.y, i), -2.0) << i;
+  expect_same(out.y, ref.y, "Y");
+  expect_same(out.indices, ref.indices, "Indices");
+}
+
+// dX = 0, dX[Indices] += dY, with overlapping windows (kernel 3, stride 1 and 2).
+TEST(CpuPool, MaxPoolGradOverlappingWindows) {
+  const PoolParams cases[] = {
+      {"3x3 stride 1 pad 1", {2, 3, 9, 11}, {3, 3}, {1, 1}, {1, 1, 1, 1}, {}, "", 0},
+      {"3x3 stride 1", {3, 4, 8, 7}, {3, 3}, {1, 1}, {}, {}, "", 0},
+      {"3x3 stride 2 pad 1 ceil", {2, 3, 10, 13}, {3, 3}, {2, 2}, {1, 1, 1, 1}, {}, "", 1},
+  };
+  uint64_t seed = 50;
+  for (DType dt : {DType::f32, DType::f64})
+    for (const PoolParams& p : cases)
+      for (bool ties : {false, true}) {
+        SCOPED_TRACE(p.label + (ties ? ", ties" : ""));
+        Tensor x = ties ? tie_heavy(dt, p.x, ++seed) : random_tensor(dt, p.x, ++seed);
+        MaxOut fwd = run_max_pool(p, x);
+        MaxRef ref = max_reference(p, x);
+        expect_same(fwd.indices, ref.indices, "Indices");
+        Tensor dy = random_tensor(dt, pooled_shape(p), ++seed);
+        std::vector<double> dx(x.numel(), 0.0), scale(x.numel(), 0.0);
+        for (int64_t i = 0; i < dy.numel(); ++i) {
+          const auto at = static_cast<int64_t>(ref.indices[i]);
+          dx[at] += element(dy, i);
+          scale[at] += std::fabs(element(dy, i));
+        }
+        expect_close(run_max_pool_grad(p.x, dy, fwd.indices), dx, scale, tolerance(dt), "dX");
+      }
+}
+
+TEST(CpuPool, AveragePoolMatchesReference) {
+  uint64_t seed = 100;
+  for (DType dt : {DType::f32, DType::f64})
+    for (const PoolParams& p : avg_cases())
+      for (bool include_pad : {false, true}) {
+        SCOPED_TRACE(p.label + (include_pad ? ", count_include_pad" : "") +
+                     (dt == DType::f32 ? " (float32)" : " (float64)"));
+        Tensor x = random_tensor(dt, p.x, ++seed);
+        Tensor dy = random_tensor(dt, pooled_shape(p), ++seed);
+        AvgRef ref = avg_reference(p, include_pad, x, dy);
+        expect_close(run_avg_pool(p, include_pad, x), ref.y, ref.y_scale, tolerance(dt), "Y");
+        expect_close(run_avg_pool_grad(p, include_pad, dy), ref.dx, ref.dx_scale, tolerance(dt),
+                     "dX");
+      }
+}
+
+// <AveragePool(X), dY> == <X, AveragePoolGrad(dY)>.
+TEST(CpuPool, AveragePoolGradIsAdjoint) {
+  uint64_t seed = 200;
+  for (const PoolParams& p : avg_cases())
+    for (bool include_pad : {false, true}) {
+      SCOPED_TRACE(p.label + (include_pad ? ", count_include_pad" : ""));
+      Tensor x = random_tensor(DType::f64, p.x, ++seed);
+      Tensor dy = random_tensor(DType::f64, pooled_shape(p), ++seed);
+      const double forward = dot(run_avg_pool(p, include_pad, x), dy);
+      const double backward = dot(x, run_avg_pool_grad(p, include_pad, dy));
+      ASSERT_TRUE(std::isfinite(forward) && std::isfinite(backward));
+      EXPECT_NEAR(backward, forward, 1e-10 * std::max(1.0, std::fabs(forward)));
+    }
+}
+
+TEST(CpuPool, GlobalAveragePool) {
+  const Shape shapes[] = {{3, 5, 7, 9}, {2, 3, 13, 11}, {2, 3, 10}, {2, 3, 4, 5, 3}};
+  uint64_t seed = 300;
+  for (DType dt : {DType::f32, DType::f64})
+    for (const Shape& s : shapes) {
+      SCOPED_TRACE(graph::shape_str(s));
+      Tensor x = random_tensor(dt, s, ++seed);
+      Shape ys = global_shape(s);
+      Tensor dy = random_tensor(dt, ys, ++seed);
+      const int64_t planes = s[0] * s[1], size = x.numel() / planes;
+      std::vector<double> y(planes, 0.0), y_scale(planes, 0.0), dx(x.numel()), dx_scale(x.numel());
+      for (int64_t pl = 0; pl < planes; ++pl) {
+        for (int64_t i = 0; i < size; ++i) {
+          y[pl] += element(x, pl * size + i) / size;
+          y_scale[pl] += std::fabs(element(x, pl * size + i)) / size;
+          dx[pl * size + i] = element(dy, pl) / size;
+          dx_scale[pl * size + i] = std::fabs(element(dy, pl)) / size;
+        }
+      }
+      expect_close(run_global(x), y, y_scale, tolerance(dt), "Y");
+      expect_close(run_global_grad(s, dy), dx, dx_scale, tolerance(dt), "dX");
+      if (dt == DType::f64) {
+        const double forward = dot(run_global(x), dy);
+        const double backward = dot(x, run_global_grad(s, dy));
+        ASSERT_TRUE(std::isfinite(forward) && std::isfinite(backward));
+        EXPECT_NEAR(backward, forward, 1e-10 * std::max(1.0, std::fabs(forward)));
+      }
+    }
+}
+
+// The kernels write (=) their outputs: stale contents do not leak in (the gradients start from
+// zero rather than adding to what the buffer held).
+TEST(CpuPool, GradientsOverwriteOutputs) {
+  const PoolParams p{"", {2, 3, 7, 9}, {3, 3}, {1, 1}, {1, 1, 1, 1}, {}, "", 0};
+  Tensor x = random_tensor(DType::f64, p.x, 1);
+  Tensor dy = random_tensor(DType::f64, pooled_shape(p), 2);
+  MaxOut fwd = run_max_pool(p, x);
+  KernelCase cases[] = {
+      {"MaxPoolGrad", "oxtrain", {dy, fwd.indices}, {{DType::f64, p.x}}},
+      {"AveragePoolGrad", "oxtrain", {dy}, {{DType::f64, p.x}}},
+      {"GlobalAveragePoolGrad", "oxtrain", {random_tensor(DType::f64, {2, 3, 1, 1}, 3)},
+       {{DType::f64, p.x}}},
+  };
+  for (KernelCase& k : cases) {
+    set_pool_attrs(k, p);
+    k.set_attr("input_shape", Attribute{p.x});
+    k.run();
+    Tensor first = k.output(0);
+    for (int64_t i = 0; i < first.numel(); ++i) set_element(k.output(0), i, 1e30);
+    k.run();
+    EXPECT_EQ(0, std::memcmp(first.bytes.data(), k.output(0).bytes.data(), first.bytes.size()))
+        << k.node().op_type;
+  }
+}
+
+TEST(CpuPool, RejectsUnsupported) {
+  {
+    KernelCase k("MaxPool", "", {Tensor(DType::f32, {1, 2, 6, 6})},
+                 {{DType::f32, {1, 2, 3, 3}}, {DType::i64, {1, 2, 3, 3}}});
+    k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
+    k.set_attr("strides", Attribute{std::vector<int64_t>{2, 2}});
+    k.set_attr("storage_order", Attribute{int64_t{1}});
+    try {
+      k.run();
+      FAIL() << "storage_order=1 was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("MaxPool 'test_MaxPool'"), std::string::npos)
+          << e.what();
+      EXPECT_NE(std::string(e.what()).find("storage_order"), std::string::npos) << e.what();
+    }
+  }
+  {
+    KernelCase k("MaxPool", "", {Tensor(DType::f32, {1, 2, 6, 6, 6})},
+                 {{DType::f32, {1, 2, 3, 3, 3}}});
+    k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2, 2}});
+    k.set_attr("strides", Attribute{std::vector<int64_t>{2, 2, 2}});
+    EXPECT_THROW(k.run(), Error);
+  }
+  {
+    KernelCase k("AveragePool", "", {Tensor(DType::f32, {1, 2, 6, 6})},
+                 {{DType::f32, {1, 2, 4, 4}}});
+    k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
+    k.set_attr("dilations", Attribute{std::vector<int64_t>{2, 2}});
+    EXPECT_THROW(k.run(), Error);
+  }
+}
