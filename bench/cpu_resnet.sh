@@ -16,7 +16,7 @@ for c in "${configs[@]}"; do
   ox=$(build/oxtrain_step_bench --arch "$arch" --image-size "$size" --batch-size "$batch" \
         --iters "$iters" --warmup "$warmup" --threads "$threads")
   pt=$(OMP_NUM_THREADS=$threads python3 "$baseline" --cpu --arch "$arch" --image-size "$size" \
-        --batch-size "$batch" --iters "$iters" --warmup "$warmup" | tail -1)
+        --batch-size "$batch" --iters "$iters" --warmup "$warmup" 2>/dev/null | tail -1)
   python3 - "$arch" "$size" "$batch" "$ox" "$pt" <<'PY'
 import json, sys
 arch, size, batch, ox, pt = sys.argv[1:6]

@@ -67,7 +67,7 @@ std::string live_bytes_svg(const runtime::MemoryPlan& plan, const autodiff::Trai
   s << "<polyline fill='none' stroke='#c33' stroke-width='1.5' points='";
   for (size_t i = 0; i < live.size(); ++i) s << x(static_cast<double>(i)) << "," << y(static_cast<double>(live[i])) << " ";
   s << "'/>\n";
-  s << "<text x='" << width - right << "' y='" << y(static_cast<double>(plan.peak_live_bytes)) - 6
+  s << "<text x='" << width - right << "' y='" << top - 10
     << "' text-anchor='end' fill='#c33'>peak live " << graph::human_bytes(plan.peak_live_bytes)
     << "; arena " << graph::human_bytes(plan.activation_arena_bytes) << "; naive "
     << graph::human_bytes(plan.activation_naive_bytes) << "</text>\n</svg>\n";

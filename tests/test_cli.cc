@@ -30,6 +30,24 @@ TEST(Cli, ZooThenGraphJson) {
   EXPECT_EQ(j["flops"].get<int64_t>(), 2 * j["multiply_adds"].get<int64_t>());
   EXPECT_EQ(j["inputs"][0]["shape"], nlohmann::json::parse(R"(["N",3,224,224])"));
   EXPECT_EQ(j["opsets"]["ai.onnx"], 17);
+
+  // The training graph at batch 32: the planned activation arena is at most half the naive sum.
+  auto t = test::run_oxtrain("graph " + dir + "/r50.onnx --training --batch-size 32 --json --plot " +
+                             dir + "/live.svg");
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  auto tj = nlohmann::json::parse(t.out);
+  EXPECT_EQ(tj["batch"], 32);
+  int64_t arena = tj["activation_arena_bytes"], naive = tj["activation_naive_bytes"];
+  EXPECT_GT(arena, 0);
+  EXPECT_LE(2 * arena, naive);
+  EXPECT_LE(tj["peak_live_bytes"].get<int64_t>(), arena);
+  EXPECT_EQ(tj["forward_nodes"], 176);  // 175 model nodes and the loss
+  EXPECT_EQ(tj["optimizer_nodes"], 1);
+  EXPECT_EQ(tj["largest_values"].size(), 10u);
+  // conv1's output at batch 32: 32 x 64 x 112 x 112 floats.
+  EXPECT_EQ(tj["largest_values"][0]["bytes"], int64_t{32} * 64 * 112 * 112 * 4);
+  std::string svg = test::read_text(dir + "/live.svg");
+  EXPECT_NE(svg.find("<polyline"), std::string::npos);
 }
 
 TEST(Cli, GraphTextNodesDotAndExport) {

@@ -305,6 +305,7 @@ TEST(Gradients, BatchNormalizationTraining) {
 
 TEST(Gradients, Relu) {
   check_gradients({"Relu", {{away_from_zero({5, 7, 11, 13}, 3)}}}, "5x7x11x13");
+  check_gradients({"Relu", {{away_from_zero({3, 1}, 4)}}}, "3x1");
 }
 
 TEST(Gradients, MaxPool) {
@@ -334,6 +335,7 @@ TEST(Gradients, AveragePool) {
 
 TEST(Gradients, GlobalAveragePool) {
   check_gradients({"GlobalAveragePool", {{f64({5, 7, 11, 13}, 4)}}}, "5x7x11x13");
+  check_gradients({"GlobalAveragePool", {{f64({2, 3, 1, 1}, 5)}}}, "1x1 spatial");
 }
 
 TEST(Gradients, ReduceMean) {
