@@ -14,5 +14,7 @@ struct Subcommand {
 
 Subcommand add_graph_command(CLI::App& app);
 Subcommand add_zoo_command(CLI::App& app);
+Subcommand add_make_dataset_command(CLI::App& app);
+Subcommand add_train_command(CLI::App& app);
 
 }  // namespace oxtrain::cli

@@ -29,6 +29,8 @@ int main(int argc, char** argv) {
   std::vector<oxtrain::cli::Subcommand> commands{
       oxtrain::cli::add_graph_command(app),
       oxtrain::cli::add_zoo_command(app),
+      oxtrain::cli::add_make_dataset_command(app),
+      oxtrain::cli::add_train_command(app),
   };
   try {
     app.parse(argc, argv);

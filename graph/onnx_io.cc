@@ -577,6 +577,10 @@ onnx::ModelProto to_onnx(const Graph& g) {
   return m;
 }
 
+Graph copy_graph(const Graph& graph, const ImportOptions& options) {
+  return import_onnx_model(to_onnx(graph), ".", options);
+}
+
 void export_onnx(const Graph& graph, const std::string& path, const ExportOptions& options) {
   onnx::ModelProto m = to_onnx(graph);
   if (options.external_data_threshold > 0) {

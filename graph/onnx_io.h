@@ -44,6 +44,9 @@ struct ExportOptions {
 };
 
 onnx::ModelProto to_onnx(const Graph& graph);
+// A copy of `graph` (through its ONNX form, so exactly what export would write), prepared
+// with `options` (e.g. another batch size).
+Graph copy_graph(const Graph& graph, const ImportOptions& options = {});
 void export_onnx(const Graph& graph, const std::string& path, const ExportOptions& options = {});
 
 // Runs libonnx's checker on the exported form of `graph` (standard domains only); throws Error

@@ -33,6 +33,23 @@ void convert_float_dtype(Graph& g, DType to) {
       n->attrs["to"].value = static_cast<int64_t>(dtype_to_onnx(to));
 }
 
+void batchnorm_to_inference(Graph& g) {
+  for (const auto& n : g.nodes()) {
+    if (n->op_type != "BatchNormalization" || !n->domain.empty()) continue;
+    n->attrs.erase("training_mode");
+    for (size_t i = 1; i < n->outputs.size(); ++i) {
+      if (n->outputs[i] && !n->outputs[i]->consumers.empty())
+        throw Error(n->describe() + ": its training output '" + n->outputs[i]->name +
+                    "' is used by other nodes; it cannot run in inference mode");
+      g.set_output(n.get(), i, nullptr);
+    }
+    n->outputs.resize(1);
+  }
+  g.updates.clear();
+  g.remove_dead_nodes();
+  g.prune_values();
+}
+
 Tensor read_tensor_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("tensor file '" + path + "' does not exist or cannot be read");

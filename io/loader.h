@@ -25,7 +25,7 @@ struct LoaderOptions {
   bool train = true;        // training transform and shuffling; else validation transform
   bool drop_last = true;    // drop the last incomplete batch (training)
   int workers = 4;          // decoding threads; 0 decodes on the caller's thread
-  int prefetch = 0;         // batches ready ahead; 0: 2 x workers (at least 2)
+  int prefetch = 0;         // batches ready ahead; 0: 3 (all workers fill the oldest batch)
   uint64_t seed = 0;
   int rank = 0, world = 1;  // sharding
   // Allocates batch buffers (e.g. pinned host memory when CUDA is present); default: new[].
@@ -59,7 +59,7 @@ class Loader {
   int64_t batches_per_epoch() const;
   int64_t samples_per_epoch() const;  // this rank's samples, padded as DistributedSampler
   // Starts (or restarts) an epoch; batches come out in order.
-  void start_epoch(int64_t epoch);
+  void start_epoch(int64_t epoch, int64_t first_batch = 0);
   // The next batch of the epoch, or false at its end. The batch stays valid until the next
   // call of next() or start_epoch().
   bool next(Batch& batch);

@@ -1,1 +1,450 @@
-// placeholder
+// make-dataset: an ImageNet-layout folder of procedurally drawn JPEGs. Half of the kinds are
+// one large object (circle, square, triangle, cross, ring, star) on a background, the other
+// half a texture over the whole picture (stripes of three orientations, checkerboard, dots,
+// grid), so that a random crop of a few percent of the area still shows what it is most of
+// the time. Colours, sizes, positions, rotations, noise and the picture's size and aspect
+// ratio are random; every picture has its own SampleRng(seed, split, class << 32 | index),
+// so the output does not depend on the thread count and growing a split keeps its first
+// pictures.
+#include "io/make_dataset.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <mutex>
+#include <numbers>
+#include <string>
+#include <thread>
+#include <vector>
+
+// OpenCV 4.6 headers mix enum types, which C++20 warns about.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-enum-enum-conversion"
+#include <opencv2/core.hpp>
+#include <opencv2/imgproc.hpp>
+#pragma GCC diagnostic pop
+
+#include "graph/ir.h"
+#include "io/decode.h"
+#include "io/image.h"
+
+namespace oxtrain::io {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+enum class Kind {
+  circle,
+  square,
+  triangle,
+  hstripes,
+  vstripes,
+  checkerboard,
+  cross,
+  ring,
+  diagonal,
+  dots,
+  star,
+  grid
+};
+
+struct ClassInfo {
+  const char* name;
+  Kind kind;
+};
+
+// Folder names sort in label order.
+constexpr ClassInfo kClasses[] = {
+    {"00_circle", Kind::circle},      {"01_square", Kind::square},
+    {"02_triangle", Kind::triangle},  {"03_hstripes", Kind::hstripes},
+    {"04_vstripes", Kind::vstripes},  {"05_checkerboard", Kind::checkerboard},
+    {"06_cross", Kind::cross},        {"07_ring", Kind::ring},
+    {"08_diagonal", Kind::diagonal},  {"09_dots", Kind::dots},
+    {"10_star", Kind::star},          {"11_grid", Kind::grid},
+};
+constexpr int kNumClasses = static_cast<int>(sizeof kClasses / sizeof kClasses[0]);
+
+constexpr double kPi = std::numbers::pi;
+constexpr int kShift = 4;  // sub-pixel bits of OpenCV's drawing coordinates
+constexpr double kOne = 1 << kShift;
+
+struct Rgb {
+  double r = 0, g = 0, b = 0;
+};
+
+Rgb random_colour(SampleRng& rng) {
+  return {double(rng.integer(0, 255)), double(rng.integer(0, 255)), double(rng.integer(0, 255))};
+}
+
+// A colour far enough from `bg` that the shape or texture is plain to see.
+Rgb contrasting_colour(SampleRng& rng, const Rgb& bg) {
+  for (int i = 0; i < 64; ++i) {
+    Rgb c = random_colour(rng);
+    double luma = 0.3 * (c.r - bg.r) + 0.59 * (c.g - bg.g) + 0.11 * (c.b - bg.b);
+    if (std::abs(c.r - bg.r) + std::abs(c.g - bg.g) + std::abs(c.b - bg.b) >= 240 &&
+        std::abs(luma) >= 50)
+      return c;
+  }
+  return {255 - bg.r, 255 - bg.g, 255 - bg.b};
+}
+
+cv::Scalar scalar(const Rgb& c) { return cv::Scalar(c.r, c.g, c.b); }
+
+// Photo-like sizes: an aspect ratio from the usual ones, the longer side in range.
+void picture_size(SampleRng& rng, int min_side, int max_side, int* width, int* height) {
+  static constexpr double kAspects[] = {4.0 / 3, 3.0 / 4, 1.0, 16.0 / 9, 9.0 / 16, 3.0 / 2,
+                                        2.0 / 3, 5.0 / 4};
+  double aspect = kAspects[rng.integer(0, std::size(kAspects) - 1)];
+  int long_side = static_cast<int>(rng.integer(min_side, max_side));
+  int short_side = static_cast<int>(std::lround(long_side / std::max(aspect, 1 / aspect)));
+  short_side = std::clamp(short_side, min_side, max_side);
+  *width = aspect >= 1 ? long_side : short_side;
+  *height = aspect >= 1 ? short_side : long_side;
+}
+
+// A background: a linear gradient between two nearby colours in a random direction.
+void fill_background(cv::Mat& img, SampleRng& rng, const Rgb& c1) {
+  Rgb c2{std::clamp(c1.r + rng.uniform(-60, 60), 0.0, 255.0),
+         std::clamp(c1.g + rng.uniform(-60, 60), 0.0, 255.0),
+         std::clamp(c1.b + rng.uniform(-60, 60), 0.0, 255.0)};
+  double angle = rng.uniform(0, 2 * kPi);
+  double dx = std::cos(angle), dy = std::sin(angle);
+  double extent = std::abs(dx) * img.cols + std::abs(dy) * img.rows;
+  double start = std::min(0.0, dx * img.cols) + std::min(0.0, dy * img.rows);
+  for (int y = 0; y < img.rows; ++y) {
+    uint8_t* p = img.ptr<uint8_t>(y);
+    for (int x = 0; x < img.cols; ++x, p += 3) {
+      double t = (dx * x + dy * y - start) / extent;
+      p[0] = static_cast<uint8_t>(std::lround(c1.r + (c2.r - c1.r) * t));
+      p[1] = static_cast<uint8_t>(std::lround(c1.g + (c2.g - c1.g) * t));
+      p[2] = static_cast<uint8_t>(std::lround(c1.b + (c2.b - c1.b) * t));
+    }
+  }
+}
+
+// Blends `fg` over the picture by a coverage computed from a signed distance in pixels
+// (positive inside), which gives texture edges one pixel of antialiasing.
+template <typename SignedDistance>
+void paint_texture(cv::Mat& img, const Rgb& fg, SignedDistance sd) {
+  for (int y = 0; y < img.rows; ++y) {
+    uint8_t* p = img.ptr<uint8_t>(y);
+    for (int x = 0; x < img.cols; ++x, p += 3) {
+      double a = std::clamp(0.5 + sd(x + 0.5, y + 0.5), 0.0, 1.0);
+      if (a == 0) continue;
+      p[0] = static_cast<uint8_t>(std::lround(p[0] + (fg.r - p[0]) * a));
+      p[1] = static_cast<uint8_t>(std::lround(p[1] + (fg.g - p[1]) * a));
+      p[2] = static_cast<uint8_t>(std::lround(p[2] + (fg.b - p[2]) * a));
+    }
+  }
+}
+
+// Signed distance to the stripes of period `period` covering `duty` of it along t.
+double stripe_distance(double t, double period, double duty) {
+  double m = t - std::floor(t / period) * period;  // [0, period)
+  double on = duty * period;
+  if (m < on) return std::min(m, on - m);
+  return -std::min(m - on, period - m);
+}
+
+cv::Point to_fixed(double x, double y) {
+  return cv::Point(static_cast<int>(std::lround(x * kOne)),
+                   static_cast<int>(std::lround(y * kOne)));
+}
+
+// A polygon given by its vertices' polar coordinates around (cx, cy).
+void fill_polygon(cv::Mat& img, const std::vector<cv::Point2d>& pts, const Rgb& colour) {
+  std::vector<cv::Point> fixed;
+  fixed.reserve(pts.size());
+  for (const auto& p : pts) fixed.push_back(to_fixed(p.x, p.y));
+  const cv::Point* polys[] = {fixed.data()};
+  int counts[] = {static_cast<int>(fixed.size())};
+  cv::fillPoly(img, polys, counts, 1, scalar(colour), cv::LINE_AA, kShift);
+}
+
+std::vector<cv::Point2d> rotated_rect(double cx, double cy, double w, double h, double angle) {
+  double c = std::cos(angle), s = std::sin(angle);
+  std::vector<cv::Point2d> pts;
+  for (auto [u, v] : {std::pair{-0.5, -0.5}, {0.5, -0.5}, {0.5, 0.5}, {-0.5, 0.5}}) {
+    double x = u * w, y = v * h;
+    pts.emplace_back(cx + c * x - s * y, cy + s * x + c * y);
+  }
+  return pts;
+}
+
+void add_noise(cv::Mat& img, SampleRng& rng) {
+  double sigma = rng.uniform(1.5, 5);
+  // Triangular noise from two bytes: (a + b - 255) has a standard deviation of about 104.
+  double k = sigma / 104.0;
+  uint64_t bits = 0;
+  int left = 0;
+  for (int y = 0; y < img.rows; ++y) {
+    uint8_t* p = img.ptr<uint8_t>(y);
+    for (int i = 0; i < img.cols * 3; ++i) {
+      if (left == 0) {
+        bits = rng.next_u64();
+        left = 4;
+      }
+      int n = int(bits & 0xFF) + int((bits >> 8) & 0xFF) - 255;
+      bits >>= 16;
+      --left;
+      p[i] = static_cast<uint8_t>(std::clamp<long>(std::lround(p[i] + n * k), 0, 255));
+    }
+  }
+}
+
+Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
+  int width = 0, height = 0;
+  picture_size(rng, min_side, max_side, &width, &height);
+  Image image;
+  image.width = width;
+  image.height = height;
+  image.rgb.resize(size_t(width) * height * 3);
+  cv::Mat img(height, width, CV_8UC3, image.rgb.data());  // channels are R, G, B
+
+  Rgb bg = random_colour(rng);
+  Rgb fg = contrasting_colour(rng, bg);
+  fill_background(img, rng, bg);
+
+  const double side = std::min(width, height);
+  // Objects sit near the centre, off by up to 12% of each dimension.
+  const double cx = width * (0.5 + rng.uniform(-0.08, 0.08));
+  const double cy = height * (0.5 + rng.uniform(-0.08, 0.08));
+  const double deg = kPi / 180;
+
+  switch (kind) {
+    case Kind::circle: {
+      double r = side * rng.uniform(0.28, 0.42);
+      cv::circle(img, to_fixed(cx, cy), static_cast<int>(std::lround(r * kOne)), scalar(fg),
+                 cv::FILLED, cv::LINE_AA, kShift);
+      break;
+    }
+    case Kind::square: {
+      double s = side * rng.uniform(0.5, 0.72);
+      fill_polygon(img, rotated_rect(cx, cy, s, s, rng.uniform(0, 90) * deg), fg);
+      break;
+    }
+    case Kind::triangle: {
+      double r = side * rng.uniform(0.36, 0.48);
+      double a0 = rng.uniform(0, 2 * kPi);
+      std::vector<cv::Point2d> pts;
+      for (int i = 0; i < 3; ++i) {
+        double a = a0 + i * 2 * kPi / 3;
+        pts.emplace_back(cx + r * std::cos(a), cy + r * std::sin(a));
+      }
+      fill_polygon(img, pts, fg);
+      break;
+    }
+    case Kind::cross: {
+      double len = side * rng.uniform(0.65, 0.9);
+      double thick = len * rng.uniform(0.22, 0.3);
+      double a = rng.uniform(-15, 15) * deg;
+      fill_polygon(img, rotated_rect(cx, cy, len, thick, a), fg);
+      fill_polygon(img, rotated_rect(cx, cy, thick, len, a), fg);
+      break;
+    }
+    case Kind::ring: {
+      double r = side * rng.uniform(0.3, 0.44);
+      double t = r * rng.uniform(0.25, 0.38);
+      cv::circle(img, to_fixed(cx, cy), static_cast<int>(std::lround((r - t / 2) * kOne)),
+                 scalar(fg), std::max(1, static_cast<int>(std::lround(t))), cv::LINE_AA,
+                 kShift);
+      break;
+    }
+    case Kind::star: {
+      double r = side * rng.uniform(0.36, 0.48);
+      double inner = r * rng.uniform(0.42, 0.5);
+      double a0 = rng.uniform(0, 2 * kPi);
+      std::vector<cv::Point2d> pts;
+      for (int i = 0; i < 10; ++i) {
+        double a = a0 + i * kPi / 5, rr = i % 2 == 0 ? r : inner;
+        pts.emplace_back(cx + rr * std::cos(a), cy + rr * std::sin(a));
+      }
+      fill_polygon(img, pts, fg);
+      break;
+    }
+    case Kind::hstripes:
+    case Kind::vstripes:
+    case Kind::diagonal: {
+      // Angle of the stripes' direction: near 0 (horizontal), near 90 (vertical), or near
+      // +-45 degrees.
+      double a = rng.uniform(-10, 10);
+      if (kind == Kind::vstripes) a += 90;
+      if (kind == Kind::diagonal) a += rng.uniform() < 0.5 ? 45 : -45;
+      a *= deg;
+      double period = side * rng.uniform(0.14, 0.24);
+      double duty = kind == Kind::diagonal ? rng.uniform(0.3, 0.45) : rng.uniform(0.4, 0.6);
+      double phase = rng.uniform(0, period);
+      double nx = -std::sin(a), ny = std::cos(a);  // across the stripes
+      paint_texture(img, fg, [&](double x, double y) {
+        return stripe_distance(nx * x + ny * y + phase, period, duty);
+      });
+      break;
+    }
+    case Kind::checkerboard: {
+      double a = rng.uniform(-15, 15) * deg, c = std::cos(a), s = std::sin(a);
+      double cell = side * rng.uniform(0.14, 0.24);
+      double ox = rng.uniform(0, 2 * cell), oy = rng.uniform(0, 2 * cell);
+      paint_texture(img, fg, [&](double x, double y) {
+        double u = c * x + s * y + ox, v = -s * x + c * y + oy;
+        double du = stripe_distance(u, 2 * cell, 0.5), dv = stripe_distance(v, 2 * cell, 0.5);
+        // Inside when exactly one of the two stripe sets covers the point.
+        double d = std::min(std::abs(du), std::abs(dv));
+        return (du > 0) != (dv > 0) ? d : -d;
+      });
+      break;
+    }
+    case Kind::dots: {
+      double a = rng.uniform(-20, 20) * deg, c = std::cos(a), s = std::sin(a);
+      double cell = side * rng.uniform(0.18, 0.28);
+      double radius = cell * rng.uniform(0.25, 0.35);
+      double ox = rng.uniform(0, cell), oy = rng.uniform(0, cell);
+      paint_texture(img, fg, [&](double x, double y) {
+        double u = c * x + s * y + ox, v = -s * x + c * y + oy;
+        double du = u - (std::floor(u / cell) + 0.5) * cell;
+        double dv = v - (std::floor(v / cell) + 0.5) * cell;
+        return radius - std::sqrt(du * du + dv * dv);
+      });
+      break;
+    }
+    case Kind::grid: {
+      double a = rng.uniform(-15, 15) * deg, c = std::cos(a), s = std::sin(a);
+      double cell = side * rng.uniform(0.18, 0.28);
+      double line = std::max(1.5, cell * rng.uniform(0.16, 0.24));
+      double duty = line / cell;
+      double ox = rng.uniform(0, cell), oy = rng.uniform(0, cell);
+      paint_texture(img, fg, [&](double x, double y) {
+        double u = c * x + s * y + ox, v = -s * x + c * y + oy;
+        return std::max(stripe_distance(u, cell, duty), stripe_distance(v, cell, duty));
+      });
+      break;
+    }
+  }
+  add_noise(img, rng);
+  return image;
+}
+
+void write_file(const fs::path& path, const std::vector<uint8_t>& bytes) {
+  std::string tmp_name(1, '.');  // hidden, so a folder scan never picks up a partial file
+  tmp_name += path.filename().string();
+  tmp_name += ".tmp";
+  fs::path tmp = path.parent_path() / tmp_name;
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f)
+    throw Error("make-dataset: cannot write " + tmp.string() + ": " + std::strerror(errno));
+  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  int err = errno;
+  if (std::fclose(f) != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    std::remove(tmp.c_str());
+    throw Error("make-dataset: cannot write " + tmp.string() + ": " + std::strerror(err));
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    throw Error("make-dataset: cannot rename " + tmp.string() + " to " + path.string() + ": " +
+                ec.message());
+  }
+}
+
+struct Job {
+  int split;  // 0 train, 1 val
+  int cls;
+  int index;
+};
+
+}  // namespace
+
+int max_dataset_classes() { return kNumClasses; }
+
+MakeDatasetResult make_dataset(const MakeDatasetOptions& o) {
+  if (o.output.empty()) throw Error("make-dataset: no output folder given");
+  if (o.classes < 2 || o.classes > kNumClasses)
+    throw Error("make-dataset: " + std::to_string(o.classes) +
+                " classes asked for; the generator draws 2 to " + std::to_string(kNumClasses));
+  if (o.train_per_class < 1 || o.val_per_class < 1)
+    throw Error("make-dataset: need at least one training and one validation image per "
+                "class, got " + std::to_string(o.train_per_class) + " and " +
+                std::to_string(o.val_per_class));
+  if (o.min_side < 8 || o.max_side > 8192 || o.min_side > o.max_side)
+    throw Error("make-dataset: image sides " + std::to_string(o.min_side) + " to " +
+                std::to_string(o.max_side) + " must satisfy 8 <= min <= max <= 8192");
+  if (o.quality < 1 || o.quality > 100)
+    throw Error("make-dataset: JPEG quality " + std::to_string(o.quality) +
+                " is not in 1..100");
+
+  const fs::path root(o.output);
+  const char* splits[] = {"train", "val"};
+  for (const char* split : splits) {
+    for (int c = 0; c < o.classes; ++c) {
+      fs::path dir = root / split / kClasses[c].name;
+      std::error_code ec;
+      fs::create_directories(dir, ec);
+      if (ec)
+        throw Error("make-dataset: cannot create " + dir.string() + ": " + ec.message());
+    }
+  }
+
+  std::vector<Job> jobs;
+  for (int split = 0; split < 2; ++split) {
+    int per_class = split == 0 ? o.train_per_class : o.val_per_class;
+    for (int c = 0; c < o.classes; ++c)
+      for (int i = 0; i < per_class; ++i) jobs.push_back({split, c, i});
+  }
+  const int64_t total = static_cast<int64_t>(jobs.size());
+
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::atomic<int64_t> bytes{0};
+  std::mutex mutex;  // guards done, error and the progress callback
+  int64_t done = 0;
+  std::exception_ptr error;
+
+  auto work = [&] {
+    try {
+      for (size_t j; !failed && (j = next++) < jobs.size();) {
+        const Job& job = jobs[j];
+        const ClassInfo& info = kClasses[job.cls];
+        SampleRng rng(o.seed, job.split, (int64_t{job.cls} << 32) | job.index);
+        Image picture = draw_picture(info.kind, rng, o.min_side, o.max_side);
+        std::vector<uint8_t> jpeg = encode_jpeg(picture, o.quality);
+        fs::path file = root / splits[job.split] / info.name /
+                        (std::string(info.name) + "_" + std::to_string(job.index) + ".JPEG");
+        write_file(file, jpeg);
+        bytes += static_cast<int64_t>(jpeg.size());
+        std::lock_guard<std::mutex> lock(mutex);
+        ++done;
+        if (o.progress) o.progress(done, total);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!error) error = std::current_exception();
+      failed = true;
+    }
+  };
+
+  unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  size_t threads = std::min<size_t>({size_t(hw), size_t(8), jobs.size()});
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+
+  MakeDatasetResult result;
+  result.train_images = int64_t{o.classes} * o.train_per_class;
+  result.val_images = int64_t{o.classes} * o.val_per_class;
+  result.bytes = bytes;
+  return result;
+}
+
+}  // namespace oxtrain::io

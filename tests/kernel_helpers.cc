@@ -1,5 +1,6 @@
 #include "tests/kernel_helpers.h"
 
+#include <cmath>
 #include <vector>
 
 #include "graph/zoo.h"
@@ -61,6 +62,23 @@ Tensor random_tensor(DType dtype, graph::Shape shape, uint64_t seed, double lo, 
   graph::Rng rng(seed);
   for (int64_t i = 0; i < t.numel(); ++i) set_element(t, i, lo + (hi - lo) * rng.uniform());
   return t;
+}
+
+::testing::AssertionResult close(const Tensor& got, const std::vector<double>& want, double rtol) {
+  if (got.numel() != static_cast<int64_t>(want.size()))
+    return ::testing::AssertionFailure() << "got " << got.numel() << " elements, want " << want.size();
+  for (size_t i = 0; i < want.size(); ++i) {
+    double g = element(got, static_cast<int64_t>(i)), w = want[i];
+    if (!(std::fabs(g - w) <= rtol * std::max(std::fabs(w), 1.0)))
+      return ::testing::AssertionFailure() << "element " << i << ": got " << g << ", want " << w;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+std::vector<double> values(const Tensor& t) {
+  std::vector<double> v(static_cast<size_t>(t.numel()));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = element(t, static_cast<int64_t>(i));
+  return v;
 }
 
 double element(const Tensor& t, int64_t i) {

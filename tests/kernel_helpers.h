@@ -3,6 +3,8 @@
 // does) and runs it.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +42,14 @@ class KernelCase {
 // Deterministic test data in [lo, hi).
 graph::Tensor random_tensor(graph::DType dtype, graph::Shape shape, uint64_t seed,
                             double lo = -1.0, double hi = 1.0);
+inline constexpr graph::DType kFloatTypes[] = {graph::DType::f32, graph::DType::f64};
+// Relative tolerance of a kernel against a double reference: float32 or float64 rounding.
+inline double tolerance(graph::DType dt) { return dt == graph::DType::f32 ? 1e-5 : 1e-12; }
+// NaN-aware: every element within rtol * max(|want|, 1); a NaN anywhere fails.
+::testing::AssertionResult close(const graph::Tensor& got, const std::vector<double>& want,
+                                 double rtol);
+std::vector<double> values(const graph::Tensor& t);  // every element as double
+
 // Element i as double, for any float dtype.
 double element(const graph::Tensor& t, int64_t i);
 void set_element(graph::Tensor& t, int64_t i, double v);

@@ -15,35 +15,15 @@ using graph::Attribute;
 using graph::DType;
 using graph::Shape;
 using graph::Tensor;
+using test::close;
 using test::element;
+using test::kFloatTypes;
+using test::tolerance;
+using test::values;
 using test::KernelCase;
 using test::random_tensor;
 
 namespace {
-
-const DType kFloatTypes[] = {DType::f32, DType::f64};
-
-double tolerance(DType dt) { return dt == DType::f32 ? 1e-5 : 1e-12; }
-
-// NaN-aware: every element within rtol * max(|want|, 1); a NaN anywhere fails.
-::testing::AssertionResult close(const Tensor& got, const std::vector<double>& want,
-                                 double rtol) {
-  if (got.numel() != static_cast<int64_t>(want.size()))
-    return ::testing::AssertionFailure()
-           << "got " << got.numel() << " elements, want " << want.size();
-  for (size_t i = 0; i < want.size(); ++i) {
-    double g = element(got, static_cast<int64_t>(i)), w = want[i];
-    if (!(std::fabs(g - w) <= rtol * std::max(std::fabs(w), 1.0)))
-      return ::testing::AssertionFailure() << "element " << i << ": got " << g << ", want " << w;
-  }
-  return ::testing::AssertionSuccess();
-}
-
-std::vector<double> values(const Tensor& t) {
-  std::vector<double> v(static_cast<size_t>(t.numel()));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = element(t, static_cast<int64_t>(i));
-  return v;
-}
 
 std::vector<int64_t> coords(int64_t flat, const Shape& s) {
   std::vector<int64_t> c(s.size());

@@ -14,7 +14,11 @@ using graph::Attribute;
 using graph::DType;
 using graph::Shape;
 using graph::Tensor;
+using test::close;
 using test::element;
+using test::kFloatTypes;
+using test::tolerance;
+using test::values;
 using test::KernelCase;
 using test::OutputSpec;
 using test::random_tensor;
@@ -22,26 +26,6 @@ using test::random_tensor;
 namespace {
 
 const char* kDomain = "ai.onnx.preview.training";
-
-// NaN-aware: every element within rtol * max(|want|, 1); a NaN anywhere fails.
-::testing::AssertionResult close(const Tensor& got, const std::vector<double>& want,
-                                 double rtol) {
-  if (got.numel() != static_cast<int64_t>(want.size()))
-    return ::testing::AssertionFailure()
-           << "got " << got.numel() << " elements, want " << want.size();
-  for (size_t i = 0; i < want.size(); ++i) {
-    double g = element(got, static_cast<int64_t>(i)), w = want[i];
-    if (!(std::fabs(g - w) <= rtol * std::max(std::fabs(w), 1.0)))
-      return ::testing::AssertionFailure() << "element " << i << ": got " << g << ", want " << w;
-  }
-  return ::testing::AssertionSuccess();
-}
-
-std::vector<double> values(const Tensor& t) {
-  std::vector<double> v(static_cast<size_t>(t.numel()));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = element(t, static_cast<int64_t>(i));
-  return v;
-}
 
 Tensor scalar(DType dt, double v) {
   Tensor t(dt, {});

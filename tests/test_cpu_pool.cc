@@ -18,6 +18,7 @@ using graph::Attribute;
 using graph::DType;
 using graph::Shape;
 using graph::Tensor;
+using test::tolerance;
 using test::element;
 using test::KernelCase;
 using test::random_tensor;
@@ -296,8 +297,6 @@ Tensor run_global_grad(const Shape& x_shape, const Tensor& dy) {
   k.run();
   return k.output(0);
 }
-
-double tolerance(DType dt) { return dt == DType::f32 ? 1e-5 : 1e-12; }
 
 }  // namespace
 

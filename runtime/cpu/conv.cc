@@ -33,10 +33,15 @@
 
 #include "graph/ops.h"
 #include "runtime/cpu/kernels.h"
+#include "runtime/cpu/node_checks.h"
 
 namespace oxtrain::runtime {
 
 namespace {
+
+using cpu::float_dtype;
+using cpu::required;
+using cpu::shape_attr;
 
 using graph::DType;
 
@@ -140,26 +145,6 @@ ConvGeom conv_geometry(const graph::Node& node, const graph::Shape& x, const gra
   if (big > std::numeric_limits<int32_t>::max())
     throw Error(node.describe() + ": tensors too large for the CPU convolution");
   return g;
-}
-
-DType float_dtype(const graph::Node& node, std::initializer_list<const graph::Value*> values) {
-  DType dt = DType::undefined;
-  for (const graph::Value* v : values) {
-    if (!v) continue;
-    if (dt == DType::undefined) dt = v->dtype;
-    if (v->dtype != dt || (dt != DType::f32 && dt != DType::f64))
-      throw Error(node.describe() + ": the CPU kernel handles float32 and float64 tensors of "
-                  "one type, got " + graph::dtype_name(v->dtype) + " '" + v->name + "'");
-  }
-  return dt;
-}
-
-const graph::Value* required(const graph::Node& node, size_t i, bool output = false) {
-  const graph::Value* v = output ? node.output(i) : node.input(i);
-  if (!v)
-    throw Error(node.describe() + ": " + (output ? "output " : "input ") + std::to_string(i) +
-                " is required");
-  return v;
 }
 
 // Ranges of output coordinates whose input coordinate o*s + off lies in [0, n): [lo, hi).
@@ -555,11 +540,6 @@ std::unique_ptr<Kernel> make_typed(DType dt, const ConvGeom& g, bool filter = fa
   plan.filter = filter;
   if (dt == DType::f64) return std::make_unique<K<double>>(plan);
   return std::make_unique<K<float>>(plan);
-}
-
-std::vector<int64_t> shape_attr(const graph::Node& node, const std::string& key) {
-  if (!node.has_attr(key)) throw Error(node.describe() + ": attribute " + key + " is required");
-  return node.attr_ints(key);
 }
 
 }  // namespace

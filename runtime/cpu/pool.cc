@@ -18,10 +18,15 @@
 
 #include "graph/ops.h"
 #include "runtime/cpu/kernels.h"
+#include "runtime/cpu/node_checks.h"
 
 namespace oxtrain::runtime {
 
 namespace {
+
+using cpu::float_dtype;
+using cpu::required;
+using cpu::shape_attr;
 
 using graph::DType;
 
@@ -34,31 +39,6 @@ std::string join(const std::vector<int64_t>& v) {
     s += std::to_string(v[i]);
   }
   return s + "]";
-}
-
-const graph::Value* required(const graph::Node& node, size_t i, bool output = false) {
-  const graph::Value* v = output ? node.output(i) : node.input(i);
-  if (!v)
-    throw Error(node.describe() + ": " + (output ? "output " : "input ") + std::to_string(i) +
-                " is required");
-  return v;
-}
-
-DType float_dtype(const graph::Node& node, std::initializer_list<const graph::Value*> values) {
-  DType dt = DType::undefined;
-  for (const graph::Value* v : values) {
-    if (!v) continue;
-    if (dt == DType::undefined) dt = v->dtype;
-    if (v->dtype != dt || (dt != DType::f32 && dt != DType::f64))
-      throw Error(node.describe() + ": the CPU kernel handles float32 and float64 tensors of "
-                  "one type, got " + graph::dtype_name(v->dtype) + " '" + v->name + "'");
-  }
-  return dt;
-}
-
-std::vector<int64_t> shape_attr(const graph::Node& node, const std::string& key) {
-  if (!node.has_attr(key)) throw Error(node.describe() + ": attribute " + key + " is required");
-  return node.attr_ints(key);
 }
 
 // One output coordinate along one axis: taps [k_lo, k_hi) of the kernel land inside the input,

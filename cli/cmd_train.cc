@@ -1,0 +1,469 @@
+// oxtrain train [DATA] (--model FILE | -a ARCH) [flags of PyTorch's examples/imagenet/main.py]
+//
+// The loop of main.py: per epoch, the learning rate (10x decay every 30 epochs), training
+// batches with progress lines every --print-freq steps, validation, and a checkpoint. Logs
+// match main.py's format so existing parsers (DLPerf's) read them unchanged.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "autodiff/training.h"
+#include "cli/commands.h"
+#include "cli/progress.h"
+#include "cli/train_data.h"
+#include "graph/inspect.h"
+#include "graph/onnx_io.h"
+#include "graph/passes.h"
+#include "graph/zoo.h"
+#include "runtime/checkpoint.h"
+#include "runtime/device.h"
+#include "runtime/session.h"
+
+namespace fs = std::filesystem;
+
+namespace oxtrain::cli {
+
+namespace {
+
+struct TrainArgs {
+  std::string data;
+  std::string model, arch = "resnet18";
+  int64_t epochs = 90, start_epoch = 0, batch_size = 256;
+  double lr = 0.1, momentum = 0.9, weight_decay = 1e-4;
+  int64_t print_freq = 10;
+  int workers = 4;
+  std::string resume;
+  bool evaluate = false;
+  uint64_t seed = 0;
+  bool synthetic = false;
+  std::string device = "cpu";
+  std::string input_tensors;
+  int64_t steps = 0;
+  std::string save_model, metrics_json;
+  std::string checkpoint_dir = ".";
+  int image_size = 224;
+  int64_t num_classes = 0;
+  std::string lr_schedule = "step";
+  int world_size = 1, rank = 0;
+  std::string dist_url, dist_backend = "nccl";
+  bool multiprocessing_distributed = false;
+  int threads = 0;
+};
+
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_sigint(int) { g_interrupted = true; }
+
+int64_t peak_rss_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
+}
+
+double learning_rate(const TrainArgs& a, int64_t epoch) {
+  if (a.lr_schedule == "cosine")
+    return a.lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(epoch) / static_cast<double>(a.epochs)));
+  return a.lr * std::pow(0.1, static_cast<double>(epoch / 30));  // main.py's adjust_learning_rate
+}
+
+void check_args(const TrainArgs& a) {
+  if (a.batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(a.batch_size));
+  if (!(a.lr > 0)) throw Error("--lr must be positive, got " + std::to_string(a.lr));
+  if (a.momentum < 0) throw Error("--momentum must not be negative");
+  if (a.print_freq <= 0) throw Error("--print-freq must be positive");
+  if (a.epochs <= 0 || a.start_epoch < 0 || a.start_epoch > a.epochs)
+    throw Error("--epochs must be positive and --start-epoch within [0, epochs]");
+  if (a.lr_schedule != "step" && a.lr_schedule != "cosine")
+    throw Error("--lr-schedule is 'step' (10x every 30 epochs, as main.py) or 'cosine'");
+  if (a.world_size != 1 || a.rank != 0 || a.multiprocessing_distributed)
+    throw Error("distributed training (--world-size > 1) needs the CUDA runtime, which is not "
+                "built yet; run with --world-size 1");
+  if (a.device == "cuda")
+    throw Error("--device cuda: the CUDA runtime cannot train yet; use --device cpu");
+  if (a.device != "cpu") throw Error("--device is cpu or cuda, got '" + a.device + "'");
+  int sources = (!a.data.empty()) + a.synthetic + (!a.input_tensors.empty());
+  if (sources != 1)
+    throw Error("give exactly one data source: DATA (an ImageNet folder), --synthetic, or "
+                "--input-tensors IMAGES.pb,LABELS.pb");
+}
+
+// Copies every persistent value the two sessions share (weights, BN statistics).
+void copy_weights(const runtime::Session& from, runtime::Session& to) {
+  for (const graph::Value* v : to.graph().initializers()) {
+    if (v->role == graph::Role::Constant) continue;
+    const graph::Value* src = from.graph().find_value(v->name);
+    if (src && src->has_data()) to.assign(v->name, from.fetch(v->name));
+  }
+}
+
+struct Model {
+  graph::Graph forward;  // as imported, for evaluation and --save-model
+  std::string source;
+};
+
+Model load_model(const TrainArgs& a, int64_t classes) {
+  graph::ImportOptions io;
+  io.batch_size = a.batch_size;
+  Model m;
+  if (!a.model.empty()) {
+    m.forward = graph::import_onnx(a.model, io);
+    m.source = a.model;
+  } else {
+    graph::ZooOptions zo;
+    zo.num_classes = classes;
+    zo.image_size = a.image_size;
+    zo.seed = a.seed;
+    m.forward = graph::make_zoo_model(a.arch, zo);
+    graph::prepare(m.forward, io);
+    m.source = a.arch;
+  }
+  const graph::Value* in = m.forward.inputs.at(0);
+  if (in->shape.size() != 4 || in->shape[1] != 3)
+    throw Error("model input '" + in->name + "' has shape " + in->shape_string() +
+                "; oxtrain train feeds RGB images [batch, 3, H, W]");
+  return m;
+}
+
+class TrainRun {
+ public:
+  explicit TrainRun(const TrainArgs& a) : a_(a) {}
+
+  int run();
+
+ private:
+  void build_sources();
+  void build_sessions();
+  void restore(const std::string& path);
+  void save_checkpoint(int64_t epoch, int64_t batch_in_epoch, bool is_best);
+  bool train_epoch(int64_t epoch, int64_t first_batch);  // false when stopped early
+  double validate();
+  void save_model();
+  void check_finite(double loss);
+
+  const TrainArgs& a_;
+  std::unique_ptr<BatchSource> train_, val_;
+  Model model_;
+  autodiff::TrainingGraph tg_;
+  std::unique_ptr<runtime::Session> session_, eval_session_;
+  std::string input_name_, eval_input_, eval_output_;
+  int64_t classes_ = 0, global_step_ = 0, start_epoch_ = 0, resume_batch_ = 0;
+  double best_acc1_ = 0;
+  std::string last_checkpoint_;
+  std::vector<double> step_seconds_;  // every training step of this run, for the summary
+  nlohmann::json metrics_ = nlohmann::json::object();
+};
+
+void TrainRun::build_sources() {
+  SourceOptions so;
+  so.batch_size = a_.batch_size;
+  so.image_size = a_.image_size;
+  so.workers = a_.workers;
+  so.seed = a_.seed;
+  so.classes = a_.num_classes > 0 ? a_.num_classes : 1000;
+  if (a_.synthetic) {
+    train_ = synthetic_source(so);
+  } else if (!a_.input_tensors.empty()) {
+    train_ = tensor_source(a_.input_tensors, so);
+  } else {
+    DataFolders f = find_data_folders(a_.data);
+    train_ = folder_source(f.train, so);
+    if (!f.val.empty()) {
+      SourceOptions vo = so;
+      vo.train = false;
+      val_ = folder_source(f.val, vo);
+    }
+  }
+  classes_ = a_.num_classes > 0 ? a_.num_classes : train_->num_classes();
+  if (classes_ == 0) classes_ = 1000;
+}
+
+void TrainRun::build_sessions() {
+  model_ = load_model(a_, classes_);
+  const graph::Value* logits = model_.forward.outputs.at(0);
+  if (logits->shape.size() == 2 && train_->num_classes() > 0 && logits->shape[1] != train_->num_classes())
+    throw Error("the model has " + std::to_string(logits->shape[1]) + " classes but the dataset has " +
+                std::to_string(train_->num_classes()) + "; give a model with " +
+                std::to_string(train_->num_classes()) + " outputs (e.g. oxtrain zoo --num-classes)");
+  const graph::Value* in = model_.forward.inputs.at(0);
+  if (in->shape[2] != a_.image_size || in->shape[3] != a_.image_size)
+    throw Error("model input '" + in->name + "' is " + in->shape_string() + " but images are " +
+                std::to_string(a_.image_size) + "x" + std::to_string(a_.image_size) +
+                "; set --image-size " + std::to_string(in->shape[2]));
+  input_name_ = in->name;
+  runtime::SessionOptions so;
+  so.threads = a_.threads;
+  if (!a_.evaluate) {
+    graph::Graph copy = graph::copy_graph(model_.forward, {a_.batch_size, true});
+    autodiff::TrainingOptions to;
+    to.momentum = a_.momentum;
+    to.weight_decay = a_.weight_decay;
+    tg_ = autodiff::build_training_graph(std::move(copy), to);
+    for (const auto& [v, d] : tg_.gradients) so.gradients.push_back(d);
+    graph::Graph g = std::move(tg_.graph);
+    session_ = std::make_unique<runtime::Session>(std::move(g), so);
+  }
+  if (val_ || a_.evaluate) {
+    graph::Graph eval = graph::copy_graph(model_.forward, {a_.batch_size, true});
+    graph::batchnorm_to_inference(eval);
+    eval_input_ = eval.inputs.at(0)->name;
+    eval_output_ = eval.outputs.at(0)->name;
+    eval_session_ = std::make_unique<runtime::Session>(std::move(eval), so);
+  }
+}
+
+void TrainRun::restore(const std::string& path) {
+  runtime::Checkpoint ck = runtime::load_checkpoint(path);
+  std::string source = ck.get("model");
+  if (source != model_.source)
+    throw Error("checkpoint '" + path + "' was written for model '" + source + "', not '" +
+                model_.source + "'");
+  runtime::Session* target = session_ ? session_.get() : eval_session_.get();
+  for (const auto& [name, tensor] : ck.tensors) {
+    if (!target->graph().find_value(name)) {
+      if (session_) throw Error("checkpoint '" + path + "' holds '" + name + "', which this model lacks");
+      continue;  // momentum buffers when only evaluating
+    }
+    target->assign(name, tensor);
+  }
+  start_epoch_ = std::stoll(ck.get("epoch", "0"));
+  resume_batch_ = std::stoll(ck.get("batch_in_epoch", "0"));
+  global_step_ = std::stoll(ck.get("step", "0"));
+  best_acc1_ = std::stod(ck.get("best_acc1", "0"));
+  std::printf("=> loaded checkpoint '%s' (epoch %lld, batch %lld, step %lld)\n", path.c_str(),
+              static_cast<long long>(start_epoch_), static_cast<long long>(resume_batch_),
+              static_cast<long long>(global_step_));
+}
+
+void TrainRun::save_checkpoint(int64_t epoch, int64_t batch_in_epoch, bool is_best) {
+  runtime::Checkpoint ck;
+  ck.meta = {{"model", model_.source},
+             {"epoch", std::to_string(epoch)},
+             {"batch_in_epoch", std::to_string(batch_in_epoch)},
+             {"step", std::to_string(global_step_)},
+             {"best_acc1", std::to_string(best_acc1_)},
+             {"batch_size", std::to_string(a_.batch_size)},
+             {"seed", std::to_string(a_.seed)}};
+  for (const auto& [state, next] : session_->graph().updates)
+    ck.tensors.emplace_back(state->name, session_->fetch(state->name));
+  fs::create_directories(a_.checkpoint_dir);
+  std::string path = (fs::path(a_.checkpoint_dir) / "checkpoint.oxt").string();
+  runtime::save_checkpoint(ck, path);
+  last_checkpoint_ = path;
+  if (is_best) fs::copy_file(path, fs::path(a_.checkpoint_dir) / "model_best.oxt",
+                             fs::copy_options::overwrite_existing);
+}
+
+void TrainRun::check_finite(double loss) {
+  if (std::isfinite(loss)) return;
+  throw Error("the loss is " + std::string(std::isnan(loss) ? "NaN" : "infinite") + " at step " +
+              std::to_string(global_step_) + "; stopping. " +
+              (last_checkpoint_.empty() ? std::string("No checkpoint was written yet.")
+                                        : "The last good checkpoint is '" + last_checkpoint_ + "'.") +
+              " Lower --lr or check the data.");
+}
+
+bool TrainRun::train_epoch(int64_t epoch, int64_t first_batch) {
+  const int64_t batches = train_->batches_per_epoch();
+  AverageMeter batch_time("Time", ":6.3f"), data_time("Data", ":6.3f"), losses("Loss", ":.4e"),
+      top1("Acc@1", ":6.2f"), top5("Acc@5", ":6.2f");
+  ProgressMeter progress(batches, {&batch_time, &data_time, &losses, &top1, &top5}, epoch_prefix(epoch));
+  float lr = static_cast<float>(learning_rate(a_, epoch));
+  session_->feed(tg_.learning_rate, graph::Tensor::from_float({lr}, {}));
+  train_->start_epoch(epoch, first_batch);
+  auto end = std::chrono::steady_clock::now();
+  TrainBatch b;
+  for (int64_t i = first_batch; i < batches; ++i) {
+    if (!train_->next(b)) break;
+    auto loaded = std::chrono::steady_clock::now();
+    data_time.update(std::chrono::duration<double>(loaded - end).count());
+    graph::Tensor images(graph::DType::f32, {a_.batch_size, 3, a_.image_size, a_.image_size});
+    std::memcpy(images.bytes.data(), b.images, images.bytes.size());
+    session_->feed(input_name_, images);
+    session_->feed(tg_.labels, graph::Tensor::from_int64(std::vector<int64_t>(b.labels, b.labels + a_.batch_size), {a_.batch_size}));
+    session_->feed(tg_.step, graph::Tensor::from_int64({global_step_}, {}));
+    session_->run();
+    ++global_step_;
+    double loss = session_->fetch(tg_.loss).data<float>()[0];
+    check_finite(loss);
+    graph::Tensor logits = session_->fetch(tg_.logits);
+    auto acc = accuracy_topk(logits.data<float>(), b.labels, b.size, logits.shape[1], {1, 5});
+    losses.update(loss, b.size);
+    top1.update(acc[0], b.size);
+    top5.update(acc[1], b.size);
+    auto now = std::chrono::steady_clock::now();
+    double step_seconds = std::chrono::duration<double>(now - end).count();
+    batch_time.update(step_seconds);
+    end = now;
+    step_seconds_.push_back(step_seconds);
+    if (i % a_.print_freq == 0) std::printf("%s\n", progress.line(i).c_str()), std::fflush(stdout);
+    if (g_interrupted) {
+      save_checkpoint(epoch, i + 1, false);
+      std::printf("interrupted: saved '%s' at epoch %lld, batch %lld; resume with --resume %s\n",
+                  last_checkpoint_.c_str(), static_cast<long long>(epoch), static_cast<long long>(i + 1),
+                  last_checkpoint_.c_str());
+      return false;
+    }
+    if (a_.steps > 0 && global_step_ >= a_.steps) {
+      save_checkpoint(epoch, i + 1, false);
+      return false;
+    }
+  }
+  metrics_["epochs"].push_back({{"epoch", epoch}, {"loss", losses.avg()}, {"acc1", top1.avg()},
+                                {"acc5", top5.avg()}, {"lr", lr}});
+  return true;
+}
+
+double TrainRun::validate() {
+  if (session_) copy_weights(*session_, *eval_session_);
+  const int64_t batches = val_->batches_per_epoch();
+  AverageMeter batch_time("Time", ":6.3f"), losses("Loss", ":.4e"), top1("Acc@1", ":6.2f"),
+      top5("Acc@5", ":6.2f");
+  ProgressMeter progress(batches, {&batch_time, &losses, &top1, &top5}, "Test: ");
+  val_->start_epoch(0, 0);
+  auto end = std::chrono::steady_clock::now();
+  TrainBatch b;
+  for (int64_t i = 0; val_->next(b); ++i) {
+    graph::Tensor images(graph::DType::f32, {a_.batch_size, 3, a_.image_size, a_.image_size});
+    std::memcpy(images.bytes.data(), b.images, images.bytes.size());
+    eval_session_->feed(eval_input_, images);
+    eval_session_->run();
+    graph::Tensor logits = eval_session_->fetch(eval_output_);
+    int64_t classes = logits.shape[1];
+    // Cross-entropy of the real rows (padding rows of a short last batch are ignored).
+    double loss = 0;
+    for (int64_t r = 0; r < b.size; ++r) {
+      const float* row = logits.data<float>() + r * classes;
+      double mx = *std::max_element(row, row + classes), sum = 0;
+      for (int64_t c = 0; c < classes; ++c) sum += std::exp(row[c] - mx);
+      loss += mx + std::log(sum) - row[b.labels[r]];
+    }
+    auto acc = accuracy_topk(logits.data<float>(), b.labels, b.size, classes, {1, 5});
+    losses.update(loss / static_cast<double>(b.size), b.size);
+    top1.update(acc[0], b.size);
+    top5.update(acc[1], b.size);
+    auto now = std::chrono::steady_clock::now();
+    batch_time.update(std::chrono::duration<double>(now - end).count());
+    end = now;
+    if (i % a_.print_freq == 0) std::printf("%s\n", progress.line(i).c_str());
+  }
+  std::printf("%s\n", test_summary(top1.avg(), top5.avg()).c_str());
+  std::fflush(stdout);
+  metrics_["val"].push_back({{"acc1", top1.avg()}, {"acc5", top5.avg()}, {"loss", losses.avg()}});
+  return top1.avg();
+}
+
+void TrainRun::save_model() {
+  runtime::Session& s = session_ ? *session_ : *eval_session_;
+  for (graph::Value* v : model_.forward.initializers()) {
+    if (v->role == graph::Role::Constant || !s.graph().find_value(v->name)) continue;
+    v->data = std::make_shared<graph::Tensor>(s.fetch(v->name));
+  }
+  graph::export_onnx(model_.forward, a_.save_model);
+  std::printf("=> saved the trained model to '%s'\n", a_.save_model.c_str());
+}
+
+int TrainRun::run() {
+  check_args(a_);
+  build_sources();
+  build_sessions();
+  start_epoch_ = a_.start_epoch;
+  if (!a_.resume.empty()) restore(a_.resume);
+  if (a_.evaluate) {
+    if (!val_) throw Error("--evaluate needs a validation folder DATA/val");
+    validate();
+    return 0;
+  }
+  struct sigaction sa {};
+  sa.sa_handler = on_sigint;
+  sigaction(SIGINT, &sa, nullptr);
+  bool stopped = false;
+  for (int64_t epoch = start_epoch_; epoch < a_.epochs && !stopped; ++epoch) {
+    int64_t first = epoch == start_epoch_ ? resume_batch_ : 0;
+    stopped = !train_epoch(epoch, first);
+    if (stopped) break;
+    double acc1 = val_ ? validate() : 0;
+    bool best = acc1 > best_acc1_;
+    best_acc1_ = std::max(best_acc1_, acc1);
+    save_checkpoint(epoch + 1, 0, best);
+  }
+  if (!a_.save_model.empty()) save_model();
+  RunSummary summary;
+  summary.device = "CPU";
+  summary.global_batch = a_.batch_size;
+  summary.step_seconds = step_seconds_;
+  summary.peak_memory_bytes = static_cast<double>(peak_rss_bytes());
+  std::printf("%s\n", throughput_summary(summary).c_str());
+  // The same figures for --metrics-json: steps after the warm-up ones.
+  size_t skip = step_seconds_.size() > static_cast<size_t>(summary.warmup_steps)
+                    ? static_cast<size_t>(summary.warmup_steps) : 0;
+  double timed = 0;
+  for (size_t i = skip; i < step_seconds_.size(); ++i) timed += step_seconds_[i];
+  size_t timed_steps = step_seconds_.size() - skip;
+  double img_s = timed > 0 ? static_cast<double>(timed_steps * a_.batch_size) / timed : 0;
+  double mean_step = timed_steps > 0 ? timed / static_cast<double>(timed_steps) : 0;
+  if (train_->bad_files() > 0)
+    std::printf("oxtrain: %lld unreadable images were skipped\n", static_cast<long long>(train_->bad_files()));
+  if (!a_.metrics_json.empty()) {
+    metrics_["steps"] = global_step_;
+    metrics_["images_per_second"] = img_s;
+    metrics_["mean_step_seconds"] = mean_step;
+    metrics_["best_acc1"] = best_acc1_;
+    metrics_["peak_memory_bytes"] = peak_rss_bytes();
+    std::ofstream(a_.metrics_json) << metrics_.dump(2) << "\n";
+  }
+  return g_interrupted ? 130 : 0;
+}
+
+}  // namespace
+
+Subcommand add_train_command(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a model (flags of PyTorch's imagenet/main.py)");
+  cmd->add_option("data", a->data, "ImageNet-layout folder: DATA/train/<class>/*, DATA/val/<class>/*");
+  cmd->add_option("--model", a->model, "ONNX model to train");
+  cmd->add_option("-a,--arch", a->arch, "model of the zoo when no --model is given")->capture_default_str();
+  cmd->add_option("--epochs", a->epochs, "number of epochs")->capture_default_str();
+  cmd->add_option("--start-epoch", a->start_epoch, "epoch number to start at")->capture_default_str();
+  cmd->add_option("-b,--batch-size", a->batch_size, "batch size")->capture_default_str();
+  cmd->add_option("--lr,--learning-rate", a->lr, "initial learning rate")->capture_default_str();
+  cmd->add_option("--momentum", a->momentum, "momentum")->capture_default_str();
+  cmd->add_option("--wd,--weight-decay", a->weight_decay, "weight decay")->capture_default_str();
+  cmd->add_option("-p,--print-freq", a->print_freq, "print every N steps")->capture_default_str();
+  cmd->add_option("-j,--workers", a->workers, "data loading threads")->capture_default_str();
+  cmd->add_option("--resume", a->resume, "checkpoint to resume from");
+  cmd->add_flag("-e,--evaluate", a->evaluate, "evaluate on DATA/val only");
+  cmd->add_option("--seed", a->seed, "seed of initialisation, shuffling and augmentation")->capture_default_str();
+  cmd->add_flag("--synthetic", a->synthetic, "train on one random batch made once (no data loading)");
+  cmd->add_option("--device", a->device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--input-tensors", a->input_tensors, "IMAGES.pb,LABELS.pb: a fixed batch (ONNX TensorProto files)");
+  cmd->add_option("--steps", a->steps, "stop after this many steps in total");
+  cmd->add_option("--save-model", a->save_model, "write the trained model (weights, BN statistics) as ONNX");
+  cmd->add_option("--metrics-json", a->metrics_json, "write per-epoch metrics and throughput as JSON");
+  cmd->add_option("--checkpoint-dir", a->checkpoint_dir, "where checkpoint.oxt and model_best.oxt go")->capture_default_str();
+  cmd->add_option("--image-size", a->image_size, "training crop size")->capture_default_str();
+  cmd->add_option("--num-classes", a->num_classes, "classes of a zoo model (default: the dataset's)");
+  cmd->add_option("--lr-schedule", a->lr_schedule, "step (10x every 30 epochs) or cosine")->capture_default_str();
+  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--world-size", a->world_size, "number of nodes (distributed training)")->capture_default_str();
+  cmd->add_option("--rank", a->rank, "node rank")->capture_default_str();
+  cmd->add_option("--dist-url", a->dist_url, "rendezvous URL, e.g. tcp://host:23456");
+  cmd->add_option("--dist-backend", a->dist_backend, "nccl or gloo")->capture_default_str();
+  cmd->add_flag("--multiprocessing-distributed", a->multiprocessing_distributed,
+                "one process per GPU of this node");
+  return {cmd, [a]() {
+    TrainRun run(*a);
+    return run.run();
+  }};
+}
+
+}  // namespace oxtrain::cli

@@ -1,0 +1,163 @@
+#include "cli/train_data.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "graph/passes.h"
+#include "io/dataset.h"
+#include "io/loader.h"
+#include "io/sources.h"
+#include "runtime/cpu/normalize.h"
+
+namespace fs = std::filesystem;
+
+namespace oxtrain::cli {
+
+namespace {
+
+runtime::NormalizeParams imagenet_params(int64_t batch, int size) {
+  runtime::NormalizeParams p;
+  p.batch = batch;
+  p.height = size;
+  p.width = size;
+  p.channels = 3;
+  p.mean = io::kImageNetMean;
+  p.std = io::kImageNetStd;
+  return p;
+}
+
+class FolderSource : public BatchSource {
+ public:
+  FolderSource(const std::string& root, const SourceOptions& o) : options_(o) {
+    io::ScanOptions scan;
+    if (isatty(STDERR_FILENO))
+      scan.progress = [root](int64_t files) {
+        std::fprintf(stderr, "\rscanning %s: %lld files", root.c_str(), static_cast<long long>(files));
+      };
+    dataset_ = std::make_unique<io::ImageFolder>(io::ImageFolder::scan(root, scan));
+    if (scan.progress) std::fprintf(stderr, "\n");
+    if (o.train && dataset_->size() < o.batch_size)
+      throw Error("the batch size " + std::to_string(o.batch_size) + " is larger than the " +
+                  std::to_string(dataset_->size()) + " images of '" + root +
+                  "'; choose -b " + std::to_string(dataset_->size()) + " or less");
+    io::LoaderOptions lo;
+    lo.batch_size = o.batch_size;
+    lo.image_size = o.image_size;
+    lo.train = o.train;
+    lo.drop_last = o.train;
+    lo.workers = o.workers;
+    lo.seed = o.seed;
+    loader_ = std::make_unique<io::Loader>(*dataset_, lo);
+    images_.resize(static_cast<size_t>(o.batch_size * 3 * o.image_size * o.image_size));
+    labels_.resize(static_cast<size_t>(o.batch_size));
+  }
+  int64_t batches_per_epoch() const override { return loader_->batches_per_epoch(); }
+  int64_t samples_per_epoch() const override { return loader_->samples_per_epoch(); }
+  int64_t num_classes() const override { return static_cast<int64_t>(dataset_->classes().size()); }
+  void start_epoch(int64_t epoch, int64_t first_batch) override {
+    loader_->start_epoch(epoch, first_batch);
+  }
+  bool next(TrainBatch& batch) override {
+    io::Batch b;
+    if (!loader_->next(b)) return false;
+    // A short last batch is padded with zeros: outputs of padded rows are ignored.
+    std::fill(images_.begin(), images_.end(), 0.0f);
+    std::fill(labels_.begin(), labels_.end(), 0);
+    runtime::normalize_u8_nhwc_to_f32_nchw_cpu(images_.data(), b.images,
+                                              imagenet_params(b.size, options_.image_size));
+    std::copy(b.labels, b.labels + b.size, labels_.begin());
+    batch = {b.size, images_.data(), labels_.data()};
+    return true;
+  }
+  int64_t bad_files() const override { return loader_->stats().bad_files; }
+
+ private:
+  SourceOptions options_;
+  std::unique_ptr<io::ImageFolder> dataset_;
+  std::unique_ptr<io::Loader> loader_;
+  std::vector<float> images_;
+  std::vector<int64_t> labels_;
+};
+
+// One batch, the same every step.
+class FixedSource : public BatchSource {
+ public:
+  FixedSource(std::vector<float> images, std::vector<int64_t> labels, int64_t classes,
+              int64_t batches)
+      : images_(std::move(images)), labels_(std::move(labels)), classes_(classes),
+        batches_(batches) {}
+  int64_t batches_per_epoch() const override { return batches_; }
+  int64_t samples_per_epoch() const override {
+    return batches_ * static_cast<int64_t>(labels_.size());
+  }
+  int64_t num_classes() const override { return classes_; }
+  void start_epoch(int64_t, int64_t first_batch) override { position_ = first_batch; }
+  bool next(TrainBatch& batch) override {
+    if (position_ >= batches_) return false;
+    ++position_;
+    batch = {static_cast<int64_t>(labels_.size()), images_.data(), labels_.data()};
+    return true;
+  }
+
+ private:
+  std::vector<float> images_;
+  std::vector<int64_t> labels_;
+  int64_t classes_, batches_, position_ = 0;
+};
+
+// Synthetic and tensor-file epochs are as long as an ImageNet epoch would be at this batch.
+int64_t imagenet_batches(int64_t batch) { return (1281167 + batch - 1) / batch; }
+
+}  // namespace
+
+std::unique_ptr<BatchSource> folder_source(const std::string& root, const SourceOptions& options) {
+  return std::make_unique<FolderSource>(root, options);
+}
+
+std::unique_ptr<BatchSource> synthetic_source(const SourceOptions& o) {
+  io::SyntheticBatch s = io::make_synthetic_batch(o.batch_size, o.image_size, o.classes, o.seed);
+  std::vector<float> images(static_cast<size_t>(o.batch_size * 3 * o.image_size * o.image_size));
+  runtime::normalize_u8_nhwc_to_f32_nchw_cpu(images.data(), s.images.data(),
+                                            imagenet_params(o.batch_size, o.image_size));
+  return std::make_unique<FixedSource>(std::move(images), s.labels, o.classes,
+                                       imagenet_batches(o.batch_size));
+}
+
+std::unique_ptr<BatchSource> tensor_source(const std::string& files, const SourceOptions& o) {
+  auto comma = files.find(',');
+  if (comma == std::string::npos)
+    throw Error("--input-tensors takes two files, IMAGES.pb,LABELS.pb");
+  graph::Tensor images = graph::read_tensor_file(files.substr(0, comma));
+  graph::Tensor labels = graph::read_tensor_file(files.substr(comma + 1));
+  if (images.dtype != graph::DType::f32 || images.shape.size() != 4)
+    throw Error("--input-tensors: images must be float32 NCHW, got " +
+                std::string(graph::dtype_name(images.dtype)) + " " + graph::shape_str(images.shape));
+  if (labels.dtype != graph::DType::i64 || labels.shape != graph::Shape{images.shape[0]})
+    throw Error("--input-tensors: labels must be int64 [" + std::to_string(images.shape[0]) +
+                "], got " + graph::dtype_name(labels.dtype) + " " + graph::shape_str(labels.shape));
+  if (images.shape[0] != o.batch_size)
+    throw Error("--input-tensors hold a batch of " + std::to_string(images.shape[0]) +
+                " but -b is " + std::to_string(o.batch_size));
+  std::vector<float> pixels(images.data<float>(), images.data<float>() + images.numel());
+  return std::make_unique<FixedSource>(std::move(pixels), labels.to_int64(), 0,
+                                       imagenet_batches(o.batch_size));
+}
+
+DataFolders find_data_folders(const std::string& data) {
+  std::error_code ec;
+  if (!fs::is_directory(data, ec))
+    throw Error("data folder '" + data + "' does not exist (expected DATA/train/<class>/*.JPEG)");
+  DataFolders f;
+  if (fs::is_directory(fs::path(data) / "train", ec)) {
+    f.train = (fs::path(data) / "train").string();
+    if (fs::is_directory(fs::path(data) / "val", ec)) f.val = (fs::path(data) / "val").string();
+  } else {
+    f.train = data;
+  }
+  return f;
+}
+
+}  // namespace oxtrain::cli

@@ -1,0 +1,56 @@
+// Where `oxtrain train` gets its batches: an ImageNet folder through the threaded loader,
+// one synthetic batch made once (--synthetic), or fixed tensors from files (--input-tensors).
+// Every source hands out float NCHW images normalised with ImageNet's mean and std (the CPU
+// runtime's input) and int64 labels.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "graph/ir.h"
+
+namespace oxtrain::cli {
+
+struct TrainBatch {
+  int64_t size = 0;            // real samples (a validation batch may be padded after them)
+  const float* images = nullptr;  // [batch, 3, H, W]
+  const int64_t* labels = nullptr;
+};
+
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  virtual int64_t batches_per_epoch() const = 0;
+  virtual int64_t samples_per_epoch() const = 0;
+  virtual int64_t num_classes() const = 0;  // 0 when unknown (tensor files)
+  // Starts an epoch at batch `first_batch` (resuming mid-epoch gives the batches an
+  // uninterrupted run would have seen).
+  virtual void start_epoch(int64_t epoch, int64_t first_batch) = 0;
+  virtual bool next(TrainBatch& batch) = 0;
+  virtual int64_t bad_files() const { return 0; }
+};
+
+struct SourceOptions {
+  int64_t batch_size = 0;
+  int image_size = 224;
+  int workers = 4;
+  uint64_t seed = 0;
+  bool train = true;
+  int64_t classes = 1000;  // for synthetic labels
+};
+
+// DATA/train or DATA/val when they exist (or DATA itself for training), an ImageFolder.
+std::unique_ptr<BatchSource> folder_source(const std::string& root, const SourceOptions& options);
+std::unique_ptr<BatchSource> synthetic_source(const SourceOptions& options);
+// "images.pb,labels.pb": float NCHW images and int64 labels, one batch used every step.
+std::unique_ptr<BatchSource> tensor_source(const std::string& files, const SourceOptions& options);
+
+// DATA/train and DATA/val if present, else DATA for training and no validation.
+struct DataFolders {
+  std::string train, val;
+};
+DataFolders find_data_folders(const std::string& data);
+
+}  // namespace oxtrain::cli

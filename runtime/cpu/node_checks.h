@@ -1,0 +1,40 @@
+// Compile-time checks shared by the CPU kernel factories: required inputs and attributes and
+// one float type across a node's tensors, each failing with an Error that names the node.
+#pragma once
+
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "graph/ir.h"
+
+namespace oxtrain::runtime::cpu {
+
+inline const graph::Value* required(const graph::Node& node, size_t i, bool output = false) {
+  const graph::Value* v = output ? node.output(i) : node.input(i);
+  if (!v)
+    throw Error(node.describe() + ": " + (output ? "output " : "input ") + std::to_string(i) +
+                " is required");
+  return v;
+}
+
+// The common float type (float32 or float64) of `values` (nullptr entries are skipped).
+inline graph::DType float_dtype(const graph::Node& node,
+                                std::initializer_list<const graph::Value*> values) {
+  graph::DType dt = graph::DType::undefined;
+  for (const graph::Value* v : values) {
+    if (!v) continue;
+    if (dt == graph::DType::undefined) dt = v->dtype;
+    if (v->dtype != dt || (dt != graph::DType::f32 && dt != graph::DType::f64))
+      throw Error(node.describe() + ": the CPU kernel handles float32 and float64 tensors of "
+                  "one type, got " + graph::dtype_name(v->dtype) + " '" + v->name + "'");
+  }
+  return dt;
+}
+
+inline std::vector<int64_t> shape_attr(const graph::Node& node, const std::string& key) {
+  if (!node.has_attr(key)) throw Error(node.describe() + ": attribute " + key + " is required");
+  return node.attr_ints(key);
+}
+
+}  // namespace oxtrain::runtime::cpu
