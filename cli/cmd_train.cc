@@ -51,6 +51,7 @@ struct TrainArgs {
   std::string save_model, metrics_json;
   std::string checkpoint_dir = ".";
   int image_size = 224;
+  double min_crop_scale = 0.08;
   int64_t num_classes = 0;
   std::string lr_schedule = "step";
   int world_size = 1, rank = 0;
@@ -83,6 +84,8 @@ void check_args(const TrainArgs& a) {
   if (a.print_freq <= 0) throw Error("--print-freq must be positive");
   if (a.epochs <= 0 || a.start_epoch < 0 || a.start_epoch > a.epochs)
     throw Error("--epochs must be positive and --start-epoch within [0, epochs]");
+  if (!(a.min_crop_scale > 0 && a.min_crop_scale <= 1))
+    throw Error("--min-crop-scale must be in (0, 1]");
   if (a.lr_schedule != "step" && a.lr_schedule != "cosine")
     throw Error("--lr-schedule is 'step' (10x every 30 epochs, as main.py) or 'cosine'");
   if (a.world_size != 1 || a.rank != 0 || a.multiprocessing_distributed)
@@ -169,6 +172,7 @@ void TrainRun::build_sources() {
   so.image_size = a_.image_size;
   so.workers = a_.workers;
   so.seed = a_.seed;
+  so.min_crop_scale = a_.min_crop_scale;
   so.classes = a_.num_classes > 0 ? a_.num_classes : 1000;
   if (a_.synthetic) {
     train_ = synthetic_source(so);
@@ -217,6 +221,7 @@ void TrainRun::build_sessions() {
     graph::batchnorm_to_inference(eval);
     eval_input_ = eval.inputs.at(0)->name;
     eval_output_ = eval.outputs.at(0)->name;
+    so.gradients.clear();
     eval_session_ = std::make_unique<runtime::Session>(std::move(eval), so);
   }
 }
@@ -451,6 +456,8 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_option("--metrics-json", a->metrics_json, "write per-epoch metrics and throughput as JSON");
   cmd->add_option("--checkpoint-dir", a->checkpoint_dir, "where checkpoint.oxt and model_best.oxt go")->capture_default_str();
   cmd->add_option("--image-size", a->image_size, "training crop size")->capture_default_str();
+  cmd->add_option("--min-crop-scale", a->min_crop_scale,
+                  "smallest area fraction of RandomResizedCrop (ImageNet: 0.08)")->capture_default_str();
   cmd->add_option("--num-classes", a->num_classes, "classes of a zoo model (default: the dataset's)");
   cmd->add_option("--lr-schedule", a->lr_schedule, "step (10x every 30 epochs) or cosine")->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");

@@ -50,6 +50,7 @@ class FolderSource : public BatchSource {
     lo.drop_last = o.train;
     lo.workers = o.workers;
     lo.seed = o.seed;
+    lo.crop.scale_min = o.min_crop_scale;
     loader_ = std::make_unique<io::Loader>(*dataset_, lo);
     images_.resize(static_cast<size_t>(o.batch_size * 3 * o.image_size * o.image_size));
     labels_.resize(static_cast<size_t>(o.batch_size));

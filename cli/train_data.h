@@ -39,6 +39,7 @@ struct SourceOptions {
   uint64_t seed = 0;
   bool train = true;
   int64_t classes = 1000;  // for synthetic labels
+  double min_crop_scale = 0.08;  // RandomResizedCrop's smallest area fraction
 };
 
 // DATA/train or DATA/val when they exist (or DATA itself for training), an ImageFolder.

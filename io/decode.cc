@@ -46,8 +46,7 @@ class TjHandle {
       handle_ = compress_ ? tjInitCompress() : tjInitDecompress();
       if (!handle_)
         throw Error(std::string("TurboJPEG: cannot create a ") +
-                    (compress_ ? "compressor" : "decompressor") + ": " +
-                    tjGetErrorStr2(nullptr));
+                    (compress_ ? "compressor" : "decompressor") + ": " + tjGetErrorStr2(nullptr));
     }
     return handle_;
   }
@@ -98,9 +97,8 @@ struct Factors {
       int ratio = f.denom / f.num;
       if ((ratio & (ratio - 1)) == 0) down.push_back({1, ratio});
     }
-    std::sort(down.begin(), down.end(), [](const tjscalingfactor& a, const tjscalingfactor& b) {
-      return a.denom < b.denom;
-    });
+    std::sort(down.begin(), down.end(),
+              [](const tjscalingfactor& a, const tjscalingfactor& b) { return a.denom < b.denom; });
     down.erase(std::unique(down.begin(), down.end(),
                            [](const tjscalingfactor& a, const tjscalingfactor& b) {
                              return a.denom == b.denom;
@@ -173,8 +171,8 @@ void jpeg_header(TjHandle& handle, const uint8_t* data, size_t size, const std::
                           &subsamp, colorspace) != 0)
     throw DecodeError(path, "corrupt JPEG header (" + handle.fail() + ")");
   if (*width <= 0 || *height <= 0 || int64_t{*width} * *height > kMaxPixels)
-    throw DecodeError(path, "bad JPEG size " + std::to_string(*width) + "x" +
-                                std::to_string(*height));
+    throw DecodeError(path,
+                      "bad JPEG size " + std::to_string(*width) + "x" + std::to_string(*height));
 }
 
 }  // namespace
@@ -270,8 +268,8 @@ std::vector<uint8_t> encode_jpeg(const Image& image, int quality) {
   TjHandle& handle = compressor();
   unsigned char* buf = nullptr;
   unsigned long n = 0;
-  if (tjCompress2(handle.get(), image.rgb.data(), image.width, 0, image.height, TJPF_RGB, &buf,
-                  &n, TJSAMP_420, quality, 0) != 0) {
+  if (tjCompress2(handle.get(), image.rgb.data(), image.width, 0, image.height, TJPF_RGB, &buf, &n,
+                  TJSAMP_420, quality, 0) != 0) {
     std::string msg = handle.fail();
     if (buf) tjFree(buf);
     throw Error("encode_jpeg: " + msg);

@@ -167,7 +167,7 @@ struct Loader::Impl {
         read_whole_file(s.path, file);
         if (o.train) {
           SampleRng rng(o.seed, ep, i);
-          train_transform(file.data(), file.size(), s.path, o.image_size, rng, out);
+          train_transform(file.data(), file.size(), s.path, o.image_size, rng, out, o.crop);
         } else {
           val_transform(file.data(), file.size(), s.path, o.image_size, out);
         }

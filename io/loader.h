@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "io/dataset.h"
+#include "io/transforms.h"
 
 namespace oxtrain::io {
 
@@ -27,6 +28,7 @@ struct LoaderOptions {
   int workers = 4;          // decoding threads; 0 decodes on the caller's thread
   int prefetch = 0;         // batches ready ahead; 0: 3 (all workers fill the oldest batch)
   uint64_t seed = 0;
+  RandomResizedCropOptions crop;  // training crop: scale 0.08-1, ratio 3/4-4/3 as ImageNet's
   int rank = 0, world = 1;  // sharding
   // Allocates batch buffers (e.g. pinned host memory when CUDA is present); default: new[].
   std::function<uint8_t*(size_t)> allocate;

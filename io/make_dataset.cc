@@ -2,10 +2,11 @@
 // one large object (circle, square, triangle, cross, ring, star) on a background, the other
 // half a texture over the whole picture (stripes of three orientations, checkerboard, dots,
 // grid), so that a random crop of a few percent of the area still shows what it is most of
-// the time. Colours, sizes, positions, rotations, noise and the picture's size and aspect
-// ratio are random; every picture has its own SampleRng(seed, split, class << 32 | index),
-// so the output does not depend on the thread count and growing a split keeps its first
-// pictures.
+// the time. Features are sized relative to the picture's shorter side (texture periods 14% to
+// 30% of it) so they survive the shrink to 64x64. Colours (the foreground always lighter than
+// the background), sizes, positions, rotations, noise and the picture's size and aspect ratio
+// are random; every picture has its own SampleRng(seed, split, class << 32 | index), so the
+// output does not depend on the thread count and growing a split keeps its first pictures.
 #include "io/make_dataset.h"
 
 #include <algorithm>
@@ -61,12 +62,12 @@ struct ClassInfo {
 
 // Folder names sort in label order.
 constexpr ClassInfo kClasses[] = {
-    {"00_circle", Kind::circle},      {"01_square", Kind::square},
-    {"02_triangle", Kind::triangle},  {"03_hstripes", Kind::hstripes},
-    {"04_vstripes", Kind::vstripes},  {"05_checkerboard", Kind::checkerboard},
-    {"06_cross", Kind::cross},        {"07_ring", Kind::ring},
-    {"08_diagonal", Kind::diagonal},  {"09_dots", Kind::dots},
-    {"10_star", Kind::star},          {"11_grid", Kind::grid},
+    {"00_circle", Kind::circle},     {"01_square", Kind::square},
+    {"02_triangle", Kind::triangle}, {"03_hstripes", Kind::hstripes},
+    {"04_vstripes", Kind::vstripes}, {"05_checkerboard", Kind::checkerboard},
+    {"06_cross", Kind::cross},       {"07_ring", Kind::ring},
+    {"08_diagonal", Kind::diagonal}, {"09_dots", Kind::dots},
+    {"10_star", Kind::star},         {"11_grid", Kind::grid},
 };
 constexpr int kNumClasses = static_cast<int>(sizeof kClasses / sizeof kClasses[0]);
 
@@ -82,24 +83,31 @@ Rgb random_colour(SampleRng& rng) {
   return {double(rng.integer(0, 255)), double(rng.integer(0, 255)), double(rng.integer(0, 255))};
 }
 
-// A colour far enough from `bg` that the shape or texture is plain to see.
-Rgb contrasting_colour(SampleRng& rng, const Rgb& bg) {
+double luma(const Rgb& c) { return 0.299 * c.r + 0.587 * c.g + 0.114 * c.b; }
+
+// A background and a foreground colour, the foreground always clearly lighter: shapes and
+// textures are plain to see, and their edges have one polarity, which a small network learns
+// faster than edges of either sign.
+void colour_pair(SampleRng& rng, Rgb* bg, Rgb* fg) {
   for (int i = 0; i < 64; ++i) {
-    Rgb c = random_colour(rng);
-    double luma = 0.3 * (c.r - bg.r) + 0.59 * (c.g - bg.g) + 0.11 * (c.b - bg.b);
-    if (std::abs(c.r - bg.r) + std::abs(c.g - bg.g) + std::abs(c.b - bg.b) >= 240 &&
-        std::abs(luma) >= 50)
-      return c;
+    Rgb a = random_colour(rng), b = random_colour(rng);
+    if (luma(a) > luma(b)) std::swap(a, b);
+    if (luma(b) - luma(a) >= 80) {
+      *bg = a;
+      *fg = b;
+      return;
+    }
   }
-  return {255 - bg.r, 255 - bg.g, 255 - bg.b};
+  *bg = {40, 40, 40};
+  *fg = {220, 220, 220};
 }
 
 cv::Scalar scalar(const Rgb& c) { return cv::Scalar(c.r, c.g, c.b); }
 
 // Photo-like sizes: an aspect ratio from the usual ones, the longer side in range.
 void picture_size(SampleRng& rng, int min_side, int max_side, int* width, int* height) {
-  static constexpr double kAspects[] = {4.0 / 3, 3.0 / 4, 1.0, 16.0 / 9, 9.0 / 16, 3.0 / 2,
-                                        2.0 / 3, 5.0 / 4};
+  static constexpr double kAspects[] = {4.0 / 3,  3.0 / 4, 1.0,     16.0 / 9,
+                                        9.0 / 16, 3.0 / 2, 2.0 / 3, 5.0 / 4};
   double aspect = kAspects[rng.integer(0, std::size(kAspects) - 1)];
   int long_side = static_cast<int>(rng.integer(min_side, max_side));
   int short_side = static_cast<int>(std::lround(long_side / std::max(aspect, 1 / aspect)));
@@ -110,9 +118,9 @@ void picture_size(SampleRng& rng, int min_side, int max_side, int* width, int* h
 
 // A background: a linear gradient between two nearby colours in a random direction.
 void fill_background(cv::Mat& img, SampleRng& rng, const Rgb& c1) {
-  Rgb c2{std::clamp(c1.r + rng.uniform(-60, 60), 0.0, 255.0),
-         std::clamp(c1.g + rng.uniform(-60, 60), 0.0, 255.0),
-         std::clamp(c1.b + rng.uniform(-60, 60), 0.0, 255.0)};
+  Rgb c2{std::clamp(c1.r + rng.uniform(-30, 30), 0.0, 255.0),
+         std::clamp(c1.g + rng.uniform(-30, 30), 0.0, 255.0),
+         std::clamp(c1.b + rng.uniform(-30, 30), 0.0, 255.0)};
   double angle = rng.uniform(0, 2 * kPi);
   double dx = std::cos(angle), dy = std::sin(angle);
   double extent = std::abs(dx) * img.cols + std::abs(dy) * img.rows;
@@ -207,8 +215,8 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
   image.rgb.resize(size_t(width) * height * 3);
   cv::Mat img(height, width, CV_8UC3, image.rgb.data());  // channels are R, G, B
 
-  Rgb bg = random_colour(rng);
-  Rgb fg = contrasting_colour(rng, bg);
+  Rgb bg, fg;
+  colour_pair(rng, &bg, &fg);
   fill_background(img, rng, bg);
 
   const double side = std::min(width, height);
@@ -242,7 +250,7 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
     }
     case Kind::cross: {
       double len = side * rng.uniform(0.65, 0.9);
-      double thick = len * rng.uniform(0.22, 0.3);
+      double thick = len * rng.uniform(0.2, 0.28);
       double a = rng.uniform(-15, 15) * deg;
       fill_polygon(img, rotated_rect(cx, cy, len, thick, a), fg);
       fill_polygon(img, rotated_rect(cx, cy, thick, len, a), fg);
@@ -252,13 +260,12 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
       double r = side * rng.uniform(0.3, 0.44);
       double t = r * rng.uniform(0.25, 0.38);
       cv::circle(img, to_fixed(cx, cy), static_cast<int>(std::lround((r - t / 2) * kOne)),
-                 scalar(fg), std::max(1, static_cast<int>(std::lround(t))), cv::LINE_AA,
-                 kShift);
+                 scalar(fg), std::max(1, static_cast<int>(std::lround(t))), cv::LINE_AA, kShift);
       break;
     }
     case Kind::star: {
       double r = side * rng.uniform(0.36, 0.48);
-      double inner = r * rng.uniform(0.42, 0.5);
+      double inner = r * rng.uniform(0.38, 0.45);
       double a0 = rng.uniform(0, 2 * kPi);
       std::vector<cv::Point2d> pts;
       for (int i = 0; i < 10; ++i) {
@@ -302,7 +309,7 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
     case Kind::dots: {
       double a = rng.uniform(-20, 20) * deg, c = std::cos(a), s = std::sin(a);
       double cell = side * rng.uniform(0.18, 0.28);
-      double radius = cell * rng.uniform(0.25, 0.35);
+      double radius = cell * rng.uniform(0.28, 0.38);
       double ox = rng.uniform(0, cell), oy = rng.uniform(0, cell);
       paint_texture(img, fg, [&](double x, double y) {
         double u = c * x + s * y + ox, v = -s * x + c * y + oy;
@@ -314,8 +321,8 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
     }
     case Kind::grid: {
       double a = rng.uniform(-15, 15) * deg, c = std::cos(a), s = std::sin(a);
-      double cell = side * rng.uniform(0.18, 0.28);
-      double line = std::max(1.5, cell * rng.uniform(0.16, 0.24));
+      double cell = side * rng.uniform(0.2, 0.3);
+      double line = std::max(1.5, cell * rng.uniform(0.14, 0.2));
       double duty = line / cell;
       double ox = rng.uniform(0, cell), oy = rng.uniform(0, cell);
       paint_texture(img, fg, [&](double x, double y) {
@@ -335,8 +342,7 @@ void write_file(const fs::path& path, const std::vector<uint8_t>& bytes) {
   tmp_name += ".tmp";
   fs::path tmp = path.parent_path() / tmp_name;
   FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f)
-    throw Error("make-dataset: cannot write " + tmp.string() + ": " + std::strerror(errno));
+  if (!f) throw Error("make-dataset: cannot write " + tmp.string() + ": " + std::strerror(errno));
   bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
   int err = errno;
   if (std::fclose(f) != 0 && ok) {
@@ -372,15 +378,15 @@ MakeDatasetResult make_dataset(const MakeDatasetOptions& o) {
     throw Error("make-dataset: " + std::to_string(o.classes) +
                 " classes asked for; the generator draws 2 to " + std::to_string(kNumClasses));
   if (o.train_per_class < 1 || o.val_per_class < 1)
-    throw Error("make-dataset: need at least one training and one validation image per "
-                "class, got " + std::to_string(o.train_per_class) + " and " +
-                std::to_string(o.val_per_class));
+    throw Error(
+        "make-dataset: need at least one training and one validation image per "
+        "class, got " +
+        std::to_string(o.train_per_class) + " and " + std::to_string(o.val_per_class));
   if (o.min_side < 8 || o.max_side > 8192 || o.min_side > o.max_side)
     throw Error("make-dataset: image sides " + std::to_string(o.min_side) + " to " +
                 std::to_string(o.max_side) + " must satisfy 8 <= min <= max <= 8192");
   if (o.quality < 1 || o.quality > 100)
-    throw Error("make-dataset: JPEG quality " + std::to_string(o.quality) +
-                " is not in 1..100");
+    throw Error("make-dataset: JPEG quality " + std::to_string(o.quality) + " is not in 1..100");
 
   const fs::path root(o.output);
   const char* splits[] = {"train", "val"};
@@ -389,8 +395,7 @@ MakeDatasetResult make_dataset(const MakeDatasetOptions& o) {
       fs::path dir = root / split / kClasses[c].name;
       std::error_code ec;
       fs::create_directories(dir, ec);
-      if (ec)
-        throw Error("make-dataset: cannot create " + dir.string() + ": " + ec.message());
+      if (ec) throw Error("make-dataset: cannot create " + dir.string() + ": " + ec.message());
     }
   }
 

@@ -36,8 +36,8 @@ struct Tap {
 //   u = clamp(origin + (first + o + 0.5) * step - 0.5, lo, hi),
 // which lies at (u + 0.5) * scale - 0.5 in the decoded image of `decoded` pixels (scale =
 // decoded / full size: pixel centres of a DCT-scaled decode are where that puts them).
-std::vector<Tap> make_taps(int count, double origin, int first, double step, double lo,
-                           double hi, double scale, int decoded) {
+std::vector<Tap> make_taps(int count, double origin, int first, double step, double lo, double hi,
+                           double scale, int decoded) {
   std::vector<Tap> taps(count);
   for (int o = 0; o < count; ++o) {
     double u = origin + (first + o + 0.5) * step - 0.5;
@@ -117,7 +117,8 @@ void resample(const Image& src, const std::vector<Tap>& cols, const std::vector<
       __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(i0, i1), _mm_packs_epi32(i2, i3));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), bytes);
     }
-    for (; k < row_values; ++k) out[k] = static_cast<uint8_t>(std::clamp(std::lrintf(h[k]), 0L, 255L));
+    for (; k < row_values; ++k)
+      out[k] = static_cast<uint8_t>(std::clamp(std::lrintf(h[k]), 0L, 255L));
 #else
     for (int x = 0; x < out_w; ++x) {
       const float* p = l + c0[x];
@@ -145,8 +146,7 @@ void check_image(const Image& image, int full_width, int full_height, const char
 // decoded / full size along one axis. A DCT-scaled decode is ceil(full * n / 8) pixels
 // (TJSCALED) whose pixel centres follow the exact factor n / 8, so that factor is recovered
 // when the sizes fit it; anything else uses the ratio of the sizes.
-void decoded_scale(const Image& image, int full_width, int full_height, double* sx,
-                   double* sy) {
+void decoded_scale(const Image& image, int full_width, int full_height, double* sx, double* sy) {
   if (image.width == full_width && image.height == full_height) {
     *sx = *sy = 1.0;
     return;
@@ -162,8 +162,8 @@ void decoded_scale(const Image& image, int full_width, int full_height, double* 
   *sy = double(image.height) / full_height;
 }
 
-void crop_resize_scaled(const Image& decoded, double sx, double sy, const CropBox& box,
-                        int size, bool flip, uint8_t* out) {
+void crop_resize_scaled(const Image& decoded, double sx, double sy, const CropBox& box, int size,
+                        bool flip, uint8_t* out) {
   std::vector<Tap> cols = make_taps(size, box.x, 0, double(box.width) / size, box.x,
                                     box.x + box.width - 1, sx, decoded.width);
   std::vector<Tap> rows = make_taps(size, box.y, 0, double(box.height) / size, box.y,
@@ -184,17 +184,17 @@ void resized_size(int width, int height, int resize_to, int* new_width, int* new
   }
 }
 
-void resize_center_crop_scaled(const Image& decoded, int full_width, int full_height,
-                               double sx, double sy, int resize_to, int size, uint8_t* out) {
+void resize_center_crop_scaled(const Image& decoded, int full_width, int full_height, double sx,
+                               double sy, int resize_to, int size, uint8_t* out) {
   int rw = 0, rh = 0;
   resized_size(full_width, full_height, resize_to, &rw, &rh);
   // CenterCrop: int(round((H' - size) / 2.0)), Python rounding half to even.
   int top = static_cast<int>(std::nearbyint((rh - size) / 2.0));
   int left = static_cast<int>(std::nearbyint((rw - size) / 2.0));
-  std::vector<Tap> cols = make_taps(size, 0.0, left, double(full_width) / rw, 0.0,
-                                    full_width - 1, sx, decoded.width);
-  std::vector<Tap> rows = make_taps(size, 0.0, top, double(full_height) / rh, 0.0,
-                                    full_height - 1, sy, decoded.height);
+  std::vector<Tap> cols =
+      make_taps(size, 0.0, left, double(full_width) / rw, 0.0, full_width - 1, sx, decoded.width);
+  std::vector<Tap> rows =
+      make_taps(size, 0.0, top, double(full_height) / rh, 0.0, full_height - 1, sy, decoded.height);
   resample(decoded, cols, rows, out);
 }
 
@@ -263,10 +263,9 @@ void crop_resize(const Image& decoded, int full_width, int full_height, const Cr
   check_size(size, "crop_resize");
   if (box.width <= 0 || box.height <= 0 || box.x < 0 || box.y < 0 ||
       int64_t{box.x} + box.width > full_width || int64_t{box.y} + box.height > full_height)
-    throw Error("crop_resize: box " + std::to_string(box.width) + "x" +
-                std::to_string(box.height) + "+" + std::to_string(box.x) + "+" +
-                std::to_string(box.y) + " is not inside the " + std::to_string(full_width) +
-                "x" + std::to_string(full_height) + " image");
+    throw Error("crop_resize: box " + std::to_string(box.width) + "x" + std::to_string(box.height) +
+                "+" + std::to_string(box.x) + "+" + std::to_string(box.y) + " is not inside the " +
+                std::to_string(full_width) + "x" + std::to_string(full_height) + " image");
   double sx = 1, sy = 1;
   decoded_scale(decoded, full_width, full_height, &sx, &sy);
   crop_resize_scaled(decoded, sx, sy, box, size, flip, out);
@@ -284,22 +283,20 @@ void resize_center_crop(const Image& decoded, int full_width, int full_height, i
   resize_center_crop_scaled(decoded, full_width, full_height, sx, sy, resize_to, size, out);
 }
 
-int validation_resize(int size) {
-  return static_cast<int>(std::lround(size * 256.0 / 224.0));
-}
+int validation_resize(int size) { return static_cast<int>(std::lround(size * 256.0 / 224.0)); }
 
 void train_transform(const uint8_t* data, size_t bytes, const std::string& path, int size,
-                     SampleRng& rng, uint8_t* out) {
+                     SampleRng& rng, uint8_t* out, const RandomResizedCropOptions& crop) {
   check_size(size, "train_transform");
   if (!is_jpeg(data, bytes)) {  // the fallback decoder has no cheap header: decode once
     Decoded d = decode_image(data, bytes, path);
-    CropBox box = random_resized_crop_box(d.full_width, d.full_height, rng);
+    CropBox box = random_resized_crop_box(d.full_width, d.full_height, rng, crop);
     bool flip = rng.uniform() < 0.5;
     crop_resize_scaled(d.image, 1.0, 1.0, box, size, flip, out);
     return;
   }
   ImageHeader header = read_header(data, bytes, path);
-  CropBox box = random_resized_crop_box(header.width, header.height, rng);
+  CropBox box = random_resized_crop_box(header.width, header.height, rng, crop);
   Decoded d = decode_image(data, bytes, path, DecodeRequest{box.width, box.height, size, size});
   bool flip = rng.uniform() < 0.5;  // RandomHorizontalFlip comes after RandomResizedCrop
   crop_resize_scaled(d.image, double(d.scale_num) / d.scale_denom,
@@ -312,8 +309,7 @@ void val_transform(const uint8_t* data, size_t bytes, const std::string& path, i
   const int resize_to = validation_resize(size);
   if (!is_jpeg(data, bytes)) {
     Decoded d = decode_image(data, bytes, path);
-    resize_center_crop_scaled(d.image, d.full_width, d.full_height, 1.0, 1.0, resize_to, size,
-                              out);
+    resize_center_crop_scaled(d.image, d.full_width, d.full_height, 1.0, 1.0, resize_to, size, out);
     return;
   }
   ImageHeader header = read_header(data, bytes, path);

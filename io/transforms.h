@@ -42,7 +42,7 @@ int validation_resize(int size);  // round(size * 256 / 224): 256 for 224
 // Both transforms end to end on one encoded file, decoding at the smallest useful DCT scale:
 // writes size*size*3 bytes to `out`; throws DecodeError.
 void train_transform(const uint8_t* data, size_t bytes, const std::string& path, int size,
-                     SampleRng& rng, uint8_t* out);
+                     SampleRng& rng, uint8_t* out, const RandomResizedCropOptions& crop = {});
 void val_transform(const uint8_t* data, size_t bytes, const std::string& path, int size,
                    uint8_t* out);
 

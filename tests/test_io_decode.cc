@@ -68,8 +68,7 @@ std::vector<uint8_t> tj_compress(const uint8_t* pixels, int width, int height, i
   tjhandle h = tjInitCompress();
   unsigned char* buf = nullptr;
   unsigned long size = 0;
-  int rc = tjCompress2(h, pixels, width, 0, height, pixel_format, &buf, &size, subsamp,
-                       quality, 0);
+  int rc = tjCompress2(h, pixels, width, 0, height, pixel_format, &buf, &size, subsamp, quality, 0);
   EXPECT_EQ(rc, 0) << tjGetErrorStr2(h);
   std::vector<uint8_t> out(buf, buf + size);
   tjFree(buf);
@@ -176,8 +175,7 @@ TEST(IoDecode, RoundTripOfASmoothImage) {
   // Lower quality: still close, and smaller.
   std::vector<uint8_t> low = encode_jpeg(img, 50);
   EXPECT_LT(low.size(), jpeg.size());
-  EXPECT_LT(mean_abs_diff(decode_image(low.data(), low.size(), "low.jpg").image.rgb, img.rgb),
-            4.0);
+  EXPECT_LT(mean_abs_diff(decode_image(low.data(), low.size(), "low.jpg").image.rgb, img.rgb), 4.0);
 }
 
 TEST(IoDecode, DecodeFileReadsTheWholeFile) {
@@ -239,7 +237,8 @@ TEST(IoDecode, DctScalingPicksTheSmallestFactorThatKeepsTheTarget) {
       for (int c = 0; c < 3; ++c) {
         auto at = [&](int xx, int yy) { return full.image.rgb[(size_t(yy) * 500 + xx) * 3 + c]; };
         double avg = (at(2 * x, 2 * y) + at(2 * x + 1, 2 * y) + at(2 * x, 2 * y + 1) +
-                      at(2 * x + 1, 2 * y + 1)) / 4.0;
+                      at(2 * x + 1, 2 * y + 1)) /
+                     4.0;
         sum += std::abs(half.image.rgb[(size_t(y) * 250 + x) * 3 + c] - avg);
         ++n;
       }
@@ -337,7 +336,9 @@ TEST(IoDecode, TruncatedJpegIsADecodeError) {
   // ...the data is not: TurboJPEG only warns, the decoder refuses.
   expect_decode_error(path, [&] { decode_file(path); });
   expect_decode_error(path, [&] { decode_image(cut.data(), cut.size(), path); });
-  expect_decode_error(path, [&] { decode_image(cut.data(), cut.size(), path, {200, 150, 50, 50}); });
+  expect_decode_error(path, [&] {
+    decode_image(cut.data(), cut.size(), path, {200, 150, 50, 50});
+  });
   try {
     decode_file(path);
   } catch (const DecodeError& e) {

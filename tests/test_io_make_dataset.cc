@@ -177,7 +177,8 @@ TEST(IoMakeDataset, EveryClassIsDrawn) {
   };
   for (const std::string& cls : classes) {
     for (int i = 0; i < 3; ++i) {
-      Decoded d = decode_file((root / "train" / cls / (cls + "_" + std::to_string(i) + ".JPEG")).string());
+      Decoded d =
+          decode_file((root / "train" / cls / (cls + "_" + std::to_string(i) + ".JPEG")).string());
       double gx = 0, gy = 0;
       gradients(d, &gx, &gy);
       if (cls == "03_hstripes") {
@@ -202,8 +203,14 @@ TEST(IoMakeDataset, BadOptionsAreErrors) {
                "classes");
   expect_error([&] { make_dataset(with([](auto& o) { o.train_per_class = 0; })); }, "image");
   expect_error([&] { make_dataset(with([](auto& o) { o.val_per_class = 0; })); }, "image");
-  expect_error([&] { make_dataset(with([](auto& o) { o.min_side = 200; o.max_side = 100; })); },
-               "sides");
+  expect_error(
+      [&] {
+        make_dataset(with([](auto& o) {
+          o.min_side = 200;
+          o.max_side = 100;
+        }));
+      },
+      "sides");
   expect_error([&] { make_dataset(with([](auto& o) { o.quality = 0; })); }, "quality");
   expect_error([&] { make_dataset(with([](auto& o) { o.output = ""; })); }, "output");
   EXPECT_FALSE(fs::exists(dir + "/x"));  // nothing written for bad options

@@ -131,8 +131,14 @@ TEST(IoTransforms, SampleRngIsCounterBased) {
   for (int i = 0; i < 100; ++i) ASSERT_EQ(a.next_u64(), b.next_u64());
   // Any change of seed, epoch or sample gives another stream, including permutations.
   std::set<uint64_t> firsts;
-  for (auto [s, e, n] : {std::tuple{1, 2, 3}, {1, 3, 2}, {2, 1, 3}, {3, 2, 1}, {0, 0, 0},
-                         {1, 2, 4}, {1, 1, 3}, {2, 2, 3}})
+  for (auto [s, e, n] : {std::tuple{1, 2, 3},
+                         {1, 3, 2},
+                         {2, 1, 3},
+                         {3, 2, 1},
+                         {0, 0, 0},
+                         {1, 2, 4},
+                         {1, 1, 3},
+                         {2, 2, 3}})
     firsts.insert(SampleRng(s, e, n).next_u64());
   EXPECT_EQ(firsts.size(), 8u);
 }
@@ -315,9 +321,9 @@ TEST(IoTransforms, CropResizeMatchesTheBilinearReference) {
     CropBox box;
     int size;
   };
-  for (const Case& c : {Case{{10, 7, 50, 40}, 33}, Case{{10, 7, 50, 40}, 77},
-                        Case{{0, 0, 97, 61}, 45}, Case{{90, 50, 7, 11}, 16},
-                        Case{{3, 0, 61, 61}, 224}}) {
+  for (const Case& c :
+       {Case{{10, 7, 50, 40}, 33}, Case{{10, 7, 50, 40}, 77}, Case{{0, 0, 97, 61}, 45},
+        Case{{90, 50, 7, 11}, 16}, Case{{3, 0, 61, 61}, 224}}) {
     SCOPED_TRACE(std::to_string(c.box.width) + "x" + std::to_string(c.box.height) + " -> " +
                  std::to_string(c.size));
     std::vector<uint8_t> out(size_t(c.size) * c.size * 3);
@@ -465,12 +471,40 @@ TEST(IoTransforms, TrainTransformIsDeterministicPerSeed) {
     SampleRng rng(4, 0, sample);
     ImageHeader h = read_header(jpeg.data(), jpeg.size(), "t.jpg");
     CropBox box = random_resized_crop_box(h.width, h.height, rng);
-    Decoded d = decode_image(jpeg.data(), jpeg.size(), "t.jpg", {box.width, box.height, size, size});
+    Decoded d =
+        decode_image(jpeg.data(), jpeg.size(), "t.jpg", {box.width, box.height, size, size});
     bool flip = rng.uniform() < 0.5;
     std::vector<uint8_t> manual(size * size * 3);
     crop_resize(d.image, d.full_width, d.full_height, box, size, flip, manual.data());
     EXPECT_EQ(run(4, 0, sample), manual) << sample;
   }
+}
+
+// The crop options reach the box sampling: scale 1 and the image's own aspect ratio leave
+// only the whole image, mirrored or not.
+TEST(IoTransforms, TrainTransformTakesTheCropOptions) {
+  Image img = wavy_image(400, 300);
+  std::vector<uint8_t> jpeg = encode_jpeg(img, 90);
+  const int size = 48;
+  // What train_transform decodes for that box (at 1/4).
+  Decoded full = decode_image(jpeg.data(), jpeg.size(), "o.jpg", {400, 300, size, size});
+  EXPECT_EQ(full.scale_denom, 4);
+  RandomResizedCropOptions whole;
+  whole.scale_min = whole.scale_max = 1.0;
+  whole.ratio_min = whole.ratio_max = 4.0 / 3.0;
+  std::vector<uint8_t> plain(size * size * 3), flipped(plain.size()), out(plain.size());
+  crop_resize(full.image, 400, 300, CropBox{0, 0, 400, 300}, size, false, plain.data());
+  crop_resize(full.image, 400, 300, CropBox{0, 0, 400, 300}, size, true, flipped.data());
+  int n_plain = 0, n_flipped = 0;
+  for (int sample = 0; sample < 20; ++sample) {
+    SampleRng rng(1, 0, sample);
+    train_transform(jpeg.data(), jpeg.size(), "o.jpg", size, rng, out.data(), whole);
+    n_plain += out == plain;
+    n_flipped += out == flipped;
+  }
+  EXPECT_EQ(n_plain + n_flipped, 20);
+  EXPECT_GT(n_plain, 0);
+  EXPECT_GT(n_flipped, 0);
 }
 
 TEST(IoTransforms, TransformsOfAnImageThatIsNotJpeg) {
