@@ -150,17 +150,33 @@ Decoded decode_other(const uint8_t* data, size_t size, const std::string& path) 
   return d;
 }
 
-// TurboJPEG reports warnings (the image was still produced) and fatal errors alike with -1.
-// Most warnings are harmless (extraneous bytes before a marker) and such files decode, as
-// they do with PIL; a premature end of data means a truncated file, which PIL refuses too.
+// libjpeg's warnings: the whole image was decoded, though the data had a defect. PIL decodes
+// such files without complaint, and so does this decoder -- except a premature end of the
+// file (JWRN_JPEG_EOF), which is a truncated download that PIL refuses too.
+bool is_harmless_warning(const std::string& msg) {
+  static const char* const kWarnings[] = {
+      "Corrupt JPEG data",                          // extraneous bytes, bad Huffman code, ...
+      "Warning:",                                   // unknown JFIF revision
+      "Unknown Adobe color transform",              //
+      "Inconsistent progression sequence",          //
+      "Invalid SOS parameters for sequential JPEG"  //
+  };
+  for (const char* w : kWarnings)
+    if (msg.rfind(w, 0) == 0) return true;
+  return false;
+}
+
+// TurboJPEG 2.1 returns -1 for warnings and for errors alike, and tjGetErrorCode says
+// TJERR_WARNING whenever any warning came first, even when a fatal error followed (a truncated
+// progressive JPEG: "Premature end of JPEG file", then "Bogus Huffman table definition"). The
+// message is that of the first warning, or of the fatal error that ended the decode, so it is
+// the message that decides.
 void check_decompress(int rc, TjHandle& handle, const std::string& path) {
   if (rc == 0) return;
-  bool warning = tjGetErrorCode(handle.get()) == TJERR_WARNING;
   std::string msg = handle.fail();
-  if (!warning) throw DecodeError(path, "corrupt JPEG (" + msg + ")");
-  if (msg.find("Premature end") != std::string::npos ||
-      msg.find("premature end") != std::string::npos)
+  if (msg.rfind("Premature end of JPEG file", 0) == 0)
     throw DecodeError(path, "truncated JPEG (" + msg + ")");
+  if (!is_harmless_warning(msg)) throw DecodeError(path, "corrupt JPEG (" + msg + ")");
 }
 
 // The size and colour space from the JPEG header.

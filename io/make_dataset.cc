@@ -206,6 +206,60 @@ void add_noise(cv::Mat& img, SampleRng& rng) {
   }
 }
 
+// One object of `kind` centred at (cx, cy), `r` about half its extent; upright within
+// +-10 degrees (pictures have an up, as photos do).
+void draw_object(cv::Mat& img, Kind kind, SampleRng& rng, double cx, double cy, double r,
+                 const Rgb& fg) {
+  const double deg = kPi / 180;
+  switch (kind) {
+    case Kind::circle:
+      cv::circle(img, to_fixed(cx, cy), static_cast<int>(std::lround(r * kOne)), scalar(fg),
+                 cv::FILLED, cv::LINE_AA, kShift);
+      break;
+    case Kind::square: {
+      double s = 1.7 * r;
+      fill_polygon(img, rotated_rect(cx, cy, s, s, rng.uniform(-10, 10) * deg), fg);
+      break;
+    }
+    case Kind::triangle: {
+      double a0 = (-90 + rng.uniform(-10, 10)) * deg;  // pointing up
+      std::vector<cv::Point2d> pts;
+      for (int i = 0; i < 3; ++i) {
+        double a = a0 + i * 2 * kPi / 3;
+        pts.emplace_back(cx + 1.15 * r * std::cos(a), cy + 1.15 * r * std::sin(a));
+      }
+      fill_polygon(img, pts, fg);
+      break;
+    }
+    case Kind::cross: {
+      double len = 2 * r, thick = len * rng.uniform(0.22, 0.3);
+      double a = rng.uniform(-10, 10) * deg;
+      fill_polygon(img, rotated_rect(cx, cy, len, thick, a), fg);
+      fill_polygon(img, rotated_rect(cx, cy, thick, len, a), fg);
+      break;
+    }
+    case Kind::ring: {
+      double t = r * rng.uniform(0.28, 0.4);
+      cv::circle(img, to_fixed(cx, cy), static_cast<int>(std::lround((r - t / 2) * kOne)),
+                 scalar(fg), std::max(1, static_cast<int>(std::lround(t))), cv::LINE_AA, kShift);
+      break;
+    }
+    case Kind::star: {
+      double outer = 1.15 * r, inner = outer * rng.uniform(0.38, 0.45);
+      double a0 = (-90 + rng.uniform(-10, 10)) * deg;  // pointing up
+      std::vector<cv::Point2d> pts;
+      for (int i = 0; i < 10; ++i) {
+        double a = a0 + i * kPi / 5, rr = i % 2 == 0 ? outer : inner;
+        pts.emplace_back(cx + rr * std::cos(a), cy + rr * std::sin(a));
+      }
+      fill_polygon(img, pts, fg);
+      break;
+    }
+    default:
+      break;
+  }
+}
+
 Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
   int width = 0, height = 0;
   picture_size(rng, min_side, max_side, &width, &height);
@@ -220,59 +274,19 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
   fill_background(img, rng, bg);
 
   const double side = std::min(width, height);
-  // Objects sit near the centre, off by up to 12% of each dimension.
-  const double cx = width * (0.5 + rng.uniform(-0.08, 0.08));
-  const double cy = height * (0.5 + rng.uniform(-0.08, 0.08));
   const double deg = kPi / 180;
 
   switch (kind) {
-    case Kind::circle: {
-      double r = side * rng.uniform(0.28, 0.42);
-      cv::circle(img, to_fixed(cx, cy), static_cast<int>(std::lround(r * kOne)), scalar(fg),
-                 cv::FILLED, cv::LINE_AA, kShift);
-      break;
-    }
-    case Kind::square: {
-      double s = side * rng.uniform(0.5, 0.72);
-      fill_polygon(img, rotated_rect(cx, cy, s, s, rng.uniform(0, 90) * deg), fg);
-      break;
-    }
-    case Kind::triangle: {
-      double r = side * rng.uniform(0.36, 0.48);
-      double a0 = rng.uniform(0, 2 * kPi);
-      std::vector<cv::Point2d> pts;
-      for (int i = 0; i < 3; ++i) {
-        double a = a0 + i * 2 * kPi / 3;
-        pts.emplace_back(cx + r * std::cos(a), cy + r * std::sin(a));
-      }
-      fill_polygon(img, pts, fg);
-      break;
-    }
-    case Kind::cross: {
-      double len = side * rng.uniform(0.65, 0.9);
-      double thick = len * rng.uniform(0.2, 0.28);
-      double a = rng.uniform(-15, 15) * deg;
-      fill_polygon(img, rotated_rect(cx, cy, len, thick, a), fg);
-      fill_polygon(img, rotated_rect(cx, cy, thick, len, a), fg);
-      break;
-    }
-    case Kind::ring: {
-      double r = side * rng.uniform(0.3, 0.44);
-      double t = r * rng.uniform(0.25, 0.38);
-      cv::circle(img, to_fixed(cx, cy), static_cast<int>(std::lround((r - t / 2) * kOne)),
-                 scalar(fg), std::max(1, static_cast<int>(std::lround(t))), cv::LINE_AA, kShift);
-      break;
-    }
+    case Kind::circle:
+    case Kind::square:
+    case Kind::triangle:
+    case Kind::cross:
+    case Kind::ring:
     case Kind::star: {
-      double r = side * rng.uniform(0.36, 0.48);
-      double inner = r * rng.uniform(0.38, 0.45);
-      double a0 = rng.uniform(0, 2 * kPi);
-      std::vector<cv::Point2d> pts;
-      for (int i = 0; i < 10; ++i) {
-        double a = a0 + i * kPi / 5, rr = i % 2 == 0 ? r : inner;
-        pts.emplace_back(cx + rr * std::cos(a), cy + rr * std::sin(a));
-      }
-      fill_polygon(img, pts, fg);
+      // One large object near the centre, off by up to 8% of each dimension.
+      double cx = width * (0.5 + rng.uniform(-0.08, 0.08));
+      double cy = height * (0.5 + rng.uniform(-0.08, 0.08));
+      draw_object(img, kind, rng, cx, cy, side * rng.uniform(0.3, 0.42), fg);
       break;
     }
     case Kind::hstripes:
@@ -284,7 +298,7 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
       if (kind == Kind::vstripes) a += 90;
       if (kind == Kind::diagonal) a += rng.uniform() < 0.5 ? 45 : -45;
       a *= deg;
-      double period = side * rng.uniform(0.14, 0.24);
+      double period = side * rng.uniform(0.18, 0.3);
       double duty = kind == Kind::diagonal ? rng.uniform(0.3, 0.45) : rng.uniform(0.4, 0.6);
       double phase = rng.uniform(0, period);
       double nx = -std::sin(a), ny = std::cos(a);  // across the stripes
@@ -294,8 +308,8 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
       break;
     }
     case Kind::checkerboard: {
-      double a = rng.uniform(-15, 15) * deg, c = std::cos(a), s = std::sin(a);
-      double cell = side * rng.uniform(0.14, 0.24);
+      double a = rng.uniform(-10, 10) * deg, c = std::cos(a), s = std::sin(a);
+      double cell = side * rng.uniform(0.18, 0.28);
       double ox = rng.uniform(0, 2 * cell), oy = rng.uniform(0, 2 * cell);
       paint_texture(img, fg, [&](double x, double y) {
         double u = c * x + s * y + ox, v = -s * x + c * y + oy;
@@ -307,9 +321,9 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
       break;
     }
     case Kind::dots: {
-      double a = rng.uniform(-20, 20) * deg, c = std::cos(a), s = std::sin(a);
-      double cell = side * rng.uniform(0.18, 0.28);
-      double radius = cell * rng.uniform(0.28, 0.38);
+      double a = rng.uniform(-10, 10) * deg, c = std::cos(a), s = std::sin(a);
+      double cell = side * rng.uniform(0.22, 0.32);
+      double radius = cell * rng.uniform(0.3, 0.38);
       double ox = rng.uniform(0, cell), oy = rng.uniform(0, cell);
       paint_texture(img, fg, [&](double x, double y) {
         double u = c * x + s * y + ox, v = -s * x + c * y + oy;
@@ -320,8 +334,8 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
       break;
     }
     case Kind::grid: {
-      double a = rng.uniform(-15, 15) * deg, c = std::cos(a), s = std::sin(a);
-      double cell = side * rng.uniform(0.2, 0.3);
+      double a = rng.uniform(-10, 10) * deg, c = std::cos(a), s = std::sin(a);
+      double cell = side * rng.uniform(0.24, 0.34);
       double line = std::max(1.5, cell * rng.uniform(0.14, 0.2));
       double duty = line / cell;
       double ox = rng.uniform(0, cell), oy = rng.uniform(0, cell);

@@ -350,6 +350,41 @@ TEST(IoDecode, TruncatedJpegIsADecodeError) {
   expect_decode_error(path, [&] { decode_image(stub.data(), stub.size(), path); });
 }
 
+// Files libjpeg only warns about, and PIL opens, decode: here bytes between the entropy-coded
+// data and the end marker ("extraneous bytes before marker 0xd9").
+TEST(IoDecode, HarmlessWarningsStillDecode) {
+  std::vector<uint8_t> jpeg = encode_jpeg(smooth_image(120, 80), 90);
+  ASSERT_EQ(jpeg[jpeg.size() - 2], 0xFF);
+  ASSERT_EQ(jpeg[jpeg.size() - 1], 0xD9);
+  std::vector<uint8_t> padded(jpeg.begin(), jpeg.end() - 2);
+  padded.insert(padded.end(), {0x12, 0x34, 0x56, 0x78, 0xFF, 0xD9});
+  Decoded clean = decode_image(jpeg.data(), jpeg.size(), "clean.jpg");
+  Decoded warned = decode_image(padded.data(), padded.size(), "padded.jpg");
+  EXPECT_EQ(warned.image.rgb, clean.image.rgb);
+  // And the thread's decoder carries on normally afterwards.
+  EXPECT_EQ(decode_image(jpeg.data(), jpeg.size(), "clean.jpg").image.rgb, clean.image.rgb);
+}
+
+// Progressive JPEGs (ImageNet has some) decode, at full size and DCT-scaled.
+TEST(IoDecode, ProgressiveJpeg) {
+  Image img = smooth_image(200, 150);
+  tjhandle h = tjInitCompress();
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  ASSERT_EQ(tjCompress2(h, img.rgb.data(), 200, 0, 150, TJPF_RGB, &buf, &size, TJSAMP_420, 90,
+                        TJFLAG_PROGRESSIVE),
+            0);
+  std::vector<uint8_t> jpeg(buf, buf + size);
+  tjFree(buf);
+  tjDestroy(h);
+  Decoded d = decode_image(jpeg.data(), jpeg.size(), "p.jpg");
+  EXPECT_LT(mean_abs_diff(d.image.rgb, img.rgb), 2.0);
+  Decoded half = decode_image(jpeg.data(), jpeg.size(), "p.jpg", {200, 150, 60, 60});
+  EXPECT_EQ(half.image.width, 100);
+  std::vector<uint8_t> cut(jpeg.begin(), jpeg.begin() + jpeg.size() * 6 / 10);
+  expect_decode_error("cut.jpg", [&] { decode_image(cut.data(), cut.size(), "cut.jpg"); });
+}
+
 TEST(IoDecode, GarbageIsADecodeError) {
   std::vector<uint8_t> garbage(5000);
   SampleRng rng(9, 9, 9);

@@ -1,6 +1,5 @@
-// `oxtrain train` end to end: it learns the generated dataset, resumes bit-identically from
-// the middle of an epoch, its log parses with DLPerf's rule, and bad settings are refused
-// before training starts.
+// `oxtrain train` end to end: it resumes bit-identically from the middle of an epoch, its log
+// parses with DLPerf's rule, and bad settings and a diverging loss stop it with clear errors.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -134,23 +133,4 @@ TEST(TrainCli, NonFiniteLossStopsWithTheStepAndLastCheckpoint) {
   EXPECT_TRUE(std::regex_search(r.err, std::regex("the loss is (NaN|infinite) at step [0-9]+")))
       << r.err;
   EXPECT_NE(r.err.find("No checkpoint was written yet"), std::string::npos) << r.err;
-}
-
-TEST(TrainCli, LearnsTheGeneratedDataset) {
-  std::string dir = test::temp_dir();
-  auto r = test::run_oxtrain("train " + dataset() + kSmall +
-                             "-b 16 --lr 0.02 --epochs 12 -p 1000 --seed 0 --metrics-json " + dir +
-                             "/m.json --checkpoint-dir " + dir + " --save-model " + dir + "/trained.onnx");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto summaries = lines_with(r.out, " * Acc@1 ");
-  ASSERT_EQ(summaries.size(), 12u) << r.out;
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(summaries.back(), m, std::regex(R"(Acc@1 ([0-9.]+))")));
-  EXPECT_GE(std::stod(m[1]), 90.0) << r.out;
-  EXPECT_TRUE(std::filesystem::exists(dir + "/model_best.oxt"));
-  // The trained model evaluates to the same accuracy from its ONNX file.
-  auto e = test::run_oxtrain("train " + dataset() + " --model " + dir +
-                             "/trained.onnx --image-size 32 -b 16 -e");
-  ASSERT_EQ(e.exit_code, 0) << e.err;
-  EXPECT_NE(e.out.find(summaries.back()), std::string::npos) << e.out << "\nvs\n" << summaries.back();
 }
