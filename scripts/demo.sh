@@ -12,5 +12,6 @@ if [ ! -d "$out/data/train" ]; then
     --min-side 48 --max-side 96
 fi
 build/oxtrain train "$out/data" -a resnet18 --image-size "${IMAGE_SIZE:-32}" \
-  --min-crop-scale 0.35 -b "${BATCH:-32}" --lr 0.05 --epochs "${EPOCHS:-12}" -p 10 -j 2 \
+  --min-crop-scale 0.35 -b "${BATCH:-32}" --lr 0.1 --lr-schedule cosine --epochs "${EPOCHS:-24}" \
+  -p 10 -j 2 \
   --checkpoint-dir "$out" --save-model "$out/resnet18-trained.onnx"

@@ -134,3 +134,30 @@ TEST(TrainCli, NonFiniteLossStopsWithTheStepAndLastCheckpoint) {
       << r.err;
   EXPECT_NE(r.err.find("No checkpoint was written yet"), std::string::npos) << r.err;
 }
+
+TEST(TrainCli, LearnsTheGeneratedDataset) {
+  // 10 classes x 150 training images: a zoo ResNet-18 at 32x32 reaches over 90% validation
+  // Acc@1 on two cores in about two minutes (deterministic for the seed and thread count).
+  std::string dir = test::temp_dir();
+  auto made = test::run_oxtrain("make-dataset " + dir + "/data --classes 10 --train-per-class 150 "
+                                "--val-per-class 20 --min-side 48 --max-side 96");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  auto r = test::run_oxtrain("train " + dir + "/data" + kSmall +
+                             "--min-crop-scale 0.35 -b 32 --lr 0.1 --lr-schedule cosine --epochs 24 "
+                             "-p 1000 --threads 2 --checkpoint-dir " + dir + " --save-model " + dir +
+                             "/trained.onnx");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto summaries = lines_with(r.out, " * Acc@1 ");
+  ASSERT_EQ(summaries.size(), 24u) << r.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(summaries.back(), m, std::regex(R"(Acc@1 ([0-9.]+))")));
+  EXPECT_GE(std::stod(m[1]), 90.0) << r.out;
+  EXPECT_TRUE(std::filesystem::exists(dir + "/model_best.oxt"));
+  // The saved ONNX model (weights and BN statistics) evaluates to the same accuracy.
+  auto e = test::run_oxtrain("train " + dir + "/data --model " + dir +
+                             "/trained.onnx --image-size 32 -b 32 -e --threads 2");
+  ASSERT_EQ(e.exit_code, 0) << e.err;
+  auto eval_summary = lines_with(e.out, " * Acc@1 ");
+  ASSERT_EQ(eval_summary.size(), 1u) << e.out;
+  EXPECT_EQ(eval_summary[0], summaries.back());
+}
