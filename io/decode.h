@@ -1,5 +1,6 @@
 // Image decoding: JPEG with libjpeg-turbo (TurboJPEG), decoded in the DCT domain at the
-// smallest scale (1/8, 2/8, ... 8/8) that still covers what the transform needs; grayscale
+// smallest scale of 1/8, 1/4, 1/2 or 1 that still covers what the transform needs (the other
+// factors have no SIMD code in libjpeg-turbo 2.1 and decode slower than full size); grayscale
 // and CMYK come out RGB; anything else (a PNG named .JPEG exists in ImageNet) falls back to
 // OpenCV's decoder. Every failure is a DecodeError naming the file.
 #pragma once
