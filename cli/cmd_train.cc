@@ -20,7 +20,6 @@
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "cli/train_data.h"
-#include "graph/inspect.h"
 #include "graph/onnx_io.h"
 #include "graph/passes.h"
 #include "graph/zoo.h"
@@ -152,6 +151,7 @@ class TrainRun {
   double validate();
   void save_model();
   void check_finite(double loss);
+  graph::Shape image_shape() const { return {a_.batch_size, 3, a_.image_size, a_.image_size}; }
 
   const TrainArgs& a_;
   std::unique_ptr<BatchSource> train_, val_;
@@ -291,10 +291,8 @@ bool TrainRun::train_epoch(int64_t epoch, int64_t first_batch) {
     if (!train_->next(b)) break;
     auto loaded = std::chrono::steady_clock::now();
     data_time.update(std::chrono::duration<double>(loaded - end).count());
-    graph::Tensor images(graph::DType::f32, {a_.batch_size, 3, a_.image_size, a_.image_size});
-    std::memcpy(images.bytes.data(), b.images, images.bytes.size());
-    session_->feed(input_name_, images);
-    session_->feed(tg_.labels, graph::Tensor::from_int64(std::vector<int64_t>(b.labels, b.labels + a_.batch_size), {a_.batch_size}));
+    session_->feed(input_name_, graph::DType::f32, image_shape(), b.images);
+    session_->feed(tg_.labels, graph::DType::i64, {a_.batch_size}, b.labels);
     session_->feed(tg_.step, graph::Tensor::from_int64({global_step_}, {}));
     session_->run();
     ++global_step_;
@@ -338,9 +336,7 @@ double TrainRun::validate() {
   auto end = std::chrono::steady_clock::now();
   TrainBatch b;
   for (int64_t i = 0; val_->next(b); ++i) {
-    graph::Tensor images(graph::DType::f32, {a_.batch_size, 3, a_.image_size, a_.image_size});
-    std::memcpy(images.bytes.data(), b.images, images.bytes.size());
-    eval_session_->feed(eval_input_, images);
+    eval_session_->feed(eval_input_, graph::DType::f32, image_shape(), b.images);
     eval_session_->run();
     graph::Tensor logits = eval_session_->fetch(eval_output_);
     int64_t classes = logits.shape[1];

@@ -65,8 +65,10 @@ class FolderSource : public BatchSource {
     io::Batch b;
     if (!loader_->next(b)) return false;
     // A short last batch is padded with zeros: outputs of padded rows are ignored.
-    std::fill(images_.begin(), images_.end(), 0.0f);
-    std::fill(labels_.begin(), labels_.end(), 0);
+    if (b.size < options_.batch_size) {
+      std::fill(images_.begin(), images_.end(), 0.0f);
+      std::fill(labels_.begin(), labels_.end(), 0);
+    }
     runtime::normalize_u8_nhwc_to_f32_nchw_cpu(images_.data(), b.images,
                                               imagenet_params(b.size, options_.image_size));
     std::copy(b.labels, b.labels + b.size, labels_.begin());

@@ -94,14 +94,19 @@ void* Session::address(const Value* v) const {
 }
 
 void Session::feed(const std::string& name, const Tensor& tensor) {
+  feed(name, tensor.dtype, tensor.shape, tensor.bytes.data());
+}
+
+void Session::feed(const std::string& name, graph::DType dtype, const graph::Shape& shape,
+                   const void* data) {
   for (size_t i = 0; i < graph_.inputs.size(); ++i) {
     const Value* v = graph_.inputs[i];
     if (v->name != name) continue;
-    if (tensor.dtype != v->dtype || tensor.shape != v->shape)
+    if (dtype != v->dtype || shape != v->shape)
       throw Error("input '" + name + "' expects " + graph::dtype_name(v->dtype) + " " +
-                  graph::shape_str(v->shape) + ", got " + graph::dtype_name(tensor.dtype) + " " +
-                  graph::shape_str(tensor.shape));
-    std::memcpy(address(v), tensor.bytes.data(), tensor.bytes.size());
+                  graph::shape_str(v->shape) + ", got " + graph::dtype_name(dtype) + " " +
+                  graph::shape_str(shape));
+    std::memcpy(address(v), data, static_cast<size_t>(v->bytes()));
     fed_[i] = true;
     return;
   }

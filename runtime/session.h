@@ -32,6 +32,9 @@ class Session {
 
   // Copies `tensor` into the buffer of graph input `name`; dtype and shape must match.
   void feed(const std::string& name, const graph::Tensor& tensor);
+  // The same from caller-owned memory of `dtype` and `shape` (no intermediate Tensor).
+  void feed(const std::string& name, graph::DType dtype, const graph::Shape& shape,
+            const void* data);
   // Runs every node once, then stores each update into its state.
   void run();
   // A copy of any value: inputs, persistent values, graph outputs (after run()).

@@ -138,7 +138,7 @@ TEST(TrainingGraphErrors, NonFloatOutputAndNoParameters) {
   }
 }
 
-TEST(TrainingGraph, EveryRuleHasASchemaForWhatItEmits) {
+TEST(TrainingGraph, EveryOpOfTheListHasAGradientRule) {
   // Gradient rules exist for the ops of the list.
   for (const char* op : {"Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean",
                          "Add", "Mul", "Sum", "Flatten", "Reshape", "Gemm", "MatMul", "Identity",

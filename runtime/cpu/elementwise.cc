@@ -382,11 +382,8 @@ void reduce_to(const T* x, const graph::Shape& xs, T* y, const graph::Shape& ys,
   }
 }
 
-// The target Y as a shape of X's rank (1 where X is summed). Y normally broadcasts to X
-// numpy-style (padded with leading 1s). Otherwise a 1-D Y of X's channel count ([C] for
-// X = [N, C, ...], a Conv bias) sums over every axis but 1. Where both readings fit (X's last
-// dim is also C) numpy's wins: a graph that means the channel axis then should ask for
-// [1, C, 1, ...]. Throws when neither fits.
+// The target Y as a shape of X's rank (1 where X is summed): Y broadcasts to X numpy-style,
+// padded with leading 1s (a Conv bias gradient asks for [1, C, 1, ...]). Throws otherwise.
 graph::Shape aligned_target(const graph::Shape& xs, const graph::Shape& ys,
                             const std::string& what) {
   bool ok = ys.size() <= xs.size();
@@ -397,11 +394,6 @@ graph::Shape aligned_target(const graph::Shape& xs, const graph::Shape& ys,
     out[xs.size() - ys.size() + i] = ys[i];
   }
   if (ok) return out;
-  if (ys.size() == 1 && xs.size() >= 2 && ys[0] == xs[1]) {
-    std::fill(out.begin(), out.end(), 1);
-    out[1] = ys[0];
-    return out;
-  }
   throw Error(what + ": shape " + graph::shape_str(ys) + " does not broadcast to the input " +
               graph::shape_str(xs));
 }
