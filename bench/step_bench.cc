@@ -10,6 +10,7 @@
 
 #include "autodiff/training.h"
 #include "graph/onnx_io.h"
+#include "graph/passes.h"
 #include "graph/zoo.h"
 #include "runtime/session.h"
 
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
   std::string arch = "resnet50";
   int64_t image = 224, batch = 16, classes = 1000;
   int iters = 5, warmup = 2, threads = 0;
+  bool float64 = false;
   CLI::App app{"oxtrain training-step benchmark (CPU)"};
   app.add_option("--arch", arch);
   app.add_option("--image-size", image);
@@ -27,6 +29,7 @@ int main(int argc, char** argv) {
   app.add_option("--iters", iters);
   app.add_option("--warmup", warmup);
   app.add_option("--threads", threads);
+  app.add_flag("--float64", float64, "run the step in float64 (the reference precision)");
   CLI11_PARSE(app, argc, argv);
   try {
     graph::ZooOptions zo;
@@ -36,6 +39,8 @@ int main(int argc, char** argv) {
     graph::ImportOptions io;
     io.batch_size = batch;
     graph::prepare(g, io);
+    const graph::DType dt = float64 ? graph::DType::f64 : graph::DType::f32;
+    if (float64) graph::convert_float_dtype(g, dt);
     autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(g));
     runtime::SessionOptions so;
     so.threads = threads;
@@ -44,8 +49,11 @@ int main(int argc, char** argv) {
     runtime::Session session(std::move(tg.graph), so);
 
     graph::Rng rng(0);
-    graph::Tensor images(graph::DType::f32, {batch, 3, image, image});
-    for (int64_t i = 0; i < images.numel(); ++i) images.data<float>()[i] = static_cast<float>(rng.normal());
+    graph::Tensor images(dt, {batch, 3, image, image});
+    for (int64_t i = 0; i < images.numel(); ++i) {
+      if (float64) images.data<double>()[i] = rng.normal();
+      else images.data<float>()[i] = static_cast<float>(rng.normal());
+    }
     std::vector<int64_t> labels(static_cast<size_t>(batch));
     for (auto& l : labels) l = static_cast<int64_t>(rng.next_u64() % static_cast<uint64_t>(classes));
     session.feed(input, images);
@@ -55,7 +63,8 @@ int main(int argc, char** argv) {
     auto one_step = [&] {
       session.feed(tg.step, graph::Tensor::from_int64({step++}, {}));
       session.run();
-      return session.fetch(tg.loss).data<float>()[0];
+      const graph::Tensor& l = session.fetch(tg.loss);
+      return float64 ? static_cast<float>(l.data<double>()[0]) : l.data<float>()[0];
     };
     for (int i = 0; i < warmup; ++i) one_step();
     auto start = std::chrono::steady_clock::now();
@@ -64,10 +73,10 @@ int main(int argc, char** argv) {
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf(
         "{\"framework\": \"oxtrain\", \"arch\": \"%s\", \"image_size\": %lld, \"batch\": %lld, "
-        "\"threads\": %d, \"img_s\": %.2f, \"ms_step\": %.1f, \"loss\": %.4f, "
+        "\"dtype\": \"%s\", \"threads\": %d, \"img_s\": %.2f, \"ms_step\": %.1f, \"loss\": %.4f, "
         "\"activation_arena_mib\": %.1f}\n",
         arch.c_str(), static_cast<long long>(image), static_cast<long long>(batch),
-        runtime::cpu_threads(), batch * iters / seconds, 1000 * seconds / iters, loss,
+        float64 ? "float64" : "float32", runtime::cpu_threads(), batch * iters / seconds, 1000 * seconds / iters, loss,
         session.plan().activation_arena_bytes / 1048576.0);
     return 0;
   } catch (const std::exception& e) {

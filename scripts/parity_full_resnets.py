@@ -59,8 +59,10 @@ after 5 steps at lr 0.1 on one repeated batch the runs are decorrelated
 Replaying float64's ReLU masks in the float32 run brings the step-1
 gradients to ~1e-5 of float64, so those differences are branch flips, not
 arithmetic error.  Use the losses, the step-1 running statistics and the l2
-metric for these models; the strict per-tensor 1e-4 / 1e-3 checks are for the
-tiny fixture in tests/fixtures/parity/.
+metric for these models in float32.  The suite's strict checks of full-size
+models run in float64 (tests/test_parity_full.cc, fixtures from
+scripts/make_parity_full_fixtures.py); the float32 per-tensor 1e-4 / 1e-3
+checks are for the tiny fixture in tests/fixtures/parity/.
 
 Example (by hand):
 
