@@ -3,6 +3,8 @@
 // 1e-4, cross-entropy. Prints one JSON line with img_s and ms_step.
 //
 //   oxtrain_step_bench --arch resnet18 --image-size 112 --batch-size 32 --iters 10 --warmup 3
+//
+// --float64 runs the step in float64 (the precision of the full-size parity tests).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
