@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <map>
+#include <algorithm>
 
 #include "autodiff/training.h"
 #include "graph/onnx_io.h"
@@ -18,11 +20,45 @@
 
 using namespace oxtrain;
 
+namespace {
+
+// Per op type (forward / backward / optimizer ops share the table) and the ten slowest nodes,
+// in milliseconds per step.
+void print_profile(const runtime::Session& session, int runs) {
+  const auto& nodes = session.graph().nodes();
+  const auto& seconds = session.node_seconds();
+  std::map<std::string, std::pair<double, int>> by_op;
+  double total = 0;
+  std::vector<std::pair<double, size_t>> order;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    auto& e = by_op[nodes[i]->op_type];
+    e.first += seconds[i];
+    e.second += 1;
+    total += seconds[i];
+    order.push_back({seconds[i], i});
+  }
+  std::vector<std::pair<double, std::string>> ops;
+  for (const auto& [op, e] : by_op) ops.push_back({e.first, op});
+  std::sort(ops.rbegin(), ops.rend());
+  std::fprintf(stderr, "%-26s %6s %10s %6s\n", "op", "nodes", "ms/step", "share");
+  for (const auto& [s, op] : ops)
+    std::fprintf(stderr, "%-26s %6d %10.2f %5.1f%%\n", op.c_str(), by_op[op].second, 1000 * s / runs,
+                 100 * s / total);
+  std::sort(order.rbegin(), order.rend());
+  std::fprintf(stderr, "slowest nodes:\n");
+  for (size_t k = 0; k < std::min<size_t>(10, order.size()); ++k) {
+    const graph::Node* n = nodes[order[k].second].get();
+    std::fprintf(stderr, "  %8.2f ms  %s\n", 1000 * order[k].first / runs, n->describe().c_str());
+  }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   std::string arch = "resnet50";
   int64_t image = 224, batch = 16, classes = 1000;
   int iters = 5, warmup = 2, threads = 0;
-  bool float64 = false;
+  bool float64 = false, profile = false;
   CLI::App app{"oxtrain training-step benchmark (CPU)"};
   app.add_option("--arch", arch);
   app.add_option("--image-size", image);
@@ -31,6 +67,7 @@ int main(int argc, char** argv) {
   app.add_option("--iters", iters);
   app.add_option("--warmup", warmup);
   app.add_option("--threads", threads);
+  app.add_flag("--profile", profile, "print seconds per op type and the slowest nodes");
   app.add_flag("--float64", float64, "run the step in float64 (the reference precision)");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -46,6 +83,7 @@ int main(int argc, char** argv) {
     autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(g));
     runtime::SessionOptions so;
     so.threads = threads;
+    so.profile = profile;
     for (const auto& [v, d] : tg.gradients) so.gradients.push_back(d);
     std::string input = tg.graph.inputs[0]->name;
     runtime::Session session(std::move(tg.graph), so);
@@ -80,6 +118,7 @@ int main(int argc, char** argv) {
         arch.c_str(), static_cast<long long>(image), static_cast<long long>(batch),
         float64 ? "float64" : "float32", runtime::cpu_threads(), batch * iters / seconds, 1000 * seconds / iters, loss,
         session.plan().activation_arena_bytes / 1048576.0);
+    if (profile) print_profile(session, warmup + iters);
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "oxtrain_step_bench: error: " << e.what() << "\n";

@@ -64,7 +64,8 @@ std::string io_shapes(const std::vector<Value*>& values) {
   std::string s;
   for (const Value* v : values) {
     if (!v) continue;
-    s += (s.empty() ? "" : " ") + v->shape_string();
+    if (!s.empty()) s += ' ';
+    s += v->shape_string();
   }
   return s;
 }

@@ -1,5 +1,6 @@
 #include "runtime/session.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -117,9 +118,16 @@ void Session::run() {
   for (size_t i = 0; i < fed_.size(); ++i)
     if (!fed_[i]) throw Error("input '" + graph_.inputs[i]->name + "' was not fed");
   const auto& nodes = graph_.nodes();
+  if (options_.profile) node_seconds_.resize(nodes.size(), 0.0);
   for (size_t i = 0; i < nodes.size(); ++i) {
     try {
-      kernels_[i]->run(args_[i]);
+      if (options_.profile) {
+        auto start = std::chrono::steady_clock::now();
+        kernels_[i]->run(args_[i]);
+        node_seconds_[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      } else {
+        kernels_[i]->run(args_[i]);
+      }
     } catch (const Error& e) {
       throw Error(std::string(e.what()) + " (while running " + nodes[i]->describe() + ")");
     }

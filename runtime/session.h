@@ -21,6 +21,8 @@ struct SessionOptions {
   bool keep_all_values = false;
   // Gradient values (by name) in bucket order, placed contiguously in the gradient arena.
   std::vector<std::string> gradients;
+  // Time every node's kernel (wall clock, summed over runs): see Session::node_seconds().
+  bool profile = false;
 };
 
 class Session {
@@ -44,6 +46,9 @@ class Session {
 
   const graph::Graph& graph() const { return graph_; }
   const MemoryPlan& plan() const { return plan_; }
+  // With SessionOptions::profile: seconds spent in each node's kernel (graph node order),
+  // summed over all runs so far; empty otherwise.
+  const std::vector<double>& node_seconds() const { return node_seconds_; }
 
  private:
   void* address(const graph::Value* v) const;
@@ -59,6 +64,7 @@ class Session {
   std::vector<std::unique_ptr<Kernel>> kernels_;
   std::vector<KernelArgs> args_;
   std::vector<bool> fed_;
+  std::vector<double> node_seconds_;
 };
 
 }  // namespace oxtrain::runtime

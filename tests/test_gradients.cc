@@ -27,7 +27,7 @@ struct In {
 struct GradCase {
   std::string op;
   std::vector<In> inputs;
-  std::map<std::string, Attribute> attrs;
+  std::map<std::string, Attribute> attrs = {};
   size_t outputs = 1;
   int64_t opset = 17;
 };

@@ -63,9 +63,9 @@ Graph random_graph(Rng& rng, int nodes) {
     }
     // Same size as the first input half of the time, so in-place reuse happens.
     int64_t size = rng.next_u64() % 2 ? ins[0]->shape[0] : 16 + static_cast<int64_t>(rng.next_u64() % 512);
-    Value* out = g.add_value("v" + std::to_string(i), DType::f32, {size});
+    Value* out = g.add_value(std::string("v").append(std::to_string(i)), DType::f32, {size});
     out->rank_known = true;
-    g.add_node(op, ins, {out}, "n" + std::to_string(i));
+    g.add_node(op, ins, {out}, std::string("n").append(std::to_string(i)));
     pool.push_back(out);
   }
   g.outputs.push_back(pool.back());
