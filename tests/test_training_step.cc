@@ -43,7 +43,7 @@ Graph model(bool fixture) {
   return g;
 }
 
-Trainer make_trainer(DType dtype, bool fixture = true) {
+Trainer make_trainer(DType dtype, bool fixture = true, bool profile = false) {
   Graph g = model(fixture);
   if (dtype == DType::f64) convert_float_dtype(g, DType::f64);
   autodiff::TrainingOptions o;
@@ -52,6 +52,7 @@ Trainer make_trainer(DType dtype, bool fixture = true) {
   Trainer t{autodiff::build_training_graph(std::move(g), o), nullptr, {}};
   for (const auto& [s, n] : t.tg.graph.updates) t.updates.push_back({s->name, n->name});
   runtime::SessionOptions so;
+  so.profile = profile;
   for (const auto& [v, d] : t.tg.gradients) so.gradients.push_back(d);
   Graph copy_source = std::move(t.tg.graph);
   t.session = std::make_unique<runtime::Session>(std::move(copy_source), so);
@@ -137,4 +138,30 @@ TEST(TrainingStep, RepeatedRunsAreBitIdentical) {
   for (const auto& [state, next] : a.updates)
     EXPECT_EQ(a.session->fetch(state).bytes, b.session->fetch(state).bytes) << state;
   EXPECT_EQ(a.session->fetch(a.tg.loss).bytes, b.session->fetch(b.tg.loss).bytes);
+}
+
+// SessionOptions::profile times every node and changes nothing else.
+TEST(TrainingStep, ProfileTimesEveryNodeWithoutChangingResults) {
+  Trainer plain = make_trainer(DType::f32);
+  Trainer timed = make_trainer(DType::f32, true, true);
+  EXPECT_TRUE(plain.session->node_seconds().empty());
+  step(plain, DType::f32, 0);
+  step(timed, DType::f32, 0);
+  const auto& nodes = timed.session->graph().nodes();
+  std::vector<double> first = timed.session->node_seconds();
+  ASSERT_EQ(first.size(), nodes.size());
+  double conv = 0, total = 0;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    EXPECT_GE(first[i], 0.0) << nodes[i]->name;
+    total += first[i];
+    if (nodes[i]->op_type == "Conv") conv += first[i];
+  }
+  EXPECT_GT(conv, 0.0);
+  EXPECT_LE(conv, total);
+  step(timed, DType::f32, 1);
+  step(plain, DType::f32, 1);
+  const auto& second = timed.session->node_seconds();
+  for (size_t i = 0; i < nodes.size(); ++i) EXPECT_GE(second[i], first[i]) << nodes[i]->name;  // summed
+  for (const auto& [state, next] : plain.updates)
+    EXPECT_EQ(plain.session->fetch(state).bytes, timed.session->fetch(state).bytes) << state;
 }
