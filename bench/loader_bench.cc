@@ -1,4 +1,4 @@
-// Data-pipeline throughput: oxtrain's loader (TurboJPEG with DCT scaling, OpenCV resize)
+// Data-pipeline throughput: oxtrain's loader (TurboJPEG with DCT scaling, bilinear resize)
 // running the training transform (RandomResizedCrop 224 + flip) over an ImageFolder.
 // Prints one JSON line: images/s, images/s per worker, peak RSS and batch-buffer bytes.
 //

@@ -1,6 +1,7 @@
 // JPEG through TurboJPEG (one decompressor and one compressor per thread), decoded in the DCT
-// domain at the smallest scale that still covers the request; everything else through
-// OpenCV's decoders.
+// domain at the smallest scale that still covers the request; PNG through libpng's simplified
+// API. Nothing else: both libraries are small, where a general image library (OpenCV's
+// imgcodecs drags in GDAL and codecs worth 130 MB) would have to travel with every program.
 #include "io/decode.h"
 
 #include <sys/stat.h>
@@ -15,13 +16,7 @@
 #include <string>
 #include <vector>
 
-// OpenCV 4.6 headers mix enum types, which C++20 warns about.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-enum-enum-conversion"
-#include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
-#pragma GCC diagnostic pop
+#include <png.h>
 
 #include "graph/ir.h"
 
@@ -129,24 +124,61 @@ tjscalingfactor choose_scale(int width, int height, const DecodeRequest& r) {
   return best;
 }
 
-Decoded decode_other(const uint8_t* data, size_t size, const std::string& path) {
-  if (size > static_cast<size_t>(std::numeric_limits<int>::max()))
-    throw DecodeError(path, "file too large for the fallback decoder");
-  cv::Mat bgr;
-  try {
-    cv::Mat buf(1, static_cast<int>(size), CV_8UC1, const_cast<uint8_t*>(data));
-    bgr = cv::imdecode(buf, cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION);
-  } catch (const cv::Exception& e) {
-    throw DecodeError(path, std::string("cannot decode image: ") + e.what());
+bool is_png(const uint8_t* data, size_t size) {
+  return size >= 8 && png_sig_cmp(data, 0, 8) == 0;
+}
+
+// What a file that is neither JPEG nor PNG starts like, for the error message.
+std::string other_format(const uint8_t* data, size_t size) {
+  auto starts = [&](const char* magic) {
+    size_t n = std::strlen(magic);
+    return size >= n && std::memcmp(data, magic, n) == 0;
+  };
+  if (starts("BM")) return "a BMP image";
+  if (starts("GIF8")) return "a GIF image";
+  if (starts("II*") || starts("MM")) return "a TIFF image";
+  if (size >= 12 && starts("RIFF") && std::memcmp(data + 8, "WEBP", 4) == 0) return "a WebP image";
+  if (size >= 2 && data[0] == 'P' && data[1] >= '1' && data[1] <= '7') return "a PNM image";
+  return "not an image oxtrain knows";
+}
+
+[[noreturn]] void unsupported(const uint8_t* data, size_t size, const std::string& path) {
+  throw DecodeError(path, other_format(data, size) +
+                              ": oxtrain decodes JPEG and PNG; convert the file to one of them");
+}
+
+// libpng's simplified reader over a memory buffer; frees its state however it ends.
+struct PngReader {
+  png_image image{};
+  PngReader(const uint8_t* data, size_t size, const std::string& path) {
+    image.version = PNG_IMAGE_VERSION;
+    if (!png_image_begin_read_from_memory(&image, data, size))
+      throw DecodeError(path, std::string("corrupt PNG (") + image.message + ")");
+    if (image.width == 0 || image.height == 0 ||
+        int64_t{image.width} * image.height > kMaxPixels)
+      throw DecodeError(path, "bad PNG size " + std::to_string(image.width) + "x" +
+                                  std::to_string(image.height));
   }
-  if (bgr.empty() || bgr.type() != CV_8UC3)
-    throw DecodeError(path, "not a JPEG and not an image format OpenCV can decode");
+  ~PngReader() { png_image_free(&image); }
+  PngReader(const PngReader&) = delete;
+  PngReader& operator=(const PngReader&) = delete;
+};
+
+// Any PNG (palette, gray, 16-bit, with or without alpha) as 8-bit sRGB. Alpha is dropped, not
+// composited, as PIL's convert("RGB") (torchvision's loader) and OpenCV's IMREAD_COLOR do.
+Decoded decode_png(const uint8_t* data, size_t size, const std::string& path) {
+  PngReader r(data, size, path);
+  r.image.format = PNG_FORMAT_RGBA;
+  const size_t w = r.image.width, h = r.image.height;
+  std::vector<uint8_t> rgba(w * h * 4);
+  if (!png_image_finish_read(&r.image, nullptr, rgba.data(), 0, nullptr))
+    throw DecodeError(path, std::string("corrupt PNG (") + r.image.message + ")");
   Decoded d;
-  d.full_width = d.image.width = bgr.cols;
-  d.full_height = d.image.height = bgr.rows;
-  d.image.rgb.resize(size_t(bgr.cols) * bgr.rows * 3);
-  cv::Mat rgb(bgr.rows, bgr.cols, CV_8UC3, d.image.rgb.data());
-  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  d.full_width = d.image.width = static_cast<int>(w);
+  d.full_height = d.image.height = static_cast<int>(h);
+  d.image.rgb.resize(w * h * 3);
+  uint8_t* out = d.image.rgb.data();
+  for (size_t i = 0; i < w * h; ++i, out += 3) std::memcpy(out, &rgba[i * 4], 3);
   return d;
 }
 
@@ -201,17 +233,18 @@ ImageHeader read_header(const uint8_t* data, size_t size, const std::string& pat
     header.jpeg = true;
     return header;
   }
-  // OpenCV 4.6 has no public header-only reader; other formats are rare enough to decode.
-  Decoded d = decode_other(data, size, path);
-  header.width = d.full_width;
-  header.height = d.full_height;
+  if (!is_png(data, size)) unsupported(data, size, path);
+  PngReader r(data, size, path);
+  header.width = static_cast<int>(r.image.width);
+  header.height = static_cast<int>(r.image.height);
   return header;
 }
 
 Decoded decode_image(const uint8_t* data, size_t size, const std::string& path,
                      const DecodeRequest& request) {
   if (size == 0) throw DecodeError(path, "empty file");
-  if (!is_jpeg(data, size)) return decode_other(data, size, path);
+  if (is_png(data, size)) return decode_png(data, size, path);
+  if (!is_jpeg(data, size)) unsupported(data, size, path);
 
   TjHandle& handle = decompressor();
   int width = 0, height = 0, colorspace = 0;

@@ -1,8 +1,9 @@
 // Image decoding: JPEG with libjpeg-turbo (TurboJPEG), decoded in the DCT domain at the
 // smallest scale of 1/8, 1/4, 1/2 or 1 that still covers what the transform needs (the other
 // factors have no SIMD code in libjpeg-turbo 2.1 and decode slower than full size); grayscale
-// and CMYK come out RGB; anything else (a PNG named .JPEG exists in ImageNet) falls back to
-// OpenCV's decoder. Every failure is a DecodeError naming the file.
+// and CMYK come out RGB. PNG (ImageNet has a PNG named .JPEG) goes through libpng, by its
+// content, whatever the file's name. Other formats (BMP, TIFF, WebP, ...) are refused with a
+// DecodeError that says what the file is; every failure is a DecodeError naming the file.
 #pragma once
 
 #include <cstddef>
@@ -18,7 +19,7 @@ struct ImageHeader {
   bool jpeg = false;
 };
 
-// Reads the size without decoding (JPEG header; other formats through OpenCV).
+// Reads the size without decoding (the JPEG or PNG header).
 ImageHeader read_header(const uint8_t* data, size_t size, const std::string& path);
 
 struct DecodeRequest {

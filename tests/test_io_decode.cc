@@ -1,7 +1,8 @@
-// Image decoding: JPEG round trips, DCT-scaled decoding, grayscale and CMYK JPEGs, the OpenCV
-// fallback for other formats, and DecodeError for every kind of bad file. Every input is made
-// by the test itself.
+// Image decoding: JPEG round trips, DCT-scaled decoding, grayscale and CMYK JPEGs, PNG in its
+// colour types, refused formats, and DecodeError for every kind of bad file. Every input is
+// made by the test itself (PNGs by a minimal writer here and by libpng's).
 #include <gtest/gtest.h>
+#include <png.h>
 #include <turbojpeg.h>
 
 #include <algorithm>
@@ -146,6 +147,24 @@ void expect_decode_error(const std::string& path, Fn fn) {
     EXPECT_EQ(e.path(), path);
     EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
   }
+}
+
+// libpng's own writer, for the colour types the minimal writer above does not make.
+std::vector<uint8_t> libpng_encode(int width, int height, png_uint_32 format, const void* pixels,
+                                   const void* colormap = nullptr, int colormap_entries = 0) {
+  png_image image{};
+  image.version = PNG_IMAGE_VERSION;
+  image.width = width;
+  image.height = height;
+  image.format = format;
+  image.colormap_entries = colormap_entries;
+  png_alloc_size_t size = 0;
+  EXPECT_TRUE(png_image_write_to_memory(&image, nullptr, &size, 0, pixels, 0, colormap));
+  std::vector<uint8_t> out(size);
+  EXPECT_TRUE(png_image_write_to_memory(&image, out.data(), &size, 0, pixels, 0, colormap))
+      << image.message;
+  out.resize(size);
+  return out;
 }
 
 }  // namespace
@@ -306,8 +325,8 @@ TEST(IoDecode, CmykJpegComesOutRgb) {
   EXPECT_GE(corner[2], 240);
 }
 
-// ImageNet has a PNG named .JPEG: anything that does not start like a JPEG goes to OpenCV.
-TEST(IoDecode, PngNamedJpegIsDecodedByTheFallback) {
+// ImageNet has a PNG named .JPEG: the content decides, not the name.
+TEST(IoDecode, PngNamedJpegIsDecodedAsPng) {
   Image img = noise_image(45, 31, 3);
   std::vector<uint8_t> png = encode_png(img);
   std::string path = write_file(test::temp_dir() + "/n01440764_0001.JPEG", png);
@@ -389,7 +408,7 @@ TEST(IoDecode, GarbageIsADecodeError) {
   std::vector<uint8_t> garbage(5000);
   SampleRng rng(9, 9, 9);
   for (auto& b : garbage) b = static_cast<uint8_t>(rng.integer(0, 255));
-  garbage[0] = 'x';  // not a JPEG, not anything OpenCV knows
+  garbage[0] = 'x';  // not a JPEG, not a PNG
   std::string path = "garbage.JPEG";
   expect_decode_error(path, [&] { decode_image(garbage.data(), garbage.size(), path); });
   expect_decode_error(path, [&] { read_header(garbage.data(), garbage.size(), path); });
@@ -443,4 +462,71 @@ TEST(IoDecode, ThreadsDecodeIndependently) {
     });
   for (auto& t : threads) t.join();
   for (int t = 0; t < 4; ++t) EXPECT_EQ(same[t], 20);
+}
+
+TEST(IoDecode, PngColourTypesComeOutRgb) {
+  const int w = 7, h = 5;
+  // Grayscale: R = G = B.
+  std::vector<uint8_t> gray(w * h);
+  for (int i = 0; i < w * h; ++i) gray[i] = static_cast<uint8_t>(i * 7 + 3);
+  std::vector<uint8_t> png = libpng_encode(w, h, PNG_FORMAT_GRAY, gray.data());
+  Decoded d = decode_image(png.data(), png.size(), "gray.png");
+  ASSERT_EQ(d.image.width, w);
+  ASSERT_EQ(d.image.height, h);
+  for (int i = 0; i < w * h; ++i)
+    for (int c = 0; c < 3; ++c) ASSERT_EQ(d.image.rgb[i * 3 + c], gray[i]) << i;
+
+  // RGBA: alpha is dropped, the colour kept as stored (PIL's convert("RGB")).
+  std::vector<uint8_t> rgba(w * h * 4);
+  for (int i = 0; i < w * h; ++i) {
+    rgba[i * 4 + 0] = static_cast<uint8_t>(200 - i);
+    rgba[i * 4 + 1] = static_cast<uint8_t>(i * 5);
+    rgba[i * 4 + 2] = static_cast<uint8_t>(90 + i);
+    rgba[i * 4 + 3] = static_cast<uint8_t>(i % 3 == 0 ? 0 : 40 * (i % 7));
+  }
+  png = libpng_encode(w, h, PNG_FORMAT_RGBA, rgba.data());
+  d = decode_image(png.data(), png.size(), "rgba.png");
+  for (int i = 0; i < w * h; ++i)
+    for (int c = 0; c < 3; ++c) ASSERT_EQ(d.image.rgb[i * 3 + c], rgba[i * 4 + c]) << i;
+
+  // Palette: each index becomes its colour.
+  const uint8_t palette[4][3] = {{255, 0, 0}, {0, 128, 0}, {10, 20, 250}, {77, 77, 77}};
+  std::vector<uint8_t> index(w * h);
+  for (int i = 0; i < w * h; ++i) index[i] = static_cast<uint8_t>((i * 3) % 4);
+  png = libpng_encode(w, h, PNG_FORMAT_RGB_COLORMAP, index.data(), palette, 4);
+  ImageHeader header = read_header(png.data(), png.size(), "palette.png");
+  EXPECT_FALSE(header.jpeg);
+  EXPECT_EQ(header.width, w);
+  EXPECT_EQ(header.height, h);
+  d = decode_image(png.data(), png.size(), "palette.png");
+  for (int i = 0; i < w * h; ++i)
+    for (int c = 0; c < 3; ++c) ASSERT_EQ(d.image.rgb[i * 3 + c], palette[index[i]][c]) << i;
+}
+
+TEST(IoDecode, OtherFormatsAreRefusedByName) {
+  const std::pair<std::vector<uint8_t>, const char*> cases[] = {
+      {{'B', 'M', 0, 0, 0, 0}, "a BMP image"},
+      {{'G', 'I', 'F', '8', '9', 'a'}, "a GIF image"},
+      {{'I', 'I', '*', 0, 8, 0}, "a TIFF image"},
+      {{'R', 'I', 'F', 'F', 0, 0, 0, 0, 'W', 'E', 'B', 'P'}, "a WebP image"},
+      {{'P', '6', '\n', '1', ' ', '1'}, "a PNM image"},
+  };
+  for (const auto& [bytes, what] : cases) {
+    try {
+      decode_image(bytes.data(), bytes.size(), "x.JPEG");
+      ADD_FAILURE() << what << " decoded";
+    } catch (const DecodeError& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("JPEG and PNG"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(read_header(bytes.data(), bytes.size(), "x.JPEG"), DecodeError) << what;
+  }
+  // A PNG signature followed by garbage, and a PNG cut short.
+  std::vector<uint8_t> png = libpng_encode(4, 4, PNG_FORMAT_GRAY, std::vector<uint8_t>(16, 9).data());
+  std::vector<uint8_t> bad(png.begin(), png.begin() + 8);
+  bad.resize(64, 0xAB);
+  expect_decode_error("bad.png", [&] { decode_image(bad.data(), bad.size(), "bad.png"); });
+  expect_decode_error("bad.png", [&] { read_header(bad.data(), bad.size(), "bad.png"); });
+  std::vector<uint8_t> cut(png.begin(), png.begin() + static_cast<long>(png.size()) - 20);
+  expect_decode_error("cut.png", [&] { decode_image(cut.data(), cut.size(), "cut.png"); });
 }

@@ -3,6 +3,7 @@
 // torch's bilinear interpolation), the exact mirror, Resize + CenterCrop, and both transforms
 // end to end on JPEGs.
 #include <gtest/gtest.h>
+#include <png.h>
 
 #include <algorithm>
 #include <cmath>
@@ -508,48 +509,28 @@ TEST(IoTransforms, TrainTransformTakesTheCropOptions) {
 }
 
 TEST(IoTransforms, TransformsOfAnImageThatIsNotJpeg) {
-  // A PNG is made here by the JPEG-free route: the fallback path has no DCT scaling, and both
-  // transforms must still work on it. (A PNG encoder is in test_io_decode; here a bitmap
-  // is enough: OpenCV reads BMP.)
+  // A PNG has no DCT scaling; both transforms must still work on it.
   const int w = 64, h = 48;
   Image img = wavy_image(w, h);
-  std::vector<uint8_t> bmp = {'B', 'M'};
-  auto put32 = [&](uint32_t v) {
-    for (int i = 0; i < 4; ++i) bmp.push_back(static_cast<uint8_t>(v >> (8 * i)));
-  };
-  auto put16 = [&](uint16_t v) {
-    bmp.push_back(static_cast<uint8_t>(v));
-    bmp.push_back(static_cast<uint8_t>(v >> 8));
-  };
-  const uint32_t row = w * 3;  // 192: already a multiple of 4
-  put32(54 + row * h);
-  put32(0);
-  put32(54);
-  put32(40);
-  put32(w);
-  put32(h);
-  put16(1);
-  put16(24);
-  put32(0);
-  put32(row * h);
-  put32(2835);
-  put32(2835);
-  put32(0);
-  put32(0);
-  for (int y = h - 1; y >= 0; --y)  // bottom-up, BGR
-    for (int x = 0; x < w; ++x) {
-      const uint8_t* p = &img.rgb[(size_t(y) * w + x) * 3];
-      bmp.insert(bmp.end(), {p[2], p[1], p[0]});
-    }
-  Decoded d = decode_image(bmp.data(), bmp.size(), "b.JPEG");
+  png_image image{};
+  image.version = PNG_IMAGE_VERSION;
+  image.width = w;
+  image.height = h;
+  image.format = PNG_FORMAT_RGB;
+  png_alloc_size_t size = 0;
+  ASSERT_TRUE(png_image_write_to_memory(&image, nullptr, &size, 0, img.rgb.data(), 0, nullptr));
+  std::vector<uint8_t> png(size);
+  ASSERT_TRUE(png_image_write_to_memory(&image, png.data(), &size, 0, img.rgb.data(), 0, nullptr));
+  png.resize(size);
+  Decoded d = decode_image(png.data(), png.size(), "p.JPEG");
   ASSERT_EQ(d.image.rgb, img.rgb);
 
   std::vector<uint8_t> out(32 * 32 * 3), again(out.size()), ref(out.size());
   SampleRng a(1, 0, 0), b(1, 0, 0);
-  train_transform(bmp.data(), bmp.size(), "b.JPEG", 32, a, out.data());
-  train_transform(bmp.data(), bmp.size(), "b.JPEG", 32, b, again.data());
+  train_transform(png.data(), png.size(), "p.JPEG", 32, a, out.data());
+  train_transform(png.data(), png.size(), "p.JPEG", 32, b, again.data());
   EXPECT_EQ(out, again);
-  val_transform(bmp.data(), bmp.size(), "b.JPEG", 32, out.data());
+  val_transform(png.data(), png.size(), "p.JPEG", 32, out.data());
   resize_center_crop(img, w, h, validation_resize(32), 32, ref.data());
   EXPECT_EQ(out, ref);
 }
