@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <algorithm>
@@ -46,7 +47,8 @@ void print_profile(const runtime::Session& session, int runs) {
                  100 * s / total);
   std::sort(order.rbegin(), order.rend());
   std::fprintf(stderr, "slowest nodes:\n");
-  for (size_t k = 0; k < std::min<size_t>(10, order.size()); ++k) {
+  const size_t top = std::getenv("OXTRAIN_PROFILE_ALL") ? order.size() : 10;
+  for (size_t k = 0; k < std::min<size_t>(top, order.size()); ++k) {
     const graph::Node* n = nodes[order[k].second].get();
     std::fprintf(stderr, "  %8.2f ms  %s\n", 1000 * order[k].first / runs, n->describe().c_str());
   }
