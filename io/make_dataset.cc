@@ -23,13 +23,6 @@
 #include <thread>
 #include <vector>
 
-// OpenCV 4.6 headers mix enum types, which C++20 warns about.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-enum-enum-conversion"
-#include <opencv2/core.hpp>
-#include <opencv2/imgproc.hpp>
-#pragma GCC diagnostic pop
-
 #include "graph/ir.h"
 #include "io/decode.h"
 #include "io/image.h"
@@ -72,8 +65,17 @@ constexpr ClassInfo kClasses[] = {
 constexpr int kNumClasses = static_cast<int>(sizeof kClasses / sizeof kClasses[0]);
 
 constexpr double kPi = std::numbers::pi;
-constexpr int kShift = 4;  // sub-pixel bits of OpenCV's drawing coordinates
-constexpr double kOne = 1 << kShift;
+
+// The picture being drawn: RGB rows over an Image's pixels.
+struct Canvas {
+  uint8_t* data;
+  int cols, rows;
+  uint8_t* ptr(int y) const { return data + size_t(y) * cols * 3; }
+};
+
+struct Point {
+  double x, y;
+};
 
 struct Rgb {
   double r = 0, g = 0, b = 0;
@@ -102,8 +104,6 @@ void colour_pair(SampleRng& rng, Rgb* bg, Rgb* fg) {
   *fg = {220, 220, 220};
 }
 
-cv::Scalar scalar(const Rgb& c) { return cv::Scalar(c.r, c.g, c.b); }
-
 // Photo-like sizes: an aspect ratio from the usual ones, the longer side in range.
 void picture_size(SampleRng& rng, int min_side, int max_side, int* width, int* height) {
   static constexpr double kAspects[] = {4.0 / 3,  3.0 / 4, 1.0,     16.0 / 9,
@@ -117,7 +117,7 @@ void picture_size(SampleRng& rng, int min_side, int max_side, int* width, int* h
 }
 
 // A background: a linear gradient between two nearby colours in a random direction.
-void fill_background(cv::Mat& img, SampleRng& rng, const Rgb& c1) {
+void fill_background(const Canvas& img, SampleRng& rng, const Rgb& c1) {
   Rgb c2{std::clamp(c1.r + rng.uniform(-30, 30), 0.0, 255.0),
          std::clamp(c1.g + rng.uniform(-30, 30), 0.0, 255.0),
          std::clamp(c1.b + rng.uniform(-30, 30), 0.0, 255.0)};
@@ -126,7 +126,7 @@ void fill_background(cv::Mat& img, SampleRng& rng, const Rgb& c1) {
   double extent = std::abs(dx) * img.cols + std::abs(dy) * img.rows;
   double start = std::min(0.0, dx * img.cols) + std::min(0.0, dy * img.rows);
   for (int y = 0; y < img.rows; ++y) {
-    uint8_t* p = img.ptr<uint8_t>(y);
+    uint8_t* p = img.ptr(y);
     for (int x = 0; x < img.cols; ++x, p += 3) {
       double t = (dx * x + dy * y - start) / extent;
       p[0] = static_cast<uint8_t>(std::lround(c1.r + (c2.r - c1.r) * t));
@@ -139,9 +139,9 @@ void fill_background(cv::Mat& img, SampleRng& rng, const Rgb& c1) {
 // Blends `fg` over the picture by a coverage computed from a signed distance in pixels
 // (positive inside), which gives texture edges one pixel of antialiasing.
 template <typename SignedDistance>
-void paint_texture(cv::Mat& img, const Rgb& fg, SignedDistance sd) {
+void paint_texture(const Canvas& img, const Rgb& fg, SignedDistance sd) {
   for (int y = 0; y < img.rows; ++y) {
-    uint8_t* p = img.ptr<uint8_t>(y);
+    uint8_t* p = img.ptr(y);
     for (int x = 0; x < img.cols; ++x, p += 3) {
       double a = std::clamp(0.5 + sd(x + 0.5, y + 0.5), 0.0, 1.0);
       if (a == 0) continue;
@@ -160,39 +160,44 @@ double stripe_distance(double t, double period, double duty) {
   return -std::min(m - on, period - m);
 }
 
-cv::Point to_fixed(double x, double y) {
-  return cv::Point(static_cast<int>(std::lround(x * kOne)),
-                   static_cast<int>(std::lround(y * kOne)));
+// Signed distance in pixels from (x, y) to a polygon's outline, positive inside (even-odd
+// rule, so a star's points and a cross's arms are inside).
+double polygon_distance(const std::vector<Point>& pts, double x, double y) {
+  double best = INFINITY;
+  bool inside = false;
+  for (size_t i = 0, j = pts.size() - 1; i < pts.size(); j = i++) {
+    const Point &a = pts[i], &b = pts[j];
+    double ex = b.x - a.x, ey = b.y - a.y, wx = x - a.x, wy = y - a.y;
+    double t = std::clamp((wx * ex + wy * ey) / (ex * ex + ey * ey), 0.0, 1.0);
+    double dx = wx - ex * t, dy = wy - ey * t;
+    best = std::min(best, dx * dx + dy * dy);
+    if ((a.y > y) != (b.y > y) && x < a.x + (y - a.y) * ex / ey) inside = !inside;
+  }
+  return inside ? std::sqrt(best) : -std::sqrt(best);
 }
 
-// A polygon given by its vertices' polar coordinates around (cx, cy).
-void fill_polygon(cv::Mat& img, const std::vector<cv::Point2d>& pts, const Rgb& colour) {
-  std::vector<cv::Point> fixed;
-  fixed.reserve(pts.size());
-  for (const auto& p : pts) fixed.push_back(to_fixed(p.x, p.y));
-  const cv::Point* polys[] = {fixed.data()};
-  int counts[] = {static_cast<int>(fixed.size())};
-  cv::fillPoly(img, polys, counts, 1, scalar(colour), cv::LINE_AA, kShift);
+void fill_polygon(const Canvas& img, const std::vector<Point>& pts, const Rgb& colour) {
+  paint_texture(img, colour, [&](double x, double y) { return polygon_distance(pts, x, y); });
 }
 
-std::vector<cv::Point2d> rotated_rect(double cx, double cy, double w, double h, double angle) {
+std::vector<Point> rotated_rect(double cx, double cy, double w, double h, double angle) {
   double c = std::cos(angle), s = std::sin(angle);
-  std::vector<cv::Point2d> pts;
+  std::vector<Point> pts;
   for (auto [u, v] : {std::pair{-0.5, -0.5}, {0.5, -0.5}, {0.5, 0.5}, {-0.5, 0.5}}) {
     double x = u * w, y = v * h;
-    pts.emplace_back(cx + c * x - s * y, cy + s * x + c * y);
+    pts.push_back({cx + c * x - s * y, cy + s * x + c * y});
   }
   return pts;
 }
 
-void add_noise(cv::Mat& img, SampleRng& rng) {
+void add_noise(const Canvas& img, SampleRng& rng) {
   double sigma = rng.uniform(1.5, 5);
   // Triangular noise from two bytes: (a + b - 255) has a standard deviation of about 104.
   double k = sigma / 104.0;
   uint64_t bits = 0;
   int left = 0;
   for (int y = 0; y < img.rows; ++y) {
-    uint8_t* p = img.ptr<uint8_t>(y);
+    uint8_t* p = img.ptr(y);
     for (int i = 0; i < img.cols * 3; ++i) {
       if (left == 0) {
         bits = rng.next_u64();
@@ -208,13 +213,12 @@ void add_noise(cv::Mat& img, SampleRng& rng) {
 
 // One object of `kind` centred at (cx, cy), `r` about half its extent; upright within
 // +-10 degrees (pictures have an up, as photos do).
-void draw_object(cv::Mat& img, Kind kind, SampleRng& rng, double cx, double cy, double r,
+void draw_object(const Canvas& img, Kind kind, SampleRng& rng, double cx, double cy, double r,
                  const Rgb& fg) {
   const double deg = kPi / 180;
   switch (kind) {
     case Kind::circle:
-      cv::circle(img, to_fixed(cx, cy), static_cast<int>(std::lround(r * kOne)), scalar(fg),
-                 cv::FILLED, cv::LINE_AA, kShift);
+      paint_texture(img, fg, [&](double x, double y) { return r - std::hypot(x - cx, y - cy); });
       break;
     case Kind::square: {
       double s = 1.7 * r;
@@ -223,10 +227,10 @@ void draw_object(cv::Mat& img, Kind kind, SampleRng& rng, double cx, double cy, 
     }
     case Kind::triangle: {
       double a0 = (-90 + rng.uniform(-10, 10)) * deg;  // pointing up
-      std::vector<cv::Point2d> pts;
+      std::vector<Point> pts;
       for (int i = 0; i < 3; ++i) {
         double a = a0 + i * 2 * kPi / 3;
-        pts.emplace_back(cx + 1.15 * r * std::cos(a), cy + 1.15 * r * std::sin(a));
+        pts.push_back({cx + 1.15 * r * std::cos(a), cy + 1.15 * r * std::sin(a)});
       }
       fill_polygon(img, pts, fg);
       break;
@@ -234,23 +238,28 @@ void draw_object(cv::Mat& img, Kind kind, SampleRng& rng, double cx, double cy, 
     case Kind::cross: {
       double len = 2 * r, thick = len * rng.uniform(0.22, 0.3);
       double a = rng.uniform(-10, 10) * deg;
-      fill_polygon(img, rotated_rect(cx, cy, len, thick, a), fg);
-      fill_polygon(img, rotated_rect(cx, cy, thick, len, a), fg);
+      std::vector<Point> bar = rotated_rect(cx, cy, len, thick, a);
+      std::vector<Point> post = rotated_rect(cx, cy, thick, len, a);
+      paint_texture(img, fg, [&](double x, double y) {
+        return std::max(polygon_distance(bar, x, y), polygon_distance(post, x, y));
+      });
       break;
     }
     case Kind::ring: {
-      double t = r * rng.uniform(0.28, 0.4);
-      cv::circle(img, to_fixed(cx, cy), static_cast<int>(std::lround((r - t / 2) * kOne)),
-                 scalar(fg), std::max(1, static_cast<int>(std::lround(t))), cv::LINE_AA, kShift);
+      // A band of width t whose outer edge is at r.
+      double t = std::max(1.0, r * rng.uniform(0.28, 0.4)), mid = r - t / 2;
+      paint_texture(img, fg, [&](double x, double y) {
+        return t / 2 - std::abs(std::hypot(x - cx, y - cy) - mid);
+      });
       break;
     }
     case Kind::star: {
       double outer = 1.15 * r, inner = outer * rng.uniform(0.38, 0.45);
       double a0 = (-90 + rng.uniform(-10, 10)) * deg;  // pointing up
-      std::vector<cv::Point2d> pts;
+      std::vector<Point> pts;
       for (int i = 0; i < 10; ++i) {
         double a = a0 + i * kPi / 5, rr = i % 2 == 0 ? outer : inner;
-        pts.emplace_back(cx + rr * std::cos(a), cy + rr * std::sin(a));
+        pts.push_back({cx + rr * std::cos(a), cy + rr * std::sin(a)});
       }
       fill_polygon(img, pts, fg);
       break;
@@ -267,7 +276,7 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
   image.width = width;
   image.height = height;
   image.rgb.resize(size_t(width) * height * 3);
-  cv::Mat img(height, width, CV_8UC3, image.rgb.data());  // channels are R, G, B
+  const Canvas img{image.rgb.data(), width, height};
 
   Rgb bg, fg;
   colour_pair(rng, &bg, &fg);

@@ -9,7 +9,7 @@ packages=(
   libprotobuf-dev protobuf-compiler libonnx-dev
   libcli11-dev nlohmann-json3-dev
   libgtest-dev libopenblas-openmp-dev
-  libturbojpeg0-dev libpng-dev libopencv-core-dev libopencv-imgproc-dev
+  libturbojpeg0-dev libpng-dev
 )
 
 missing=()
