@@ -1,6 +1,5 @@
 // JPEG through TurboJPEG (one decompressor and one compressor per thread), decoded in the DCT
-// domain at the smallest scale that still covers the request; PNG through libpng's simplified
-// API. Nothing else: both libraries are small, where a general image library (OpenCV's
+// domain at the smallest scale that still covers the request; PNG through libpng. Nothing else: both libraries are small, where a general image library (OpenCV's
 // imgcodecs drags in GDAL and codecs worth 130 MB) would have to travel with every program.
 #include "io/decode.h"
 
@@ -9,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csetjmp>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -147,38 +147,88 @@ std::string other_format(const uint8_t* data, size_t size) {
                               ": oxtrain decodes JPEG and PNG; convert the file to one of them");
 }
 
-// libpng's simplified reader over a memory buffer; frees its state however it ends.
-struct PngReader {
-  png_image image{};
-  PngReader(const uint8_t* data, size_t size, const std::string& path) {
-    image.version = PNG_IMAGE_VERSION;
-    if (!png_image_begin_read_from_memory(&image, data, size))
-      throw DecodeError(path, std::string("corrupt PNG (") + image.message + ")");
-    if (image.width == 0 || image.height == 0 ||
-        int64_t{image.width} * image.height > kMaxPixels)
-      throw DecodeError(path, "bad PNG size " + std::to_string(image.width) + "x" +
-                                  std::to_string(image.height));
+// libpng's reader over a memory buffer. libpng reports errors by longjmp, so the two functions
+// that call it (png_stage) hold nothing with a destructor; PngRead frees libpng's state however
+// the read ends. No gamma or colour-space handling: PIL (torchvision's loader) takes the stored
+// values, so oxtrain does too.
+struct PngRead {
+  png_structp png = nullptr;
+  png_infop info = nullptr;
+  const uint8_t* data = nullptr;
+  size_t size = 0, pos = 0;
+  char message[200] = "";
+  ~PngRead() {
+    if (png) png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
   }
-  ~PngReader() { png_image_free(&image); }
-  PngReader(const PngReader&) = delete;
-  PngReader& operator=(const PngReader&) = delete;
 };
 
-// Any PNG (palette, gray, 16-bit, with or without alpha) as 8-bit sRGB. Alpha is dropped, not
-// composited, as PIL's convert("RGB") (torchvision's loader) and OpenCV's IMREAD_COLOR do.
+void png_on_error(png_structp png, png_const_charp msg) {
+  auto* r = static_cast<PngRead*>(png_get_error_ptr(png));
+  std::snprintf(r->message, sizeof r->message, "%s", msg);
+  png_longjmp(png, 1);
+}
+
+void png_on_warning(png_structp, png_const_charp) {}
+
+void png_read_memory(png_structp png, png_bytep out, size_t n) {
+  auto* r = static_cast<PngRead*>(png_get_io_ptr(png));
+  if (n > r->size - r->pos) png_error(png, "file ends inside the image (truncated PNG)");
+  std::memcpy(out, r->data + r->pos, n);
+  r->pos += n;
+}
+
+// Stage 1 (rows == nullptr): reads the header and sets the transformations to 8-bit RGB
+// (palette expanded, gray to RGB, 16 bits to their top 8 as PIL does, alpha and tRNS dropped as
+// PIL's convert("RGB") does). Stage 2: reads the pixels into `rows`. False on a libpng error.
+bool png_stage(PngRead& r, png_bytepp rows) {
+  if (setjmp(png_jmpbuf(r.png))) return false;
+  if (!rows) {
+    png_set_read_fn(r.png, &r, png_read_memory);
+    png_read_info(r.png, r.info);
+    const int colour = png_get_color_type(r.png, r.info);
+    const int depth = png_get_bit_depth(r.png, r.info);
+    if (colour == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(r.png);
+    if (colour == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(r.png);
+    if (depth == 16) png_set_strip_16(r.png);
+    if (colour == PNG_COLOR_TYPE_GRAY || colour == PNG_COLOR_TYPE_GRAY_ALPHA)
+      png_set_gray_to_rgb(r.png);
+    if (colour & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(r.png);
+    png_set_interlace_handling(r.png);
+    png_read_update_info(r.png, r.info);
+    return true;
+  }
+  png_read_image(r.png, rows);
+  png_read_end(r.png, nullptr);
+  return true;
+}
+
+// Opens a PNG and reads its header; `r` then holds the size.
+void png_open(PngRead& r, const uint8_t* data, size_t size, const std::string& path) {
+  r.data = data;
+  r.size = size;
+  r.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &r, png_on_error, png_on_warning);
+  if (r.png) r.info = png_create_info_struct(r.png);
+  if (!r.png || !r.info) throw DecodeError(path, "libpng: cannot create a reader");
+  if (!png_stage(r, nullptr)) throw DecodeError(path, std::string("corrupt PNG (") + r.message + ")");
+  const png_uint_32 w = png_get_image_width(r.png, r.info), h = png_get_image_height(r.png, r.info);
+  if (w == 0 || h == 0 || int64_t{w} * h > kMaxPixels)
+    throw DecodeError(path, "bad PNG size " + std::to_string(w) + "x" + std::to_string(h));
+  if (png_get_rowbytes(r.png, r.info) != size_t(w) * 3)
+    throw DecodeError(path, "PNG rows of " + std::to_string(png_get_rowbytes(r.png, r.info)) +
+                                " bytes after conversion to RGB, expected " + std::to_string(w * 3));
+}
+
 Decoded decode_png(const uint8_t* data, size_t size, const std::string& path) {
-  PngReader r(data, size, path);
-  r.image.format = PNG_FORMAT_RGBA;
-  const size_t w = r.image.width, h = r.image.height;
-  std::vector<uint8_t> rgba(w * h * 4);
-  if (!png_image_finish_read(&r.image, nullptr, rgba.data(), 0, nullptr))
-    throw DecodeError(path, std::string("corrupt PNG (") + r.image.message + ")");
+  PngRead r;
+  png_open(r, data, size, path);
   Decoded d;
-  d.full_width = d.image.width = static_cast<int>(w);
-  d.full_height = d.image.height = static_cast<int>(h);
-  d.image.rgb.resize(w * h * 3);
-  uint8_t* out = d.image.rgb.data();
-  for (size_t i = 0; i < w * h; ++i, out += 3) std::memcpy(out, &rgba[i * 4], 3);
+  d.full_width = d.image.width = static_cast<int>(png_get_image_width(r.png, r.info));
+  d.full_height = d.image.height = static_cast<int>(png_get_image_height(r.png, r.info));
+  const size_t row = size_t(d.image.width) * 3;
+  d.image.rgb.resize(row * d.image.height);
+  std::vector<png_bytep> rows(d.image.height);
+  for (int y = 0; y < d.image.height; ++y) rows[y] = d.image.rgb.data() + y * row;
+  if (!png_stage(r, rows.data())) throw DecodeError(path, std::string("corrupt PNG (") + r.message + ")");
   return d;
 }
 
@@ -234,9 +284,10 @@ ImageHeader read_header(const uint8_t* data, size_t size, const std::string& pat
     return header;
   }
   if (!is_png(data, size)) unsupported(data, size, path);
-  PngReader r(data, size, path);
-  header.width = static_cast<int>(r.image.width);
-  header.height = static_cast<int>(r.image.height);
+  PngRead r;
+  png_open(r, data, size, path);
+  header.width = static_cast<int>(png_get_image_width(r.png, r.info));
+  header.height = static_cast<int>(png_get_image_height(r.png, r.info));
   return header;
 }
 

@@ -98,9 +98,9 @@ void png_chunk(std::vector<uint8_t>& out, const char* type, const std::vector<ui
   put_be32(out, crc32(out.data() + start, out.size() - start));
 }
 
-// A minimal RGB PNG writer (deflate "stored" blocks), so the fallback decoder is tested on a
-// file it did not write itself.
-std::vector<uint8_t> encode_png(const Image& img) {
+// A minimal RGB PNG writer (deflate "stored" blocks), so the decoder is tested on a file
+// libpng did not write; `gamma` > 0 adds a gAMA chunk (file gamma x 100000).
+std::vector<uint8_t> encode_png(const Image& img, uint32_t gamma = 0) {
   std::vector<uint8_t> raw;
   for (int y = 0; y < img.height; ++y) {
     raw.push_back(0);  // filter: none
@@ -132,6 +132,11 @@ std::vector<uint8_t> encode_png(const Image& img) {
   put_be32(ihdr, img.height);
   ihdr.insert(ihdr.end(), {8, 2, 0, 0, 0});  // 8 bits, RGB, deflate, no filter, no interlace
   png_chunk(png, "IHDR", ihdr);
+  if (gamma > 0) {
+    std::vector<uint8_t> g;
+    put_be32(g, gamma);
+    png_chunk(png, "gAMA", g);
+  }
   png_chunk(png, "IDAT", z);
   png_chunk(png, "IEND", {});
   return png;
@@ -489,6 +494,14 @@ TEST(IoDecode, PngColourTypesComeOutRgb) {
   for (int i = 0; i < w * h; ++i)
     for (int c = 0; c < 3; ++c) ASSERT_EQ(d.image.rgb[i * 3 + c], rgba[i * 4 + c]) << i;
 
+  // 16 bits per channel (libpng's writer stores them linear, with gAMA 1.0): the top 8 bits, as
+  // PIL reads them.
+  std::vector<uint16_t> wide(w * h * 3);
+  for (size_t i = 0; i < wide.size(); ++i) wide[i] = static_cast<uint16_t>(i * 1543 + 77);
+  png = libpng_encode(w, h, PNG_FORMAT_LINEAR_RGB, wide.data());
+  d = decode_image(png.data(), png.size(), "wide.png");
+  for (size_t i = 0; i < wide.size(); ++i) ASSERT_EQ(d.image.rgb[i], wide[i] >> 8) << i;
+
   // Palette: each index becomes its colour.
   const uint8_t palette[4][3] = {{255, 0, 0}, {0, 128, 0}, {10, 20, 250}, {77, 77, 77}};
   std::vector<uint8_t> index(w * h);
@@ -501,6 +514,16 @@ TEST(IoDecode, PngColourTypesComeOutRgb) {
   d = decode_image(png.data(), png.size(), "palette.png");
   for (int i = 0; i < w * h; ++i)
     for (int c = 0; c < 3; ++c) ASSERT_EQ(d.image.rgb[i * 3 + c], palette[index[i]][c]) << i;
+}
+
+// torchvision's loader (PIL) ignores gAMA: the stored values are the pixels.
+TEST(IoDecode, PngGammaIsIgnored) {
+  Image img = noise_image(16, 9, 5);
+  for (uint32_t gamma : {100000u, 45455u, 20000u}) {
+    std::vector<uint8_t> png = encode_png(img, gamma);
+    Decoded d = decode_image(png.data(), png.size(), "gamma.png");
+    EXPECT_EQ(d.image.rgb, img.rgb) << "gAMA " << gamma;
+  }
 }
 
 TEST(IoDecode, OtherFormatsAreRefusedByName) {
