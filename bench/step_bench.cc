@@ -43,8 +43,8 @@ void print_profile(const runtime::Session& session, int runs) {
   std::sort(ops.rbegin(), ops.rend());
   std::fprintf(stderr, "%-26s %6s %10s %6s\n", "op", "nodes", "ms/step", "share");
   for (const auto& [s, op] : ops)
-    std::fprintf(stderr, "%-26s %6d %10.2f %5.1f%%\n", op.c_str(), by_op[op].second, 1000 * s / runs,
-                 100 * s / total);
+    std::fprintf(stderr, "%-26s %6d %10.2f %5.1f%%\n", op.c_str(), by_op[op].second,
+                 1000 * s / runs, 100 * s / total);
   std::sort(order.rbegin(), order.rend());
   std::fprintf(stderr, "slowest nodes:\n");
   const size_t top = std::getenv("OXTRAIN_PROFILE_ALL") ? order.size() : 10;
@@ -118,7 +118,8 @@ int main(int argc, char** argv) {
         "\"dtype\": \"%s\", \"threads\": %d, \"img_s\": %.2f, \"ms_step\": %.1f, \"loss\": %.4f, "
         "\"activation_arena_mib\": %.1f}\n",
         arch.c_str(), static_cast<long long>(image), static_cast<long long>(batch),
-        float64 ? "float64" : "float32", runtime::cpu_threads(), batch * iters / seconds, 1000 * seconds / iters, loss,
+        float64 ? "float64" : "float32", runtime::cpu_threads(), batch * iters / seconds,
+        1000 * seconds / iters, loss,
         session.plan().activation_arena_bytes / 1048576.0);
     if (profile) print_profile(session, warmup + iters);
     return 0;

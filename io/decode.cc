@@ -1,6 +1,7 @@
 // JPEG through TurboJPEG (one decompressor and one compressor per thread), decoded in the DCT
-// domain at the smallest scale that still covers the request; PNG through libpng. Nothing else: both libraries are small, where a general image library (OpenCV's
-// imgcodecs drags in GDAL and codecs worth 130 MB) would have to travel with every program.
+// domain at the smallest scale that still covers the request; PNG through libpng. Nothing
+// else: both libraries are small, where a general image library (OpenCV's imgcodecs drags in
+// GDAL and codecs worth 130 MB) would have to travel with every program.
 #include "io/decode.h"
 
 #include <sys/stat.h>
@@ -209,13 +210,15 @@ void png_open(PngRead& r, const uint8_t* data, size_t size, const std::string& p
   r.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &r, png_on_error, png_on_warning);
   if (r.png) r.info = png_create_info_struct(r.png);
   if (!r.png || !r.info) throw DecodeError(path, "libpng: cannot create a reader");
-  if (!png_stage(r, nullptr)) throw DecodeError(path, std::string("corrupt PNG (") + r.message + ")");
+  if (!png_stage(r, nullptr))
+    throw DecodeError(path, std::string("corrupt PNG (") + r.message + ")");
   const png_uint_32 w = png_get_image_width(r.png, r.info), h = png_get_image_height(r.png, r.info);
   if (w == 0 || h == 0 || int64_t{w} * h > kMaxPixels)
     throw DecodeError(path, "bad PNG size " + std::to_string(w) + "x" + std::to_string(h));
   if (png_get_rowbytes(r.png, r.info) != size_t(w) * 3)
     throw DecodeError(path, "PNG rows of " + std::to_string(png_get_rowbytes(r.png, r.info)) +
-                                " bytes after conversion to RGB, expected " + std::to_string(w * 3));
+                                " bytes after conversion to RGB, expected " +
+                                std::to_string(size_t(w) * 3));
 }
 
 Decoded decode_png(const uint8_t* data, size_t size, const std::string& path) {
@@ -228,7 +231,8 @@ Decoded decode_png(const uint8_t* data, size_t size, const std::string& path) {
   d.image.rgb.resize(row * d.image.height);
   std::vector<png_bytep> rows(d.image.height);
   for (int y = 0; y < d.image.height; ++y) rows[y] = d.image.rgb.data() + y * row;
-  if (!png_stage(r, rows.data())) throw DecodeError(path, std::string("corrupt PNG (") + r.message + ")");
+  if (!png_stage(r, rows.data()))
+    throw DecodeError(path, std::string("corrupt PNG (") + r.message + ")");
   return d;
 }
 

@@ -124,7 +124,8 @@ void Session::run() {
       if (options_.profile) {
         auto start = std::chrono::steady_clock::now();
         kernels_[i]->run(args_[i]);
-        node_seconds_[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        node_seconds_[i] +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       } else {
         kernels_[i]->run(args_[i]);
       }

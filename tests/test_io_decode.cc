@@ -545,7 +545,8 @@ TEST(IoDecode, OtherFormatsAreRefusedByName) {
     EXPECT_THROW(read_header(bytes.data(), bytes.size(), "x.JPEG"), DecodeError) << what;
   }
   // A PNG signature followed by garbage, and a PNG cut short.
-  std::vector<uint8_t> png = libpng_encode(4, 4, PNG_FORMAT_GRAY, std::vector<uint8_t>(16, 9).data());
+  const std::vector<uint8_t> flat(16, 9);
+  std::vector<uint8_t> png = libpng_encode(4, 4, PNG_FORMAT_GRAY, flat.data());
   std::vector<uint8_t> bad(png.begin(), png.begin() + 8);
   bad.resize(64, 0xAB);
   expect_decode_error("bad.png", [&] { decode_image(bad.data(), bad.size(), "bad.png"); });
