@@ -235,14 +235,15 @@ def snapshot(model, optimizer):
     return out
 
 
-def train(model, images, labels, steps, save_steps, on_step=None):
+def train(model, images, labels, steps, save_steps, on_step=None, lr=LR,
+          momentum=MOMENTUM, weight_decay=WEIGHT_DECAY):
     """Train exactly like examples/imagenet/main.py; return losses, the
     step-1 logits and {step: snapshot}.  on_step(step) is called before
     each step's forward."""
     model.train()
     criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
-                                weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                weight_decay=weight_decay)
     losses, snaps, logits1 = [], {}, None
     for step in range(1, steps + 1):
         if on_step is not None:

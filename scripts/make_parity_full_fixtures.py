@@ -100,12 +100,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
-import json
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -116,7 +113,7 @@ from onnx import numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_fixtures as mf  # noqa: E402  (strip_debug_info, restore_initializers)
-import make_parity_fixtures as pf  # noqa: E402  (write_tensor, compact_json, sig)
+import make_parity_fixtures as pf  # noqa: E402  (export (opset 17), train, write_tensor, ...)
 
 F32 = lambda x: float(np.float32(x))  # noqa: E731
 # name -> (batch, learning rate): resnet18 with main.py's default lr 0.1; resnet50 with
@@ -127,7 +124,6 @@ IMAGE = 224
 NUM_CLASSES = 1000
 STEPS = 5
 SAVE_STEPS = (1, 5)
-OPSET = 17
 MOMENTUM, WEIGHT_DECAY = F32(0.9), F32(1e-4)
 BN_EPS, BN_MOMENTUM_ONNX = F32(1e-5), F32(0.9)
 K_SAMPLES, P_PROJECTIONS = 64, 4
@@ -199,35 +195,12 @@ def digest(a):
     return np.asarray(out, dtype=np.float64)
 
 
-def export(model, images):
-    m_copy = copy.deepcopy(model)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m_copy, images, buf,
-                          training=torch.onnx.TrainingMode.TRAINING,
-                          do_constant_folding=False, opset_version=OPSET,
-                          dynamo=False, input_names=["input"],
-                          output_names=["output"])
-    return onnx.load_from_string(buf.getvalue())
-
-
-def train(model, images, labels, steps, lr):
-    """examples/imagenet/main.py's step; returns losses and {step: state}."""
-    model.train()
-    criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM,
+def train(model, images, labels, lr):
+    """examples/imagenet/main.py's step, STEPS times; returns losses and
+    {step: state} for SAVE_STEPS."""
+    losses, _, snaps = pf.train(model, images, labels, STEPS, SAVE_STEPS,
+                                lr=lr, momentum=MOMENTUM,
                                 weight_decay=WEIGHT_DECAY)
-    losses, snaps = [], {}
-    for step in range(1, steps + 1):
-        output = model(images)
-        loss = criterion(output, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.item()))
-        if step in SAVE_STEPS:
-            snaps[step] = pf.snapshot(model, optimizer)
     return losses, snaps
 
 
@@ -259,7 +232,7 @@ def generate(name, batch, lr, outdir):
     labels = torch.from_numpy(
         (bits(LABEL_STREAM, batch) % np.uint64(NUM_CLASSES)).astype(np.int64))
 
-    m = export(model, images)  # to learn the initializer order
+    m = pf.export_training_onnx(model, images)  # the initializer order
     float_inits = [t.name for t in m.graph.initializer
                    if t.data_type == onnx.TensorProto.FLOAT]
     sd = model.state_dict()
@@ -275,7 +248,7 @@ def generate(name, batch, lr, outdir):
         for n, v in values.items():
             sd[n].copy_(torch.from_numpy(v))
 
-    m = export(model, images)
+    m = pf.export_training_onnx(model, images)
     mf.restore_initializers(m, model)
     mf.strip_debug_info(m)
     weights_file = f"{name}.weights"
@@ -311,12 +284,12 @@ def generate(name, batch, lr, outdir):
             mod.eps = BN_EPS
             mod.momentum = 1.0 - BN_MOMENTUM_ONNX
     t = time.time()
-    losses64, snaps64 = train(m64, images.double(), labels, STEPS, lr)
+    losses64, snaps64 = train(m64, images.double(), labels, lr)
     t64 = time.time() - t
     # float32: PyTorch's ordinary run (step 1 recorded)
     m32 = copy.deepcopy(model)
     t = time.time()
-    losses32, snaps32 = train(m32, images, labels, STEPS, lr)
+    losses32, snaps32 = train(m32, images, labels, lr)
     t32 = time.time() - t
 
     runs = {}
