@@ -1,6 +1,7 @@
 // Parity with PyTorch on torchvision's full-size resnet18 and resnet50, exported by
-// torch.onnx.export in training mode: five SGD steps (lr 0.1, momentum 0.9, weight decay 1e-4)
-// on a fixed batch, as examples/imagenet/main.py trains. Fixtures:
+// torch.onnx.export in training mode: five SGD steps (momentum 0.9, weight decay 1e-4; resnet18
+// batch 8 at main.py's lr 0.1, resnet50 batch 4 at DLPerf's lr = batch / 1000) on a fixed
+// batch, as examples/imagenet/main.py trains. Fixtures:
 // scripts/make_parity_full_fixtures.py, whose docstring explains the design:
 //  - Weights, batch and labels come from a seeded counter-based generator reimplemented here;
 //    the committed model keeps its initializers as external data, which this test writes.
@@ -45,7 +46,8 @@ uint64_t bits(uint64_t stream, uint64_t i) {
   return z ^ (z >> 31);
 }
 
-// center + half * (2u - 1) with half a power of two: exact in double, one rounding to float.
+// center + half * (2u - 1) with half a power of two: the product is exact, so numpy and C++
+// round the sum the same way (fused or not), then once more to float.
 void fill_uniform(float* out, int64_t n, uint64_t stream, double center, double half) {
   for (int64_t i = 0; i < n; ++i) {
     double u = static_cast<double>(bits(stream, static_cast<uint64_t>(i)) >> 11) * 0x1p-53;
