@@ -137,7 +137,7 @@ void fill_background(const Canvas& img, SampleRng& rng, const Rgb& c1) {
 }
 
 // Blends `fg` over the picture by a coverage computed from a signed distance in pixels
-// (positive inside), which gives texture edges one pixel of antialiasing.
+// (positive inside), which gives the edges of shapes and textures one pixel of antialiasing.
 template <typename SignedDistance>
 void paint_texture(const Canvas& img, const Rgb& fg, SignedDistance sd) {
   for (int y = 0; y < img.rows; ++y) {
@@ -161,7 +161,7 @@ double stripe_distance(double t, double period, double duty) {
 }
 
 // Signed distance in pixels from (x, y) to a polygon's outline, positive inside (even-odd
-// rule, so a star's points and a cross's arms are inside).
+// rule; the star is the one polygon that is not convex).
 double polygon_distance(const std::vector<Point>& pts, double x, double y) {
   double best = INFINITY;
   bool inside = false;
