@@ -97,29 +97,6 @@ STEPS = 5
 SAVE_STEPS = (1, 5)
 
 
-def rel_diff(a, ref):
-    a = np.asarray(a, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    num = float(np.max(np.abs(a - ref))) if a.size else 0.0
-    den = float(np.max(np.abs(ref))) if ref.size else 0.0
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
-
-
-def l2_rel(a, ref):
-    """||a - ref|| / ||ref|| (Frobenius norms; 0 if both are 0).  Less
-    sensitive than rel_diff to a few elements that took the other side of a
-    ReLU / max-pool decision (see the notes in the manifest)."""
-    a = np.asarray(a, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    num = float(np.linalg.norm(a - ref))
-    den = float(np.linalg.norm(ref))
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
-
-
 def kind_of(name):
     if name.startswith("momentum/"):
         return "momentum"
@@ -202,9 +179,9 @@ def generate_one(name, outdir, f64):
                  "kind": kind_of(tn), "shape": list(a.shape)}
             if snaps64 is not None:
                 e["torch_f32_vs_f64_rel"] = pf.sig(
-                    rel_diff(a, snaps64[step][tn]))
+                    pf.rel_diff(a, snaps64[step][tn]))
                 e["torch_f32_vs_f64_l2rel"] = pf.sig(
-                    l2_rel(a, snaps64[step][tn]))
+                    pf.l2_rel(a, snaps64[step][tn]))
             entries.append(e)
         info = {"steps_done": step}
         if snaps64 is not None:
@@ -316,6 +293,7 @@ def load_pb(path):
 
 def cmd_compare(args):
     import onnx
+    import make_parity_fixtures as pf
     from onnx import numpy_helper
     ref = {}
     for f in sorted(os.listdir(args.ref)):
@@ -344,7 +322,7 @@ def cmd_compare(args):
         if b.shape != a.shape:
             rows.append((float("inf"), n, f"shape {list(b.shape)} vs {list(a.shape)}"))
             continue
-        r, l2 = rel_diff(b, a), l2_rel(b, a)
+        r, l2 = pf.rel_diff(b, a), pf.l2_rel(b, a)
         rows.append((r if args.metric == "max" else l2, n,
                      f"max-rel {r:.3e}  l2-rel {l2:.3e}"))
     rows.sort(key=lambda r: -r[0])

@@ -4,9 +4,11 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 
 namespace fs = std::filesystem;
 
@@ -207,6 +209,32 @@ std::string temp_dir() {
   dir /= std::to_string(counter++);
   fs::create_directories(dir);
   return dir.string();
+}
+
+ScopedTempDir::ScopedTempDir() {
+  std::string tmpl = (fs::temp_directory_path() / "oxtrain-test-XXXXXX").string();
+  if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed for " + tmpl);
+  path = tmpl;
+}
+
+ScopedTempDir::~ScopedTempDir() {
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(path, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+    if (it->is_directory(ec))
+      fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add, ec);
+  fs::permissions(path, fs::perms::owner_all, fs::perm_options::add, ec);
+  fs::remove_all(path, ec);
+}
+
+io::Image random_image(int width, int height, uint64_t seed) {
+  io::Image img;
+  img.width = width;
+  img.height = height;
+  img.rgb.resize(size_t(width) * height * 3);
+  io::SampleRng rng(seed, 1, 2);
+  for (auto& v : img.rgb) v = static_cast<uint8_t>(rng.integer(0, 255));
+  return img;
 }
 
 std::string read_text(const std::string& path) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "io/image.h"
 
 namespace oxtrain::test {
 
@@ -44,6 +45,19 @@ struct RunResult {
 RunResult run_oxtrain(const std::string& args);
 
 std::string temp_dir();  // a fresh folder for this test
+
+// A fresh folder under the system's temp dir, removed with everything in it (read-only parts
+// included) when the object goes.
+struct ScopedTempDir {
+  std::string path;
+  ScopedTempDir();
+  ~ScopedTempDir();
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+};
 std::string read_text(const std::string& path);
+
+// Uniform random RGB pixels, the same for a seed (a JPEG of it is mostly entropy-coded data).
+io::Image random_image(int width, int height, uint64_t seed);
 
 }  // namespace oxtrain::test

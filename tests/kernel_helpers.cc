@@ -1,5 +1,6 @@
 #include "tests/kernel_helpers.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -103,6 +104,18 @@ void set_element(Tensor& t, int64_t i, double v) {
     case DType::boolean: t.data<uint8_t>()[i] = static_cast<uint8_t>(v); break;
     default: throw Error("set_element(): unsupported dtype");
   }
+}
+
+double max_relative_difference(const Tensor& got, const Tensor& want) {
+  if (got.numel() != want.numel()) return INFINITY;
+  double diff = 0, scale = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    double a = element(got, i), b = element(want, i);
+    if (!std::isfinite(a) || !std::isfinite(b)) return INFINITY;
+    diff = std::max(diff, std::fabs(a - b));
+    scale = std::max(scale, std::fabs(b));
+  }
+  return diff / std::max(scale, 1e-30);
 }
 
 }  // namespace oxtrain::test

@@ -50,6 +50,10 @@ inline double tolerance(graph::DType dt) { return dt == graph::DType::f32 ? 1e-5
                                  double rtol);
 std::vector<double> values(const graph::Tensor& t);  // every element as double
 
+// max |got - want| over the tensor divided by max |want|; infinity where either holds a NaN or
+// an infinity (NaN-aware: a NaN never passes a bound).
+double max_relative_difference(const graph::Tensor& got, const graph::Tensor& want);
+
 // Element i as double, for any float dtype.
 double element(const graph::Tensor& t, int64_t i);
 void set_element(graph::Tensor& t, int64_t i, double v);

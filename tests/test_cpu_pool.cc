@@ -493,4 +493,18 @@ TEST(CpuPool, RejectsUnsupported) {
     k.set_attr("dilations", Attribute{std::vector<int64_t>{2, 2}});
     EXPECT_THROW(k.run(), Error);
   }
+  // A gradient whose output is not the shape its input_shape attribute names.
+  {
+    KernelCase k("GlobalAveragePoolGrad", "oxtrain", {Tensor(DType::f32, {1, 2, 1, 1})},
+                 {{DType::f32, {1, 2, 4, 4}}});
+    k.set_attr("input_shape", Attribute{std::vector<int64_t>{1, 2, 4, 5}});
+    try {
+      k.run();
+      FAIL() << "a dX shape other than input_shape was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[1,2,4,4] differs from input_shape [1,2,4,5]"),
+                std::string::npos)
+          << e.what();
+    }
+  }
 }

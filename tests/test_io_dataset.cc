@@ -17,6 +17,7 @@
 
 #include "graph/ir.h"
 #include "io/dataset.h"
+#include "tests/helpers.h"
 
 namespace oxtrain::io {
 namespace {
@@ -24,18 +25,7 @@ namespace {
 namespace fs = std::filesystem;
 
 // A fresh directory under the system temp dir, removed with its contents at the end.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "oxtrain-dataset-XXXXXX").string();
-    path = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(path, ec);
-  }
-};
+using TempDir = test::ScopedTempDir;
 
 // Sets an environment variable for the life of the object.
 struct ScopedEnv {

@@ -40,17 +40,6 @@ Image smooth_image(int width, int height) {
   return img;
 }
 
-// Noise: a JPEG of it has plenty of entropy-coded data to cut short.
-Image noise_image(int width, int height, uint64_t seed) {
-  Image img;
-  img.width = width;
-  img.height = height;
-  img.rgb.resize(size_t(width) * height * 3);
-  SampleRng rng(seed, 0, 0);
-  for (auto& v : img.rgb) v = static_cast<uint8_t>(rng.integer(0, 255));
-  return img;
-}
-
 double mean_abs_diff(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
   EXPECT_EQ(a.size(), b.size());
   double sum = 0;
@@ -332,7 +321,7 @@ TEST(IoDecode, CmykJpegComesOutRgb) {
 
 // ImageNet has a PNG named .JPEG: the content decides, not the name.
 TEST(IoDecode, PngNamedJpegIsDecodedAsPng) {
-  Image img = noise_image(45, 31, 3);
+  Image img = test::random_image(45, 31, 3);
   std::vector<uint8_t> png = encode_png(img);
   std::string path = write_file(test::temp_dir() + "/n01440764_0001.JPEG", png);
 
@@ -352,7 +341,7 @@ TEST(IoDecode, PngNamedJpegIsDecodedAsPng) {
 }
 
 TEST(IoDecode, TruncatedJpegIsADecodeError) {
-  std::vector<uint8_t> jpeg = encode_jpeg(noise_image(200, 150, 1), 90);
+  std::vector<uint8_t> jpeg = encode_jpeg(test::random_image(200, 150, 1), 90);
   std::vector<uint8_t> cut(jpeg.begin(), jpeg.begin() + jpeg.size() * 6 / 10);
   std::string path = write_file(test::temp_dir() + "/truncated.JPEG", cut);
   // The header is intact...
@@ -518,7 +507,7 @@ TEST(IoDecode, PngColourTypesComeOutRgb) {
 
 // torchvision's loader (PIL) ignores gAMA: the stored values are the pixels.
 TEST(IoDecode, PngGammaIsIgnored) {
-  Image img = noise_image(16, 9, 5);
+  Image img = test::random_image(16, 9, 5);
   for (uint32_t gamma : {100000u, 45455u, 20000u}) {
     std::vector<uint8_t> png = encode_png(img, gamma);
     Decoded d = decode_image(png.data(), png.size(), "gamma.png");

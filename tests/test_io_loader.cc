@@ -21,23 +21,14 @@
 #include "io/decode.h"
 #include "io/loader.h"
 #include "io/sources.h"
+#include "tests/helpers.h"
 
 namespace oxtrain::io {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "oxtrain-loader-XXXXXX").string();
-    path = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using TempDir = test::ScopedTempDir;
 
 void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
   fs::create_directories(fs::path(path).parent_path());

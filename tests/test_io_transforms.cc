@@ -18,21 +18,12 @@
 #include "io/decode.h"
 #include "io/image.h"
 #include "io/transforms.h"
+#include "tests/helpers.h"
 
 using namespace oxtrain;
 using namespace oxtrain::io;
 
 namespace {
-
-Image random_image(int width, int height, uint64_t seed) {
-  Image img;
-  img.width = width;
-  img.height = height;
-  img.rgb.resize(size_t(width) * height * 3);
-  SampleRng rng(seed, 1, 2);
-  for (auto& v : img.rgb) v = static_cast<uint8_t>(rng.integer(0, 255));
-  return img;
-}
 
 // Smooth but not flat, so a misplaced sample shows.
 Image wavy_image(int width, int height) {
@@ -303,12 +294,12 @@ TEST(IoTransforms, RandomResizedCropIsDeterministicPerSample) {
 }
 
 TEST(IoTransforms, CropResizeCopiesWhenNothingIsResized) {
-  Image img = random_image(40, 30, 1);
+  Image img = test::random_image(40, 30, 1);
   std::vector<uint8_t> out(20 * 20 * 3);
   CropBox box{7, 5, 20, 20};
   crop_resize(img, 40, 30, box, 20, false, out.data());
   EXPECT_EQ(out, crop(img, box).rgb);
-  Image square = random_image(32, 32, 2);
+  Image square = test::random_image(32, 32, 2);
   std::vector<uint8_t> all(32 * 32 * 3);
   crop_resize(square, 32, 32, CropBox{0, 0, 32, 32}, 32, false, all.data());
   EXPECT_EQ(all, square.rgb);
@@ -317,7 +308,7 @@ TEST(IoTransforms, CropResizeCopiesWhenNothingIsResized) {
 // Against a per-pixel reference of torch's bilinear interpolation of the cropped image:
 // downscaling, upscaling and non-square boxes.
 TEST(IoTransforms, CropResizeMatchesTheBilinearReference) {
-  Image img = random_image(97, 61, 3);
+  Image img = test::random_image(97, 61, 3);
   struct Case {
     CropBox box;
     int size;
@@ -335,7 +326,7 @@ TEST(IoTransforms, CropResizeMatchesTheBilinearReference) {
 }
 
 TEST(IoTransforms, FlipIsTheExactMirror) {
-  Image img = random_image(131, 87, 4);
+  Image img = test::random_image(131, 87, 4);
   for (int sample = 0; sample < 20; ++sample) {
     SampleRng rng(2, 0, sample);
     CropBox box = random_resized_crop_box(131, 87, rng);
@@ -387,26 +378,26 @@ TEST(IoTransforms, ValidationResize) {
 // Resize(256) + CenterCrop(224) of a 300x200 image: the resized image is 384x256 (torchvision:
 // int(256 * 300 / 200)), the crop starts at (80, 16).
 TEST(IoTransforms, ResizeCenterCropMatchesTheReference) {
-  Image img = random_image(300, 200, 5);
+  Image img = test::random_image(300, 200, 5);
   std::vector<uint8_t> out(224 * 224 * 3);
   resize_center_crop(img, 300, 200, 256, 224, out.data());
   EXPECT_LE(max_diff_to_reference(out, 224, img, 384, 256, 80, 16), 1);
 
   // Portrait: 200x300 -> 256x384, crop at (16, 80).
-  Image tall = random_image(200, 300, 6);
+  Image tall = test::random_image(200, 300, 6);
   resize_center_crop(tall, 200, 300, 256, 224, out.data());
   EXPECT_LE(max_diff_to_reference(out, 224, tall, 256, 384, 16, 80), 1);
 
   // 8x6 to size 4: resize to round(4 * 256 / 224) = 5, giving 6x5 (int(5 * 8 / 6) = 6); the
   // crop's top is round(0.5) = 0 in Python (half to even), its left round(1.0) = 1.
-  Image tiny = random_image(8, 6, 7);
+  Image tiny = test::random_image(8, 6, 7);
   ASSERT_EQ(validation_resize(4), 5);
   std::vector<uint8_t> small(4 * 4 * 3);
   resize_center_crop(tiny, 8, 6, 5, 4, small.data());
   EXPECT_LE(max_diff_to_reference(small, 4, tiny, 6, 5, 1, 0), 1);
 
   // A shorter side already at the resize size and a square crop of all of it: a copy.
-  Image square = random_image(50, 50, 8);
+  Image square = test::random_image(50, 50, 8);
   std::vector<uint8_t> copy(50 * 50 * 3);
   resize_center_crop(square, 50, 50, 50, 50, copy.data());
   EXPECT_EQ(copy, square.rgb);
@@ -545,7 +536,7 @@ TEST(IoTransforms, TinyImagesAreUpscaled) {
 }
 
 TEST(IoTransforms, BadArgumentsAreErrors) {
-  Image img = random_image(40, 30, 9);
+  Image img = test::random_image(40, 30, 9);
   std::vector<uint8_t> out(64 * 64 * 3);
   EXPECT_THROW(crop_resize(img, 40, 30, CropBox{30, 0, 20, 10}, 16, false, out.data()), Error);
   EXPECT_THROW(crop_resize(img, 40, 30, CropBox{0, 0, 0, 10}, 16, false, out.data()), Error);

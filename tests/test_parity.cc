@@ -23,17 +23,6 @@ namespace {
 
 const std::string kDir = std::string(OXTRAIN_FIXTURES) + "/parity/";
 
-double relative_difference(const Tensor& got, const Tensor& want) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    double a = test::element(got, i), b = test::element(want, i);
-    if (!std::isfinite(a) || !std::isfinite(b)) return INFINITY;
-    diff = std::max(diff, std::fabs(a - b));
-    scale = std::max(scale, std::fabs(b));
-  }
-  return diff / std::max(scale, 1e-30);
-}
-
 }  // namespace
 
 TEST(Parity, SgdStepsMatchPyTorch) {
@@ -63,7 +52,7 @@ TEST(Parity, SgdStepsMatchPyTorch) {
     double worst = 0;
     for (const auto& t : manifest["steps"][name]["tensors"]) {
       Tensor want_t = read_tensor_file(kDir + t["file"].get<std::string>());
-      double rel = relative_difference(s.fetch(t["name"]), want_t);
+      double rel = test::max_relative_difference(s.fetch(t["name"]), want_t);
       EXPECT_LE(rel, tolerance) << name << " " << t["name"];
       worst = std::max(worst, rel);
       ++compared;

@@ -74,18 +74,6 @@ void step(Trainer& t, DType dtype, int64_t index, bool fixture = true) {
   t.session->run();
 }
 
-// max |a - b| relative to max |b|, NaN-aware (NaN gives infinity).
-double relative_error(const Tensor& a, const Tensor& b) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < b.numel(); ++i) {
-    double x = test::element(a, i), y = test::element(b, i);
-    if (!std::isfinite(x) || !std::isfinite(y)) return INFINITY;
-    diff = std::max(diff, std::fabs(x - y));
-    scale = std::max(scale, std::fabs(y));
-  }
-  return diff / std::max(scale, 1e-30);
-}
-
 }  // namespace
 
 TEST(TrainingStep, Float32MatchesFloat64) {
@@ -104,7 +92,7 @@ TEST(TrainingStep, Float32MatchesFloat64) {
   int compared = 0;
   double worst = 0;
   for (const auto& [state, next] : f32.updates) {
-    double err = relative_error(f32.session->fetch(state), f64.session->fetch(state));
+    double err = test::max_relative_difference(f32.session->fetch(state), f64.session->fetch(state));
     EXPECT_LT(err, 2e-5) << state;
     worst = std::max(worst, err);
     ++compared;
@@ -124,7 +112,7 @@ TEST(TrainingStep, ParametersMoveAgainstTheGradient) {
   for (int64_t i = 0; i < before.numel(); ++i)
     ASSERT_NEAR(after.data<double>()[i],
                 before.data<double>()[i] - static_cast<double>(0.1f) * buffer.data<double>()[i], 1e-15);
-  double change = relative_error(after, before);
+  double change = test::max_relative_difference(after, before);
   EXPECT_GT(change, 1e-4);
 }
 

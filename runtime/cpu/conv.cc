@@ -40,6 +40,8 @@ namespace oxtrain::runtime {
 namespace {
 
 using cpu::float_dtype;
+using cpu::grad_input_shape;
+using cpu::join;
 using cpu::required;
 using cpu::shape_attr;
 
@@ -94,15 +96,6 @@ struct ConvGeom {
   int64_t rows() const { return C * kH * kW; }   // column-matrix rows, all groups
   int64_t P() const { return oH * oW; }
 };
-
-std::string join(const std::vector<int64_t>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i) s += ',';
-    s += std::to_string(v[i]);
-  }
-  return s + "]";
-}
 
 // Shapes: x = [N,C,H,W], w = [M,C/group,kH,kW]; y (the conv output) is checked against the
 // geometry.
@@ -563,10 +556,7 @@ void register_cpu_conv_kernels(KernelRegistry& registry) {
     const graph::Value* w = required(n, 1);
     const graph::Value* dx = required(n, 0, true);
     DType dt = float_dtype(n, {dy, w, dx});
-    graph::Shape x_shape = shape_attr(n, "input_shape");
-    if (dx->shape != x_shape)
-      throw Error(n.describe() + ": output shape " + join(dx->shape) +
-                  " differs from input_shape " + join(x_shape));
+    graph::Shape x_shape = grad_input_shape(n, dx);
     ConvGeom g = conv_geometry(n, x_shape, w->shape, dy->shape, graph::dtype_size(dt));
     return make_typed<ConvGradDataKernel>(dt, g);
   });

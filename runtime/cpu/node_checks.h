@@ -32,9 +32,29 @@ inline graph::DType float_dtype(const graph::Node& node,
   return dt;
 }
 
+// "[1,2,3]": a shape or an ints attribute in an error message, numbers as they are.
+inline std::string join(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(v[i]);
+  }
+  return s + "]";
+}
+
 inline std::vector<int64_t> shape_attr(const graph::Node& node, const std::string& key) {
   if (!node.has_attr(key)) throw Error(node.describe() + ": attribute " + key + " is required");
   return node.attr_ints(key);
+}
+
+// The attribute `input_shape` of a gradient op (ConvGradData, MaxPoolGrad, ...), checked
+// against the shape of its output `dx`, the gradient of that input.
+inline graph::Shape grad_input_shape(const graph::Node& node, const graph::Value* dx) {
+  graph::Shape x_shape = shape_attr(node, "input_shape");
+  if (dx->shape != x_shape)
+    throw Error(node.describe() + ": output shape " + join(dx->shape) +
+                " differs from input_shape " + join(x_shape));
+  return x_shape;
 }
 
 }  // namespace oxtrain::runtime::cpu

@@ -25,21 +25,14 @@ namespace oxtrain::runtime {
 namespace {
 
 using cpu::float_dtype;
+using cpu::grad_input_shape;
+using cpu::join;
 using cpu::required;
 using cpu::shape_attr;
 
 using graph::DType;
 
 constexpr int64_t kParallelMin = 1 << 14;
-
-std::string join(const std::vector<int64_t>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i) s += ',';
-    s += std::to_string(v[i]);
-  }
-  return s + "]";
-}
 
 // One output coordinate along one axis: taps [k_lo, k_hi) of the kernel land inside the input,
 // starting at input coordinate `start` (tap k reads start + k * dilation); `span` counts the
@@ -329,10 +322,7 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const graph::Value* idx = required(n, 1);
     const graph::Value* dx = required(n, 0, true);
     DType dt = float_dtype(n, {dy, dx});
-    graph::Shape x_shape = shape_attr(n, "input_shape");
-    if (dx->shape != x_shape)
-      throw Error(n.describe() + ": output shape " + join(dx->shape) +
-                  " differs from input_shape " + join(x_shape));
+    graph::Shape x_shape = grad_input_shape(n, dx);
     if (idx->dtype != DType::i64 || idx->shape != dy->shape)
       throw Error(n.describe() + ": Indices '" + idx->name + "' must be int64 of dY's shape " +
                   join(dy->shape) + ", got " + graph::dtype_name(idx->dtype) + " " +
@@ -375,10 +365,7 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const graph::Value* dy = required(n, 0);
     const graph::Value* dx = required(n, 0, true);
     DType dt = float_dtype(n, {dy, dx});
-    graph::Shape x_shape = shape_attr(n, "input_shape");
-    if (dx->shape != x_shape)
-      throw Error(n.describe() + ": output shape " + join(dx->shape) +
-                  " differs from input_shape " + join(x_shape));
+    graph::Shape x_shape = grad_input_shape(n, dx);
     PoolGeom g = avg_geometry(init, x_shape, dy->shape);
     bool include_pad = n.attr_int("count_include_pad", 0) != 0;
     return by_dtype(dt, [g, include_pad](auto zero) {
@@ -416,10 +403,7 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
                  const graph::Value* dy = required(n, 0);
                  const graph::Value* dx = required(n, 0, true);
                  DType dt = float_dtype(n, {dy, dx});
-                 graph::Shape x_shape = shape_attr(n, "input_shape");
-                 if (dx->shape != x_shape)
-                   throw Error(n.describe() + ": output shape " + join(dx->shape) +
-                               " differs from input_shape " + join(x_shape));
+                 graph::Shape x_shape = grad_input_shape(n, dx);
                  int64_t planes, size;
                  global_split(n, x_shape, planes, size);
                  if (dy->shape != global_pooled(x_shape))
