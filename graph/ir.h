@@ -17,17 +17,7 @@
 #include <variant>
 #include <vector>
 
-namespace oxtrain {
-
-// Every user-facing failure (bad file, unsupported op, shapes that disagree) is an Error whose
-// message is one line that names the op, node, file or shapes involved. The CLI prints it and
-// exits with status 2.
-class Error : public std::runtime_error {
- public:
-  explicit Error(const std::string& message) : std::runtime_error(message) {}
-};
-
-}  // namespace oxtrain
+#include "base/error.h"
 
 namespace oxtrain::graph {
 

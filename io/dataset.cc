@@ -33,7 +33,7 @@
 #include <string_view>
 #include <utility>
 
-#include "graph/ir.h"
+#include "base/error.h"
 
 namespace oxtrain::io {
 namespace {

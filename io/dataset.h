@@ -28,7 +28,7 @@ struct ScanOptions {
 
 class ImageFolder {
  public:
-  // Throws oxtrain::Error (graph/ir.h) when the folder is missing or holds no images.
+  // Throws oxtrain::Error (base/error.h) when the folder is missing or holds no images.
   static ImageFolder scan(const std::string& root, const ScanOptions& options = {});
 
   const std::string& root() const { return root_; }

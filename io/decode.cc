@@ -19,7 +19,7 @@
 
 #include <png.h>
 
-#include "graph/ir.h"
+#include "base/error.h"
 
 namespace oxtrain::io {
 

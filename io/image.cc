@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "graph/ir.h"
+#include "base/error.h"
 
 namespace oxtrain::io {
 

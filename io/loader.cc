@@ -31,7 +31,7 @@
 #include <exception>
 #include <set>
 
-#include "graph/ir.h"
+#include "base/error.h"
 #include "io/image.h"
 #include "io/transforms.h"
 

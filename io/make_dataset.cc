@@ -23,7 +23,7 @@
 #include <thread>
 #include <vector>
 
-#include "graph/ir.h"
+#include "base/error.h"
 #include "io/decode.h"
 #include "io/image.h"
 

@@ -19,7 +19,7 @@
 #include <emmintrin.h>
 #endif
 
-#include "graph/ir.h"
+#include "base/error.h"
 #include "io/decode.h"
 
 namespace oxtrain::io {
