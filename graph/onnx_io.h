@@ -24,6 +24,9 @@ struct ImportOptions {
   std::optional<int64_t> batch_size;
   // Fold constants and infer shapes (prepare()); off only for tests of the raw reader.
   bool prepare = true;
+  // External data must resolve inside the model's folder (symlinks resolved) unless this is
+  // set (--allow-external-data-anywhere).
+  bool allow_external_data_anywhere = false;
 };
 
 Graph import_onnx(const std::string& path, const ImportOptions& options = {});

@@ -189,16 +189,54 @@ std::string graph_difference(const graph::Graph& a, const graph::Graph& b) {
   return "";
 }
 
-RunResult run_oxtrain(const std::string& args) {
+namespace {
+
+RunResult run_shell(const std::string& command_line) {
   std::string dir = temp_dir();
   std::string out_path = dir + "/stdout", err_path = dir + "/stderr";
-  std::string cmd = std::string(OXTRAIN_BINARY) + " " + args + " >" + out_path + " 2>" + err_path;
+  std::string cmd = command_line + " >" + out_path + " 2>" + err_path;
   int status = std::system(cmd.c_str());
   RunResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   r.out = read_text(out_path);
   r.err = read_text(err_path);
   return r;
+}
+
+}  // namespace
+
+RunResult run_oxtrain(const std::string& args) { return run_shell(std::string(OXTRAIN_BINARY) + " " + args); }
+
+RunResult run_oxtrain_limited(const std::string& args, int seconds, int64_t address_space_mib) {
+  std::string limit = address_space_mib > 0 ? "ulimit -v " + std::to_string(address_space_mib * 1024) + "; " : "";
+  return run_shell("(" + limit + "exec timeout -k 5 " + std::to_string(seconds) + " " +
+                   std::string(OXTRAIN_BINARY) + " " + args + ")");
+}
+
+std::string clean_error_problem(const RunResult& r, size_t max_chars) {
+  if (r.exit_code != 2) return "exit code " + std::to_string(r.exit_code) + " (stderr: " + r.err + ")";
+  std::string err = r.err;
+  if (!err.empty() && err.back() == '\n') err.pop_back();
+  if (err.find('\n') != std::string::npos) return "more than one line on stderr: " + r.err;
+  if (err.rfind("oxtrain: error: ", 0) != 0) return "no 'oxtrain: error: ' prefix: " + r.err;
+  if (err.size() > max_chars) return "a line of " + std::to_string(err.size()) + " characters: " + err;
+  for (const char* bare : {"std::", "stoll", "stoi", "stod", "bad_alloc", "what()", "basic_string"})
+    if (err.find(bare) != std::string::npos) return std::string("bare exception text '") + bare + "': " + err;
+  return "";
+}
+
+bool running_under_sanitizer() {
+#if defined(__SANITIZE_ADDRESS__) || defined(OXTRAIN_SANITIZED)
+  return true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
+  return true;
+#else
+  return false;
+#endif
+#else
+  return false;
+#endif
 }
 
 std::string temp_dir() {

@@ -43,6 +43,19 @@ struct RunResult {
 };
 // Runs the oxtrain binary with `args` (shell-quoted by the caller).
 RunResult run_oxtrain(const std::string& args);
+// Runs it with `seconds` of wall time at most (exit code 124 when killed, as timeout(1)) and,
+// when address_space_mib > 0, an address-space limit (ulimit -v): an allocation beyond it
+// fails inside oxtrain instead of taking the machine's memory.
+RunResult run_oxtrain_limited(const std::string& args, int seconds, int64_t address_space_mib = 0);
+
+// What every error path of the program must look like: exit code 2, stderr exactly one line
+// "oxtrain: error: ..." of at most max_chars, no bare exception text (std::, stoll, bad_alloc,
+// what()). Returns "" when it does, else what is wrong (for EXPECT_EQ(..., "")).
+std::string clean_error_problem(const RunResult& result, size_t max_chars = 300);
+
+// True in an ASan/UBSan build: tests that bound memory by RSS or address space skip there
+// (ASan reserves terabytes of shadow memory and its quarantine inflates RSS).
+bool running_under_sanitizer();
 
 std::string temp_dir();  // a fresh folder for this test
 
