@@ -4,8 +4,9 @@
 // os.walk(followlinks=True), sorts the (dirpath, dirnames, filenames) tuples (so by directory
 // path) and then the file names inside each directory. Comparisons are byte-wise, which for
 // UTF-8 names is Python's code-point order. Unlike os.walk, a directory reached again through
-// a symlink is walked once (a link loop would not end). A class folder without images keeps its
-// label; only a tree without any image is an error.
+// a symlink is walked once (a link loop would not end). A class folder without images is an
+// error naming it, as in torchvision (ImageFolder raises FileNotFoundError "Found no valid
+// file for the classes ...").
 //
 // The index ("<root>/.oxtrain-index", else "$XDG_CACHE_HOME or $HOME/.cache" +
 // "/oxtrain/<hash>.index" when the root is read-only, or "<cache_dir>/<hash>.index") holds the
@@ -14,8 +15,11 @@
 // mtime and ctime. Adding, removing or renaming a file changes its directory's mtime, so a
 // stale index is never used. A directory modified within two seconds of the scan is recorded
 // as "racy" (as git does for its index) and forces the next scan to walk again, so a change in
-// the same clock tick as the scan is not missed. The index is written to a temporary file and
-// renamed; one that cannot be read or parsed is ignored.
+// the same clock tick as the scan is not missed. The index is written atomically
+// (write_file_atomic); one that cannot be read or parsed is ignored and rewritten. Nothing in
+// it is trusted: every count is bounded by the bytes that follow it before anything is
+// reserved, and every path must name an entry of a walked directory inside the root (no
+// absolute path, no "..": an index listing ../../etc/passwd is a corrupt one).
 #include "io/dataset.h"
 
 #include <fcntl.h>
@@ -29,11 +33,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <set>
 #include <string_view>
+#include <unordered_set>
 #include <utility>
 
 #include "base/error.h"
+#include "base/files.h"
+#include "base/text.h"
 
 namespace oxtrain::io {
 namespace {
@@ -44,6 +52,8 @@ constexpr const char* kIndexVersion = "oxtrain-index 1";
 constexpr const char* kIndexName = ".oxtrain-index";
 constexpr int64_t kProgressEvery = 1000;
 constexpr int64_t kRacyNanoseconds = 2'000'000'000;
+// An index of ImageNet's 1.28 M samples is about 80 MB; a larger file is not read.
+constexpr uint64_t kMaxIndexBytes = uint64_t(1) << 31;
 
 struct DirStamp {
   std::string rel;  // relative to the root ("" is never recorded: the root itself)
@@ -229,11 +239,34 @@ bool split_int(std::string_view line, int64_t& v, std::string_view& rest) {
   return true;
 }
 
-bool counted(Lines& in, std::string_view key, int64_t& n) {
+// "<key> <count>", where each of the count entries that follow is a line of at least
+// min_line_bytes: a count that the rest of the file cannot hold is malformed (the header of
+// "samples 549755813887" must not reserve 20 TB).
+bool counted(Lines& in, std::string_view key, int64_t min_line_bytes, int64_t& n) {
   std::string_view line;
   if (!in.next(line) || line.substr(0, key.size() + 1) != std::string(key) + " ") return false;
-  return parse_int(line.substr(key.size() + 1), n) && n >= 0 && n < (int64_t(1) << 40);
+  const int64_t left = int64_t(in.text.size() - in.pos);
+  return parse_int(line.substr(key.size() + 1), n) && n >= 0 && n <= left / min_line_bytes;
 }
+
+// A path relative to the root that stays inside it: not absolute, no empty, "." or ".."
+// component. (Lexical on purpose: symlinks inside the tree are followed by the scan itself,
+// and resolving each of 1.28 M paths would cost more than the scan the index saves.)
+bool confined(std::string_view rel) {
+  if (rel.empty() || rel.front() == '/') return false;
+  size_t start = 0;
+  for (;;) {
+    const size_t slash = rel.find('/', start);
+    const std::string_view part =
+        rel.substr(start, slash == std::string_view::npos ? rel.npos : slash - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    if (slash == std::string_view::npos) return true;
+    start = slash + 1;
+  }
+}
+
+// The class a relative path starts with ("cls" of "cls/sub/x.jpg").
+std::string_view first_component(std::string_view rel) { return rel.substr(0, rel.find('/')); }
 
 // Checks the signature against the tree as it is now: one listing of the root, one stat per
 // directory.
@@ -257,18 +290,21 @@ bool parse(const std::string& text, const std::string& root, Scanned& s) {
   if (!in.next(line) || line != kIndexVersion) return false;
   if (!in.next(line) || line != "root " + root) return false;
   int64_t n;
-  if (!counted(in, "classes", n)) return false;
+  if (!counted(in, "classes", 2, n)) return false;
   for (int64_t i = 0; i < n; ++i) {
-    if (!in.next(line) || line.empty()) return false;
+    if (!in.next(line) || !confined(line) || line.find('/') != std::string_view::npos)
+      return false;
     s.classes.emplace_back(line);
   }
-  if (!counted(in, "dirs", n)) return false;
+  if (!std::is_sorted(s.classes.begin(), s.classes.end())) return false;
+  if (!counted(in, "dirs", 8, n)) return false;  // "i m c d\n"
   for (int64_t i = 0; i < n; ++i) {
     DirStamp d;
     int64_t inode;
     std::string_view rest;
     if (!in.next(line) || !split_int(line, inode, rest) || !split_int(rest, d.mtime_ns, rest) ||
-        !split_int(rest, d.ctime_ns, rest) || rest.empty())
+        !split_int(rest, d.ctime_ns, rest) || !confined(rest) ||
+        !std::binary_search(s.classes.begin(), s.classes.end(), first_component(rest)))
       return false;
     d.inode = uint64_t(inode);
     d.rel = rest;
@@ -277,62 +313,64 @@ bool parse(const std::string& text, const std::string& root, Scanned& s) {
   // The signature first: a stale index costs one stat per directory, not a parse of its
   // samples.
   if (!still_valid(root, s)) return false;
-  if (!counted(in, "samples", n)) return false;
+  if (!counted(in, "samples", 4, n)) return false;  // "l c/f\n" at least
   s.samples.reserve(size_t(n));
   const int64_t classes = int64_t(s.classes.size());
+  std::unordered_set<std::string_view> dirs;
+  for (const DirStamp& d : s.dirs) dirs.insert(d.rel);
   for (int64_t i = 0; i < n; ++i) {
     int64_t label;
     std::string_view rest;
-    if (!in.next(line) || !split_int(line, label, rest) || rest.empty() || label < 0 ||
-        label >= classes)
+    if (!in.next(line) || !split_int(line, label, rest) || label < 0 || label >= classes)
+      return false;
+    // A sample is a file of a walked directory of its own class, inside the root.
+    const size_t slash = rest.rfind('/');
+    if (slash == std::string_view::npos || !confined(rest) ||
+        first_component(rest) != s.classes[size_t(label)] || !dirs.count(rest.substr(0, slash)))
       return false;
     s.samples.emplace_back(std::string(rest), label);
   }
   return in.next(line) && line == "end" && in.pos == text.size() && !s.samples.empty();
 }
 
+// The index's text, or false when it is missing, not a regular file (a FIFO planted there
+// must not block), larger than any index, or unreadable.
 bool read_file(const std::string& path, std::string& text) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  struct stat st;
-  bool ok = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-  if (ok) {
-    text.resize(size_t(st.st_size));
-    size_t done = 0;
-    while (done < text.size()) {
-      ssize_t r = ::read(fd, text.data() + done, text.size() - done);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) break;
-      done += size_t(r);
-    }
-    ok = done == text.size();
+  try {
+    text = read_regular_file(path, kMaxIndexBytes, "dataset index");
+    return true;
+  } catch (const Error&) {
+    return false;
   }
-  ::close(fd);
-  return ok;
 }
 
+// Ranks that start together on a shared file system may write the same index at once: a
+// mixed file that results fails to parse on the next start, which then rescans.
 bool write_index(const std::string& path, const std::string& text) {
   std::error_code ec;
   fs::create_directories(fs::path(path).parent_path(), ec);
-  // Unique per process, also across the hosts of a shared file system (ranks start together).
-  char host[256] = "host";
-  ::gethostname(host, sizeof host - 1);
-  host[sizeof host - 1] = 0;
-  std::string tmp = path + ".tmp." + host + "." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return false;
-  size_t done = 0;
-  while (done < text.size()) {
-    ssize_t w = ::write(fd, text.data() + done, text.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) break;
-    done += size_t(w);
+  try {
+    write_file_atomic(path, text);
+    return true;
+  } catch (const Error&) {
+    return false;
   }
-  bool ok = done == text.size();
-  ok = (::close(fd) == 0) && ok;
-  if (ok) ok = ::rename(tmp.c_str(), path.c_str()) == 0;
-  if (!ok) ::unlink(tmp.c_str());
-  return ok;
+}
+
+// torchvision's ImageFolder raises FileNotFoundError for a class folder without a valid file;
+// keeping it would give it a label that no image has, and shift every later class against a
+// split where it has images.
+void check_no_empty_class(const std::string& root_in, const Scanned& s) {
+  std::vector<bool> has(s.classes.size(), false);
+  for (const auto& sample : s.samples) has[size_t(sample.second)] = true;
+  std::vector<std::string> empty;
+  for (size_t c = 0; c < s.classes.size(); ++c)
+    if (!has[c]) empty.push_back("'" + escape_name(s.classes[c]) + "'");
+  if (empty.empty()) return;
+  throw Error("dataset folder '" + escape_name(root_in) + "': class folder" +
+              (empty.size() > 1 ? "s " : " ") + join_limited(empty, 80) +
+              (empty.size() > 1 ? " hold" : " holds") +
+              " no images (.jpg .jpeg .png ...); add its images or remove the folder");
 }
 
 std::string layout_hint(const std::string& root) {
@@ -401,6 +439,7 @@ ImageFolder ImageFolder::scan(const std::string& root_in, const ScanOptions& opt
     if (s.samples.empty())
       throw Error("dataset folder '" + root_in + "' has " + std::to_string(s.classes.size()) +
                   " class folders but no images: " + layout_hint(root));
+    check_no_empty_class(root_in, s);
     if (options.use_cache) {
       bool writable = !has_newline(root);
       for (const auto& c : s.classes) writable = writable && !has_newline(c);
@@ -420,6 +459,46 @@ ImageFolder ImageFolder::scan(const std::string& root_in, const ScanOptions& opt
   folder.from_cache_ = cached;
   if (options.progress) options.progress(folder.size());
   return folder;
+}
+
+ImageFolder ImageFolder::from_list(std::string root, std::vector<std::string> classes,
+                                   std::vector<Sample> samples) {
+  ImageFolder f;
+  f.root_ = std::move(root);
+  f.classes_ = std::move(classes);
+  f.samples_ = std::move(samples);
+  return f;
+}
+
+std::vector<std::string> class_folders(const std::string& root) {
+  std::vector<std::string> classes;
+  if (!list_dir(root, classes, nullptr))
+    throw Error("dataset folder '" + escape_name(root) + "' cannot be read");
+  return classes;
+}
+
+void check_same_classes(const std::string& train_root, const std::string& val_root) {
+  const std::vector<std::string> train = class_folders(train_root), val = class_folders(val_root);
+  if (train == val) return;
+  // Both lists are sorted: their differences in one pass each.
+  std::vector<std::string> only_val, only_train;
+  std::set_difference(val.begin(), val.end(), train.begin(), train.end(),
+                      std::back_inserter(only_val));
+  std::set_difference(train.begin(), train.end(), val.begin(), val.end(),
+                      std::back_inserter(only_train));
+  auto quoted = [](const std::vector<std::string>& names) {
+    std::vector<std::string> q;
+    for (const auto& n : names) q.push_back("'" + escape_name(n, 40) + "'");
+    return join_limited(q, 60);
+  };
+  std::string why;
+  if (!only_val.empty())
+    why += "val/ has class" + std::string(only_val.size() > 1 ? "es " : " ") + quoted(only_val) +
+           " that train/ lacks";
+  if (!only_train.empty())
+    why += std::string(why.empty() ? "" : "; ") + "train/ has " + quoted(only_train) +
+           " that val/ lacks";
+  throw Error(why + "; train/ and val/ need the same class folders, else their labels differ");
 }
 
 // ---- epoch_indices ----

@@ -1,7 +1,9 @@
 // Datasets in ImageNet's folder layout: DATA/train/<class>/<image>, DATA/val/<class>/<image>
 // (or a class folder root given directly). Classes are the sorted folder names and their
 // index is the label, as torchvision.datasets.ImageFolder does; files with the extensions
-// torchvision accepts (case-insensitive) are samples, sorted by path within a class.
+// torchvision accepts (case-insensitive) are samples, sorted by path within a class. A class
+// folder without images is refused, as ImageFolder refuses it (FileNotFoundError): it would
+// shift the labels of every class after it against a split that has images for it.
 #pragma once
 
 #include <cstdint>
@@ -28,8 +30,13 @@ struct ScanOptions {
 
 class ImageFolder {
  public:
-  // Throws oxtrain::Error (base/error.h) when the folder is missing or holds no images.
+  // Throws oxtrain::Error (base/error.h) when the folder is missing, holds no images, or has
+  // a class folder without images.
   static ImageFolder scan(const std::string& root, const ScanOptions& options = {});
+  // A dataset from a list made elsewhere (tests, other indexes). Nothing is checked here: the
+  // loader range-checks every label it reads.
+  static ImageFolder from_list(std::string root, std::vector<std::string> classes,
+                               std::vector<Sample> samples);
 
   const std::string& root() const { return root_; }
   const std::vector<std::string>& classes() const { return classes_; }
@@ -46,6 +53,14 @@ class ImageFolder {
 
 // torchvision's IMG_EXTENSIONS, lower case with the dot.
 bool is_image_file(const std::string& path);
+
+// The class folders of a dataset root, as scan() names them (sorted; symlinks followed).
+std::vector<std::string> class_folders(const std::string& root);
+
+// Training and validation must hold the same classes, else the same label means two classes.
+// Throws Error naming the difference: "val/ has class 'n0199' that train/ lacks; train/ has
+// 'n0123' that val/ lacks".
+void check_same_classes(const std::string& train_root, const std::string& val_root);
 
 // The indices a rank reads in one epoch, as PyTorch's DistributedSampler gives them: a
 // permutation seeded by (seed, epoch) when shuffling, padded by repeating from the start to a

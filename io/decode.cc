@@ -6,6 +6,7 @@
 
 #include <sys/stat.h>
 #include <turbojpeg.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -19,14 +20,44 @@
 
 #include <png.h>
 
+#include "base/checked.h"
 #include "base/error.h"
+#include "base/files.h"
 
 namespace oxtrain::io {
 
 namespace {
 
-// Larger images are refused rather than risking a huge allocation from a corrupt header.
-constexpr int64_t kMaxPixels = int64_t{1} << 28;
+// Larger images are refused from their header, before anything is allocated: PIL's
+// decompression-bomb limit (Image.MAX_IMAGE_PIXELS = 89,478,485; more than twice that raises
+// DecompressionBombError), so oxtrain refuses exactly what torchvision's loader refuses.
+constexpr int64_t kPilMaxImagePixels = 89'478'485;
+constexpr int64_t kMaxPixels = 2 * kPilMaxImagePixels;
+
+// The largest ratio deflate reaches (a 258-byte match in 2 bits): a PNG's compressed data
+// cannot be smaller than its raw rows over this, so a tiny file claiming a huge size is a
+// truncated or forged one and is refused before its pixels are allocated.
+constexpr int64_t kMaxDeflateRatio = 1032;
+
+// The pixel count of a width x height image, or a DecodeError when it is over the limit.
+int64_t checked_pixels(int64_t width, int64_t height, const char* format, const std::string& path) {
+  const std::string size = std::to_string(width) + "x" + std::to_string(height);
+  if (width <= 0 || height <= 0) throw DecodeError(path, std::string("bad ") + format + " size " + size);
+  auto pixels = checked_mul(width, height);
+  if (!pixels || *pixels > kMaxPixels)
+    throw DecodeError(path, std::string(format) + " of " + size + " pixels is over the limit of " +
+                                std::to_string(kMaxPixels) + " (PIL's decompression-bomb limit)");
+  return *pixels;
+}
+
+// Bytes of an image of `pixels` pixels of `channels` bytes (the pixel limit keeps it far
+// below int64's range; the check keeps that true if the limit ever grows).
+size_t image_bytes(int64_t width, int64_t height, int channels, const std::string& path) {
+  const int64_t dims[] = {width, height, channels};
+  auto bytes = checked_bytes(dims, 1);
+  if (!bytes) throw DecodeError(path, "image size overflows");
+  return static_cast<size_t>(*bytes);
+}
 
 // One TurboJPEG handle per thread and kind, created on first use and destroyed when the
 // thread exits. A handle that has failed is replaced: TurboJPEG 2.1 can leave the libjpeg
@@ -213,8 +244,12 @@ void png_open(PngRead& r, const uint8_t* data, size_t size, const std::string& p
   if (!png_stage(r, nullptr))
     throw DecodeError(path, std::string("corrupt PNG (") + r.message + ")");
   const png_uint_32 w = png_get_image_width(r.png, r.info), h = png_get_image_height(r.png, r.info);
-  if (w == 0 || h == 0 || int64_t{w} * h > kMaxPixels)
-    throw DecodeError(path, "bad PNG size " + std::to_string(w) + "x" + std::to_string(h));
+  checked_pixels(w, h, "PNG", path);
+  // At least one bit per pixel plus a filter byte per row, compressed at most 1032:1.
+  const int64_t raw_rows = int64_t{h} * (1 + (int64_t{w} + 7) / 8);
+  if (int64_t(size) < raw_rows / kMaxDeflateRatio)
+    throw DecodeError(path, "truncated PNG: " + std::to_string(size) + " bytes cannot hold " +
+                                std::to_string(w) + "x" + std::to_string(h) + " pixels");
   if (png_get_rowbytes(r.png, r.info) != size_t(w) * 3)
     throw DecodeError(path, "PNG rows of " + std::to_string(png_get_rowbytes(r.png, r.info)) +
                                 " bytes after conversion to RGB, expected " +
@@ -228,7 +263,7 @@ Decoded decode_png(const uint8_t* data, size_t size, const std::string& path) {
   d.full_width = d.image.width = static_cast<int>(png_get_image_width(r.png, r.info));
   d.full_height = d.image.height = static_cast<int>(png_get_image_height(r.png, r.info));
   const size_t row = size_t(d.image.width) * 3;
-  d.image.rgb.resize(row * d.image.height);
+  d.image.rgb.resize(image_bytes(d.image.width, d.image.height, 3, path));
   std::vector<png_bytep> rows(d.image.height);
   for (int y = 0; y < d.image.height; ++y) rows[y] = d.image.rgb.data() + y * row;
   if (!png_stage(r, rows.data()))
@@ -236,19 +271,22 @@ Decoded decode_png(const uint8_t* data, size_t size, const std::string& path) {
   return d;
 }
 
-// libjpeg's warnings: the whole image was decoded, though the data had a defect. PIL decodes
-// such files without complaint, and so does this decoder -- except a premature end of the
-// file (JWRN_JPEG_EOF), which is a truncated download that PIL refuses too.
+// libjpeg's warnings that leave every pixel decoded from the file's data: bytes after the
+// entropy-coded data, header oddities. Those that mean some pixels were never in the file --
+// the data ends early ("premature end of data segment", which libjpeg fills with grey: a
+// 10 KB file claiming 16383x16383 came out as a grey image), a bad Huffman or arithmetic
+// code, a lost restart marker -- are a corrupt image, refused.
 bool is_harmless_warning(const std::string& msg) {
   static const char* const kWarnings[] = {
-      "Corrupt JPEG data",                          // extraneous bytes, bad Huffman code, ...
+      "Corrupt JPEG data: ",                        // see below
       "Warning:",                                   // unknown JFIF revision
       "Unknown Adobe color transform",              //
       "Inconsistent progression sequence",          //
       "Invalid SOS parameters for sequential JPEG"  //
   };
   for (const char* w : kWarnings)
-    if (msg.rfind(w, 0) == 0) return true;
+    if (msg.rfind(w, 0) == 0)
+      return w != kWarnings[0] || msg.find("extraneous bytes before marker") != std::string::npos;
   return false;
 }
 
@@ -260,7 +298,8 @@ bool is_harmless_warning(const std::string& msg) {
 void check_decompress(int rc, TjHandle& handle, const std::string& path) {
   if (rc == 0) return;
   std::string msg = handle.fail();
-  if (msg.rfind("Premature end of JPEG file", 0) == 0)
+  if (msg.rfind("Premature end of JPEG file", 0) == 0 ||
+      msg.find("premature end of data segment") != std::string::npos)
     throw DecodeError(path, "truncated JPEG (" + msg + ")");
   if (!is_harmless_warning(msg)) throw DecodeError(path, "corrupt JPEG (" + msg + ")");
 }
@@ -272,9 +311,7 @@ void jpeg_header(TjHandle& handle, const uint8_t* data, size_t size, const std::
   if (tjDecompressHeader3(handle.get(), data, static_cast<unsigned long>(size), width, height,
                           &subsamp, colorspace) != 0)
     throw DecodeError(path, "corrupt JPEG header (" + handle.fail() + ")");
-  if (*width <= 0 || *height <= 0 || int64_t{*width} * *height > kMaxPixels)
-    throw DecodeError(path,
-                      "bad JPEG size " + std::to_string(*width) + "x" + std::to_string(*height));
+  checked_pixels(*width, *height, "JPEG", path);
 }
 
 }  // namespace
@@ -314,13 +351,13 @@ Decoded decode_image(const uint8_t* data, size_t size, const std::string& path,
   int w = TJSCALED(width, f), hgt = TJSCALED(height, f);
   d.image.width = w;
   d.image.height = hgt;
-  d.image.rgb.resize(size_t(w) * hgt * 3);
+  d.image.rgb.resize(image_bytes(w, hgt, 3, path));
 
   if (colorspace == TJCS_CMYK || colorspace == TJCS_YCCK) {
     // libjpeg hands back the stored values; CMYK JPEGs (Adobe's, as in ImageNet) store them
     // inverted (255 = no ink), so R = C' * K' / 255 with C', K' the stored values -- the
     // conversion of libjpeg-turbo's own tools and of PIL.
-    std::vector<uint8_t> cmyk(size_t(w) * hgt * 4);
+    std::vector<uint8_t> cmyk(image_bytes(w, hgt, 4, path));
     check_decompress(tjDecompress2(handle.get(), data, static_cast<unsigned long>(size),
                                    cmyk.data(), w, 0, hgt, TJPF_CMYK, 0),
                      handle, path);
@@ -342,22 +379,31 @@ Decoded decode_image(const uint8_t* data, size_t size, const std::string& path,
 }
 
 Decoded decode_file(const std::string& path, const DecodeRequest& request) {
-  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!f) throw DecodeError(path, std::string("cannot open: ") + std::strerror(errno));
+  std::string why;
+  const int fd = open_regular_file(path, &why);  // a FIFO named x.JPEG must not block
+  if (fd < 0) throw DecodeError(path, "cannot open: " + why);
   struct stat st {};
-  if (fstat(fileno(f.get()), &st) != 0)
-    throw DecodeError(path, std::string("cannot stat: ") + std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) throw DecodeError(path, "not a regular file");
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw DecodeError(path, std::string("cannot stat: ") + std::strerror(err));
+  }
   // +1: the first read already sees the end of the file.
   std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size) + 1);
   size_t used = 0;
   for (;;) {  // reads to the end even if the file has grown since fstat
-    used += std::fread(bytes.data() + used, 1, bytes.size() - used, f.get());
-    if (used < bytes.size()) break;
-    bytes.resize(bytes.size() * 2);
+    const ssize_t n = ::read(fd, bytes.data() + used, bytes.size() - used);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      throw DecodeError(path, std::string("read error: ") + std::strerror(err));
+    }
+    if (n == 0) break;
+    used += static_cast<size_t>(n);
+    if (used == bytes.size()) bytes.resize(bytes.size() * 2);
   }
-  if (std::ferror(f.get()))
-    throw DecodeError(path, std::string("read error: ") + std::strerror(errno));
+  ::close(fd);
   return decode_image(bytes.data(), used, path, request);
 }
 

@@ -29,28 +29,29 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <new>
 #include <set>
 
 #include "base/error.h"
+#include "base/files.h"
+#include "base/text.h"
 #include "io/image.h"
 #include "io/transforms.h"
 
 namespace oxtrain::io {
 namespace {
 
-// Reads a whole file into `data` (whose capacity is kept from file to file).
+// Reads a whole file into `data` (whose capacity is kept from file to file). Only a regular
+// file is read: a FIFO named x.JPEG would block a worker in open() forever.
 void read_whole_file(const std::string& path, std::vector<uint8_t>& data) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw DecodeError(path, std::string("cannot open: ") + std::strerror(errno));
+  std::string why;
+  int fd = open_regular_file(path, &why);
+  if (fd < 0) throw DecodeError(path, "cannot open: " + why);
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     int e = errno;
     ::close(fd);
     throw DecodeError(path, std::string("cannot stat: ") + std::strerror(e));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw DecodeError(path, "not a regular file");
   }
   data.resize(size_t(st.st_size));
   size_t done = 0;
@@ -78,6 +79,7 @@ struct Loader::Impl {
   const ImageFolder& data;
   LoaderOptions o;
   int64_t n = 0;
+  int64_t classes = 0;
   size_t sample_bytes = 0;   // size * size * 3
   size_t labels_offset = 0;  // within a buffer
   size_t buffer_size = 0;
@@ -136,17 +138,35 @@ struct Loader::Impl {
     if (b < nbatches) remaining[size_t(b % nbuf)] = batch_size_of(b);
   }
 
-  void mark_bad(int64_t j, const DecodeError& e) {
+  // Why sample j failed, for its one warning: a DecodeError's text without its path, any
+  // other failure (an allocation that failed, an Error of a transform) in words.
+  static std::string failure_text(std::exception_ptr failure) {
+    try {
+      std::rethrow_exception(failure);
+    } catch (const DecodeError& e) {
+      std::string why = e.what();
+      const std::string& path = e.path();
+      if (why.size() > path.size() + 2 && why.compare(0, path.size(), path) == 0 &&
+          why.compare(path.size(), 2, ": ") == 0)
+        why = why.substr(path.size() + 2);
+      return why;
+    } catch (const std::bad_alloc&) {
+      return "out of memory while decoding it";
+    } catch (const Error& e) {
+      return e.what();
+    } catch (...) {
+      return "it could not be decoded";
+    }
+  }
+
+  void mark_bad(int64_t j, std::exception_ptr failure) {
     bad[size_t(j)].store(true, std::memory_order_relaxed);
-    std::string why = e.what();
-    const std::string& path = e.path();
-    if (why.size() > path.size() + 2 && why.compare(0, path.size(), path) == 0 &&
-        why.compare(path.size(), 2, ": ") == 0)
-      why = why.substr(path.size() + 2);
     const std::string& key = data.samples()[size_t(j)].path;
     std::lock_guard<std::mutex> lock(warn_mu);
     if (warned.insert(key).second) {
-      std::string line = "oxtrain: warning: skipping unreadable image " + key + ": " + why + "\n";
+      const std::string why = one_line(failure_text(failure));
+      std::string line = "oxtrain: warning: skipping unreadable image " +
+                         escape_name(key, key.size() * 4 + 8) + ": " + why + "\n";
       std::fputs(line.c_str(), stderr);
       std::fflush(stderr);
     }
@@ -163,6 +183,12 @@ struct Loader::Impl {
     for (int64_t tries = 0; tries < n; ++tries, j = (j + 1 == n ? 0 : j + 1)) {
       if (bad[size_t(j)].load(std::memory_order_relaxed)) continue;
       const Sample& s = samples[size_t(j)];
+      // Labels are checked where they enter a batch: one outside the classes would index
+      // past the logits in the loss and the accuracy.
+      if (s.label < 0 || s.label >= classes)
+        throw Error("data loader: image '" + escape_name(s.path) + "' has label " +
+                    std::to_string(s.label) + ", outside [0, " + std::to_string(classes) +
+                    ") of the dataset's classes");
       try {
         read_whole_file(s.path, file);
         if (o.train) {
@@ -173,8 +199,8 @@ struct Loader::Impl {
         }
         labels[pos_in_batch] = s.label;
         return;
-      } catch (const DecodeError& e) {
-        mark_bad(j, e);
+      } catch (...) {  // any failure of one file replaces the sample; it never stops a run
+        mark_bad(j, std::current_exception());
       }
     }
     throw Error("data loader: none of the " + std::to_string(n) + " images under '" +
@@ -238,6 +264,7 @@ Loader::Loader(const ImageFolder& dataset, const LoaderOptions& options)
   if (bool(o.allocate) != bool(o.release))
     throw Error("data loader: allocate and release must be given together");
   m.n = dataset.size();
+  m.classes = static_cast<int64_t>(dataset.classes().size());
   if (m.n == 0) throw Error("data loader: the dataset '" + dataset.root() + "' has no images");
   m.bad = std::make_unique<std::atomic<bool>[]>(size_t(m.n));
   for (int64_t j = 0; j < m.n; ++j) m.bad[size_t(j)].store(false, std::memory_order_relaxed);

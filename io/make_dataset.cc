@@ -16,6 +16,8 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <fcntl.h>
+#include <unistd.h>
 #include <filesystem>
 #include <mutex>
 #include <numbers>
@@ -24,6 +26,8 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/files.h"
+#include "base/text.h"
 #include "io/decode.h"
 #include "io/image.h"
 
@@ -359,30 +363,97 @@ Image draw_picture(Kind kind, SampleRng& rng, int min_side, int max_side) {
   return image;
 }
 
-void write_file(const fs::path& path, const std::vector<uint8_t>& bytes) {
-  std::string tmp_name(1, '.');  // hidden, so a folder scan never picks up a partial file
-  tmp_name += path.filename().string();
-  tmp_name += ".tmp";
-  fs::path tmp = path.parent_path() / tmp_name;
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error("make-dataset: cannot write " + tmp.string() + ": " + std::strerror(errno));
-  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  int err = errno;
-  if (std::fclose(f) != 0 && ok) {
-    ok = false;
-    err = errno;
+// Names what a previous make-dataset with the same options wrote, so that running the same
+// command again (after a kill, or to repair the files) is allowed and anything else in the
+// output folder is not: the count reported is then the count the folder holds.
+constexpr const char* kMarkerName = ".oxtrain-make-dataset";
+// A demo dataset; a larger count is a typo (and would size the job list from it).
+constexpr int kMaxPerClass = 100'000;
+
+std::string marker_text(const MakeDatasetOptions& o) {
+  return "oxtrain make-dataset 1\nclasses " + std::to_string(o.classes) + "\ntrain_per_class " +
+         std::to_string(o.train_per_class) + "\nval_per_class " + std::to_string(o.val_per_class) +
+         "\nmin_side " + std::to_string(o.min_side) + "\nmax_side " + std::to_string(o.max_side) +
+         "\nquality " + std::to_string(o.quality) + "\nseed " + std::to_string(o.seed) + "\n";
+}
+
+std::string image_name(const ClassInfo& info, int index) {
+  return std::string(info.name) + "_" + std::to_string(index) + ".JPEG";
+}
+
+// Whether `name` in a class folder is one of the images of the class (or the tmp file of one
+// being written when a run was killed).
+bool expected_image(const std::string& name, const ClassInfo& info, int per_class) {
+  std::string stem = name;
+  if (stem.size() > 4 && stem.compare(stem.size() - 4, 4, ".tmp") == 0) stem.resize(stem.size() - 4);
+  const std::string prefix = std::string(info.name) + "_";
+  if (stem.rfind(prefix, 0) != 0 || stem.size() < prefix.size() + 6 ||
+      stem.compare(stem.size() - 5, 5, ".JPEG") != 0)
+    return false;
+  auto index = parse_int64(std::string_view(stem).substr(prefix.size(), stem.size() - prefix.size() - 5));
+  return index && *index >= 0 && *index < per_class && image_name(info, int(*index)) == stem;
+}
+
+// True when every entry under root is one make-dataset with options `o` writes: its marker
+// with the same options, train/ and val/, their class folders and images, and the dataset
+// indexes that training writes beside them.
+bool is_same_make_dataset_output(const fs::path& root, const MakeDatasetOptions& o) {
+  std::string marker;
+  try {
+    marker = read_regular_file((root / kMarkerName).string(), 4096, "make-dataset marker");
+  } catch (const Error&) {
+    return false;
   }
-  if (!ok) {
-    std::remove(tmp.c_str());
-    throw Error("make-dataset: cannot write " + tmp.string() + ": " + std::strerror(err));
-  }
+  if (marker != marker_text(o)) return false;
   std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw Error("make-dataset: cannot rename " + tmp.string() + " to " + path.string() + ": " +
-                ec.message());
+  for (const auto& top : fs::directory_iterator(root, ec)) {
+    const std::string name = top.path().filename().string();
+    if (name == kMarkerName) continue;
+    if (name != "train" && name != "val") return false;
+    const int per_class = name == "train" ? o.train_per_class : o.val_per_class;
+    if (!top.is_directory(ec) || top.is_symlink(ec)) return false;
+    for (const auto& cls : fs::directory_iterator(top.path(), ec)) {
+      const std::string cname = cls.path().filename().string();
+      if (cname == ".oxtrain-index" || cname == ".oxtrain-index.tmp") continue;
+      const ClassInfo* info = nullptr;
+      for (int c = 0; c < o.classes; ++c)
+        if (cname == kClasses[c].name) info = &kClasses[c];
+      if (!info || !cls.is_directory(ec) || cls.is_symlink(ec)) return false;
+      for (const auto& file : fs::directory_iterator(cls.path(), ec))
+        if (!file.is_regular_file(ec) || file.is_symlink(ec) ||
+            !expected_image(file.path().filename().string(), *info, per_class))
+          return false;
+      if (ec) return false;
+    }
+    if (ec) return false;
   }
+  return !ec;
+}
+
+// One sync for all the images written without one: syncfs flushes the file system holding
+// the output (data and the folders' entries), so a crash after the report keeps them all.
+void sync_folder_tree(const fs::path& root) {
+  const int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw Error("make-dataset: cannot open '" + escape_name(root.string()) + "' to sync it: " + std::strerror(errno));
+  const int rc = ::syncfs(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw Error("make-dataset: syncing '" + escape_name(root.string()) + "' failed: " + std::strerror(err));
+}
+
+// Refuses an output folder that holds anything but a previous run of the same command: the
+// images written over part of it and the count reported would not be what the folder holds.
+void check_output_folder(const fs::path& root, const MakeDatasetOptions& o) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(root, ec);
+  if (!fs::exists(st)) return;
+  const std::string name = escape_name(o.output);
+  if (!fs::is_directory(st))
+    throw Error("make-dataset: '" + name + "' exists and is not a folder; give an empty or new folder");
+  if (fs::is_empty(root, ec) || is_same_make_dataset_output(root, o)) return;
+  throw Error("make-dataset: output folder '" + name +
+              "' is not empty; give an empty or new folder (only a make-dataset output with the "
+              "same options is written over)");
 }
 
 struct Job {
@@ -400,11 +471,11 @@ MakeDatasetResult make_dataset(const MakeDatasetOptions& o) {
   if (o.classes < 2 || o.classes > kNumClasses)
     throw Error("make-dataset: " + std::to_string(o.classes) +
                 " classes asked for; the generator draws 2 to " + std::to_string(kNumClasses));
-  if (o.train_per_class < 1 || o.val_per_class < 1)
-    throw Error(
-        "make-dataset: need at least one training and one validation image per "
-        "class, got " +
-        std::to_string(o.train_per_class) + " and " + std::to_string(o.val_per_class));
+  if (o.train_per_class < 1 || o.val_per_class < 1 || o.train_per_class > kMaxPerClass ||
+      o.val_per_class > kMaxPerClass)
+    throw Error("make-dataset: images per class must be 1 to " + std::to_string(kMaxPerClass) +
+                ", got " + std::to_string(o.train_per_class) + " training and " +
+                std::to_string(o.val_per_class) + " validation");
   if (o.min_side < 8 || o.max_side > 8192 || o.min_side > o.max_side)
     throw Error("make-dataset: image sides " + std::to_string(o.min_side) + " to " +
                 std::to_string(o.max_side) + " must satisfy 8 <= min <= max <= 8192");
@@ -412,6 +483,13 @@ MakeDatasetResult make_dataset(const MakeDatasetOptions& o) {
     throw Error("make-dataset: JPEG quality " + std::to_string(o.quality) + " is not in 1..100");
 
   const fs::path root(o.output);
+  check_output_folder(root, o);
+  std::error_code mkdir_ec;
+  fs::create_directories(root, mkdir_ec);
+  if (mkdir_ec)
+    throw Error("make-dataset: cannot create '" + escape_name(o.output) + "': " + mkdir_ec.message());
+  // First: a run killed from here on can be run again with the same options.
+  write_file_atomic((root / kMarkerName).string(), marker_text(o));
   const char* splits[] = {"train", "val"};
   for (const char* split : splits) {
     for (int c = 0; c < o.classes; ++c) {
@@ -440,14 +518,17 @@ MakeDatasetResult make_dataset(const MakeDatasetOptions& o) {
   auto work = [&] {
     try {
       for (size_t j; !failed && (j = next++) < jobs.size();) {
+        // Images are not synced one by one (a folder of 1200 would take 1200 fsyncs): the
+        // folder's file system is synced once at the end, before the count is reported.
         const Job& job = jobs[j];
         const ClassInfo& info = kClasses[job.cls];
         SampleRng rng(o.seed, job.split, (int64_t{job.cls} << 32) | job.index);
         Image picture = draw_picture(info.kind, rng, o.min_side, o.max_side);
         std::vector<uint8_t> jpeg = encode_jpeg(picture, o.quality);
-        fs::path file = root / splits[job.split] / info.name /
-                        (std::string(info.name) + "_" + std::to_string(job.index) + ".JPEG");
-        write_file(file, jpeg);
+        fs::path file = root / splits[job.split] / info.name / image_name(info, job.index);
+        write_file_atomic(file.string(),
+                          std::string_view(reinterpret_cast<const char*>(jpeg.data()), jpeg.size()),
+                          AtomicWriteOptions{.durable = false});
         bytes += static_cast<int64_t>(jpeg.size());
         std::lock_guard<std::mutex> lock(mutex);
         ++done;
@@ -467,6 +548,7 @@ MakeDatasetResult make_dataset(const MakeDatasetOptions& o) {
   work();
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
+  sync_folder_tree(root);
 
   MakeDatasetResult result;
   result.train_images = int64_t{o.classes} * o.train_per_class;

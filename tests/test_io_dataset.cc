@@ -177,14 +177,21 @@ TEST(IoDataset, Errors) {
   EXPECT_NE(m.find(".JPEG"), std::string::npos) << m;
 }
 
-TEST(IoDataset, EmptyClassFolderKeepsItsLabel) {
+// As torchvision's ImageFolder (FileNotFoundError): a class folder without images would take a
+// label no image has and shift the classes after it against the other split.
+TEST(IoDataset, EmptyClassFolderIsRefused) {
   TempDir t;
   touch(t.path + "/a/1.jpg");
-  fs::create_directories(t.path + "/b");
+  touch(t.path + "/b/notes.txt");
   touch(t.path + "/c/1.jpg");
-  ImageFolder f = ImageFolder::scan(t.path, kNoCache);
-  EXPECT_EQ(f.classes().size(), 3u);
-  EXPECT_EQ(labels(f), (std::vector<int64_t>{0, 2}));
+  try {
+    ImageFolder::scan(t.path, kNoCache);
+    ADD_FAILURE() << "an empty class folder was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "dataset folder '" + t.path + "': class folder 'b' holds no images (.jpg .jpeg .png "
+              "...); add its images or remove the folder");
+  }
 }
 
 TEST(IoDataset, ProgressIsReported) {
@@ -299,9 +306,9 @@ TEST(IoDataset, CorruptIndexIsIgnored) {
     EXPECT_TRUE(ImageFolder::scan(t.path).loaded_from_cache());  // rewritten
   }
   // An index that is a directory can be neither read nor replaced (even by root): the index
-  // goes to the user's cache folder instead. (The directory is an empty class folder now.)
+  // goes to the user's cache folder instead. (The directory is a class folder now.)
   fs::remove(index);
-  fs::create_directories(index + "/x");
+  touch(index + "/x.jpg");
   backdate(t.path);
   TempDir home;
   ScopedEnv xdg("XDG_CACHE_HOME", home.path);
@@ -311,7 +318,9 @@ TEST(IoDataset, CorruptIndexIsIgnored) {
   EXPECT_EQ(std::distance(fs::directory_iterator(home.path + "/oxtrain"), {}), 1);
   f = ImageFolder::scan(t.path);
   EXPECT_TRUE(f.loaded_from_cache());
-  EXPECT_EQ(relative_paths(f), kTreeSamples);
+  std::vector<std::string> with_index_class = kTreeSamples;
+  with_index_class.insert(with_index_class.begin(), ".oxtrain-index/x.jpg");
+  EXPECT_EQ(relative_paths(f), with_index_class);
 }
 
 TEST(IoDataset, IndexOfAMovedTreeIsNotUsed) {

@@ -29,11 +29,11 @@ std::string read_bytes(const fs::path& path) {
   return s.str();
 }
 
-// Every file under `root`, relative path -> contents.
+// Every image under `root` (not the marker make-dataset leaves), relative path -> contents.
 std::map<std::string, std::string> snapshot(const fs::path& root) {
   std::map<std::string, std::string> files;
   for (const auto& e : fs::recursive_directory_iterator(root))
-    if (e.is_regular_file()) files[fs::relative(e.path(), root).string()] = read_bytes(e.path());
+    if (e.is_regular_file() && e.path().filename() != ".oxtrain-make-dataset") files[fs::relative(e.path(), root).string()] = read_bytes(e.path());
   return files;
 }
 
