@@ -1,14 +1,16 @@
 // oxtrain graph MODEL.onnx [--batch-size N] [--nodes] [--json] [--dot FILE] [--export FILE]
-//                          [--training [--plot FILE.svg]]
+//                          [--training [--plot FILE.svg]] [--allow-external-data-anywhere]
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "autodiff/training.h"
+#include "base/files.h"
 #include "cli/commands.h"
 #include "graph/inspect.h"
 #include "graph/onnx_io.h"
@@ -20,21 +22,18 @@ namespace {
 
 struct GraphArgs {
   std::string model;
-  int64_t batch_size = 0;
+  std::optional<int64_t> batch_size;
   bool nodes = false;
   bool json = false;
   bool training = false;
   std::string dot;
   std::string export_path;
   std::string plot;
+  bool allow_external_data_anywhere = false;
 };
 
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  if (!out) throw Error("cannot write '" + path + "'");
-  out << text;
-  if (!out) throw Error("writing '" + path + "' failed");
-}
+// Reports (dot, SVG) are written whole or not at all, like every file oxtrain writes.
+void write_file(const std::string& path, const std::string& text) { write_file_atomic(path, text); }
 
 // Live activation bytes over the schedule as an SVG line chart.
 std::string live_bytes_svg(const runtime::MemoryPlan& plan, const autodiff::TrainingGraph& tg,
@@ -149,7 +148,7 @@ Subcommand add_graph_command(CLI::App& app) {
       "graph", "Inspect an ONNX model (or, with --training, its training graph and memory plan)");
   cmd->add_option("model", args->model, "ONNX model file")->required();
   cmd->add_option("-b,--batch-size", args->batch_size,
-                  "batch size for a symbolic batch dimension (default 1: per-sample figures)");
+                  "batch size for a symbolic batch dimension, at least 1 (default 1: per-sample figures)");
   cmd->add_flag("--nodes", args->nodes, "list every node with its input and output shapes");
   cmd->add_flag("--json", args->json, "print the report as JSON");
   cmd->add_flag("--training", args->training,
@@ -158,12 +157,17 @@ Subcommand add_graph_command(CLI::App& app) {
   cmd->add_option("--export", args->export_path,
                   "write the graph (constants folded; with --training the training graph) as ONNX");
   cmd->add_option("--plot", args->plot, "with --training: write live bytes over the schedule as SVG");
+  cmd->add_flag("--allow-external-data-anywhere", args->allow_external_data_anywhere,
+                "read external data even from outside the model's folder (only for models you trust)");
   return {cmd, [args]() {
+    if (args->batch_size && *args->batch_size < 1)
+      throw Error("--batch-size must be at least 1, got " + std::to_string(*args->batch_size));
+    if (!args->plot.empty() && !args->training) throw Error("--plot needs --training");
     graph::ImportOptions options;
-    if (args->batch_size != 0) options.batch_size = args->batch_size;
+    options.batch_size = args->batch_size;
+    options.allow_external_data_anywhere = args->allow_external_data_anywhere;
     graph::Graph g = graph::import_onnx(args->model, options);
     if (args->training) return run_training_report(*args, std::move(g));
-    if (!args->plot.empty()) throw Error("--plot needs --training");
     graph::InspectOptions view{args->model, args->nodes};
     std::cout << (args->json ? graph::summary_json(g, view) : graph::summary_text(g, view));
     if (!args->dot.empty()) {

@@ -5,6 +5,9 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "base/checked.h"
+#include "base/text.h"
+
 namespace oxtrain::graph {
 
 size_t dtype_size(DType dtype) {
@@ -92,12 +95,10 @@ const char* role_name(Role role) {
 }
 
 int64_t shape_numel(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    if (d < 0) return -1;
-    n *= d;
-  }
-  return n;
+  if (!shape_known(shape)) return -1;
+  // Shapes from files are checked at import; one that still overflows is refused here rather
+  // than wrapping into a small, wrong count.
+  return numel_or_throw(shape, "a tensor");
 }
 
 bool shape_known(const Shape& shape) {
@@ -121,9 +122,9 @@ std::string shape_str(const Shape& shape, const std::vector<std::string>& dim_na
 }
 
 Tensor::Tensor(DType dtype_, Shape shape_) : dtype(dtype_), shape(std::move(shape_)) {
-  int64_t n = shape_numel(shape);
-  if (n < 0) throw Error("tensor shape " + shape_str(shape) + " is not fully known");
-  bytes.assign(static_cast<size_t>(n) * dtype_size(dtype), 0);
+  if (!shape_known(shape)) throw Error("tensor shape " + shape_str(shape) + " is not fully known");
+  int64_t size = bytes_or_throw(shape, dtype_size(dtype), "a tensor");
+  bytes.assign(static_cast<size_t>(size), 0);
 }
 
 std::vector<int64_t> Tensor::to_int64() const {
@@ -136,8 +137,15 @@ std::vector<int64_t> Tensor::to_int64() const {
       case DType::i8: out[i] = data<int8_t>()[i]; break;
       case DType::u8:
       case DType::boolean: out[i] = data<uint8_t>()[i]; break;
-      case DType::f32: out[i] = static_cast<int64_t>(data<float>()[i]); break;
-      case DType::f64: out[i] = static_cast<int64_t>(data<double>()[i]); break;
+      case DType::f32:
+      case DType::f64: {
+        double v = dtype == DType::f32 ? data<float>()[i] : data<double>()[i];
+        auto as_int = double_to_int64(v);
+        if (!as_int)
+          throw Error("the value " + std::to_string(v) + " cannot be read as an integer");
+        out[i] = *as_int;
+        break;
+      }
       default: throw Error(std::string("cannot read ") + dtype_name(dtype) + " tensor as integers");
     }
   }
@@ -149,7 +157,7 @@ Tensor Tensor::from_int64(const std::vector<int64_t>& values, Shape shape) {
   if (t.numel() != static_cast<int64_t>(values.size()))
     throw Error("from_int64: " + std::to_string(values.size()) + " values for shape " +
                 shape_str(t.shape));
-  std::memcpy(t.bytes.data(), values.data(), t.bytes.size());
+  if (!t.bytes.empty()) std::memcpy(t.bytes.data(), values.data(), t.bytes.size());
   return t;
 }
 
@@ -158,13 +166,13 @@ Tensor Tensor::from_float(const std::vector<float>& values, Shape shape) {
   if (t.numel() != static_cast<int64_t>(values.size()))
     throw Error("from_float: " + std::to_string(values.size()) + " values for shape " +
                 shape_str(t.shape));
-  std::memcpy(t.bytes.data(), values.data(), t.bytes.size());
+  if (!t.bytes.empty()) std::memcpy(t.bytes.data(), values.data(), t.bytes.size());
   return t;
 }
 
 int64_t Value::bytes() const {
-  int64_t n = numel();
-  return n < 0 ? -1 : n * static_cast<int64_t>(dtype_size(dtype));
+  if (!rank_known || !shape_known(shape)) return -1;
+  return bytes_or_throw(shape, dtype_size(dtype), "value '" + escape_name(name) + "'");
 }
 
 std::string Value::shape_string() const {
@@ -211,7 +219,7 @@ const Tensor* Node::attr_tensor(const std::string& key) const {
 
 std::string Node::describe() const {
   std::string d = domain.empty() || domain == "ai.onnx" ? op_type : domain + "." + op_type;
-  return d + " '" + name + "'";
+  return escape_name(d) + " '" + escape_name(name) + "'";
 }
 
 int64_t Graph::opset(const std::string& domain) const {

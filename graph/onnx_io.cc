@@ -4,8 +4,11 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +16,9 @@
 #include <set>
 #include <sstream>
 
+#include "base/checked.h"
+#include "base/files.h"
+#include "base/text.h"
 #include "graph/ops.h"
 
 namespace fs = std::filesystem;
@@ -23,95 +29,157 @@ namespace {
 // Metadata key listing Graph::updates as "state<TAB>new value" lines.
 constexpr const char* kUpdatesKey = "oxtrain.updates";
 
-std::string read_file_bytes(const fs::path& path, const std::string& what) {
+// protobuf parses at most 2 GiB in one message; bigger models keep their weights external.
+constexpr uint64_t kMaxModelFileBytes = INT_MAX;
+
+std::string read_model_file(const std::string& path) {
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw Error(what + " '" + path.string() + "' does not exist");
-  if (fs::is_directory(path, ec)) throw Error(what + " '" + path.string() + "' is a directory");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open " + what + " '" + path.string() + "'");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+  if (!fs::exists(path, ec)) throw Error("model file '" + path + "' does not exist");
+  if (fs::is_directory(path, ec)) throw Error("model file '" + path + "' is a directory");
+  return read_regular_file(path, kMaxModelFileBytes, "model file");
 }
+
+// What tensor_from_proto needs besides the proto: where external data may come from, and how
+// to name the tensor in a message.
+struct TensorSource {
+  const std::string& base_dir;
+  const ImportOptions& options;
+};
 
 // ----- tensors -----
 
 Shape dims_of(const onnx::TensorProto& t) { return Shape(t.dims().begin(), t.dims().end()); }
 
-void load_external(const onnx::TensorProto& t, const std::string& base_dir, Tensor& out) {
-  std::string location;
-  int64_t offset = 0, length = -1;
-  for (const auto& kv : t.external_data()) {
-    if (kv.key() == "location") location = kv.value();
-    else if (kv.key() == "offset") offset = std::stoll(kv.value());
-    else if (kv.key() == "length") length = std::stoll(kv.value());
+// Closes a descriptor when it goes.
+struct FdGuard {
+  int fd;
+  ~FdGuard() {
+    if (fd >= 0) ::close(fd);
   }
-  if (location.empty())
-    throw Error("initializer '" + t.name() + "' has external data without a location");
-  fs::path path = fs::path(base_dir) / location;
+};
+
+// An external data entry, parsed and checked against the file before anything is allocated.
+struct ExternalRef {
+  std::string location;
+  uint64_t offset = 0;
+  std::optional<uint64_t> length;
+};
+
+ExternalRef parse_external(const onnx::TensorProto& t, const std::string& what) {
+  ExternalRef ref;
+  for (const auto& kv : t.external_data()) {
+    if (kv.key() == "location") {
+      ref.location = kv.value();
+    } else if (kv.key() == "offset" || kv.key() == "length") {
+      auto v = parse_uint64(kv.value());
+      if (!v || *v > static_cast<uint64_t>(INT64_MAX))
+        throw Error(what + ": external data key '" + kv.key() + "' is '" + escape_name(kv.value()) +
+                    "', not a byte count (a whole number from 0 to 2^63-1)");
+      (kv.key() == "offset" ? ref.offset : ref.length.emplace()) = *v;
+    }
+  }
+  if (ref.location.empty()) throw Error(what + " has external data without a location");
+  return ref;
+}
+
+// Reads `need` bytes of external data into out (already sized), after checking that the
+// location stays inside the model's folder and that the file holds the bytes.
+void load_external(const onnx::TensorProto& t, const TensorSource& src, const std::string& what,
+                   const Shape& shape, int64_t need, Tensor* out) {
+  ExternalRef ref = parse_external(t, what);
+  const std::string location = escape_name(ref.location);
+  fs::path path = fs::path(src.base_dir) / ref.location;  // an absolute location stays absolute
+  if (!src.options.allow_external_data_anywhere && !path_within(src.base_dir, path))
+    throw Error(what + ": external data location '" + location + "' lies outside the model's folder '" +
+                src.base_dir + "'; refused (pass --allow-external-data-anywhere if you trust this model)");
   std::error_code ec;
   if (!fs::exists(path, ec))
-    throw Error("initializer '" + t.name() + "' refers to external data file '" +
-                path.string() + "', which does not exist (keep the data files beside the model)");
-  int64_t need = static_cast<int64_t>(out.bytes.size());
-  if (length >= 0 && length != need)
-    throw Error("initializer '" + t.name() + "' " + shape_str(out.shape) + " needs " +
-                std::to_string(need) + " bytes but its external data entry says length " +
-                std::to_string(length));
-  int64_t file_size = static_cast<int64_t>(fs::file_size(path, ec));
-  if (offset < 0 || offset + need > file_size)
+    throw Error(what + " refers to external data file '" + path.string() +
+                "', which does not exist (keep the data files beside the model)");
+  if (ref.length && *ref.length != static_cast<uint64_t>(need))
+    throw Error(what + " " + dims_text(shape) + " needs " + std::to_string(need) +
+                " bytes but its external data entry says length " + std::to_string(*ref.length));
+  std::string why;
+  FdGuard file{open_regular_file(path.string(), &why)};
+  if (file.fd < 0) throw Error(what + ": external data file '" + path.string() + "' cannot be read: " + why);
+  struct stat st;
+  if (::fstat(file.fd, &st) != 0) throw Error(what + ": cannot read external data file '" + path.string() + "'");
+  uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  auto end = checked_add_u64(ref.offset, static_cast<uint64_t>(need));
+  if (!end || *end > file_size)
     throw Error("external data file '" + path.string() + "' has " + std::to_string(file_size) +
-                " bytes but initializer '" + t.name() + "' needs bytes " +
-                std::to_string(offset) + ".." + std::to_string(offset + need) +
-                " (file truncated?)");
-  std::ifstream in(path, std::ios::binary);
-  in.seekg(offset);
-  in.read(reinterpret_cast<char*>(out.bytes.data()), need);
-  if (!in) throw Error("cannot read external data of '" + t.name() + "' from '" + path.string() + "'");
+                " bytes but " + what + " needs " + std::to_string(need) + " bytes at offset " +
+                std::to_string(ref.offset) + " (file truncated?)");
+  if (!out) return;
+  size_t got = 0;
+  while (got < out->bytes.size()) {
+    ssize_t n = ::pread(file.fd, out->bytes.data() + got, out->bytes.size() - got,
+                        static_cast<off_t>(ref.offset + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      throw Error("cannot read external data of " + what + " from '" + path.string() + "'");
+    got += static_cast<size_t>(n);
+  }
+}
+
+// Number of values in the typed field that holds `dtype` (float_data, int64_data, ...).
+int64_t typed_count(const onnx::TensorProto& t, DType dtype) {
+  switch (dtype) {
+    case DType::f32: return t.float_data_size();
+    case DType::f64: return t.double_data_size();
+    case DType::i64: return t.int64_data_size();
+    default: return t.int32_data_size();
+  }
 }
 
 template <typename Field, typename T>
-void copy_typed(const Field& field, Tensor& out, const std::string& name) {
-  if (static_cast<int64_t>(field.size()) != out.numel())
-    throw Error("initializer '" + name + "' " + shape_str(out.shape) + " has " +
-                std::to_string(field.size()) + " values (file truncated or corrupt?)");
+void copy_typed(const Field& field, Tensor& out) {
   T* dst = out.data<T>();
   for (int i = 0; i < field.size(); ++i) dst[i] = static_cast<T>(field.Get(i));
 }
 
-Tensor tensor_from_proto(const onnx::TensorProto& t, const std::string& base_dir) {
+// `what` names the tensor in messages ("initializer 'conv.weight'"). Every size is checked
+// against the bytes present (inline or in the external file) before the tensor is allocated.
+Tensor tensor_from_proto(const onnx::TensorProto& t, const TensorSource& src, const std::string& what) {
   DType dtype = dtype_from_onnx(t.data_type());
   if (dtype == DType::undefined)
-    throw Error("tensor '" + t.name() + "' has ONNX data type " + std::to_string(t.data_type()) +
+    throw Error(what + " has ONNX data type " + std::to_string(t.data_type()) +
                 ", which oxtrain does not handle");
-  if (t.has_segment()) throw Error("tensor '" + t.name() + "' is segmented; not supported");
+  if (t.has_segment()) throw Error(what + " is segmented; not supported");
   Shape shape = dims_of(t);
-  for (int64_t d : shape)
-    if (d < 0) throw Error("tensor '" + t.name() + "' has a negative dimension");
-  Tensor out(dtype, shape);
+  const int64_t need = bytes_or_throw(shape, dtype_size(dtype), what);
+  const int64_t count = need / std::max<int64_t>(1, static_cast<int64_t>(dtype_size(dtype)));
+  const std::string described = what + " " + dims_text(shape) + " of " + dtype_name(dtype);
   if (t.data_location() == onnx::TensorProto::EXTERNAL) {
-    load_external(t, base_dir, out);
-  } else if (t.has_raw_data()) {
-    if (t.raw_data().size() != out.bytes.size())
-      throw Error("initializer '" + t.name() + "' " + shape_str(shape) + " of " +
-                  dtype_name(dtype) + " needs " + std::to_string(out.bytes.size()) +
-                  " bytes but holds " + std::to_string(t.raw_data().size()) +
-                  " (file truncated or corrupt?)");
-    std::memcpy(out.bytes.data(), t.raw_data().data(), out.bytes.size());
-  } else {
-    const std::string& n = t.name();
-    switch (dtype) {
-      case DType::f32: copy_typed<decltype(t.float_data()), float>(t.float_data(), out, n); break;
-      case DType::f64: copy_typed<decltype(t.double_data()), double>(t.double_data(), out, n); break;
-      case DType::i64: copy_typed<decltype(t.int64_data()), int64_t>(t.int64_data(), out, n); break;
-      case DType::i32: copy_typed<decltype(t.int32_data()), int32_t>(t.int32_data(), out, n); break;
-      case DType::i8: copy_typed<decltype(t.int32_data()), int8_t>(t.int32_data(), out, n); break;
-      case DType::u8:
-      case DType::boolean: copy_typed<decltype(t.int32_data()), uint8_t>(t.int32_data(), out, n); break;
-      case DType::f16:
-      case DType::bf16: copy_typed<decltype(t.int32_data()), uint16_t>(t.int32_data(), out, n); break;
-      default: break;
-    }
+    load_external(t, src, what, shape, need, nullptr);  // checks only
+    Tensor out(dtype, shape);
+    load_external(t, src, what, shape, need, &out);
+    return out;
+  }
+  if (t.has_raw_data()) {
+    if (t.raw_data().size() != static_cast<uint64_t>(need))
+      throw Error(described + " needs " + std::to_string(need) + " bytes but holds " +
+                  std::to_string(t.raw_data().size()) + " (file truncated or corrupt?)");
+    Tensor out(dtype, shape);
+    if (need > 0) std::memcpy(out.bytes.data(), t.raw_data().data(), out.bytes.size());
+    return out;
+  }
+  int64_t have = typed_count(t, dtype);
+  if (have != count)
+    throw Error(described + " needs " + std::to_string(count) + " values but holds " +
+                std::to_string(have) + " (file truncated or corrupt?)");
+  Tensor out(dtype, shape);
+  switch (dtype) {
+    case DType::f32: copy_typed<decltype(t.float_data()), float>(t.float_data(), out); break;
+    case DType::f64: copy_typed<decltype(t.double_data()), double>(t.double_data(), out); break;
+    case DType::i64: copy_typed<decltype(t.int64_data()), int64_t>(t.int64_data(), out); break;
+    case DType::i32: copy_typed<decltype(t.int32_data()), int32_t>(t.int32_data(), out); break;
+    case DType::i8: copy_typed<decltype(t.int32_data()), int8_t>(t.int32_data(), out); break;
+    case DType::u8:
+    case DType::boolean: copy_typed<decltype(t.int32_data()), uint8_t>(t.int32_data(), out); break;
+    case DType::f16:
+    case DType::bf16: copy_typed<decltype(t.int32_data()), uint16_t>(t.int32_data(), out); break;
+    default: break;
   }
   return out;
 }
@@ -126,23 +194,25 @@ void tensor_to_proto(const Tensor& t, const std::string& name, onnx::TensorProto
 // ----- attributes -----
 
 Attribute attribute_from_proto(const onnx::AttributeProto& a, const std::string& node_desc,
-                               const std::string& base_dir) {
+                               const TensorSource& src) {
   using A = onnx::AttributeProto;
   if (!a.ref_attr_name().empty())
-    throw Error(node_desc + ": attribute '" + a.name() + "' refers to a function attribute");
+    throw Error(node_desc + ": attribute '" + escape_name(a.name()) + "' refers to a function attribute");
   Attribute out;
   switch (a.type()) {
     case A::FLOAT: out.value = a.f(); break;
     case A::INT: out.value = static_cast<int64_t>(a.i()); break;
     case A::STRING: out.value = a.s(); break;
-    case A::TENSOR: out.value = tensor_from_proto(a.t(), base_dir); break;
+    case A::TENSOR:
+      out.value = tensor_from_proto(a.t(), src, node_desc + ": attribute '" + escape_name(a.name()) + "'");
+      break;
     case A::FLOATS: out.value = std::vector<float>(a.floats().begin(), a.floats().end()); break;
     case A::INTS: out.value = std::vector<int64_t>(a.ints().begin(), a.ints().end()); break;
     case A::STRINGS:
       out.value = std::vector<std::string>(a.strings().begin(), a.strings().end());
       break;
     default:
-      throw Error(node_desc + ": attribute '" + a.name() + "' has type " +
+      throw Error(node_desc + ": attribute '" + escape_name(a.name()) + "' has type " +
                   A::AttributeType_Name(a.type()) + ", which oxtrain does not handle");
   }
   return out;
@@ -220,54 +290,55 @@ bool has_symbolic_dims(const Graph& g) {
 
 // ----- prepare -----
 
-void check_opsets_and_ops(const Graph& g) {
+void check_opset(const Graph& g) {
   int64_t v = g.opset("");
   if (v == 0) throw Error("the model imports no version of the default ONNX domain (ai.onnx)");
   if (v < kMinOpset || v > kMaxOpset)
     throw Error("the model uses opset " + std::to_string(v) + " of ai.onnx; oxtrain supports " +
                 std::to_string(kMinOpset) + " to " + std::to_string(kMaxOpset) +
                 " (convert it with onnx.version_converter)");
-  std::map<std::string, std::vector<std::string>> unsupported;
-  for (const auto& n : g.nodes()) {
-    if (!find_schema(n->domain, n->op_type)) {
-      std::string key = n->domain.empty() ? n->op_type : n->domain + "." + n->op_type;
-      unsupported[key].push_back("'" + n->name + "'");
-    }
-  }
-  if (unsupported.empty()) return;
-  std::string msg = "unsupported ops:";
-  bool first = true;
-  for (const auto& [op, names] : unsupported) {
-    msg += first ? " " : "; ";
-    first = false;
-    msg += op + " (node" + std::string(names.size() > 1 ? "s " : " ");
-    for (size_t i = 0; i < names.size() && i < 5; ++i) msg += (i ? ", " : "") + names[i];
-    if (names.size() > 5) msg += ", and " + std::to_string(names.size() - 5) + " more";
-    msg += ")";
-  }
-  throw Error(msg);
 }
+
+// Nodes oxtrain cannot handle, gathered over the whole graph so that one message names every
+// one of them.
+struct Unsupported {
+  std::vector<const Node*> unknown;        // no schema at all
+  std::vector<const Node*> constant_only;  // folded only, but an input is computed at run time
+
+  bool empty() const { return unknown.empty() && constant_only.empty(); }
+  std::string message() const {
+    std::string msg;
+    if (!unknown.empty()) msg = "unsupported ops: " + nodes_by_op(unknown);
+    if (!constant_only.empty())
+      msg += (msg.empty() ? "" : "; ") +
+             std::string("supported only on constant inputs (oxtrain folds them at import), "
+                         "here with inputs that are not constants: ") +
+             nodes_by_op(constant_only);
+    return msg;
+  }
+};
 
 void resolve_batch(Graph& g, const ImportOptions& options) {
   for (Value* v : g.inputs) {
-    if (!v->rank_known)
-      throw Error("graph input '" + v->name + "' has no shape; oxtrain needs input shapes");
+    const std::string what = "graph input '" + escape_name(v->name) + "'";
+    if (!v->rank_known) throw Error(what + " has no shape; oxtrain needs input shapes");
     for (size_t i = 0; i < v->shape.size(); ++i) {
       if (i == 0) {
         if (options.batch_size) {
           if (*options.batch_size < 1)
-            throw Error("batch size must be positive, got " + std::to_string(*options.batch_size));
+            throw Error("--batch-size must be at least 1, got " + std::to_string(*options.batch_size));
           v->shape[0] = *options.batch_size;
         } else if (v->shape[0] < 0) {
           v->shape[0] = 1;
         }
       } else if (v->shape[i] < 0) {
         std::string sym = i < v->dim_names.size() ? v->dim_names[i] : "";
-        throw Error("graph input '" + v->name + "' has a symbolic dimension " +
-                    (sym.empty() ? "" : "'" + sym + "' ") + "at axis " + std::to_string(i) +
-                    " " + v->shape_string() + "; only the batch dimension may be symbolic");
+        throw Error(what + " has a symbolic dimension " +
+                    (sym.empty() ? "" : "'" + escape_name(sym) + "' ") + "at axis " + std::to_string(i) +
+                    " " + escape_name(v->shape_string()) + "; only the batch dimension may be symbolic");
       }
     }
+    bytes_or_throw(v->shape, dtype_size(v->dtype), what);  // a shape whose size wraps
   }
 }
 
@@ -313,7 +384,7 @@ int64_t batch_size_of(const Graph& graph) {
 }
 
 void prepare(Graph& g, const ImportOptions& options) {
-  check_opsets_and_ops(g);
+  check_opset(g);
   g.topological_sort();
   resolve_batch(g, options);
   assign_roles(g);
@@ -324,14 +395,32 @@ void prepare(Graph& g, const ImportOptions& options) {
     if (v->rank_known) declared[v] = v->shape;
 
   std::set<const Node*> folded;
+  // Every unsupported node is collected in one pass; the nodes after one (whose inputs it
+  // would have computed) are skipped, not reported.
+  Unsupported unsupported;
+  std::set<const Value*> skipped;
+  auto skip = [&](const Node& n) {
+    for (const Value* out : n.outputs) skipped.insert(out);
+  };
   for (const auto& node_ptr : g.nodes()) {
     Node& n = *node_ptr;
     const OpSchema* schema = find_schema(n.domain, n.op_type);
+    if (!schema) {
+      unsupported.unknown.push_back(&n);
+      skip(n);
+      continue;
+    }
+    if (std::any_of(n.inputs.begin(), n.inputs.end(), [&](const Value* in) { return skipped.count(in); })) {
+      // A skipped value is never a constant: a fold-only op is unsupported here in any case.
+      if (schema->constant_inputs_only) unsupported.constant_only.push_back(&n);
+      skip(n);
+      continue;
+    }
     InferContext ctx{g, g.opset(n.domain)};
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       const Value* in = n.inputs[i];
       if (in && !in->rank_known && !in->has_data())
-        throw Error(n.describe() + ": input '" + in->name + "' has no known shape");
+        throw Error(n.describe() + ": input '" + escape_name(in->name) + "' has no known shape");
     }
     // Identity of an initializer: the output is the initializer itself (shared weights).
     if (n.op_type == "Identity" && n.input(0) && n.input(0)->has_data() &&
@@ -360,10 +449,14 @@ void prepare(Graph& g, const ImportOptions& options) {
     if (foldable && !graph_output) {
       schema->fold(n, ctx);
       folded.insert(&n);
+    } else if (schema->constant_inputs_only) {
+      unsupported.constant_only.push_back(&n);
+      skip(n);
     } else {
       schema->infer(n, ctx);
     }
   }
+  if (!unsupported.empty()) throw Error(unsupported.message());
   g.remove_nodes_if([&](const Node& n) { return folded.count(&n) != 0; });
   g.remove_dead_nodes();
   g.prune_values();
@@ -374,7 +467,7 @@ void prepare(Graph& g, const ImportOptions& options) {
       if (shape[i] >= 0 && shape[i] != v->shape[i] && !(i == 0 && options.batch_size))
         agree = false;
     if (!agree)
-      throw Error("graph output '" + v->name + "' is declared as " + shape_str(shape) +
+      throw Error("graph output '" + escape_name(v->name) + "' is declared as " + shape_str(shape) +
                   " but the graph computes " + shape_str(v->shape));
   }
 }
@@ -402,15 +495,18 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
     // Functions are only a problem when a node calls one; the unsupported-op check says so.
   }
 
+  TensorSource src{base_dir, options};
   std::set<std::string> initializer_names;
   for (const auto& t : gp.initializer()) {
     if (t.name().empty()) throw Error("an initializer has no name");
-    if (!initializer_names.insert(t.name()).second)
-      throw Error("initializer '" + t.name() + "' is defined twice");
-    g.add_initializer(t.name(), tensor_from_proto(t, base_dir), Role::Parameter);
+    const std::string what = "initializer '" + escape_name(t.name()) + "'";
+    if (!initializer_names.insert(t.name()).second) throw Error(what + " is defined twice");
+    g.add_initializer(t.name(), tensor_from_proto(t, src, what), Role::Parameter);
   }
   for (const auto& info : gp.input()) {
     if (initializer_names.count(info.name())) continue;  // IR < 4 lists initializers as inputs
+    if (g.find_value(info.name()))
+      throw Error("graph input '" + escape_name(info.name()) + "' is listed twice");
     Value* v = g.add_value(info.name(), DType::undefined, {}, Role::Input);
     read_value_info(info, *v);
     g.inputs.push_back(v);
@@ -431,14 +527,14 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
     for (const auto& out : np.output()) {
       if (out.empty()) continue;
       if (g.find_value(out))
-        throw Error(np.op_type() + " '" + name + "': output '" + out +
+        throw Error(escape_name(np.op_type()) + " '" + escape_name(name) + "': output '" + escape_name(out) +
                     "' is already defined by another node, an input or an initializer");
       g.add_value(out);
     }
   }
   for (int i = 0; i < gp.node_size(); ++i) {
     const auto& np = gp.node(i);
-    std::string desc = np.op_type() + " '" + node_names[i] + "'";
+    std::string desc = escape_name(np.op_type()) + " '" + escape_name(node_names[i]) + "'";
     std::vector<Value*> ins, outs;
     for (const auto& in : np.input()) {
       if (in.empty()) {
@@ -447,7 +543,7 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
       }
       Value* v = g.find_value(in);
       if (!v)
-        throw Error(desc + ": input '" + in +
+        throw Error(desc + ": input '" + escape_name(in) +
                     "' is not produced by any node, initializer or graph input "
                     "(file truncated or corrupt?)");
       ins.push_back(v);
@@ -456,11 +552,11 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
     while (!outs.empty() && !outs.back()) outs.pop_back();
     Node* n = g.add_node(np.op_type(), ins, outs, node_names[i], np.domain());
     for (const auto& a : np.attribute())
-      n->attrs[a.name()] = attribute_from_proto(a, desc, base_dir);
+      n->attrs[a.name()] = attribute_from_proto(a, desc, src);
   }
   for (const auto& info : gp.output()) {
     Value* v = g.find_value(info.name());
-    if (!v) throw Error("graph output '" + info.name() + "' is not produced by any node");
+    if (!v) throw Error("graph output '" + escape_name(info.name()) + "' is not produced by any node");
     DType computed = v->dtype;
     read_value_info(info, *v);
     if (v->dtype == DType::undefined) v->dtype = computed;
@@ -486,7 +582,7 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
 }
 
 Graph import_onnx(const std::string& path, const ImportOptions& options) {
-  std::string bytes = read_file_bytes(path, "model file");
+  std::string bytes = read_model_file(path);
   if (bytes.empty()) throw Error("model file '" + path + "' is empty");
   onnx::ModelProto model;
   google::protobuf::io::ArrayInputStream raw(bytes.data(), static_cast<int>(bytes.size()));
@@ -583,15 +679,18 @@ Graph copy_graph(const Graph& graph, const ImportOptions& options) {
 
 void export_onnx(const Graph& graph, const std::string& path, const ExportOptions& options) {
   onnx::ModelProto m = to_onnx(graph);
+  // Both files go through AtomicFile: a crash leaves the old model (and data) or the new ones,
+  // never half of one. The data file is committed first so the new model never points into an
+  // old one.
+  std::optional<AtomicFile> data;
   if (options.external_data_threshold > 0) {
-    fs::path data_path = fs::path(path).string() + ".data";
-    std::ofstream data(data_path, std::ios::binary | std::ios::trunc);
-    if (!data) throw Error("cannot write '" + data_path.string() + "'");
-    int64_t offset = 0;
+    std::string data_path = path + ".data";
+    uint64_t offset = 0;
     for (auto& t : *m.mutable_graph()->mutable_initializer()) {
-      int64_t size = static_cast<int64_t>(t.raw_data().size());
-      if (size < options.external_data_threshold) continue;
-      data.write(t.raw_data().data(), size);
+      uint64_t size = t.raw_data().size();
+      if (static_cast<int64_t>(size) < options.external_data_threshold) continue;
+      if (!data) data.emplace(data_path);
+      data->write(t.raw_data().data(), size);
       t.clear_raw_data();
       t.set_data_location(onnx::TensorProto::EXTERNAL);
       auto add = [&](const std::string& k, const std::string& v) {
@@ -599,25 +698,20 @@ void export_onnx(const Graph& graph, const std::string& path, const ExportOption
         e->set_key(k);
         e->set_value(v);
       };
-      add("location", data_path.filename().string());
+      add("location", fs::path(data_path).filename().string());
       add("offset", std::to_string(offset));
       add("length", std::to_string(size));
       offset += size;
     }
-    if (!data) throw Error("writing '" + data_path.string() + "' failed (disk full?)");
   }
-  // Write to a temporary file and rename, so a crash never leaves half a model.
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error("cannot write '" + tmp + "'");
-    if (m.ByteSizeLong() > static_cast<size_t>(INT_MAX))
-      throw Error("model is larger than 2 GiB; export it with external data");
-    if (!m.SerializeToOstream(&out)) throw Error("writing '" + tmp + "' failed (disk full?)");
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw Error("cannot rename '" + tmp + "' to '" + path + "': " + ec.message());
+  if (m.ByteSizeLong() > static_cast<size_t>(INT_MAX))
+    throw Error("model is larger than 2 GiB; export it with external data");
+  std::string bytes;
+  if (!m.SerializeToString(&bytes)) throw Error("cannot serialize the model for '" + path + "'");
+  AtomicFile model(path);
+  model.write(bytes);
+  if (data) data->commit();
+  model.commit();
 }
 
 void check_with_onnx(const Graph& graph) {

@@ -6,6 +6,10 @@
 #include <numeric>
 #include <sstream>
 
+#include "base/checked.h"
+#include "base/text.h"
+#include "graph/inspect.h"
+
 namespace oxtrain::graph {
 namespace {
 
@@ -59,7 +63,19 @@ void same_as_input(Node& n, const InferContext&) {
 // ---------------------------------------------------------------------------------------
 // Constant folding helpers: byte-level data movement, so folding works for any dtype.
 
+// Folded outputs take their shape from the file but their bytes from nothing: refuse one over
+// kMaxSynthesizedTensorBytes before allocating it.
+void check_synthesized(const Node& n, DType dtype, const Shape& shape) {
+  int64_t bytes = bytes_or_throw(shape, dtype_size(dtype), n.describe() + ": the folded output");
+  if (bytes > kMaxSynthesizedTensorBytes)
+    throw Error(n.describe() + ": the folded output " + dims_text(shape) + " of " + dtype_name(dtype) +
+                " would take " + human_bytes(bytes) + ", more than the " +
+                std::to_string(kMaxSynthesizedTensorBytes >> 30) +
+                " GiB oxtrain builds from a shape in a file");
+}
+
 Tensor& out_data(Node& n, size_t i, DType dtype, Shape shape) {
+  check_synthesized(n, dtype, shape);
   Value* v = n.output(i);
   v->data = std::make_shared<Tensor>(dtype, shape);
   v->dtype = dtype;
@@ -99,6 +115,7 @@ void elementwise_fold(Node& n, F op) {
     }
     return idx;
   };
+  check_synthesized(n, DType::i64, out_shape);  // the integer path's buffer is int64
   int64_t count = shape_numel(out_shape);
   if (is_float(a.dtype)) {
     if (a.dtype != DType::f32 && a.dtype != DType::f64)
@@ -119,9 +136,14 @@ void elementwise_fold(Node& n, F op) {
     auto av = a.to_int64();
     auto bv = b.to_int64();
     std::vector<int64_t> r(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i)
-      r[i] = static_cast<int64_t>(op(static_cast<double>(av[index_of(a, i)]),
-                                     static_cast<double>(bv[index_of(b, i)])));
+    for (int64_t i = 0; i < count; ++i) {
+      double v = op(static_cast<double>(av[index_of(a, i)]), static_cast<double>(bv[index_of(b, i)]));
+      auto as_int = double_to_int64(v);
+      if (!as_int)
+        throw Error(n.describe() + ": the folded integer result " + std::to_string(v) +
+                    " is not a finite int64 (division by zero or overflow)");
+      r[i] = *as_int;
+    }
     Tensor& o = out_data(n, 0, DType::i64, out_shape);
     std::memcpy(o.bytes.data(), r.data(), o.bytes.size());
     if (a.dtype != DType::i64) {
@@ -170,9 +192,13 @@ void infer_conv(Node& n, const InferContext&) {
                 " but weight '" + in(n, 1).name + "' has shape " + join(w) +
                 " (ranks must match)");
   int64_t group = n.attr_int("group", 1);
-  if (group < 1 || x[1] != w[1] * group)
+  auto expected = checked_mul(w[1], group);
+  if (group < 1 || !expected)
+    throw Error(n.describe() + ": group=" + std::to_string(group) + " is out of range for input " +
+                join(x) + " and weight " + join(w) + " (it must be at least 1 and divide the channels)");
+  if (x[1] != *expected)
     throw Error(n.describe() + ": input has " + std::to_string(x[1]) +
-                " channels but weight expects " + std::to_string(w[1] * group) +
+                " channels but weight expects " + std::to_string(*expected) +
                 " (group=" + std::to_string(group) + "); input " + join(x) + ", weight " +
                 join(w));
   if (w[0] % group != 0)
@@ -258,8 +284,9 @@ void infer_broadcast(Node& n, const InferContext&) {
 void infer_flatten(Node& n, const InferContext&) {
   const Shape& x = in_shape(n, 0);
   int64_t axis = norm_axis(n, n.attr_int("axis", 1), static_cast<int64_t>(x.size()), true);
-  int64_t a = 1, b = 1;
-  for (int64_t i = 0; i < static_cast<int64_t>(x.size()); ++i) (i < axis ? a : b) *= x[i];
+  const std::string what = n.describe() + ": input " + join(x);
+  int64_t a = numel_or_throw(std::span(x).first(static_cast<size_t>(axis)), what);
+  int64_t b = numel_or_throw(std::span(x).subspan(static_cast<size_t>(axis)), what);
   set_out(n, 0, in(n, 0).dtype, Shape{a, b});
 }
 
@@ -284,9 +311,12 @@ void infer_reshape(Node& n, const InferContext&) {
     }
     if (d < 0) throw Error(n.describe() + ": invalid shape " + join(target));
     out[i] = d;
-    known *= d;
+    auto product = checked_mul(known, d);
+    if (!product)
+      throw Error(n.describe() + ": target shape " + join(target) + ", whose element count overflows 64 bits");
+    known = *product;
   }
-  int64_t total = shape_numel(x);
+  int64_t total = numel_or_throw(x, n.describe() + ": input");
   if (infer_at >= 0) {
     if (known == 0 || total % known != 0)
       throw Error(n.describe() + ": cannot reshape " + join(x) + " to " + join(target));
@@ -557,16 +587,24 @@ void fold_cast(Node& n, const InferContext&) {
       case DType::boolean: v = x.data<uint8_t>()[i]; break;
       default: throw Error(n.describe() + ": cannot fold a cast from " + dtype_name(x.dtype));
     }
+    // To an integer type: a NaN, an infinity or a value out of the target's range has no
+    // defined result (and a plain cast is undefined behaviour), so it is refused.
+    std::optional<int64_t> as_int;
+    if (to == DType::i64 || to == DType::i32 || to == DType::i8 || to == DType::u8) {
+      as_int = x.dtype == DType::i64 ? x.data<int64_t>()[i] : double_to_int64(v);
+      int64_t lo = to == DType::i32 ? INT32_MIN : to == DType::i8 ? INT8_MIN : to == DType::u8 ? 0 : INT64_MIN;
+      int64_t hi = to == DType::i32 ? INT32_MAX : to == DType::i8 ? INT8_MAX : to == DType::u8 ? UINT8_MAX : INT64_MAX;
+      if (!as_int || *as_int < lo || *as_int > hi)
+        throw Error(n.describe() + ": cannot fold the value " + std::to_string(v) + " to " +
+                    dtype_name(to) + " (not finite or out of its range)");
+    }
     switch (to) {
       case DType::f32: o.data<float>()[i] = static_cast<float>(v); break;
       case DType::f64: o.data<double>()[i] = v; break;
-      case DType::i64:
-        // Integer-to-integer casts stay exact beyond 2^53.
-        o.data<int64_t>()[i] = x.dtype == DType::i64 ? x.data<int64_t>()[i] : static_cast<int64_t>(v);
-        break;
-      case DType::i32: o.data<int32_t>()[i] = static_cast<int32_t>(v); break;
-      case DType::i8: o.data<int8_t>()[i] = static_cast<int8_t>(v); break;
-      case DType::u8: o.data<uint8_t>()[i] = static_cast<uint8_t>(v); break;
+      case DType::i64: o.data<int64_t>()[i] = *as_int; break;  // exact beyond 2^53 from int64
+      case DType::i32: o.data<int32_t>()[i] = static_cast<int32_t>(*as_int); break;
+      case DType::i8: o.data<int8_t>()[i] = static_cast<int8_t>(*as_int); break;
+      case DType::u8: o.data<uint8_t>()[i] = static_cast<uint8_t>(*as_int); break;
       case DType::boolean: o.data<uint8_t>()[i] = v != 0; break;
       default: break;
     }
@@ -597,16 +635,18 @@ void fold_slice(Node& n, const InferContext& ctx) {
   for (size_t i = 0; i < starts.size(); ++i) {
     int64_t a = norm_axis(n, axes[i], rank), dim = x.shape[a], s = steps[i];
     if (s == 0) throw Error(n.describe() + ": step 0");
-    int64_t b = starts[i] < 0 ? starts[i] + dim : starts[i];
-    int64_t e = ends[i] < 0 ? ends[i] + dim : ends[i];
+    s = std::max<int64_t>(s, -INT64_MAX);  // so that -s exists
+    // starts/ends may be anything from INT64_MIN to INT64_MAX; dim is small (real data).
+    int64_t b = starts[i] < 0 ? std::max<int64_t>(starts[i], -dim - 1) + dim : starts[i];
+    int64_t e = ends[i] < 0 ? std::max<int64_t>(ends[i], -dim - 1) + dim : ends[i];
     if (s > 0) {
       b = std::clamp<int64_t>(b, 0, dim);
       e = std::clamp<int64_t>(e, 0, dim);
-      out[a] = e > b ? (e - b + s - 1) / s : 0;
+      out[a] = e > b ? (e - b - 1) / s + 1 : 0;
     } else {
       b = std::clamp<int64_t>(b, 0, dim - 1);
       e = std::clamp<int64_t>(e, -1, dim - 1);
-      out[a] = b > e ? (b - e - s - 1) / -s : 0;
+      out[a] = b > e ? (b - e - 1) / -s + 1 : 0;
     }
     first[a] = b;
     step[a] = s;
@@ -625,7 +665,7 @@ void fold_constant_of_shape(Node& n, const InferContext&) {
   DType dt = value ? value->dtype : DType::f32;
   Tensor& o = out_data(n, 0, dt, dims);
   size_t es = dtype_size(dt);
-  if (value && value->bytes.size() >= es)
+  if (value && es > 0 && value->bytes.size() >= es)
     for (size_t i = 0; i < o.bytes.size(); i += es)
       std::memcpy(o.bytes.data() + i, value->bytes.data(), es);
 }
@@ -673,10 +713,11 @@ void fold_flatten(Node& n, const InferContext& ctx) {
 // the graph and need kernels later): only the ops that can be inferred without data.
 void infer_shape_op(Node& n, const InferContext& ctx) { fold_shape(n, ctx); }
 
+// Import reports these ops (OpSchema::constant_inputs_only) before reaching here; a graph
+// built in code may still call it.
 void infer_unfoldable(Node& n, const InferContext&) {
-  throw Error(n.describe() + ": inputs must be constants (oxtrain folds " + n.op_type +
-              " at import); input '" + (n.inputs.empty() || !n.inputs[0] ? "" : n.inputs[0]->name) +
-              "' is computed at run time");
+  throw Error(n.describe() + ": oxtrain supports " + escape_name(n.op_type) +
+              " only on constant inputs (it folds it at import); here an input is computed at run time");
 }
 
 void infer_cast(Node& n, const InferContext&) {
@@ -769,15 +810,15 @@ std::vector<OpSchema>& registry() {
         {"", "SoftmaxCrossEntropyLoss", infer_sce_loss, nullptr},
         {"", "Constant", fold_constant, fold_constant},
         {"", "Shape", infer_shape_op, fold_shape, {0}},
-        {"", "Gather", infer_unfoldable, fold_gather},
-        {"", "Unsqueeze", infer_unfoldable, fold_unsqueeze},
-        {"", "Squeeze", infer_unfoldable, fold_squeeze},
-        {"", "Concat", infer_unfoldable, fold_concat},
-        {"", "Slice", infer_unfoldable, fold_slice},
-        {"", "ConstantOfShape", infer_unfoldable, fold_constant_of_shape},
+        {"", "Gather", infer_unfoldable, fold_gather, {}, true},
+        {"", "Unsqueeze", infer_unfoldable, fold_unsqueeze, {}, true},
+        {"", "Squeeze", infer_unfoldable, fold_squeeze, {}, true},
+        {"", "Concat", infer_unfoldable, fold_concat, {}, true},
+        {"", "Slice", infer_unfoldable, fold_slice, {}, true},
+        {"", "ConstantOfShape", infer_unfoldable, fold_constant_of_shape, {}, true},
         {"", "Cast", infer_cast, fold_cast},
-        {"", "CastLike", infer_unfoldable, fold_cast_like, {1}},
-        {"", "Expand", infer_unfoldable, fold_expand},
+        {"", "CastLike", infer_unfoldable, fold_cast_like, {1}, true},
+        {"", "Expand", infer_unfoldable, fold_expand, {}, true},
         {"", "Neg", same_as_input, nullptr},
         {"", "Transpose", infer_transpose, nullptr},
         {kTrainingDomain, "Momentum", infer_momentum, nullptr},
@@ -808,6 +849,23 @@ const OpSchema* find_schema(const std::string& domain, const std::string& op_typ
   return nullptr;
 }
 
+std::string nodes_by_op(const std::vector<const Node*>& nodes) {
+  std::map<std::string, std::vector<std::string>> by_op;
+  for (const Node* n : nodes) {
+    std::string op = n->domain.empty() ? n->op_type : n->domain + "." + n->op_type;
+    by_op[escape_name(op)].push_back("'" + escape_name(n->name, 60) + "'");
+  }
+  std::vector<std::pair<std::string, const std::vector<std::string>*>> order;
+  for (const auto& [op, names] : by_op) order.push_back({op, &names});
+  std::stable_sort(order.begin(), order.end(),
+                   [](const auto& a, const auto& b) { return a.second->size() > b.second->size(); });
+  std::vector<std::string> items;
+  for (const auto& [op, names] : order)
+    items.push_back(op + " (" + std::to_string(names->size()) +
+                    (names->size() == 1 ? " node: " : " nodes: ") + join_limited(*names, 60) + ")");
+  return join_limited(items, kMaxMessageLine - 40);
+}
+
 std::vector<std::string> supported_ops() {
   std::vector<std::string> out;
   for (const OpSchema& s : registry())
@@ -827,9 +885,11 @@ WindowGeometry window_geometry(const Node& node, const Shape& input,
   g.dilations = node.attr_ints("dilations", std::vector<int64_t>(r, 1));
   auto pads = node.attr_ints("pads", std::vector<int64_t>(2 * r, 0));
   if (g.strides.size() != r || g.dilations.size() != r || pads.size() != 2 * r)
-    throw Error(node.describe() + ": strides " + join(g.strides) + ", dilations " +
-                join(g.dilations) + " or pads " + join(pads) + " do not fit a " +
+    throw Error(node.describe() + ": strides " + dims_text(g.strides) + ", dilations " +
+                dims_text(g.dilations) + " or pads " + dims_text(pads) + " do not fit a " +
                 std::to_string(r) + "-d kernel");
+  for (int64_t p : pads)
+    if (p < 0) throw Error(node.describe() + ": pads " + dims_text(pads) + " must not be negative");
   std::string auto_pad = node.attr_string("auto_pad", "NOTSET");
   g.pads_begin.assign(pads.begin(), pads.begin() + r);
   g.pads_end.assign(pads.begin() + r, pads.end());
@@ -837,10 +897,17 @@ WindowGeometry window_geometry(const Node& node, const Shape& input,
     int64_t in = input[i + 2], s = g.strides[i], d = g.dilations[i], k = kernel[i];
     if (s < 1 || d < 1 || k < 1)
       throw Error(node.describe() + ": kernel, strides and dilations must be positive");
-    int64_t eff = (k - 1) * d + 1;
+    // Attributes come from the file: every sum and product below is checked.
+    auto scaled = checked_mul(k - 1, d);
+    auto padded = checked_add(in, g.pads_begin[i]);
+    if (padded) padded = checked_add(*padded, g.pads_end[i]);
+    if (!scaled || !padded)
+      throw Error(node.describe() + ": kernel " + dims_text(kernel) + ", dilations " + dims_text(g.dilations) +
+                  " or pads " + dims_text(pads) + " are too large");
+    int64_t eff = *scaled + 1;
     if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
-      int64_t out = (in + s - 1) / s;
-      int64_t total = std::max<int64_t>(0, (out - 1) * s + eff - in);
+      int64_t out = in / s + (in % s != 0);
+      int64_t total = std::max<int64_t>(0, (out - 1) * s + eff - in);  // <= eff + s: no overflow
       int64_t small = total / 2;
       g.pads_begin[i] = auto_pad == "SAME_UPPER" ? small : total - small;
       g.pads_end[i] = total - g.pads_begin[i];
@@ -849,13 +916,14 @@ WindowGeometry window_geometry(const Node& node, const Shape& input,
     } else if (auto_pad != "NOTSET") {
       throw Error(node.describe() + ": unknown auto_pad '" + auto_pad + "'");
     }
-    int64_t span = in + g.pads_begin[i] + g.pads_end[i] - eff;
+    int64_t span = in + g.pads_begin[i] + g.pads_end[i] - eff;  // checked above (auto_pad: <= eff + s)
     if (span < 0)
       throw Error(node.describe() + ": window of " + std::to_string(eff) +
                   " is larger than the padded input " + join(input));
-    int64_t out = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
+    int64_t out = span / s + (ceil_mode && span % s != 0) + 1;
     // As PyTorch: the last window must start inside the input or the left padding.
-    if (ceil_mode && (out - 1) * s >= in + g.pads_begin[i]) --out;
+    auto last_start = checked_mul(out - 1, s);
+    if (ceil_mode && (!last_start || *last_start >= in + g.pads_begin[i])) --out;
     g.output.push_back(out);
   }
   return g;

@@ -35,7 +35,15 @@ struct OpSchema {
   // Inputs of which folding needs only the type and shape, not the data (Shape's input,
   // CastLike's second input).
   std::vector<size_t> metadata_inputs = {};
+  // Ops oxtrain evaluates only by folding (no kernel, no inference without data): import
+  // reports them, all at once, when their inputs are computed at run time.
+  bool constant_inputs_only = false;
 };
+
+// Nodes grouped by op for a one-line message, most frequent op first:
+// "Foo (12 nodes: 'a', 'b', and 10 more), Bar (1 node: 'c')"; names escaped, lists shortened
+// with join_limited (all of them under --verbose).
+std::string nodes_by_op(const std::vector<const Node*>& nodes);
 
 // nullptr when the op is not supported.
 const OpSchema* find_schema(const std::string& domain, const std::string& op_type);

@@ -2,9 +2,11 @@
 
 #include <onnx/onnx_pb.h>
 
-#include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <climits>
+#include <cstring>
+
+#include "base/checked.h"
+#include "base/files.h"
 
 namespace oxtrain::graph {
 
@@ -50,33 +52,46 @@ void batchnorm_to_inference(Graph& g) {
   g.prune_values();
 }
 
+// A tensor file holds one batch or one reference tensor; 2 GiB is protobuf's limit anyway.
+constexpr uint64_t kMaxTensorFileBytes = INT_MAX;
+
 Tensor read_tensor_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("tensor file '" + path + "' does not exist or cannot be read");
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
+  std::string bytes = read_regular_file(path, kMaxTensorFileBytes, "tensor file");
   onnx::TensorProto proto;
-  if (!proto.ParseFromString(bytes.str()))
-    throw Error("'" + path + "' is not an ONNX TensorProto file");
+  if (!proto.ParseFromString(bytes)) throw Error("'" + path + "' is not an ONNX TensorProto file");
+  bytes = std::string();  // the proto holds its own copy
   DType dtype = dtype_from_onnx(proto.data_type());
   if (dtype == DType::undefined)
     throw Error("'" + path + "' holds ONNX data type " + std::to_string(proto.data_type()) +
                 ", which oxtrain does not read");
-  Tensor t(dtype, Shape(proto.dims().begin(), proto.dims().end()));
+  if (proto.data_location() == onnx::TensorProto::EXTERNAL)
+    throw Error("'" + path + "' refers to external data; save the tensor with its data inline");
+  // Every size is checked against the bytes in the file before the tensor is allocated.
+  Shape shape(proto.dims().begin(), proto.dims().end());
+  const std::string what = "'" + path + "': a tensor";
+  const int64_t need = bytes_or_throw(shape, dtype_size(dtype), what);
+  const int64_t count = need / static_cast<int64_t>(dtype_size(dtype));
   if (proto.has_raw_data()) {
-    if (proto.raw_data().size() != t.bytes.size())
-      throw Error("'" + path + "': " + shape_str(t.shape) + " needs " + std::to_string(t.bytes.size()) +
-                  " bytes, the file holds " + std::to_string(proto.raw_data().size()));
-    std::memcpy(t.bytes.data(), proto.raw_data().data(), t.bytes.size());
-  } else if (dtype == DType::f32 && proto.float_data_size() == t.numel()) {
-    std::copy(proto.float_data().begin(), proto.float_data().end(), t.data<float>());
-  } else if (dtype == DType::i64 && proto.int64_data_size() == t.numel()) {
-    std::copy(proto.int64_data().begin(), proto.int64_data().end(), t.data<int64_t>());
-  } else if (dtype == DType::f64 && proto.double_data_size() == t.numel()) {
-    std::copy(proto.double_data().begin(), proto.double_data().end(), t.data<double>());
-  } else {
-    throw Error("'" + path + "': tensor data missing or of the wrong size");
+    if (proto.raw_data().size() != static_cast<uint64_t>(need))
+      throw Error("'" + path + "': " + dims_text(shape) + " of " + dtype_name(dtype) + " needs " +
+                  std::to_string(need) + " bytes, the file holds " + std::to_string(proto.raw_data().size()));
+    Tensor t(dtype, shape);
+    if (need > 0) std::memcpy(t.bytes.data(), proto.raw_data().data(), t.bytes.size());
+    return t;
   }
+  int64_t have = dtype == DType::f32 ? proto.float_data_size()
+                 : dtype == DType::i64 ? proto.int64_data_size()
+                 : dtype == DType::f64 ? proto.double_data_size()
+                                       : -1;
+  if (have < 0)
+    throw Error("'" + path + "': " + dtype_name(dtype) + " data must be stored as raw_data");
+  if (have != count)
+    throw Error("'" + path + "': " + dims_text(shape) + " of " + dtype_name(dtype) + " needs " +
+                std::to_string(count) + " values, the file holds " + std::to_string(have));
+  Tensor t(dtype, shape);
+  if (dtype == DType::f32) std::copy(proto.float_data().begin(), proto.float_data().end(), t.data<float>());
+  if (dtype == DType::i64) std::copy(proto.int64_data().begin(), proto.int64_data().end(), t.data<int64_t>());
+  if (dtype == DType::f64) std::copy(proto.double_data().begin(), proto.double_data().end(), t.data<double>());
   return t;
 }
 
@@ -85,12 +100,9 @@ void write_tensor_file(const Tensor& t, const std::string& path) {
   proto.set_data_type(dtype_to_onnx(t.dtype));
   for (int64_t d : t.shape) proto.add_dims(d);
   proto.set_raw_data(t.bytes.data(), t.bytes.size());
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out || !proto.SerializeToOstream(&out)) throw Error("cannot write '" + tmp + "'");
-  }
-  std::filesystem::rename(tmp, path);
+  std::string bytes;
+  if (!proto.SerializeToString(&bytes)) throw Error("cannot serialize a tensor for '" + path + "'");
+  write_file_atomic(path, bytes);
 }
 
 }  // namespace oxtrain::graph

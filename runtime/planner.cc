@@ -4,6 +4,8 @@
 #include <numeric>
 #include <set>
 
+#include "base/checked.h"
+
 namespace oxtrain::runtime {
 
 using graph::Role;
@@ -26,7 +28,14 @@ const Placement& MemoryPlan::at(const Value* v) const {
 }
 
 namespace {
-int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+// Sizes come from shapes a file declared: every sum is checked, so a plan too large for 64
+// bits is refused instead of wrapping into a small arena.
+int64_t plan_add(int64_t a, int64_t b) {
+  auto r = checked_add(a, b);
+  if (!r) throw Error("the memory plan needs more bytes than fit in 64 bits; the model's shapes are too large");
+  return *r;
+}
+int64_t align_up(int64_t v, int64_t a) { return plan_add(v, a - 1) / a * a; }
 }  // namespace
 
 OffsetAssignment assign_offsets(const std::vector<LiveInterval>& intervals, int64_t alignment) {
@@ -63,7 +72,7 @@ OffsetAssignment assign_offsets(const std::vector<LiveInterval>& intervals, int6
     }
     if (best < 0) best = cursor;  // after everything alive now
     out.offsets[i] = best;
-    out.arena_bytes = std::max(out.arena_bytes, best + size);
+    out.arena_bytes = std::max(out.arena_bytes, plan_add(best, size));
     placed.push_back(i);
   }
   return out;
@@ -86,7 +95,7 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
   // Inputs.
   for (const Value* v : g.inputs) {
     plan.placements[v] = {Arena::input, plan.input_bytes, v->bytes()};
-    plan.input_bytes += align_up(v->bytes(), options.alignment);
+    plan.input_bytes = plan_add(plan.input_bytes, align_up(v->bytes(), options.alignment));
   }
   // Persistent: parameters, then state, then constants.
   for (Role role : {Role::Parameter, Role::State, Role::Constant}) {
@@ -96,7 +105,7 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
                                           : v->role == role;
       if (!match) continue;
       plan.placements[v] = {Arena::persistent, plan.persistent_bytes, v->bytes()};
-      plan.persistent_bytes += align_up(v->bytes(), options.alignment);
+      plan.persistent_bytes = plan_add(plan.persistent_bytes, align_up(v->bytes(), options.alignment));
     }
     int64_t bytes = plan.persistent_bytes - start;
     (role == Role::Parameter ? plan.parameter_bytes
@@ -107,7 +116,7 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
   for (const Value* v : options.gradients) {
     if (!gradient_set.insert(v).second || !v->producer) continue;
     plan.placements[v] = {Arena::gradient, plan.gradient_bytes, v->bytes()};
-    plan.gradient_bytes += align_up(v->bytes(), options.alignment);
+    plan.gradient_bytes = plan_add(plan.gradient_bytes, align_up(v->bytes(), options.alignment));
   }
 
   // Updates written straight into their state: the producer must be the state's last
@@ -148,7 +157,7 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
       const Value* v = n.outputs[o];
       if (!v || plan.placements.count(v)) continue;
       activations.push_back(v);
-      plan.activation_naive_bytes += align_up(v->bytes(), options.alignment);
+      plan.activation_naive_bytes = plan_add(plan.activation_naive_bytes, align_up(v->bytes(), options.alignment));
       // In place: output 0 over an input activation of the same size that dies here.
       if (options.in_place && o == 0 && in_place_op(n)) {
         for (const Value* in : n.inputs) {
@@ -175,7 +184,8 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
 
   plan.live_bytes.assign(static_cast<size_t>(std::max<int64_t>(end, 1)), 0);
   for (const LiveInterval& gr : groups)
-    for (int64_t t = gr.first; t <= std::min(gr.last, end - 1); ++t) plan.live_bytes[t] += gr.bytes;
+    for (int64_t t = gr.first; t <= std::min(gr.last, end - 1); ++t)
+      plan.live_bytes[t] = plan_add(plan.live_bytes[t], gr.bytes);
   plan.peak_live_bytes = *std::max_element(plan.live_bytes.begin(), plan.live_bytes.end());
   return plan;
 }

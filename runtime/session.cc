@@ -1,9 +1,17 @@
 #include "runtime/session.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+
+#include "base/checked.h"
+#include "base/text.h"
+#include "graph/inspect.h"
+#include "graph/onnx_io.h"
+#include "graph/ops.h"
 
 namespace oxtrain::runtime {
 
@@ -20,6 +28,71 @@ uint8_t* allocate(int64_t bytes) {
   return static_cast<uint8_t*>(p);
 }
 
+// Physical memory of this machine in bytes; 0 when unknown.
+int64_t physical_memory_bytes() {
+  long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return 0;
+  return checked_mul(pages, page).value_or(INT64_MAX);
+}
+
+// Refuses a plan larger than the machine before its arenas are allocated (a bad_alloc, or a
+// machine swapping to death, says nothing useful). Inputs and activations grow with the batch,
+// the rest does not: the message says which batch would fit.
+void check_plan_fits(const graph::Graph& g, const MemoryPlan& plan, int64_t workspace) {
+  auto sum = [](std::initializer_list<int64_t> parts) {
+    int64_t total = 0;
+    for (int64_t p : parts) total = checked_add(total, p).value_or(INT64_MAX);
+    return total;
+  };
+  int64_t fixed = sum({plan.persistent_bytes, plan.gradient_bytes, workspace});
+  int64_t per_batch = sum({plan.input_bytes, plan.activation_arena_bytes});
+  int64_t total = sum({fixed, per_batch});
+  int64_t machine = physical_memory_bytes();
+  if (machine == 0 || total <= machine) return;
+  int64_t batch = graph::batch_size_of(g);
+  int64_t per_sample = std::max<int64_t>(1, per_batch / batch + (per_batch % batch != 0));
+  int64_t fits = machine > fixed ? std::min(batch - 1, (machine - fixed) / per_sample) : 0;
+  using graph::human_bytes;
+  throw Error("the plan needs " + human_bytes(total) + " (inputs and activations " + human_bytes(per_batch) +
+              " at batch " + std::to_string(batch) + ", weights, state and gradients " + human_bytes(fixed) +
+              ") but this machine has " + human_bytes(machine) +
+              (fits >= 1 ? "; lower --batch-size (" + std::to_string(fits) + " fits)"
+                         : "; even a batch of 1 does not fit"));
+}
+
+// Every node gets its kernel here, or a reason it cannot run; all of them are reported at
+// once, in words that say what oxtrain lacks rather than what is wrong with the model.
+std::vector<std::unique_ptr<Kernel>> make_kernels(const graph::Graph& g, Device device, size_t* workspace) {
+  const KernelRegistry& registry = KernelRegistry::global();
+  std::vector<std::unique_ptr<Kernel>> kernels;
+  std::vector<const graph::Node*> missing;
+  std::vector<std::string> refused;
+  bool all_fold_only = true;
+  for (const auto& n : g.nodes()) {
+    const KernelFactory* factory = registry.find(n->domain, n->op_type, device);
+    if (!factory) {
+      missing.push_back(n.get());
+      const graph::OpSchema* schema = graph::find_schema(n->domain, n->op_type);
+      all_fold_only = all_fold_only && schema && schema->fold;
+      continue;
+    }
+    try {
+      kernels.push_back((*factory)(KernelInit{*n, g.opset(n->domain), device}));
+      *workspace = std::max(*workspace, kernels.back()->workspace_bytes());
+    } catch (const Error& e) {
+      refused.push_back(e.what());
+    }
+  }
+  if (missing.empty() && refused.empty()) return kernels;
+  std::string msg = std::string("unsupported at run time on ") + device_name(device) + ": ";
+  if (!missing.empty()) {
+    msg += "no kernel for " + graph::nodes_by_op(missing);
+    if (all_fold_only) msg += " (oxtrain evaluates these ops only on constant inputs, at import)";
+  }
+  if (!refused.empty()) msg += (missing.empty() ? "" : "; ") + join_limited(refused, kMaxMessageLine, "; ");
+  throw Error(msg);
+}
+
 }  // namespace
 
 Session::Session(graph::Graph graph, const SessionOptions& options)
@@ -30,34 +103,18 @@ Session::Session(graph::Graph graph, const SessionOptions& options)
   for (const auto& n : graph_.nodes())
     for (const Value* v : n->outputs)
       if (v && (!v->rank_known || !graph::shape_known(v->shape) || v->dtype == graph::DType::undefined))
-        throw Error(n->describe() + ": output '" + v->name + "' has no known shape or type");
+        throw Error(n->describe() + ": output '" + escape_name(v->name) + "' has no known shape or type");
 
-  // Kernels first, so every missing one is reported at once.
-  const KernelRegistry& registry = KernelRegistry::global();
-  std::map<std::string, std::vector<std::string>> missing;
-  for (const auto& n : graph_.nodes()) {
-    if (!registry.find(n->domain, n->op_type, options_.device))
-      missing[n->domain.empty() ? n->op_type : n->domain + "." + n->op_type].push_back(n->name);
-  }
-  if (!missing.empty()) {
-    std::string msg = std::string("no ") + device_name(options_.device) + " kernel for:";
-    for (const auto& [op, names] : missing)
-      msg += " " + op + " ('" + names[0] + "'" +
-             (names.size() > 1 ? " and " + std::to_string(names.size() - 1) + " more" : "") + ")";
-    throw Error(msg);
-  }
+  // Kernels first, so every node that cannot run is reported at once.
   size_t workspace = 0;
-  for (const auto& n : graph_.nodes()) {
-    KernelInit init{*n, graph_.opset(n->domain), options_.device};
-    kernels_.push_back((*registry.find(n->domain, n->op_type, options_.device))(init));
-    workspace = std::max(workspace, kernels_.back()->workspace_bytes());
-  }
+  kernels_ = make_kernels(graph_, options_.device, &workspace);
 
   PlanOptions plan_options;
   plan_options.in_place = options_.in_place && !options_.keep_all_values;
   plan_options.keep_all = options_.keep_all_values;
   for (const auto& name : options_.gradients) plan_options.gradients.push_back(graph_.value(name));
   plan_ = plan_memory(graph_, plan_options);
+  check_plan_fits(graph_, plan_, static_cast<int64_t>(std::min<size_t>(workspace, INT64_MAX)));
 
   input_ = {allocate(plan_.input_bytes), plan_.input_bytes};
   persistent_ = {allocate(plan_.persistent_bytes), plan_.persistent_bytes};
