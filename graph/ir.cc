@@ -129,6 +129,9 @@ Tensor::Tensor(DType dtype_, Shape shape_) : dtype(dtype_), shape(std::move(shap
 
 std::vector<int64_t> Tensor::to_int64() const {
   int64_t n = numel();
+  // A folded constant may be up to kMaxSynthesizedTensorBytes of bytes; its int64 copy too.
+  if (checked_mul(n, 8).value_or(INT64_MAX) > kMaxSynthesizedTensorBytes)
+    throw Error("a constant of shape " + shape_str(shape) + " is too large to read as integers");
   std::vector<int64_t> out(static_cast<size_t>(std::max<int64_t>(n, 0)));
   for (int64_t i = 0; i < n; ++i) {
     switch (dtype) {

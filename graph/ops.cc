@@ -145,7 +145,7 @@ void elementwise_fold(Node& n, F op) {
       r[i] = *as_int;
     }
     Tensor& o = out_data(n, 0, DType::i64, out_shape);
-    std::memcpy(o.bytes.data(), r.data(), o.bytes.size());
+    if (!o.bytes.empty()) std::memcpy(o.bytes.data(), r.data(), o.bytes.size());
     if (a.dtype != DType::i64) {
       // Keep the input's integer type.
       Tensor cast(a.dtype, out_shape);
@@ -561,7 +561,7 @@ void fold_concat(Node& n, const InferContext&) {
   size_t offset = 0;
   for (const Tensor* t : parts) {
     size_t chunk = static_cast<size_t>(t->shape[axis] * inner) * es;
-    for (int64_t o_i = 0; o_i < outer; ++o_i)
+    for (int64_t o_i = 0; chunk > 0 && o_i < outer; ++o_i)
       std::memcpy(o.bytes.data() + o_i * row + offset, t->bytes.data() + o_i * chunk, chunk);
     offset += chunk;
   }

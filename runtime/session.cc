@@ -122,7 +122,8 @@ Session::Session(graph::Graph graph, const SessionOptions& options)
   activation_ = {allocate(plan_.activation_arena_bytes), plan_.activation_arena_bytes};
   workspace_ = {allocate(static_cast<int64_t>(workspace)), static_cast<int64_t>(workspace)};
 
-  for (const Value* v : graph_.initializers()) std::memcpy(address(v), v->data->bytes.data(), v->data->bytes.size());
+  for (const Value* v : graph_.initializers())
+    if (!v->data->bytes.empty()) std::memcpy(address(v), v->data->bytes.data(), v->data->bytes.size());
 
   for (const auto& n : graph_.nodes()) {
     KernelArgs args;
@@ -164,7 +165,7 @@ void Session::feed(const std::string& name, graph::DType dtype, const graph::Sha
       throw Error("input '" + name + "' expects " + graph::dtype_name(v->dtype) + " " +
                   graph::shape_str(v->shape) + ", got " + graph::dtype_name(dtype) + " " +
                   graph::shape_str(shape));
-    std::memcpy(address(v), data, static_cast<size_t>(v->bytes()));
+    if (v->bytes() > 0) std::memcpy(address(v), data, static_cast<size_t>(v->bytes()));
     fed_[i] = true;
     return;
   }
@@ -200,7 +201,7 @@ void Session::run() {
 Tensor Session::fetch(const std::string& name) const {
   const Value* v = graph_.value(name);
   Tensor t(v->dtype, v->shape);
-  std::memcpy(t.bytes.data(), address(v), t.bytes.size());
+  if (!t.bytes.empty()) std::memcpy(t.bytes.data(), address(v), t.bytes.size());
   return t;
 }
 
@@ -212,7 +213,7 @@ void Session::assign(const std::string& name, const Tensor& tensor) {
     throw Error("'" + name + "' is " + graph::dtype_name(v->dtype) + " " + v->shape_string() +
                 ", cannot assign " + graph::dtype_name(tensor.dtype) + " " +
                 graph::shape_str(tensor.shape));
-  std::memcpy(address(v), tensor.bytes.data(), tensor.bytes.size());
+  if (!tensor.bytes.empty()) std::memcpy(address(v), tensor.bytes.data(), tensor.bytes.size());
 }
 
 }  // namespace oxtrain::runtime
