@@ -157,6 +157,8 @@ DataFolders find_data_folders(const std::string& data) {
   if (fs::is_directory(fs::path(data) / "train", ec)) {
     f.train = (fs::path(data) / "train").string();
     if (fs::is_directory(fs::path(data) / "val", ec)) f.val = (fs::path(data) / "val").string();
+    // Labels are class indices: a class more, fewer or renamed in val/ shifts them all.
+    if (!f.val.empty()) io::check_same_classes(f.train, f.val);
   } else {
     f.train = data;
   }
