@@ -1,6 +1,7 @@
 #include "graph/ir.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <set>
 #include <sstream>
 #include <unordered_map>
@@ -9,6 +10,15 @@
 #include "base/text.h"
 
 namespace oxtrain::graph {
+
+namespace {
+// A double as a message shows it: "nan", "1e+30", "2.5".
+std::string number_text(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+}  // namespace
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
@@ -145,7 +155,7 @@ std::vector<int64_t> Tensor::to_int64() const {
         double v = dtype == DType::f32 ? data<float>()[i] : data<double>()[i];
         auto as_int = double_to_int64(v);
         if (!as_int)
-          throw Error("the value " + std::to_string(v) + " cannot be read as an integer");
+          throw Error("the value " + number_text(v) + " cannot be read as an integer");
         out[i] = *as_int;
         break;
       }

@@ -1,6 +1,7 @@
 #include "graph/ops.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -15,6 +16,13 @@ namespace {
 
 // ---------------------------------------------------------------------------------------
 // Small helpers shared by the rules below.
+
+// A double as a message shows it: "nan", "1e+30", "2.5".
+std::string number_text(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
 
 const Value& in(const Node& n, size_t i) {
   const Value* v = n.input(i);
@@ -140,7 +148,7 @@ void elementwise_fold(Node& n, F op) {
       double v = op(static_cast<double>(av[index_of(a, i)]), static_cast<double>(bv[index_of(b, i)]));
       auto as_int = double_to_int64(v);
       if (!as_int)
-        throw Error(n.describe() + ": the folded integer result " + std::to_string(v) +
+        throw Error(n.describe() + ": the folded integer result " + number_text(v) +
                     " is not a finite int64 (division by zero or overflow)");
       r[i] = *as_int;
     }
@@ -595,7 +603,7 @@ void fold_cast(Node& n, const InferContext&) {
       int64_t lo = to == DType::i32 ? INT32_MIN : to == DType::i8 ? INT8_MIN : to == DType::u8 ? 0 : INT64_MIN;
       int64_t hi = to == DType::i32 ? INT32_MAX : to == DType::i8 ? INT8_MAX : to == DType::u8 ? UINT8_MAX : INT64_MAX;
       if (!as_int || *as_int < lo || *as_int > hi)
-        throw Error(n.describe() + ": cannot fold the value " + std::to_string(v) + " to " +
+        throw Error(n.describe() + ": cannot fold the value " + number_text(v) + " to " +
                     dtype_name(to) + " (not finite or out of its range)");
     }
     switch (to) {
