@@ -311,8 +311,8 @@ struct Unsupported {
     if (!unknown.empty()) msg = "unsupported ops: " + nodes_by_op(unknown);
     if (!constant_only.empty())
       msg += (msg.empty() ? "" : "; ") +
-             std::string("supported only on constant inputs (oxtrain folds them at import), "
-                         "here with inputs that are not constants: ") +
+             std::string("supported only on constant inputs, folded at import (not on inputs computed "
+                         "at run time, nor as graph outputs): ") +
              nodes_by_op(constant_only);
     return msg;
   }
