@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -15,8 +16,12 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
 
 #include "autodiff/training.h"
+#include "base/files.h"
+#include "base/text.h"
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "cli/train_data.h"
@@ -39,25 +44,37 @@ struct TrainArgs {
   int64_t epochs = 90, start_epoch = 0, batch_size = 256;
   double lr = 0.1, momentum = 0.9, weight_decay = 1e-4;
   int64_t print_freq = 10;
-  int workers = 4;
+  int64_t workers = 4;
   std::string resume;
   bool evaluate = false;
-  uint64_t seed = 0;
+  int64_t seed = 0;
   bool synthetic = false;
   std::string device = "cpu";
   std::string input_tensors;
   int64_t steps = 0;
   std::string save_model, metrics_json;
   std::string checkpoint_dir = ".";
-  int image_size = 224;
+  int64_t image_size = 224;
   double min_crop_scale = 0.08;
   int64_t num_classes = 0;
+  bool num_classes_given = false;  // an explicit --num-classes 0 is refused
   std::string lr_schedule = "step";
   int world_size = 1, rank = 0;
   std::string dist_url, dist_backend = "nccl";
   bool multiprocessing_distributed = false;
-  int threads = 0;
+  int64_t threads = 0;
+  bool allow_external_data_anywhere = false;
 };
+
+// Bounds of the flags: generous for real use, small enough that a typo cannot hang the
+// program (OpenBLAS with --threads 100000) or make it allocate beyond any machine.
+constexpr int64_t kMaxBatch = 1 << 16;
+constexpr int64_t kMaxImageSize = 4096, kMinImageSize = 8;
+constexpr int64_t kMaxClasses = 1 << 20;
+constexpr int64_t kMaxEpochs = 1 << 20;
+int64_t max_threads() {
+  return std::max<int64_t>(64, 4 * static_cast<int64_t>(std::thread::hardware_concurrency()));
+}
 
 std::atomic<bool> g_interrupted{false};
 extern "C" void on_sigint(int) { g_interrupted = true; }
@@ -65,8 +82,14 @@ extern "C" void on_sigint(int) { g_interrupted = true; }
 int64_t peak_rss_bytes() {
   std::ifstream status("/proc/self/status");
   std::string line;
-  while (std::getline(status, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) != 0) continue;
+    // "VmHWM:    123456 kB"
+    std::string digits;
+    for (char c : line.substr(6))
+      if (c >= '0' && c <= '9') digits += c;
+    return parse_int64(digits).value_or(0) * 1024;
+  }
   return 0;
 }
 
@@ -76,15 +99,45 @@ double learning_rate(const TrainArgs& a, int64_t epoch) {
   return a.lr * std::pow(0.1, static_cast<double>(epoch / 30));  // main.py's adjust_learning_rate
 }
 
-void check_args(const TrainArgs& a) {
-  if (a.batch_size <= 0) throw Error("--batch-size must be positive, got " + std::to_string(a.batch_size));
-  if (!(a.lr > 0)) throw Error("--lr must be positive, got " + std::to_string(a.lr));
-  if (a.momentum < 0) throw Error("--momentum must not be negative");
-  if (a.print_freq <= 0) throw Error("--print-freq must be positive");
-  if (a.epochs <= 0 || a.start_epoch < 0 || a.start_epoch > a.epochs)
-    throw Error("--epochs must be positive and --start-epoch within [0, epochs]");
+std::string number_text(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%g", v);
+  return buffer;
+}
+
+void check_range(const char* flag, int64_t value, int64_t lo, int64_t hi, const char* note = "") {
+  if (value < lo || value > hi)
+    throw Error(std::string(flag) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                "]" + note + ", got " + std::to_string(value));
+}
+
+// Every number of the command line, before any work: a value out of range is named with its
+// flag and the range (a NaN --lr would otherwise surface as "the loss is NaN" steps later).
+void check_numbers(const TrainArgs& a) {
+  check_range("--batch-size", a.batch_size, 1, kMaxBatch);
+  if (!(std::isfinite(a.lr) && a.lr > 0))
+    throw Error("--lr must be a finite number greater than 0, got " + number_text(a.lr));
+  if (!(a.momentum >= 0 && a.momentum < 1))
+    throw Error("--momentum must be in [0, 1), got " + number_text(a.momentum));
+  if (!(std::isfinite(a.weight_decay) && a.weight_decay >= 0))
+    throw Error("--wd must be a finite number of at least 0, got " + number_text(a.weight_decay));
+  check_range("--epochs", a.epochs, 1, kMaxEpochs);
+  check_range("--start-epoch", a.start_epoch, 0, a.epochs, " (0 to --epochs)");
+  check_range("--print-freq", a.print_freq, 1, INT64_MAX);
+  check_range("--steps", a.steps, 0, INT64_MAX, " (0: no limit)");
+  check_range("--seed", a.seed, 0, INT64_MAX);
+  if (a.num_classes_given) check_range("--num-classes", a.num_classes, 1, kMaxClasses);
+  check_range("--image-size", a.image_size, kMinImageSize, kMaxImageSize);
+  check_range("--threads", a.threads, 0, max_threads(), " (0: all cores)");
+  check_range("--workers", a.workers, 0, max_threads(), " (0: load in the training thread)");
   if (!(a.min_crop_scale > 0 && a.min_crop_scale <= 1))
-    throw Error("--min-crop-scale must be in (0, 1]");
+    throw Error("--min-crop-scale must be in (0, 1], got " + number_text(a.min_crop_scale));
+}
+
+void check_args(const TrainArgs& a) {
+  check_numbers(a);
   if (a.lr_schedule != "step" && a.lr_schedule != "cosine")
     throw Error("--lr-schedule is 'step' (10x every 30 epochs, as main.py) or 'cosine'");
   if (a.world_size != 1 || a.rank != 0 || a.multiprocessing_distributed)
@@ -92,11 +145,63 @@ void check_args(const TrainArgs& a) {
                 "built yet; run with --world-size 1");
   if (a.device == "cuda")
     throw Error("--device cuda: the CUDA runtime cannot train yet; use --device cpu");
-  if (a.device != "cpu") throw Error("--device is cpu or cuda, got '" + a.device + "'");
+  if (a.device != "cpu") throw Error("--device is cpu or cuda, got '" + escape_name(a.device) + "'");
+  std::error_code ec;
+  if (!a.data.empty() && fs::is_regular_file(a.data, ec)) {
+    std::string ext = fs::path(a.data).extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (ext == ".onnx")
+      throw Error("DATA '" + escape_name(a.data) + "' looks like a model; use --model FILE (DATA is "
+                  "an ImageNet folder)");
+  }
   int sources = (!a.data.empty()) + a.synthetic + (!a.input_tensors.empty());
   if (sources != 1)
     throw Error("give exactly one data source: DATA (an ImageNet folder), --synthetic, or "
                 "--input-tensors IMAGES.pb,LABELS.pb");
+}
+
+// A file the run will write at its end (--metrics-json, --save-model): its folder must exist
+// and be writable now, not after hours of training.
+void check_output_file(const char* flag, const std::string& path) {
+  if (path.empty()) return;
+  std::error_code ec;
+  fs::path folder = fs::path(path).parent_path();
+  if (folder.empty()) folder = ".";
+  const std::string shown = escape_name(path);
+  if (!fs::is_directory(folder, ec))
+    throw Error(std::string(flag) + " '" + shown + "': folder '" + escape_name(folder.string()) +
+                "' does not exist; create it first");
+  if (fs::is_directory(path, ec))
+    throw Error(std::string(flag) + " '" + shown + "' is a folder; give a file name");
+  if (::access(folder.c_str(), W_OK | X_OK) != 0)
+    throw Error(std::string(flag) + " '" + shown + "': folder '" + escape_name(folder.string()) +
+                "' is not writable");
+}
+
+void check_checkpoint_dir(const std::string& dir) {
+  std::error_code ec;
+  const std::string shown = escape_name(dir);
+  fs::create_directories(dir, ec);
+  if (ec) throw Error("--checkpoint-dir '" + shown + "' cannot be created: " + ec.message());
+  if (!fs::is_directory(dir, ec)) throw Error("--checkpoint-dir '" + shown + "' is not a folder");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    throw Error("--checkpoint-dir '" + shown + "' is not writable; choose another folder");
+}
+
+// Where the run's files go, checked before any work; a "<file>.tmp" that a killed run left
+// behind is removed (and said once).
+void prepare_outputs(const TrainArgs& a) {
+  check_output_file("--metrics-json", a.metrics_json);
+  check_output_file("--save-model", a.save_model);
+  if (!a.evaluate) check_checkpoint_dir(a.checkpoint_dir);
+  std::vector<std::string> outputs{a.metrics_json, a.save_model};
+  if (!a.evaluate)
+    for (const char* name : {"checkpoint.oxt", "model_best.oxt"})
+      outputs.push_back((fs::path(a.checkpoint_dir) / name).string());
+  for (const auto& path : outputs)
+    if (!path.empty() && remove_stale_tmp(path))
+      std::printf("oxtrain: removed '%s', left by an interrupted run\n",
+                  escape_name(atomic_tmp_path(path)).c_str());
 }
 
 // Copies every persistent value the two sessions share (weights, BN statistics).
@@ -116,6 +221,7 @@ struct Model {
 Model load_model(const TrainArgs& a, int64_t classes) {
   graph::ImportOptions io;
   io.batch_size = a.batch_size;
+  io.allow_external_data_anywhere = a.allow_external_data_anywhere;
   Model m;
   if (!a.model.empty()) {
     m.forward = graph::import_onnx(a.model, io);
@@ -124,7 +230,7 @@ Model load_model(const TrainArgs& a, int64_t classes) {
     graph::ZooOptions zo;
     zo.num_classes = classes;
     zo.image_size = a.image_size;
-    zo.seed = a.seed;
+    zo.seed = static_cast<uint64_t>(a.seed);
     m.forward = graph::make_zoo_model(a.arch, zo);
     graph::prepare(m.forward, io);
     m.source = a.arch;
@@ -151,10 +257,13 @@ class TrainRun {
   double validate();
   void save_model();
   void check_finite(double loss);
-  graph::Shape image_shape() const { return {a_.batch_size, 3, a_.image_size, a_.image_size}; }
+  const graph::Shape& image_shape() const { return image_shape_; }
 
   const TrainArgs& a_;
+  SourceOptions source_options_;
+  std::optional<InputTensors> input_tensors_;  // until checked against the model
   std::unique_ptr<BatchSource> train_, val_;
+  graph::Shape image_shape_;  // of a batch of images as fed
   Model model_;
   autodiff::TrainingGraph tg_;
   std::unique_ptr<runtime::Session> session_, eval_session_;
@@ -167,17 +276,17 @@ class TrainRun {
 };
 
 void TrainRun::build_sources() {
-  SourceOptions so;
+  SourceOptions& so = source_options_;
   so.batch_size = a_.batch_size;
-  so.image_size = a_.image_size;
-  so.workers = a_.workers;
-  so.seed = a_.seed;
+  so.image_size = static_cast<int>(a_.image_size);
+  so.workers = static_cast<int>(a_.workers);
+  so.seed = static_cast<uint64_t>(a_.seed);
   so.min_crop_scale = a_.min_crop_scale;
   so.classes = a_.num_classes > 0 ? a_.num_classes : 1000;
   if (a_.synthetic) {
     train_ = synthetic_source(so);
   } else if (!a_.input_tensors.empty()) {
-    train_ = tensor_source(a_.input_tensors, so);
+    input_tensors_ = read_input_tensors(a_.input_tensors);  // a source once checked
   } else {
     DataFolders f = find_data_folders(a_.data);
     train_ = folder_source(f.train, so);
@@ -187,25 +296,33 @@ void TrainRun::build_sources() {
       val_ = folder_source(f.val, vo);
     }
   }
-  classes_ = a_.num_classes > 0 ? a_.num_classes : train_->num_classes();
+  classes_ = a_.num_classes > 0 ? a_.num_classes : train_ ? train_->num_classes() : 0;
   if (classes_ == 0) classes_ = 1000;
 }
 
 void TrainRun::build_sessions() {
   model_ = load_model(a_, classes_);
   const graph::Value* logits = model_.forward.outputs.at(0);
+  const graph::Value* in = model_.forward.inputs.at(0);
+  image_shape_ = {a_.batch_size, 3, a_.image_size, a_.image_size};
+  if (input_tensors_) {
+    // The images must be what the model takes; the model, not --image-size, sets their size.
+    check_input_tensors(*input_tensors_, *in, a_.batch_size, logits->shape.size() == 2 ? logits->shape[1] : 0);
+    image_shape_ = input_tensors_->images.shape;
+    train_ = tensor_source(std::move(*input_tensors_), source_options_);
+    input_tensors_.reset();
+  } else if (in->shape[2] != a_.image_size || in->shape[3] != a_.image_size) {
+    throw Error("model input '" + escape_name(in->name) + "' is " + in->shape_string() + " but images are " +
+                std::to_string(a_.image_size) + "x" + std::to_string(a_.image_size) +
+                "; set --image-size " + std::to_string(in->shape[2]));
+  }
   if (logits->shape.size() == 2 && train_->num_classes() > 0 && logits->shape[1] != train_->num_classes())
     throw Error("the model has " + std::to_string(logits->shape[1]) + " classes but the dataset has " +
                 std::to_string(train_->num_classes()) + "; give a model with " +
                 std::to_string(train_->num_classes()) + " outputs (e.g. oxtrain zoo --num-classes)");
-  const graph::Value* in = model_.forward.inputs.at(0);
-  if (in->shape[2] != a_.image_size || in->shape[3] != a_.image_size)
-    throw Error("model input '" + in->name + "' is " + in->shape_string() + " but images are " +
-                std::to_string(a_.image_size) + "x" + std::to_string(a_.image_size) +
-                "; set --image-size " + std::to_string(in->shape[2]));
   input_name_ = in->name;
   runtime::SessionOptions so;
-  so.threads = a_.threads;
+  so.threads = static_cast<int>(a_.threads);
   if (!a_.evaluate) {
     graph::Graph copy = graph::copy_graph(model_.forward, {a_.batch_size, true});
     autodiff::TrainingOptions to;
@@ -226,24 +343,78 @@ void TrainRun::build_sessions() {
   }
 }
 
+// The persistent values a checkpoint must hold for this run, with their shapes: every value
+// the training step updates (weights, momentum, BN statistics, the step count), or, when only
+// evaluating, the evaluation graph's weights and statistics.
+std::vector<const graph::Value*> persistent_values(const runtime::Session& s, bool training) {
+  std::vector<const graph::Value*> out;
+  if (training) {
+    for (const auto& [state, next] : s.graph().updates) out.push_back(state);
+  } else {
+    for (const graph::Value* v : s.graph().initializers())
+      if (v->role == graph::Role::Parameter || v->role == graph::Role::State) out.push_back(v);
+  }
+  return out;
+}
+
+// Refuses a checkpoint that lacks any of the model's persistent values, holds one with another
+// dtype or shape, or (when training) holds values the model does not have: resuming from it
+// would silently train from fresh weights.
+void check_checkpoint_values(const runtime::Checkpoint& ck, const std::string& path,
+                             const runtime::Session& s, bool training) {
+  const std::string shown = escape_name(path);
+  std::vector<std::string> missing;
+  auto required = persistent_values(s, training);
+  for (const graph::Value* v : required) {
+    const graph::Tensor* t = ck.find(v->name);
+    if (!t) {
+      missing.push_back(escape_name(v->name, 40));
+      continue;
+    }
+    if (t->dtype != v->dtype || t->shape != v->shape)
+      throw Error("checkpoint '" + shown + "' holds '" + escape_name(v->name) + "' as " +
+                  graph::dtype_name(t->dtype) + " " + graph::shape_str(t->shape) + " but the model has " +
+                  graph::dtype_name(v->dtype) + " " + v->shape_string() + "; it belongs to another model");
+  }
+  if (!missing.empty())
+    throw Error("checkpoint '" + shown + "' lacks " + std::to_string(missing.size()) + " of " +
+                std::to_string(required.size()) + " values: " + join_limited(missing, 120) +
+                "; it is incomplete or belongs to another model");
+  if (!training) return;  // momentum buffers are not needed to evaluate
+  for (const auto& [name, tensor] : ck.tensors)
+    if (!s.graph().find_value(name))
+      throw Error("checkpoint '" + shown + "' holds '" + escape_name(name) + "', which this model lacks");
+}
+
+// A counter of the checkpoint's metadata (absent: 0), refused unless a whole number >= 0.
+int64_t checkpoint_count(const runtime::Checkpoint& ck, const std::string& key, const std::string& path) {
+  std::string text = ck.get(key, "0");
+  auto v = parse_int64(text);
+  if (!v || *v < 0)
+    throw Error("checkpoint '" + escape_name(path) + "' has " + key + " '" + escape_name(text, 40) +
+                "', not a whole number >= 0; the file is damaged, use an earlier checkpoint");
+  return *v;
+}
+
 void TrainRun::restore(const std::string& path) {
   runtime::Checkpoint ck = runtime::load_checkpoint(path);
   std::string source = ck.get("model");
   if (source != model_.source)
-    throw Error("checkpoint '" + path + "' was written for model '" + source + "', not '" +
-                model_.source + "'");
+    throw Error("checkpoint '" + escape_name(path) + "' was written for model '" + escape_name(source) +
+                "', not '" + escape_name(model_.source) + "'");
+  start_epoch_ = checkpoint_count(ck, "epoch", path);
+  resume_batch_ = checkpoint_count(ck, "batch_in_epoch", path);
+  global_step_ = checkpoint_count(ck, "step", path);
+  std::string acc = ck.get("best_acc1", "0");
+  auto best = parse_double(acc);
+  if (!best || !(*best >= 0 && *best <= 100))
+    throw Error("checkpoint '" + escape_name(path) + "' has best_acc1 '" + escape_name(acc, 40) +
+                "', not a number in [0, 100]; the file is damaged, use an earlier checkpoint");
+  best_acc1_ = *best;
   runtime::Session* target = session_ ? session_.get() : eval_session_.get();
-  for (const auto& [name, tensor] : ck.tensors) {
-    if (!target->graph().find_value(name)) {
-      if (session_) throw Error("checkpoint '" + path + "' holds '" + name + "', which this model lacks");
-      continue;  // momentum buffers when only evaluating
-    }
-    target->assign(name, tensor);
-  }
-  start_epoch_ = std::stoll(ck.get("epoch", "0"));
-  resume_batch_ = std::stoll(ck.get("batch_in_epoch", "0"));
-  global_step_ = std::stoll(ck.get("step", "0"));
-  best_acc1_ = std::stod(ck.get("best_acc1", "0"));
+  check_checkpoint_values(ck, path, *target, session_ != nullptr);
+  for (const auto& [name, tensor] : ck.tensors)
+    if (target->graph().find_value(name)) target->assign(name, tensor);
   std::printf("=> loaded checkpoint '%s' (epoch %lld, batch %lld, step %lld)\n", path.c_str(),
               static_cast<long long>(start_epoch_), static_cast<long long>(resume_batch_),
               static_cast<long long>(global_step_));
@@ -260,12 +431,12 @@ void TrainRun::save_checkpoint(int64_t epoch, int64_t batch_in_epoch, bool is_be
              {"seed", std::to_string(a_.seed)}};
   for (const auto& [state, next] : session_->graph().updates)
     ck.tensors.emplace_back(state->name, session_->fetch(state->name));
-  fs::create_directories(a_.checkpoint_dir);
   std::string path = (fs::path(a_.checkpoint_dir) / "checkpoint.oxt").string();
+  set_activity("writing the checkpoint");
   runtime::save_checkpoint(ck, path);
   last_checkpoint_ = path;
-  if (is_best) fs::copy_file(path, fs::path(a_.checkpoint_dir) / "model_best.oxt",
-                             fs::copy_options::overwrite_existing);
+  if (is_best) copy_file_atomic(path, (fs::path(a_.checkpoint_dir) / "model_best.oxt").string());
+  set_activity("training");
 }
 
 void TrainRun::check_finite(double loss) {
@@ -327,6 +498,7 @@ bool TrainRun::train_epoch(int64_t epoch, int64_t first_batch) {
 }
 
 double TrainRun::validate() {
+  set_activity("validating");
   if (session_) copy_weights(*session_, *eval_session_);
   const int64_t batches = val_->batches_per_epoch();
   AverageMeter batch_time("Time", ":6.3f"), losses("Loss", ":.4e"), top1("Acc@1", ":6.2f"),
@@ -359,6 +531,7 @@ double TrainRun::validate() {
   }
   std::printf("%s\n", test_summary(top1.avg(), top5.avg()).c_str());
   std::fflush(stdout);
+  set_activity("training");
   metrics_["val"].push_back({{"acc1", top1.avg()}, {"acc5", top5.avg()}, {"loss", losses.avg()}});
   return top1.avg();
 }
@@ -369,16 +542,25 @@ void TrainRun::save_model() {
     if (v->role == graph::Role::Constant || !s.graph().find_value(v->name)) continue;
     v->data = std::make_shared<graph::Tensor>(s.fetch(v->name));
   }
+  set_activity("saving the model");
   graph::export_onnx(model_.forward, a_.save_model);
   std::printf("=> saved the trained model to '%s'\n", a_.save_model.c_str());
 }
 
 int TrainRun::run() {
+  set_activity("checking the flags");
   check_args(a_);
+  prepare_outputs(a_);
+  set_activity("loading the data");
   build_sources();
+  set_activity("building the model");
   build_sessions();
   start_epoch_ = a_.start_epoch;
-  if (!a_.resume.empty()) restore(a_.resume);
+  if (!a_.resume.empty()) {
+    set_activity("resuming from the checkpoint");
+    restore(a_.resume);
+  }
+  set_activity("training");
   if (a_.evaluate) {
     if (!val_) throw Error("--evaluate needs a validation folder DATA/val");
     validate();
@@ -420,7 +602,8 @@ int TrainRun::run() {
     metrics_["mean_step_seconds"] = mean_step;
     metrics_["best_acc1"] = best_acc1_;
     metrics_["peak_memory_bytes"] = peak_rss_bytes();
-    std::ofstream(a_.metrics_json) << metrics_.dump(2) << "\n";
+    set_activity("writing the metrics");
+    write_file_atomic(a_.metrics_json, metrics_.dump(2) + "\n");
   }
   return g_interrupted ? 130 : 0;
 }
@@ -430,6 +613,8 @@ int TrainRun::run() {
 Subcommand add_train_command(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   CLI::App* cmd = app.add_subcommand("train", "Train a model (flags of PyTorch's imagenet/main.py)");
+  // A flag given twice takes the last value, as argparse does (scripts append overrides).
+  cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("data", a->data, "ImageNet-layout folder: DATA/train/<class>/*, DATA/val/<class>/*");
   cmd->add_option("--model", a->model, "ONNX model to train");
   cmd->add_option("-a,--arch", a->arch, "model of the zoo when no --model is given")->capture_default_str();
@@ -440,7 +625,7 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_option("--momentum", a->momentum, "momentum")->capture_default_str();
   cmd->add_option("--wd,--weight-decay", a->weight_decay, "weight decay")->capture_default_str();
   cmd->add_option("-p,--print-freq", a->print_freq, "print every N steps")->capture_default_str();
-  cmd->add_option("-j,--workers", a->workers, "data loading threads")->capture_default_str();
+  cmd->add_option("-j,--workers", a->workers, "data loading threads (0: in the training thread)")->capture_default_str();
   cmd->add_option("--resume", a->resume, "checkpoint to resume from");
   cmd->add_flag("-e,--evaluate", a->evaluate, "evaluate on DATA/val only");
   cmd->add_option("--seed", a->seed, "seed of initialisation, shuffling and augmentation")->capture_default_str();
@@ -463,7 +648,10 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_option("--dist-backend", a->dist_backend, "nccl or gloo")->capture_default_str();
   cmd->add_flag("--multiprocessing-distributed", a->multiprocessing_distributed,
                 "one process per GPU of this node");
-  return {cmd, [a]() {
+  cmd->add_flag("--allow-external-data-anywhere", a->allow_external_data_anywhere,
+                "let the model's external data files lie outside its folder");
+  return {cmd, [a, cmd]() {
+    a->num_classes_given = cmd->count("--num-classes") > 0;
     TrainRun run(*a);
     return run.run();
   }};

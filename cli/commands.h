@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
 
 namespace oxtrain::cli {
 
@@ -11,6 +12,12 @@ struct Subcommand {
   CLI::App* app;            // parsed() tells whether the user chose it
   std::function<int()> run;
 };
+
+// What the program is doing now ("loading the data", "training"), for the failures that carry
+// no context of their own (out of memory, a thread that could not be started): main() names
+// it in the one line it prints.
+void set_activity(std::string what);
+const std::string& activity();
 
 Subcommand add_graph_command(CLI::App& app);
 Subcommand add_zoo_command(CLI::App& app);

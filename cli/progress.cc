@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "base/text.h"
+
 namespace oxtrain::cli {
 
 namespace {
@@ -28,7 +30,7 @@ Spec parse_spec(const std::string& s) {
     while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
     if (i == start) return false;
     if (i - start > 3) throw bad("number too large");
-    out = std::stoi(s.substr(start, i - start));
+    out = static_cast<int>(*parse_int64(std::string_view(s).substr(start, i - start)));  // <= 3 digits
     return true;
   };
   if (i < s.size() && s[i] == '0') throw bad("zero padding is not supported");

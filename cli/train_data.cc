@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include "base/text.h"
 #include "graph/passes.h"
 #include "io/dataset.h"
 #include "io/loader.h"
@@ -129,23 +130,45 @@ std::unique_ptr<BatchSource> synthetic_source(const SourceOptions& o) {
                                        imagenet_batches(o.batch_size));
 }
 
-std::unique_ptr<BatchSource> tensor_source(const std::string& files, const SourceOptions& o) {
+InputTensors read_input_tensors(const std::string& files) {
   auto comma = files.find(',');
   if (comma == std::string::npos)
     throw Error("--input-tensors takes two files, IMAGES.pb,LABELS.pb");
-  graph::Tensor images = graph::read_tensor_file(files.substr(0, comma));
-  graph::Tensor labels = graph::read_tensor_file(files.substr(comma + 1));
-  if (images.dtype != graph::DType::f32 || images.shape.size() != 4)
-    throw Error("--input-tensors: images must be float32 NCHW, got " +
-                std::string(graph::dtype_name(images.dtype)) + " " + graph::shape_str(images.shape));
-  if (labels.dtype != graph::DType::i64 || labels.shape != graph::Shape{images.shape[0]})
-    throw Error("--input-tensors: labels must be int64 [" + std::to_string(images.shape[0]) +
-                "], got " + graph::dtype_name(labels.dtype) + " " + graph::shape_str(labels.shape));
-  if (images.shape[0] != o.batch_size)
-    throw Error("--input-tensors hold a batch of " + std::to_string(images.shape[0]) +
-                " but -b is " + std::to_string(o.batch_size));
-  std::vector<float> pixels(images.data<float>(), images.data<float>() + images.numel());
-  return std::make_unique<FixedSource>(std::move(pixels), labels.to_int64(), 0,
+  return {graph::read_tensor_file(files.substr(0, comma)),
+          graph::read_tensor_file(files.substr(comma + 1))};
+}
+
+void check_input_tensors(const InputTensors& t, const graph::Value& model_input, int64_t batch_size,
+                         int64_t classes) {
+  // The model's input at this batch: oxtrain feeds float32 [batch, C, H, W].
+  graph::Shape expected = model_input.shape;
+  if (!expected.empty()) expected[0] = batch_size;
+  auto text = [](graph::DType d, const graph::Shape& s) {
+    return std::string(graph::dtype_name(d)) + " " + graph::shape_str(s);
+  };
+  if (t.images.dtype != graph::DType::f32 || t.images.shape != expected)
+    throw Error("--input-tensors: the images are " + text(t.images.dtype, t.images.shape) +
+                " but model input '" + escape_name(model_input.name) + "' takes " +
+                text(graph::DType::f32, expected) + " at -b " + std::to_string(batch_size) +
+                "; give images of that shape");
+  if (t.labels.dtype != graph::DType::i64 || t.labels.shape != graph::Shape{batch_size})
+    throw Error("--input-tensors: the labels are " + text(t.labels.dtype, t.labels.shape) +
+                " but a batch of " + std::to_string(batch_size) + " takes int64 [" +
+                std::to_string(batch_size) + "]");
+  if (classes <= 0) return;
+  const int64_t* labels = t.labels.data<int64_t>();
+  for (int64_t i = 0; i < batch_size; ++i)
+    if (labels[i] < 0 || labels[i] >= classes)
+      throw Error("--input-tensors: label " + std::to_string(labels[i]) + " (sample " + std::to_string(i) +
+                  ") is outside the model's " + std::to_string(classes) + " classes [0, " +
+                  std::to_string(classes) + ")");
+}
+
+std::unique_ptr<BatchSource> tensor_source(InputTensors t, const SourceOptions& o) {
+  if (t.images.dtype != graph::DType::f32 || t.images.shape.empty() || t.images.shape[0] != o.batch_size)
+    throw Error("--input-tensors: the images were not checked against the model");  // a bug
+  std::vector<float> pixels(t.images.data<float>(), t.images.data<float>() + t.images.numel());
+  return std::make_unique<FixedSource>(std::move(pixels), t.labels.to_int64(), 0,
                                        imagenet_batches(o.batch_size));
 }
 

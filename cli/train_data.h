@@ -45,8 +45,20 @@ struct SourceOptions {
 // DATA/train or DATA/val when they exist (or DATA itself for training), an ImageFolder.
 std::unique_ptr<BatchSource> folder_source(const std::string& root, const SourceOptions& options);
 std::unique_ptr<BatchSource> synthetic_source(const SourceOptions& options);
-// "images.pb,labels.pb": float NCHW images and int64 labels, one batch used every step.
-std::unique_ptr<BatchSource> tensor_source(const std::string& files, const SourceOptions& options);
+
+// --input-tensors "images.pb,labels.pb": float NCHW images and int64 labels, one batch used
+// every step. They are read first, checked against the model once it is loaded, and only then
+// become a source.
+struct InputTensors {
+  graph::Tensor images, labels;
+};
+InputTensors read_input_tensors(const std::string& files);
+// Refuses (one line naming both shapes) images that differ from the model's input
+// [batch_size, C, H, W] float32 in rank, dtype, batch, channels, height or width, labels that
+// are not int64 [batch_size], and labels outside [0, classes) when classes > 0.
+void check_input_tensors(const InputTensors& tensors, const graph::Value& model_input,
+                         int64_t batch_size, int64_t classes);
+std::unique_ptr<BatchSource> tensor_source(InputTensors tensors, const SourceOptions& options);
 
 // DATA/train and DATA/val if present, else DATA for training and no validation.
 struct DataFolders {

@@ -1,14 +1,14 @@
 #include "runtime/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <array>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
+#include <set>
+
+#include "base/checked.h"
+#include "base/files.h"
+#include "base/text.h"
 
 namespace oxtrain::runtime {
 
@@ -16,6 +16,8 @@ namespace {
 
 constexpr char kMagic[12] = {'O', 'X', 'T', 'R', 'A', 'I', 'N', '-', 'C', 'K', 'P', 'T'};
 constexpr uint32_t kVersion = 1;
+// Larger files are refused before being read (the largest zoo model's checkpoint is ~700 MB).
+constexpr uint64_t kMaxCheckpointBytes = uint64_t(64) << 30;
 
 void put_u32(std::string& s, uint32_t v) { s.append(reinterpret_cast<const char*>(&v), 4); }
 void put_u64(std::string& s, uint64_t v) { s.append(reinterpret_cast<const char*>(&v), 8); }
@@ -25,7 +27,8 @@ graph::DType dtype_named(const std::string& name, const std::string& path) {
                          graph::DType::i64, graph::DType::i32, graph::DType::i8, graph::DType::u8,
                          graph::DType::boolean})
     if (name == graph::dtype_name(d)) return d;
-  throw Error("checkpoint '" + path + "' holds a tensor of unknown type '" + name + "'");
+  throw Error("checkpoint '" + path + "' holds a tensor of unknown type '" + escape_name(name) +
+              "'; the file is damaged or from a newer oxtrain");
 }
 
 }  // namespace
@@ -72,80 +75,131 @@ void save_checkpoint(const Checkpoint& ck, const std::string& path) {
   put_u64(head, json.size());
   head += json;
 
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw Error("cannot write checkpoint '" + tmp + "': " + std::strerror(errno));
+  AtomicFile file(path);
   uint32_t crc = 0;
-  auto write_all = [&](const void* data, size_t size) {
-    const char* p = static_cast<const char*>(data);
-    crc = crc32(reinterpret_cast<const uint8_t*>(p), size, crc);
-    while (size > 0) {
-      ssize_t n = ::write(fd, p, size);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        std::string why = std::strerror(errno);
-        ::close(fd);
-        ::unlink(tmp.c_str());
-        throw Error("writing checkpoint '" + tmp + "' failed: " + why);
-      }
-      p += n;
-      size -= static_cast<size_t>(n);
-    }
+  auto write = [&](const void* data, size_t size) {
+    crc = crc32(static_cast<const uint8_t*>(data), size, crc);
+    file.write(data, size);
   };
-  write_all(head.data(), head.size());
-  for (const auto& [name, t] : ck.tensors) write_all(t.bytes.data(), t.bytes.size());
+  write(head.data(), head.size());
+  for (const auto& [name, t] : ck.tensors) write(t.bytes.data(), t.bytes.size());
   uint32_t final_crc = crc;
-  write_all(&final_crc, 4);
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    throw Error("cannot flush checkpoint '" + tmp + "' to disk");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) throw Error("cannot rename '" + tmp + "' to '" + path + "': " + ec.message());
+  file.write(&final_crc, 4);
+  file.commit();
 }
 
-Checkpoint load_checkpoint(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("checkpoint '" + path + "' does not exist or cannot be read");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  const std::string bytes = buffer.str();
+namespace {
+
+// The checkpoint's parts as the file lays them out, checked against its size.
+struct Layout {
+  std::string_view header;  // the JSON text
+  std::string_view data;    // the tensor bytes
+};
+
+Layout check_layout(const std::string& bytes, const std::string& path) {
+  const std::string shown = escape_name(path);
   const size_t fixed = sizeof kMagic + 4 + 8;
-  if (bytes.size() < fixed + 4 || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
-    throw Error("'" + path + "' is not an oxtrain checkpoint");
+  if (bytes.empty()) throw Error("checkpoint '" + shown + "' is empty; use an earlier checkpoint");
+  // A file that starts as a checkpoint does but ends early is a truncated one.
+  if (std::memcmp(bytes.data(), kMagic, std::min(bytes.size(), sizeof kMagic)) != 0)
+    throw Error("'" + shown + "' is not an oxtrain checkpoint");
+  if (bytes.size() < fixed + 4)
+    throw Error("checkpoint '" + shown + "' is truncated: " + std::to_string(bytes.size()) +
+                " bytes, shorter than the " + std::to_string(fixed + 4) +
+                " of an empty checkpoint; use an earlier checkpoint");
   uint32_t version;
   uint64_t header_len;
   std::memcpy(&version, bytes.data() + sizeof kMagic, 4);
   std::memcpy(&header_len, bytes.data() + sizeof kMagic + 4, 8);
   if (version != kVersion)
-    throw Error("checkpoint '" + path + "' has format version " + std::to_string(version) +
+    throw Error("checkpoint '" + shown + "' has format version " + std::to_string(version) +
                 "; this oxtrain reads version " + std::to_string(kVersion));
+  const uint64_t room = bytes.size() - 4 - fixed;  // header and tensor bytes
+  if (header_len > room)
+    throw Error("checkpoint '" + shown + "' is truncated: its header claims " +
+                std::to_string(header_len) + " bytes but the file holds " + std::to_string(room) +
+                " after the fixed part; use an earlier checkpoint");
   uint32_t stored;
   std::memcpy(&stored, bytes.data() + bytes.size() - 4, 4);
   if (crc32(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size() - 4) != stored)
-    throw Error("checkpoint '" + path + "' is corrupt or truncated (checksum mismatch); use an "
+    throw Error("checkpoint '" + shown + "' is corrupt or truncated (checksum mismatch); use an "
                 "earlier checkpoint");
-  if (fixed + header_len > bytes.size() - 4)
-    throw Error("checkpoint '" + path + "' is truncated");
+  std::string_view all(bytes);
+  return {all.substr(fixed, header_len), all.substr(fixed + header_len, room - header_len)};
+}
+
+// A non-negative integer of the header (offsets, byte counts); refuses negative numbers and
+// fractions rather than letting a cast wrap them.
+uint64_t header_count(const nlohmann::json& j, const std::string& what) {
+  if (!j.is_number_unsigned())
+    throw Error(what + " is " + j.dump() + ", not a byte count");
+  return j.get<uint64_t>();
+}
+
+graph::Shape header_shape(const nlohmann::json& j, const std::string& what) {
+  if (!j.is_array()) throw Error(what + " has no shape list");
+  graph::Shape shape;
+  for (const auto& d : j) {
+    if (!d.is_number_integer() || (d.is_number_unsigned() && d.get<uint64_t>() > uint64_t(INT64_MAX)))
+      throw Error(what + " has a dimension of " + d.dump() + ", not an integer");
+    shape.push_back(d.get<int64_t>());
+  }
+  return shape;
+}
+
+// One tensor of the header, its bytes checked (overflow-safe) to lie inside the data part
+// and to match dtype x shape before anything is allocated.
+std::pair<std::string, graph::Tensor> read_tensor(const nlohmann::json& t, std::string_view data,
+                                                  const std::string& path) {
+  const std::string shown = escape_name(path);
+  const std::string name = t.at("name").get<std::string>();
+  const std::string what = "tensor '" + escape_name(name) + "' of checkpoint '" + shown + "'";
+  graph::DType dtype = dtype_named(t.at("dtype").get<std::string>(), shown);
+  graph::Shape shape = header_shape(t.at("shape"), what);
+  const uint64_t expected = static_cast<uint64_t>(bytes_or_throw(shape, graph::dtype_size(dtype), what));
+  const uint64_t offset = header_count(t.at("offset"), "the offset of " + what);
+  const uint64_t size = header_count(t.at("bytes"), "the size of " + what);
+  if (size != expected)
+    throw Error(what + " claims " + std::to_string(size) + " bytes but " + graph::dtype_name(dtype) +
+                " " + dims_text(shape) + " takes " + std::to_string(expected) +
+                "; the file is damaged, use an earlier checkpoint");
+  auto end = checked_add_u64(offset, size);
+  if (!end || *end > data.size())
+    throw Error(what + " lies outside the file (offset " + std::to_string(offset) + ", " +
+                std::to_string(size) + " bytes, " + std::to_string(data.size()) +
+                " bytes of tensor data); the file is damaged, use an earlier checkpoint");
+  graph::Tensor tensor;
+  tensor.dtype = dtype;
+  tensor.shape = std::move(shape);
+  tensor.bytes.assign(data.begin() + static_cast<ptrdiff_t>(offset),
+                      data.begin() + static_cast<ptrdiff_t>(*end));
+  return {name, std::move(tensor)};
+}
+
+}  // namespace
+
+Checkpoint load_checkpoint(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec))
+    throw Error("checkpoint '" + escape_name(path) + "' does not exist");
+  // The whole file is read (it is bounded by its real size); every number of its header is
+  // then checked against it.
+  const std::string bytes = read_regular_file(path, kMaxCheckpointBytes, "checkpoint");
+  Layout layout = check_layout(bytes, path);
   Checkpoint ck;
-  nlohmann::json header;
   try {
-    header = nlohmann::json::parse(bytes.substr(fixed, header_len));
+    nlohmann::json header = nlohmann::json::parse(layout.header);
     ck.meta = header.at("meta").get<std::map<std::string, std::string>>();
-    const size_t data_start = fixed + header_len;
-    const size_t data_size = bytes.size() - 4 - data_start;
+    std::set<std::string> seen;
     for (const auto& t : header.at("tensors")) {
-      graph::Tensor tensor(dtype_named(t.at("dtype"), path), t.at("shape").get<graph::Shape>());
-      uint64_t offset = t.at("offset"), size = t.at("bytes");
-      if (size != tensor.bytes.size() || offset + size > data_size)
-        throw Error("checkpoint '" + path + "': tensor '" + t.at("name").get<std::string>() +
-                    "' lies outside the file");
-      std::memcpy(tensor.bytes.data(), bytes.data() + data_start + offset, size);
-      ck.tensors.emplace_back(t.at("name").get<std::string>(), std::move(tensor));
+      ck.tensors.push_back(read_tensor(t, layout.data, path));
+      if (!seen.insert(ck.tensors.back().first).second)
+        throw Error("checkpoint '" + escape_name(path) + "' holds tensor '" +
+                    escape_name(ck.tensors.back().first) + "' twice; the file is damaged");
     }
   } catch (const nlohmann::json::exception& e) {
-    throw Error("checkpoint '" + path + "' has a malformed header: " + e.what());
+    throw Error("checkpoint '" + escape_name(path) + "' has a malformed header (" +
+                one_line(e.what(), 120) + "); use an earlier checkpoint");
   }
   return ck;
 }

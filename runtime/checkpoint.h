@@ -3,9 +3,11 @@
 //
 // Layout: "OXTRAIN-CKPT" magic, u32 format version, u64 header length, a JSON header (metadata
 // and, per tensor, name, dtype, shape, offset, bytes), the tensor bytes, and a CRC-32 of all
-// that precedes it. save_checkpoint writes a temporary file, flushes it to disk and renames it
-// over the target, so a crash never leaves a half-written checkpoint; load_checkpoint refuses
-// a truncated or corrupt file with a message that says which.
+// that precedes it. save_checkpoint writes through AtomicFile (base/files.h), so a crash never
+// leaves a half-written checkpoint. load_checkpoint refuses a truncated or corrupt file with a
+// message that says which, and checks every offset, size and shape of the header against the
+// file (overflow-safe) before allocating anything: a crafted header cannot make it read
+// outside the file or allocate more than the file holds.
 #pragma once
 
 #include <map>

@@ -106,9 +106,9 @@ TEST(TrainCli, BadSettingsAreRefusedBeforeTraining) {
     std::string args, message;
   };
   const Case cases[] = {
-      {"-b 0", "--batch-size must be positive"},
-      {"-b 8 --lr -0.1", "--lr must be positive"},
-      {"-b 8 --lr 0", "--lr must be positive"},
+      {"-b 0", "--batch-size must be in [1, 65536], got 0"},
+      {"-b 8 --lr -0.1", "--lr must be a finite number greater than 0, got -0.1"},
+      {"-b 8 --lr 0", "--lr must be a finite number greater than 0, got 0"},
       {"-b 1000", "larger than the 400 images"},
       {"-b 8 --num-classes 7", "the model has 7 classes but the dataset has 10"},
       {"-b 8 --world-size 2", "--world-size 1"},
