@@ -11,6 +11,8 @@ packages=(
   libgtest-dev libopenblas-openmp-dev
   libturbojpeg0-dev libpng-dev
 )
+# Extra packages a script needs on demand (scripts/fuzz.sh: clang libclang-rt-dev llvm).
+packages+=("$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -335,8 +335,8 @@ Slot<T> slot(const ConvPlan& plan, void* workspace, int index, int64_t nb) {
 template <typename T, typename Fn>
 void for_chunks(const ConvPlan& plan, int64_t n, void* workspace, Fn&& fn,
                 std::function<void(int slots, int64_t nb)> after = nullptr) {
-  auto [nb, spread] = plan.schedule(n);
-  const int64_t chunks = (n + nb - 1) / nb;
+  auto [nb0, spread] = plan.schedule(n);  // clang 14 cannot share a structured binding with omp
+  const int64_t nb = nb0, chunks = (n + nb - 1) / nb;
   if (!spread) {
     Slot<T> s = slot<T>(plan, workspace, 0, nb);
     for (int64_t c = 0; c < chunks; ++c)

@@ -1,0 +1,8 @@
+// libFuzzer harness: fuzz_jpeg (see tests/fuzz/targets.h for what it feeds and what it catches;
+// scripts/fuzz.sh builds, seeds and runs it).
+#include "tests/fuzz/targets.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  oxtrain::fuzz::image_decoder(data, size);
+  return 0;
+}
