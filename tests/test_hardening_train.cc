@@ -384,6 +384,29 @@ TEST(HardeningTrain, OutOfMemoryIsOneLine) {
                            "or free memory");
 }
 
+// Case 7 and 10: a thread that cannot be started (here: 64 loader stacks do not fit the
+// address space allowed) is one line naming the flags to lower, not "Resource temporarily
+// unavailable".
+TEST(HardeningTrain, ThreadCreationFailureIsOneLine) {
+  if (test::running_under_sanitizer()) GTEST_SKIP() << "address-space limits do not apply under ASan";
+  test::ScopedTempDir tmp;
+  std::string model = small_model(tmp.path, 2);
+  auto made = run("make-dataset " + tmp.path + "/data --classes 2 --train-per-class 2 "
+                  "--val-per-class 1 --min-side 8 --max-side 12 --seed 1");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  // OpenBLAS sizes its start-up buffers by its thread count: one keeps the program small.
+  ::setenv("OPENBLAS_NUM_THREADS", "1", 1);
+  std::string args = "train " + tmp.path + "/data --model " + model + " --image-size 8 -b 2 --steps 1 "
+                     "--threads 1 --checkpoint-dir " + tmp.path + " -j ";
+  auto one = test::run_oxtrain_limited(args + "1", kTimeout, 1200);
+  auto many = test::run_oxtrain_limited(args + "64", kTimeout, 1200);
+  ::unsetenv("OPENBLAS_NUM_THREADS");
+  EXPECT_EQ(one.exit_code, 0) << one.err;  // the limit leaves room for the program itself
+  EXPECT_EQ(test::clean_error_problem(many), "");
+  EXPECT_EQ(error_line(many), "oxtrain: error: the system refused to start another thread while "
+                              "loading the data; lower -j/--workers or --threads");
+}
+
 // Case 9: a parse error is one line with the prefix; --help still works.
 TEST(HardeningTrain, ParseErrorsAreOneLine) {
   auto r = run("train --synthetic --bogus");
@@ -477,4 +500,28 @@ TEST(HardeningTrain, NoUncheckedNumberParsing) {
     std::string text = test::read_text(f.string());
     EXPECT_FALSE(std::regex_search(text, std::regex(R"(\bsto(i|l|ll|ul|ull|f|d|ld)\s*\()"))) << f;
   }
+}
+
+// Case 9: `oxtrain zoo` checks its flags too (--seed -1 was wrapped to 2^64-1, a huge
+// --num-classes ended in std::bad_alloc).
+TEST(HardeningTrain, ZooFlagsAreChecked) {
+  test::ScopedTempDir tmp;
+  struct Case {
+    std::string args, message;
+  };
+  const Case cases[] = {
+      {"--num-classes 0", "--num-classes must be in [1, 1048576], got 0"},
+      {"--num-classes 100000000", "--num-classes must be in [1, 1048576], got 100000000"},
+      {"--image-size 100000", "--image-size must be in [32, 4096], got 100000"},
+      {"--seed -1", "--seed must be in [0, 9223372036854775807], got -1"},
+      {"-o /missing/z.onnx", "-o '/missing/z.onnx': folder '/missing' does not exist; create it first"},
+  };
+  for (const auto& c : cases) {
+    auto r = run("zoo resnet18 -o " + tmp.path + "/z.onnx " + c.args);
+    EXPECT_EQ(test::clean_error_problem(r), "") << c.args;
+    EXPECT_EQ(error_line(r), "oxtrain: error: " + c.message) << c.args;
+  }
+  // --verbose belongs to the program and may come before or after the subcommand.
+  EXPECT_EQ(run("--verbose zoo --list").exit_code, 0);
+  EXPECT_EQ(run("zoo --list --verbose").exit_code, 0);
 }
