@@ -1,6 +1,7 @@
 // Checkpoints round-trip exactly, and a truncated, corrupt or foreign file is refused with a
 // message that says so.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -65,6 +66,46 @@ TEST(Checkpoint, RefusesDamagedFiles) {
   std::ofstream(dir + "/model.onnx") << "not a checkpoint at all";
   expect_refused(dir + "/model.onnx", "not an oxtrain checkpoint");
   expect_refused(dir + "/missing.oxt", "does not exist");
+}
+
+// Every prefix of a checkpoint (a write cut short anywhere, before atomic writes) is refused
+// as truncated or corrupt, never as a foreign file and never by reading past its end.
+TEST(Checkpoint, EveryTruncationSaysTruncated) {
+  std::string dir = test::temp_dir();
+  save_checkpoint(sample(), dir + "/good.oxt");
+  std::string bytes = test::read_text(dir + "/good.oxt");
+  for (size_t n = 1; n < bytes.size(); ++n) {
+    std::string path = dir + "/cut.oxt";
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(n));
+    try {
+      load_checkpoint(path);
+      ADD_FAILURE() << "no error for " << n << " bytes";
+    } catch (const Error& e) {
+      std::string m = e.what();
+      EXPECT_TRUE(m.find("truncated") != std::string::npos) << n << " bytes: " << m;
+    }
+  }
+  std::ofstream(dir + "/empty.oxt");
+  expect_refused(dir + "/empty.oxt", "checkpoint '" + dir + "/empty.oxt' is empty");
+}
+
+// A FIFO or a folder given as a checkpoint is refused without blocking.
+TEST(Checkpoint, RefusesFifoAndFolder) {
+  std::string dir = test::temp_dir();
+  ASSERT_EQ(::mkfifo((dir + "/fifo.oxt").c_str(), 0600), 0);
+  expect_refused(dir + "/fifo.oxt", "is a FIFO, not a regular file");
+  expect_refused(dir, "is a folder, not a regular file");
+}
+
+// The file is replaced by a rename: a reader holding the old one keeps it whole.
+TEST(Checkpoint, SaveReplacesByRename) {
+  std::string dir = test::temp_dir();
+  std::ofstream(dir + "/ck.oxt") << "old";
+  std::filesystem::create_hard_link(dir + "/ck.oxt", dir + "/held.oxt");
+  save_checkpoint(sample(), dir + "/ck.oxt");
+  EXPECT_EQ(test::read_text(dir + "/held.oxt"), "old");
+  EXPECT_EQ(load_checkpoint(dir + "/ck.oxt").get("step"), "1234");
+  EXPECT_FALSE(std::filesystem::exists(dir + "/ck.oxt.tmp"));
 }
 
 TEST(Checkpoint, Crc32KnownValue) {
