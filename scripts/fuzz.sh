@@ -110,12 +110,12 @@ PY
 fi
 if want index_cache; then
   # The index ImageFolder writes (io/dataset.cc), over the harness's tree of classes a and b.
-  printf 'oxtrain-index 1\nroot @ROOT@\nclasses 2\na\nb\ndirs 0\nsamples 2\n0 a/x.jpg\n1 b/y.png\nend\n' \
-    >"$seeds/index_cache/valid"
+  # @ROOT@, @A@, @B@: the root and the class folders' stamps (tests/fuzz/targets.h).
+  head='oxtrain-index 1\nroot @ROOT@\nclasses 2\na\nb\ndirs 2\n@A@ a\n@B@ b\n'
+  printf "${head}samples 2\n0 a/x.jpg\n1 b/y.png\nend\n" >"$seeds/index_cache/valid"
+  printf "${head}samples 4\n0 a/x.jpg\n0 a/x.jpg\n1 b/y.png\n1 b/../a/x.jpg\nend\n" >"$seeds/index_cache/repeats"
   printf 'oxtrain-index 1\nroot @ROOT@\nclasses 2\na\nb\ndirs 2\n1 2 3 a\n4 5 6 b\nsamples 1\n0 a/x.jpg\nend\n' \
     >"$seeds/index_cache/stale"
-  printf 'oxtrain-index 1\nroot @ROOT@\nclasses 2\na\nb\ndirs 0\nsamples 4\n0 a/x.jpg\n0 a/x.jpg\n1 b/y.png\n1 b/../a/x.jpg\nend\n' \
-    >"$seeds/index_cache/repeats"
 fi
 rm -rf "$work"
 unset ASAN_OPTIONS

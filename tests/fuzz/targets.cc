@@ -1,6 +1,7 @@
 #include "tests/fuzz/targets.h"
 
 #include <onnx/onnx_pb.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -8,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string_view>
+#include <utility>
 
 #include "base/error.h"
 #include "graph/onnx_io.h"
@@ -53,17 +55,34 @@ const std::string& empty_dir() {
 // The dataset tree the index cache describes: <scratch>/data/{a/x.jpg, b/y.png}. The index is
 // read from (and, when refused, rewritten to) <root>/.oxtrain-index; the fallback in the home
 // cache is pointed into the scratch folder so the fuzzer never reads or writes the user's.
-const std::string& dataset_root() {
-  static const std::string root = [] {
-    std::string r = scratch_dir() + "/data";
-    fs::create_directories(r + "/a");
-    fs::create_directories(r + "/b");
-    std::ofstream(r + "/a/x.jpg") << "x";
-    std::ofstream(r + "/b/y.png") << "y";
+// Placeholders in the input stand for what differs from one process to the next: "@ROOT@" the
+// root, "@A@" and "@B@" the "inode mtime ctime" stamps of the class folders, so an input can
+// pass the tree's signature and reach the sample list.
+struct Tree {
+  std::string root;
+  std::vector<std::pair<std::string, std::string>> placeholders;
+};
+
+std::string stamp_of(const std::string& dir) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) std::abort();
+  auto ns = [](const timespec& t) { return std::to_string(int64_t(t.tv_sec) * 1'000'000'000 + t.tv_nsec); };
+  return std::to_string(st.st_ino) + " " + ns(st.st_mtim) + " " + ns(st.st_ctim);
+}
+
+const Tree& dataset_tree() {
+  static const Tree tree = [] {
+    Tree t;
+    t.root = scratch_dir() + "/data";
+    fs::create_directories(t.root + "/a");
+    fs::create_directories(t.root + "/b");
+    std::ofstream(t.root + "/a/x.jpg") << "x";
+    std::ofstream(t.root + "/b/y.png") << "y";
     ::setenv("XDG_CACHE_HOME", (scratch_dir() + "/cache").c_str(), 1);
-    return r;
+    t.placeholders = {{"@ROOT@", t.root}, {"@A@", stamp_of(t.root + "/a")}, {"@B@", stamp_of(t.root + "/b")}};
+    return t;
   }();
-  return root;
+  return tree;
 }
 
 }  // namespace
@@ -73,18 +92,20 @@ const std::string& scratch_dir() {
   return scratch.path;
 }
 
-void onnx_importer(const uint8_t* data, size_t size) {
+bool onnx_importer(const uint8_t* data, size_t size) {
   onnx::ModelProto model;
-  if (!model.ParseFromArray(data, int(size))) return;
+  if (!model.ParseFromArray(data, int(size))) return false;
   try {
     graph::ImportOptions options;
     options.prepare = true;
     graph::import_onnx_model(model, empty_dir(), options);
   } catch (const Error&) {
+    return false;
   }
+  return true;
 }
 
-void checkpoint_reader(const uint8_t* data, size_t size) {
+bool checkpoint_reader(const uint8_t* data, size_t size) {
   static const std::string path = scratch_dir() + "/checkpoint.oxt";
   // The last 4 bytes are the CRC-32 of all before them: set it, or nearly every mutation would
   // stop at the checksum and never reach the header and offsets an attacker can forge anyway.
@@ -98,24 +119,29 @@ void checkpoint_reader(const uint8_t* data, size_t size) {
     runtime::Checkpoint c = runtime::load_checkpoint(path);
     (void)c.get("epoch");
   } catch (const Error&) {
+    return false;
   }
+  return true;
 }
 
-void tensor_reader(const uint8_t* data, size_t size) {
+bool tensor_reader(const uint8_t* data, size_t size) {
   static const std::string path = scratch_dir() + "/tensor.pb";
   write_bytes(path, data, size);
   try {
     graph::read_tensor_file(path);
   } catch (const Error&) {
+    return false;
   }
+  return true;
 }
 
-void index_cache_reader(const uint8_t* data, size_t size) {
-  const std::string& root = dataset_root();
+bool index_cache_reader(const uint8_t* data, size_t size) {
+  const Tree& tree = dataset_tree();
+  const std::string& root = tree.root;
   std::string text(reinterpret_cast<const char*>(data), size);
-  constexpr std::string_view kRoot = "@ROOT@";
-  for (size_t at = text.find(kRoot); at != std::string::npos; at = text.find(kRoot, at + root.size()))
-    text.replace(at, kRoot.size(), root);
+  for (const auto& [name, value] : tree.placeholders)
+    for (size_t at = text.find(name); at != std::string::npos; at = text.find(name, at + value.size()))
+      text.replace(at, name.size(), value);
   write_bytes(root + "/.oxtrain-index", reinterpret_cast<const uint8_t*>(text.data()), text.size());
   try {
     io::ScanOptions options;
@@ -123,11 +149,13 @@ void index_cache_reader(const uint8_t* data, size_t size) {
     // What the loader does with the index: every label indexes the class list.
     for (const io::Sample& s : folder.samples())
       if (s.label < 0 || s.label >= int64_t(folder.classes().size())) std::abort();
+    return folder.loaded_from_cache();  // else the index was refused and the tree rescanned
   } catch (const Error&) {
+    return false;
   }
 }
 
-void image_decoder(const uint8_t* data, size_t size) {
+bool image_decoder(const uint8_t* data, size_t size) {
   try {
     io::ImageHeader header = io::read_header(data, size, "fuzz.img");
     io::DecodeRequest request;
@@ -139,7 +167,9 @@ void image_decoder(const uint8_t* data, size_t size) {
     if (d.image.rgb.size() != size_t(d.image.width) * size_t(d.image.height) * 3) std::abort();
   } catch (const io::DecodeError&) {
   } catch (const Error&) {
+    return false;
   }
+  return true;
 }
 
 const std::vector<Target>& targets() {
