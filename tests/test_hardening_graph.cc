@@ -26,6 +26,14 @@ using oxtrain::test::ModelBuilder;
 
 namespace {
 
+// 'text' (a helper rather than "'" + s + "'", which GCC 12 flags with a -Wrestrict false positive).
+std::string quoted(std::string_view text) {
+  std::string q = "'";
+  q.append(text);
+  q += '\'';
+  return q;
+}
+
 std::string q(const std::string& path) { return "'" + path + "'"; }
 
 // `oxtrain graph ARGS` must fail cleanly; returns its stderr.
@@ -359,7 +367,7 @@ TEST(HardeningGraph, BadExternalOffsetOrLengthNamesTheTensorAndKey) {
         e->set_value("");
       }
       b.save(dir.path + "/m.onnx");
-      expect_has(graph_error(q(dir.path + "/m.onnx")), {"'conv.weight'", std::string("'") + key + "'", "'" + std::string(bad) + "'"});
+      expect_has(graph_error(q(dir.path + "/m.onnx")), {"'conv.weight'", quoted(key), quoted(bad)});
     }
   }
   // An offset near 2^63 that wraps when the length is added.
