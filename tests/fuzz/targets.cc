@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "base/error.h"
+#include "base/files.h"
 #include "graph/onnx_io.h"
 #include "graph/passes.h"
 #include "io/dataset.h"
@@ -146,9 +147,11 @@ bool index_cache_reader(const uint8_t* data, size_t size) {
   try {
     io::ScanOptions options;
     io::ImageFolder folder = io::ImageFolder::scan(root, options);
-    // What the loader does with the index: every label indexes the class list.
+    // What the loader does with the index: every label indexes the class list, every path is a
+    // file of the dataset.
     for (const io::Sample& s : folder.samples())
-      if (s.label < 0 || s.label >= int64_t(folder.classes().size())) std::abort();
+      if (s.label < 0 || s.label >= int64_t(folder.classes().size()) || !path_within(root, s.path))
+        std::abort();
     return folder.loaded_from_cache();  // else the index was refused and the tree rescanned
   } catch (const Error&) {
     return false;
