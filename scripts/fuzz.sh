@@ -48,10 +48,12 @@ cmake --build "$build" -j"$(nproc)" --target oxtrain $(printf 'fuzz_%s ' "${targ
 built=$(date +%s)
 
 # ---- seed corpora (build-fuzz/seeds/<target>/, remade every run; small files only) ----
+# Only the chosen targets' seeds are remade, so two runs on different targets can share the tree.
 seeds=$build/seeds
-rm -rf "$seeds" && mkdir -p "$seeds"
+for t in "${targets[@]}"; do rm -rf "${seeds:?}/$t"; done
+mkdir -p "$seeds"
 export ASAN_OPTIONS=detect_leaks=0  # the seed-making runs of oxtrain; the fuzz runs set their own
-work=$build/seed-work
+work=$build/seed-work-$$
 rm -rf "$work" && mkdir -p "$work"
 small() { find "$@" -maxdepth 1 -type f -size -1024k 2>/dev/null; }
 for t in "${targets[@]}"; do
@@ -64,7 +66,7 @@ copy_seeds() {  # target files...
   local f
   for f in "$@"; do cp "$f" "$seeds/$t/$(echo "${f#*/}" | tr / _)"; done
 }
-want() { [ -d "$seeds/$1" ]; }
+want() { case " ${targets[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
 if want onnx; then
   copy_seeds onnx $(small tests/fixtures tests/fixtures/parity tests/fixtures/external_one tests/fixtures/external_many | grep '\.onnx$')
 fi

@@ -99,7 +99,7 @@ std::vector<uint8_t> valid_input(const std::string& target) {
   if (target == "tensor") return read_bytes(fs::path(OXTRAIN_FIXTURES) / "ts_train_op17_eval_output.pb");
   if (target == "checkpoint") {
     oxtrain::runtime::Checkpoint c;
-    c.meta["epoch"] = "3";
+    c.meta.emplace("epoch", std::to_string(3));
     oxtrain::graph::Tensor w(oxtrain::graph::DType::f32, {2, 3});
     c.tensors.emplace_back("w", std::move(w));
     t::ScopedTempDir dir;
