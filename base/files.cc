@@ -151,21 +151,25 @@ std::string read_regular_file(const std::string& path, uint64_t max_bytes, const
                 std::to_string(max_bytes) + " allowed");
   }
   std::string bytes(static_cast<size_t>(st.st_size), '\0');
+  long got = read_fully(fd, bytes.data(), bytes.size());
+  int err = errno;
+  ::close(fd);
+  if (got < 0) throw Error(what + " '" + path + "' cannot be read: " + errno_text(err));
+  bytes.resize(static_cast<size_t>(got));  // the file may have shrunk while we read it
+  return bytes;
+}
+
+long read_fully(int fd, void* data, size_t size) {
+  char* p = static_cast<char*>(data);
   size_t got = 0;
-  while (got < bytes.size()) {
-    ssize_t n = ::read(fd, bytes.data() + got, bytes.size() - got);
+  while (got < size) {
+    ssize_t n = ::read(fd, p + got, size - got);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      ::close(fd);
-      throw Error(what + " '" + path + "' cannot be read: " + errno_text(err));
-    }
-    if (n == 0) break;  // the file shrank while we read it
+    if (n < 0) return -1;
+    if (n == 0) break;
     got += static_cast<size_t>(n);
   }
-  ::close(fd);
-  bytes.resize(got);
-  return bytes;
+  return static_cast<long>(got);
 }
 
 bool path_within(const std::filesystem::path& root, const std::filesystem::path& path) {

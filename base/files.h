@@ -69,6 +69,10 @@ bool remove_stale_tmp(const std::string& path);
 // ("is a FIFO, not a regular file", strerror text, ...).
 int open_regular_file(const std::string& path, std::string* why);
 
+// Reads up to size bytes from fd, retrying on EINTR: the count read (less than size only at the
+// end of the file), or -1 with errno set.
+long read_fully(int fd, void* data, size_t size);
+
 // Reads a whole regular file of at most max_bytes. Throws Error naming `what` and the path
 // when it cannot be opened, is not a regular file, or is larger than max_bytes.
 std::string read_regular_file(const std::string& path, uint64_t max_bytes, const std::string& what);

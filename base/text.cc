@@ -71,6 +71,14 @@ std::string escape_name(std::string_view name, size_t max_chars) {
   return out;
 }
 
+std::string quote_name(std::string_view name, size_t max_chars) {
+  // Built by appending: GCC 12 flags "'" + s + "'" with a -Wrestrict false positive.
+  std::string quoted = "'";
+  quoted += escape_name(name, max_chars);
+  quoted += '\'';
+  return quoted;
+}
+
 std::string join_limited(const std::vector<std::string>& items, size_t max_chars,
                          std::string_view separator) {
   std::string out;

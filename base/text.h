@@ -26,6 +26,9 @@ constexpr size_t kMaxMessageLine = 200;
 // backslash doubled, shortened to max_chars (unless verbose) keeping its start and end.
 std::string escape_name(std::string_view name, size_t max_chars = kMaxQuotedName);
 
+// escape_name() in single quotes: 'conv1'.
+std::string quote_name(std::string_view name, size_t max_chars = kMaxQuotedName);
+
 // "a, b, c" while the text stays within max_chars, then "and N more" (all of them when
 // verbose). Items are used as given: escape names before.
 std::string join_limited(const std::vector<std::string>& items, size_t max_chars = kMaxMessageLine,

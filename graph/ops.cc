@@ -861,7 +861,7 @@ std::string nodes_by_op(const std::vector<const Node*>& nodes) {
   std::map<std::string, std::vector<std::string>> by_op;
   for (const Node* n : nodes) {
     std::string op = n->domain.empty() ? n->op_type : n->domain + "." + n->op_type;
-    by_op[escape_name(op)].push_back("'" + escape_name(n->name, 60) + "'");
+    by_op[escape_name(op)].push_back(quote_name(n->name, 60));
   }
   std::vector<std::pair<std::string, const std::vector<std::string>*>> order;
   for (const auto& [op, names] : by_op) order.push_back({op, &names});

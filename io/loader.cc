@@ -54,20 +54,11 @@ void read_whole_file(const std::string& path, std::vector<uint8_t>& data) {
     throw DecodeError(path, std::string("cannot stat: ") + std::strerror(e));
   }
   data.resize(size_t(st.st_size));
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t r = ::read(fd, data.data() + done, data.size() - done);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      int e = errno;
-      ::close(fd);
-      throw DecodeError(path, std::string("read error: ") + std::strerror(e));
-    }
-    if (r == 0) break;  // shrank since fstat
-    done += size_t(r);
-  }
+  long done = read_fully(fd, data.data(), data.size());
+  int e = errno;
   ::close(fd);
-  data.resize(done);
+  if (done < 0) throw DecodeError(path, std::string("read error: ") + std::strerror(e));
+  data.resize(size_t(done));  // shrank since fstat
   if (done == 0) throw DecodeError(path, "empty file");
 }
 

@@ -205,6 +205,18 @@ RunResult run_shell(const std::string& command_line) {
 
 }  // namespace
 
+void set_external_data(onnx::TensorProto& t, const std::string& location, const std::string& offset,
+                       const std::string& length) {
+  t.clear_raw_data();
+  t.set_data_location(onnx::TensorProto::EXTERNAL);
+  for (auto [key, value] : {std::pair{"location", &location}, {"offset", &offset}, {"length", &length}}) {
+    if (value->empty() && std::string_view(key) != "location") continue;
+    auto* e = t.add_external_data();
+    e->set_key(key);
+    e->set_value(*value);
+  }
+}
+
 RunResult run_oxtrain(const std::string& args) { return run_shell(std::string(OXTRAIN_BINARY) + " " + args); }
 
 RunResult run_oxtrain_limited(const std::string& args, int seconds, int64_t address_space_mib) {

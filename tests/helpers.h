@@ -28,6 +28,11 @@ struct ModelBuilder {
   void save(const std::string& path) const;
 };
 
+// Moves a tensor to external data: clears its raw data and writes the entries location, offset
+// and length (an empty string leaves that entry out), as given (tests write bad values too).
+void set_external_data(onnx::TensorProto& t, const std::string& location, const std::string& offset,
+                       const std::string& length);
+
 void set_ints(onnx::NodeProto& n, const std::string& key, std::vector<int64_t> values);
 void set_int(onnx::NodeProto& n, const std::string& key, int64_t value);
 

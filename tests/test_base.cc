@@ -213,3 +213,9 @@ TEST(Files, PathWithinResolvesDotDotAndSymlinks) {
   fs::create_directory_symlink(fs::path(dir.path), root / "up");
   EXPECT_FALSE(path_within(root, root / "up" / "secret"));
 }
+
+TEST(Text, QuoteNameEscapesInsideQuotes) {
+  EXPECT_EQ(quote_name("conv1"), "'conv1'");
+  EXPECT_EQ(quote_name("a\nb"), "'a\\nb'");
+  EXPECT_EQ(quote_name(std::string(100, 'x'), 20).size(), 22u);
+}

@@ -39,17 +39,7 @@ std::string save(const ModelBuilder& b, const std::string& name = "model.onnx") 
 
 void make_external(onnx::TensorProto& t, const std::string& location, int64_t offset,
                    int64_t length) {
-  std::string raw = t.raw_data();
-  t.clear_raw_data();
-  t.set_data_location(onnx::TensorProto::EXTERNAL);
-  auto add = [&](const char* k, const std::string& v) {
-    auto* e = t.add_external_data();
-    e->set_key(k);
-    e->set_value(v);
-  };
-  add("location", location);
-  add("offset", std::to_string(offset));
-  if (length >= 0) add("length", std::to_string(length));
+  test::set_external_data(t, location, std::to_string(offset), length >= 0 ? std::to_string(length) : "");
 }
 
 }  // namespace

@@ -26,13 +26,6 @@ using oxtrain::test::ModelBuilder;
 
 namespace {
 
-// 'text' (a helper rather than "'" + s + "'", which GCC 12 flags with a -Wrestrict false positive).
-std::string quoted(std::string_view text) {
-  std::string q = "'";
-  q.append(text);
-  q += '\'';
-  return q;
-}
 
 std::string q(const std::string& path) { return "'" + path + "'"; }
 
@@ -54,20 +47,6 @@ std::string import_error(const std::string& path, const ImportOptions& options =
 
 void expect_has(const std::string& text, const std::vector<std::string>& needles) {
   for (const auto& n : needles) EXPECT_NE(text.find(n), std::string::npos) << "'" << n << "' in: " << text;
-}
-
-void set_external(onnx::TensorProto& t, const std::string& location, const std::string& offset,
-                  const std::string& length) {
-  t.clear_raw_data();
-  t.set_data_location(onnx::TensorProto::EXTERNAL);
-  auto add = [&](const char* k, const std::string& v) {
-    auto* e = t.add_external_data();
-    e->set_key(k);
-    e->set_value(v);
-  };
-  add("location", location);
-  if (!offset.empty()) add("offset", offset);
-  if (!length.empty()) add("length", length);
 }
 
 void write_bytes(const std::string& path, const std::string& bytes) {
@@ -107,7 +86,7 @@ TEST(HardeningGraph, ExternalDataOutsideTheModelsFolderIsRefused) {
                                std::string("../secret.bin"), dir.path + "/secret.bin",
                                std::string("link.bin")}) {
     ModelBuilder b = test::small_convnet();
-    set_external(*b.graph().mutable_initializer(0), location, "0", std::to_string(raw.size()));
+    test::set_external_data(*b.graph().mutable_initializer(0), location, "0", std::to_string(raw.size()));
     b.save(model);
     std::string err = graph_error(q(model));
     expect_has(err, {"'conv.weight'", "'" + location + "'", "outside the model's folder",
@@ -119,7 +98,7 @@ TEST(HardeningGraph, ExternalDataOutsideTheModelsFolderIsRefused) {
   }
   // With the flag the user trusts the model: the secret is read (the same size as the weight).
   ModelBuilder b = test::small_convnet();
-  set_external(*b.graph().mutable_initializer(0), "../secret.bin", "0", std::to_string(raw.size()));
+  test::set_external_data(*b.graph().mutable_initializer(0), "../secret.bin", "0", std::to_string(raw.size()));
   b.save(model);
   auto r = test::run_oxtrain("graph " + q(model) + " --allow-external-data-anywhere");
   EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -139,7 +118,7 @@ TEST(HardeningGraph, ExternalDataInsideTheFolderStillLoads) {
   fs::create_symlink("weights/w.bin", dir.path + "/model/inside.bin");
   for (const char* location : {"weights/w.bin", "weights/../weights/w.bin", "inside.bin"}) {
     ModelBuilder m = test::small_convnet();
-    set_external(*m.graph().mutable_initializer(0), location, "0", std::to_string(raw.size()));
+    test::set_external_data(*m.graph().mutable_initializer(0), location, "0", std::to_string(raw.size()));
     m.save(dir.path + "/model/model.onnx");
     Graph g = import_onnx(dir.path + "/model/model.onnx");
     EXPECT_EQ(g.value("conv.weight")->data->bytes, std::vector<uint8_t>(raw.begin(), raw.end())) << location;
@@ -150,7 +129,7 @@ TEST(HardeningGraph, ExternalDataThatIsNotARegularFileIsRefusedWithoutHanging) {
   test::ScopedTempDir dir;
   ASSERT_EQ(::mkfifo((dir.path + "/w.bin").c_str(), 0600), 0);
   ModelBuilder b = test::small_convnet();
-  set_external(*b.graph().mutable_initializer(0), "w.bin", "0", "432");
+  test::set_external_data(*b.graph().mutable_initializer(0), "w.bin", "0", "432");
   b.save(dir.path + "/model.onnx");
   std::string err = graph_error(q(dir.path + "/model.onnx"));
   expect_has(err, {"'conv.weight'", "w.bin", "FIFO"});
@@ -184,7 +163,7 @@ TEST(HardeningGraph, HugeClaimedDimsAllocateNothing) {
     // External data whose file holds 16 bytes.
     write_bytes(dir.path + "/w.bin", std::string(16, '\0'));
     ModelBuilder ext = add_of_initializer({d}, "");
-    set_external(*ext.graph().mutable_initializer(0), "w.bin", "0", "");
+    test::set_external_data(*ext.graph().mutable_initializer(0), "w.bin", "0", "");
     ext.save(dir.path + "/ext.onnx");
     expect_has(graph_error(q(dir.path + "/ext.onnx"), 1024), {"'w'", "w.bin", "16 bytes"});
   }
@@ -359,7 +338,7 @@ TEST(HardeningGraph, BadExternalOffsetOrLengthNamesTheTensorAndKey) {
     for (const char* bad : {"abc", "-5", "99999999999999999999", "12abc", ""}) {
       ModelBuilder b = test::small_convnet();
       bool offset = std::string(key) == "offset";
-      set_external(*b.graph().mutable_initializer(0), "w.bin", offset ? bad : "0",
+      test::set_external_data(*b.graph().mutable_initializer(0), "w.bin", offset ? bad : "0",
                    offset ? std::to_string(raw.size()) : bad);
       if (std::string(bad).empty()) {  // a key present with an empty value
         auto* e = b.graph().mutable_initializer(0)->add_external_data();
@@ -367,12 +346,12 @@ TEST(HardeningGraph, BadExternalOffsetOrLengthNamesTheTensorAndKey) {
         e->set_value("");
       }
       b.save(dir.path + "/m.onnx");
-      expect_has(graph_error(q(dir.path + "/m.onnx")), {"'conv.weight'", quoted(key), quoted(bad)});
+      expect_has(graph_error(q(dir.path + "/m.onnx")), {"'conv.weight'", quote_name(key), quote_name(bad)});
     }
   }
   // An offset near 2^63 that wraps when the length is added.
   ModelBuilder b = test::small_convnet();
-  set_external(*b.graph().mutable_initializer(0), "w.bin", "9223372036854775807", std::to_string(raw.size()));
+  test::set_external_data(*b.graph().mutable_initializer(0), "w.bin", "9223372036854775807", std::to_string(raw.size()));
   b.save(dir.path + "/m.onnx");
   expect_has(graph_error(q(dir.path + "/m.onnx")), {"'conv.weight'", "w.bin", "offset 9223372036854775807"});
 }
