@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # CPU training-step benchmark: oxtrain beside PyTorch, same machine, same run, same threads.
 #   bench/cpu_resnet.sh            # resnet50 b16 224 and resnet18 b32 112
-# Needs python3 with torch and torchvision (PyTorch's baseline is
-# ../shared/bench/torch_resnet.py); builds oxtrain first. Prints a table with the ratio
+# Needs python3 with torch and torchvision (PyTorch's baseline is bench/torch_resnet.py);
+# builds oxtrain first. Prints a table with the ratio
 # oxtrain ms/step : PyTorch ms/step (lower is better for oxtrain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-baseline=${TORCH_RESNET:-../shared/bench/torch_resnet.py}
+baseline=${TORCH_RESNET:-bench/torch_resnet.py}
 threads=${THREADS:-$(nproc)}
 scripts/build.sh >/dev/null
 configs=("resnet50 224 16 ${ITERS50:-3} 1" "resnet18 112 32 ${ITERS18:-10} 2")

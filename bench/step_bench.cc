@@ -1,5 +1,5 @@
 // Training-step throughput of oxtrain on the CPU for a zoo ResNet, on a fixed synthetic
-// batch, as ../shared/bench/torch_resnet.py measures PyTorch: SGD momentum 0.9, weight decay
+// batch, as bench/torch_resnet.py measures PyTorch: SGD momentum 0.9, weight decay
 // 1e-4, cross-entropy. Prints one JSON line with img_s and ms_step.
 //
 //   oxtrain_step_bench --arch resnet18 --image-size 112 --batch-size 32 --iters 10 --warmup 3
