@@ -69,7 +69,7 @@ ModelBuilder add_of_initializer(std::vector<int64_t> dims, const std::string& ra
 
 }  // namespace
 
-// ----- Case 3: external data stays inside the model's folder -----
+// ----- external data stays inside the model's folder -----
 
 TEST(HardeningGraph, ExternalDataOutsideTheModelsFolderIsRefused) {
   test::ScopedTempDir dir;
@@ -138,7 +138,7 @@ TEST(HardeningGraph, ExternalDataThatIsNotARegularFileIsRefusedWithoutHanging) {
   expect_has(graph_error(q(dir.path + "/fifo.onnx")), {"fifo.onnx", "FIFO"});
 }
 
-// ----- Case 4: nothing allocated before the bytes are there -----
+// ----- nothing allocated before the bytes are there -----
 
 TEST(HardeningGraph, HugeClaimedDimsAllocateNothing) {
   if (test::running_under_sanitizer()) GTEST_SKIP() << "address-space limits do not apply under a sanitizer";
@@ -195,7 +195,7 @@ TEST(HardeningGraph, FoldingRefusesOutputsOverTheSynthesisLimit) {
   expect_has(graph_error(q(dir.path + "/expand.onnx"), 1024), {"Expand 'expand'", "[1073741824,2] of int64", "16.0 GiB", "more than the 4 GiB"});
 }
 
-// ----- Case 5: shape arithmetic that wraps -----
+// ----- shape arithmetic that wraps -----
 
 TEST(HardeningGraph, DimsWhoseProductWrapsAreRefused) {
   test::ScopedTempDir dir;
@@ -313,7 +313,7 @@ TEST(HardeningGraph, ZeroSizedTensorsImport) {
   EXPECT_EQ(g.value("w")->data->bytes.size(), 0u);
 }
 
-// ----- Case 9: graph --batch-size -----
+// ----- graph --batch-size -----
 
 TEST(HardeningGraph, BatchSizeOutOfRangeIsRefused) {
   test::ScopedTempDir dir;
@@ -327,7 +327,7 @@ TEST(HardeningGraph, BatchSizeOutOfRangeIsRefused) {
   EXPECT_NE(r.out.find("batch        3"), std::string::npos) << r.out;
 }
 
-// ----- Case 10: errors a person can use -----
+// ----- errors a person can use -----
 
 TEST(HardeningGraph, BadExternalOffsetOrLengthNamesTheTensorAndKey) {
   test::ScopedTempDir dir;

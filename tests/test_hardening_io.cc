@@ -201,7 +201,7 @@ const char* kTrain = " -a resnet18 --image-size 32 -j 2 --threads 1 ";
 
 }  // namespace
 
-// ---- Case 2: labels ----
+// ---- labels ----
 
 TEST(HardeningIo, TrainAndValMustHoldTheSameClasses) {
   test::ScopedTempDir t;
@@ -267,7 +267,7 @@ TEST(HardeningIo, ALabelOutsideTheClassesIsAnErrorNamingTheFile) {
   }
 }
 
-// ---- Case 4: sizes from headers ----
+// ---- sizes from headers ----
 
 TEST(HardeningIo, APngClaiming16000x16000IsRefusedFromItsHeader) {
   std::vector<uint8_t> png = tiny_png_claiming(16000, 16000);
@@ -382,7 +382,7 @@ TEST(HardeningIo, AnIndexCacheThatLiesIsIgnoredAndRebuilt) {
   }
 }
 
-// ---- Case 7: a FIFO named like an image ----
+// ---- a FIFO named like an image ----
 
 TEST(HardeningIo, AFifoNamedLikeAnImageIsReportedAndSkipped) {
   test::ScopedTempDir t;
@@ -444,7 +444,7 @@ TEST(HardeningIo, TrainingSkipsAFifoAndABombAndRebuildsALyingIndex) {
   EXPECT_NE(read_all(index).find("samples 6\n"), std::string::npos);  // rebuilt
 }
 
-// ---- Case 10: make-dataset into a folder that is not empty ----
+// ---- make-dataset into a folder that is not empty ----
 
 TEST(HardeningIo, MakeDatasetRefusesAFolderThatIsNotEmpty) {
   test::ScopedTempDir t;

@@ -90,7 +90,7 @@ std::string int64_bytes(const std::vector<int64_t>& values) {
 
 }  // namespace
 
-// Case 1: every number of a checkpoint's header is checked against the file before anything
+// Every number of a checkpoint's header is checked against the file before anything
 // is read or allocated.
 TEST(HardeningTrain, CraftedCheckpointHeadersAreRefused) {
   test::ScopedTempDir tmp;
@@ -131,7 +131,7 @@ TEST(HardeningTrain, CraftedCheckpointHeadersAreRefused) {
   }
 }
 
-// Case 1: a header claiming a 16 GiB tensor is refused before anything that large is
+// A header claiming a 16 GiB tensor is refused before anything that large is
 // allocated (the old reader allocated it, then compared).
 TEST(HardeningTrain, CheckpointHeaderAllocatesNothingBeforeTheCheck) {
   if (test::running_under_sanitizer()) GTEST_SKIP() << "address-space limits do not apply under ASan";
@@ -145,7 +145,7 @@ TEST(HardeningTrain, CheckpointHeaderAllocatesNothingBeforeTheCheck) {
   EXPECT_NE(r.err.find("lies outside the file"), std::string::npos) << r.err;
 }
 
-// Case 1 and 10: a checkpoint cut to 27 bytes is called truncated, not foreign.
+// A checkpoint cut to 27 bytes is called truncated, not foreign.
 TEST(HardeningTrain, ShortCheckpointSaysTruncated) {
   test::ScopedTempDir tmp;
   std::string model = small_model(tmp.path);
@@ -160,7 +160,7 @@ TEST(HardeningTrain, ShortCheckpointSaysTruncated) {
                                "checkpoint; use an earlier checkpoint");
 }
 
-// Case 1: a checkpoint without all of the model's persistent values (or with one of another
+// A checkpoint without all of the model's persistent values (or with one of another
 // shape) is refused, naming the first missing ones and the count.
 TEST(HardeningTrain, ResumeNeedsEveryPersistentValue) {
   test::ScopedTempDir tmp;
@@ -207,7 +207,7 @@ TEST(HardeningTrain, ResumeNeedsEveryPersistentValue) {
   EXPECT_NE(r.out.find("=> loaded checkpoint"), std::string::npos) << r.out;
 }
 
-// Case 10: a long list is cut to "and N more" unless --verbose asks for all of it.
+// A long list is cut to "and N more" unless --verbose asks for all of it.
 TEST(HardeningTrain, VerboseShowsTheWholeList) {
   test::ScopedTempDir tmp;
   auto zoo = run("zoo resnet18 --num-classes 5 --image-size 32 -o " + tmp.path + "/r18.onnx");
@@ -229,7 +229,7 @@ TEST(HardeningTrain, VerboseShowsTheWholeList) {
   EXPECT_EQ(all.err.find('\n'), all.err.size() - 1);
 }
 
-// Case 1 and 10: the metadata is parsed strictly (the old reader called stoll on it).
+// The metadata is parsed strictly (the old reader called stoll on it).
 TEST(HardeningTrain, CheckpointMetadataIsParsedStrictly) {
   test::ScopedTempDir tmp;
   std::string model = small_model(tmp.path);
@@ -259,7 +259,7 @@ TEST(HardeningTrain, CheckpointMetadataIsParsedStrictly) {
   }
 }
 
-// Case 6: --input-tensors must match the model's input in rank, dtype, channels, height and
+// --input-tensors must match the model's input in rank, dtype, channels, height and
 // width (the old check looked at the batch only and read past the tensor).
 TEST(HardeningTrain, InputTensorsMustMatchTheModel) {
   test::ScopedTempDir tmp;
@@ -309,7 +309,7 @@ TEST(HardeningTrain, InputTensorsMustMatchTheModel) {
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
 }
 
-// Case 7 and 9: every flag is checked before any work, naming the flag and its range.
+// Every flag is checked before any work, naming the flag and its range.
 TEST(HardeningTrain, FlagsAreCheckedUpFront) {
   test::ScopedTempDir tmp;
   std::string model = small_model(tmp.path);
@@ -354,7 +354,7 @@ TEST(HardeningTrain, FlagsAreCheckedUpFront) {
   }
 }
 
-// Case 7: thread counts that would hang OpenBLAS or exhaust the process table are refused
+// Thread counts that would hang OpenBLAS or exhaust the process table are refused
 // before any thread starts (the test fails by timeout if one hangs).
 TEST(HardeningTrain, ThreadCountsAreBounded) {
   test::ScopedTempDir tmp;
@@ -371,7 +371,7 @@ TEST(HardeningTrain, ThreadCountsAreBounded) {
   }
 }
 
-// Case 10: running out of memory is one line that says what to change.
+// Running out of memory is one line that says what to change.
 TEST(HardeningTrain, OutOfMemoryIsOneLine) {
   if (test::running_under_sanitizer()) GTEST_SKIP() << "address-space limits do not apply under ASan";
   test::ScopedTempDir tmp;
@@ -384,7 +384,7 @@ TEST(HardeningTrain, OutOfMemoryIsOneLine) {
                            "or free memory");
 }
 
-// Case 7 and 10: a thread that cannot be started (here: 64 loader stacks do not fit the
+// A thread that cannot be started (here: 64 loader stacks do not fit the
 // address space allowed) is one line naming the flags to lower, not "Resource temporarily
 // unavailable".
 TEST(HardeningTrain, ThreadCreationFailureIsOneLine) {
@@ -407,7 +407,7 @@ TEST(HardeningTrain, ThreadCreationFailureIsOneLine) {
                               "loading the data; lower -j/--workers or --threads");
 }
 
-// Case 9: a parse error is one line with the prefix; --help still works.
+// A parse error is one line with the prefix; --help still works.
 TEST(HardeningTrain, ParseErrorsAreOneLine) {
   auto r = run("train --synthetic --bogus");
   EXPECT_EQ(test::clean_error_problem(r), "");
@@ -424,7 +424,7 @@ TEST(HardeningTrain, ParseErrorsAreOneLine) {
   EXPECT_NE(help.out.find("--resume"), std::string::npos);
 }
 
-// Case 9: a model given where the data goes gets a hint.
+// A model given where the data goes gets a hint.
 TEST(HardeningTrain, ModelGivenAsDataGetsAHint) {
   test::ScopedTempDir tmp;
   std::string model = small_model(tmp.path);
@@ -436,7 +436,7 @@ TEST(HardeningTrain, ModelGivenAsDataGetsAHint) {
   }
 }
 
-// Case 8: the tmp files a killed run left are removed at the next start, with one line each.
+// The tmp files a killed run left are removed at the next start, with one line each.
 TEST(HardeningTrain, StaleTmpFilesAreRemoved) {
   test::ScopedTempDir tmp;
   std::string model = small_model(tmp.path);
@@ -456,7 +456,7 @@ TEST(HardeningTrain, StaleTmpFilesAreRemoved) {
   EXPECT_TRUE(fs::exists(ck + "/checkpoint.oxt"));
 }
 
-// Case 8: checkpoint.oxt, model_best.oxt and the metrics are replaced by a rename, never
+// Checkpoint.oxt, model_best.oxt and the metrics are replaced by a rename, never
 // rewritten in place: a reader holding the old file (here a hard link) keeps it whole.
 TEST(HardeningTrain, OutputsAreReplacedAtomically) {
   test::ScopedTempDir tmp;
@@ -490,7 +490,7 @@ TEST(HardeningTrain, AllowExternalDataAnywhereIsAFlag) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
-// Case 10: no stoll/stod/stoi in the command line's code or the checkpoint reader: a bad
+// No stoll/stod/stoi in the command line's code or the checkpoint reader: a bad
 // number there must be a message, not std::invalid_argument.
 TEST(HardeningTrain, NoUncheckedNumberParsing) {
   fs::path root = fs::path(OXTRAIN_FIXTURES).parent_path().parent_path();
@@ -502,7 +502,7 @@ TEST(HardeningTrain, NoUncheckedNumberParsing) {
   }
 }
 
-// Case 9: `oxtrain zoo` checks its flags too (--seed -1 was wrapped to 2^64-1, a huge
+// `oxtrain zoo` checks its flags too (--seed -1 was wrapped to 2^64-1, a huge
 // --num-classes ended in std::bad_alloc).
 TEST(HardeningTrain, ZooFlagsAreChecked) {
   test::ScopedTempDir tmp;
