@@ -12,6 +12,7 @@
 #include "autodiff/training.h"
 #include "base/files.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "graph/inspect.h"
 #include "graph/onnx_io.h"
 #include "runtime/planner.h"
@@ -160,8 +161,7 @@ Subcommand add_graph_command(CLI::App& app) {
   cmd->add_flag("--allow-external-data-anywhere", args->allow_external_data_anywhere,
                 "read external data even from outside the model's folder (only for models you trust)");
   return {cmd, [args]() {
-    if (args->batch_size && *args->batch_size < 1)
-      throw Error("--batch-size must be at least 1, got " + std::to_string(*args->batch_size));
+    if (args->batch_size) check_range("--batch-size", *args->batch_size, 1, kMaxBatchSize);
     if (!args->plot.empty() && !args->training) throw Error("--plot needs --training");
     graph::ImportOptions options;
     options.batch_size = args->batch_size;

@@ -23,6 +23,7 @@
 #include "base/files.h"
 #include "base/text.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "cli/progress.h"
 #include "cli/train_data.h"
 #include "graph/onnx_io.h"
@@ -68,7 +69,6 @@ struct TrainArgs {
 
 // Bounds of the flags: generous for real use, small enough that a typo cannot hang the
 // program (OpenBLAS with --threads 100000) or make it allocate beyond any machine.
-constexpr int64_t kMaxBatch = 1 << 16;
 constexpr int64_t kMaxImageSize = 4096, kMinImageSize = 8;
 constexpr int64_t kMaxClasses = 1 << 20;
 constexpr int64_t kMaxEpochs = 1 << 20;
@@ -107,16 +107,10 @@ std::string number_text(double v) {
   return buffer;
 }
 
-void check_range(const char* flag, int64_t value, int64_t lo, int64_t hi, const char* note = "") {
-  if (value < lo || value > hi)
-    throw Error(std::string(flag) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                "]" + note + ", got " + std::to_string(value));
-}
-
 // Every number of the command line, before any work: a value out of range is named with its
 // flag and the range (a NaN --lr would otherwise surface as "the loss is NaN" steps later).
 void check_numbers(const TrainArgs& a) {
-  check_range("--batch-size", a.batch_size, 1, kMaxBatch);
+  check_range("--batch-size", a.batch_size, 1, kMaxBatchSize);
   if (!(std::isfinite(a.lr) && a.lr > 0))
     throw Error("--lr must be a finite number greater than 0, got " + number_text(a.lr));
   if (!(a.momentum >= 0 && a.momentum < 1))
@@ -158,24 +152,6 @@ void check_args(const TrainArgs& a) {
   if (sources != 1)
     throw Error("give exactly one data source: DATA (an ImageNet folder), --synthetic, or "
                 "--input-tensors IMAGES.pb,LABELS.pb");
-}
-
-// A file the run will write at its end (--metrics-json, --save-model): its folder must exist
-// and be writable now, not after hours of training.
-void check_output_file(const char* flag, const std::string& path) {
-  if (path.empty()) return;
-  std::error_code ec;
-  fs::path folder = fs::path(path).parent_path();
-  if (folder.empty()) folder = ".";
-  const std::string shown = escape_name(path);
-  if (!fs::is_directory(folder, ec))
-    throw Error(std::string(flag) + " '" + shown + "': folder '" + escape_name(folder.string()) +
-                "' does not exist; create it first");
-  if (fs::is_directory(path, ec))
-    throw Error(std::string(flag) + " '" + shown + "' is a folder; give a file name");
-  if (::access(folder.c_str(), W_OK | X_OK) != 0)
-    throw Error(std::string(flag) + " '" + shown + "': folder '" + escape_name(folder.string()) +
-                "' is not writable");
 }
 
 void check_checkpoint_dir(const std::string& dir) {

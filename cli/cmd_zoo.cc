@@ -1,10 +1,9 @@
 // oxtrain zoo NAME -o FILE [--num-classes N] [--seed S] [--image-size S]
-#include <filesystem>
 #include <iostream>
 #include <memory>
 
-#include "base/text.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "graph/inspect.h"
 #include "graph/onnx_io.h"
 #include "graph/stats.h"
@@ -21,22 +20,12 @@ struct ZooArgs {
   bool list = false;
 };
 
-void check_range(const char* flag, int64_t value, int64_t lo, int64_t hi) {
-  if (value < lo || value > hi)
-    throw Error(std::string(flag) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                "], got " + std::to_string(value));
-}
-
 // The flags, before the model is built: bounds that keep a typo from allocating gigabytes.
 void check_args(const ZooArgs& a) {
   check_range("--num-classes", a.options.num_classes, 1, 1 << 20);
   check_range("--image-size", a.options.image_size, 32, 4096);
   check_range("--seed", a.seed, 0, INT64_MAX);
-  std::error_code ec;
-  std::filesystem::path folder = std::filesystem::path(a.output).parent_path();
-  if (!folder.empty() && !std::filesystem::is_directory(folder, ec))
-    throw Error("-o '" + escape_name(a.output) + "': folder '" + escape_name(folder.string()) +
-                "' does not exist; create it first");
+  check_output_file("-o", a.output);
 }
 }  // namespace
 

@@ -378,33 +378,29 @@ Decoded decode_image(const uint8_t* data, size_t size, const std::string& path,
   return d;
 }
 
-Decoded decode_file(const std::string& path, const DecodeRequest& request) {
+void read_image_file(const std::string& path, std::vector<uint8_t>& data) {
   std::string why;
-  const int fd = open_regular_file(path, &why);  // a FIFO named x.JPEG must not block
+  int fd = open_regular_file(path, &why);
   if (fd < 0) throw DecodeError(path, "cannot open: " + why);
-  struct stat st {};
+  struct stat st;
   if (::fstat(fd, &st) != 0) {
-    const int err = errno;
+    int e = errno;
     ::close(fd);
-    throw DecodeError(path, std::string("cannot stat: ") + std::strerror(err));
+    throw DecodeError(path, std::string("cannot stat: ") + std::strerror(e));
   }
-  // +1: the first read already sees the end of the file.
-  std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size) + 1);
-  size_t used = 0;
-  for (;;) {  // reads to the end even if the file has grown since fstat
-    const ssize_t n = ::read(fd, bytes.data() + used, bytes.size() - used);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      throw DecodeError(path, std::string("read error: ") + std::strerror(err));
-    }
-    if (n == 0) break;
-    used += static_cast<size_t>(n);
-    if (used == bytes.size()) bytes.resize(bytes.size() * 2);
-  }
+  data.resize(size_t(st.st_size));
+  long done = read_fully(fd, data.data(), data.size());
+  int e = errno;
   ::close(fd);
-  return decode_image(bytes.data(), used, path, request);
+  if (done < 0) throw DecodeError(path, std::string("read error: ") + std::strerror(e));
+  data.resize(size_t(done));  // shrank since fstat
+  if (done == 0) throw DecodeError(path, "empty file");
+}
+
+Decoded decode_file(const std::string& path, const DecodeRequest& request) {
+  std::vector<uint8_t> bytes;
+  read_image_file(path, bytes);
+  return decode_image(bytes.data(), bytes.size(), path, request);
 }
 
 std::vector<uint8_t> encode_jpeg(const Image& image, int quality) {

@@ -38,6 +38,10 @@ struct Decoded {
 
 Decoded decode_image(const uint8_t* data, size_t size, const std::string& path,
                      const DecodeRequest& request = {});
+// Reads a whole image file into `data` (its capacity is kept from file to file). Only a
+// regular file is read: a FIFO named x.JPEG would block a worker in open() forever. Throws
+// DecodeError naming the file when it cannot be opened or read, or is empty.
+void read_image_file(const std::string& path, std::vector<uint8_t>& data);
 // Reads the file and decodes it.
 Decoded decode_file(const std::string& path, const DecodeRequest& request = {});
 

@@ -19,48 +19,22 @@
 // class, so the epoch keeps its length and the output stays deterministic.
 #include "io/loader.h"
 
-#include <fcntl.h>
 #include <pthread.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <exception>
 #include <new>
 #include <set>
 
 #include "base/error.h"
-#include "base/files.h"
 #include "base/text.h"
+#include "io/decode.h"
 #include "io/image.h"
 #include "io/transforms.h"
 
 namespace oxtrain::io {
 namespace {
-
-// Reads a whole file into `data` (whose capacity is kept from file to file). Only a regular
-// file is read: a FIFO named x.JPEG would block a worker in open() forever.
-void read_whole_file(const std::string& path, std::vector<uint8_t>& data) {
-  std::string why;
-  int fd = open_regular_file(path, &why);
-  if (fd < 0) throw DecodeError(path, "cannot open: " + why);
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int e = errno;
-    ::close(fd);
-    throw DecodeError(path, std::string("cannot stat: ") + std::strerror(e));
-  }
-  data.resize(size_t(st.st_size));
-  long done = read_fully(fd, data.data(), data.size());
-  int e = errno;
-  ::close(fd);
-  if (done < 0) throw DecodeError(path, std::string("read error: ") + std::strerror(e));
-  data.resize(size_t(done));  // shrank since fstat
-  if (done == 0) throw DecodeError(path, "empty file");
-}
 
 constexpr size_t kLabelAlign = 64;
 
@@ -181,7 +155,7 @@ struct Loader::Impl {
                     std::to_string(s.label) + ", outside [0, " + std::to_string(classes) +
                     ") of the dataset's classes");
       try {
-        read_whole_file(s.path, file);
+        read_image_file(s.path, file);
         if (o.train) {
           SampleRng rng(o.seed, ep, i);
           train_transform(file.data(), file.size(), s.path, o.image_size, rng, out, o.crop);

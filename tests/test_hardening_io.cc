@@ -197,7 +197,13 @@ ScanOptions no_cache() {
   return o;
 }
 
-const char* kTrain = " -a resnet18 --image-size 32 -j 2 --threads 1 ";
+// `oxtrain train DATA` of a tiny zoo ResNet, two images a batch, with `limit` ("--steps 1",
+// "--epochs 1"); checkpoints go to DATA/ck.
+test::RunResult train_briefly(const std::string& data, const std::string& limit) {
+  return test::run_oxtrain_limited("train " + data + " -a resnet18 --image-size 32 -j 2 --threads 1 -b 2 " +
+                                       limit + " --checkpoint-dir " + data + "/ck",
+                                   120);
+}
 
 }  // namespace
 
@@ -224,9 +230,7 @@ TEST(HardeningIo, TrainAndValMustHoldTheSameClasses) {
 
   // Through the program: refused before any model is built or image read.
   jpeg_tree(t.path + "/val", {"n0199"}, 1);
-  auto r = test::run_oxtrain_limited("train " + t.path + kTrain + "-b 2 --steps 1 --checkpoint-dir " +
-                                         t.path + "/ck",
-                                     120);
+  auto r = train_briefly(t.path, "--steps 1");
   EXPECT_EQ(test::clean_error_problem(r), "");
   EXPECT_NE(r.err.find("val/ has class 'n0199' that train/ lacks"), std::string::npos) << r.err;
 }
@@ -239,9 +243,7 @@ TEST(HardeningIo, EmptyClassFolderIsRefusedByName) {
   EXPECT_EQ(error_of([&] { ImageFolder::scan(t.path + "/train"); }),
             "dataset folder '" + t.path + "/train': class folder 'b_empty' holds no images (.jpg "
             ".jpeg .png ...); add its images or remove the folder");
-  auto r = test::run_oxtrain_limited("train " + t.path + kTrain + "-b 2 --steps 1 --checkpoint-dir " +
-                                         t.path + "/ck",
-                                     120);
+  auto r = train_briefly(t.path, "--steps 1");
   EXPECT_EQ(test::clean_error_problem(r), "");
   EXPECT_NE(r.err.find("class folder 'b_empty' holds no images"), std::string::npos) << r.err;
 }
@@ -428,9 +430,7 @@ TEST(HardeningIo, TrainingSkipsAFifoAndABombAndRebuildsALyingIndex) {
   size_t at = text.find("samples 6\n");
   ASSERT_NE(at, std::string::npos) << text;
   write_text(index, text.replace(at, 10, "samples 549755813887\n"));
-  auto r = test::run_oxtrain_limited("train " + t.path + kTrain + "-b 2 --epochs 1 --checkpoint-dir " +
-                                         t.path + "/ck",
-                                     120);
+  auto r = train_briefly(t.path, "--epochs 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const std::string& bad :
        {root + "/a/x.JPEG: cannot open: is a FIFO, not a regular file",

@@ -1,0 +1,33 @@
+#include "cli/flags.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "base/error.h"
+#include "base/text.h"
+
+namespace fs = std::filesystem;
+
+namespace oxtrain::cli {
+
+void check_range(const std::string& flag, int64_t value, int64_t lo, int64_t hi, const std::string& note) {
+  if (value < lo || value > hi)
+    throw Error(flag + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]" + note +
+                ", got " + std::to_string(value));
+}
+
+void check_output_file(const std::string& flag, const std::string& path) {
+  if (path.empty()) return;
+  std::error_code ec;
+  fs::path folder = fs::path(path).parent_path();
+  if (folder.empty()) folder = ".";
+  const std::string shown = flag + " '" + escape_name(path) + "'";
+  if (!fs::is_directory(folder, ec))
+    throw Error(shown + ": folder '" + escape_name(folder.string()) + "' does not exist; create it first");
+  if (fs::is_directory(path, ec)) throw Error(shown + " is a folder; give a file name");
+  if (::access(folder.c_str(), W_OK | X_OK) != 0)
+    throw Error(shown + ": folder '" + escape_name(folder.string()) + "' is not writable");
+}
+
+}  // namespace oxtrain::cli
