@@ -3,12 +3,17 @@
 #include <omp.h>
 
 #include "runtime/cpu/kernels.h"
+#ifdef OXTRAIN_HAVE_CUDA
+#include "runtime/cuda/kernels.h"
+#endif
 
 extern "C" void openblas_set_num_threads(int num_threads);
 
 namespace oxtrain::runtime {
 
 const char* device_name(Device device) { return device == Device::cpu ? "cpu" : "cuda"; }
+
+const char* precision_name(Precision precision) { return precision == Precision::fp32 ? "fp32" : "tf32"; }
 
 namespace {
 std::string key(const std::string& domain, const std::string& op_type, Device device) {
@@ -38,6 +43,15 @@ const KernelRegistry& KernelRegistry::global() {
     register_cpu_matmul_kernels(r);
     register_cpu_loss_kernels(r);
     register_cpu_optimizer_kernels(r);
+#ifdef OXTRAIN_HAVE_CUDA
+    register_cuda_elementwise_kernels(r);
+    register_cuda_loss_kernels(r);
+    register_cuda_optimizer_kernels(r);
+    register_cuda_pool_kernels(r);
+    register_cuda_conv_kernels(r);
+    register_cuda_norm_kernels(r);
+    register_cuda_matmul_kernels(r);
+#endif
     return r;
   }();
   return registry;

@@ -5,9 +5,14 @@
 // an algorithm and report its workspace) and then runs once per step on buffers that the
 // memory planner placed. Kernels write (=) their outputs; none accumulates into them.
 //
-// Buffers may alias: for the ops the planner runs in place (listed in planner.h) an output
-// may share its buffer with an input of the same shape, so element-wise kernels must read
-// element i before writing element i and nothing else.
+// Buffers may alias: where an op's registry entry says an output may share an input's buffer
+// (graph::NodeFacts::shares_input), the planner may give them one buffer, so such kernels
+// must read element i before writing element i and nothing else.
+//
+// Kernels run with an execution context: the device, and on CUDA the stream and library
+// handles (runtime/cuda/context.h). They never read tensor values on the host during a step:
+// whatever must be known ahead is read at compile time from constant inputs; per-step scalars
+// (learning rate, step count) are read on the device.
 #pragma once
 
 #include <functional>
@@ -27,6 +32,19 @@ using graph::Shape;
 enum class Device { cpu, cuda };
 const char* device_name(Device device);
 
+// Float32 arithmetic of convolutions and matrix products: strict fp32, or TF32 tensor cores
+// (PyTorch's default for cuDNN convolutions). The CPU runtime is always strict.
+enum class Precision { fp32, tf32 };
+const char* precision_name(Precision precision);
+
+struct CudaContext;  // runtime/cuda/context.h, in CUDA builds
+
+// Where a kernel runs: the device and, on CUDA, the stream and library handles.
+struct ExecContext {
+  Device device = Device::cpu;
+  CudaContext* cuda = nullptr;
+};
+
 // A typed view of a buffer the runtime owns.
 struct TensorView {
   void* data = nullptr;  // nullptr for an omitted optional input or output
@@ -45,7 +63,9 @@ struct TensorView {
 struct KernelArgs {
   std::vector<TensorView> inputs;   // in the node's input order
   std::vector<TensorView> outputs;  // in the node's output order, preallocated
-  void* workspace = nullptr;        // at least workspace_bytes() of the kernel
+  void* workspace = nullptr;        // this kernel's own slice, workspace_bytes() long
+  size_t workspace_bytes = 0;
+  const ExecContext* context = nullptr;  // never null when a Session runs the kernel
 };
 
 class Kernel {
@@ -60,6 +80,10 @@ struct KernelInit {
   const Node& node;    // attributes; node.inputs/outputs carry shapes and dtypes
   int64_t opset;       // opset of the node's domain in the graph
   Device device;
+  // The context the kernel will run with: CUDA kernels build and measure their library plans
+  // on it at compile time. Null where a graph is only planned (no device at hand).
+  const ExecContext* context = nullptr;
+  Precision precision = Precision::tf32;
 };
 
 using KernelFactory = std::function<std::unique_ptr<Kernel>(const KernelInit&)>;

@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "graph/zoo.h"
+#include "runtime/device.h"
+#include "runtime/device_runtime.h"
 
 namespace oxtrain::test {
 
@@ -40,22 +42,70 @@ KernelCase::KernelCase(const std::string& op, const std::string& domain,
   node_ = graph_.add_node(op, ins, outs, "test_" + op, domain);
 }
 
-void KernelCase::run(int64_t opset) {
+void KernelCase::run(int64_t opset, runtime::Device device, runtime::Precision precision) {
   using namespace runtime;
-  const KernelFactory* factory =
-      KernelRegistry::global().find(node_->domain, node_->op_type, Device::cpu);
-  if (!factory) throw Error("no CPU kernel for " + node_->describe());
-  std::unique_ptr<Kernel> kernel = (*factory)(KernelInit{*node_, opset, Device::cpu});
-  std::vector<uint8_t> workspace(kernel->workspace_bytes() + 64);
+  const KernelFactory* factory = KernelRegistry::global().find(node_->domain, node_->op_type, device);
+  if (!factory) throw Error(std::string("no ") + device_name(device) + " kernel for " + node_->describe());
+  std::unique_ptr<DeviceRuntime> rt = DeviceRuntime::create(device, precision);
+  std::unique_ptr<Kernel> kernel = (*factory)(KernelInit{*node_, opset, device, &rt->context(), precision});
+  std::vector<void*> buffers;
+  auto place = [&](Tensor& t, bool copy_in) -> void* {
+    if (t.dtype == DType::undefined) return nullptr;
+    void* p = rt->allocate(static_cast<int64_t>(t.bytes.size()), "a test tensor");
+    buffers.push_back(p);
+    if (copy_in && !t.bytes.empty()) rt->copy_to_device(p, t.bytes.data(), t.bytes.size());
+    return p;
+  };
   KernelArgs args;
-  for (auto& t : inputs_)
-    args.inputs.push_back(TensorView{t.dtype == DType::undefined ? nullptr : t.bytes.data(),
-                                     t.dtype, t.shape});
-  for (auto& t : outputs_)
-    args.outputs.push_back(TensorView{t.dtype == DType::undefined ? nullptr : t.bytes.data(),
-                                      t.dtype, t.shape});
-  args.workspace = workspace.data();
+  for (auto& t : inputs_) args.inputs.push_back(TensorView{place(t, true), t.dtype, t.shape});
+  for (auto& t : outputs_) {
+    if (t.dtype != DType::undefined) std::fill(t.bytes.begin(), t.bytes.end(), uint8_t{0});
+    args.outputs.push_back(TensorView{place(t, false), t.dtype, t.shape});
+  }
+  args.workspace_bytes = kernel->workspace_bytes();
+  args.workspace = rt->allocate(static_cast<int64_t>(args.workspace_bytes), "the test's workspace");
+  buffers.push_back(args.workspace);
+  args.context = &rt->context();
   kernel->run(args);
+  for (size_t i = 0; i < outputs_.size(); ++i)
+    if (args.outputs[i].present() && !outputs_[i].bytes.empty())
+      rt->copy_to_host(outputs_[i].bytes.data(), args.outputs[i].data, outputs_[i].bytes.size());
+  rt->synchronize();
+  for (void* p : buffers) rt->release(p);
+}
+
+bool gpu_available(std::string* why) {
+  if (!runtime::cuda_compiled()) {
+    if (why) *why = "this build has no CUDA runtime";
+    return false;
+  }
+  std::string reason;
+  if (runtime::cuda_devices(&reason).empty()) {
+    if (why) *why = reason;
+    return false;
+  }
+  return true;
+}
+
+::testing::AssertionResult cuda_matches_cpu(KernelCase& c, double rtol, int64_t opset,
+                                            runtime::Precision precision) {
+  c.run(opset, runtime::Device::cpu);
+  std::vector<Tensor> want;
+  for (size_t i = 0; i < c.node().outputs.size(); ++i) want.push_back(c.output(i));
+  c.run(opset, runtime::Device::cuda, precision);
+  for (size_t i = 0; i < want.size(); ++i) {
+    const Tensor& got = c.output(i);
+    if (want[i].dtype == DType::undefined) continue;
+    if (want[i].dtype == DType::f32 || want[i].dtype == DType::f64) {
+      double d = max_relative_difference(got, want[i]);
+      if (!(d <= rtol))
+        return ::testing::AssertionFailure() << c.node().describe() << " output " << i << ": CUDA differs from CPU by "
+                                             << d << " (relative to the largest value), bound " << rtol;
+    } else if (got.bytes != want[i].bytes) {
+      return ::testing::AssertionFailure() << c.node().describe() << " output " << i << ": CUDA and CPU differ";
+    }
+  }
+  return ::testing::AssertionSuccess();
 }
 
 Tensor random_tensor(DType dtype, graph::Shape shape, uint64_t seed, double lo, double hi) {

@@ -1,6 +1,6 @@
-// Running one CPU kernel on host tensors, for the kernel tests: builds a one-node graph whose
+// Running one kernel on host tensors, for the kernel tests: builds a one-node graph whose
 // values carry the given shapes, makes the kernel through the global registry (as a Session
-// does) and runs it.
+// does) and runs it, on the CPU or (copying in and out) on the GPU.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -28,7 +28,10 @@ class KernelCase {
   graph::Node& node() { return *node_; }
   void set_attr(const std::string& key, graph::Attribute value) { node_->attrs[key] = std::move(value); }
   // Makes the kernel and runs it; outputs are then in output(i). Throws what the factory throws.
-  void run(int64_t opset = 17);
+  // On CUDA the inputs are copied to the GPU, the kernel runs on its stream, the outputs are
+  // copied back (outputs start zero-filled on both devices).
+  void run(int64_t opset = 17, runtime::Device device = runtime::Device::cpu,
+           runtime::Precision precision = runtime::Precision::fp32);
   graph::Tensor& output(size_t i) { return outputs_.at(i); }
   graph::Tensor& input(size_t i) { return inputs_.at(i); }
 
@@ -38,6 +41,22 @@ class KernelCase {
   std::vector<graph::Tensor> inputs_;
   std::vector<graph::Tensor> outputs_;
 };
+
+// Whether a GPU can run CUDA kernels here; otherwise `why` says why not.
+bool gpu_available(std::string* why = nullptr);
+// In a CUDA test: skips it, with one message, where no GPU is at hand.
+#define OXTRAIN_REQUIRE_GPU()                                               \
+  do {                                                                      \
+    std::string why_no_gpu;                                                 \
+    if (!::oxtrain::test::gpu_available(&why_no_gpu))                       \
+      GTEST_SKIP() << "CUDA test skipped: " << why_no_gpu;                  \
+  } while (0)
+
+// Runs `c` on the CPU, then on the GPU, and checks every output of the GPU run against the CPU
+// run: floats within `rtol` of the largest CPU magnitude (NaN-aware), integers exactly.
+// Call after OXTRAIN_REQUIRE_GPU().
+::testing::AssertionResult cuda_matches_cpu(KernelCase& c, double rtol, int64_t opset = 17,
+                                            runtime::Precision precision = runtime::Precision::fp32);
 
 // Deterministic test data in [lo, hi).
 graph::Tensor random_tensor(graph::DType dtype, graph::Shape shape, uint64_t seed,

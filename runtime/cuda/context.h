@@ -1,0 +1,46 @@
+// The CUDA execution context a kernel runs with, and the checks every CUDA, cuDNN and cuBLAS
+// call goes through. A failed call throws oxtrain::Error naming the node and op it served
+// ("Conv 'layer1.0.conv1': cudnn execute: CUDNN_STATUS_BAD_PARAM ...").
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <string>
+
+#include "base/error.h"
+#include "runtime/kernel.h"
+
+namespace oxtrain::runtime {
+
+struct CudaContext {
+  int device = 0;
+  cudaStream_t stream = nullptr;  // the compute stream every kernel launches on
+  cudnnHandle_t cudnn = nullptr;  // bound to `stream`
+  cublasLtHandle_t cublaslt = nullptr;
+  Precision precision = Precision::tf32;
+  int multiprocessors = 0;
+  int compute_major = 0, compute_minor = 0;
+};
+
+namespace cuda {
+
+// `what` names the call; `where` the node (Node::describe()) or the runtime's own task.
+void check(cudaError_t status, const char* what, const std::string& where);
+void check(cudnnStatus_t status, const char* what, const std::string& where);
+void check(cublasStatus_t status, const char* what, const std::string& where);
+
+// The context of a kernel's arguments; throws when a CUDA kernel is run without one.
+const CudaContext& context_of(const KernelArgs& args, const std::string& where);
+
+// Launch geometry for `count` independent elements: blocks of `threads`, at most enough
+// blocks to fill the device several times over (kernels stride over the rest).
+struct Launch {
+  unsigned blocks = 1;
+  unsigned threads = 256;
+};
+Launch launch_for(int64_t count, const CudaContext& ctx, unsigned threads = 256);
+
+}  // namespace cuda
+}  // namespace oxtrain::runtime

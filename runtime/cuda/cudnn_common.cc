@@ -1,0 +1,1 @@
+// What the cuDNN kernels (conv.cc, batchnorm.cc) share.

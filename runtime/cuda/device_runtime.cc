@@ -1,0 +1,139 @@
+// The CUDA DeviceRuntime: one device, one compute stream, cuDNN and cuBLASLt handles bound to
+// it. Arenas come from cudaMalloc (one per arena, at allocate time, never during a step).
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "graph/inspect.h"
+#include "runtime/cuda/context.h"
+#include "runtime/device_runtime.h"
+
+namespace oxtrain::runtime {
+namespace {
+
+std::string version_text(int v) {  // 13000 -> "13.0"
+  return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
+}
+
+class CudaRuntime : public DeviceRuntime {
+ public:
+  CudaRuntime(Precision precision, int index) {
+    const std::string where = "device cuda";
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err == cudaErrorInsufficientDriver) {
+      int driver = 0;
+      cudaDriverGetVersion(&driver);
+      throw Error("device cuda: the NVIDIA driver supports CUDA " + version_text(driver) +
+                  " but this build of oxtrain needs CUDA " + version_text(CUDART_VERSION) +
+                  "; update the driver, or use --device cpu");
+    }
+    if (err != cudaSuccess || count == 0)
+      throw Error(std::string("device cuda: no GPU is visible (") +
+                  (err != cudaSuccess ? cudaGetErrorString(err) : "no CUDA device found") +
+                  "); use --device cpu");
+    if (index < 0 || index >= count)
+      throw Error("device cuda: GPU " + std::to_string(index) + " does not exist (" +
+                  std::to_string(count) + " visible)");
+    size_t cudnn_version = cudnnGetVersion();
+    if (cudnn_version < CUDNN_VERSION)
+      throw Error("device cuda: cuDNN " + std::to_string(cudnn_version) + " was loaded but oxtrain was built against " +
+                  std::to_string(CUDNN_VERSION) + "; put cuDNN " + std::to_string(CUDNN_MAJOR) + "." +
+                  std::to_string(CUDNN_MINOR) + " or newer first on LD_LIBRARY_PATH");
+    cuda::check(cudaSetDevice(index), "cudaSetDevice", where);
+    cudaDeviceProp prop{};
+    cuda::check(cudaGetDeviceProperties(&prop, index), "cudaGetDeviceProperties", where);
+    name_ = prop.name;
+    cuda_.device = index;
+    cuda_.precision = precision;
+    cuda_.multiprocessors = prop.multiProcessorCount;
+    cuda_.compute_major = prop.major;
+    cuda_.compute_minor = prop.minor;
+    cuda::check(cudaStreamCreateWithFlags(&cuda_.stream, cudaStreamNonBlocking), "cudaStreamCreate", where);
+    cuda::check(cudnnCreate(&cuda_.cudnn), "cudnnCreate", where);
+    cuda::check(cudnnSetStream(cuda_.cudnn, cuda_.stream), "cudnnSetStream", where);
+    cuda::check(cublasLtCreate(&cuda_.cublaslt), "cublasLtCreate", where);
+    context_.device = Device::cuda;
+    context_.cuda = &cuda_;
+  }
+  ~CudaRuntime() override {
+    cudaStreamSynchronize(cuda_.stream);
+    for (auto& [p, size] : sizes_) cudaFree(p);
+    if (cuda_.cublaslt) cublasLtDestroy(cuda_.cublaslt);
+    if (cuda_.cudnn) cudnnDestroy(cuda_.cudnn);
+    if (cuda_.stream) cudaStreamDestroy(cuda_.stream);
+  }
+
+  std::string description() const override { return name_ + " (cuda:" + std::to_string(cuda_.device) + ")"; }
+
+  void* allocate(int64_t bytes, const std::string& what) override {
+    size_t size = static_cast<size_t>((std::max<int64_t>(bytes, 256) + 255) / 256 * 256);
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, size);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      throw Error("out of GPU memory: " + what + " needs " + graph::human_bytes(static_cast<int64_t>(size)) +
+                  " but " + name_ + " has " + graph::human_bytes(free_memory()) + " free of " +
+                  graph::human_bytes(total_memory()));
+    }
+    cuda::check(err, "cudaMalloc", "allocating " + what);
+    cuda::check(cudaMemsetAsync(p, 0, size, cuda_.stream), "cudaMemsetAsync", "allocating " + what);
+    ++counters_.allocations;
+    sizes_[p] = static_cast<int64_t>(size);
+    held_ += static_cast<int64_t>(size);
+    peak_ = std::max(peak_, held_);
+    return p;
+  }
+  void release(void* data) override {
+    auto it = sizes_.find(data);
+    if (it == sizes_.end()) return;
+    cudaStreamSynchronize(cuda_.stream);
+    cudaFree(data);
+    held_ -= it->second;
+    sizes_.erase(it);
+  }
+  void copy_to_device(void* dst, const void* src, size_t bytes) override {
+    // Pageable source: cudaMemcpyAsync returns once the source has been staged.
+    cuda::check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_.stream), "cudaMemcpyAsync H2D",
+                "copying to the GPU");
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    cuda::check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_.stream), "cudaMemcpyAsync D2H",
+                "copying from the GPU");
+    synchronize();
+  }
+  void copy_on_device(void* dst, const void* src, size_t bytes) override {
+    cuda::check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_.stream), "cudaMemcpyAsync D2D",
+                "copying on the GPU");
+  }
+  void synchronize() override {
+    ++counters_.synchronizations;
+    cuda::check(cudaStreamSynchronize(cuda_.stream), "cudaStreamSynchronize", "waiting for the GPU");
+  }
+  int64_t free_memory() const override {
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) return 0;
+    return static_cast<int64_t>(free);
+  }
+  int64_t total_memory() const override {
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) return 0;
+    return static_cast<int64_t>(total);
+  }
+  int64_t peak_allocated() const override { return peak_; }
+
+ private:
+  CudaContext cuda_;
+  std::string name_;
+  std::unordered_map<void*, int64_t> sizes_;
+  int64_t held_ = 0, peak_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceRuntime> make_cuda_runtime(Precision precision, int index) {
+  return std::make_unique<CudaRuntime>(precision, index);
+}
+
+}  // namespace oxtrain::runtime

@@ -1,0 +1,27 @@
+// Registration of the CUDA kernels, one function per file of runtime/cuda/. CUDA kernels take
+// float32 tensors (int64 for labels, indices and counts); they refuse float64 at compile time.
+#pragma once
+
+#include "runtime/kernel.h"
+
+namespace oxtrain::runtime {
+
+// elementwise.cu: Add Sub Mul Div Neg Relu Identity Flatten Reshape Dropout Sum Transpose
+// ReduceMean, oxtrain.ReluGrad, oxtrain.ReduceSumTo, oxtrain.ReduceMeanGrad
+void register_cuda_elementwise_kernels(KernelRegistry& registry);
+// loss.cu: Softmax, SoftmaxCrossEntropyLoss, oxtrain.SoftmaxGrad,
+// oxtrain.SoftmaxCrossEntropyLossGrad
+void register_cuda_loss_kernels(KernelRegistry& registry);
+// optimizer.cu: ai.onnx.preview.training.Momentum
+void register_cuda_optimizer_kernels(KernelRegistry& registry);
+// pool.cu: MaxPool, AveragePool, GlobalAveragePool and their oxtrain.*Grad ops
+void register_cuda_pool_kernels(KernelRegistry& registry);
+// conv.cc (cuDNN graph API): Conv, oxtrain.ConvGradData, oxtrain.ConvGradFilter
+void register_cuda_conv_kernels(KernelRegistry& registry);
+// batchnorm.cc (cuDNN graph API): BatchNormalization, oxtrain.BatchNormTraining,
+// oxtrain.BatchNormGrad
+void register_cuda_norm_kernels(KernelRegistry& registry);
+// matmul.cc (cuBLASLt): Gemm, MatMul
+void register_cuda_matmul_kernels(KernelRegistry& registry);
+
+}  // namespace oxtrain::runtime

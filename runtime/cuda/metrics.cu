@@ -1,0 +1,1 @@
+// Loss and top-k accuracy accumulated on the device (see runtime/cuda/metrics.h).

@@ -1,0 +1,58 @@
+// The services a Session needs from a device: arenas, copies, the execution context its
+// kernels run with. The CPU's is plain memory; CUDA's (runtime/cuda/device_runtime.cc) owns the
+// compute stream and the cuDNN and cuBLASLt handles.
+//
+// Every allocation and every wait for the device goes through here and is counted, so a test
+// can check that a training step neither allocates nor synchronises with the host.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "runtime/kernel.h"
+
+namespace oxtrain::runtime {
+
+struct DeviceCounters {
+  int64_t allocations = 0;     // arenas and any other device allocation
+  int64_t synchronizations = 0;  // host waits for the device (copies to the host included)
+};
+
+class DeviceRuntime {
+ public:
+  virtual ~DeviceRuntime() = default;
+  // For CUDA: device `index`; throws Error with one line saying why there is no usable GPU
+  // (no GPU, driver too old for this build, cuDNN older than the one built against).
+  static std::unique_ptr<DeviceRuntime> create(Device device, Precision precision, int index = 0);
+
+  Device device() const { return context_.device; }
+  const ExecContext& context() const { return context_; }
+  const DeviceCounters& counters() const { return counters_; }
+  // "cpu" or "NVIDIA H200 (cuda:0)".
+  virtual std::string description() const = 0;
+
+  // A zero-filled buffer of `bytes` (at least 256-byte aligned); `what` names it in the error
+  // when memory is short.
+  virtual void* allocate(int64_t bytes, const std::string& what) = 0;
+  virtual void release(void* data) = 0;
+  // Host to device, ordered on the compute stream; `src` may be reused when the call returns.
+  virtual void copy_to_device(void* dst, const void* src, size_t bytes) = 0;
+  // Device to host: waits for the stream first (counted as a synchronisation).
+  virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+  // Device to device, ordered on the compute stream.
+  virtual void copy_on_device(void* dst, const void* src, size_t bytes) = 0;
+  // Waits until the compute stream has finished (counted).
+  virtual void synchronize() = 0;
+  // Device memory free now and in all, for out-of-memory messages; 0 when unknown.
+  virtual int64_t free_memory() const = 0;
+  virtual int64_t total_memory() const = 0;
+  // Most device memory this runtime has held at once (arenas and library workspaces).
+  virtual int64_t peak_allocated() const = 0;
+
+ protected:
+  ExecContext context_;
+  DeviceCounters counters_;
+};
+
+}  // namespace oxtrain::runtime
