@@ -61,10 +61,9 @@ class GradContext {
 // Returns one gradient per input (nullptr where none is needed).
 using GradRule = std::function<std::vector<Value*>(GradContext&)>;
 
+// Which inputs take no gradient is an op fact (graph::OpFacts::trainable), not the rule's.
 struct GradRuleInfo {
   GradRule rule;
-  // Inputs that never take a gradient (BN running statistics, shapes, labels, axes).
-  std::vector<size_t> stop_gradient;
 };
 
 // nullptr when the op has no gradient rule.

@@ -115,11 +115,11 @@ std::set<const Value*> values_requiring_grad(const Graph& g, const Value* loss,
   // Forward reachability from the sources, through differentiable input slots.
   std::set<const Value*> forward(sources.begin(), sources.end());
   for (const auto& n : g.nodes()) {
-    const GradRuleInfo* info = find_grad_rule(n->domain, n->op_type);
+    const graph::OpFacts facts = graph::node_facts(*n);
     bool reached = false;
     for (size_t i = 0; i < n->inputs.size(); ++i) {
       if (!n->inputs[i] || !forward.count(n->inputs[i])) continue;
-      if (info && std::count(info->stop_gradient.begin(), info->stop_gradient.end(), i)) continue;
+      if (!facts.trainable(i)) continue;
       reached = true;
     }
     if (reached)
@@ -204,15 +204,13 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
   std::map<const Value*, int> pending;  // consumer slots still to contribute
   for (size_t i = 0; i < forward_count; ++i) {
     const Node& n = *g.nodes()[i];
-    const GradRuleInfo* info = find_grad_rule(n.domain, n.op_type);
+    const graph::OpFacts facts = graph::node_facts(n);
     bool active = std::any_of(n.outputs.begin(), n.outputs.end(),
                               [&](const Value* o) { return o && requires_grad.count(o); });
     if (!active) continue;
     for (size_t k = 0; k < n.inputs.size(); ++k) {
       const Value* in = n.inputs[k];
-      if (in && requires_grad.count(in) &&
-          !std::count(info->stop_gradient.begin(), info->stop_gradient.end(), k))
-        ++pending[in];
+      if (in && requires_grad.count(in) && facts.trainable(k)) ++pending[in];
     }
   }
   Value* seed = g.add_initializer(g.unique_name("loss/grad_seed"),
@@ -255,11 +253,11 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
       any_output_grad |= d != nullptr;
     }
     if (!any_output_grad) continue;
+    const graph::OpFacts facts = graph::node_facts(n);
     std::vector<bool> needs(n.inputs.size(), false);
     bool any_needed = false;
     for (size_t k = 0; k < n.inputs.size(); ++k) {
-      needs[k] = n.inputs[k] && requires_grad.count(n.inputs[k]) &&
-                 !std::count(info->stop_gradient.begin(), info->stop_gradient.end(), k);
+      needs[k] = n.inputs[k] && requires_grad.count(n.inputs[k]) && facts.trainable(k);
       any_needed |= needs[k];
     }
     if (!any_needed) continue;

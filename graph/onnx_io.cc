@@ -344,16 +344,8 @@ void resolve_batch(Graph& g, const ImportOptions& options) {
 
 // Input slots that never carry a gradient: BN running statistics (state), shapes, axes,
 // ratios, labels.
-bool constant_slot(const Node& n, size_t slot) {
-  const std::string& op = n.op_type;
-  if (op == "Reshape" || op == "ReduceMean" || op == "Squeeze" || op == "Unsqueeze")
-    return slot >= 1;
-  if (op == "Dropout") return slot >= 1;
-  if (op == "SoftmaxCrossEntropyLoss") return slot >= 1;
-  if (op == "Momentum") return slot < 2;
-  return false;
-}
-
+// Initializers become parameters, state or constants by how their consumers' facts describe
+// the inputs that read them (graph/ops.h, OpFacts).
 void assign_roles(Graph& g) {
   for (Value* v : g.initializers()) {
     if (!is_float(v->dtype)) {
@@ -362,13 +354,11 @@ void assign_roles(Graph& g) {
     }
     bool state = false, trainable = false;
     for (const Node* c : v->consumers) {
+      OpFacts facts = node_facts(*c);
       for (size_t i = 0; i < c->inputs.size(); ++i) {
         if (c->inputs[i] != v) continue;
-        bool bn_stat = (c->op_type == "BatchNormalization" || c->op_type == "BatchNormTraining") &&
-                       (i == 3 || i == 4);
-        bool momentum_buffer = c->op_type == "Momentum" && i >= 2 + 2 * (c->inputs.size() - 2) / 3;
-        if (bn_stat || momentum_buffer) state = true;
-        else if (!constant_slot(*c, i)) trainable = true;
+        if (std::count(facts.state.begin(), facts.state.end(), i)) state = true;
+        else if (facts.trainable(i)) trainable = true;
       }
     }
     v->role = state ? Role::State : trainable ? Role::Parameter : Role::Constant;

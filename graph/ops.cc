@@ -788,6 +788,28 @@ void infer_reduce_sum_to(Node& n, const InferContext&) {
   set_out(n, 0, in(n, 0).dtype, target);
 }
 
+// Sum: the output may take any input's buffer.
+OpFacts sum_facts(const Node& n) {
+  OpFacts f;
+  for (size_t i = 0; i < n.inputs.size(); ++i) f.shares_input.push_back({0, i});
+  return f;
+}
+
+// Momentum: R, T, X1..Xn, G1..Gn, V1..Vn -> X1_new..Xn_new, V1_new..Vn_new. The new values
+// update X and V; R, T and the gradients take no gradient; V is state.
+OpFacts momentum_facts(const Node& n) {
+  OpFacts f;
+  size_t count = n.inputs.size() >= 2 ? (n.inputs.size() - 2) / 3 : 0;
+  f.non_trainable = {0, 1};
+  for (size_t k = 0; k < count; ++k) {
+    f.non_trainable.push_back(2 + count + k);
+    f.state.push_back(2 + 2 * count + k);
+    f.updates_input.push_back({k, 2 + k});
+    f.updates_input.push_back({count + k, 2 + 2 * count + k});
+  }
+  return f;
+}
+
 std::vector<OpSchema>& registry() {
   static std::vector<OpSchema> ops = [] {
     using F = std::function<void(Node&, const InferContext&)>;
@@ -796,43 +818,43 @@ std::vector<OpSchema>& registry() {
     };
     std::vector<OpSchema> r = {
         {"", "Conv", infer_conv, nullptr},
-        {"", "BatchNormalization", infer_batchnorm, nullptr},
-        {"", "Relu", same_as_input, nullptr},
+        {"", "BatchNormalization", infer_batchnorm, nullptr, {}, false, {.state = {3, 4}}},
+        {"", "Relu", same_as_input, nullptr, {}, false, {.shares_input = {{0, 0}}}},
         {"", "MaxPool", infer_pool, nullptr},
         {"", "AveragePool", infer_pool, nullptr},
         {"", "GlobalAveragePool", infer_global_pool, nullptr},
-        {"", "ReduceMean", infer_reduce_mean, nullptr},
-        {"", "Add", infer_broadcast, fold_arith([](double a, double b) { return a + b; })},
-        {"", "Sub", infer_broadcast, fold_arith([](double a, double b) { return a - b; })},
-        {"", "Mul", infer_broadcast, fold_arith([](double a, double b) { return a * b; })},
+        {"", "ReduceMean", infer_reduce_mean, nullptr, {}, false, {.compile_time = {1}}},
+        {"", "Add", infer_broadcast, fold_arith([](double a, double b) { return a + b; }), {}, false, {.shares_input = {{0, 0}, {0, 1}}}},
+        {"", "Sub", infer_broadcast, fold_arith([](double a, double b) { return a - b; }), {}, false, {.shares_input = {{0, 0}, {0, 1}}}},
+        {"", "Mul", infer_broadcast, fold_arith([](double a, double b) { return a * b; }), {}, false, {.shares_input = {{0, 0}, {0, 1}}}},
         {"", "Div", infer_broadcast,
          fold_arith([](double a, double b) { return b == 0 ? NAN : a / b; })},
-        {"", "Sum", infer_broadcast, nullptr},
-        {"", "Flatten", infer_flatten, fold_flatten},
-        {"", "Reshape", infer_reshape, fold_reshape},
+        {"", "Sum", infer_broadcast, nullptr, {}, false, {}, sum_facts},
+        {"", "Flatten", infer_flatten, fold_flatten, {}, false, {.shares_input = {{0, 0}}}},
+        {"", "Reshape", infer_reshape, fold_reshape, {}, false, {.compile_time = {1}, .shares_input = {{0, 0}}}},
         {"", "Gemm", infer_gemm, nullptr},
         {"", "MatMul", infer_matmul, nullptr},
-        {"", "Identity", same_as_input, fold_identity},
-        {"", "Dropout", infer_dropout, nullptr},
+        {"", "Identity", same_as_input, fold_identity, {}, false, {.shares_input = {{0, 0}}}},
+        {"", "Dropout", infer_dropout, nullptr, {}, false, {.compile_time = {1, 2}, .shares_input = {{0, 0}}}},
         {"", "Softmax", infer_softmax, nullptr},
-        {"", "SoftmaxCrossEntropyLoss", infer_sce_loss, nullptr},
+        {"", "SoftmaxCrossEntropyLoss", infer_sce_loss, nullptr, {}, false, {.non_trainable = {1, 2}}},
         {"", "Constant", fold_constant, fold_constant},
         {"", "Shape", infer_shape_op, fold_shape, {0}},
         {"", "Gather", infer_unfoldable, fold_gather, {}, true},
-        {"", "Unsqueeze", infer_unfoldable, fold_unsqueeze, {}, true},
-        {"", "Squeeze", infer_unfoldable, fold_squeeze, {}, true},
+        {"", "Unsqueeze", infer_unfoldable, fold_unsqueeze, {}, true, {.compile_time = {1}}},
+        {"", "Squeeze", infer_unfoldable, fold_squeeze, {}, true, {.compile_time = {1}}},
         {"", "Concat", infer_unfoldable, fold_concat, {}, true},
         {"", "Slice", infer_unfoldable, fold_slice, {}, true},
         {"", "ConstantOfShape", infer_unfoldable, fold_constant_of_shape, {}, true},
         {"", "Cast", infer_cast, fold_cast},
         {"", "CastLike", infer_unfoldable, fold_cast_like, {1}, true},
         {"", "Expand", infer_unfoldable, fold_expand, {}, true},
-        {"", "Neg", same_as_input, nullptr},
+        {"", "Neg", same_as_input, nullptr, {}, false, {.shares_input = {{0, 0}}}},
         {"", "Transpose", infer_transpose, nullptr},
-        {kTrainingDomain, "Momentum", infer_momentum, nullptr},
-        {kOxtrainDomain, "BatchNormTraining", infer_batchnorm_training, nullptr},
+        {kTrainingDomain, "Momentum", infer_momentum, nullptr, {}, false, {}, momentum_facts},
+        {kOxtrainDomain, "BatchNormTraining", infer_batchnorm_training, nullptr, {}, false, {.state = {3, 4}, .updates_input = {{1, 3}, {2, 4}}}},
         {kOxtrainDomain, "BatchNormGrad", infer_batchnorm_grad, nullptr},
-        {kOxtrainDomain, "ReluGrad", same_as_input, nullptr},
+        {kOxtrainDomain, "ReluGrad", same_as_input, nullptr, {}, false, {.shares_input = {{0, 0}, {0, 1}}}},
         {kOxtrainDomain, "ConvGradData", shape_from_attr("input_shape"), nullptr},
         {kOxtrainDomain, "ConvGradFilter", shape_from_attr("filter_shape"), nullptr},
         {kOxtrainDomain, "MaxPoolGrad", shape_from_attr("input_shape"), nullptr},
@@ -849,6 +871,19 @@ std::vector<OpSchema>& registry() {
 }
 
 }  // namespace
+
+bool OpFacts::trainable(size_t input) const {
+  auto in = [input](const std::vector<size_t>& list) {
+    return std::find(list.begin(), list.end(), input) != list.end();
+  };
+  return !in(compile_time) && !in(non_trainable) && !in(state);
+}
+
+OpFacts node_facts(const Node& node) {
+  const OpSchema* schema = find_schema(node.domain, node.op_type);
+  if (!schema) return {};
+  return schema->facts_of ? schema->facts_of(node) : schema->facts;
+}
 
 const OpSchema* find_schema(const std::string& domain, const std::string& op_type) {
   const std::string& d = domain == "ai.onnx" ? std::string() : domain;

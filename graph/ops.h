@@ -23,6 +23,29 @@ struct InferContext {
   int64_t opset;  // opset of the node's domain
 };
 
+// What an op's inputs and outputs are beyond their types, in one place: import reads it to
+// tell parameters from state and constants, autodiff to know which inputs take no gradient,
+// the planner which outputs may share an input's buffer and which update state in place.
+struct OpFacts {
+  // Inputs that must be known when the graph is compiled (a shape, axes, a ratio): kernels
+  // read them then, never during a step. Never trainable.
+  std::vector<size_t> compile_time = {};
+  // Inputs computed or fed at run time that take no gradient (labels, class weights,
+  // optimizer inputs).
+  std::vector<size_t> non_trainable = {};
+  // State inputs: values the step reads and (through an update) rewrites, never trained
+  // (batch-norm running statistics, momentum buffers).
+  std::vector<size_t> state = {};
+  // {output, input}: the output may take the input's buffer when their sizes match and the
+  // input dies at this node; the kernel reads element i before writing element i.
+  std::vector<std::pair<size_t, size_t>> shares_input = {};
+  // {output, input}: the output is the next value of that (state or parameter) input, and may
+  // be written straight into its buffer.
+  std::vector<std::pair<size_t, size_t>> updates_input = {};
+
+  bool trainable(size_t input) const;  // in none of the three input lists
+};
+
 struct OpSchema {
   std::string domain;  // "" = ai.onnx
   std::string op_type;
@@ -38,7 +61,13 @@ struct OpSchema {
   // Ops oxtrain evaluates only by folding (no kernel, no inference without data): import
   // reports them, all at once, when their inputs are computed at run time.
   bool constant_inputs_only = false;
+  // The op's facts; for ops with a variable number of inputs, `facts_of` gives them per node.
+  OpFacts facts = {};
+  std::function<OpFacts(const Node&)> facts_of = nullptr;
 };
+
+// The facts of one node: its schema's (empty for an op without one).
+OpFacts node_facts(const Node& node);
 
 // Nodes grouped by op for a one-line message, most frequent op first:
 // "Foo (12 nodes: 'a', 'b', and 10 more), Bar (1 node: 'c')"; names escaped, lists shortened

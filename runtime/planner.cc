@@ -5,6 +5,7 @@
 #include <set>
 
 #include "base/checked.h"
+#include "graph/ops.h"
 
 namespace oxtrain::runtime {
 
@@ -78,13 +79,6 @@ OffsetAssignment assign_offsets(const std::vector<LiveInterval>& intervals, int6
   return out;
 }
 
-bool in_place_op(const graph::Node& n) {
-  static const std::set<std::string> ops = {"Relu", "Neg",     "Add",     "Sub",    "Mul",
-                                            "Sum",  "Identity", "Reshape", "Flatten", "Dropout",
-                                            "ReluGrad"};
-  return ops.count(n.op_type) != 0;
-}
-
 MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
   MemoryPlan plan;
   const auto& nodes = g.nodes();
@@ -127,7 +121,10 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
     const auto& [state, next] = g.updates[u];
     if (!options.in_place || !next->producer || gradient_set.count(next)) continue;
     const graph::Node* p = next->producer;
-    bool elementwise = p->op_type == "Momentum" || p->op_type == "BatchNormTraining";
+    // The producer's facts must say this output is the next value of this very state input.
+    bool elementwise = false;
+    for (const auto& [o, i] : graph::node_facts(*p).updates_input)
+      elementwise |= o < p->outputs.size() && i < p->inputs.size() && p->outputs[o] == next && p->inputs[i] == state;
     int64_t last_read = -1;
     for (const graph::Node* c : state->consumers) last_read = std::max(last_read, index[c]);
     if (elementwise && last_read == index[p] && next->bytes() == state->bytes() &&
@@ -158,9 +155,12 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
       if (!v || plan.placements.count(v)) continue;
       activations.push_back(v);
       plan.activation_naive_bytes = plan_add(plan.activation_naive_bytes, align_up(v->bytes(), options.alignment));
-      // In place: output 0 over an input activation of the same size that dies here.
-      if (options.in_place && o == 0 && in_place_op(n)) {
-        for (const Value* in : n.inputs) {
+      // In place: over an input activation of the same size that dies here, where the op's
+      // facts allow that output to share that input's buffer.
+      if (options.in_place) {
+        for (const auto& [out_index, in_index] : graph::node_facts(n).shares_input) {
+          if (out_index != o || in_index >= n.inputs.size()) continue;
+          const Value* in = n.inputs[in_index];
           if (!in || !group_of.count(in) || in->bytes() != v->bytes() || last_use(in) != i ||
               graph_outputs.count(in))
             continue;

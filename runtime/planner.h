@@ -10,9 +10,10 @@
 // to its last consumer (graph outputs to the end). Intervals are placed largest first at the
 // best-fitting gap among the intervals they overlap in time (the greedy-by-size approach of
 // TFLite and ONNX Runtime). Element-wise ops whose input dies at that node write in place
-// (Relu, Add, ...: see in_place_op()). A state update whose producer is the state's last
-// reader and runs in place (Momentum, BatchNormTraining's running statistics) writes straight
-// into the state's buffer; other updates are copied back after the step.
+// (the outputs graph::OpFacts::shares_input names). A state update whose producer is the
+// state's last reader and whose facts say that output updates that input in place
+// (graph::OpFacts::updates_input: Momentum, BatchNormTraining's running statistics) writes
+// straight into the state's buffer; other updates are copied back after the step.
 #pragma once
 
 #include <cstdint>
@@ -72,10 +73,6 @@ struct MemoryPlan {
 
   const Placement& at(const graph::Value* v) const;
 };
-
-// Whether `op` may write output 0 into the buffer of an input of the same shape that dies at
-// this node.
-bool in_place_op(const graph::Node& node);
 
 MemoryPlan plan_memory(const graph::Graph& graph, const PlanOptions& options = {});
 
