@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "base/text.h"
+#include "runtime/math/metrics.h"
 
 namespace oxtrain::cli {
 
@@ -79,18 +80,6 @@ std::string printf_string(const char* fmt, double a, double b) {
   return out;
 }
 
-// a beats b in torch.topk's order: NaN above every number, then larger value.
-bool ranks_above(float a, float b) {
-  bool na = std::isnan(a), nb = std::isnan(b);
-  if (na || nb) return na && !nb;
-  return a > b;
-}
-bool ranks_equal(float a, float b) {
-  bool na = std::isnan(a), nb = std::isnan(b);
-  if (na || nb) return na && nb;
-  return a == b;
-}
-
 std::string plural(int64_t n, const std::string& word) {
   return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
 }
@@ -162,20 +151,11 @@ std::vector<double> accuracy_topk(const float* logits, const int64_t* labels, in
     throw std::invalid_argument("accuracy_topk: batch (" + std::to_string(batch) +
                                 ") and classes (" + std::to_string(classes) +
                                 ") must be positive");
-  // The rank of the label in its row (0 = the top) decides every k at once: the number of
-  // classes that come before it in torch.topk's order.
+  // The per-row test is the one the device metrics run (runtime/math/metrics.h).
   std::vector<int64_t> hits(ks.size(), 0);
-  for (int64_t r = 0; r < batch; ++r) {
-    int64_t label = labels[r];
-    if (label < 0 || label >= classes) continue;
-    const float* row = logits + r * classes;
-    float v = row[label];
-    int64_t rank = 0;
-    for (int64_t j = 0; j < classes; ++j)
-      if (ranks_above(row[j], v) || (j < label && ranks_equal(row[j], v))) ++rank;
+  for (int64_t r = 0; r < batch; ++r)
     for (size_t i = 0; i < ks.size(); ++i)
-      if (rank < static_cast<int64_t>(ks[i])) ++hits[i];
-  }
+      if (runtime::math::label_in_topk(logits + r * classes, classes, labels[r], ks[i])) ++hits[i];
   std::vector<double> out(ks.size());
   for (size_t i = 0; i < ks.size(); ++i)
     out[i] = static_cast<double>(hits[i]) * (100.0 / static_cast<double>(batch));

@@ -96,7 +96,8 @@ std::string test_summary(double top1, double top5);
 // logits: batch x classes, row-major; labels: batch class indices.
 // Order (what torch.topk picks on CPU): value descending, then class index ascending among
 // equal values (so a tie at the k-th place counts for the lower index only); NaN ranks above
-// every number (torch sorts NaN as the largest). +0.0 and -0.0 are equal.
+// every number (torch sorts NaN as the largest). +0.0 and -0.0 are equal. The per-row test is
+// runtime/math/metrics.h's label_in_topk, which the device metrics share.
 // Where main.py would fail, this does not: k larger than classes counts as classes (every
 // valid label hits), k <= 0 gives 0, and a label outside [0, classes) never hits (e.g. an
 // ignore index). Throws std::invalid_argument when batch <= 0 or classes <= 0.

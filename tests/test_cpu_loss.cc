@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "graph/zoo.h"
@@ -345,5 +346,31 @@ TEST(CpuLoss, SoftmaxCrossEntropyLossGradIsTheDerivative) {
     grad32.node().attrs = grad.node().attrs;
     grad32.run();
     EXPECT_TRUE(close(grad32.output(0), values(grad.output(0)), 1e-5)) << what << " float32";
+  }
+}
+
+TEST(CpuLoss, SoftmaxWithInfinitiesAndNans) {
+  // The semantics the CUDA kernel is compared against (runtime/math/loss.h): an element at
+  // -inf gets 0; a row whose every other element is -inf is one-hot; a row holding a NaN or a
+  // +inf, or all -inf, is NaN.
+  const double inf = std::numeric_limits<double>::infinity();
+  for (DType dt : kFloatTypes) {
+    Tensor x = random_tensor(dt, {5, 4}, 3);
+    test::set_element(x, 1, -inf);
+    for (int64_t c : {0, 1, 3}) test::set_element(x, 4 + c, -inf);
+    test::set_element(x, 8 + 2, std::numeric_limits<double>::quiet_NaN());
+    test::set_element(x, 12 + 0, inf);
+    for (int64_t c = 0; c < 4; ++c) test::set_element(x, 16 + c, -inf);
+    KernelCase kc("Softmax", "", {x}, {{dt, {5, 4}}});
+    kc.run();
+    const Tensor& y = kc.output(0);
+    EXPECT_EQ(element(y, 1), 0.0);
+    EXPECT_GT(element(y, 0), 0.0);
+    EXPECT_NEAR(element(y, 0) + element(y, 2) + element(y, 3), 1.0, tolerance(dt));
+    EXPECT_EQ(element(y, 4 + 2), 1.0);
+    EXPECT_EQ(element(y, 4 + 0), 0.0);
+    for (int64_t row : {2, 3, 4})
+      for (int64_t c = 0; c < 4; ++c)
+        EXPECT_TRUE(std::isnan(element(y, row * 4 + c))) << "row " << row << " " << c;
   }
 }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cli/progress.h"
+#include "runtime/math/metrics.h"
 
 using namespace oxtrain::cli;
 namespace fs = std::filesystem;
@@ -262,6 +263,38 @@ TEST(Progress, AccuracyTopkWithTies) {
 
   EXPECT_THROW(accuracy_topk(three.data(), three_labels.data(), 0, 2, {1}), std::invalid_argument);
   EXPECT_THROW(accuracy_topk(three.data(), three_labels.data(), 3, 0, {1}), std::invalid_argument);
+}
+
+TEST(Progress, MetricsSumsCountWhatAccuracyTopkCounts) {
+  // The CPU twin of the device metrics (runtime/math/metrics.h) on the rows of
+  // AccuracyTopkWithTies: top-1 hits rows 0 and 2, top-5 every valid label (4 rows).
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> logits = {
+      0.1f, 0.9f, 0.3f, 0.2f, 0.0f,  //
+      0.5f, 0.5f, 0.5f, 0.1f, 0.2f,  //
+      0.5f, 0.5f, 0.5f, 0.1f, 0.2f,  //
+      nan,  1.0f, 2.0f, 3.0f, 4.0f,  //
+      0.0f, 0.0f, 0.0f, 0.0f, 0.0f,  //
+  };
+  std::vector<int64_t> labels = {1, 2, 0, 4, -1};
+  const float loss = 2.5f;
+  double sums[3] = {1, 2, 3};  // earlier steps: the twin adds
+  oxtrain::runtime::MetricsArgs a{&loss, logits.data(), labels.data(), 5, 5, sums};
+  oxtrain::runtime::accumulate_metrics_cpu(a);
+  EXPECT_DOUBLE_EQ(sums[0], 1 + 2.5 * 5);
+  EXPECT_DOUBLE_EQ(sums[1], 2 + 2);
+  EXPECT_DOUBLE_EQ(sums[2], 3 + 4);
+  auto acc = accuracy_topk(logits.data(), labels.data(), 5, 5, {1, 5});
+  EXPECT_DOUBLE_EQ(acc[0], 2 * (100.0 / 5));
+  EXPECT_DOUBLE_EQ(acc[1], 4 * (100.0 / 5));
+
+  // The shared per-row test: label 2 of row 1 has rank 2 (classes 0 and 1 tie before it).
+  using oxtrain::runtime::math::label_in_topk;
+  EXPECT_FALSE(label_in_topk(logits.data() + 5, 5, 2, 2));
+  EXPECT_TRUE(label_in_topk(logits.data() + 5, 5, 2, 3));
+  EXPECT_FALSE(label_in_topk(logits.data() + 5, 5, 5, 100));  // outside [0, classes)
+  EXPECT_FALSE(label_in_topk(logits.data() + 5, 5, 0, 0));    // k <= 0
+  EXPECT_TRUE(label_in_topk(logits.data() + 15, 5, 0, 1));    // NaN is the top
 }
 
 TEST(Progress, ThroughputSummary) {

@@ -4,7 +4,8 @@
 // A softmax group is `outer` x `inner` independent vectors of length `d`, the vector's
 // elements `inner` apart. Groups are spread over threads; every sum is over one vector in a
 // fixed order (in double), and the loss's total over positions is added serially, so results
-// are bit-identical from run to run.
+// are bit-identical from run to run. The per-element math (runtime/math/loss.h) is shared
+// with the CUDA kernels. Every kernel writes (=) its outputs.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -13,6 +14,7 @@
 
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
+#include "runtime/math/loss.h"
 
 namespace oxtrain::runtime {
 namespace {
@@ -78,28 +80,24 @@ void softmax(const T* x, T* y, const Groups& g) {
     if (g.inner == 1) {
       const T* xr = x + base;
       T* yr = y + base;
-      T mx = xr[0];
-      for (int64_t c = 1; c < g.d; ++c) mx = xr[c] > mx ? xr[c] : mx;
-      for (int64_t c = 0; c < g.d; ++c) yr[c] = static_cast<T>(std::exp(xr[c] - mx));
+      const T mx = math::row_max(xr, g.d, 1, 0, 1);
+      for (int64_t c = 0; c < g.d; ++c) yr[c] = math::softmax_exp(xr[c], mx);
       const double inv = 1.0 / lane_sum(g.d, [yr](int64_t c) { return yr[c]; });
-      for (int64_t c = 0; c < g.d; ++c) yr[c] = static_cast<T>(yr[c] * inv);
+      for (int64_t c = 0; c < g.d; ++c) yr[c] = math::softmax_normalize(yr[c], inv);
       return;
     }
     T mx[kBlock];
     double sum[kBlock];
     for (int64_t j = 0; j < len; ++j) {
-      mx[j] = x[base + j];
+      mx[j] = math::lowest<T>();
       sum[j] = 0;
     }
-    for (int64_t c = 1; c < g.d; ++c)
-      for (int64_t j = 0; j < len; ++j) {
-        const T v = x[base + c * g.inner + j];
-        mx[j] = v > mx[j] ? v : mx[j];
-      }
+    for (int64_t c = 0; c < g.d; ++c)
+      for (int64_t j = 0; j < len; ++j) mx[j] = math::max_step(mx[j], x[base + c * g.inner + j]);
     for (int64_t c = 0; c < g.d; ++c)
       for (int64_t j = 0; j < len; ++j) {
         const int64_t i = base + c * g.inner + j;
-        const T e = static_cast<T>(std::exp(x[i] - mx[j]));
+        const T e = math::softmax_exp(x[i], mx[j]);
         y[i] = e;
         sum[j] += e;
       }
@@ -107,7 +105,7 @@ void softmax(const T* x, T* y, const Groups& g) {
     for (int64_t c = 0; c < g.d; ++c)
       for (int64_t j = 0; j < len; ++j) {
         const int64_t i = base + c * g.inner + j;
-        y[i] = static_cast<T>(y[i] * sum[j]);
+        y[i] = math::softmax_normalize(y[i], sum[j]);
       }
   });
 }
@@ -120,20 +118,20 @@ void softmax_grad(const T* dy, const T* y, T* dx, const Groups& g) {
     double dot[kBlock];
     if (g.inner == 1) {
       dot[0] = lane_sum(g.d, [&](int64_t c) {
-        return static_cast<double>(dy[base + c]) * static_cast<double>(y[base + c]);
+        return math::softmax_grad_term(dy[base + c], y[base + c]);
       });
     } else {
       for (int64_t j = 0; j < len; ++j) dot[j] = 0;
       for (int64_t c = 0; c < g.d; ++c)
         for (int64_t j = 0; j < len; ++j) {
           const int64_t i = base + c * g.inner + j;
-          dot[j] += static_cast<double>(dy[i]) * static_cast<double>(y[i]);
+          dot[j] += math::softmax_grad_term(dy[i], y[i]);
         }
     }
     for (int64_t c = 0; c < g.d; ++c)
       for (int64_t j = 0; j < len; ++j) {
         const int64_t i = base + c * g.inner + j;
-        dx[i] = static_cast<T>(static_cast<double>(y[i]) * (static_cast<double>(dy[i]) - dot[j]));
+        dx[i] = math::softmax_grad_element(dy[i], y[i], dot[j]);
       }
   });
 }
@@ -184,6 +182,8 @@ struct LossConfig {
   bool has_ignore = false;
   int64_t ignore_index = 0;
   std::string what;
+
+  math::LabelRule label_rule(int64_t classes) const { return {classes, has_ignore, ignore_index}; }
 };
 
 LossConfig loss_config(const Node& n) {
@@ -211,9 +211,10 @@ void check_labels_type(const Node& n, size_t i) {
 template <typename L>
 void read_labels(const L* labels, int64_t count, int64_t classes, const LossConfig& cfg,
                  int64_t* out) {
+  const math::LabelRule rule = cfg.label_rule(classes);
   for (int64_t p = 0; p < count; ++p) {
     const int64_t y = static_cast<int64_t>(labels[p]);
-    if (!(cfg.has_ignore && y == cfg.ignore_index) && (y < 0 || y >= classes))
+    if (math::label_kind(y, rule) == math::LabelKind::out_of_range)
       throw Error(cfg.what + ": label " + std::to_string(y) + " (at position " +
                   std::to_string(p) + ") is outside [0, " + std::to_string(classes) + ")" +
                   (cfg.has_ignore ? " and is not ignore_index " + std::to_string(cfg.ignore_index)
@@ -249,36 +250,35 @@ void sce_loss(const KernelArgs& a, const LossConfig& cfg, double* ws) {
   T* log_prob = a.outputs.size() > 1 && a.outputs[1].present() ? a.outputs[1].as<T>() : nullptr;
   const int64_t positions = g.outer * g.inner;
   const bool none = cfg.reduction == LossConfig::Reduction::none;
+  const math::LabelRule rule = cfg.label_rule(g.d);
   double* pos_loss = ws;               // [positions]
   double* pos_weight = ws + positions;  // [positions]
   for_each_block(g, [&](int64_t o, int64_t j0, int64_t len) {
     const int64_t base = o * g.d * g.inner + j0;
     double mx[kBlock], lse[kBlock];
     for (int64_t j = 0; j < len; ++j) {
-      mx[j] = x[base + j];
+      mx[j] = math::lowest<double>();
       lse[j] = 0;
     }
-    for (int64_t c = 1; c < g.d; ++c)
-      for (int64_t j = 0; j < len; ++j) {
-        const double v = x[base + c * g.inner + j];
-        mx[j] = v > mx[j] ? v : mx[j];
-      }
     for (int64_t c = 0; c < g.d; ++c)
-      for (int64_t j = 0; j < len; ++j) lse[j] += std::exp(x[base + c * g.inner + j] - mx[j]);
-    for (int64_t j = 0; j < len; ++j) lse[j] = mx[j] + std::log(lse[j]);
+      for (int64_t j = 0; j < len; ++j)
+        mx[j] = math::max_step(mx[j], static_cast<double>(x[base + c * g.inner + j]));
+    for (int64_t c = 0; c < g.d; ++c)
+      for (int64_t j = 0; j < len; ++j) lse[j] += math::lse_term(x[base + c * g.inner + j], mx[j]);
+    for (int64_t j = 0; j < len; ++j) lse[j] = math::log_sum_exp(mx[j], lse[j]);
     if (log_prob)
       for (int64_t c = 0; c < g.d; ++c)
         for (int64_t j = 0; j < len; ++j) {
           const int64_t i = base + c * g.inner + j;
-          log_prob[i] = static_cast<T>(x[i] - lse[j]);
+          log_prob[i] = math::log_prob_of(x[i], lse[j]);
         }
     for (int64_t j = 0; j < len; ++j) {
       const int64_t p = o * g.inner + j0 + j;
-      const int64_t y = labels[p];
+      const int64_t y = labels[p];  // checked by labels_of: valid or ignored
       double l = 0, wt = 0;
-      if (!(cfg.has_ignore && y == cfg.ignore_index)) {
-        wt = w ? static_cast<double>(w[y]) : 1.0;
-        l = -wt * (static_cast<double>(x[base + y * g.inner + j]) - lse[j]);
+      if (math::label_kind(y, rule) == math::LabelKind::valid) {
+        wt = math::label_weight(w, y);
+        l = math::position_loss(x[base + y * g.inner + j], lse[j], wt);
       }
       if (none) {
         loss_out[p] = static_cast<T>(l);
@@ -343,7 +343,9 @@ void sce_loss_grad(const KernelArgs& a, const LossConfig& cfg) {
   const std::vector<int64_t> labels = labels_of(a.inputs[2], g.d, cfg);
   T* dx = a.outputs[0].as<T>();
   const bool none = cfg.reduction == LossConfig::Reduction::none;
-  auto ignored = [&](int64_t y) { return cfg.has_ignore && y == cfg.ignore_index; };
+  const math::LabelRule rule = cfg.label_rule(g.d);
+  // labels_of checked every label: valid or ignored.
+  auto ignored = [&](int64_t y) { return math::label_kind(y, rule) != math::LabelKind::valid; };
   double scale = 1.0;  // dLoss / denominator for mean and sum
   if (!none) {
     scale = static_cast<double>(dloss[0]);
@@ -351,7 +353,7 @@ void sce_loss_grad(const KernelArgs& a, const LossConfig& cfg) {
       const int64_t positions = static_cast<int64_t>(labels.size());
       const double denom = lane_sum(positions, [&](int64_t p) {
         const int64_t y = labels[p];
-        return ignored(y) ? 0.0 : (w ? static_cast<double>(w[y]) : 1.0);
+        return ignored(y) ? 0.0 : math::label_weight(w, y);
       });
       scale /= denom;
     }
@@ -368,16 +370,13 @@ void sce_loss_grad(const KernelArgs& a, const LossConfig& cfg) {
         k[j] = 0;
         yb[j] = -1;
       } else {
-        k[j] = (w ? static_cast<double>(w[y]) : 1.0) *
-               (none ? static_cast<double>(dloss[p]) : scale);
+        k[j] = math::label_weight(w, y) * (none ? static_cast<double>(dloss[p]) : scale);
       }
     }
     for (int64_t c = 0; c < g.d; ++c)
       for (int64_t j = 0; j < len; ++j) {
         const int64_t i = base + c * g.inner + j;
-        const double t = c == yb[j] ? 1.0 : 0.0;
-        dx[i] = yb[j] < 0 ? T(0)
-                          : static_cast<T>((std::exp(static_cast<double>(lp[i])) - t) * k[j]);
+        dx[i] = yb[j] < 0 ? T(0) : math::sce_grad_element(lp[i], c == yb[j], k[j]);
       }
   });
 }

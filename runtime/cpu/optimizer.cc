@@ -1,7 +1,8 @@
 // ai.onnx.preview.training.Momentum: SGD with momentum (standard or Nesterov) and weight
 // decay, over n tensors at once. Inputs R (learning rate), T (update count), X1..Xn,
 // G1..Gn, V1..Vn; outputs X1_new..Xn_new, V1_new..Vn_new. The outputs may share buffers
-// with X and V: every element is read before it is written.
+// with X and V: every element is read before it is written. Outputs are written (=). The
+// per-element update (runtime/math/optimizer.h) is shared with the CUDA kernel.
 //
 // With alpha = momentum, beta = 1, norm_coefficient = weight_decay and V starting at 0 this
 // is PyTorch's SGD(momentum, weight_decay, dampening=0, nesterov).
@@ -10,6 +11,7 @@
 
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
+#include "runtime/math/optimizer.h"
 
 namespace oxtrain::runtime {
 namespace {
@@ -22,30 +24,20 @@ struct MomentumConfig {
 };
 
 template <typename T>
-void momentum_update(const MomentumConfig& cfg, double lr, bool first_step, const T* x,
+void momentum_update(const MomentumConfig& cfg, double lr, int64_t update_count, const T* x,
                      const T* g, const T* v, T* x_new, T* v_new, int64_t count) {
-  const T r = static_cast<T>(lr);
-  const T alpha = static_cast<T>(cfg.alpha);
-  const T beta = first_step ? T(1) : static_cast<T>(cfg.beta);
-  const T nc = static_cast<T>(cfg.norm_coefficient);
-  const bool nesterov = cfg.nesterov;
+  math::MomentumCoefficients<T> k;
+  k.lr = static_cast<T>(lr);
+  k.alpha = static_cast<T>(cfg.alpha);
+  k.beta = math::momentum_beta(static_cast<T>(cfg.beta), update_count);
+  k.norm_coefficient = static_cast<T>(cfg.norm_coefficient);
+  k.nesterov = cfg.nesterov;
   parallel_chunks(count, [&](int64_t b, int64_t e) {
-    if (nesterov) {
 #pragma omp simd
-      for (int64_t i = b; i < e; ++i) {
-        const T xi = x[i], gi = nc * xi + g[i], vi = v[i];
-        const T vn = alpha * vi + beta * gi;
-        x_new[i] = xi - r * (gi + alpha * vn);
-        v_new[i] = vn;
-      }
-    } else {
-#pragma omp simd
-      for (int64_t i = b; i < e; ++i) {
-        const T xi = x[i], gi = nc * xi + g[i], vi = v[i];
-        const T vn = alpha * vi + beta * gi;
-        x_new[i] = xi - r * vn;
-        v_new[i] = vn;
-      }
+    for (int64_t i = b; i < e; ++i) {
+      const math::MomentumElement<T> out = math::momentum_element(k, x[i], g[i], v[i]);
+      x_new[i] = out.x;
+      v_new[i] = out.v;
     }
   });
 }
@@ -104,7 +96,9 @@ KernelFactory momentum_factory() {
     cfg.nesterov = mode == "nesterov";
     return make_kernel([cfg, count, types](const KernelArgs& a) {
       const double lr = scalar_value(a.inputs[0]);
-      const bool first_step = scalar_value(a.inputs[1]) <= 0;
+      const TensorView& t = a.inputs[1];
+      const int64_t update_count =
+          t.dtype == DType::i32 ? t.as<int32_t>()[0] : t.as<int64_t>()[0];
       for (size_t i = 0; i < count; ++i) {
         const TensorView& x = a.inputs[2 + i];
         const TensorView& g = a.inputs[2 + count + i];
@@ -112,10 +106,10 @@ KernelFactory momentum_factory() {
         const TensorView& xn = a.outputs[i];
         const TensorView& vn = a.outputs[count + i];
         if (types[i] == DType::f32)
-          momentum_update(cfg, lr, first_step, x.as<float>(), g.as<float>(), v.as<float>(),
+          momentum_update(cfg, lr, update_count, x.as<float>(), g.as<float>(), v.as<float>(),
                           xn.as<float>(), vn.as<float>(), x.numel());
         else
-          momentum_update(cfg, lr, first_step, x.as<double>(), g.as<double>(), v.as<double>(),
+          momentum_update(cfg, lr, update_count, x.as<double>(), g.as<double>(), v.as<double>(),
                           xn.as<double>(), vn.as<double>(), x.numel());
       }
     });
