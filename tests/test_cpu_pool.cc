@@ -1,6 +1,7 @@
 // CPU MaxPool, AveragePool, GlobalAveragePool and their oxtrain.*Grad kernels against direct
 // references (nested loops in double), adjoint identities, hand-computed MaxPool cases (ties,
-// NaN, indices) and errors.
+// NaN, indices) and errors; and the window arithmetic of runtime/math/pool.h that the CUDA
+// kernels run (which outputs cover an input element, MaxPoolGrad as a gather).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "runtime/math/pool.h"
 #include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
@@ -507,4 +509,97 @@ TEST(CpuPool, RejectsUnsupported) {
           << e.what();
     }
   }
+}
+
+// pool_cover + pool_tap_lands (the outputs whose window holds input x, which the CUDA gradients
+// gather from) name exactly the outputs whose taps (pool_taps) land on x, over every small
+// geometry: padding, strides larger than the kernel, dilation, ceil_mode's extra window.
+TEST(CpuPool, CoverFindsExactlyTheWindowsOfAnInput) {
+  namespace math = runtime::math;
+  int64_t geometries = 0, hits = 0;
+  for (int64_t in = 1; in <= 9; ++in)
+    for (int64_t k = 1; k <= 4; ++k)
+      for (int64_t s = 1; s <= 3; ++s)
+        for (int64_t d = 1; d <= 3; ++d)
+          for (int64_t pb = 0; pb <= 2; ++pb)
+            for (int64_t pe = 0; pe <= 2; ++pe)
+              for (bool ceil_mode : {false, true}) {
+                const int64_t eff = (k - 1) * d + 1, span = in + pb + pe - eff;
+                if (span < 0) continue;
+                int64_t out = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
+                if (ceil_mode && (out - 1) * s >= in + pb) --out;
+                const math::PoolAxis a{in, out, k, s, d, pb, pe};
+                ++geometries;
+                for (int64_t x = 0; x < in; ++x) {
+                  std::vector<int64_t> want, got;
+                  for (int64_t o = 0; o < out; ++o) {
+                    const math::PoolTaps t = math::pool_taps(a, o);
+                    for (int64_t tap = t.k_lo; tap < t.k_hi; ++tap)
+                      if (t.start + tap * d == x) want.push_back(o);
+                  }
+                  const math::PoolRange r = math::pool_cover(a, x);
+                  for (int64_t o = r.lo; o < r.hi; ++o)
+                    if (math::pool_tap_lands(a, o, x)) got.push_back(o);
+                  ASSERT_EQ(got, want) << "in " << in << " kernel " << k << " stride " << s
+                                       << " dilation " << d << " pads " << pb << "," << pe
+                                       << (ceil_mode ? " ceil" : "") << ", input " << x;
+                  hits += static_cast<int64_t>(want.size());
+                }
+              }
+  EXPECT_GT(geometries, 1000);
+  EXPECT_GT(hits, 10000);  // the loops did look at windows
+}
+
+// MaxPoolGrad as the CUDA kernel computes it (math::max_pool_grad_at, gathered per input
+// element from the windows that cover it) equals the CPU kernel's scatter bit for bit: the same
+// additions in the same order. Overlapping windows and ties make elements win several windows.
+TEST(CpuPool, MaxPoolGradGatherMatchesScatterBitwise) {
+  namespace math = runtime::math;
+  const PoolParams cases[] = {
+      {"stem 3x3 stride 2 pad 1", {5, 7, 11, 13}, {3, 3}, {2, 2}, {1, 1, 1, 1}, {}, "", 0},
+      {"3x3 stride 1 pad 1", {2, 3, 9, 11}, {3, 3}, {1, 1}, {1, 1, 1, 1}, {}, "", 0},
+      {"3x3 stride 2 pad 1 ceil", {2, 3, 10, 13}, {3, 3}, {2, 2}, {1, 1, 1, 1}, {}, "", 1},
+      {"dilation 2 stride 1", {2, 3, 9, 8}, {2, 2}, {}, {1, 1, 1, 1}, {2, 2}, "", 0},
+      {"SAME_LOWER even kernel", {2, 3, 11, 12}, {2, 2}, {2, 2}, {}, {}, "SAME_LOWER", 0},
+      {"padding as wide as the window", {2, 3, 5, 6}, {2, 2}, {1, 1}, {2, 2, 2, 2}, {}, "", 0},
+  };
+  uint64_t seed = 700;
+  for (DType dt : {DType::f32, DType::f64})
+    for (const PoolParams& p : cases)
+      for (bool ties : {false, true}) {
+        SCOPED_TRACE(p.label + (ties ? ", ties" : "") +
+                     (dt == DType::f32 ? " (float32)" : " (float64)"));
+        Tensor x = ties ? tie_heavy(dt, p.x, ++seed) : random_tensor(dt, p.x, ++seed);
+        const Shape out = pooled_shape(p);
+        KernelCase fwd("MaxPool", "", {x}, {{dt, out}, {DType::i64, out}});
+        set_pool_attrs(fwd, p);
+        fwd.run();
+        const Tensor& indices = fwd.output(1);
+        Tensor dy = random_tensor(dt, out, ++seed);
+        Tensor dx = run_max_pool_grad(p.x, dy, indices);
+
+        const math::Pool2d g =
+            math::pool_window_2d(fwd.node(), p.x, p.ceil_mode != 0, runtime::Device::cpu);
+        ASSERT_EQ(g.rows.out, out[2]);
+        ASSERT_EQ(g.cols.out, out[3]);
+        Tensor gathered(dt, p.x);
+        const int64_t HW = g.in_plane(), P = g.out_plane();
+        for (int64_t pl = 0; pl < g.planes(); ++pl)
+          for (int64_t h = 0; h < g.rows.in; ++h)
+            for (int64_t w = 0; w < g.cols.in; ++w) {
+              const int64_t i = pl * HW + h * g.cols.in + w;
+              const int64_t* idx = indices.data<int64_t>() + pl * P;
+              if (dt == DType::f32)
+                gathered.data<float>()[i] =
+                    math::max_pool_grad_at(g, dy.data<float>() + pl * P, idx, pl, h, w);
+              else
+                gathered.data<double>()[i] =
+                    math::max_pool_grad_at(g, dy.data<double>() + pl * P, idx, pl, h, w);
+            }
+        EXPECT_EQ(0, std::memcmp(gathered.bytes.data(), dx.bytes.data(), dx.bytes.size()));
+        // Not all zero: the gradient did reach the input.
+        double total = 0;
+        for (int64_t i = 0; i < dx.numel(); ++i) total += std::fabs(element(dx, i));
+        EXPECT_GT(total, 0.0);
+      }
 }

@@ -1,75 +1,51 @@
 // Pooling on the CPU, float32 and float64: MaxPool, AveragePool, GlobalAveragePool and their
-// gradients oxtrain.MaxPoolGrad, oxtrain.AveragePoolGrad, oxtrain.GlobalAveragePoolGrad.
+// gradients oxtrain.MaxPoolGrad, oxtrain.AveragePoolGrad, oxtrain.GlobalAveragePoolGrad. The
+// gradients write (=) dX.
 //
-// MaxPool and AveragePool are 2-D ([N,C,H,W]). The window of every output row and column is
-// resolved once, when the kernel is made, into the range of kernel taps that fall inside the
-// input, so padding costs nothing in the loops (for MaxPool it never wins; for AveragePool it
-// only enters the divisor, as PyTorch's avg_pool2d does). Work is split over the N*C planes
-// with OpenMP; each plane is one task with a fixed loop order, so gradients that accumulate
-// (overlapping windows) are deterministic.
+// MaxPool and AveragePool are 2-D ([N,C,H,W]). The window arithmetic (where a window lies,
+// which outputs cover an input element, the maximum's ties and NaN, the divisor) lives in
+// runtime/math/pool.h and is shared with the CUDA kernels (runtime/cuda/pool.cu). The window of
+// every output row and column is resolved once, when the kernel is made, into the range of
+// kernel taps that fall inside the input, so padding costs nothing in the loops (for MaxPool it
+// never wins; for AveragePool it only enters the divisor, as PyTorch's avg_pool2d does). Work is
+// split over the N*C planes with OpenMP; each plane is one task with a fixed loop order, so
+// gradients that sum several windows (overlapping windows) are deterministic.
 //
 // A window that holds no input element at all (only possible when the padding is as wide as
 // the window) gives MaxPool -inf with index -1 (which MaxPoolGrad skips) and AveragePool 0.
+//
+// This file also reads pooling nodes for both devices' factories (the host part of
+// runtime/math/pool.h).
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <string>
 #include <vector>
 
 #include "graph/ops.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/cpu/node_checks.h"
+#include "runtime/math/pool.h"
 
 namespace oxtrain::runtime {
 
-namespace {
+// ---------------------------------------------------------------------------------------
+// Reading pooling nodes (runtime/math/pool.h).
 
-using cpu::float_dtype;
-using cpu::grad_input_shape;
+namespace math {
+
 using cpu::join;
-using cpu::required;
-using cpu::shape_attr;
 
-using graph::DType;
+const char* on_device(Device device) { return device == Device::cpu ? "the CPU" : "CUDA"; }
 
-constexpr int64_t kParallelMin = 1 << 14;
-
-// One output coordinate along one axis: taps [k_lo, k_hi) of the kernel land inside the input,
-// starting at input coordinate `start` (tap k reads start + k * dilation); `span` counts the
-// window's positions within the padded input (the AveragePool divisor with
-// count_include_pad=1).
-struct Tap {
-  int64_t start, k_lo, k_hi, span;
-};
-
-std::vector<Tap> axis_taps(int64_t in, int64_t out, int64_t k, int64_t s, int64_t d,
-                           int64_t pad_begin, int64_t pad_end) {
-  std::vector<Tap> taps(out);
-  for (int64_t o = 0; o < out; ++o) {
-    int64_t start = o * s - pad_begin;
-    int64_t lo = start >= 0 ? 0 : (-start + d - 1) / d;
-    int64_t hi = in - start <= 0 ? 0 : (in - start + d - 1) / d;
-    lo = std::min(lo, k);
-    hi = std::clamp(hi, lo, k);
-    // Window positions (dilation 1 for AveragePool) clipped to the padded input.
-    int64_t span = std::min(start + k, in + pad_end) - start;
-    taps[o] = {start, lo, hi, std::max<int64_t>(span, 0)};
-  }
-  return taps;
+bool pool_ceil_mode(const graph::Node& node, int64_t opset) {
+  bool onnx = node.domain.empty() || node.domain == "ai.onnx";
+  return (!onnx || opset >= 10) && node.attr_int("ceil_mode", 0) != 0;
 }
 
-struct PoolGeom {
-  int64_t N = 0, C = 0, H = 0, W = 0, oH = 0, oW = 0;
-  int64_t dH = 1, dW = 1;
-  std::vector<Tap> rows, cols;  // per output row / column
-};
-
-// Geometry of a 2-D pooling node on input shape `x`; checks `y` (the pooled shape).
-PoolGeom pool_geometry(const graph::Node& node, const graph::Shape& x, const graph::Shape& y,
-                       bool ceil_mode) {
+Pool2d pool_window_2d(const graph::Node& node, const graph::Shape& x, bool ceil_mode,
+                      Device device) {
   if (x.size() != 4)
-    throw Error(node.describe() + ": only 2-D pooling is supported on the CPU (input " +
-                join(x) + ")");
+    throw Error(node.describe() + ": only 2-D pooling ([N,C,H,W] input) is supported on " +
+                on_device(device) + " (input " + join(x) + ")");
   for (int64_t d : x)
     if (d < 0) throw Error(node.describe() + ": input shape " + join(x) + " is not known");
   if (!node.has_attr("kernel_shape"))
@@ -79,67 +55,137 @@ PoolGeom pool_geometry(const graph::Node& node, const graph::Shape& x, const gra
     throw Error(node.describe() + ": kernel_shape " + join(kernel) + " does not fit input " +
                 join(x));
   graph::WindowGeometry wg = graph::window_geometry(node, x, kernel, ceil_mode);
-  PoolGeom g;
-  g.N = x[0], g.C = x[1], g.H = x[2], g.W = x[3];
-  g.oH = wg.output[0], g.oW = wg.output[1];
-  g.dH = wg.dilations[0], g.dW = wg.dilations[1];
-  graph::Shape expect{g.N, g.C, g.oH, g.oW};
-  if (y != expect)
-    throw Error(node.describe() + ": pooled shape " + join(y) + " does not match " +
-                join(expect) + " computed from input " + join(x));
-  g.rows = axis_taps(g.H, g.oH, kernel[0], wg.strides[0], g.dH, wg.pads_begin[0], wg.pads_end[0]);
-  g.cols = axis_taps(g.W, g.oW, kernel[1], wg.strides[1], g.dW, wg.pads_begin[1], wg.pads_end[1]);
+  Pool2d g;
+  g.batch = x[0], g.channels = x[1];
+  PoolAxis* axes[2] = {&g.rows, &g.cols};
+  for (size_t i = 0; i < 2; ++i)
+    *axes[i] = {x[i + 2],          wg.output[i],     kernel[i],      wg.strides[i],
+                wg.dilations[i], wg.pads_begin[i], wg.pads_end[i]};
   return g;
 }
 
-bool ceil_mode_of(const KernelInit& init) {
-  // ceil_mode exists from opset 10 of ai.onnx; the oxtrain gradient ops copy it as is.
-  bool onnx = init.node.domain.empty() || init.node.domain == "ai.onnx";
-  return (!onnx || init.opset >= 10) && init.node.attr_int("ceil_mode", 0) != 0;
+void check_pooled_shape(const graph::Node& node, const Pool2d& g, const graph::Shape& y) {
+  graph::Shape expect{g.batch, g.channels, g.rows.out, g.cols.out};
+  if (y != expect)
+    throw Error(node.describe() + ": pooled shape " + join(y) + " does not match " +
+                join(expect) + " computed from input " +
+                join({g.batch, g.channels, g.rows.in, g.cols.in}));
+}
+
+void check_average_window(const graph::Node& node, const Pool2d& g, Device device) {
+  if (g.rows.dilation != 1 || g.cols.dilation != 1)
+    throw Error(node.describe() + ": dilations " + join(node.attr_ints("dilations")) +
+                " are not supported by AveragePool on " + on_device(device));
+}
+
+void check_max_pool_outputs(const graph::Node& node, Device device) {
+  if (node.attr_int("storage_order", 0) != 0)
+    throw Error(node.describe() + ": storage_order=" +
+                std::to_string(node.attr_int("storage_order", 0)) +
+                " (column-major indices) is not supported on " + on_device(device));
+  const graph::Value* y = cpu::required(node, 0, true);
+  if (const graph::Value* idx = node.output(1)) {
+    if (idx->dtype != DType::i64)
+      throw Error(node.describe() + ": Indices '" + idx->name + "' must be int64, got " +
+                  graph::dtype_name(idx->dtype));
+    if (idx->shape != y->shape)
+      throw Error(node.describe() + ": Indices shape " + join(idx->shape) +
+                  " differs from the output's " + join(y->shape));
+  }
+}
+
+graph::Shape check_max_pool_grad(const graph::Node& node) {
+  const graph::Value* dy = cpu::required(node, 0);
+  const graph::Value* idx = cpu::required(node, 1);
+  const graph::Value* dx = cpu::required(node, 0, true);
+  graph::Shape x_shape = cpu::grad_input_shape(node, dx);
+  if (idx->dtype != DType::i64 || idx->shape != dy->shape)
+    throw Error(node.describe() + ": Indices '" + idx->name + "' must be int64 of dY's shape " +
+                join(dy->shape) + ", got " + graph::dtype_name(idx->dtype) + " " +
+                join(idx->shape));
+  if (x_shape.size() < 3 || dy->shape.size() != x_shape.size() || dy->shape[0] != x_shape[0] ||
+      dy->shape[1] != x_shape[1])
+    throw Error(node.describe() + ": dY " + join(dy->shape) + " does not fit input_shape " +
+                join(x_shape));
+  for (int64_t d : dy->shape)
+    if (d < 0) throw Error(node.describe() + ": dY shape " + join(dy->shape) + " is not known");
+  for (int64_t d : x_shape)
+    if (d < 0) throw Error(node.describe() + ": input_shape " + join(x_shape) + " is not known");
+  return x_shape;
+}
+
+GlobalPlanes global_pool_planes(const graph::Node& node, const graph::Shape& x,
+                                const graph::Shape& pooled, const char* pooled_name) {
+  if (x.size() < 3)
+    throw Error(node.describe() + ": input " + join(x) + " needs rank 3 or more");
+  for (int64_t d : x)
+    if (d < 0) throw Error(node.describe() + ": input shape " + join(x) + " is not known");
+  graph::Shape expect = x;
+  std::fill(expect.begin() + 2, expect.end(), 1);
+  if (pooled != expect)
+    throw Error(node.describe() + ": " + pooled_name + " " + join(pooled) +
+                " does not fit input " + join(x) + " (expected " + join(expect) + ")");
+  GlobalPlanes p;
+  p.planes = x[0] * x[1];
+  p.size = 1;
+  for (size_t i = 2; i < x.size(); ++i) p.size *= x[i];
+  return p;
+}
+
+}  // namespace math
+
+namespace {
+
+using cpu::float_dtype;
+using cpu::grad_input_shape;
+using cpu::required;
+
+using graph::DType;
+using math::Pool2d;
+using math::PoolTaps;
+using math::PoolWindow;
+
+constexpr int64_t kParallelMin = 1 << 14;
+
+// A 2-D pooling with the taps of every output row and column resolved ahead.
+struct PoolPlan {
+  Pool2d g;
+  std::vector<PoolTaps> rows, cols;
+};
+
+PoolPlan pool_plan(const Pool2d& g) {
+  PoolPlan p{g, std::vector<PoolTaps>(g.rows.out), std::vector<PoolTaps>(g.cols.out)};
+  for (int64_t o = 0; o < g.rows.out; ++o) p.rows[o] = math::pool_taps(g.rows, o);
+  for (int64_t o = 0; o < g.cols.out; ++o) p.cols[o] = math::pool_taps(g.cols, o);
+  return p;
+}
+
+// The geometry of MaxPool / AveragePool / AveragePoolGrad: input `x`, pooled `y`.
+Pool2d node_window(const KernelInit& init, const graph::Shape& x, const graph::Shape& y) {
+  Pool2d g = math::pool_window_2d(init.node, x, math::pool_ceil_mode(init.node, init.opset),
+                                  Device::cpu);
+  math::check_pooled_shape(init.node, g, y);
+  return g;
 }
 
 // ---------------------------------------------------------------------------------------
 // MaxPool.
 
 template <typename T>
-void max_pool(const PoolGeom& g, const T* x, T* y, int64_t* indices) {
-  const int64_t planes = g.N * g.C, HW = g.H * g.W, P = g.oH * g.oW;
+void max_pool(const PoolPlan& p, int64_t batch, const T* x, T* y, int64_t* indices) {
+  const Pool2d& g = p.g;
+  const int64_t planes = batch * g.channels, HW = g.in_plane(), P = g.out_plane();
 #pragma omp parallel for schedule(static) if (planes * P * 4 >= kParallelMin)
   for (int64_t pl = 0; pl < planes; ++pl) {
     const T* xp = x + pl * HW;
-    for (int64_t oh = 0; oh < g.oH; ++oh) {
-      const Tap& r = g.rows[oh];
-      for (int64_t ow = 0; ow < g.oW; ++ow) {
-        const Tap& c = g.cols[ow];
-        // Padding never wins: the first real element seeds the maximum. Ties keep the first
-        // in row-major order; a NaN beats every number and the first NaN stays. (Written as
-        // selects, not branches: random data mispredicts `v > best` a lot.)
-        T best = -std::numeric_limits<T>::infinity();
-        int64_t at = -1;
-        if (r.k_lo < r.k_hi && c.k_lo < c.k_hi) {
-          const int64_t h0 = r.start + r.k_lo * g.dH, w0 = c.start + c.k_lo * g.dW;
-          at = h0 * g.W + w0;
-          best = xp[at];
-          bool nan = std::isnan(best);
-          for (int64_t kh = r.k_lo; kh < r.k_hi; ++kh) {
-            const int64_t h = r.start + kh * g.dH;
-            const T* row = xp + h * g.W;
-            for (int64_t kw = c.k_lo; kw < c.k_hi; ++kw) {
-              const int64_t w = c.start + kw * g.dW;
-              const T v = row[w];
-              const bool v_nan = std::isnan(v);
-              const bool take = (v > best) | (v_nan & !nan);
-              best = take ? v : best;
-              at = take ? h * g.W + w : at;
-              nan |= v_nan;
-            }
-          }
-        }
-        const int64_t o = pl * P + oh * g.oW + ow;
-        y[o] = best;
-        if (indices) indices[o] = at < 0 ? -1 : pl * HW + at;
+    for (int64_t oh = 0; oh < g.rows.out; ++oh)
+      for (int64_t ow = 0; ow < g.cols.out; ++ow) {
+        const PoolWindow win{p.rows[oh], p.cols[ow], g.rows.dilation, g.cols.dilation};
+        const math::MaxPick<T> m = math::max_window(xp, g.cols.in, win);
+        const int64_t o = pl * P + oh * g.cols.out + ow;
+        y[o] = m.value;
+        if (indices) indices[o] = math::max_pool_index(pl, HW, m.at);
       }
-    }
   }
 }
 
@@ -154,14 +200,8 @@ void max_pool_grad(int64_t planes, int64_t HW, int64_t P, const T* dy, const int
   for (int64_t pl = 0; pl < planes; ++pl) {
     T* dxp = dx + pl * HW;
     std::fill(dxp, dxp + HW, T(0));
-    const int64_t lo = pl * HW;
-    for (int64_t i = pl * P; i < (pl + 1) * P; ++i) {
-      const int64_t at = indices[i] - lo;
-      if (at >= 0 && at < HW)
-        dxp[at] += dy[i];
-      else
-        ++strays;
-    }
+    strays += math::max_pool_grad_scatter(math::MaxGradPlane{pl * HW, HW, P}, dy + pl * P,
+                                          indices + pl * P, dxp);
   }
   if (strays == 0) return;
   for (int64_t pl = 0; pl < planes; ++pl)
@@ -174,67 +214,33 @@ void max_pool_grad(int64_t planes, int64_t HW, int64_t P, const T* dy, const int
 // ---------------------------------------------------------------------------------------
 // AveragePool.
 
-// The divisor of output (oh, ow): the window's size clipped to the padded input with
-// count_include_pad, else the number of real elements in it.
-inline int64_t avg_divisor(const Tap& r, const Tap& c, bool include_pad) {
-  return include_pad ? r.span * c.span : (r.k_hi - r.k_lo) * (c.k_hi - c.k_lo);
-}
-
 template <typename T>
-void avg_pool(const PoolGeom& g, bool include_pad, const T* x, T* y) {
-  const int64_t planes = g.N * g.C, HW = g.H * g.W, P = g.oH * g.oW;
+void avg_pool(const PoolPlan& p, int64_t batch, bool include_pad, const T* x, T* y) {
+  const Pool2d& g = p.g;
+  const int64_t planes = batch * g.channels, HW = g.in_plane(), P = g.out_plane();
 #pragma omp parallel for schedule(static) if (planes * P * 4 >= kParallelMin)
   for (int64_t pl = 0; pl < planes; ++pl) {
     const T* xp = x + pl * HW;
     T* yp = y + pl * P;
-    for (int64_t oh = 0; oh < g.oH; ++oh) {
-      const Tap& r = g.rows[oh];
-      for (int64_t ow = 0; ow < g.oW; ++ow) {
-        const Tap& c = g.cols[ow];
-        T sum = 0;
-        for (int64_t h = r.start + r.k_lo; h < r.start + r.k_hi; ++h) {
-          const T* row = xp + h * g.W + c.start;
-          for (int64_t kw = c.k_lo; kw < c.k_hi; ++kw) sum += row[kw];
-        }
-        const int64_t div = avg_divisor(r, c, include_pad);
-        yp[oh * g.oW + ow] = div > 0 ? sum / static_cast<T>(div) : T(0);
-      }
-    }
+    for (int64_t oh = 0; oh < g.rows.out; ++oh)
+      for (int64_t ow = 0; ow < g.cols.out; ++ow)
+        yp[oh * g.cols.out + ow] =
+            math::avg_window(xp, g.cols.in, PoolWindow{p.rows[oh], p.cols[ow]}, include_pad);
   }
 }
 
-// The adjoint: dx = 0, then every window adds dy / divisor to its real elements.
+// The adjoint, gathered per input element: every window that holds it adds dY / divisor.
 template <typename T>
-void avg_pool_grad(const PoolGeom& g, bool include_pad, const T* dy, T* dx) {
-  const int64_t planes = g.N * g.C, HW = g.H * g.W, P = g.oH * g.oW;
+void avg_pool_grad(const Pool2d& g, int64_t batch, bool include_pad, const T* dy, T* dx) {
+  const int64_t planes = batch * g.channels, HW = g.in_plane(), P = g.out_plane();
 #pragma omp parallel for schedule(static) if (planes * (HW + 4 * P) >= kParallelMin)
   for (int64_t pl = 0; pl < planes; ++pl) {
     T* dxp = dx + pl * HW;
     const T* dyp = dy + pl * P;
-    std::fill(dxp, dxp + HW, T(0));
-    for (int64_t oh = 0; oh < g.oH; ++oh) {
-      const Tap& r = g.rows[oh];
-      for (int64_t ow = 0; ow < g.oW; ++ow) {
-        const Tap& c = g.cols[ow];
-        const int64_t div = avg_divisor(r, c, include_pad);
-        if (div == 0) continue;
-        const T v = dyp[oh * g.oW + ow] / static_cast<T>(div);
-        for (int64_t h = r.start + r.k_lo; h < r.start + r.k_hi; ++h) {
-          T* row = dxp + h * g.W + c.start;
-          for (int64_t kw = c.k_lo; kw < c.k_hi; ++kw) row[kw] += v;
-        }
-      }
-    }
+    for (int64_t h = 0; h < g.rows.in; ++h)
+      for (int64_t w = 0; w < g.cols.in; ++w)
+        dxp[h * g.cols.in + w] = math::avg_pool_grad_at(g, include_pad, dyp, h, w);
   }
-}
-
-PoolGeom avg_geometry(const KernelInit& init, const graph::Shape& x, const graph::Shape& y) {
-  const graph::Node& n = init.node;
-  PoolGeom g = pool_geometry(n, x, y, ceil_mode_of(init));
-  if (g.dH != 1 || g.dW != 1)
-    throw Error(n.describe() + ": dilations " + join(n.attr_ints("dilations")) +
-                " are not supported by the CPU AveragePool");
-  return g;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -245,35 +251,17 @@ void global_avg_pool(int64_t planes, int64_t size, const T* x, T* y) {
 #pragma omp parallel for schedule(static) if (planes * size >= kParallelMin)
   for (int64_t pl = 0; pl < planes; ++pl) {
     const T* xp = x + pl * size;
-    double sum = 0;  // double even for float32: the planes can be large
+    double sum = 0;
     for (int64_t i = 0; i < size; ++i) sum += xp[i];
-    y[pl] = size > 0 ? static_cast<T>(sum / static_cast<double>(size)) : T(0);
+    y[pl] = math::global_mean<T>(sum, size);
   }
 }
 
 template <typename T>
 void global_avg_pool_grad(int64_t planes, int64_t size, const T* dy, T* dx) {
 #pragma omp parallel for schedule(static) if (planes * size >= kParallelMin)
-  for (int64_t pl = 0; pl < planes; ++pl) {
-    const T v = dy[pl] / static_cast<T>(size);
-    std::fill(dx + pl * size, dx + (pl + 1) * size, v);
-  }
-}
-
-// [N, C, spatial...]: N*C planes of prod(spatial) elements.
-void global_split(const graph::Node& n, const graph::Shape& x, int64_t& planes, int64_t& size) {
-  if (x.size() < 3)
-    throw Error(n.describe() + ": input " + join(x) + " needs rank 3 or more");
-  for (int64_t d : x)
-    if (d < 0) throw Error(n.describe() + ": input shape " + join(x) + " is not known");
-  planes = x[0] * x[1];
-  size = 1;
-  for (size_t i = 2; i < x.size(); ++i) size *= x[i];
-}
-
-graph::Shape global_pooled(graph::Shape x) {
-  std::fill(x.begin() + 2, x.end(), 1);
-  return x;
+  for (int64_t pl = 0; pl < planes; ++pl)
+    std::fill(dx + pl * size, dx + (pl + 1) * size, math::global_mean_grad(dy[pl], size));
 }
 
 template <typename F>
@@ -290,49 +278,26 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const graph::Value* x = required(n, 0);
     const graph::Value* y = required(n, 0, true);
     DType dt = float_dtype(n, {x, y});
-    if (n.attr_int("storage_order", 0) != 0)
-      throw Error(n.describe() + ": storage_order=" +
-                  std::to_string(n.attr_int("storage_order", 0)) +
-                  " (column-major indices) is not supported on the CPU");
-    if (const graph::Value* idx = n.output(1)) {
-      if (idx->dtype != DType::i64)
-        throw Error(n.describe() + ": Indices '" + idx->name + "' must be int64, got " +
-                    graph::dtype_name(idx->dtype));
-      if (idx->shape != y->shape)
-        throw Error(n.describe() + ": Indices shape " + join(idx->shape) +
-                    " differs from the output's " + join(y->shape));
-    }
-    PoolGeom g = pool_geometry(n, x->shape, y->shape, ceil_mode_of(init));
-    return by_dtype(dt, [g](auto zero) {
+    math::check_max_pool_outputs(n, Device::cpu);
+    PoolPlan plan = pool_plan(node_window(init, x->shape, y->shape));
+    return by_dtype(dt, [plan](auto zero) {
       using T = decltype(zero);
-      return make_kernel([g](const KernelArgs& a) {
-        PoolGeom run = g;
-        run.N = a.inputs[0].shape[0];
+      return make_kernel([plan](const KernelArgs& a) {
         int64_t* idx = a.outputs.size() > 1 && a.outputs[1].present()
                            ? a.outputs[1].as<int64_t>()
                            : nullptr;
-        max_pool<T>(run, a.inputs[0].as<T>(), a.outputs[0].as<T>(), idx);
+        max_pool<T>(plan, a.inputs[0].shape[0], a.inputs[0].as<T>(), a.outputs[0].as<T>(), idx);
       });
     });
   });
 
   registry.add(graph::kOxtrainDomain, "MaxPoolGrad", Device::cpu, [](const KernelInit& init) {
     const graph::Node& n = init.node;
-    const graph::Value* dy = required(n, 0);
-    const graph::Value* idx = required(n, 1);
-    const graph::Value* dx = required(n, 0, true);
-    DType dt = float_dtype(n, {dy, dx});
-    graph::Shape x_shape = grad_input_shape(n, dx);
-    if (idx->dtype != DType::i64 || idx->shape != dy->shape)
-      throw Error(n.describe() + ": Indices '" + idx->name + "' must be int64 of dY's shape " +
-                  join(dy->shape) + ", got " + graph::dtype_name(idx->dtype) + " " +
-                  join(idx->shape));
-    if (x_shape.size() < 3 || dy->shape.size() != x_shape.size() || dy->shape[0] != x_shape[0] ||
-        dy->shape[1] != x_shape[1])
-      throw Error(n.describe() + ": dY " + join(dy->shape) + " does not fit input_shape " +
-                  join(x_shape));
+    DType dt = float_dtype(n, {required(n, 0), required(n, 0, true)});
+    graph::Shape x_shape = math::check_max_pool_grad(n);
+    const graph::Shape& dy_shape = n.input(0)->shape;
     int64_t HW = 1, P = 1;
-    for (size_t i = 2; i < x_shape.size(); ++i) HW *= x_shape[i], P *= dy->shape[i];
+    for (size_t i = 2; i < x_shape.size(); ++i) HW *= x_shape[i], P *= dy_shape[i];
     return by_dtype(dt, [HW, P](auto zero) {
       using T = decltype(zero);
       return make_kernel([HW, P](const KernelArgs& a) {
@@ -348,14 +313,15 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const graph::Value* x = required(n, 0);
     const graph::Value* y = required(n, 0, true);
     DType dt = float_dtype(n, {x, y});
-    PoolGeom g = avg_geometry(init, x->shape, y->shape);
+    Pool2d g = node_window(init, x->shape, y->shape);
+    math::check_average_window(n, g, Device::cpu);
+    PoolPlan plan = pool_plan(g);
     bool include_pad = n.attr_int("count_include_pad", 0) != 0;
-    return by_dtype(dt, [g, include_pad](auto zero) {
+    return by_dtype(dt, [plan, include_pad](auto zero) {
       using T = decltype(zero);
-      return make_kernel([g, include_pad](const KernelArgs& a) {
-        PoolGeom run = g;
-        run.N = a.inputs[0].shape[0];
-        avg_pool<T>(run, include_pad, a.inputs[0].as<T>(), a.outputs[0].as<T>());
+      return make_kernel([plan, include_pad](const KernelArgs& a) {
+        avg_pool<T>(plan, a.inputs[0].shape[0], include_pad, a.inputs[0].as<T>(),
+                    a.outputs[0].as<T>());
       });
     });
   });
@@ -366,14 +332,14 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const graph::Value* dx = required(n, 0, true);
     DType dt = float_dtype(n, {dy, dx});
     graph::Shape x_shape = grad_input_shape(n, dx);
-    PoolGeom g = avg_geometry(init, x_shape, dy->shape);
+    Pool2d g = node_window(init, x_shape, dy->shape);
+    math::check_average_window(n, g, Device::cpu);
     bool include_pad = n.attr_int("count_include_pad", 0) != 0;
     return by_dtype(dt, [g, include_pad](auto zero) {
       using T = decltype(zero);
       return make_kernel([g, include_pad](const KernelArgs& a) {
-        PoolGeom run = g;
-        run.N = a.inputs[0].shape[0];
-        avg_pool_grad<T>(run, include_pad, a.inputs[0].as<T>(), a.outputs[0].as<T>());
+        avg_pool_grad<T>(g, a.inputs[0].shape[0], include_pad, a.inputs[0].as<T>(),
+                         a.outputs[0].as<T>());
       });
     });
   });
@@ -383,11 +349,7 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const graph::Value* x = required(n, 0);
     const graph::Value* y = required(n, 0, true);
     DType dt = float_dtype(n, {x, y});
-    int64_t planes, size;
-    global_split(n, x->shape, planes, size);
-    if (y->shape != global_pooled(x->shape))
-      throw Error(n.describe() + ": output shape " + join(y->shape) + " does not match input " +
-                  join(x->shape));
+    const int64_t size = math::global_pool_planes(n, x->shape, y->shape, "output shape").size;
     return by_dtype(dt, [size](auto zero) {
       using T = decltype(zero);
       return make_kernel([size](const KernelArgs& a) {
@@ -404,11 +366,7 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
                  const graph::Value* dx = required(n, 0, true);
                  DType dt = float_dtype(n, {dy, dx});
                  graph::Shape x_shape = grad_input_shape(n, dx);
-                 int64_t planes, size;
-                 global_split(n, x_shape, planes, size);
-                 if (dy->shape != global_pooled(x_shape))
-                   throw Error(n.describe() + ": dY " + join(dy->shape) +
-                               " does not fit input_shape " + join(x_shape));
+                 const int64_t size = math::global_pool_planes(n, x_shape, dy->shape, "dY").size;
                  return by_dtype(dt, [size](auto zero) {
                    using T = decltype(zero);
                    return make_kernel([size](const KernelArgs& a) {

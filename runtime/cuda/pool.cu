@@ -1,7 +1,323 @@
+// CUDA pooling, float32: MaxPool (with its optional Indices), AveragePool, GlobalAveragePool
+// and their gradients oxtrain.MaxPoolGrad, oxtrain.AveragePoolGrad,
+// oxtrain.GlobalAveragePoolGrad; the twins of runtime/cpu/pool.cc. Every kernel writes (=)
+// its outputs, all of them; the gradients included (none accumulates into dX).
+//
+// These are our own kernels on purpose. cuDNN's graph API has forward pooling (resample), but
+// no max-pool backward that takes our Indices (flattened over the whole [N,C,H,W] tensor), and
+// a forward of our own keeps ties, NaN and the chosen index identical to the CPU's: both
+// devices run the window arithmetic of runtime/math/pool.h, which the CPU test suite checks.
+//
+// MaxPool and AveragePool: one thread per output element. The gradients gather, one thread
+// per input element, from the outputs whose window covers it, adding in ascending output order
+// (the order in which the CPU kernels add): no atomics, so dX is deterministic and bitwise the
+// CPU's. MaxPoolGrad needs the forward window for that: the node's own attributes where it
+// carries kernel_shape, else those of the MaxPool that made its Indices. Where neither is known
+// (or the pooling is not 2-D) it scatters instead, one thread per N*C plane in the CPU's order;
+// an index outside its own plane (MaxPool never makes one) is skipped there, and an index
+// outside its window in the gather, where the CPU would still add it.
+//
+// GlobalAveragePool: one warp per plane, summed in double (lanes stride over the plane, then a
+// fixed shuffle tree), so the mean agrees with the CPU's sequential double sum to float
+// rounding. Its gradient: one thread per input element.
+#include <cuda_runtime.h>
+
+#include <initializer_list>
+#include <optional>
+#include <string>
+
+#include "graph/ops.h"
+#include "runtime/cpu/node_checks.h"
+#include "runtime/cuda/context.h"
 #include "runtime/cuda/kernels.h"
+#include "runtime/math/pool.h"
 
 namespace oxtrain::runtime {
+namespace {
 
-void register_cuda_pool_kernels(KernelRegistry& registry) {}
+using cpu::grad_input_shape;
+using cpu::required;
+using math::Pool2d;
+
+constexpr unsigned kWarp = 32;
+
+__device__ __forceinline__ int64_t thread_index() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t thread_count() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
+
+// Output i of [planes, oH, oW] -> its window's maximum and position.
+__global__ void max_pool_kernel(const Pool2d g, int64_t count, const float* x, float* y,
+                                int64_t* indices) {
+  const int64_t in_plane = g.in_plane();
+  for (int64_t i = thread_index(); i < count; i += thread_count()) {
+    const int64_t ow = i % g.cols.out, rest = i / g.cols.out;
+    const int64_t oh = rest % g.rows.out, plane = rest / g.rows.out;
+    const math::MaxPick<float> m =
+        math::max_window(x + plane * in_plane, g.cols.in, math::pool_window(g, oh, ow));
+    y[i] = m.value;
+    if (indices) indices[i] = math::max_pool_index(plane, in_plane, m.at);
+  }
+}
+
+// Input i of [planes, H, W] <- dY of the outputs whose window covers it and whose Indices
+// name it.
+__global__ void max_pool_grad_gather_kernel(const Pool2d g, int64_t count, const float* dy,
+                                            const int64_t* indices, float* dx) {
+  const int64_t out_plane = g.out_plane();
+  for (int64_t i = thread_index(); i < count; i += thread_count()) {
+    const int64_t w = i % g.cols.in, rest = i / g.cols.in;
+    const int64_t h = rest % g.rows.in, plane = rest / g.rows.in;
+    dx[i] = math::max_pool_grad_at(g, dy + plane * out_plane, indices + plane * out_plane, plane,
+                                   h, w);
+  }
+}
+
+// One thread per plane; dX holds zeros before.
+__global__ void max_pool_grad_scatter_kernel(int64_t planes, int64_t in_plane, int64_t out_plane,
+                                             const float* dy, const int64_t* indices,
+                                             float* dx) {
+  for (int64_t p = thread_index(); p < planes; p += thread_count())
+    math::max_pool_grad_scatter(math::MaxGradPlane{p * in_plane, in_plane, out_plane},
+                                dy + p * out_plane, indices + p * out_plane, dx + p * in_plane);
+}
+
+__global__ void avg_pool_kernel(const Pool2d g, bool include_pad, int64_t count, const float* x,
+                                float* y) {
+  const int64_t in_plane = g.in_plane();
+  for (int64_t i = thread_index(); i < count; i += thread_count()) {
+    const int64_t ow = i % g.cols.out, rest = i / g.cols.out;
+    const int64_t oh = rest % g.rows.out, plane = rest / g.rows.out;
+    y[i] = math::avg_window(x + plane * in_plane, g.cols.in, math::pool_window(g, oh, ow),
+                            include_pad);
+  }
+}
+
+__global__ void avg_pool_grad_kernel(const Pool2d g, bool include_pad, int64_t count,
+                                     const float* dy, float* dx) {
+  const int64_t out_plane = g.out_plane();
+  for (int64_t i = thread_index(); i < count; i += thread_count()) {
+    const int64_t w = i % g.cols.in, rest = i / g.cols.in;
+    const int64_t h = rest % g.rows.in, plane = rest / g.rows.in;
+    dx[i] = math::avg_pool_grad_at(g, include_pad, dy + plane * out_plane, h, w);
+  }
+}
+
+// One warp per plane (blockDim.x a multiple of 32): every lane of a warp takes the same planes,
+// so the full-mask shuffles are uniform.
+__global__ void global_avg_pool_kernel(int64_t planes, int64_t size, const float* x, float* y) {
+  const unsigned lane = threadIdx.x % kWarp;
+  const int64_t warps = thread_count() / kWarp;
+  for (int64_t p = thread_index() / kWarp; p < planes; p += warps) {
+    const float* xp = x + p * size;
+    double sum = 0;
+    for (int64_t j = lane; j < size; j += kWarp) sum += xp[j];
+    for (unsigned offset = kWarp / 2; offset > 0; offset /= 2)
+      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (lane == 0) y[p] = math::global_mean<float>(sum, size);
+  }
+}
+
+__global__ void global_avg_pool_grad_kernel(int64_t count, int64_t size, const float* dy,
+                                            float* dx) {
+  for (int64_t i = thread_index(); i < count; i += thread_count())
+    dx[i] = math::global_mean_grad(dy[i / size], size);
+}
+
+// ---------------------------------------------------------------------------------------
+// Factories.
+
+void require_float32(const graph::Node& node, std::initializer_list<const graph::Value*> values) {
+  for (const graph::Value* v : values)
+    if (v && v->dtype != DType::f32)
+      throw Error(node.describe() + ": the CUDA kernel takes float32, got " +
+                  graph::dtype_name(v->dtype) + " '" + v->name + "'");
+}
+
+// The window of MaxPool / AveragePool / AveragePoolGrad over input `x`, pooled `y`.
+Pool2d node_window(const KernelInit& init, const graph::Shape& x, const graph::Shape& y) {
+  Pool2d g = math::pool_window_2d(init.node, x, math::pool_ceil_mode(init.node, init.opset),
+                                  Device::cuda);
+  math::check_pooled_shape(init.node, g, y);
+  return g;
+}
+
+// The window MaxPool used, for MaxPoolGrad's gather: the gradient node's own attributes where
+// it carries kernel_shape, else those of the MaxPool whose Indices it takes. nullopt where
+// neither is known or the pooling is not 2-D.
+std::optional<Pool2d> max_grad_window(const KernelInit& init, const graph::Shape& x,
+                                      const graph::Shape& dy) {
+  const graph::Node& n = init.node;
+  if (x.size() != 4) return std::nullopt;
+  if (n.has_attr("kernel_shape")) return node_window(init, x, dy);
+  // Indices (int64, checked) made by a MaxPool are its output 1, over an input of our shape.
+  const graph::Node* fwd = n.input(1)->producer;
+  if (!fwd || fwd->op_type != "MaxPool" || !(fwd->domain.empty() || fwd->domain == "ai.onnx") ||
+      !fwd->input(0) || fwd->input(0)->shape != x || !fwd->has_attr("kernel_shape") ||
+      fwd->attr_int("storage_order", 0) != 0)
+    return std::nullopt;
+  // ceil_mode counts from opset 10 of ai.onnx, whose version is not known here: the pooled
+  // shape decides (ceil_mode changes only how many windows there are, not where they lie).
+  for (bool ceil_mode : {fwd->attr_int("ceil_mode", 0) != 0, false}) {
+    Pool2d g = math::pool_window_2d(*fwd, x, ceil_mode, Device::cuda);
+    if (g.rows.out == dy[2] && g.cols.out == dy[3]) return g;
+  }
+  return std::nullopt;
+}
+
+const float* in_f32(const KernelArgs& a, size_t i) { return a.inputs[i].as<const float>(); }
+float* out_f32(const KernelArgs& a, size_t i) { return a.outputs[i].as<float>(); }
+
+}  // namespace
+
+void register_cuda_pool_kernels(KernelRegistry& registry) {
+  registry.add("", "MaxPool", Device::cuda, [](const KernelInit& init) {
+    const graph::Node& n = init.node;
+    const graph::Value* x = required(n, 0);
+    const graph::Value* y = required(n, 0, true);
+    require_float32(n, {x, y});
+    math::check_max_pool_outputs(n, Device::cuda);
+    const Pool2d g = node_window(init, x->shape, y->shape);
+    const std::string where = n.describe();
+    return make_kernel([g, where](const KernelArgs& a) {
+      const CudaContext& ctx = cuda::context_of(a, where);
+      Pool2d run = g;
+      run.batch = a.inputs[0].shape[0];
+      const int64_t count = run.planes() * run.out_plane();
+      if (count == 0) return;
+      int64_t* indices = a.outputs.size() > 1 && a.outputs[1].present()
+                             ? a.outputs[1].as<int64_t>()
+                             : nullptr;
+      const cuda::Launch l = cuda::launch_for(count, ctx);
+      max_pool_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, count, in_f32(a, 0),
+                                                              out_f32(a, 0), indices);
+      cuda::check(cudaGetLastError(), "max_pool_kernel launch", where);
+    });
+  });
+
+  registry.add(graph::kOxtrainDomain, "MaxPoolGrad", Device::cuda, [](const KernelInit& init) {
+    const graph::Node& n = init.node;
+    const graph::Value* dy = required(n, 0);
+    require_float32(n, {dy, required(n, 0, true)});
+    const graph::Shape x_shape = math::check_max_pool_grad(n);
+    const std::string where = n.describe();
+    if (std::optional<Pool2d> window = max_grad_window(init, x_shape, dy->shape)) {
+      const Pool2d g = *window;
+      return make_kernel([g, where](const KernelArgs& a) {
+        const CudaContext& ctx = cuda::context_of(a, where);
+        Pool2d run = g;
+        run.batch = a.inputs[0].shape[0];
+        const int64_t count = run.planes() * run.in_plane();
+        if (count == 0) return;
+        const cuda::Launch l = cuda::launch_for(count, ctx);
+        max_pool_grad_gather_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(
+            run, count, in_f32(a, 0), a.inputs[1].as<const int64_t>(), out_f32(a, 0));
+        cuda::check(cudaGetLastError(), "max_pool_grad_gather_kernel launch", where);
+      });
+    }
+    int64_t in_plane = 1, out_plane = 1;
+    for (size_t i = 2; i < x_shape.size(); ++i) in_plane *= x_shape[i], out_plane *= dy->shape[i];
+    return make_kernel([in_plane, out_plane, where](const KernelArgs& a) {
+      const CudaContext& ctx = cuda::context_of(a, where);
+      const graph::Shape& s = a.inputs[0].shape;
+      const int64_t planes = s[0] * s[1];
+      if (planes * in_plane == 0) return;
+      float* dx = out_f32(a, 0);
+      cuda::check(cudaMemsetAsync(dx, 0, a.outputs[0].bytes(), ctx.stream),
+                  "MaxPoolGrad cudaMemsetAsync", where);
+      const cuda::Launch l = cuda::launch_for(planes, ctx);
+      max_pool_grad_scatter_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(
+          planes, in_plane, out_plane, in_f32(a, 0), a.inputs[1].as<const int64_t>(), dx);
+      cuda::check(cudaGetLastError(), "max_pool_grad_scatter_kernel launch", where);
+    });
+  });
+
+  registry.add("", "AveragePool", Device::cuda, [](const KernelInit& init) {
+    const graph::Node& n = init.node;
+    const graph::Value* x = required(n, 0);
+    const graph::Value* y = required(n, 0, true);
+    require_float32(n, {x, y});
+    const Pool2d g = node_window(init, x->shape, y->shape);
+    math::check_average_window(n, g, Device::cuda);
+    const bool include_pad = n.attr_int("count_include_pad", 0) != 0;
+    const std::string where = n.describe();
+    return make_kernel([g, include_pad, where](const KernelArgs& a) {
+      const CudaContext& ctx = cuda::context_of(a, where);
+      Pool2d run = g;
+      run.batch = a.inputs[0].shape[0];
+      const int64_t count = run.planes() * run.out_plane();
+      if (count == 0) return;
+      const cuda::Launch l = cuda::launch_for(count, ctx);
+      avg_pool_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, include_pad, count,
+                                                              in_f32(a, 0), out_f32(a, 0));
+      cuda::check(cudaGetLastError(), "avg_pool_kernel launch", where);
+    });
+  });
+
+  registry.add(graph::kOxtrainDomain, "AveragePoolGrad", Device::cuda,
+               [](const KernelInit& init) {
+                 const graph::Node& n = init.node;
+                 const graph::Value* dy = required(n, 0);
+                 const graph::Value* dx = required(n, 0, true);
+                 require_float32(n, {dy, dx});
+                 const Pool2d g = node_window(init, grad_input_shape(n, dx), dy->shape);
+                 math::check_average_window(n, g, Device::cuda);
+                 const bool include_pad = n.attr_int("count_include_pad", 0) != 0;
+                 const std::string where = n.describe();
+                 return make_kernel([g, include_pad, where](const KernelArgs& a) {
+                   const CudaContext& ctx = cuda::context_of(a, where);
+                   Pool2d run = g;
+                   run.batch = a.inputs[0].shape[0];
+                   const int64_t count = run.planes() * run.in_plane();
+                   if (count == 0) return;
+                   const cuda::Launch l = cuda::launch_for(count, ctx);
+                   avg_pool_grad_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(
+                       run, include_pad, count, in_f32(a, 0), out_f32(a, 0));
+                   cuda::check(cudaGetLastError(), "avg_pool_grad_kernel launch", where);
+                 });
+               });
+
+  registry.add("", "GlobalAveragePool", Device::cuda, [](const KernelInit& init) {
+    const graph::Node& n = init.node;
+    const graph::Value* x = required(n, 0);
+    const graph::Value* y = required(n, 0, true);
+    require_float32(n, {x, y});
+    const int64_t size = math::global_pool_planes(n, x->shape, y->shape, "output shape").size;
+    const std::string where = n.describe();
+    return make_kernel([size, where](const KernelArgs& a) {
+      const CudaContext& ctx = cuda::context_of(a, where);
+      const graph::Shape& s = a.inputs[0].shape;
+      const int64_t planes = s[0] * s[1];
+      if (planes == 0) return;
+      const cuda::Launch l = cuda::launch_for(planes * kWarp, ctx);
+      global_avg_pool_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(planes, size, in_f32(a, 0),
+                                                                     out_f32(a, 0));
+      cuda::check(cudaGetLastError(), "global_avg_pool_kernel launch", where);
+    });
+  });
+
+  registry.add(graph::kOxtrainDomain, "GlobalAveragePoolGrad", Device::cuda,
+               [](const KernelInit& init) {
+                 const graph::Node& n = init.node;
+                 const graph::Value* dy = required(n, 0);
+                 const graph::Value* dx = required(n, 0, true);
+                 require_float32(n, {dy, dx});
+                 const int64_t size =
+                     math::global_pool_planes(n, grad_input_shape(n, dx), dy->shape, "dY").size;
+                 const std::string where = n.describe();
+                 return make_kernel([size, where](const KernelArgs& a) {
+                   const CudaContext& ctx = cuda::context_of(a, where);
+                   const graph::Shape& s = a.inputs[0].shape;
+                   const int64_t count = s[0] * s[1] * size;
+                   if (count == 0) return;
+                   const cuda::Launch l = cuda::launch_for(count, ctx);
+                   global_avg_pool_grad_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(
+                       count, size, in_f32(a, 0), out_f32(a, 0));
+                   cuda::check(cudaGetLastError(), "global_avg_pool_grad_kernel launch", where);
+                 });
+               });
+}
 
 }  // namespace oxtrain::runtime

@@ -1,0 +1,286 @@
+// Pooling arithmetic shared by the CPU kernels (runtime/cpu/pool.cc) and their CUDA twins
+// (runtime/cuda/pool.cu): where a window lies, which outputs' windows cover an input element,
+// which element of a window is its maximum (ties and NaN), the AveragePool divisor, and the
+// per-element gradients. The CPU test suite checks this arithmetic; the GPU runs the same.
+//
+// Layout: [N, C, H, W], N*C planes of H x W inputs and oH x oW outputs. A window of output
+// (oh, ow) starts at input (oh * stride - pad_begin, ow * stride - pad_begin) per axis; tap k
+// reads start + k * dilation. Padding is never read: MaxPool's padding never wins, and for
+// AveragePool it only enters the divisor (count_include_pad), as PyTorch's avg_pool2d.
+//
+// The last part of the file (host only, defined in runtime/cpu/pool.cc) reads a pooling node's
+// attributes into this geometry, so the CPU and CUDA factories check and resolve a node alike.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "runtime/kernel.h"
+#include "runtime/math/hd.h"
+
+namespace oxtrain::runtime::math {
+
+// One spatial axis of a pooling window, auto_pad and ceil_mode already resolved.
+struct PoolAxis {
+  int64_t in = 0, out = 0;  // input and output sizes along the axis
+  int64_t kernel = 1, stride = 1, dilation = 1;
+  int64_t pad_begin = 0, pad_end = 0;
+};
+
+// The geometry of a 2-D pooling: batch * channels planes.
+struct Pool2d {
+  int64_t batch = 0, channels = 0;
+  PoolAxis rows, cols;
+
+  OXTRAIN_HD int64_t planes() const { return batch * channels; }
+  OXTRAIN_HD int64_t in_plane() const { return rows.in * cols.in; }
+  OXTRAIN_HD int64_t out_plane() const { return rows.out * cols.out; }
+};
+
+OXTRAIN_HD int64_t pool_min(int64_t a, int64_t b) { return a < b ? a : b; }
+OXTRAIN_HD int64_t pool_max(int64_t a, int64_t b) { return a < b ? b : a; }
+
+template <typename T>
+OXTRAIN_HD bool pool_is_nan(T v) {
+#if defined(__CUDA_ARCH__)
+  return isnan(v);
+#else
+  return std::isnan(v);
+#endif
+}
+
+// The window of output `o` along one axis: taps [k_lo, k_hi) fall inside the input, tap k at
+// input coordinate start + k * dilation; `span` counts the window's positions within the
+// padded input (dilation 1: the AveragePool divisor with count_include_pad=1).
+struct PoolTaps {
+  int64_t start = 0, k_lo = 0, k_hi = 0, span = 0;
+};
+
+OXTRAIN_HD PoolTaps pool_taps(const PoolAxis& a, int64_t o) {
+  const int64_t d = a.dilation, k = a.kernel;
+  const int64_t start = o * a.stride - a.pad_begin;
+  int64_t lo = start >= 0 ? 0 : (-start + d - 1) / d;
+  int64_t hi = a.in - start <= 0 ? 0 : (a.in - start + d - 1) / d;
+  lo = pool_min(lo, k);
+  hi = pool_min(pool_max(hi, lo), k);
+  const int64_t span = pool_min(start + k, a.in + a.pad_end) - start;
+  return {start, lo, hi, pool_max(span, 0)};
+}
+
+// The outputs [lo, hi) along one axis whose window reaches input coordinate x (0 <= x < in):
+// those with start <= x <= start + (kernel - 1) * dilation. With dilation > 1 a window in the
+// range holds x only where pool_tap_lands() says so.
+struct PoolRange {
+  int64_t lo = 0, hi = 0;
+};
+
+OXTRAIN_HD PoolRange pool_cover(const PoolAxis& a, int64_t x) {
+  const int64_t last = x + a.pad_begin;  // o * stride <= last: the window starts at or before x
+  const int64_t first = last - (a.kernel - 1) * a.dilation;  // ... and its last tap reaches x
+  const int64_t lo = first <= 0 ? 0 : (first + a.stride - 1) / a.stride;
+  const int64_t hi = pool_min(last / a.stride + 1, a.out);
+  return {lo, pool_max(hi, lo)};
+}
+
+// Whether a tap of output o's window (o from pool_cover(a, x)) lands on input coordinate x.
+OXTRAIN_HD bool pool_tap_lands(const PoolAxis& a, int64_t o, int64_t x) {
+  return (x + a.pad_begin - o * a.stride) % a.dilation == 0;
+}
+
+// The window of one output in both axes.
+struct PoolWindow {
+  PoolTaps row, col;
+  int64_t row_dilation = 1, col_dilation = 1;
+};
+
+OXTRAIN_HD PoolWindow pool_window(const Pool2d& g, int64_t oh, int64_t ow) {
+  return {pool_taps(g.rows, oh), pool_taps(g.cols, ow), g.rows.dilation, g.cols.dilation};
+}
+
+// ---------------------------------------------------------------------------------------
+// MaxPool.
+
+// The running maximum of a window: its value, its position in the plane (h * W + w), whether
+// a NaN has been seen.
+template <typename T>
+struct MaxPick {
+  T value;
+  int64_t at;
+  bool nan;
+};
+
+// One more element of the window, in row-major window order. Ties keep the first; a NaN beats
+// every number and the first NaN stays. (Written as selects, not branches: random data
+// mispredicts `v > best` a lot.)
+template <typename T>
+OXTRAIN_HD void max_pick(MaxPick<T>& m, T v, int64_t at) {
+  const bool v_nan = pool_is_nan(v);
+  const bool take = (v > m.value) | (v_nan & !m.nan);
+  m.value = take ? v : m.value;
+  m.at = take ? at : m.at;
+  m.nan = m.nan | v_nan;
+}
+
+// The maximum of one output's window over `plane` (`width` columns). The first real element
+// seeds it; a window that holds no input element (padding as wide as the window) gives -inf
+// at position -1.
+template <typename T>
+OXTRAIN_HD MaxPick<T> max_window(const T* plane, int64_t width, const PoolWindow& win) {
+  const PoolTaps& r = win.row;
+  const PoolTaps& c = win.col;
+  MaxPick<T> m{static_cast<T>(-INFINITY), -1, false};
+  if (r.k_lo >= r.k_hi || c.k_lo >= c.k_hi) return m;
+  const int64_t h0 = r.start + r.k_lo * win.row_dilation;
+  const int64_t w0 = c.start + c.k_lo * win.col_dilation;
+  m.at = h0 * width + w0;
+  m.value = plane[m.at];
+  m.nan = pool_is_nan(m.value);
+  for (int64_t kh = r.k_lo; kh < r.k_hi; ++kh) {
+    const int64_t row = (r.start + kh * win.row_dilation) * width;
+    for (int64_t kw = c.k_lo; kw < c.k_hi; ++kw) {
+      const int64_t at = row + c.start + kw * win.col_dilation;
+      max_pick(m, plane[at], at);
+    }
+  }
+  return m;
+}
+
+// MaxPool's Indices entry: the position flattened over the whole [N, C, H, W] tensor, -1 for
+// an empty window.
+OXTRAIN_HD int64_t max_pool_index(int64_t plane, int64_t in_plane, int64_t at) {
+  return at < 0 ? -1 : plane * in_plane + at;
+}
+
+// dX of input (h, w) of plane `plane` (deterministic gather, the GPU's MaxPoolGrad): the sum of
+// dY over the outputs whose window holds (h, w) and whose Indices name it, added in ascending
+// output order starting from 0, which is the order in which max_pool_grad_scatter() adds them.
+template <typename T>
+OXTRAIN_HD T max_pool_grad_at(const Pool2d& g, const T* dy_plane, const int64_t* indices_plane,
+                              int64_t plane, int64_t h, int64_t w) {
+  const int64_t target = plane * g.in_plane() + h * g.cols.in + w;
+  const PoolRange rr = pool_cover(g.rows, h), cr = pool_cover(g.cols, w);
+  T sum = 0;
+  for (int64_t oh = rr.lo; oh < rr.hi; ++oh) {
+    if (!pool_tap_lands(g.rows, oh, h)) continue;
+    for (int64_t ow = cr.lo; ow < cr.hi; ++ow) {
+      if (!pool_tap_lands(g.cols, ow, w)) continue;
+      const int64_t o = oh * g.cols.out + ow;
+      if (indices_plane[o] == target) sum += dy_plane[o];
+    }
+  }
+  return sum;
+}
+
+// One plane of MaxPoolGrad as a scatter (the CPU's, and the GPU's where the window is not
+// known): dx_plane[indices[i] - first] += dy[i] over the plane's outputs in ascending order,
+// for the indices inside the plane ([first, first + in_plane)). Returns how many lie outside
+// (MaxPool never makes such indices). dx_plane must hold zeros before.
+struct MaxGradPlane {
+  int64_t first = 0;     // the flattened index of the plane's first input element
+  int64_t in_plane = 0;  // H * W
+  int64_t out_plane = 0;
+};
+
+template <typename T>
+OXTRAIN_HD int64_t max_pool_grad_scatter(const MaxGradPlane& p, const T* dy_plane,
+                                         const int64_t* indices_plane, T* dx_plane) {
+  int64_t strays = 0;
+  for (int64_t i = 0; i < p.out_plane; ++i) {
+    const int64_t at = indices_plane[i] - p.first;
+    if (at >= 0 && at < p.in_plane)
+      dx_plane[at] += dy_plane[i];
+    else
+      ++strays;
+  }
+  return strays;
+}
+
+// ---------------------------------------------------------------------------------------
+// AveragePool (dilation 1).
+
+// The divisor of one output: the window's size clipped to the padded input with
+// count_include_pad, else the number of real elements in it.
+OXTRAIN_HD int64_t avg_divisor(const PoolTaps& r, const PoolTaps& c, bool include_pad) {
+  return include_pad ? r.span * c.span : (r.k_hi - r.k_lo) * (c.k_hi - c.k_lo);
+}
+
+// The average of one output's window, summed in row-major order; 0 for a window without
+// elements.
+template <typename T>
+OXTRAIN_HD T avg_window(const T* plane, int64_t width, const PoolWindow& win, bool include_pad) {
+  const PoolTaps& r = win.row;
+  const PoolTaps& c = win.col;
+  T sum = 0;
+  for (int64_t h = r.start + r.k_lo; h < r.start + r.k_hi; ++h)
+    for (int64_t w = c.start + c.k_lo; w < c.start + c.k_hi; ++w) sum += plane[h * width + w];
+  const int64_t div = avg_divisor(r, c, include_pad);
+  return div > 0 ? sum / static_cast<T>(div) : T(0);
+}
+
+// dX of input (h, w): dY / divisor summed over the outputs whose window holds it, in ascending
+// output order from 0.
+template <typename T>
+OXTRAIN_HD T avg_pool_grad_at(const Pool2d& g, bool include_pad, const T* dy_plane, int64_t h,
+                              int64_t w) {
+  const PoolRange rr = pool_cover(g.rows, h), cr = pool_cover(g.cols, w);
+  T sum = 0;
+  for (int64_t oh = rr.lo; oh < rr.hi; ++oh) {
+    if (!pool_tap_lands(g.rows, oh, h)) continue;
+    const PoolTaps r = pool_taps(g.rows, oh);
+    for (int64_t ow = cr.lo; ow < cr.hi; ++ow) {
+      if (!pool_tap_lands(g.cols, ow, w)) continue;
+      const int64_t div = avg_divisor(r, pool_taps(g.cols, ow), include_pad);
+      if (div > 0) sum += dy_plane[oh * g.cols.out + ow] / static_cast<T>(div);
+    }
+  }
+  return sum;
+}
+
+// ---------------------------------------------------------------------------------------
+// GlobalAveragePool: planes of `size` elements, summed in double even for float32 (the planes
+// can be large).
+
+template <typename T>
+OXTRAIN_HD T global_mean(double sum, int64_t size) {
+  return size > 0 ? static_cast<T>(sum / static_cast<double>(size)) : T(0);
+}
+
+template <typename T>
+OXTRAIN_HD T global_mean_grad(T dy, int64_t size) {
+  return dy / static_cast<T>(size);
+}
+
+// ---------------------------------------------------------------------------------------
+// Host side: reading a pooling node (defined in runtime/cpu/pool.cc). Errors name the node and
+// what `device`'s kernels lack.
+
+// ceil_mode of a pooling node: ai.onnx has it from opset 10; the oxtrain gradient ops copy it.
+bool pool_ceil_mode(const graph::Node& node, int64_t opset);
+
+// The window of a 2-D pooling `node` (kernel_shape, strides, pads, dilations, auto_pad) over
+// input shape `x` ([N, C, H, W], known).
+Pool2d pool_window_2d(const graph::Node& node, const graph::Shape& x, bool ceil_mode,
+                      Device device);
+
+// Throws unless `y` is the pooled shape [N, C, oH, oW] of `g`.
+void check_pooled_shape(const graph::Node& node, const Pool2d& g, const graph::Shape& y);
+
+// AveragePool and its gradient: refuses dilations.
+void check_average_window(const graph::Node& node, const Pool2d& g, Device device);
+
+// MaxPool: storage_order 0 (row-major indices) and, where present, Indices int64 of Y's shape.
+void check_max_pool_outputs(const graph::Node& node, Device device);
+
+// MaxPoolGrad (dY, Indices) -> dX: Indices int64 of dY's shape, dX of input_shape, dY of rank
+// and batch and channels that fit it. Returns input_shape.
+graph::Shape check_max_pool_grad(const graph::Node& node);
+
+// GlobalAveragePool and its gradient: `x` [N, C, spatial...] (rank 3 or more) and the pooled
+// [N, C, 1, ...] = `pooled`; the planes and the elements of each.
+struct GlobalPlanes {
+  int64_t planes = 0, size = 0;
+};
+GlobalPlanes global_pool_planes(const graph::Node& node, const graph::Shape& x,
+                                const graph::Shape& pooled, const char* pooled_name);
+
+}  // namespace oxtrain::runtime::math
