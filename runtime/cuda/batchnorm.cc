@@ -1,7 +1,232 @@
+// Batch normalisation on the GPU through cuDNN's graph API (cudnn-frontend), with the
+// semantics of runtime/cpu/batchnorm.cc; float32, X of any rank >= 2 viewed as [N, C, S, 1]
+// (S = the product of the spatial dims). Every output is written (=).
+//  - BatchNormalization (inference): Y = (X - mean) * (scale * rsqrt(var + eps)) + B as one
+//    graph of pointwise nodes, the per-channel tensors broadcast as [1, C, 1, 1].
+//  - oxtrain.BatchNormTraining: cuDNN's batchnorm node. Its outputs are the CPU kernel's: Y,
+//    the running mean and variance, the batch mean and the inverse standard deviation
+//    1/sqrt(var + eps) (cuDNN's "inverse variance" output holds exactly that). cuDNN updates
+//    the running statistics as next = (1 - m) * prev + m * batch with the unbiased batch
+//    variance, as PyTorch does; ONNX's momentum weighs the previous value, so m = 1 - momentum.
+//    The running-stat outputs may share the inputs' buffers (cuDNN reads a channel's statistic
+//    before writing it).
+//  - oxtrain.BatchNormGrad: cuDNN's batchnorm backward node from the saved mean and inverse
+//    standard deviation: dX, dScale = sum(dY * xhat), dBias = sum(dY).
+// Outputs a node omits go to scratch space in the kernel's workspace.
+#define OXTRAIN_CUDNN_FRONTEND
+#include "runtime/cuda/cudnn_common.h"
+
+#include <string>
+#include <vector>
+
+#include "runtime/cpu/node_checks.h"
 #include "runtime/cuda/kernels.h"
 
 namespace oxtrain::runtime {
+namespace cudnn {
 
-void register_cuda_norm_kernels(KernelRegistry& registry) {}
+namespace {
+
+using cpu::join;
+
+struct NormShapes {
+  std::vector<int64_t> x;        // [N, C, S, 1]
+  std::vector<int64_t> channel;  // [1, C, 1, 1]
+  int64_t channels = 0;
+};
+
+// Checks `x_index` = [N, C, ...] and that inputs first..last are [C]; all float32.
+NormShapes norm_shapes(const graph::Node& n, size_t x_index, size_t first, size_t last,
+                       const char* const names[]) {
+  const graph::Value* x = n.input(x_index);
+  if (!x) throw Error(n.describe() + ": input " + names[x_index] + " is missing");
+  if (x->dtype != DType::f32)
+    throw Error(n.describe() + ": the CUDA kernel takes float32, got " +
+                graph::dtype_name(x->dtype) + " '" + x->name + "'");
+  if (x->shape.size() < 2 || !graph::shape_known(x->shape))
+    throw Error(n.describe() + ": input '" + x->name + "' has shape " + x->shape_string() +
+                ", expected a known [N, C, ...]");
+  NormShapes s;
+  s.channels = x->shape[1];
+  int64_t spatial = 1;
+  for (size_t d = 2; d < x->shape.size(); ++d) spatial *= x->shape[d];
+  s.x = {x->shape[0], s.channels, spatial, 1};
+  s.channel = {1, s.channels, 1, 1};
+  if (graph::shape_numel(x->shape) == 0)
+    throw Error(n.describe() + ": input '" + x->name + "' " + x->shape_string() + " is empty");
+  for (size_t i = first; i <= last; ++i) {
+    const graph::Value* v = n.input(i);
+    if (!v) throw Error(n.describe() + ": input " + names[i] + " is missing");
+    if (v->dtype != DType::f32)
+      throw Error(n.describe() + ": the CUDA kernel takes float32, got " +
+                  graph::dtype_name(v->dtype) + " " + names[i] + " '" + v->name + "'");
+    if (v->shape != graph::Shape{s.channels})
+      throw Error(n.describe() + ": " + names[i] + " '" + v->name + "' has shape " +
+                  v->shape_string() + " but the input " + x->shape_string() + " has " +
+                  std::to_string(s.channels) + " channels");
+  }
+  return s;
+}
+
+void check_output(const graph::Node& n, size_t i, const std::vector<int64_t>& numel_of) {
+  const graph::Value* v = n.output(i);
+  if (!v) return;
+  if (v->dtype != DType::f32)
+    throw Error(n.describe() + ": the CUDA kernel takes float32, got " +
+                graph::dtype_name(v->dtype) + " output '" + v->name + "'");
+  if (graph::shape_numel(v->shape) != graph::shape_numel(numel_of))
+    throw Error(n.describe() + ": output '" + v->name + "' has shape " + v->shape_string() +
+                ", expected " + std::to_string(graph::shape_numel(numel_of)) + " elements");
+}
+
+int64_t float_bytes(const std::vector<int64_t>& dims) { return graph::shape_numel(dims) * 4; }
+
+// Binds output i of the node, or scratch space where the node omits it.
+void bind_output(GraphRecipe& r, const graph::Node& n, size_t i, const TensorPtr& t,
+                 const std::vector<int64_t>& dims) {
+  set_packed(t, dims);
+  t->set_output(true);
+  Binding b{t, true, i, float_bytes(dims)};
+  b.scratch = n.output(i) == nullptr;
+  r.bindings.push_back(b);
+  r.signature += b.scratch ? " -" : " +";
+}
+
+fe::graph::Pointwise_attributes pointwise(fe::PointwiseMode_t mode) {
+  return fe::graph::Pointwise_attributes().set_mode(mode).set_compute_data_type(
+      fe::DataType_t::FLOAT);
+}
+
+GraphRecipe inference_recipe(const graph::Node& n) {
+  int present = 0;
+  for (const graph::Value* v : n.outputs) present += v != nullptr;
+  if (n.attr_int("training_mode", 0) != 0 || present > 1)
+    throw Error(n.describe() +
+                ": training-mode BatchNormalization runs as oxtrain.BatchNormTraining inside "
+                "a training graph");
+  static const char* const names[] = {"X", "scale", "B", "input_mean", "input_var"};
+  NormShapes s = norm_shapes(n, 0, 1, 4, names);
+  if (!n.output(0)) throw Error(n.describe() + ": output Y is missing");
+  check_output(n, 0, s.x);
+  const float eps = n.attr_float("epsilon", 1e-5f);
+  GraphRecipe r;
+  r.graph = new_float_graph();
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr X = packed_tensor(g, "X", s.x);
+  TensorPtr scale = packed_tensor(g, "scale", s.channel);
+  TensorPtr bias = packed_tensor(g, "B", s.channel);
+  TensorPtr mean = packed_tensor(g, "mean", s.channel);
+  TensorPtr var = packed_tensor(g, "var", s.channel);
+  TensorPtr epsilon = g.tensor(eps);
+  TensorPtr k = g.pointwise(
+      g.pointwise(g.pointwise(var, epsilon, pointwise(fe::PointwiseMode_t::ADD)),
+                  pointwise(fe::PointwiseMode_t::RSQRT)),
+      scale, pointwise(fe::PointwiseMode_t::MUL));
+  TensorPtr centred = g.pointwise(X, mean, pointwise(fe::PointwiseMode_t::SUB));
+  TensorPtr scaled = g.pointwise(centred, k, pointwise(fe::PointwiseMode_t::MUL));
+  TensorPtr Y = g.pointwise(scaled, bias, pointwise(fe::PointwiseMode_t::ADD));
+  r.signature = "BatchNormalization x" + dims_text(s.x) + " eps " + std::to_string(eps);
+  r.bindings.push_back({X, false, 0, float_bytes(s.x)});
+  r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
+  r.bindings.push_back({bias, false, 2, float_bytes(s.channel)});
+  r.bindings.push_back({mean, false, 3, float_bytes(s.channel)});
+  r.bindings.push_back({var, false, 4, float_bytes(s.channel)});
+  bind_output(r, n, 0, Y, s.x);
+  return r;
+}
+
+GraphRecipe training_recipe(const graph::Node& n) {
+  static const char* const names[] = {"X", "scale", "B", "running_mean", "running_var"};
+  NormShapes s = norm_shapes(n, 0, 1, 4, names);
+  if (!n.output(0)) throw Error(n.describe() + ": output Y is missing");
+  check_output(n, 0, s.x);
+  for (size_t i = 1; i < 5; ++i) check_output(n, i, s.channel);
+  const float eps = n.attr_float("epsilon", 1e-5f);
+  const float momentum = n.attr_float("momentum", 0.9f);
+  GraphRecipe r;
+  r.graph = new_float_graph();
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr X = packed_tensor(g, "X", s.x);
+  TensorPtr scale = packed_tensor(g, "scale", s.channel);
+  TensorPtr bias = packed_tensor(g, "B", s.channel);
+  TensorPtr running_mean = packed_tensor(g, "running_mean", s.channel);
+  TensorPtr running_var = packed_tensor(g, "running_var", s.channel);
+  TensorPtr epsilon = g.tensor(eps);
+  TensorPtr cudnn_momentum = g.tensor(1.0f - momentum);
+  auto attributes = fe::graph::Batchnorm_attributes()
+                        .set_epsilon(epsilon)
+                        .set_previous_running_stats(running_mean, running_var, cudnn_momentum);
+  attributes.set_compute_data_type(fe::DataType_t::FLOAT);
+  auto [Y, mean, inv_std, next_mean, next_var] = g.batchnorm(X, scale, bias, attributes);
+  r.signature = "BatchNormTraining x" + dims_text(s.x) + " eps " + std::to_string(eps) +
+                " momentum " + std::to_string(momentum);
+  r.bindings.push_back({X, false, 0, float_bytes(s.x)});
+  r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
+  r.bindings.push_back({bias, false, 2, float_bytes(s.channel)});
+  r.bindings.push_back({running_mean, false, 3, float_bytes(s.channel)});
+  r.bindings.push_back({running_var, false, 4, float_bytes(s.channel)});
+  bind_output(r, n, 0, Y, s.x);
+  bind_output(r, n, 1, next_mean, s.channel);
+  bind_output(r, n, 2, next_var, s.channel);
+  bind_output(r, n, 3, mean, s.channel);
+  bind_output(r, n, 4, inv_std, s.channel);
+  return r;
+}
+
+GraphRecipe grad_recipe(const graph::Node& n) {
+  // Inputs: dY, X, scale, saved_mean, saved_inv_std.
+  static const char* const names[] = {"dY", "X", "scale", "saved_mean", "saved_inv_std"};
+  NormShapes s = norm_shapes(n, 1, 2, 4, names);
+  const graph::Value* dy = n.input(0);
+  const graph::Value* x = n.input(1);
+  if (!dy || dy->dtype != DType::f32 || dy->shape != x->shape)
+    throw Error(n.describe() + ": dY " + (dy ? dy->shape_string() + " " + graph::dtype_name(dy->dtype) : std::string("(missing)")) +
+                " must be float32 of X's shape " + x->shape_string());
+  check_output(n, 0, s.x);
+  check_output(n, 1, s.channel);
+  check_output(n, 2, s.channel);
+  GraphRecipe r;
+  r.graph = new_float_graph();
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr DY = packed_tensor(g, "DY", s.x);
+  TensorPtr X = packed_tensor(g, "X", s.x);
+  TensorPtr scale = packed_tensor(g, "scale", s.channel);
+  TensorPtr mean = packed_tensor(g, "saved_mean", s.channel);
+  TensorPtr inv_std = packed_tensor(g, "saved_inv_std", s.channel);
+  auto attributes = fe::graph::Batchnorm_backward_attributes().set_saved_mean_and_inv_variance(mean, inv_std);
+  attributes.set_compute_data_type(fe::DataType_t::FLOAT);
+  auto [DX, dscale, dbias] = g.batchnorm_backward(DY, X, scale, attributes);
+  r.signature = "BatchNormGrad x" + dims_text(s.x);
+  r.bindings.push_back({DY, false, 0, float_bytes(s.x)});
+  r.bindings.push_back({X, false, 1, float_bytes(s.x)});
+  r.bindings.push_back({scale, false, 2, float_bytes(s.channel)});
+  r.bindings.push_back({mean, false, 3, float_bytes(s.channel)});
+  r.bindings.push_back({inv_std, false, 4, float_bytes(s.channel)});
+  bind_output(r, n, 0, DX, s.x);
+  bind_output(r, n, 1, dscale, s.channel);
+  bind_output(r, n, 2, dbias, s.channel);
+  return r;
+}
+
+}  // namespace
+
+GraphRecipe batchnorm_recipe(const graph::Node& node) {
+  if (node.op_type == "BatchNormalization") return inference_recipe(node);
+  if (node.op_type == "BatchNormTraining") return training_recipe(node);
+  if (node.op_type == "BatchNormGrad") return grad_recipe(node);
+  throw Error(node.describe() + ": not a batch normalisation");
+}
+
+}  // namespace cudnn
+
+void register_cuda_norm_kernels(KernelRegistry& registry) {
+  auto factory = [](const KernelInit& init) {
+    const std::string where = init.node.describe();
+    return cudnn::make_cudnn_kernel(cudnn::batchnorm_recipe(init.node), init, where);
+  };
+  registry.add("", "BatchNormalization", Device::cuda, factory);
+  registry.add("oxtrain", "BatchNormTraining", Device::cuda, factory);
+  registry.add("oxtrain", "BatchNormGrad", Device::cuda, factory);
+}
 
 }  // namespace oxtrain::runtime

@@ -1,7 +1,191 @@
+// 2-D convolution on the GPU through cuDNN's graph API (cudnn-frontend): Conv (with its bias
+// added by a pointwise node fused into the same cuDNN graph), oxtrain.ConvGradData (cuDNN's
+// dgrad) and oxtrain.ConvGradFilter (wgrad). NCHW float32, any group, pads (asymmetric too),
+// strides and dilations; the semantics of runtime/cpu/conv.cc. All three write (=) their
+// output. Plans are chosen by measurement at compile time and shared between identical
+// convolutions (runtime/cuda/cudnn_common.h).
+#define OXTRAIN_CUDNN_FRONTEND
+#include "runtime/cuda/cudnn_common.h"
+
+#include <string>
+#include <vector>
+
+#include "graph/ops.h"
+#include "runtime/cpu/node_checks.h"
 #include "runtime/cuda/kernels.h"
 
 namespace oxtrain::runtime {
+namespace cudnn {
 
-void register_cuda_conv_kernels(KernelRegistry& registry) {}
+namespace {
+
+using cpu::join;
+
+struct ConvShapes {
+  graph::Shape x, w, y;  // input, filter, output
+  std::vector<int64_t> strides, dilations, pads_begin, pads_end;
+  int64_t group = 1;
+};
+
+void require_f32(const graph::Node& node, std::initializer_list<const graph::Value*> values) {
+  for (const graph::Value* v : values)
+    if (v && v->dtype != DType::f32)
+      throw Error(node.describe() + ": the CUDA kernel takes float32, got " +
+                  graph::dtype_name(v->dtype) + " '" + v->name + "'");
+}
+
+// Checks x = [N,C,H,W], w = [M,C/group,kH,kW] and y against the node's attributes, as the CPU
+// kernel does.
+ConvShapes conv_shapes(const graph::Node& node, const graph::Shape& x, const graph::Shape& w,
+                       const graph::Shape& y) {
+  if (x.size() != 4 || w.size() != 4)
+    throw Error(node.describe() + ": only 2-D convolution is supported on CUDA (input " +
+                join(x) + ", weight " + join(w) + ")");
+  for (int64_t d : x)
+    if (d <= 0) throw Error(node.describe() + ": input shape " + join(x) + " is not known or empty");
+  ConvShapes s;
+  s.x = x, s.w = w, s.y = y;
+  s.group = node.attr_int("group", 1);
+  if (s.group < 1 || x[1] != w[1] * s.group || w[0] % s.group != 0)
+    throw Error(node.describe() + ": input " + join(x) + " and weight " + join(w) +
+                " do not fit group=" + std::to_string(s.group));
+  std::vector<int64_t> kernel{w[2], w[3]};
+  if (node.has_attr("kernel_shape") && node.attr_ints("kernel_shape") != kernel)
+    throw Error(node.describe() + ": kernel_shape " + join(node.attr_ints("kernel_shape")) +
+                " disagrees with weight shape " + join(w));
+  graph::WindowGeometry wg = graph::window_geometry(node, x, kernel, false);
+  s.strides = wg.strides, s.dilations = wg.dilations;
+  s.pads_begin = wg.pads_begin, s.pads_end = wg.pads_end;
+  graph::Shape expect{x[0], w[0], wg.output[0], wg.output[1]};
+  if (y != expect)
+    throw Error(node.describe() + ": output shape " + join(y) + " does not match " +
+                join(expect) + " computed from input " + join(x) + " and weight " + join(w));
+  for (int64_t d : y)
+    if (d <= 0) throw Error(node.describe() + ": empty output " + join(y));
+  return s;
+}
+
+std::string signature(const std::string& op, const ConvShapes& s, bool bias) {
+  return op + " x" + dims_text(s.x) + " w" + dims_text(s.w) + " y" + dims_text(s.y) + " s" +
+         dims_text(s.strides) + " d" + dims_text(s.dilations) + " p" + dims_text(s.pads_begin) +
+         "/" + dims_text(s.pads_end) + (bias ? " bias" : "");
+}
+
+int64_t float_bytes(const graph::Shape& s) { return graph::shape_numel(s) * 4; }
+
+template <typename Attributes>
+Attributes window_attributes(const ConvShapes& s) {
+  Attributes a;
+  a.set_pre_padding(s.pads_begin)
+      .set_post_padding(s.pads_end)
+      .set_stride(s.strides)
+      .set_dilation(s.dilations);
+  a.set_compute_data_type(fe::DataType_t::FLOAT);
+  return a;
+}
+
+GraphRecipe forward_recipe(const graph::Node& n) {
+  const graph::Value* x = cpu::required(n, 0);
+  const graph::Value* w = cpu::required(n, 1);
+  const graph::Value* b = n.input(2);
+  const graph::Value* y = cpu::required(n, 0, true);
+  require_f32(n, {x, w, b, y});
+  ConvShapes s = conv_shapes(n, x->shape, w->shape, y->shape);
+  if (b && b->shape != graph::Shape{s.w[0]})
+    throw Error(n.describe() + ": bias '" + b->name + "' has shape " + join(b->shape) +
+                ", expected [" + std::to_string(s.w[0]) + "]");
+  GraphRecipe r;
+  r.graph = new_float_graph();
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr X = packed_tensor(g, "X", s.x);
+  TensorPtr W = packed_tensor(g, "W", s.w);
+  TensorPtr Y = g.conv_fprop(X, W, window_attributes<fe::graph::Conv_fprop_attributes>(s));
+  set_packed(Y, s.y);
+  r.bindings.push_back({X, false, 0, float_bytes(s.x)});
+  r.bindings.push_back({W, false, 1, float_bytes(s.w)});
+  if (b) {
+    // Y = conv + B, B broadcast as [1, M, 1, 1]: one fused cuDNN graph.
+    TensorPtr B = packed_tensor(g, "B", {1, s.w[0], 1, 1});
+    TensorPtr sum = g.pointwise(
+        Y, B,
+        fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::ADD).set_compute_data_type(
+            fe::DataType_t::FLOAT));
+    set_packed(sum, s.y);
+    r.bindings.push_back({B, false, 2, float_bytes(b->shape)});
+    Y = sum;
+  }
+  Y->set_output(true);
+  r.bindings.push_back({Y, true, 0, float_bytes(s.y)});
+  r.signature = signature("Conv", s, b != nullptr);
+  return r;
+}
+
+GraphRecipe grad_data_recipe(const graph::Node& n) {
+  const graph::Value* dy = cpu::required(n, 0);
+  const graph::Value* w = cpu::required(n, 1);
+  const graph::Value* dx = cpu::required(n, 0, true);
+  require_f32(n, {dy, w, dx});
+  graph::Shape x_shape = cpu::grad_input_shape(n, dx);
+  ConvShapes s = conv_shapes(n, x_shape, w->shape, dy->shape);
+  GraphRecipe r;
+  r.graph = new_float_graph();
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr DY = packed_tensor(g, "DY", s.y);
+  TensorPtr W = packed_tensor(g, "W", s.w);
+  TensorPtr DX = g.conv_dgrad(DY, W, window_attributes<fe::graph::Conv_dgrad_attributes>(s));
+  set_packed(DX, s.x);
+  DX->set_output(true);
+  r.bindings.push_back({DY, false, 0, float_bytes(s.y)});
+  r.bindings.push_back({W, false, 1, float_bytes(s.w)});
+  r.bindings.push_back({DX, true, 0, float_bytes(s.x)});
+  r.signature = signature("ConvGradData", s, false);
+  return r;
+}
+
+GraphRecipe grad_filter_recipe(const graph::Node& n) {
+  const graph::Value* dy = cpu::required(n, 0);
+  const graph::Value* x = cpu::required(n, 1);
+  const graph::Value* dw = cpu::required(n, 0, true);
+  require_f32(n, {dy, x, dw});
+  graph::Shape w_shape = cpu::shape_attr(n, "filter_shape");
+  if (dw->shape != w_shape)
+    throw Error(n.describe() + ": output shape " + join(dw->shape) +
+                " differs from filter_shape " + join(w_shape));
+  ConvShapes s = conv_shapes(n, x->shape, w_shape, dy->shape);
+  GraphRecipe r;
+  r.graph = new_float_graph();
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr DY = packed_tensor(g, "DY", s.y);
+  TensorPtr X = packed_tensor(g, "X", s.x);
+  TensorPtr DW = g.conv_wgrad(DY, X, window_attributes<fe::graph::Conv_wgrad_attributes>(s));
+  set_packed(DW, s.w);
+  DW->set_output(true);
+  r.bindings.push_back({DY, false, 0, float_bytes(s.y)});
+  r.bindings.push_back({X, false, 1, float_bytes(s.x)});
+  r.bindings.push_back({DW, true, 0, float_bytes(s.w)});
+  r.signature = signature("ConvGradFilter", s, false);
+  return r;
+}
+
+}  // namespace
+
+GraphRecipe conv_recipe(const graph::Node& node) {
+  if (node.op_type == "Conv") return forward_recipe(node);
+  if (node.op_type == "ConvGradData") return grad_data_recipe(node);
+  if (node.op_type == "ConvGradFilter") return grad_filter_recipe(node);
+  throw Error(node.describe() + ": not a convolution");
+}
+
+}  // namespace cudnn
+
+void register_cuda_conv_kernels(KernelRegistry& registry) {
+  auto factory = [](const KernelInit& init) {
+    const std::string where = init.node.describe();
+    return cudnn::make_cudnn_kernel(cudnn::conv_recipe(init.node), init, where);
+  };
+  registry.add("", "Conv", Device::cuda, factory);
+  registry.add(graph::kOxtrainDomain, "ConvGradData", Device::cuda, factory);
+  registry.add(graph::kOxtrainDomain, "ConvGradFilter", Device::cuda, factory);
+}
 
 }  // namespace oxtrain::runtime

@@ -1,1 +1,442 @@
-// What the cuDNN kernels (conv.cc, batchnorm.cc) share.
+// What the cuDNN kernels (conv.cc, batchnorm.cc) share: compiling a cuDNN graph into a plan
+// chosen by measurement, the process-wide plan cache, the kernel that executes a plan, and the
+// plan-support check without a GPU. See cudnn_common.h.
+#define OXTRAIN_CUDNN_FRONTEND
+#include "runtime/cuda/cudnn_common.h"
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <sstream>
+
+namespace cudnn_frontend {
+// cudnn-frontend's dynamic loading looks cuDNN's symbols up in this library handle.
+void* cudnn_dlhandle = nullptr;
+}  // namespace cudnn_frontend
+
+namespace oxtrain::runtime::cudnn {
+
+namespace {
+
+// Candidate plans timed per graph, and executions per timing.
+constexpr int kMaxMeasured = 8;
+constexpr int kRepeats = 3;
+constexpr int64_t kAlign = 256;
+
+int64_t align_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Points cudnn-frontend at the cuDNN and CUDA runtime libraries this program is linked with,
+// before its first call. (Left to itself, its dynamic loading would dlopen the first
+// libcudart.so.12 or .13 it finds, which need not be the one oxtrain runs on.)
+void bind_libraries() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<void*>(&cudnnGetVersion), &info) && info.dli_fname)
+      fe::cudnn_dlhandle = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+    if (!fe::cudnn_dlhandle) fe::cudnn_dlhandle = RTLD_DEFAULT;
+    Dl_info rt{};
+    if (!std::getenv("CUDNN_FRONTEND_CUDART_LIB_NAME") &&
+        dladdr(reinterpret_cast<void*>(&cudaGetDevice), &rt) && rt.dli_fname)
+      setenv("CUDNN_FRONTEND_CUDART_LIB_NAME", rt.dli_fname, 0);
+  });
+}
+
+// The numerical notes an fp32-strict plan must not carry: TF32 tensor cores, inputs converted
+// down, reductions in reduced precision, and the FFT and Winograd transforms (exact in
+// arithmetic, not in float32 rounding).
+const std::vector<fe::NumericalNote_t>& strict_excluded_notes() {
+  static const std::vector<fe::NumericalNote_t> notes = {
+      fe::NumericalNote_t::TENSOR_CORE,         fe::NumericalNote_t::DOWN_CONVERT_INPUTS,
+      fe::NumericalNote_t::REDUCED_PRECISION_REDUCTION, fe::NumericalNote_t::FFT,
+      fe::NumericalNote_t::WINOGRAD,            fe::NumericalNote_t::WINOGRAD_TILE_4x4,
+      fe::NumericalNote_t::WINOGRAD_TILE_6x6,   fe::NumericalNote_t::WINOGRAD_TILE_13x13};
+  return notes;
+}
+
+void check_fe(fe::error_t status, const char* what, const std::string& where) {
+  if (status.is_good()) return;
+  std::string message = status.get_message();
+  if (message.size() > 600) message = message.substr(0, 600) + " ...";
+  throw Error(where + ": cuDNN " + what + " failed: " + message);
+}
+
+// validate, build_operation_graph, heuristics (A then FALLBACK), precision filter. Returns how
+// many configurations the heuristics offered.
+int64_t prepare_plans(fe::graph::Graph& graph, cudnnHandle_t handle, Precision precision,
+                      const std::string& where) {
+  check_fe(graph.validate(), "graph validation", where);
+  check_fe(handle ? graph.build_operation_graph(handle) : graph.build_operation_graph(),
+           "operation graph", where);
+  check_fe(graph.create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}),
+           "heuristics query", where);
+  if (precision == Precision::fp32) graph.deselect_numeric_notes(strict_excluded_notes());
+  return graph.get_execution_plan_count();
+}
+
+bool runtime_compiled(const fe::graph::Graph& graph, int64_t index) {
+  std::vector<fe::BehaviorNote_t> notes;
+  if (graph.get_behavior_notes_for_plan_at_index(index, notes).is_bad()) return false;
+  return std::find(notes.begin(), notes.end(), fe::BehaviorNote_t::RUNTIME_COMPILATION) !=
+         notes.end();
+}
+
+// Builds up to kMaxMeasured plans in the heuristics' order, precompiled engines first
+// (runtime-compiled ones take seconds each and are built only when no precompiled one
+// supports the graph). Returns their indices; `failure` says why the first one failed.
+std::vector<int64_t> build_candidates(fe::graph::Graph& graph, int64_t count,
+                                      std::string& failure) {
+  std::vector<int64_t> built;
+  for (int pass = 0; pass < 2 && built.empty(); ++pass)
+    for (int64_t i = 0; i < count && static_cast<int>(built.size()) < kMaxMeasured; ++i) {
+      if (runtime_compiled(graph, i) != (pass == 1)) continue;
+      fe::error_t status = graph.build_plan_at_index(i);
+      if (status.is_good())
+        built.push_back(i);
+      else if (failure.empty() && status.get_message() != "Deselecting execution plan")
+        failure = status.get_message();
+    }
+  return built;
+}
+
+std::string plan_name(const fe::graph::Graph& graph, int64_t index) {
+  std::string name;
+  if (graph.get_plan_name_at_index(index, name).is_bad()) name = "plan " + std::to_string(index);
+  return name;
+}
+
+// Device buffers of a measurement, freed on every path.
+class ScratchBuffers {
+ public:
+  explicit ScratchBuffers(std::string where) : where_(std::move(where)) {}
+  ~ScratchBuffers() {
+    for (void* p : buffers_) cudaFree(p);
+  }
+  ScratchBuffers(const ScratchBuffers&) = delete;
+  ScratchBuffers& operator=(const ScratchBuffers&) = delete;
+  void* allocate(int64_t bytes, cudaStream_t stream) {
+    void* p = nullptr;
+    cuda::check(cudaMalloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, kAlign))),
+                "cudaMalloc of a plan-timing buffer", where_);
+    buffers_.push_back(p);
+    cuda::check(cudaMemsetAsync(p, 0, static_cast<size_t>(std::max<int64_t>(bytes, kAlign)), stream),
+                "cudaMemsetAsync of a plan-timing buffer", where_);
+    return p;
+  }
+
+ private:
+  std::string where_;
+  std::vector<void*> buffers_;
+};
+
+class Events {
+ public:
+  explicit Events(const std::string& where) {
+    cuda::check(cudaEventCreate(&start), "cudaEventCreate", where);
+    cuda::check(cudaEventCreate(&stop), "cudaEventCreate", where);
+  }
+  ~Events() {
+    if (start) cudaEventDestroy(start);
+    if (stop) cudaEventDestroy(stop);
+  }
+  Events(const Events&) = delete;
+  Events& operator=(const Events&) = delete;
+  cudaEvent_t start = nullptr, stop = nullptr;
+};
+
+// Times each built plan on zero-filled buffers on the context's stream; returns the fastest.
+std::shared_ptr<CompiledGraph> compile(GraphRecipe recipe, const CudaContext& ctx,
+                                       Precision precision, const std::string& where) {
+  fe::graph::Graph& graph = *recipe.graph;
+  const int64_t count = prepare_plans(graph, ctx.cudnn, precision, where);
+  std::string failure;
+  std::vector<int64_t> built = build_candidates(graph, count, failure);
+  if (built.empty())
+    throw Error(where + ": no cuDNN engine supports this graph in " +
+                std::string(precision_name(precision)) + " precision (" +
+                std::to_string(count) + " configurations offered" +
+                (failure.empty() ? std::string() : "; first failure: " + failure.substr(0, 400)) +
+                ")" +
+                (precision == Precision::fp32 ? "; try --precision tf32" : ""));
+
+  int64_t max_workspace = 0;
+  std::map<int64_t, int64_t> workspace;
+  for (int64_t i : built) {
+    int64_t ws = 0;
+    check_fe(graph.get_workspace_size_plan_at_index(i, ws), "workspace query", where);
+    workspace[i] = ws;
+    max_workspace = std::max(max_workspace, ws);
+  }
+
+  ScratchBuffers buffers(where);
+  std::unordered_map<int64_t, void*> pack;
+  for (const Binding& b : recipe.bindings) pack[b.tensor->get_uid()] = buffers.allocate(b.bytes, ctx.stream);
+  void* ws_buffer = max_workspace > 0 ? buffers.allocate(max_workspace, ctx.stream) : nullptr;
+  Events events(where);
+
+  int64_t best = -1;
+  double best_ms = std::numeric_limits<double>::infinity();
+  int measured = 0;
+  std::string run_failure;
+  for (int64_t i : built) {
+    // One run to warm up (and to find plans that fail to execute), then kRepeats timed.
+    fe::error_t status = graph.execute_plan_at_index(ctx.cudnn, pack, ws_buffer, i);
+    if (status.is_bad()) {
+      cudaGetLastError();
+      if (run_failure.empty()) run_failure = plan_name(graph, i) + ": " + status.get_message();
+      continue;
+    }
+    cuda::check(cudaEventRecord(events.start, ctx.stream), "cudaEventRecord", where);
+    for (int r = 0; r < kRepeats && status.is_good(); ++r)
+      status = graph.execute_plan_at_index(ctx.cudnn, pack, ws_buffer, i);
+    cuda::check(cudaEventRecord(events.stop, ctx.stream), "cudaEventRecord", where);
+    cuda::check(cudaEventSynchronize(events.stop), "cudaEventSynchronize while timing plans", where);
+    if (status.is_bad()) continue;
+    float ms = 0;
+    cuda::check(cudaEventElapsedTime(&ms, events.start, events.stop), "cudaEventElapsedTime", where);
+    ++measured;
+    const double per_run = static_cast<double>(ms) / kRepeats;
+    if (per_run < best_ms) best_ms = per_run, best = i;
+  }
+  cuda::check(cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize after timing plans", where);
+  if (best < 0)
+    throw Error(where + ": every cuDNN plan built for this graph failed to execute (" +
+                run_failure.substr(0, 400) + ")");
+
+  auto compiled = std::make_shared<CompiledGraph>();
+  compiled->graph = recipe.graph;
+  compiled->bindings = std::move(recipe.bindings);
+  compiled->plan_index = best;
+  compiled->chosen.engine = plan_name(graph, best);
+  compiled->chosen.workspace = workspace[best];
+  compiled->chosen.ms = best_ms;
+  compiled->chosen.measured = measured;
+  return compiled;
+}
+
+// Scratch regions for omitted outputs, after `cudnn_workspace` bytes; returns the total.
+int64_t place_scratch(const std::vector<Binding>& bindings, int64_t cudnn_workspace,
+                      std::vector<int64_t>& offsets) {
+  int64_t end = align_up(cudnn_workspace);
+  offsets.assign(bindings.size(), -1);
+  for (size_t i = 0; i < bindings.size(); ++i) {
+    if (!bindings[i].scratch) continue;
+    offsets[i] = end;
+    end += align_up(bindings[i].bytes);
+  }
+  return end;
+}
+
+std::mutex& cache_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<std::string, std::shared_ptr<const CompiledGraph>>& cache() {
+  static auto* c = new std::map<std::string, std::shared_ptr<const CompiledGraph>>;
+  return *c;
+}
+
+}  // namespace
+
+std::string PlannedKernel::describe() const {
+  const ChosenPlan& p = chosen_plan();
+  if (p.engine.empty()) return "cuDNN: no plan chosen (compiled without a GPU)";
+  std::ostringstream s;
+  s << "cuDNN " << p.engine << " (workspace " << p.workspace << " B";
+  if (p.measured > 0) s << ", " << p.ms << " ms, fastest of " << p.measured;
+  s << ")";
+  return s.str();
+}
+
+std::shared_ptr<fe::graph::Graph> new_float_graph() {
+  bind_libraries();
+  auto graph = std::make_shared<fe::graph::Graph>();
+  graph->set_io_data_type(fe::DataType_t::FLOAT)
+      .set_intermediate_data_type(fe::DataType_t::FLOAT)
+      .set_compute_data_type(fe::DataType_t::FLOAT);
+  return graph;
+}
+
+namespace {
+std::vector<int64_t> packed_strides(const std::vector<int64_t>& dims) {
+  std::vector<int64_t> strides(dims.size(), 1);
+  for (size_t i = dims.size(); i-- > 1;) strides[i - 1] = strides[i] * std::max<int64_t>(dims[i], 1);
+  return strides;
+}
+}  // namespace
+
+TensorPtr packed_tensor(fe::graph::Graph& graph, const std::string& name,
+                        const std::vector<int64_t>& dims) {
+  return graph.tensor(fe::graph::Tensor_attributes()
+                          .set_name(name)
+                          .set_dim(dims)
+                          .set_stride(packed_strides(dims))
+                          .set_data_type(fe::DataType_t::FLOAT));
+}
+
+void set_packed(const TensorPtr& tensor, const std::vector<int64_t>& dims) {
+  tensor->set_dim(dims).set_stride(packed_strides(dims)).set_data_type(fe::DataType_t::FLOAT);
+}
+
+std::string dims_text(const std::vector<int64_t>& dims) {
+  std::string s;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i) s += 'x';
+    s += std::to_string(dims[i]);
+  }
+  return s;
+}
+
+CudnnKernel::CudnnKernel(std::shared_ptr<const CompiledGraph> compiled, int64_t workspace_bytes,
+                         std::string where)
+    : compiled_(std::move(compiled)), workspace_bytes_(workspace_bytes), where_(std::move(where)) {
+  if (compiled_) {
+    chosen_ = compiled_->chosen;
+    variant_pack_.reserve(compiled_->bindings.size());
+    for (const Binding& b : compiled_->bindings) variant_pack_[b.tensor->get_uid()] = nullptr;
+  }
+}
+
+void CudnnKernel::run(const KernelArgs& args) {
+  const CudaContext& ctx = cuda::context_of(args, where_);
+  if (!compiled_)
+    throw Error(where_ + ": this cuDNN kernel was compiled without a GPU and has no plan; "
+                "compile the graph with a CUDA device");
+  if (args.workspace_bytes < static_cast<size_t>(workspace_bytes_))
+    throw Error(where_ + ": the cuDNN kernel needs " + std::to_string(workspace_bytes_) +
+                " bytes of workspace, got " + std::to_string(args.workspace_bytes));
+  const CompiledGraph& c = *compiled_;
+  for (size_t i = 0; i < c.bindings.size(); ++i) {
+    const Binding& b = c.bindings[i];
+    void* p = nullptr;
+    if (b.scratch) {
+      p = static_cast<char*>(args.workspace) + c.scratch_offsets[i];
+    } else {
+      const std::vector<TensorView>& views = b.output ? args.outputs : args.inputs;
+      if (b.index >= views.size() || !views[b.index].present())
+        throw Error(where_ + ": " + (b.output ? "output " : "input ") + std::to_string(b.index) +
+                    " has no buffer");
+      p = views[b.index].data;
+    }
+    variant_pack_[b.tensor->get_uid()] = p;
+  }
+  fe::error_t status = fe::error_t{};
+  try {
+    status = c.graph->execute_plan_at_index(ctx.cudnn, variant_pack_, args.workspace, c.plan_index);
+  } catch (const std::exception& e) {
+    throw Error(where_ + ": cuDNN execute (" + c.chosen.engine + ") failed: " + e.what());
+  }
+  if (status.is_bad())
+    throw Error(where_ + ": cuDNN execute (" + c.chosen.engine + ") failed: " + status.get_message());
+}
+
+std::unique_ptr<Kernel> make_cudnn_kernel(GraphRecipe recipe, const KernelInit& init,
+                                          const std::string& where) {
+  const CudaContext* ctx =
+      init.context && init.context->device == Device::cuda ? init.context->cuda : nullptr;
+  if (!ctx) {
+    // Planning without a device: no plan, so no cuDNN workspace; only the scratch for omitted
+    // outputs is known.
+    std::vector<int64_t> offsets;
+    const int64_t total = place_scratch(recipe.bindings, 0, offsets);
+    return std::make_unique<CudnnKernel>(nullptr, total, where);
+  }
+  const std::string key = recipe.signature + "|" + precision_name(init.precision) + "|device " +
+                          std::to_string(ctx->device) + "|sm " +
+                          std::to_string(ctx->compute_major * 10 + ctx->compute_minor);
+  std::shared_ptr<const CompiledGraph> compiled;
+  {
+    // One compile at a time: plans are built and timed on the device.
+    std::lock_guard<std::mutex> lock(cache_mutex());
+    auto it = cache().find(key);
+    if (it != cache().end()) {
+      compiled = it->second;
+    } else {
+      std::shared_ptr<CompiledGraph> fresh;
+      try {
+        fresh = compile(std::move(recipe), *ctx, init.precision, where);
+      } catch (const Error&) {
+        throw;
+      } catch (const std::exception& e) {
+        throw Error(where + ": cuDNN plan compilation failed: " + e.what());
+      }
+      fresh->workspace_bytes =
+          place_scratch(fresh->bindings, fresh->chosen.workspace, fresh->scratch_offsets);
+      compiled = fresh;
+      cache()[key] = compiled;
+    }
+  }
+  const int64_t total = compiled->workspace_bytes;
+  return std::make_unique<CudnnKernel>(std::move(compiled), total, where);
+}
+
+// ---------------------------------------------------------------------------------------
+// Deviceless plan support.
+
+DevicelessTarget h100_target() {
+  // The fields cuDNN 9.19 reads from CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, with the
+  // values cudaGetDeviceProperties reports for an H100 SXM5 80 GB.
+  DevicelessTarget t;
+  t.name = "NVIDIA H100 80GB HBM3 (sm_90)";
+  t.sm_version = 90;
+  t.device_properties_json =
+      R"({"cudnnVersion":)" + std::to_string(cudnnGetVersion()) +
+      R"(,"schemaVersion":1,"maxGridSize":[2147483647,65535,65535],"maxBlockSize":[1024,1024,64],)"
+      R"("regsPerBlock":65536,"multiProcessorCount":132,"warpSize":32,)"
+      R"("maxSharedMemoryPerBlock":49152,"maxSharedMemoryPerBlockOptin":232448,)"
+      R"("reservedSharedMemoryPerBlock":1024,"maxRegistersPerSM":65536,"maxCtasPerSM":32,)"
+      R"("maxThreadsPerBlock":1024,"maxThreadsPerSM":2048,"pciDeviceId":8960,"isTccDriver":0,)"
+      R"("supportCoopLaunch":1,"totalGlobalMem":85031714816,"smClockRateKHz":1980000,)"
+      R"("memClockRateKHz":2619000,"l2CacheSize":52428800,"cudaDeviceId":0,"deviceVer":900,)"
+      R"("driverVer":13000,"deviceName":"NVIDIA H100 80GB HBM3"})";
+  return t;
+}
+
+DevicelessSupport deviceless_support(const graph::Node& node, Precision precision,
+                                     const DevicelessTarget& target) {
+  const std::string where = node.describe();
+  GraphRecipe recipe;
+  if (node.op_type == "Conv" || node.op_type == "ConvGradData" || node.op_type == "ConvGradFilter")
+    recipe = conv_recipe(node);
+  else if (node.op_type == "BatchNormalization" || node.op_type == "BatchNormTraining" ||
+           node.op_type == "BatchNormGrad")
+    recipe = batchnorm_recipe(node);
+  else
+    throw Error(where + ": not a cuDNN-backed op");
+
+  auto properties = std::make_shared<fe::DeviceProperties>();
+  const std::string& json = target.device_properties_json;
+  check_fe(properties->deserialize(std::vector<uint8_t>(json.begin(), json.end())),
+           "device properties", where);
+  fe::graph::Graph& graph = *recipe.graph;
+  graph.set_device_properties(properties).set_sm_version(target.sm_version);
+
+  DevicelessSupport support;
+  check_fe(graph.validate(), "graph validation", where);
+  check_fe(graph.build_operation_graph(), "operation graph", where);
+  fe::error_t heuristics =
+      graph.create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
+  if (heuristics.is_bad()) {
+    support.failure = heuristics.get_message();
+    return support;
+  }
+  support.configs = static_cast<int>(graph.get_execution_plan_count());
+  if (precision == Precision::fp32) graph.deselect_numeric_notes(strict_excluded_notes());
+  for (int64_t i = 0; i < support.configs; ++i) {
+    fe::error_t status = graph.build_plan_at_index(i);
+    if (status.get_message() != "Deselecting execution plan") ++support.allowed;
+    if (status.is_good()) {
+      if (support.supported++ == 0) support.first_engine = plan_name(graph, i);
+    } else if (support.failure.empty() && status.get_message() != "Deselecting execution plan") {
+      support.failure = status.get_message();
+    }
+  }
+  return support;
+}
+
+}  // namespace oxtrain::runtime::cudnn

@@ -1,0 +1,177 @@
+// CUDA (cuDNN) batch normalisation against the CPU kernels: BatchNormalization (inference),
+// oxtrain.BatchNormTraining (Y, running mean and unbiased running variance, saved mean and
+// inverse standard deviation; omitted outputs) and oxtrain.BatchNormGrad, on odd shapes; and,
+// where the CUDA driver is present, plan support on an H100 from serialized device properties.
+#include <gtest/gtest.h>
+
+#include <dlfcn.h>
+
+#include <string>
+#include <vector>
+
+#include "graph/ir.h"
+#include "runtime/kernel.h"
+#include "tests/kernel_helpers.h"
+#ifdef OXTRAIN_HAVE_CUDA
+#include "runtime/cuda/cudnn_common.h"
+#endif
+
+using namespace oxtrain;
+using graph::Attribute;
+using graph::DType;
+using graph::Shape;
+using graph::Tensor;
+using runtime::Precision;
+using test::cuda_matches_cpu;
+using test::KernelCase;
+using test::OutputSpec;
+using test::random_tensor;
+
+namespace {
+
+const OutputSpec kNone{DType::undefined, {}};
+
+std::string text(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+// The CPU sums in double, cuDNN in float32 over N*S = 715 elements per channel (5x7x11x13):
+// random-sign rounding errors of about sqrt(715) * 6e-8 ~ 1.6e-6 relative to the largest
+// value, a few times that after the normalisation arithmetic. 2e-5 leaves margin, and still
+// catches a biased running variance (off by 0.1 * var / 714 ~ 1.4e-4 of the largest value) or
+// a momentum applied the wrong way round (off by O(1)).
+constexpr double kForwardTolerance = 2e-5;
+// The backward pass sums two products per element over the same 715 elements and subtracts
+// terms of similar size for dX; 5e-5 of the largest output covers that rounding, while a
+// missing term (the mean of dY or of dY * xhat) is off by O(1).
+constexpr double kBackwardTolerance = 5e-5;
+
+struct Inputs {
+  Tensor x, scale, bias, mean, var;
+};
+
+Inputs inputs(const Shape& shape, uint64_t seed) {
+  const int64_t c = shape[1];
+  return {random_tensor(DType::f32, shape, seed, -2, 3), random_tensor(DType::f32, {c}, seed + 1, 0.5, 1.5),
+          random_tensor(DType::f32, {c}, seed + 2), random_tensor(DType::f32, {c}, seed + 3),
+          random_tensor(DType::f32, {c}, seed + 4, 0.5, 2)};
+}
+
+KernelCase training_case(const Shape& shape, uint64_t seed, bool running, bool saved) {
+  Inputs in = inputs(shape, seed);
+  const Shape c{shape[1]};
+  KernelCase k("BatchNormTraining", "oxtrain", {in.x, in.scale, in.bias, in.mean, in.var},
+               {{DType::f32, shape}, running ? OutputSpec{DType::f32, c} : kNone,
+                running ? OutputSpec{DType::f32, c} : kNone, saved ? OutputSpec{DType::f32, c} : kNone,
+                saved ? OutputSpec{DType::f32, c} : kNone});
+  k.set_attr("epsilon", Attribute{1e-5f});
+  k.set_attr("momentum", Attribute{0.9f});
+  return k;
+}
+
+KernelCase grad_case(const Shape& shape, uint64_t seed, bool dx) {
+  const int64_t c = shape[1];
+  KernelCase k("BatchNormGrad", "oxtrain",
+               {random_tensor(DType::f32, shape, seed), random_tensor(DType::f32, shape, seed + 1, -2, 3),
+                random_tensor(DType::f32, {c}, seed + 2, 0.5, 1.5),
+                random_tensor(DType::f32, {c}, seed + 3, 0, 1),
+                random_tensor(DType::f32, {c}, seed + 4, 0.5, 2)},
+               {dx ? OutputSpec{DType::f32, shape} : kNone, {DType::f32, {c}}, {DType::f32, {c}}});
+  return k;
+}
+
+TEST(CudaNorm, InferenceMatchesCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  for (const Shape& shape : {Shape{5, 7, 11, 13}, Shape{6, 5}, Shape{2, 3, 4, 5, 6}}) {
+    Inputs in = inputs(shape, 31);
+    KernelCase k("BatchNormalization", "", {in.x, in.scale, in.bias, in.mean, in.var},
+                 {{DType::f32, shape}});
+    k.set_attr("epsilon", Attribute{1e-3f});
+    EXPECT_TRUE(cuda_matches_cpu(k, kForwardTolerance)) << text(shape);
+  }
+}
+
+TEST(CudaNorm, TrainingMatchesCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  // Y, running mean, running variance (unbiased, momentum on the previous value), saved mean,
+  // saved inverse standard deviation.
+  for (const Shape& shape : {Shape{5, 7, 11, 13}, Shape{6, 5}, Shape{3, 4, 1, 1}}) {
+    KernelCase k = training_case(shape, 41, true, true);
+    EXPECT_TRUE(cuda_matches_cpu(k, kForwardTolerance)) << text(shape);
+  }
+}
+
+TEST(CudaNorm, TrainingWithOmittedOutputsMatchesCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  KernelCase no_running = training_case({5, 7, 11, 13}, 51, false, true);
+  EXPECT_TRUE(cuda_matches_cpu(no_running, kForwardTolerance));
+  KernelCase only_y = training_case({5, 7, 11, 13}, 52, false, false);
+  EXPECT_TRUE(cuda_matches_cpu(only_y, kForwardTolerance));
+}
+
+TEST(CudaNorm, GradMatchesCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  for (const Shape& shape : {Shape{5, 7, 11, 13}, Shape{6, 5}}) {
+    KernelCase k = grad_case(shape, 61, true);
+    EXPECT_TRUE(cuda_matches_cpu(k, kBackwardTolerance)) << text(shape);
+  }
+  // dX omitted (the gradient of a graph input nobody asked for): only dScale and dBias.
+  KernelCase k = grad_case({5, 7, 11, 13}, 71, false);
+  EXPECT_TRUE(cuda_matches_cpu(k, kBackwardTolerance));
+}
+
+#ifdef OXTRAIN_HAVE_CUDA
+TEST(CudaNorm, RefusesFloat64) {
+  const runtime::KernelFactory* factory =
+      runtime::KernelRegistry::global().find("oxtrain", "BatchNormTraining", runtime::Device::cuda);
+  ASSERT_NE(factory, nullptr);
+  const Shape shape{2, 3, 4, 4};
+  std::vector<Tensor> ins{random_tensor(DType::f64, shape, 1)};
+  for (int i = 0; i < 4; ++i) ins.push_back(random_tensor(DType::f64, {3}, 2 + i, 0.5, 1));
+  KernelCase k("BatchNormTraining", "oxtrain", ins, {{DType::f64, shape}, kNone, kNone, kNone, kNone});
+  try {
+    (*factory)(runtime::KernelInit{k.node(), 17, runtime::Device::cuda, nullptr, Precision::fp32});
+    FAIL() << "float64 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("takes float32, got float64"), std::string::npos) << e.what();
+  }
+}
+
+// Batch-norm engines are compiled at run time (NVRTC), which cuDNN does only with the CUDA
+// driver loaded; without it their plans cannot be built even for another device.
+bool cuda_driver_present(std::string* why) {
+  void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (!driver) {
+    *why = "the CUDA driver (libcuda.so.1) is not installed; cuDNN builds its runtime-compiled "
+           "batch-norm engines only with it";
+    return false;
+  }
+  dlclose(driver);
+  return true;
+}
+
+TEST(CudnnDeviceless, ResnetBatchNormHasH100Plans) {
+  std::string why;
+  if (!cuda_driver_present(&why)) GTEST_SKIP() << why;
+  const auto target = runtime::cudnn::h100_target();
+  const Shape shape{5, 64, 56, 56};
+  KernelCase training = training_case(shape, 1, true, true);
+  KernelCase grad = grad_case(shape, 2, true);
+  Inputs in = inputs(shape, 3);
+  KernelCase inference("BatchNormalization", "", {in.x, in.scale, in.bias, in.mean, in.var},
+                       {{DType::f32, shape}});
+  for (KernelCase* k : {&training, &grad, &inference})
+    for (Precision p : {Precision::fp32, Precision::tf32}) {
+      const auto support = runtime::cudnn::deviceless_support(k->node(), p, target);
+      EXPECT_GE(support.supported, 1)
+          << k->node().op_type << " " << runtime::precision_name(p) << ": " << support.failure;
+    }
+}
+#endif  // OXTRAIN_HAVE_CUDA
+
+}  // namespace
