@@ -2,12 +2,16 @@
 // in double; the gradient reductions as adjoints of the forward ops.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <vector>
 
 #include "runtime/kernel.h"
+#include "runtime/math/broadcast.h"
+#include "runtime/math/elementwise.h"
 #include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
@@ -117,6 +121,8 @@ TEST(CpuElementwise, BinaryBroadcasting) {
       {{64, 32, 20, 20}, {32, 1, 1}},  // large enough for threads
       {{64, 32, 20, 20}, {64, 32, 20, 20}},
       {{1, 9000}, {7, 1}},  // long rows split into segments
+      {{5, 1, 11, 1}, {7, 1, 13}},  // both sides broadcast, padded rank
+      {{}, {}},                     // rank 0
   };
   for (const BinaryOp& op : kBinaryOps) {
     for (DType dt : kFloatTypes) {
@@ -471,4 +477,132 @@ TEST(CpuElementwise, UnsupportedTypeIsAnError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("test_Relu"), std::string::npos) << e.what();
   }
+}
+
+// The index math the CUDA kernels run (math::strided_offsets over a StridedIndex, dims
+// innermost first) against the CPU plan's offsets and a naive numpy-broadcast index.
+TEST(CpuElementwise, StridedIndexMatchesThePlan) {
+  using runtime::math::StridedIndex;
+  const std::vector<std::pair<Shape, Shape>> cases = {
+      {{5, 1, 11, 1}, {7, 1, 13}}, {{5, 7, 11, 13}, {7, 1, 1}}, {{5, 7, 11, 13}, {}},
+      {{}, {}},                    {{3, 1, 5}, {1, 4, 1}},      {{2, 3, 1, 5}, {3, 4, 1}},
+  };
+  for (const auto& [sa, sb] : cases) {
+    const Shape out = broadcast(sa, sb);
+    const auto plan = runtime::math::make_broadcast_plan(out, {sa, sb}, "test");
+    const auto i32 = runtime::math::strided_index<2, uint32_t>(plan, {0, 1}, "test");
+    const auto i64 = runtime::math::strided_index<2, int64_t>(plan, {0, 1}, "test");
+    EXPECT_TRUE(runtime::math::fits_32_bits(plan));
+    for (int64_t i = 0; i < plan.numel; ++i) {
+      uint32_t o32[2];
+      int64_t o64[2];
+      runtime::math::strided_offsets(i32, static_cast<uint32_t>(i), 2, o32);
+      runtime::math::strided_offsets(i64, i, 2, o64);
+      const auto c = coords(i, out);
+      const int64_t want[2] = {broadcast_index(sa, out, c), broadcast_index(sb, out, c)};
+      for (int k = 0; k < 2; ++k) {
+        ASSERT_EQ(plan.offset(k, i), want[k]) << graph::shape_str(sa) << graph::shape_str(sb);
+        ASSERT_EQ(o64[k], want[k]) << graph::shape_str(sa) << graph::shape_str(sb) << " " << i;
+        ASSERT_EQ(static_cast<int64_t>(o32[k]), want[k]);
+      }
+    }
+  }
+  // (5,1,11,1) + (7,1,13): size-1 dims dropped, nothing merges: three dims.
+  const auto plan = runtime::math::make_broadcast_plan({5, 7, 11, 13}, {{5, 1, 11, 1}, {7, 1, 13}}, "t");
+  EXPECT_EQ(plan.dims, (std::vector<int64_t>{5, 7, 11, 13}));
+  // Same shapes merge into one flat dim.
+  const auto flat = runtime::math::make_broadcast_plan({5, 7, 11, 13}, {{5, 7, 11, 13}, {5, 7, 11, 13}}, "t");
+  EXPECT_EQ(flat.dims, (std::vector<int64_t>{5005}));
+  // Only the first `count` operands get offsets; the rest read 0.
+  const auto i2 = runtime::math::strided_index<2, int64_t>(flat, {0, 1}, "t");
+  int64_t off[2] = {-1, -1};
+  runtime::math::strided_offsets(i2, int64_t{77}, 1, off);
+  EXPECT_EQ(off[0], 77);
+  EXPECT_EQ(off[1], 0);
+  // Rank 0 (every offset 0) and too many dims for the CUDA index.
+  const auto none = runtime::math::strided_index<int64_t>({}, {}, "t");
+  int64_t one_off[1] = {-1};
+  runtime::math::strided_offsets(none, int64_t{5}, 1, one_off);
+  EXPECT_EQ(one_off[0], 0);
+  EXPECT_THROW((runtime::math::strided_index<int64_t>(std::vector<int64_t>(9, 2),
+                                                      std::vector<int64_t>(9, 1), "t")),
+               Error);
+}
+
+// The per-element conventions both devices share: Relu keeps -0 and NaN, ReluGrad is 0 at
+// Y == 0 (and -0, and NaN).
+TEST(CpuElementwise, ReluConventions) {
+  namespace m = runtime::math;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_TRUE(std::signbit(m::relu(-0.0f)));
+  EXPECT_EQ(m::relu(-0.0f), 0.0f);
+  EXPECT_TRUE(std::isnan(m::relu(nan)));
+  EXPECT_EQ(m::relu(-1e-40f), 0.0f);
+  EXPECT_EQ(m::relu(1e-40f), 1e-40f);  // a denormal passes
+  EXPECT_EQ(m::relu(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_EQ(m::relu_grad(3.0f, 0.0f), 0.0f);
+  EXPECT_EQ(m::relu_grad(3.0f, -0.0f), 0.0f);
+  EXPECT_EQ(m::relu_grad(3.0f, nan), 0.0f);
+  EXPECT_EQ(m::relu_grad(3.0f, 1e-40f), 3.0f);
+  EXPECT_EQ(m::relu_grad(3.0, 2.0), 3.0);
+
+  // The CPU kernels run the same functions.
+  Tensor x = Tensor::from_float({-0.0f, 0.0f, nan, -2.0f, 2.0f, 1e-40f}, {6});
+  KernelCase r("Relu", "", {x}, {{DType::f32, {6}}});
+  r.run();
+  const float* y = r.output(0).data<float>();
+  EXPECT_TRUE(std::signbit(y[0]));
+  EXPECT_FALSE(std::signbit(y[1]));
+  EXPECT_TRUE(std::isnan(y[2]));
+  EXPECT_EQ(y[3], 0.0f);
+  EXPECT_EQ(y[4], 2.0f);
+  EXPECT_EQ(y[5], 1e-40f);
+  Tensor dy = Tensor::from_float({1, 2, 3, 4, 5, 6}, {6});
+  KernelCase g("ReluGrad", "oxtrain", {dy, x}, {{DType::f32, {6}}});
+  g.run();
+  EXPECT_EQ(values(g.output(0)), (std::vector<double>{0, 0, 0, 0, 5, 6}));
+  // Long enough for the vectorised loops: every element as the scalar function gives it, bit
+  // for bit.
+  std::vector<float> many;
+  for (int i = 0; i < 4096; ++i) many.push_back(std::vector<float>{-0.0f, 0.0f, nan, -1.5f, 2.5f, 1e-40f, -1e-40f}[i % 7]);
+  Tensor big = Tensor::from_float(many, {4096});
+  KernelCase rb("Relu", "", {big}, {{DType::f32, {4096}}});
+  rb.run();
+  KernelCase gb("ReluGrad", "oxtrain", {big, big}, {{DType::f32, {4096}}});
+  gb.run();
+  for (int i = 0; i < 4096; ++i) {
+    const float want = m::relu(many[i]), want_grad = m::relu_grad(many[i], many[i]);
+    ASSERT_EQ(std::memcmp(&rb.output(0).data<float>()[i], &want, 4), 0) << i;
+    ASSERT_EQ(std::memcmp(&gb.output(0).data<float>()[i], &want_grad, 4), 0) << i;
+  }
+}
+
+// The reductions' layout, which the CUDA kernels follow too.
+TEST(CpuElementwise, ReducePlanLayouts) {
+  namespace m = runtime::math;
+  // Conv bias: [N,C,H,W] -> [1,C,1,1]: runs N | C | HW, innermost reduced.
+  m::ReducePlan conv = m::make_reduce_plan({5, 7, 11, 13}, {1, 7, 1, 1});
+  EXPECT_EQ(conv.kind, m::ReduceKind::inner_reduced);
+  EXPECT_EQ(conv.inner, 143);
+  EXPECT_EQ(conv.kdims, (std::vector<int64_t>{7}));
+  EXPECT_EQ(conv.kst, (std::vector<int64_t>{143}));
+  EXPECT_EQ(conv.rdims, (std::vector<int64_t>{5}));
+  EXPECT_EQ(conv.rst, (std::vector<int64_t>{1001}));
+  EXPECT_EQ(conv.reduced(), 715);
+  // Gemm bias: [N,K] -> [1,K]: innermost kept.
+  m::ReducePlan gemm = m::make_reduce_plan({6, 10}, {1, 10});
+  EXPECT_EQ(gemm.kind, m::ReduceKind::inner_kept);
+  EXPECT_EQ(gemm.inner, 10);
+  EXPECT_TRUE(gemm.kdims.empty());
+  EXPECT_EQ(gemm.rdims, (std::vector<int64_t>{6}));
+  // (5,1,11,1) pattern: size-1 dims of x vanish; kept 5 | reduced 7 | kept 11 | reduced 13.
+  m::ReducePlan mixed = m::make_reduce_plan({5, 7, 11, 13}, {5, 1, 11, 1});
+  EXPECT_EQ(mixed.kind, m::ReduceKind::inner_reduced);
+  EXPECT_EQ(mixed.inner, 13);
+  EXPECT_EQ(mixed.kdims, (std::vector<int64_t>{5, 11}));
+  EXPECT_EQ(mixed.rdims, (std::vector<int64_t>{7}));
+  EXPECT_EQ(m::make_reduce_plan({3, 4}, {3, 4}).kind, m::ReduceKind::copy);
+  EXPECT_EQ(m::make_reduce_plan({}, {}).kind, m::ReduceKind::copy);
+  EXPECT_EQ(m::make_reduce_plan({0, 4}, {1, 4}).kind, m::ReduceKind::fill);
+  EXPECT_EQ(m::make_reduce_plan({4, 0}, {4, 0}).kind, m::ReduceKind::nothing);
 }

@@ -1,11 +1,5 @@
 // Private helpers of the CPU kernels: dtype dispatch and strided (broadcast, transposed)
-// iteration over a contiguous output.
-//
-// A StridedPlan describes how an output of some shape, written contiguously in row-major
-// order, reads each of its inputs: one stride per input and output dimension (0 where the
-// input is broadcast). Dimensions of size 1 are dropped and neighbouring dimensions that every
-// input walks contiguously are merged, so [N,C,H,W] + [1,C,1,1] becomes [N, C, H*W] with the
-// second input's strides (0, 1, 0), and two same-shape tensors become one flat dimension.
+// iteration over a contiguous output, following a StridedPlan (runtime/math/broadcast.h).
 #pragma once
 
 #include <omp.h>
@@ -17,6 +11,7 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "runtime/math/broadcast.h"
 
 namespace oxtrain::runtime::cpu {
 
@@ -34,82 +29,12 @@ auto dispatch_float(graph::DType dtype, const std::string& what, F&& f) {
               " (the CPU kernels handle float32 and float64)");
 }
 
-inline std::vector<int64_t> contiguous_strides(const graph::Shape& s) {
-  std::vector<int64_t> st(s.size(), 1);
-  for (int64_t i = static_cast<int64_t>(s.size()) - 2; i >= 0; --i) st[i] = st[i + 1] * s[i + 1];
-  return st;
-}
-
-struct StridedPlan {
-  std::vector<int64_t> dims;                  // collapsed output dims; at least one
-  std::vector<std::vector<int64_t>> strides;  // [input][dim]
-  int64_t numel = 0;
-
-  int64_t inner() const { return dims.back(); }
-  int64_t inner_stride(size_t k) const { return strides[k].back(); }
-  // Offset into input k of output element `flat` (row-major over dims).
-  int64_t offset(size_t k, int64_t flat) const {
-    int64_t off = 0;
-    for (int64_t d = static_cast<int64_t>(dims.size()) - 1; d >= 0 && flat > 0; --d) {
-      off += (flat % dims[d]) * strides[k][d];
-      flat /= dims[d];
-    }
-    return off;
-  }
-};
-
-// A plan from explicit per-input strides over `out` (one stride vector per input, each of
-// out.size() entries).
-inline StridedPlan make_strided_plan(const graph::Shape& out,
-                                     std::vector<std::vector<int64_t>> strides) {
-  StridedPlan p;
-  p.numel = graph::shape_numel(out);
-  p.strides.resize(strides.size());
-  for (size_t d = 0; d < out.size(); ++d) {
-    if (out[d] == 1) continue;
-    bool merge = !p.dims.empty();
-    for (size_t k = 0; merge && k < strides.size(); ++k)
-      merge = p.strides[k].back() == strides[k][d] * out[d];
-    if (merge) {
-      p.dims.back() *= out[d];
-      for (size_t k = 0; k < strides.size(); ++k) p.strides[k].back() = strides[k][d];
-    } else {
-      p.dims.push_back(out[d]);
-      for (size_t k = 0; k < strides.size(); ++k) p.strides[k].push_back(strides[k][d]);
-    }
-  }
-  if (p.dims.empty()) {
-    p.dims.push_back(1);
-    for (auto& s : p.strides) s.push_back(0);
-  }
-  return p;
-}
-
-// Numpy broadcasting of `ins` to `out`; `what` names the node in the error when an input
-// does not broadcast.
-inline StridedPlan make_broadcast_plan(const graph::Shape& out,
-                                       const std::vector<graph::Shape>& ins,
-                                       const std::string& what) {
-  std::vector<std::vector<int64_t>> strides;
-  for (const graph::Shape& s : ins) {
-    if (s.size() > out.size())
-      throw Error(what + ": input shape " + graph::shape_str(s) + " does not broadcast to " +
-                  graph::shape_str(out));
-    std::vector<int64_t> own = contiguous_strides(s);
-    std::vector<int64_t> st(out.size(), 0);
-    size_t lead = out.size() - s.size();
-    for (size_t d = 0; d < s.size(); ++d) {
-      if (s[d] == out[lead + d]) {
-        st[lead + d] = s[d] == 1 ? 0 : own[d];
-      } else if (s[d] != 1) {
-        throw Error(what + ": input shape " + graph::shape_str(s) + " does not broadcast to " +
-                    graph::shape_str(out));
-      }
-    }
-    strides.push_back(std::move(st));
-  }
-  return make_strided_plan(out, std::move(strides));
-}
+// The plans and their index math live in runtime/math/broadcast.h, shared with the CUDA
+// kernels.
+using math::contiguous_strides;
+using math::make_broadcast_plan;
+using math::make_strided_plan;
+using math::StridedPlan;
 
 // Runs f(out_offset, in_offsets, length) over the output in pieces of at most kSegment
 // elements of the innermost dimension, in parallel when the output is large. Input k's

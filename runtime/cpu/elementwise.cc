@@ -6,6 +6,9 @@
 // so the planner may give an output the buffer of a same-shape input. Reductions give each
 // output element to one thread and add in a fixed order, so results are bit-identical from
 // run to run whatever the thread count.
+//
+// The per-element math and the reductions' layout are in runtime/math/elementwise.h and
+// runtime/math/broadcast.h, shared with the CUDA kernels.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -14,6 +17,7 @@
 
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
+#include "runtime/math/elementwise.h"
 
 namespace oxtrain::runtime {
 namespace {
@@ -50,12 +54,8 @@ DType float_type(const Node& n, std::vector<size_t> which = {0}) {
 
 int64_t offset_of(int64_t flat, const std::vector<int64_t>& dims,
                   const std::vector<int64_t>& strides) {
-  int64_t off = 0;
-  for (int64_t d = static_cast<int64_t>(dims.size()) - 1; d >= 0 && flat > 0; --d) {
-    off += (flat % dims[d]) * strides[d];
-    flat /= dims[d];
-  }
-  return off;
+  return math::strided_offset<int64_t>(flat, static_cast<int>(dims.size()), dims.data(),
+                                       strides.data());
 }
 
 std::vector<int64_t> int_data(const TensorView& t) {
@@ -105,7 +105,7 @@ KernelFactory relu_grad_factory() {
         T* dx = a.outputs[0].as<T>();
         parallel_chunks(a.outputs[0].numel(), [&](int64_t b, int64_t e) {
 #pragma omp simd
-          for (int64_t i = b; i < e; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
+          for (int64_t i = b; i < e; ++i) dx[i] = math::relu_grad(dy[i], y[i]);
         });
       });
     });
@@ -172,13 +172,13 @@ template <typename T, bool kAdd>
 void gather_row(T* dst, const T* src, int64_t s, int64_t len) {
   if (s == 1) {
 #pragma omp simd
-    for (int64_t i = 0; i < len; ++i) dst[i] = kAdd ? dst[i] + src[i] : src[i];
+    for (int64_t i = 0; i < len; ++i) dst[i] = kAdd ? math::add(dst[i], src[i]) : src[i];
   } else if (s == 0) {
     const T v = src[0];
 #pragma omp simd
-    for (int64_t i = 0; i < len; ++i) dst[i] = kAdd ? dst[i] + v : v;
+    for (int64_t i = 0; i < len; ++i) dst[i] = kAdd ? math::add(dst[i], v) : v;
   } else {
-    for (int64_t i = 0; i < len; ++i) dst[i] = kAdd ? dst[i] + src[i * s] : src[i * s];
+    for (int64_t i = 0; i < len; ++i) dst[i] = kAdd ? math::add(dst[i], src[i * s]) : src[i * s];
   }
 }
 
@@ -299,85 +299,67 @@ KernelFactory transpose_factory() {
 
 // ---------------------------------------------------------------------------------------
 // Reductions. reduce_to sums x (shape xs) into y (shape ys of the same rank, every dim equal
-// to xs's or 1) and multiplies by scale. Dims are collapsed into alternating kept/reduced
-// runs; then
-//  - innermost run reduced (conv bias [N,C,H,W] -> [C]: runs N|C|HW): each output element
-//    is summed by one thread, over contiguous inner runs;
-//  - innermost run kept (Gemm bias [N,K] -> [K]): blocks of the kept inner run are summed by
-//    one thread each, adding whole rows.
+// to xs's or 1) and multiplies by scale, following math::make_reduce_plan:
+//  - innermost run reduced: each output element is summed by one thread, over contiguous
+//    inner runs;
+//  - innermost run kept: blocks of the kept inner run are summed by one thread each, adding
+//    whole rows.
 // Sums are in double, in a fixed order.
 
 template <typename T>
 void reduce_to(const T* x, const graph::Shape& xs, T* y, const graph::Shape& ys, double scale) {
-  const int64_t nx = graph::shape_numel(xs), ny = graph::shape_numel(ys);
-  if (ny <= 0) return;
-  if (nx == 0) {
-    for (int64_t i = 0; i < ny; ++i) y[i] = static_cast<T>(0.0 * scale);
-    return;
-  }
-  if (nx == ny) {
-    if (scale == 1.0) {
-      if (x != y) std::memcpy(y, x, static_cast<size_t>(ny) * sizeof(T));
-    } else {
-      unary(x, y, ny, [scale](T v) { return static_cast<T>(v * scale); });
-    }
-    return;
-  }
-  std::vector<int64_t> size;
-  std::vector<bool> kept;
-  for (size_t d = 0; d < xs.size(); ++d) {
-    if (xs[d] == 1) continue;
-    bool k = ys[d] != 1;
-    if (!size.empty() && kept.back() == k) {
-      size.back() *= xs[d];
-    } else {
-      size.push_back(xs[d]);
-      kept.push_back(k);
-    }
-  }
-  std::vector<int64_t> xst = cpu::contiguous_strides(size);
-  std::vector<int64_t> kdims, kst, rdims, rst;
-  for (size_t d = 0; d < size.size(); ++d) {
-    (kept[d] ? kdims : rdims).push_back(size[d]);
-    (kept[d] ? kst : rst).push_back(xst[d]);
-  }
-  if (!kept.back()) {
-    const int64_t inner = rdims.back();
-    rdims.pop_back();
-    rst.pop_back();
-    const int64_t nr = graph::shape_numel(rdims);
+  const math::ReducePlan p = math::make_reduce_plan(xs, ys);
+  const int64_t nx = p.nx, ny = p.ny;
+  switch (p.kind) {
+    case math::ReduceKind::nothing:
+      return;
+    case math::ReduceKind::fill:
+      for (int64_t i = 0; i < ny; ++i) y[i] = math::scaled_sum<T>(0.0, scale);
+      return;
+    case math::ReduceKind::copy:
+      if (scale == 1.0) {
+        if (x != y) std::memcpy(y, x, static_cast<size_t>(ny) * sizeof(T));
+      } else {
+        unary(x, y, ny, [scale](T v) { return math::scaled_sum<T>(v, scale); });
+      }
+      return;
+    case math::ReduceKind::inner_reduced: {
+      const int64_t inner = p.inner;
+      const int64_t nr = graph::shape_numel(p.rdims);
 #pragma omp parallel for schedule(static) if (nx >= kParallelMin && ny > 1)
-    for (int64_t j = 0; j < ny; ++j) {
-      const int64_t base = offset_of(j, kdims, kst);
-      double acc = 0;
-      for (int64_t r = 0; r < nr; ++r) {
-        const T* src = x + base + offset_of(r, rdims, rst);
-        acc += lane_sum(inner, [src](int64_t i) { return src[i]; });
+      for (int64_t j = 0; j < ny; ++j) {
+        const int64_t base = offset_of(j, p.kdims, p.kst);
+        double acc = 0;
+        for (int64_t r = 0; r < nr; ++r) {
+          const T* src = x + base + offset_of(r, p.rdims, p.rst);
+          acc += lane_sum(inner, [src](int64_t i) { return src[i]; });
+        }
+        y[j] = math::scaled_sum<T>(acc, scale);
       }
-      y[j] = static_cast<T>(acc * scale);
+      return;
     }
-  } else {
-    constexpr int64_t kBlock = 256;
-    const int64_t inner = kdims.back();
-    kdims.pop_back();
-    kst.pop_back();
-    const int64_t outer = ny / inner;
-    const int64_t nb = (inner + kBlock - 1) / kBlock;
-    const int64_t nr = graph::shape_numel(rdims);
+    case math::ReduceKind::inner_kept: {
+      constexpr int64_t kBlock = 256;
+      const int64_t inner = p.inner;
+      const int64_t outer = ny / inner;
+      const int64_t nb = (inner + kBlock - 1) / kBlock;
+      const int64_t nr = graph::shape_numel(p.rdims);
 #pragma omp parallel for schedule(static) if (nx >= kParallelMin && outer * nb > 1)
-    for (int64_t u = 0; u < outer * nb; ++u) {
-      const int64_t o = u / nb, b0 = (u % nb) * kBlock;
-      const int64_t len = std::min(kBlock, inner - b0);
-      const int64_t base = offset_of(o, kdims, kst) + b0;
-      double acc[kBlock];
-      for (int64_t i = 0; i < len; ++i) acc[i] = 0;
-      for (int64_t r = 0; r < nr; ++r) {
-        const T* src = x + base + offset_of(r, rdims, rst);
+      for (int64_t u = 0; u < outer * nb; ++u) {
+        const int64_t o = u / nb, b0 = (u % nb) * kBlock;
+        const int64_t len = std::min(kBlock, inner - b0);
+        const int64_t base = offset_of(o, p.kdims, p.kst) + b0;
+        double acc[kBlock];
+        for (int64_t i = 0; i < len; ++i) acc[i] = 0;
+        for (int64_t r = 0; r < nr; ++r) {
+          const T* src = x + base + offset_of(r, p.rdims, p.rst);
 #pragma omp simd
-        for (int64_t i = 0; i < len; ++i) acc[i] += static_cast<double>(src[i]);
+          for (int64_t i = 0; i < len; ++i) acc[i] += static_cast<double>(src[i]);
+        }
+        T* dst = y + o * inner + b0;
+        for (int64_t i = 0; i < len; ++i) dst[i] = math::scaled_sum<T>(acc[i], scale);
       }
-      T* dst = y + o * inner + b0;
-      for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<T>(acc[i] * scale);
+      return;
     }
   }
 }
@@ -501,10 +483,10 @@ KernelFactory reduce_mean_grad_factory() {
           const T* src = dyp + off[0];
           T* dst = dx + o;
           if (s == 0) {
-            const T v = src[0] * k;
+            const T v = math::multiply(src[0], k);
             for (int64_t i = 0; i < len; ++i) dst[i] = v;
           } else {
-            for (int64_t i = 0; i < len; ++i) dst[i] = src[i * s] * k;
+            for (int64_t i = 0; i < len; ++i) dst[i] = math::multiply(src[i * s], k);
           }
         });
       });
@@ -516,13 +498,13 @@ KernelFactory reduce_mean_grad_factory() {
 
 void register_cpu_elementwise_kernels(KernelRegistry& registry) {
   const Device cpu = Device::cpu;
-  registry.add("", "Neg", cpu, unary_factory([](auto x) { return -x; }));
-  registry.add("", "Relu", cpu, unary_factory([](auto x) { return x < 0 ? decltype(x)(0) : x; }));
+  registry.add("", "Neg", cpu, unary_factory(math::Neg{}));
+  registry.add("", "Relu", cpu, unary_factory(math::Relu{}));
   registry.add("oxtrain", "ReluGrad", cpu, relu_grad_factory());
-  registry.add("", "Add", cpu, binary_factory([](auto a, auto b) { return a + b; }));
-  registry.add("", "Sub", cpu, binary_factory([](auto a, auto b) { return a - b; }));
-  registry.add("", "Mul", cpu, binary_factory([](auto a, auto b) { return a * b; }));
-  registry.add("", "Div", cpu, binary_factory([](auto a, auto b) { return a / b; }));
+  registry.add("", "Add", cpu, binary_factory(math::Add{}));
+  registry.add("", "Sub", cpu, binary_factory(math::Sub{}));
+  registry.add("", "Mul", cpu, binary_factory(math::Mul{}));
+  registry.add("", "Div", cpu, binary_factory(math::Div{}));
   registry.add("", "Sum", cpu, sum_factory());
   registry.add("", "Identity", cpu, copy_factory(false));
   registry.add("", "Flatten", cpu, copy_factory(false));
