@@ -32,6 +32,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/device.h"
 #include "runtime/session.h"
+#include "runtime/step_metrics.h"
 
 namespace fs = std::filesystem;
 
@@ -50,7 +51,8 @@ struct TrainArgs {
   bool evaluate = false;
   int64_t seed = 0;
   bool synthetic = false;
-  std::string device = "cpu";
+  std::string device = "auto";
+  std::string precision = "tf32";
   std::string input_tensors;
   int64_t steps = 0;
   std::string save_model, metrics_json;
@@ -137,9 +139,11 @@ void check_args(const TrainArgs& a) {
   if (a.world_size != 1 || a.rank != 0 || a.multiprocessing_distributed)
     throw Error("distributed training (--world-size > 1) needs the CUDA runtime, which is not "
                 "built yet; run with --world-size 1");
-  if (a.device == "cuda")
-    throw Error("--device cuda: the CUDA runtime cannot train yet; use --device cpu");
-  if (a.device != "cpu") throw Error("--device is cpu or cuda, got '" + escape_name(a.device) + "'");
+  if (a.device != "cpu" && a.device != "cuda" && a.device != "auto")
+    throw Error("--device is cpu, cuda or auto (cuda where a GPU is visible), got '" + escape_name(a.device) + "'");
+  if (a.precision != "fp32" && a.precision != "tf32")
+    throw Error("--precision is fp32 (strict) or tf32 (tensor cores for convolutions and matrix products), "
+                "got '" + escape_name(a.precision) + "'");
   std::error_code ec;
   if (!a.data.empty() && fs::is_regular_file(a.data, ec)) {
     std::string ext = fs::path(a.data).extension().string();
@@ -233,6 +237,14 @@ class TrainRun {
   double validate();
   void save_model();
   void check_finite(double loss);
+  void read_step_metrics(AverageMeter& losses, AverageMeter& top1, AverageMeter& top5);
+  runtime::Device device() const;
+  int64_t peak_device_bytes() const {
+    int64_t peak = 0;
+    for (const auto* s : {session_.get(), eval_session_.get()})
+      if (s) peak += s->device().peak_allocated();
+    return peak;
+  }
   const graph::Shape& image_shape() const { return image_shape_; }
 
   const TrainArgs& a_;
@@ -243,6 +255,7 @@ class TrainRun {
   Model model_;
   autodiff::TrainingGraph tg_;
   std::unique_ptr<runtime::Session> session_, eval_session_;
+  std::unique_ptr<runtime::StepMetrics> step_metrics_;
   std::string input_name_, eval_input_, eval_output_;
   int64_t classes_ = 0, global_step_ = 0, start_epoch_ = 0, resume_batch_ = 0;
   double best_acc1_ = 0;
@@ -299,6 +312,9 @@ void TrainRun::build_sessions() {
   input_name_ = in->name;
   runtime::SessionOptions so;
   so.threads = static_cast<int>(a_.threads);
+  so.device = device();
+  so.precision = a_.precision == "fp32" ? runtime::Precision::fp32 : runtime::Precision::tf32;
+  if (so.device == runtime::Device::cuda) set_activity("compiling the step for the GPU");
   if (!a_.evaluate) {
     graph::Graph copy = graph::copy_graph(model_.forward, {a_.batch_size, true});
     autodiff::TrainingOptions to;
@@ -308,6 +324,7 @@ void TrainRun::build_sessions() {
     for (const auto& [v, d] : tg_.gradients) so.gradients.push_back(d);
     graph::Graph g = std::move(tg_.graph);
     session_ = std::make_unique<runtime::Session>(std::move(g), so);
+    step_metrics_ = std::make_unique<runtime::StepMetrics>(*session_, tg_.loss, tg_.logits, tg_.labels);
   }
   if (val_ || a_.evaluate) {
     graph::Graph eval = graph::copy_graph(model_.forward, {a_.batch_size, true});
@@ -415,6 +432,25 @@ void TrainRun::save_checkpoint(int64_t epoch, int64_t batch_in_epoch, bool is_be
   set_activity("training");
 }
 
+// Reads the step sums (a wait for the device) into main.py's meters: the value is the last
+// step's, the average the epoch's so far. A loss that is not finite stops the run.
+void TrainRun::read_step_metrics(AverageMeter& losses, AverageMeter& top1, AverageMeter& top5) {
+  runtime::StepMetrics::Sums last = step_metrics_->last(), total = step_metrics_->total();
+  double rows = static_cast<double>(std::max<int64_t>(1, last.rows));
+  check_finite(last.loss);
+  check_finite(total.loss);
+  losses.set(last.loss / rows, total.loss, total.rows);
+  top1.set(100.0 * last.top1 / rows, 100.0 * total.top1, total.rows);
+  top5.set(100.0 * last.top5 / rows, 100.0 * total.top5, total.rows);
+}
+
+// --device auto: the GPU where this build has CUDA and one is visible.
+runtime::Device TrainRun::device() const {
+  if (a_.device == "cpu") return runtime::Device::cpu;
+  if (a_.device == "cuda") return runtime::Device::cuda;
+  return runtime::cuda_devices().empty() ? runtime::Device::cpu : runtime::Device::cuda;
+}
+
 void TrainRun::check_finite(double loss) {
   if (std::isfinite(loss)) return;
   throw Error("the loss is " + std::string(std::isnan(loss) ? "NaN" : "infinite") + " at step " +
@@ -431,6 +467,7 @@ bool TrainRun::train_epoch(int64_t epoch, int64_t first_batch) {
   ProgressMeter progress(batches, {&batch_time, &data_time, &losses, &top1, &top5}, epoch_prefix(epoch));
   float lr = static_cast<float>(learning_rate(a_, epoch));
   session_->feed(tg_.learning_rate, graph::Tensor::from_float({lr}, {}));
+  step_metrics_->reset_total();
   train_->start_epoch(epoch, first_batch);
   auto end = std::chrono::steady_clock::now();
   TrainBatch b;
@@ -443,19 +480,17 @@ bool TrainRun::train_epoch(int64_t epoch, int64_t first_batch) {
     session_->feed(tg_.step, graph::Tensor::from_int64({global_step_}, {}));
     session_->run();
     ++global_step_;
-    double loss = session_->fetch(tg_.loss).data<float>()[0];
-    check_finite(loss);
-    graph::Tensor logits = session_->fetch(tg_.logits);
-    auto acc = accuracy_topk(logits.data<float>(), b.labels, b.size, logits.shape[1], {1, 5});
-    losses.update(loss, b.size);
-    top1.update(acc[0], b.size);
-    top5.update(acc[1], b.size);
+    // Loss and hits add up on the device; they are read (a wait for the device) only when a
+    // line is printed.
+    step_metrics_->accumulate(b.size);
+    bool print = i % a_.print_freq == 0;
+    if (print) read_step_metrics(losses, top1, top5);
     auto now = std::chrono::steady_clock::now();
     double step_seconds = std::chrono::duration<double>(now - end).count();
     batch_time.update(step_seconds);
     end = now;
     step_seconds_.push_back(step_seconds);
-    if (i % a_.print_freq == 0) std::printf("%s\n", progress.line(i).c_str()), std::fflush(stdout);
+    if (print) std::printf("%s\n", progress.line(i).c_str()), std::fflush(stdout);
     if (g_interrupted) {
       save_checkpoint(epoch, i + 1, false);
       std::printf("interrupted: saved '%s' at epoch %lld, batch %lld; resume with --resume %s\n",
@@ -468,6 +503,7 @@ bool TrainRun::train_epoch(int64_t epoch, int64_t first_batch) {
       return false;
     }
   }
+  read_step_metrics(losses, top1, top5);
   metrics_["epochs"].push_back({{"epoch", epoch}, {"loss", losses.avg()}, {"acc1", top1.avg()},
                                 {"acc5", top5.avg()}, {"lr", lr}});
   return true;
@@ -557,10 +593,14 @@ int TrainRun::run() {
   }
   if (!a_.save_model.empty()) save_model();
   RunSummary summary;
-  summary.device = "CPU";
+  bool gpu = device() == runtime::Device::cuda;
+  summary.device = gpu ? "GPU" : "CPU";
   summary.global_batch = a_.batch_size;
   summary.step_seconds = step_seconds_;
-  summary.peak_memory_bytes = static_cast<double>(peak_rss_bytes());
+  // On a GPU: the most device memory the runtime held (arenas, staging, metrics); on the CPU,
+  // the process's peak resident memory.
+  int64_t peak = gpu ? peak_device_bytes() : peak_rss_bytes();
+  summary.peak_memory_bytes = static_cast<double>(peak);
   std::printf("%s\n", throughput_summary(summary).c_str());
   // The same figures for --metrics-json: steps after the warm-up ones.
   size_t skip = step_seconds_.size() > static_cast<size_t>(summary.warmup_steps)
@@ -577,7 +617,9 @@ int TrainRun::run() {
     metrics_["images_per_second"] = img_s;
     metrics_["mean_step_seconds"] = mean_step;
     metrics_["best_acc1"] = best_acc1_;
-    metrics_["peak_memory_bytes"] = peak_rss_bytes();
+    metrics_["peak_memory_bytes"] = peak;
+    metrics_["device"] = gpu ? session_ ? session_->device().description() : eval_session_->device().description()
+                             : "cpu";
     set_activity("writing the metrics");
     write_file_atomic(a_.metrics_json, metrics_.dump(2) + "\n");
   }
@@ -606,7 +648,10 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_flag("-e,--evaluate", a->evaluate, "evaluate on DATA/val only");
   cmd->add_option("--seed", a->seed, "seed of initialisation, shuffling and augmentation")->capture_default_str();
   cmd->add_flag("--synthetic", a->synthetic, "train on one random batch made once (no data loading)");
-  cmd->add_option("--device", a->device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda, or auto: cuda where a GPU is visible")->capture_default_str();
+  cmd->add_option("--precision", a->precision,
+                  "fp32 (strict) or tf32 (tensor cores in convolutions and matrix products, as PyTorch's default)")
+      ->capture_default_str();
   cmd->add_option("--input-tensors", a->input_tensors, "IMAGES.pb,LABELS.pb: a fixed batch (ONNX TensorProto files)");
   cmd->add_option("--steps", a->steps, "stop after this many steps in total");
   cmd->add_option("--save-model", a->save_model, "write the trained model (weights, BN statistics) as ONNX");

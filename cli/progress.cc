@@ -100,6 +100,13 @@ void AverageMeter::reset() {
   count_ = 0;
 }
 
+void AverageMeter::set(double val, double sum, int64_t count) {
+  val_ = val;
+  sum_ = sum;
+  count_ = count;
+  avg_ = count > 0 ? sum / static_cast<double>(count) : 0;
+}
+
 void AverageMeter::update(double val, int64_t n) {
   val_ = val;
   sum_ += val * static_cast<double>(n);

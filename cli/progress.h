@@ -46,6 +46,8 @@ class AverageMeter {
 
   void reset();
   void update(double val, int64_t n = 1);
+  // Sums kept elsewhere (on the device): the last value, the sum and the count so far.
+  void set(double val, double sum, int64_t count);
 
   const std::string& name() const { return name_; }
   const std::string& fmt() const { return fmt_; }

@@ -20,7 +20,19 @@ std::vector<GpuInfo> cuda_devices(std::string* why) {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
-    if (why) *why = std::string("CUDA reports: ") + cudaGetErrorString(err);
+    int driver = 0;
+    cudaDriverGetVersion(&driver);
+    if (why) {
+      if (err == cudaErrorInsufficientDriver && driver == 0)
+        *why = "no NVIDIA driver is installed (no GPU on this machine)";
+      else if (err == cudaErrorInsufficientDriver)
+        *why = "the NVIDIA driver supports CUDA " + std::to_string(driver / 1000) + "." +
+               std::to_string(driver % 1000 / 10) + ", older than this build's CUDA " +
+               std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10) +
+               "; update the driver";
+      else
+        *why = std::string("CUDA reports: ") + cudaGetErrorString(err);
+    }
     cudaGetLastError();  // clear the sticky error
     return out;
   }

@@ -42,6 +42,8 @@ class DeviceRuntime {
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   // Device to device, ordered on the compute stream.
   virtual void copy_on_device(void* dst, const void* src, size_t bytes) = 0;
+  // Zero-fills device memory, ordered on the compute stream.
+  virtual void zero(void* dst, size_t bytes) = 0;
   // Waits until the compute stream has finished (counted).
   virtual void synchronize() = 0;
   // Device memory free now and in all, for out-of-memory messages; 0 when unknown.
@@ -49,6 +51,26 @@ class DeviceRuntime {
   virtual int64_t total_memory() const = 0;
   // Most device memory this runtime has held at once (arenas and library workspaces).
   virtual int64_t peak_allocated() const = 0;
+
+  // Staged input copies, so the next batch travels while the current step computes:
+  // stage_to_device copies host memory through a pinned buffer, on a copy stream, into `dst`
+  // (a staging buffer the step does not read), after the previous staged copies were consumed;
+  // join_staged() makes the compute stream wait for them (a device-side wait, not the host's);
+  // staging_consumed() marks, on the compute stream, that the staging buffers may be
+  // overwritten. The CPU copies at once.
+  virtual void stage_to_device(void* dst, const void* src, size_t bytes) { copy_to_device(dst, src, bytes); }
+  virtual void join_staged() {}
+  virtual void staging_consumed() {}
+  // Whether work queued on the compute stream goes to a staging buffer first (CUDA).
+  virtual bool stages_inputs() const { return false; }
+
+  // CUDA graphs: what is queued on the compute stream between begin_capture() and
+  // end_capture() is recorded, not run (in global capture mode, so an allocation or a host
+  // wait in between fails loudly); replay() runs the recording.
+  virtual bool can_capture() const { return false; }
+  virtual void begin_capture() {}
+  virtual void end_capture() {}
+  virtual void replay() {}
 
  protected:
   ExecContext context_;

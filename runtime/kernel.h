@@ -73,6 +73,9 @@ class Kernel {
   virtual ~Kernel() = default;
   virtual size_t workspace_bytes() const { return 0; }
   virtual void run(const KernelArgs& args) = 0;
+  // What was chosen at compile time (engine, algorithm, workspace), for `oxtrain graph`;
+  // empty when there is nothing to say.
+  virtual std::string describe() const { return {}; }
 };
 
 // What a factory sees at compile time.

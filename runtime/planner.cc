@@ -15,7 +15,8 @@ using graph::Value;
 const char* arena_name(Arena arena) {
   switch (arena) {
     case Arena::input: return "input";
-    case Arena::persistent: return "persistent";
+    case Arena::parameter: return "parameter";
+    case Arena::state: return "state";
     case Arena::gradient: return "gradient";
     case Arena::activation: return "activation";
     default: return "none";
@@ -91,20 +92,22 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
     plan.placements[v] = {Arena::input, plan.input_bytes, v->bytes()};
     plan.input_bytes = plan_add(plan.input_bytes, align_up(v->bytes(), options.alignment));
   }
-  // Persistent: parameters, then state, then constants.
+  // Parameters in their arena; state, then constants, in the state arena.
   for (Role role : {Role::Parameter, Role::State, Role::Constant}) {
-    int64_t start = plan.persistent_bytes;
+    Arena arena = role == Role::Parameter ? Arena::parameter : Arena::state;
+    int64_t& arena_bytes = role == Role::Parameter ? plan.parameter_bytes : plan.state_arena_bytes;
+    int64_t start = arena_bytes;
     for (const Value* v : g.initializers()) {
       bool match = role == Role::Constant ? v->role != Role::Parameter && v->role != Role::State
                                           : v->role == role;
       if (!match) continue;
-      plan.placements[v] = {Arena::persistent, plan.persistent_bytes, v->bytes()};
-      plan.persistent_bytes = plan_add(plan.persistent_bytes, align_up(v->bytes(), options.alignment));
+      plan.placements[v] = {arena, arena_bytes, v->bytes()};
+      arena_bytes = plan_add(arena_bytes, align_up(v->bytes(), options.alignment));
     }
-    int64_t bytes = plan.persistent_bytes - start;
-    (role == Role::Parameter ? plan.parameter_bytes
-                             : role == Role::State ? plan.state_bytes : plan.constant_bytes) = bytes;
+    if (role == Role::State) plan.state_bytes = arena_bytes - start;
+    if (role == Role::Constant) plan.constant_bytes = arena_bytes - start;
   }
+  plan.persistent_bytes = plan_add(plan.parameter_bytes, plan.state_arena_bytes);
   // Gradients, contiguous in bucket order.
   std::set<const Value*> gradient_set;
   for (const Value* v : options.gradients) {
@@ -177,10 +180,27 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
       groups.push_back({i, last_use(v), v->bytes()});
     }
   }
+  // Kernel workspaces: each node's own slice of the activation arena, alive at that node only.
+  std::vector<size_t> workspace_group(nodes.size(), SIZE_MAX);
+  if (!options.workspace_bytes.empty() && options.workspace_bytes.size() != nodes.size())
+    throw Error("plan_memory: " + std::to_string(options.workspace_bytes.size()) + " workspace sizes for " +
+                std::to_string(nodes.size()) + " nodes");
+  for (size_t i = 0; i < options.workspace_bytes.size(); ++i) {
+    int64_t bytes = options.workspace_bytes[i];
+    if (bytes <= 0) continue;
+    workspace_group[i] = groups.size();
+    groups.push_back({static_cast<int64_t>(i), static_cast<int64_t>(i), bytes});
+    plan.workspace_naive_bytes = plan_add(plan.workspace_naive_bytes, align_up(bytes, options.alignment));
+    plan.workspace_max_bytes = std::max(plan.workspace_max_bytes, bytes);
+  }
   OffsetAssignment assignment = assign_offsets(groups, options.alignment);
   plan.activation_arena_bytes = assignment.arena_bytes;
   for (const Value* v : activations)
     plan.placements[v] = {Arena::activation, assignment.offsets[group_of[v]], v->bytes()};
+  plan.workspaces.assign(nodes.size(), Placement{});
+  for (size_t i = 0; i < workspace_group.size(); ++i)
+    if (workspace_group[i] != SIZE_MAX)
+      plan.workspaces[i] = {Arena::activation, assignment.offsets[workspace_group[i]], options.workspace_bytes[i]};
 
   plan.live_bytes.assign(static_cast<size_t>(std::max<int64_t>(end, 1)), 0);
   for (const LiveInterval& gr : groups)

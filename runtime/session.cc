@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "base/checked.h"
 #include "base/text.h"
@@ -20,50 +21,44 @@ using graph::Value;
 
 namespace {
 
-uint8_t* allocate(int64_t bytes) {
-  size_t size = static_cast<size_t>((std::max<int64_t>(bytes, 64) + 63) / 64 * 64);
-  void* p = std::aligned_alloc(64, size);
-  if (!p) throw Error("cannot allocate " + std::to_string(size) + " bytes");
-  std::memset(p, 0, size);
-  return static_cast<uint8_t*>(p);
-}
-
-// Physical memory of this machine in bytes; 0 when unknown.
-int64_t physical_memory_bytes() {
-  long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
-  if (pages <= 0 || page <= 0) return 0;
-  return checked_mul(pages, page).value_or(INT64_MAX);
-}
-
-// Refuses a plan larger than the machine before its arenas are allocated (a bad_alloc, or a
-// machine swapping to death, says nothing useful). Inputs and activations grow with the batch,
-// the rest does not: the message says which batch would fit.
-void check_plan_fits(const graph::Graph& g, const MemoryPlan& plan, int64_t workspace) {
+// Refuses a plan larger than the device before its arenas are allocated (a bad_alloc, an
+// out-of-memory error in the middle of allocation, or a machine swapping to death, says
+// nothing useful). Inputs and activations grow with the batch, the rest does not: the message
+// says which batch would fit.
+void check_plan_fits(const graph::Graph& g, const MemoryPlan& plan, const DeviceRuntime& device) {
   auto sum = [](std::initializer_list<int64_t> parts) {
     int64_t total = 0;
     for (int64_t p : parts) total = checked_add(total, p).value_or(INT64_MAX);
     return total;
   };
-  int64_t fixed = sum({plan.persistent_bytes, plan.gradient_bytes, workspace});
-  int64_t per_batch = sum({plan.input_bytes, plan.activation_arena_bytes});
+  // Inputs twice on a device that stages them.
+  int64_t inputs = device.stages_inputs() ? sum({plan.input_bytes, plan.input_bytes}) : plan.input_bytes;
+  int64_t fixed = sum({plan.persistent_bytes, plan.gradient_bytes});
+  int64_t per_batch = sum({inputs, plan.activation_arena_bytes});
   int64_t total = sum({fixed, per_batch});
-  int64_t machine = physical_memory_bytes();
-  if (machine == 0 || total <= machine) return;
+  bool gpu = device.device() == Device::cuda;
+  int64_t available = gpu ? device.free_memory() : device.total_memory();
+  if (available == 0 || total <= available) return;
   int64_t batch = graph::batch_size_of(g);
   int64_t per_sample = std::max<int64_t>(1, per_batch / batch + (per_batch % batch != 0));
-  int64_t fits = machine > fixed ? std::min(batch - 1, (machine - fixed) / per_sample) : 0;
+  int64_t fits = available > fixed ? std::min(batch - 1, (available - fixed) / per_sample) : 0;
   using graph::human_bytes;
-  throw Error("the plan needs " + human_bytes(total) + " (inputs and activations " + human_bytes(per_batch) +
-              " at batch " + std::to_string(batch) + ", weights, state and gradients " + human_bytes(fixed) +
-              ") but this machine has " + human_bytes(machine) +
+  throw Error(std::string(gpu ? "out of GPU memory: " : "") + "the plan needs " + human_bytes(total) +
+              " (inputs and activations " + human_bytes(per_batch) + " at batch " + std::to_string(batch) +
+              ", weights, state and gradients " + human_bytes(fixed) + ") but " +
+              (gpu ? device.description() + " has " + human_bytes(available) + " free of " +
+                         human_bytes(device.total_memory())
+                   : "this machine has " + human_bytes(available)) +
               (fits >= 1 ? "; lower --batch-size (" + std::to_string(fits) + " fits)"
                          : "; even a batch of 1 does not fit"));
 }
 
 // Every node gets its kernel here, or a reason it cannot run; all of them are reported at
 // once, in words that say what oxtrain lacks rather than what is wrong with the model.
-std::vector<std::unique_ptr<Kernel>> make_kernels(const graph::Graph& g, Device device, size_t* workspace) {
+std::vector<std::unique_ptr<Kernel>> make_kernels(const graph::Graph& g, const SessionOptions& options,
+                                                  const ExecContext* context) {
   const KernelRegistry& registry = KernelRegistry::global();
+  const Device device = options.device;
   std::vector<std::unique_ptr<Kernel>> kernels;
   std::vector<const graph::Node*> missing;
   std::vector<std::string> refused;
@@ -77,8 +72,7 @@ std::vector<std::unique_ptr<Kernel>> make_kernels(const graph::Graph& g, Device 
       continue;
     }
     try {
-      kernels.push_back((*factory)(KernelInit{*n, g.opset(n->domain), device}));
-      *workspace = std::max(*workspace, kernels.back()->workspace_bytes());
+      kernels.push_back((*factory)(KernelInit{*n, g.opset(n->domain), device, context, options.precision}));
     } catch (const Error& e) {
       refused.push_back(e.what());
     }
@@ -93,63 +87,118 @@ std::vector<std::unique_ptr<Kernel>> make_kernels(const graph::Graph& g, Device 
   throw Error(msg);
 }
 
-}  // namespace
-
-Session::Session(graph::Graph graph, const SessionOptions& options)
-    : graph_(std::move(graph)), options_(options) {
-  if (options_.device != Device::cpu)
-    throw Error("device cuda: the CUDA runtime cannot run graphs yet; use --device cpu");
-  set_cpu_threads(options_.threads);
-  for (const auto& n : graph_.nodes())
+void check_types_known(const graph::Graph& g) {
+  for (const auto& n : g.nodes())
     for (const Value* v : n->outputs)
       if (v && (!v->rank_known || !graph::shape_known(v->shape) || v->dtype == graph::DType::undefined))
         throw Error(n->describe() + ": output '" + escape_name(v->name) + "' has no known shape or type");
+}
+
+// Inputs that kernels read at compile time must be constants by then.
+void check_compile_time_inputs(const graph::Graph& g) {
+  for (const auto& n : g.nodes()) {
+    for (size_t i : graph::node_facts(*n).compile_time) {
+      const Value* v = i < n->inputs.size() ? n->inputs[i] : nullptr;
+      if (v && !v->data)
+        throw Error(n->describe() + ": input " + std::to_string(i) + " ('" + escape_name(v->name) +
+                    "') must be known when the graph is compiled (a constant), but it is computed at run time");
+    }
+  }
+}
+
+size_t arena_index(Arena a) { return static_cast<size_t>(a); }
+
+PlanOptions plan_options_for(const graph::Graph& g, const SessionOptions& options,
+                             std::vector<int64_t> workspace_bytes) {
+  PlanOptions p;
+  p.in_place = options.in_place && !options.keep_all_values;
+  p.keep_all = options.keep_all_values;
+  p.alignment = options.device == Device::cuda ? 256 : 64;
+  for (const auto& name : options.gradients) p.gradients.push_back(g.value(name));
+  p.workspace_bytes = std::move(workspace_bytes);
+  return p;
+}
+
+}  // namespace
+
+CompiledGraph compile_graph(graph::Graph graph, const SessionOptions& options, const ExecContext* context) {
+  CompiledGraph c;
+  c.graph = std::move(graph);
+  check_types_known(c.graph);
+  check_compile_time_inputs(c.graph);
 
   // Kernels first, so every node that cannot run is reported at once.
-  size_t workspace = 0;
-  kernels_ = make_kernels(graph_, options_.device, &workspace);
+  c.kernels = make_kernels(c.graph, options, context);
 
-  PlanOptions plan_options;
-  plan_options.in_place = options_.in_place && !options_.keep_all_values;
-  plan_options.keep_all = options_.keep_all_values;
-  for (const auto& name : options_.gradients) plan_options.gradients.push_back(graph_.value(name));
-  plan_ = plan_memory(graph_, plan_options);
-  check_plan_fits(graph_, plan_, static_cast<int64_t>(std::min<size_t>(workspace, INT64_MAX)));
+  std::vector<int64_t> workspaces;
+  for (const auto& k : c.kernels)
+    workspaces.push_back(static_cast<int64_t>(std::min<size_t>(k->workspace_bytes(), INT64_MAX)));
+  c.plan = plan_memory(c.graph, plan_options_for(c.graph, options, std::move(workspaces)));
+  return c;
+}
 
-  input_ = {allocate(plan_.input_bytes), plan_.input_bytes};
-  persistent_ = {allocate(plan_.persistent_bytes), plan_.persistent_bytes};
-  gradient_ = {allocate(plan_.gradient_bytes), plan_.gradient_bytes};
-  activation_ = {allocate(plan_.activation_arena_bytes), plan_.activation_arena_bytes};
-  workspace_ = {allocate(static_cast<int64_t>(workspace)), static_cast<int64_t>(workspace)};
-
-  for (const Value* v : graph_.initializers())
-    if (!v->data->bytes.empty()) std::memcpy(address(v), v->data->bytes.data(), v->data->bytes.size());
-
-  for (const auto& n : graph_.nodes()) {
-    KernelArgs args;
-    for (const Value* v : n->inputs)
-      args.inputs.push_back(v ? TensorView{address(v), v->dtype, v->shape} : TensorView{});
-    for (const Value* v : n->outputs)
-      args.outputs.push_back(v ? TensorView{address(v), v->dtype, v->shape} : TensorView{});
-    args.workspace = workspace_.data;
-    args_.push_back(std::move(args));
-  }
-  fed_.assign(graph_.inputs.size(), false);
+Session::Session(graph::Graph graph, const SessionOptions& options) : options_(options) {
+  if (options_.device == Device::cpu) set_cpu_threads(options_.threads);
+  runtime_ = DeviceRuntime::create(options_.device, options_.precision, options_.device_index);
+  // A plan that cannot fit even without kernel workspaces is refused before compiling, which
+  // on a GPU measures library plans on buffers of the step's sizes.
+  check_types_known(graph);
+  check_plan_fits(graph, plan_memory(graph, plan_options_for(graph, options_, {})), *runtime_);
+  compiled_ = compile_graph(std::move(graph), options_, &runtime_->context());
+  allocate();
 }
 
 Session::~Session() {
-  for (Buffer* b : {&input_, &persistent_, &gradient_, &activation_, &workspace_}) std::free(b->data);
+  for (uint8_t* a : arenas_)
+    if (a) runtime_->release(a);
+}
+
+void Session::allocate() {
+  const MemoryPlan& plan = compiled_.plan;
+  check_plan_fits(compiled_.graph, plan, *runtime_);
+  const std::pair<Arena, int64_t> sizes[] = {{Arena::input, plan.input_bytes},
+                                             {Arena::parameter, plan.parameter_bytes},
+                                             {Arena::state, plan.state_arena_bytes},
+                                             {Arena::gradient, plan.gradient_bytes},
+                                             {Arena::activation, plan.activation_arena_bytes}};
+  for (const auto& [arena, bytes] : sizes)
+    arenas_[arena_index(arena)] =
+        static_cast<uint8_t*>(runtime_->allocate(bytes, std::string("the ") + arena_name(arena) + " arena"));
+  // A device that stages inputs gets a second input arena, written while a step runs.
+  if (runtime_->stages_inputs())
+    arenas_[arena_index(Arena::none)] = static_cast<uint8_t*>(runtime_->allocate(plan.input_bytes, "input staging"));
+
+  for (const Value* v : compiled_.graph.initializers())
+    if (!v->data->bytes.empty()) runtime_->copy_to_device(address(v), v->data->bytes.data(), v->data->bytes.size());
+
+  const auto& nodes = compiled_.graph.nodes();
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const graph::Node& n = *nodes[i];
+    KernelArgs args;
+    for (const Value* v : n.inputs)
+      args.inputs.push_back(v ? TensorView{address(v), v->dtype, v->shape} : TensorView{});
+    for (const Value* v : n.outputs)
+      args.outputs.push_back(v ? TensorView{address(v), v->dtype, v->shape} : TensorView{});
+    const Placement& ws = plan.workspaces[i];
+    if (ws.arena == Arena::activation) {
+      args.workspace = arenas_[arena_index(Arena::activation)] + ws.offset;
+      args.workspace_bytes = static_cast<size_t>(ws.bytes);
+    }
+    args.context = &runtime_->context();
+    args_.push_back(std::move(args));
+  }
+  fed_.assign(compiled_.graph.inputs.size(), false);
+  runtime_->synchronize();
 }
 
 void* Session::address(const Value* v) const {
-  const Placement& p = plan_.at(v);
-  switch (p.arena) {
-    case Arena::input: return input_.data + p.offset;
-    case Arena::persistent: return persistent_.data + p.offset;
-    case Arena::gradient: return gradient_.data + p.offset;
-    case Arena::activation: return activation_.data + p.offset;
-    default: throw Error("value '" + v->name + "' has no buffer");
-  }
+  const Placement& p = compiled_.plan.at(v);
+  if (p.arena == Arena::none) throw Error("value '" + v->name + "' has no buffer");
+  return arenas_[arena_index(p.arena)] + p.offset;
+}
+
+const void* Session::device_address(const std::string& name) const {
+  return address(compiled_.graph.value(name));
 }
 
 void Session::feed(const std::string& name, const Tensor& tensor) {
@@ -158,62 +207,111 @@ void Session::feed(const std::string& name, const Tensor& tensor) {
 
 void Session::feed(const std::string& name, graph::DType dtype, const graph::Shape& shape,
                    const void* data) {
-  for (size_t i = 0; i < graph_.inputs.size(); ++i) {
-    const Value* v = graph_.inputs[i];
+  const auto& inputs = compiled_.graph.inputs;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Value* v = inputs[i];
     if (v->name != name) continue;
     if (dtype != v->dtype || shape != v->shape)
       throw Error("input '" + name + "' expects " + graph::dtype_name(v->dtype) + " " +
                   graph::shape_str(v->shape) + ", got " + graph::dtype_name(dtype) + " " +
                   graph::shape_str(shape));
-    if (v->bytes() > 0) std::memcpy(address(v), data, static_cast<size_t>(v->bytes()));
+    if (v->bytes() > 0) {
+      auto bytes = static_cast<size_t>(v->bytes());
+      if (runtime_->stages_inputs()) {
+        runtime_->stage_to_device(arenas_[arena_index(Arena::none)] + compiled_.plan.at(v).offset, data, bytes);
+        staged_.push_back(v);
+      } else {
+        runtime_->copy_to_device(address(v), data, bytes);
+      }
+    }
     fed_[i] = true;
     return;
   }
   throw Error("the graph has no input named '" + name + "'");
 }
 
-void Session::run() {
-  for (size_t i = 0; i < fed_.size(); ++i)
-    if (!fed_[i]) throw Error("input '" + graph_.inputs[i]->name + "' was not fed");
-  const auto& nodes = graph_.nodes();
-  if (options_.profile) node_seconds_.resize(nodes.size(), 0.0);
+void Session::run_step() {
+  const auto& nodes = compiled_.graph.nodes();
+  const bool profile = options_.profile;
+  if (profile) node_seconds_.resize(nodes.size(), 0.0);
   for (size_t i = 0; i < nodes.size(); ++i) {
     try {
-      if (options_.profile) {
+      if (profile) {
         auto start = std::chrono::steady_clock::now();
-        kernels_[i]->run(args_[i]);
-        node_seconds_[i] +=
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        compiled_.kernels[i]->run(args_[i]);
+        runtime_->synchronize();
+        node_seconds_[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       } else {
-        kernels_[i]->run(args_[i]);
+        compiled_.kernels[i]->run(args_[i]);
       }
     } catch (const Error& e) {
       throw Error(std::string(e.what()) + " (while running " + nodes[i]->describe() + ")");
     }
   }
-  for (size_t u = 0; u < graph_.updates.size(); ++u) {
-    if (plan_.update_in_place[u]) continue;
-    const auto& [state, next] = graph_.updates[u];
-    std::memcpy(address(state), address(next), static_cast<size_t>(state->bytes()));
+  const auto& updates = compiled_.graph.updates;
+  for (size_t u = 0; u < updates.size(); ++u) {
+    if (compiled_.plan.update_in_place[u]) continue;
+    const auto& [state, next] = updates[u];
+    runtime_->copy_on_device(address(state), address(next), static_cast<size_t>(state->bytes()));
   }
 }
 
+void Session::run() {
+  for (size_t i = 0; i < fed_.size(); ++i)
+    if (!fed_[i]) throw Error("input '" + compiled_.graph.inputs[i]->name + "' was not fed");
+  // Inputs staged since the last step move into place on the device, after their copies.
+  if (!staged_.empty()) {
+    runtime_->join_staged();
+    for (const Value* v : staged_) {
+      int64_t offset = compiled_.plan.at(v).offset;
+      runtime_->copy_on_device(arenas_[arena_index(Arena::input)] + offset,
+                               arenas_[arena_index(Arena::none)] + offset, static_cast<size_t>(v->bytes()));
+    }
+    runtime_->staging_consumed();
+    staged_.clear();
+  }
+  bool use_graph = options_.cuda_graph && !options_.profile && runtime_->can_capture();
+  if (use_graph && captured_) {
+    runtime_->replay();
+  } else if (use_graph && steps_ >= 1) {
+    // The first step ran eagerly (library plans loaded, lazy modules in place); this one is
+    // recorded and then replayed, as every later one.
+    runtime_->begin_capture();
+    try {
+      run_step();
+    } catch (...) {
+      try {
+        runtime_->end_capture();
+      } catch (const Error&) {
+      }
+      throw;
+    }
+    runtime_->end_capture();
+    captured_ = true;
+    runtime_->replay();
+  } else {
+    run_step();
+  }
+  ++steps_;
+}
+
 Tensor Session::fetch(const std::string& name) const {
-  const Value* v = graph_.value(name);
+  const Value* v = compiled_.graph.value(name);
   Tensor t(v->dtype, v->shape);
-  if (!t.bytes.empty()) std::memcpy(t.bytes.data(), address(v), t.bytes.size());
+  if (!t.bytes.empty()) runtime_->copy_to_host(t.bytes.data(), address(v), t.bytes.size());
   return t;
 }
 
 void Session::assign(const std::string& name, const Tensor& tensor) {
-  const Value* v = graph_.value(name);
-  if (plan_.at(v).arena != Arena::persistent)
+  const Value* v = compiled_.graph.value(name);
+  Arena arena = compiled_.plan.at(v).arena;
+  if (arena != Arena::parameter && arena != Arena::state)
     throw Error("'" + name + "' is not a parameter or state; it cannot be assigned");
   if (tensor.dtype != v->dtype || tensor.shape != v->shape)
     throw Error("'" + name + "' is " + graph::dtype_name(v->dtype) + " " + v->shape_string() +
                 ", cannot assign " + graph::dtype_name(tensor.dtype) + " " +
                 graph::shape_str(tensor.shape));
-  if (!tensor.bytes.empty()) std::memcpy(address(v), tensor.bytes.data(), tensor.bytes.size());
+  if (!tensor.bytes.empty()) runtime_->copy_to_device(address(v), tensor.bytes.data(), tensor.bytes.size());
 }
 
 }  // namespace oxtrain::runtime

@@ -1,6 +1,17 @@
-// A Session compiles a graph once (schedule, kernel per node, memory plan) and then runs
-// steps. It knows nothing about training: a training graph is just a graph whose updates
-// rewrite its parameters and state.
+// A Session compiles a graph once, allocates its arenas on a device, then runs steps. It knows
+// nothing about training: a training graph is just a graph whose updates rewrite its
+// parameters and state.
+//
+// The three phases, shared by the CPU and the CUDA runtime:
+//   compile   schedule (node order), one kernel per node (shapes checked, algorithms and
+//             library plans chosen, workspace reported), the memory plan (compile_graph())
+//   allocate  one allocation per arena on the device, initializers copied in, every kernel's
+//             arguments bound to its buffers and its own workspace slice
+//   run       the kernels in order on the device's stream, then the updates not written in
+//             place; on CUDA the step is captured once as a CUDA graph (after one eager
+//             warm-up step) and replayed from then on
+// No kernel reads tensor values on the host during a step, and a step neither allocates nor
+// waits for the device (DeviceRuntime::counters() shows it).
 #pragma once
 
 #include <memory>
@@ -8,6 +19,7 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "runtime/device_runtime.h"
 #include "runtime/kernel.h"
 #include "runtime/planner.h"
 
@@ -15,6 +27,8 @@ namespace oxtrain::runtime {
 
 struct SessionOptions {
   Device device = Device::cpu;
+  int device_index = 0;                   // which GPU
+  Precision precision = Precision::tf32;  // convolutions and matrix products on CUDA
   int threads = 0;  // CPU threads; 0: all cores
   bool in_place = true;
   // Keep every value readable after run() (no buffer reuse): for debugging.
@@ -22,8 +36,24 @@ struct SessionOptions {
   // Gradient values (by name) in bucket order, placed contiguously in the gradient arena.
   std::vector<std::string> gradients;
   // Time every node's kernel (wall clock, summed over runs): see Session::node_seconds().
+  // On CUDA this runs eagerly and waits for each kernel.
   bool profile = false;
+  // CUDA: capture the step as a CUDA graph after one eager step and replay it.
+  bool cuda_graph = true;
 };
+
+// What compile decides, before any device memory exists.
+struct CompiledGraph {
+  graph::Graph graph;
+  std::vector<std::unique_ptr<Kernel>> kernels;  // one per node, schedule order
+  MemoryPlan plan;                               // arenas, offsets, workspace slices
+};
+
+// Compiles `graph` for options.device. `context` is the device's execution context (CUDA
+// kernels build and measure their library plans on it); null to plan without a device, where
+// kernels that need one for their plans say so. Every node that cannot run is reported at
+// once.
+CompiledGraph compile_graph(graph::Graph graph, const SessionOptions& options, const ExecContext* context);
 
 class Session {
  public:
@@ -34,37 +64,46 @@ class Session {
 
   // Copies `tensor` into the buffer of graph input `name`; dtype and shape must match.
   void feed(const std::string& name, const graph::Tensor& tensor);
-  // The same from caller-owned memory of `dtype` and `shape` (no intermediate Tensor).
+  // The same from caller-owned memory of `dtype` and `shape` (no intermediate Tensor). On
+  // CUDA the copy goes through a pinned staging buffer on a copy stream and overlaps the step
+  // still running; the next run() waits for it on the device, not on the host.
   void feed(const std::string& name, graph::DType dtype, const graph::Shape& shape,
             const void* data);
-  // Runs every node once, then stores each update into its state.
+  // Runs every node once, then stores each update into its state. On CUDA it returns once
+  // the step is queued; fetch() waits for it.
   void run();
   // A copy of any value: inputs, persistent values, graph outputs (after run()).
   graph::Tensor fetch(const std::string& name) const;
   // Overwrites a persistent value (a parameter or state), e.g. from a checkpoint.
   void assign(const std::string& name, const graph::Tensor& tensor);
+  // Where a value lives on the device (for device-side metrics); valid for the session's life.
+  const void* device_address(const std::string& name) const;
 
-  const graph::Graph& graph() const { return graph_; }
-  const MemoryPlan& plan() const { return plan_; }
+  const graph::Graph& graph() const { return compiled_.graph; }
+  const MemoryPlan& plan() const { return compiled_.plan; }
+  DeviceRuntime& device() const { return *runtime_; }
+  // Steps run so far, and whether they now replay a captured CUDA graph.
+  int64_t steps() const { return steps_; }
+  bool replaying_graph() const { return captured_; }
   // With SessionOptions::profile: seconds spent in each node's kernel (graph node order),
   // summed over all runs so far; empty otherwise.
   const std::vector<double>& node_seconds() const { return node_seconds_; }
 
  private:
+  void allocate();
+  void run_step();  // kernels, then updates not written in place
   void* address(const graph::Value* v) const;
 
-  graph::Graph graph_;
   SessionOptions options_;
-  MemoryPlan plan_;
-  struct Buffer {
-    uint8_t* data = nullptr;
-    int64_t bytes = 0;
-  };
-  Buffer input_, persistent_, gradient_, activation_, workspace_;
-  std::vector<std::unique_ptr<Kernel>> kernels_;
+  std::unique_ptr<DeviceRuntime> runtime_;
+  CompiledGraph compiled_;
+  uint8_t* arenas_[6] = {};  // by Arena; Arena::none's slot holds the input staging arena
   std::vector<KernelArgs> args_;
   std::vector<bool> fed_;
+  std::vector<const graph::Value*> staged_;  // inputs staged since the last step
   std::vector<double> node_seconds_;
+  int64_t steps_ = 0;
+  bool captured_ = false;
 };
 
 }  // namespace oxtrain::runtime

@@ -63,8 +63,12 @@ TEST(OpFacts, ImportRolesFollowFacts) {
       OpFacts f = node_facts(*c);
       for (size_t i = 0; i < c->inputs.size(); ++i) {
         if (c->inputs[i] != v) continue;
-        if (listed(f.state, i)) EXPECT_EQ(v->role, Role::State) << v->name << " at " << c->describe();
-        if (listed(f.compile_time, i)) EXPECT_NE(v->role, Role::Parameter) << v->name;
+        if (listed(f.state, i)) {
+          EXPECT_EQ(v->role, Role::State) << v->name << " at " << c->describe();
+        }
+        if (listed(f.compile_time, i)) {
+          EXPECT_NE(v->role, Role::Parameter) << v->name;
+        }
       }
     }
   }
@@ -87,8 +91,12 @@ TEST(OpFacts, AutodiffGivesNoGradientToNonTrainableInputs) {
       bool has = with_gradient.count(n->inputs[i]->name) > 0;
       // X is an activation (never in the parameter list); scale and B train; the running
       // statistics are state and must not.
-      if (i == 1 || i == 2) EXPECT_TRUE(has) << n->describe() << " input " << i;
-      if (listed(f.state, i)) EXPECT_FALSE(has) << n->describe() << " input " << i;
+      if (i == 1 || i == 2) {
+        EXPECT_TRUE(has) << n->describe() << " input " << i;
+      }
+      if (listed(f.state, i)) {
+        EXPECT_FALSE(has) << n->describe() << " input " << i;
+      }
     }
   }
 }

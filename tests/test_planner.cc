@@ -144,3 +144,81 @@ TEST(Planner, InPlaceReluOverDyingInput) {
   // Inputs never alias activations.
   EXPECT_EQ(plan.at(x).arena, Arena::input);
 }
+
+// The device plan: each kernel's workspace is a slice of the activation arena alive at its
+// node only. No slice overlaps a value live at that node, slices are aligned, and the arena
+// holds them all.
+TEST(Planner, WorkspacesNeverOverlapLiveValues) {
+  Rng rng(17);
+  for (int trial = 0; trial < 100; ++trial) {
+    Graph g = random_graph(rng, 5 + static_cast<int>(rng.next_u64() % 60));
+    const auto& nodes = g.nodes();
+    PlanOptions options;
+    options.alignment = 256;
+    for (size_t i = 0; i < nodes.size(); ++i)
+      options.workspace_bytes.push_back(rng.next_u64() % 3 == 0 ? 0 : 1 + static_cast<int64_t>(rng.next_u64() % 4000));
+    MemoryPlan plan = plan_memory(g, options);
+    ASSERT_EQ(plan.workspaces.size(), nodes.size());
+    std::map<const Node*, int64_t> index;
+    for (size_t i = 0; i < nodes.size(); ++i) index[nodes[i].get()] = static_cast<int64_t>(i);
+    std::set<const Value*> outputs(g.outputs.begin(), g.outputs.end());
+    int64_t naive = 0, largest = 0;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      const Placement& ws = plan.workspaces[i];
+      int64_t want = options.workspace_bytes[i];
+      if (want == 0) {
+        EXPECT_EQ(ws.arena, Arena::none);
+        continue;
+      }
+      naive += (want + 255) / 256 * 256;
+      largest = std::max(largest, want);
+      ASSERT_EQ(ws.arena, Arena::activation);
+      ASSERT_EQ(ws.bytes, want);
+      ASSERT_EQ(ws.offset % 256, 0);
+      ASSERT_LE(ws.offset + ws.bytes, plan.activation_arena_bytes);
+      // Every value alive at node i (born at or before it, read at or after it).
+      for (const auto& n : nodes) {
+        const Value* v = n->output(0);
+        int64_t first = index[n.get()], last = first;
+        for (const Node* c : v->consumers) last = std::max(last, index[c]);
+        if (outputs.count(v)) last = static_cast<int64_t>(nodes.size());
+        if (first > static_cast<int64_t>(i) || last < static_cast<int64_t>(i)) continue;
+        const Placement& p = plan.at(v);
+        bool space = p.offset < ws.offset + ws.bytes && ws.offset < p.offset + p.bytes;
+        ASSERT_FALSE(space) << "trial " << trial << ": workspace of node " << i << " overlaps '" << v->name << "'";
+      }
+    }
+    EXPECT_EQ(plan.workspace_naive_bytes, naive);
+    EXPECT_EQ(plan.workspace_max_bytes, largest);
+  }
+}
+
+// Parameters and state have arenas of their own (one allocation each on a GPU): parameters
+// contiguous from 0, state then constants from 0 in theirs.
+TEST(Planner, ParameterAndStateArenas) {
+  Graph g;
+  Value* x = g.add_value("x", DType::f32, {8}, Role::Input);
+  g.inputs.push_back(x);
+  Value* w = g.add_initializer("w", Tensor(DType::f32, {8}), Role::Parameter);
+  Value* s = g.add_initializer("s", Tensor(DType::f32, {3}), Role::State);
+  Value* c = g.add_initializer("c", Tensor(DType::f32, {5}), Role::Constant);
+  Value* y = g.add_value("y", DType::f32, {8});
+  Value* z = g.add_value("z", DType::f32, {8});
+  g.add_node("Mul", {x, w}, {y}, "mul");
+  g.add_node("Add", {y, x}, {z}, "add");
+  g.add_node("Identity", {s}, {g.add_value("s2", DType::f32, {3})}, "id1");
+  g.add_node("Identity", {c}, {g.add_value("c2", DType::f32, {5})}, "id2");
+  g.outputs = {z};
+  MemoryPlan plan = plan_memory(g);
+  EXPECT_EQ(plan.at(w).arena, Arena::parameter);
+  EXPECT_EQ(plan.at(w).offset, 0);
+  EXPECT_EQ(plan.parameter_bytes, 64);  // 32 bytes aligned to 64
+  EXPECT_EQ(plan.at(s).arena, Arena::state);
+  EXPECT_EQ(plan.at(s).offset, 0);
+  EXPECT_EQ(plan.at(c).arena, Arena::state);
+  EXPECT_EQ(plan.at(c).offset, 64);
+  EXPECT_EQ(plan.state_bytes, 64);
+  EXPECT_EQ(plan.constant_bytes, 64);
+  EXPECT_EQ(plan.state_arena_bytes, 128);
+  EXPECT_EQ(plan.persistent_bytes, 192);
+}

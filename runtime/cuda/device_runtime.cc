@@ -1,6 +1,7 @@
 // The CUDA DeviceRuntime: one device, one compute stream, cuDNN and cuBLASLt handles bound to
 // it. Arenas come from cudaMalloc (one per arena, at allocate time, never during a step).
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -22,9 +23,11 @@ class CudaRuntime : public DeviceRuntime {
     const std::string where = "device cuda";
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
+    int driver = 0;
+    cudaDriverGetVersion(&driver);
+    if (err == cudaErrorInsufficientDriver && driver == 0)
+      throw Error("device cuda: no NVIDIA driver is installed (no GPU on this machine); use --device cpu");
     if (err == cudaErrorInsufficientDriver) {
-      int driver = 0;
-      cudaDriverGetVersion(&driver);
       throw Error("device cuda: the NVIDIA driver supports CUDA " + version_text(driver) +
                   " but this build of oxtrain needs CUDA " + version_text(CUDART_VERSION) +
                   "; update the driver, or use --device cpu");
@@ -59,6 +62,15 @@ class CudaRuntime : public DeviceRuntime {
   }
   ~CudaRuntime() override {
     cudaStreamSynchronize(cuda_.stream);
+    if (copy_stream_) cudaStreamSynchronize(copy_stream_);
+    if (exec_) cudaGraphExecDestroy(exec_);
+    for (auto& [dst, pinned] : pinned_) {
+      cudaFreeHost(pinned.data);
+      cudaEventDestroy(pinned.copied);
+    }
+    for (cudaEvent_t e : {staged_, consumed_})
+      if (e) cudaEventDestroy(e);
+    if (copy_stream_) cudaStreamDestroy(copy_stream_);
     for (auto& [p, size] : sizes_) cudaFree(p);
     if (cuda_.cublaslt) cublasLtDestroy(cuda_.cublaslt);
     if (cuda_.cudnn) cudnnDestroy(cuda_.cudnn);
@@ -107,6 +119,9 @@ class CudaRuntime : public DeviceRuntime {
     cuda::check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_.stream), "cudaMemcpyAsync D2D",
                 "copying on the GPU");
   }
+  void zero(void* dst, size_t bytes) override {
+    cuda::check(cudaMemsetAsync(dst, 0, bytes, cuda_.stream), "cudaMemsetAsync", "zero-filling on the GPU");
+  }
   void synchronize() override {
     ++counters_.synchronizations;
     cuda::check(cudaStreamSynchronize(cuda_.stream), "cudaStreamSynchronize", "waiting for the GPU");
@@ -123,7 +138,82 @@ class CudaRuntime : public DeviceRuntime {
   }
   int64_t peak_allocated() const override { return peak_; }
 
+  bool stages_inputs() const override { return true; }
+  void stage_to_device(void* dst, const void* src, size_t bytes) override {
+    const std::string where = "staging an input";
+    if (!copy_stream_) {
+      cuda::check(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "cudaStreamCreate", where);
+      cuda::check(cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming), "cudaEventCreate", where);
+      cuda::check(cudaEventCreateWithFlags(&consumed_, cudaEventDisableTiming), "cudaEventCreate", where);
+      cuda::check(cudaEventRecord(consumed_, cuda_.stream), "cudaEventRecord", where);
+    }
+    Pinned& pinned = pinned_[dst];
+    if (pinned.bytes < bytes) {
+      if (pinned.data) {
+        cuda::check(cudaEventSynchronize(pinned.copied), "cudaEventSynchronize", where);
+        cudaFreeHost(pinned.data);
+      } else {
+        cuda::check(cudaEventCreateWithFlags(&pinned.copied, cudaEventDisableTiming), "cudaEventCreate", where);
+      }
+      cuda::check(cudaHostAlloc(&pinned.data, bytes, cudaHostAllocDefault), "cudaHostAlloc", where);
+      ++counters_.allocations;
+      pinned.bytes = bytes;
+      pinned.used = false;
+    }
+    if (pinned.used) {  // the previous copy out of this pinned buffer must have left it
+      ++counters_.synchronizations;
+      cuda::check(cudaEventSynchronize(pinned.copied), "cudaEventSynchronize", where);
+    }
+    std::memcpy(pinned.data, src, bytes);
+    cuda::check(cudaStreamWaitEvent(copy_stream_, consumed_, 0), "cudaStreamWaitEvent", where);
+    cuda::check(cudaMemcpyAsync(dst, pinned.data, bytes, cudaMemcpyHostToDevice, copy_stream_),
+                "cudaMemcpyAsync H2D", where);
+    cuda::check(cudaEventRecord(pinned.copied, copy_stream_), "cudaEventRecord", where);
+    cuda::check(cudaEventRecord(staged_, copy_stream_), "cudaEventRecord", where);
+    pinned.used = true;
+    staged_pending_ = true;
+  }
+  void join_staged() override {
+    if (!staged_pending_) return;
+    cuda::check(cudaStreamWaitEvent(cuda_.stream, staged_, 0), "cudaStreamWaitEvent", "waiting for staged inputs");
+    staged_pending_ = false;
+  }
+  void staging_consumed() override {
+    if (consumed_) cuda::check(cudaEventRecord(consumed_, cuda_.stream), "cudaEventRecord", "releasing staged inputs");
+  }
+
+  bool can_capture() const override { return true; }
+  void begin_capture() override {
+    if (exec_) throw Error("device cuda: the step was already captured");
+    cuda::check(cudaStreamBeginCapture(cuda_.stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture",
+                "capturing the step as a CUDA graph");
+  }
+  void end_capture() override {
+    cudaGraph_t graph = nullptr;
+    cuda::check(cudaStreamEndCapture(cuda_.stream, &graph), "cudaStreamEndCapture",
+                "capturing the step as a CUDA graph (a kernel allocated, synchronised or used another stream)");
+    cudaError_t err = cudaGraphInstantiate(&exec_, graph, 0);
+    cudaGraphDestroy(graph);
+    cuda::check(err, "cudaGraphInstantiate", "capturing the step as a CUDA graph");
+  }
+  void replay() override {
+    if (!exec_) throw Error("device cuda: no captured step to replay");
+    cuda::check(cudaGraphLaunch(exec_, cuda_.stream), "cudaGraphLaunch", "replaying the step");
+  }
+
  private:
+  struct Pinned {
+    void* data = nullptr;
+    size_t bytes = 0;
+    cudaEvent_t copied = nullptr;
+    bool used = false;
+  };
+  cudaStream_t copy_stream_ = nullptr;
+  cudaEvent_t staged_ = nullptr, consumed_ = nullptr;
+  bool staged_pending_ = false;
+  std::unordered_map<void*, Pinned> pinned_;
+  cudaGraphExec_t exec_ = nullptr;
+
   CudaContext cuda_;
   std::string name_;
   std::unordered_map<void*, int64_t> sizes_;
