@@ -113,8 +113,12 @@ Grads relu_rule(GradContext& c) { return {c.emit1("ReluGrad", kOx, {c.dY(), c.ou
 
 Grads maxpool_rule(GradContext& c) {
   if (!c.out(1)) throw Error(c.node().describe() + ": MaxPool needs its Indices output for a gradient");
-  return {c.emit1("MaxPoolGrad", kOx, {c.dY(), c.out(1)},
-                  {{"input_shape", ints(c.in(0)->shape)}})};
+  // The window travels with the gradient node, so its kernel knows which outputs can cover an
+  // input element without looking at the forward node.
+  auto a = c.copy_attrs({"auto_pad", "ceil_mode", "kernel_shape", "pads", "strides", "dilations"});
+  if (c.opset() < 10) a.erase("ceil_mode");
+  a["input_shape"] = ints(c.in(0)->shape);
+  return {c.emit1("MaxPoolGrad", kOx, {c.dY(), c.out(1)}, a)};
 }
 
 Grads avgpool_rule(GradContext& c) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -11,11 +12,15 @@
 
 #include "autodiff/training.h"
 #include "base/files.h"
+#include "base/text.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "graph/inspect.h"
 #include "graph/onnx_io.h"
+#include "runtime/device.h"
+#include "runtime/device_runtime.h"
 #include "runtime/planner.h"
+#include "runtime/session.h"
 
 namespace oxtrain::cli {
 
@@ -31,6 +36,8 @@ struct GraphArgs {
   std::string export_path;
   std::string plot;
   bool allow_external_data_anywhere = false;
+  std::string device;  // with --training: compile for this device and report its plan
+  std::string precision = "tf32";
 };
 
 // Reports (dot, SVG) are written whole or not at all, like every file oxtrain writes.
@@ -74,11 +81,52 @@ std::string live_bytes_svg(const runtime::MemoryPlan& plan, const autodiff::Trai
   return s.str();
 }
 
+// The step compiled for a device: its kernels (with what they chose) and the device plan.
+struct DeviceReport {
+  std::string device, note;
+  runtime::CompiledGraph compiled;
+};
+
+DeviceReport compile_for_device(const GraphArgs& args, const autodiff::TrainingGraph& tg) {
+  DeviceReport r;
+  runtime::SessionOptions so;
+  so.device = args.device == "cuda" ? runtime::Device::cuda : runtime::Device::cpu;
+  so.precision = args.precision == "fp32" ? runtime::Precision::fp32 : runtime::Precision::tf32;
+  for (const auto& [value, grad] : tg.gradients) so.gradients.push_back(grad);
+  std::unique_ptr<runtime::DeviceRuntime> device;
+  std::string why;
+  if (so.device == runtime::Device::cpu || !runtime::cuda_devices(&why).empty()) {
+    device = runtime::DeviceRuntime::create(so.device, so.precision);
+    r.device = device->description();
+  } else {
+    r.device = "cuda";
+    r.note = "no GPU here (" + why + "): cuDNN and cuBLASLt choose their plans on the GPU, so workspaces are "
+             "upper bounds or unknown";
+  }
+  if (so.device == runtime::Device::cuda) r.device += std::string(", ") + runtime::precision_name(so.precision);
+  r.compiled = runtime::compile_graph(graph::copy_graph(tg.graph), so, device ? &device->context() : nullptr);
+  return r;
+}
+
 int run_training_report(const GraphArgs& args, graph::Graph forward) {
   autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(forward));
+  std::optional<DeviceReport> dev;
+  if (!args.device.empty()) dev = compile_for_device(args, tg);
   runtime::PlanOptions options;
   for (const auto& [value, grad] : tg.gradients) options.gradients.push_back(tg.graph.value(grad));
-  runtime::MemoryPlan plan = runtime::plan_memory(tg.graph, options);
+  runtime::MemoryPlan plan = dev ? dev->compiled.plan : runtime::plan_memory(tg.graph, options);
+  // What each kernel chose, by op: "Conv: cuDNN eng0 ... (12 nodes)".
+  std::vector<std::pair<std::string, int>> chosen;
+  if (dev) {
+    std::map<std::string, int> count;
+    const auto& nodes = dev->compiled.graph.nodes();
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      std::string d = dev->compiled.kernels[i]->describe();
+      if (d.empty()) continue;
+      ++count[d.rfind(nodes[i]->op_type, 0) == 0 ? d : nodes[i]->op_type + ": " + d];
+    }
+    for (const auto& [text, n] : count) chosen.push_back({text, n});
+  }
 
   std::vector<const graph::Value*> largest;
   for (const auto& [v, p] : plan.placements)
@@ -106,6 +154,21 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     j["activation_naive_bytes"] = plan.activation_naive_bytes;
     j["peak_live_bytes"] = plan.peak_live_bytes;
     j["in_place_values"] = plan.in_place.size();
+    if (dev) {
+      nlohmann::json d;
+      d["device"] = dev->device;
+      if (!dev->note.empty()) d["note"] = dev->note;
+      d["arenas"] = {{"input", plan.input_bytes},
+                     {"parameter", plan.parameter_bytes},
+                     {"state", plan.state_arena_bytes},
+                     {"gradient", plan.gradient_bytes},
+                     {"activation", plan.activation_arena_bytes}};
+      d["workspace_max_bytes"] = plan.workspace_max_bytes;
+      d["workspace_naive_bytes"] = plan.workspace_naive_bytes;
+      d["chosen"] = nlohmann::json::array();
+      for (const auto& [text, n] : chosen) d["chosen"].push_back({{"kernel", text}, {"nodes", n}});
+      j["device_plan"] = d;
+    }
     j["largest_values"] = nlohmann::json::array();
     for (const auto* v : largest)
       j["largest_values"].push_back({{"name", v->name}, {"bytes", v->bytes()}, {"shape", v->shape}});
@@ -127,6 +190,19 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
               << "largest values:\n";
     for (const auto* v : largest)
       std::cout << "  " << human_bytes(v->bytes()) << "  " << v->name << " " << v->shape_string() << "\n";
+    if (dev) {
+      int64_t total = plan.input_bytes + plan.parameter_bytes + plan.state_arena_bytes + plan.gradient_bytes +
+                      plan.activation_arena_bytes;
+      std::cout << "device plan  " << dev->device << "\n";
+      if (!dev->note.empty()) std::cout << "  " << dev->note << "\n";
+      std::cout << "  arenas: input " << human_bytes(plan.input_bytes) << ", parameter "
+                << human_bytes(plan.parameter_bytes) << ", state " << human_bytes(plan.state_arena_bytes)
+                << ", gradient " << human_bytes(plan.gradient_bytes) << ", activation "
+                << human_bytes(plan.activation_arena_bytes) << "; " << human_bytes(total) << " in all\n"
+                << "  workspaces (in the activation arena): largest " << human_bytes(plan.workspace_max_bytes)
+                << ", " << human_bytes(plan.workspace_naive_bytes) << " if each had its own\n";
+      for (const auto& [text, n] : chosen) std::cout << "  " << text << " (" << n << (n == 1 ? " node)\n" : " nodes)\n");
+    }
   }
   if (!args.plot.empty()) {
     write_file(args.plot, live_bytes_svg(plan, tg, "live activation bytes, " + args.model +
@@ -160,7 +236,16 @@ Subcommand add_graph_command(CLI::App& app) {
   cmd->add_option("--plot", args->plot, "with --training: write live bytes over the schedule as SVG");
   cmd->add_flag("--allow-external-data-anywhere", args->allow_external_data_anywhere,
                 "read external data even from outside the model's folder (only for models you trust)");
+  cmd->add_option("--device", args->device,
+                  "with --training: compile the step for cpu or cuda and report the device plan (arenas, "
+                  "workspaces, chosen algorithms)");
+  cmd->add_option("--precision", args->precision, "with --device: fp32 (strict) or tf32")->capture_default_str();
   return {cmd, [args]() {
+    if (!args->device.empty() && args->device != "cpu" && args->device != "cuda")
+      throw Error("--device is cpu or cuda, got '" + escape_name(args->device) + "'");
+    if (args->precision != "fp32" && args->precision != "tf32")
+      throw Error("--precision is fp32 or tf32, got '" + escape_name(args->precision) + "'");
+    if (!args->device.empty() && !args->training) throw Error("--device needs --training");
     if (args->batch_size) check_range("--batch-size", *args->batch_size, 1, kMaxBatchSize);
     if (!args->plot.empty() && !args->training) throw Error("--plot needs --training");
     graph::ImportOptions options;

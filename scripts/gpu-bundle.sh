@@ -17,9 +17,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 archive=${1:-.gpu.tar.xz}
 [ -d /usr/local/cuda ] || { echo "gpu-bundle: no /usr/local/cuda: the build would have no CUDA runtime" >&2; exit 2; }
-scripts/build.sh
+# Its own build folder, configured with CUDA on whatever build/ was configured with.
+scripts/install-deps.sh
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DOXTRAIN_CUDA=ON "${launcher[@]}" >/dev/null
+cmake --build build-gpu -j"$(nproc)"
+if ! grep -q 'OXTRAIN_HAVE_CUDA=1' build-gpu/runtime/CMakeFiles/oxtrain_runtime.dir/flags.make; then
+  echo "gpu-bundle: build-gpu has no CUDA runtime (nvcc, cuDNN or cudnn-frontend missing?)" >&2
+  exit 2
+fi
 out=.gpu
-programs=(build/oxtrain build/tests/oxtrain_tests build/oxtrain_step_bench)
+programs=(build-gpu/oxtrain build-gpu/tests/oxtrain_tests build-gpu/oxtrain_step_bench)
 skip='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|librt\.|libpthread\.|libstdc\+\+|libgcc_s|libcuda\.|libcudnn|libnccl|libcublas|libcudart|libnvjpeg|libnvrtc|libnvJitLink)'
 rm -rf "$out" && mkdir -p "$out/bin" "$out/lib"
 for program in "${programs[@]}"; do
@@ -33,10 +42,13 @@ for program in "${programs[@]}"; do
 done
 cat > "$out/env.sh" <<'ENV'
 # Source on the GPU machine: the bundle's libraries first, then cuDNN and NCCL from a pip-installed
-# PyTorch (newer than the system's), then CUDA's own.
+# PyTorch (newer than the system's: $PYTHON's, /opt/torch/.venv's, or python3's), then CUDA's own
+# (cuDNN compiles some engines at run time with NVRTC from there).
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null || true)
-LD_LIBRARY_PATH=$here/lib${site:+:$site/nvidia/cudnn/lib:$site/nvidia/nccl/lib}:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+py=${PYTHON:-/opt/torch/.venv/bin/python}
+[ -x "$py" ] || py=python3
+site=$("$py" -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null || true)
+LD_LIBRARY_PATH=$here/lib${site:+:$site/nvidia/cudnn/lib:$site/nvidia/nccl/lib:$site/nvidia/cu13/lib}:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export LD_LIBRARY_PATH PATH=$here/bin:$PATH
 ENV
 du -sh "$out" | awk '{print "gpu-bundle: folder " $1}'

@@ -75,3 +75,32 @@ TEST(Cli, VersionSaysWhetherCudaIsThere) {
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.out.rfind("oxtrain 0.1.0", 0), 0u) << r.out;
 }
+
+// --device compiles the step for that device and reports its plan: five arenas that add up,
+// each kernel's workspace a slice of the activation arena, and what the kernels chose.
+TEST(Cli, GraphTrainingDevicePlan) {
+  std::string dir = test::temp_dir();
+  ASSERT_EQ(test::run_oxtrain("zoo resnet18 --num-classes 10 --image-size 32 -o " + dir + "/m.onnx").exit_code, 0);
+  auto cpu = test::run_oxtrain("graph " + dir + "/m.onnx --training --batch-size 8 --device cpu --json");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  auto j = nlohmann::json::parse(cpu.out);
+  const auto& d = j["device_plan"];
+  EXPECT_EQ(d["device"], "cpu");
+  EXPECT_EQ(d["arenas"]["parameter"], j["parameter_bytes"]);
+  EXPECT_EQ(d["arenas"]["gradient"], j["gradient_bytes"]);
+  EXPECT_EQ(d["arenas"]["activation"], j["activation_arena_bytes"]);
+  // The CPU convolutions need column buffers: the largest is a slice of the activation arena,
+  // and sharing the arena costs less than giving each its own.
+  int64_t largest = d["workspace_max_bytes"], naive = d["workspace_naive_bytes"];
+  EXPECT_GT(largest, 0);
+  EXPECT_LT(largest, j["activation_arena_bytes"].get<int64_t>());
+  EXPECT_GT(naive, largest);
+  // Planned without the device, the arena holds only the values.
+  auto plain = nlohmann::json::parse(test::run_oxtrain("graph " + dir + "/m.onnx --training --batch-size 8 --json").out);
+  EXPECT_FALSE(plain.contains("device_plan"));
+  EXPECT_GE(j["activation_arena_bytes"].get<int64_t>(), plain["activation_arena_bytes"].get<int64_t>());
+
+  auto bad = test::run_oxtrain("graph " + dir + "/m.onnx --device cuda");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--device needs --training"), std::string::npos) << bad.err;
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The one prepared run on a GPU machine: the CUDA tests, compute-sanitizer on a short training
+# run, then ResNet-50 (batch 128, synthetic data) for oxtrain and PyTorch side by side in the
+# same run, and one table last. Built here, it builds nothing there.
+#
+#   scripts/gpu-check.sh bundle          here: build with CUDA and pack .gpu.tar.xz (< 64 MiB)
+#   scripts/gpu-check.sh run [OUT]       there, from the repository root with .gpu.tar.xz beside
+#                                        it: logs and table.txt go to OUT ($OUT, else gpu-check-out)
+#
+# Each phase has its own time limit, so the whole run stays under 8 minutes and the table is
+# printed even when a phase fails or hangs. PyTorch is taken from $PYTHON, else
+# /opt/torch/.venv/bin/python, else python3. A phase that cannot run says why in the table.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-}
+archive=.gpu.tar.xz
+
+if [ "$mode" = bundle ]; then
+  exec scripts/gpu-bundle.sh "$archive"
+fi
+if [ "$mode" != run ]; then
+  echo "usage: scripts/gpu-check.sh bundle | run [OUT]" >&2
+  exit 2
+fi
+
+out=${2:-${OUT:-gpu-check-out}}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+[ -f "$archive" ] || { echo "gpu-check: no $archive here; make it with 'scripts/gpu-check.sh bundle' and carry it" >&2; exit 2; }
+box=$(mktemp -d /tmp/oxtrain-gpu.XXXXXX)
+tar -xJf "$archive" -C "$box" || { echo "gpu-check: cannot unpack $archive" >&2; exit 2; }
+# shellcheck disable=SC1091
+source "$box/env.sh"
+export OXTRAIN_FIXTURES=$PWD/tests/fixtures OXTRAIN_BINARY=$box/bin/oxtrain
+python=${PYTHON:-/opt/torch/.venv/bin/python}
+[ -x "$python" ] || python=python3
+rows=()   # lines of the table
+notes=()  # one line per phase that did not run cleanly
+started=$(date +%s)
+
+phase() {  # phase NAME SECONDS COMMAND... : runs with a limit, output to $out/NAME.log
+  local name=$1 seconds=$2
+  shift 2
+  echo "== $name (limit ${seconds}s): $*" >&2
+  timeout --kill-after=10 "$seconds" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  [ $rc -eq 124 ] && notes+=("$name: stopped after ${seconds}s (see $name.log)")
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$out/gpu.txt" 2>&1
+gpu=$(head -1 "$out/gpu.txt")
+echo "gpu-check: $gpu" >&2
+
+# 1. The CUDA tests (every kernel against its CPU twin, the session tests, cuDNN's plans).
+phase cuda-tests 200 oxtrain_tests --gtest_filter='Cuda*:Cudnn*' --gtest_brief=1
+tests_rc=$?
+passed=$(grep -c '^\[       OK \]' "$out/cuda-tests.log")
+failed=$(grep '^\[  FAILED  \] [A-Za-z]' "$out/cuda-tests.log" | grep -v 'listed below' | sort -u | wc -l)
+skipped=$(grep -c '^\[  SKIPPED \]' "$out/cuda-tests.log")
+# --gtest_brief prints only failures: count the tests that ran from the summary line instead.
+ran=$(sed -n 's/^\[==========\] \([0-9]*\) tests\{0,1\} from.*ran.*/\1/p' "$out/cuda-tests.log" | tail -1)
+[ -n "$ran" ] && passed=$((ran - failed - skipped))
+[ $tests_rc -ne 0 ] && [ "$failed" -eq 0 ] && notes+=("cuda-tests: exit $tests_rc (see cuda-tests.log)")
+grep '^\[  FAILED  \] [A-Za-z]' "$out/cuda-tests.log" | sort -u | sed 's/^/  /' >"$out/failed-tests.txt"
+
+# 2. compute-sanitizer (memcheck) on a short training run of a small ResNet, CUDA graph included.
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [ -x "$sanitizer" ]; then
+  phase sanitizer 150 "$sanitizer" --tool memcheck --error-exitcode 3 \
+    oxtrain train --synthetic -a resnet18 --image-size 64 --num-classes 10 -b 8 --steps 4 -p 1 --device cuda
+  san_rc=$?
+  san=$(grep -m1 'ERROR SUMMARY' "$out/sanitizer.log" || echo "no summary (exit $san_rc)")
+else
+  san="compute-sanitizer not found"
+fi
+
+# 3. ResNet-50, batch 128, synthetic data: oxtrain in TF32 and strict fp32, PyTorch beside it.
+bench_oxtrain() {  # NAME PRECISION: sets ${NAME_}img, _ms, _mem (NAME with - as _)
+  local name=$1 var=${1//-/_} line img=- ms=- mem=- unit
+  phase "$name" 150 oxtrain train --synthetic -a resnet50 --num-classes 1000 -b 128 --steps 50 -p 10 \
+    --device cuda --precision "$2"
+  line=$(grep -m1 '^oxtrain: .* img/s' "$out/$name.log")
+  if [ -n "$line" ]; then
+    img=$(sed -n 's/.* \([0-9.]*\) img\/s.*/\1/p' <<<"$line")
+    ms=$(sed -n 's/.*mean step \([0-9.]*\) s.*/\1/p' <<<"$line")
+    ms=$(awk -v s="$ms" 'BEGIN { printf "%.1f", 1000 * s }')
+    mem=$(sed -n 's/.*peak memory \([0-9.]*\) \([GM]i\)B.*/\1 \2/p' <<<"$line")
+    unit=${mem#* }
+    mem=${mem% *}
+    [ "$unit" = Mi ] && mem=$(awk -v m="$mem" 'BEGIN { printf "%.2f", m / 1024 }')
+  else
+    notes+=("$name: no summary line: $(grep -m1 -i 'error' "$out/$name.log" | cut -c1-200)")
+  fi
+  printf -v "${var}_img" '%s' "${img:--}"
+  printf -v "${var}_ms" '%s' "${ms:--}"
+  printf -v "${var}_mem" '%s' "${mem:--}"
+}
+bench_oxtrain oxtrain-tf32 tf32
+bench_oxtrain oxtrain-fp32 fp32
+
+phase pytorch 200 "$python" bench/torch_resnet.py --config fp32_nchw --config tf32_nhwc --config strict_fp32_nchw \
+  --iters 40 --warmup 15
+torch_field() {  # CONFIG FIELD
+  "$python" - "$out/pytorch.log" "$1" "$2" <<'PY' 2>/dev/null || echo -
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        row = json.loads(line)
+    except ValueError:
+        continue
+    if row.get("config") == sys.argv[2]:
+        print(row.get(sys.argv[3]) if row.get(sys.argv[3]) is not None else "-")
+        break
+else:
+    print("-")
+PY
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.3f", a / b; else print "-" }'; }
+row() {  # CONFIG OX_IMG OX_MS OX_MEM TORCH_CONFIG
+  local t_img t_ms t_mem
+  t_img=$(torch_field "$5" img_s)
+  t_ms=$(torch_field "$5" ms_step)
+  t_mem=$(torch_field "$5" peak_mem_gib)
+  rows+=("$(printf '%-34s %9s %8s %8s | %9s %8s %8s | %7s %7s' "$1" "$2" "$3" "$4" "$t_img" "$t_ms" "$t_mem" \
+    "$(ratio "$2" "$t_img")" "$(ratio "$4" "$t_mem")")")
+}
+row "tf32 NCHW vs PyTorch default" "$oxtrain_tf32_img" "$oxtrain_tf32_ms" "$oxtrain_tf32_mem" fp32_nchw
+row "tf32 NCHW vs PyTorch channels-last" "$oxtrain_tf32_img" "$oxtrain_tf32_ms" "$oxtrain_tf32_mem" tf32_nhwc
+row "strict fp32 vs PyTorch strict fp32" "$oxtrain_fp32_img" "$oxtrain_fp32_ms" "$oxtrain_fp32_mem" strict_fp32_nchw
+
+{
+  echo
+  echo "GPU: $gpu   ($(($(date +%s) - started)) s)"
+  echo "CUDA tests: $passed passed, $failed failed, $skipped skipped"
+  [ -s "$out/failed-tests.txt" ] && cat "$out/failed-tests.txt"
+  echo "compute-sanitizer (resnet18, 4 steps): $san"
+  for n in "${notes[@]}"; do echo "note: $n"; done
+  echo
+  echo "ResNet-50, batch 128, synthetic data, SGD momentum        oxtrain                    |          PyTorch            |  ratio (oxtrain / PyTorch)"
+  printf '%-34s %9s %8s %8s | %9s %8s %8s | %7s %7s\n' config img/s ms/step GiB img/s ms/step GiB img/s memory
+  for r in "${rows[@]}"; do echo "$r"; done
+} | tee "$out/table.txt"
+[ "$failed" -eq 0 ] && [ "$oxtrain_tf32_img" != - ]
