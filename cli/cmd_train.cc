@@ -485,6 +485,10 @@ bool TrainRun::train_epoch(int64_t epoch, int64_t first_batch) {
     step_metrics_->accumulate(b.size);
     bool print = i % a_.print_freq == 0;
     if (print) read_step_metrics(losses, top1, top5);
+    // Steps are queued ahead of the device; the last one is timed to its end, so the summary's
+    // img/s counts only finished work.
+    bool last = i + 1 == batches || (a_.steps > 0 && global_step_ >= a_.steps) || g_interrupted;
+    if (last && !print) session_->device().synchronize();
     auto now = std::chrono::steady_clock::now();
     double step_seconds = std::chrono::duration<double>(now - end).count();
     batch_time.update(step_seconds);

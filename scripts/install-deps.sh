@@ -12,6 +12,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev
   libgtest-dev libopenblas-openmp-dev
   libturbojpeg0-dev libpng-dev
+  libgloo-dev
 )
 # Extra packages a script needs on demand (scripts/fuzz.sh: clang libclang-rt-dev llvm).
 packages+=("$@")

@@ -1,0 +1,1 @@
+// gloo_communicator: see its header.

@@ -1,0 +1,1 @@
+// launch_env: see its header.
