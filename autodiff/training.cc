@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <unordered_map>
 #include <set>
 
 #include "autodiff/gradients.h"
@@ -140,6 +141,72 @@ std::set<const Value*> values_requiring_grad(const Graph& g, const Value* loss,
   for (const Value* v : forward)
     if (backward.count(v)) both.insert(v);
   return both;
+}
+
+}  // namespace
+
+std::vector<std::vector<size_t>> plan_buckets(const std::vector<int64_t>& bytes, int64_t bucket_bytes,
+                                              int64_t last_bucket_bytes) {
+  std::vector<std::vector<size_t>> buckets;
+  if (bytes.empty()) return buckets;
+  // The tail: the last gradients (at least one) up to last_bucket_bytes.
+  size_t tail = bytes.size() - 1;
+  int64_t tail_bytes = bytes[tail];
+  while (tail > 0 && tail_bytes + bytes[tail - 1] <= last_bucket_bytes) tail_bytes += bytes[--tail];
+  std::vector<size_t> current;
+  int64_t current_bytes = 0;
+  for (size_t i = 0; i < tail; ++i) {
+    current.push_back(i);
+    current_bytes += bytes[i];
+    if (current_bytes >= bucket_bytes) {
+      buckets.push_back(std::move(current));
+      current.clear();
+      current_bytes = 0;
+    }
+  }
+  if (!current.empty()) buckets.push_back(std::move(current));
+  std::vector<size_t> last;
+  for (size_t i = tail; i < bytes.size(); ++i) last.push_back(i);
+  buckets.push_back(std::move(last));
+  return buckets;
+}
+
+namespace {
+
+// One AllReduce per bucket of `grads` (backward order), each moved right after the producer of
+// its bucket's last gradient; returns the reduced gradients, in the same order.
+std::vector<Value*> insert_allreduce(Graph& g, const std::vector<Value*>& grads, const TrainingOptions& options,
+                                     TrainingGraph& result) {
+  if (options.bucket_bytes < 1 || options.last_bucket_bytes < 0)
+    throw Error("bucket sizes must be positive: bucket " + std::to_string(options.bucket_bytes) + " bytes, last " +
+                std::to_string(options.last_bucket_bytes));
+  std::vector<int64_t> bytes;
+  for (const Value* v : grads) bytes.push_back(v->bytes());
+  std::unordered_map<const Node*, size_t> position;
+  for (size_t i = 0; i < g.nodes().size(); ++i) position[g.nodes()[i].get()] = i;
+  std::vector<Value*> reduced(grads.size(), nullptr);
+  int index = 0;
+  for (const auto& bucket : plan_buckets(bytes, options.bucket_bytes, options.last_bucket_bytes)) {
+    std::vector<Value*> ins, outs;
+    std::vector<std::string> names;
+    const Node* last = nullptr;
+    for (size_t k : bucket) {
+      Value* grad = grads[k];
+      ins.push_back(grad);
+      names.push_back(grad->name);
+      outs.push_back(g.add_value(g.unique_name("allreduce/" + grad->name)));
+      if (grad->producer && (!last || position.at(grad->producer) > position.at(last))) last = grad->producer;
+    }
+    std::string name = g.unique_name("allreduce/bucket" + std::to_string(index++));
+    Node* n = g.add_node("AllReduce", ins, outs, name, graph::kOxtrainDomain);
+    n->attrs["average"].value = int64_t{1};
+    infer_node(g, *n);
+    if (last) g.move_after(n, last);
+    for (size_t j = 0; j < bucket.size(); ++j) reduced[bucket[j]] = outs[j];
+    result.allreduce_nodes.push_back(name);
+    result.buckets.push_back(std::move(names));
+  }
+  return reduced;
 }
 
 }  // namespace
@@ -335,6 +402,7 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
       xs_new.push_back(g.add_value(g.unique_name("update/" + name)));
       vs_new.push_back(g.add_value(g.unique_name("update/momentum/" + name)));
     }
+    if (options.allreduce) gs = insert_allreduce(g, gs, options, result);
     std::vector<Value*> inputs = {lr, step};
     inputs.insert(inputs.end(), xs.begin(), xs.end());
     inputs.insert(inputs.end(), gs.begin(), gs.end());

@@ -29,7 +29,20 @@ struct TrainingOptions {
   std::vector<std::string> wrt;
   // Make every gradient of a parameter or `wrt` value a graph output named "grad/<name>".
   bool expose_gradients = false;
+  // Data parallel: average the parameters' gradients over the ranks before the optimizer,
+  // with one oxtrain.AllReduce node per bucket. Buckets follow the order backward finishes
+  // gradients and hold about `bucket_bytes` each (PyTorch DDP's 25 MB), except the last,
+  // which holds the gradients finished in the last `last_bucket_bytes` (the first layers), so
+  // little is left to reduce after backward ends. Each node sits in the schedule right after
+  // its bucket's last gradient is produced, so it can run while backward goes on.
+  bool allreduce = false;
+  int64_t bucket_bytes = 25'000'000;
+  int64_t last_bucket_bytes = 1 << 20;
 };
+
+// Buckets over gradient sizes in backward order (see TrainingOptions::allreduce): index lists.
+std::vector<std::vector<size_t>> plan_buckets(const std::vector<int64_t>& bytes, int64_t bucket_bytes,
+                                              int64_t last_bucket_bytes);
 
 struct TrainingGraph {
   graph::Graph graph;
@@ -40,6 +53,10 @@ struct TrainingGraph {
   std::string step;
   // (value, its gradient) in the order backward finishes them: the order of gradient buckets.
   std::vector<std::pair<std::string, std::string>> gradients;
+  // With TrainingOptions::allreduce: the AllReduce nodes' names, and each bucket's gradient
+  // names, in order.
+  std::vector<std::string> allreduce_nodes;
+  std::vector<std::vector<std::string>> buckets;
   int64_t forward_nodes = 0, backward_nodes = 0, optimizer_nodes = 0;
 };
 

@@ -407,6 +407,18 @@ std::vector<Value*> Graph::initializers() const {
   return out;
 }
 
+void Graph::move_after(const Node* node, const Node* anchor) {
+  auto find = [this](const Node* n) {
+    return std::find_if(nodes_.begin(), nodes_.end(), [n](const auto& p) { return p.get() == n; });
+  };
+  auto from = find(node);
+  if (from == nodes_.end() || find(anchor) == nodes_.end())
+    throw Error("move_after: node not in the graph");
+  std::unique_ptr<Node> held = std::move(*from);
+  nodes_.erase(from);
+  nodes_.insert(find(anchor) + 1, std::move(held));
+}
+
 void Graph::topological_sort() {
   std::unordered_map<const Node*, int> pending;
   std::unordered_map<const Node*, size_t> position;

@@ -183,6 +183,10 @@ class Graph {
 
   // Re-sorts nodes topologically (stable); throws on a cycle.
   void topological_sort();
+  // Moves `node` to just after `anchor` in the node order (the schedule). The caller keeps
+  // the order topological: every input of `node` is produced at or before `anchor`, and no
+  // node between `anchor` and `node`'s old place reads its outputs.
+  void move_after(const Node* node, const Node* anchor);
 
  private:
   std::vector<std::unique_ptr<Node>> nodes_;

@@ -788,6 +788,25 @@ void infer_reduce_sum_to(Node& n, const InferContext&) {
   set_out(n, 0, in(n, 0).dtype, target);
 }
 
+// AllReduce: output i is input i summed (averaged) over ranks, computed in input i's buffer.
+OpFacts all_reduce_facts(const Node& n) {
+  OpFacts f;
+  for (size_t i = 0; i < n.inputs.size(); ++i) f.shares_input.push_back({i, i});
+  return f;
+}
+
+void infer_all_reduce(Node& n, const InferContext&) {
+  if (n.inputs.size() != n.outputs.size())
+    throw Error(n.describe() + ": " + std::to_string(n.inputs.size()) + " inputs but " +
+                std::to_string(n.outputs.size()) + " outputs; each input has its output");
+  for (size_t i = 0; i < n.inputs.size(); ++i) {
+    if (in(n, i).dtype != DType::f32 && in(n, i).dtype != DType::f64)
+      throw Error(n.describe() + ": input " + std::to_string(i) + " is " + dtype_name(in(n, i).dtype) +
+                  "; AllReduce sums floating-point gradients");
+    set_out(n, i, in(n, i).dtype, in_shape(n, i));
+  }
+}
+
 // Sum: the output may take any input's buffer.
 OpFacts sum_facts(const Node& n) {
   OpFacts f;
@@ -864,6 +883,7 @@ std::vector<OpSchema>& registry() {
         {kOxtrainDomain, "SoftmaxGrad", same_as_input, nullptr},
         {kOxtrainDomain, "SoftmaxCrossEntropyLossGrad", infer_like_input1, nullptr},
         {kOxtrainDomain, "ReduceSumTo", infer_reduce_sum_to, nullptr},
+        {kOxtrainDomain, "AllReduce", infer_all_reduce, nullptr, {}, false, {}, all_reduce_facts},
     };
     return r;
   }();

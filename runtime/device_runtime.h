@@ -28,6 +28,8 @@ class DeviceRuntime {
 
   Device device() const { return context_.device; }
   const ExecContext& context() const { return context_; }
+  // The communicator collective kernels use (null: this process alone); set before compiling.
+  void set_communicator(dist::Communicator* communicator) { context_.communicator = communicator; }
   const DeviceCounters& counters() const { return counters_; }
   // "cpu" or "NVIDIA H200 (cuda:0)".
   virtual std::string description() const = 0;

@@ -43,6 +43,7 @@ const KernelRegistry& KernelRegistry::global() {
     register_cpu_matmul_kernels(r);
     register_cpu_loss_kernels(r);
     register_cpu_optimizer_kernels(r);
+    register_cpu_collective_kernels(r);
 #ifdef OXTRAIN_HAVE_CUDA
     register_cuda_elementwise_kernels(r);
     register_cuda_loss_kernels(r);

@@ -38,11 +38,16 @@ enum class Precision { fp32, tf32 };
 const char* precision_name(Precision precision);
 
 struct CudaContext;  // runtime/cuda/context.h, in CUDA builds
+namespace dist {
+class Communicator;  // runtime/dist/communicator.h
+}
 
-// Where a kernel runs: the device and, on CUDA, the stream and library handles.
+// Where a kernel runs: the device and, on CUDA, the stream and library handles; with data
+// parallelism, the communicator of the job's ranks (null: this process alone).
 struct ExecContext {
   Device device = Device::cpu;
   CudaContext* cuda = nullptr;
+  dist::Communicator* communicator = nullptr;
 };
 
 // A typed view of a buffer the runtime owns.

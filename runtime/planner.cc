@@ -156,6 +156,22 @@ MemoryPlan plan_memory(const graph::Graph& g, const PlanOptions& options) {
     for (size_t o = 0; o < n.outputs.size(); ++o) {
       const Value* v = n.outputs[o];
       if (!v || plan.placements.count(v)) continue;
+      // In place over a gradient that dies here (AllReduce): the result stays in the gradient
+      // arena, so each bucket remains one contiguous slice.
+      if (options.in_place) {
+        const Value* over = nullptr;
+        for (const auto& [out_index, in_index] : graph::node_facts(n).shares_input) {
+          const Value* in = out_index == o && in_index < n.inputs.size() ? n.inputs[in_index] : nullptr;
+          if (in && gradient_set.count(in) && in->bytes() == v->bytes() && last_use(in) == i &&
+              !graph_outputs.count(in))
+            over = in;
+        }
+        if (over) {
+          plan.placements[v] = plan.at(over);
+          plan.in_place.push_back({v, over});
+          continue;
+        }
+      }
       activations.push_back(v);
       plan.activation_naive_bytes = plan_add(plan.activation_naive_bytes, align_up(v->bytes(), options.alignment));
       // In place: over an input activation of the same size that dies here, where the op's

@@ -40,6 +40,9 @@ struct SessionOptions {
   bool profile = false;
   // CUDA: capture the step as a CUDA graph after one eager step and replay it.
   bool cuda_graph = true;
+  // Data parallel: the job's communicator, for AllReduce nodes (null: this process alone,
+  // where an AllReduce passes its input through). Not owned; must outlive the Session.
+  dist::Communicator* communicator = nullptr;
 };
 
 // What compile decides, before any device memory exists.

@@ -22,5 +22,7 @@ void register_cpu_matmul_kernels(KernelRegistry& registry);
 void register_cpu_loss_kernels(KernelRegistry& registry);
 // optimizer.cc: ai.onnx.preview.training.Momentum
 void register_cpu_optimizer_kernels(KernelRegistry& registry);
+// collective.cc: oxtrain.AllReduce
+void register_cpu_collective_kernels(KernelRegistry& registry);
 
 }  // namespace oxtrain::runtime
