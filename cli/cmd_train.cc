@@ -23,6 +23,7 @@
 #include "base/files.h"
 #include "base/text.h"
 #include "cli/commands.h"
+#include "cli/distributed.h"
 #include "cli/flags.h"
 #include "cli/progress.h"
 #include "cli/train_data.h"
@@ -63,8 +64,13 @@ struct TrainArgs {
   bool num_classes_given = false;  // an explicit --num-classes 0 is refused
   std::string lr_schedule = "step";
   int world_size = 1, rank = 0;
+  bool world_size_given = false, rank_given = false;
   std::string dist_url, dist_backend = "nccl";
   bool multiprocessing_distributed = false;
+  int nproc_per_node = 0;  // 0: the GPUs visible (CPU: 1)
+  double bucket_mb = 25;
+  double dist_timeout_minutes = 30;
+  bool log_all_ranks = false;
   int64_t threads = 0;
   bool allow_external_data_anywhere = false;
 };
@@ -136,9 +142,11 @@ void check_args(const TrainArgs& a) {
   check_numbers(a);
   if (a.lr_schedule != "step" && a.lr_schedule != "cosine")
     throw Error("--lr-schedule is 'step' (10x every 30 epochs, as main.py) or 'cosine'");
-  if (a.world_size != 1 || a.rank != 0 || a.multiprocessing_distributed)
-    throw Error("distributed training (--world-size > 1) needs the CUDA runtime, which is not "
-                "built yet; run with --world-size 1");
+  if (!(a.bucket_mb > 0 && a.bucket_mb <= 4096))
+    throw Error("--bucket-mb must be in (0, 4096], got " + number_text(a.bucket_mb));
+  if (!(a.dist_timeout_minutes > 0 && a.dist_timeout_minutes <= 7 * 24 * 60))
+    throw Error("--dist-timeout (minutes) must be in (0, 10080], got " + number_text(a.dist_timeout_minutes));
+  check_range("--nproc-per-node", a.nproc_per_node, 0, 1024);
   if (a.device != "cpu" && a.device != "cuda" && a.device != "auto")
     throw Error("--device is cpu, cuda or auto (cuda where a GPU is visible), got '" + escape_name(a.device) + "'");
   if (a.precision != "fp32" && a.precision != "tf32")
@@ -224,11 +232,13 @@ Model load_model(const TrainArgs& a, int64_t classes) {
 
 class TrainRun {
  public:
-  explicit TrainRun(const TrainArgs& a) : a_(a) {}
+  explicit TrainRun(const TrainArgs& a) : args_(a), a_(args_) {}
 
   int run();
 
  private:
+  void join();  // the data-parallel job, when there is one
+  bool logs() const { return !job_ || job_->is_root() || a_.log_all_ranks; }
   void build_sources();
   void build_sessions();
   void restore(const std::string& path);
@@ -247,7 +257,9 @@ class TrainRun {
   }
   const graph::Shape& image_shape() const { return image_shape_; }
 
+  TrainArgs args_;  // -b becomes this process's share under --multiprocessing-distributed
   const TrainArgs& a_;
+  std::optional<Job> job_;
   SourceOptions source_options_;
   std::optional<InputTensors> input_tensors_;  // until checked against the model
   std::unique_ptr<BatchSource> train_, val_;
@@ -272,6 +284,10 @@ void TrainRun::build_sources() {
   so.seed = static_cast<uint64_t>(a_.seed);
   so.min_crop_scale = a_.min_crop_scale;
   so.classes = a_.num_classes > 0 ? a_.num_classes : 1000;
+  if (job_) {
+    so.rank = job_->config.rank;
+    so.world = job_->config.world_size;
+  }
   if (a_.synthetic) {
     train_ = synthetic_source(so);
   } else if (!a_.input_tensors.empty()) {
@@ -314,12 +330,15 @@ void TrainRun::build_sessions() {
   so.threads = static_cast<int>(a_.threads);
   so.device = device();
   so.precision = a_.precision == "fp32" ? runtime::Precision::fp32 : runtime::Precision::tf32;
+  if (job_) so.communicator = job_->comm.get();
   if (so.device == runtime::Device::cuda) set_activity("compiling the step for the GPU");
   if (!a_.evaluate) {
     graph::Graph copy = graph::copy_graph(model_.forward, {a_.batch_size, true});
     autodiff::TrainingOptions to;
     to.momentum = a_.momentum;
     to.weight_decay = a_.weight_decay;
+    to.allreduce = job_.has_value();
+    to.bucket_bytes = static_cast<int64_t>(a_.bucket_mb * 1e6);
     tg_ = autodiff::build_training_graph(std::move(copy), to);
     for (const auto& [v, d] : tg_.gradients) so.gradients.push_back(d);
     graph::Graph g = std::move(tg_.graph);
@@ -408,12 +427,18 @@ void TrainRun::restore(const std::string& path) {
   check_checkpoint_values(ck, path, *target, session_ != nullptr);
   for (const auto& [name, tensor] : ck.tensors)
     if (target->graph().find_value(name)) target->assign(name, tensor);
-  std::printf("=> loaded checkpoint '%s' (epoch %lld, batch %lld, step %lld)\n", path.c_str(),
+  if (logs())
+    std::printf("=> loaded checkpoint '%s' (epoch %lld, batch %lld, step %lld)\n", path.c_str(),
               static_cast<long long>(start_epoch_), static_cast<long long>(resume_batch_),
               static_cast<long long>(global_step_));
 }
 
 void TrainRun::save_checkpoint(int64_t epoch, int64_t batch_in_epoch, bool is_best) {
+  std::string path = (fs::path(a_.checkpoint_dir) / "checkpoint.oxt").string();
+  if (job_ && !job_->is_root()) {  // every rank holds the same weights: rank 0 writes them
+    last_checkpoint_ = path;
+    return;
+  }
   runtime::Checkpoint ck;
   ck.meta = {{"model", model_.source},
              {"epoch", std::to_string(epoch)},
@@ -424,7 +449,6 @@ void TrainRun::save_checkpoint(int64_t epoch, int64_t batch_in_epoch, bool is_be
              {"seed", std::to_string(a_.seed)}};
   for (const auto& [state, next] : session_->graph().updates)
     ck.tensors.emplace_back(state->name, session_->fetch(state->name));
-  std::string path = (fs::path(a_.checkpoint_dir) / "checkpoint.oxt").string();
   set_activity("writing the checkpoint");
   runtime::save_checkpoint(ck, path);
   last_checkpoint_ = path;
@@ -494,10 +518,11 @@ bool TrainRun::train_epoch(int64_t epoch, int64_t first_batch) {
     batch_time.update(step_seconds);
     end = now;
     step_seconds_.push_back(step_seconds);
-    if (print) std::printf("%s\n", progress.line(i).c_str()), std::fflush(stdout);
+    if (print && logs()) std::printf("%s\n", progress.line(i).c_str()), std::fflush(stdout);
     if (g_interrupted) {
       save_checkpoint(epoch, i + 1, false);
-      std::printf("interrupted: saved '%s' at epoch %lld, batch %lld; resume with --resume %s\n",
+      if (logs())
+        std::printf("interrupted: saved '%s' at epoch %lld, batch %lld; resume with --resume %s\n",
                   last_checkpoint_.c_str(), static_cast<long long>(epoch), static_cast<long long>(i + 1),
                   last_checkpoint_.c_str());
       return false;
@@ -543,9 +568,18 @@ double TrainRun::validate() {
     auto now = std::chrono::steady_clock::now();
     batch_time.update(std::chrono::duration<double>(now - end).count());
     end = now;
-    if (i % a_.print_freq == 0) std::printf("%s\n", progress.line(i).c_str());
+    if (i % a_.print_freq == 0 && logs()) std::printf("%s\n", progress.line(i).c_str());
   }
-  std::printf("%s\n", test_summary(top1.avg(), top5.avg()).c_str());
+  if (job_) {
+    // Each rank validated its share of DATA/val: the job's figures are the sums over ranks.
+    std::vector<double> sums{top1.sum(), top5.sum(), losses.sum(), static_cast<double>(top1.count())};
+    allreduce_host(*job_, sums);
+    auto count = static_cast<int64_t>(std::llround(sums[3]));
+    top1.set(top1.val(), sums[0], count);
+    top5.set(top5.val(), sums[1], count);
+    losses.set(losses.val(), sums[2], count);
+  }
+  if (logs()) std::printf("%s\n", test_summary(top1.avg(), top5.avg()).c_str());
   std::fflush(stdout);
   set_activity("training");
   metrics_["val"].push_back({{"acc1", top1.avg()}, {"acc5", top5.avg()}, {"loss", losses.avg()}});
@@ -553,6 +587,7 @@ double TrainRun::validate() {
 }
 
 void TrainRun::save_model() {
+  if (job_ && !job_->is_root()) return;
   runtime::Session& s = session_ ? *session_ : *eval_session_;
   for (graph::Value* v : model_.forward.initializers()) {
     if (v->role == graph::Role::Constant || !s.graph().find_value(v->name)) continue;
@@ -563,9 +598,40 @@ void TrainRun::save_model() {
   std::printf("=> saved the trained model to '%s'\n", a_.save_model.c_str());
 }
 
+void TrainRun::join() {
+  runtime::dist::DistFlags f;
+  if (!a_.dist_url.empty()) f.dist_url = a_.dist_url;
+  if (a_.world_size_given) f.world_size = a_.world_size;
+  if (a_.rank_given) f.rank = a_.rank;
+  f.multiprocessing_distributed = a_.multiprocessing_distributed;
+  if (auto w = spawned_worker()) {
+    f.local_worker = w->first;
+    f.workers_per_node = w->second;
+  }
+  std::optional<runtime::dist::DistConfig> config = runtime::dist::dist_config(f, runtime::dist::current_environment());
+  if (!config) return;
+  if (a_.multiprocessing_distributed) {
+    // As main.py: -b is the node's batch, shared by its workers.
+    int workers = config->local_world_size;
+    if (a_.batch_size % workers != 0)
+      throw Error("-b " + std::to_string(a_.batch_size) + " is the node's batch and must divide among its " +
+                  std::to_string(workers) + " workers");
+    args_.batch_size /= workers;
+  }
+  set_activity("joining the data-parallel job");
+  JoinOptions jo;
+  jo.backend = a_.dist_backend;
+  jo.timeout = std::chrono::milliseconds(static_cast<int64_t>(a_.dist_timeout_minutes * 60'000));
+  if (jo.backend == "gloo" && device() == runtime::Device::cuda)
+    throw Error("--dist-backend gloo reduces CPU buffers: use it with --device cpu (GPUs take nccl)");
+  job_ = join_job(*config, jo);
+  if (logs()) std::printf("=> %s\n", runtime::dist::describe(*config).c_str());
+}
+
 int TrainRun::run() {
   set_activity("checking the flags");
   check_args(a_);
+  join();
   prepare_outputs(a_);
   set_activity("loading the data");
   build_sources();
@@ -575,6 +641,20 @@ int TrainRun::run() {
   if (!a_.resume.empty()) {
     set_activity("resuming from the checkpoint");
     restore(a_.resume);
+  }
+  if (job_) {
+    set_activity("agreeing on the job with every rank");
+    runtime::Session& s = session_ ? *session_ : *eval_session_;
+    int64_t parameters = 0;
+    for (const graph::Value* v : s.graph().initializers())
+      if (v->role == graph::Role::Parameter) parameters += v->numel();
+    check_same_job(*job_, {{"model", fs::path(model_.source).filename().string()},
+                           {"parameters", std::to_string(parameters)},
+                           {"batch per rank", std::to_string(a_.batch_size)},
+                           {"world size", std::to_string(job_->config.world_size)},
+                           {"mode", a_.evaluate ? "evaluate" : "train"}});
+    // Every rank starts from rank 0's weights and state (as PyTorch DDP's first broadcast).
+    broadcast_persistent(*job_, s);
   }
   set_activity("training");
   if (a_.evaluate) {
@@ -600,12 +680,17 @@ int TrainRun::run() {
   bool gpu = device() == runtime::Device::cuda;
   summary.device = gpu ? "GPU" : "CPU";
   summary.global_batch = a_.batch_size;
+  if (job_) {
+    summary.devices_per_node = job_->config.local_world_size;
+    summary.nodes = std::max(1, job_->config.world_size / std::max(1, job_->config.local_world_size));
+    summary.global_batch = a_.batch_size * job_->config.world_size;
+  }
   summary.step_seconds = step_seconds_;
   // On a GPU: the most device memory the runtime held (arenas, staging, metrics); on the CPU,
   // the process's peak resident memory.
   int64_t peak = gpu ? peak_device_bytes() : peak_rss_bytes();
   summary.peak_memory_bytes = static_cast<double>(peak);
-  std::printf("%s\n", throughput_summary(summary).c_str());
+  if (logs()) std::printf("%s\n", throughput_summary(summary).c_str());
   // The same figures for --metrics-json: steps after the warm-up ones.
   size_t skip = step_seconds_.size() > static_cast<size_t>(summary.warmup_steps)
                     ? static_cast<size_t>(summary.warmup_steps) : 0;
@@ -616,7 +701,7 @@ int TrainRun::run() {
   double mean_step = timed_steps > 0 ? timed / static_cast<double>(timed_steps) : 0;
   if (train_->bad_files() > 0)
     std::printf("oxtrain: %lld unreadable images were skipped\n", static_cast<long long>(train_->bad_files()));
-  if (!a_.metrics_json.empty()) {
+  if (!a_.metrics_json.empty() && (!job_ || job_->is_root())) {
     metrics_["steps"] = global_step_;
     metrics_["images_per_second"] = img_s;
     metrics_["mean_step_seconds"] = mean_step;
@@ -672,11 +757,27 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_option("--dist-url", a->dist_url, "rendezvous URL, e.g. tcp://host:23456");
   cmd->add_option("--dist-backend", a->dist_backend, "nccl or gloo")->capture_default_str();
   cmd->add_flag("--multiprocessing-distributed", a->multiprocessing_distributed,
-                "one process per GPU of this node");
+                "one process per GPU of this node (per --nproc-per-node on the CPU)");
+  cmd->add_option("--nproc-per-node", a->nproc_per_node,
+                  "with --multiprocessing-distributed: workers on this node (default: the GPUs visible, on the CPU 1)");
+  cmd->add_option("--bucket-mb", a->bucket_mb, "data parallel: gradient bucket size in MB")->capture_default_str();
+  cmd->add_option("--dist-timeout", a->dist_timeout_minutes,
+                  "data parallel: minutes to wait for the other ranks")->capture_default_str();
+  cmd->add_flag("--log-all-ranks", a->log_all_ranks, "data parallel: every rank prints its log lines, not only rank 0");
   cmd->add_flag("--allow-external-data-anywhere", a->allow_external_data_anywhere,
                 "let the model's external data files lie outside its folder");
   return {cmd, [a, cmd]() {
     a->num_classes_given = cmd->count("--num-classes") > 0;
+    a->world_size_given = cmd->count("--world-size") > 0;
+    a->rank_given = cmd->count("--rank") > 0;
+    if (a->multiprocessing_distributed) {
+      int workers = a->nproc_per_node;
+      if (workers == 0) {
+        bool cpu = a->device == "cpu" || (a->device == "auto" && runtime::cuda_devices().empty());
+        workers = cpu ? 1 : static_cast<int>(runtime::cuda_devices().size());
+      }
+      if (std::optional<int> code = run_local_workers(workers)) return *code;
+    }
     TrainRun run(*a);
     return run.run();
   }};

@@ -52,6 +52,8 @@ class FolderSource : public BatchSource {
     lo.workers = o.workers;
     lo.seed = o.seed;
     lo.crop.scale_min = o.min_crop_scale;
+    lo.rank = o.rank;
+    lo.world = o.world;
     loader_ = std::make_unique<io::Loader>(*dataset_, lo);
     images_.resize(static_cast<size_t>(o.batch_size * 3 * o.image_size * o.image_size));
     labels_.resize(static_cast<size_t>(o.batch_size));
@@ -122,7 +124,8 @@ std::unique_ptr<BatchSource> folder_source(const std::string& root, const Source
 }
 
 std::unique_ptr<BatchSource> synthetic_source(const SourceOptions& o) {
-  io::SyntheticBatch s = io::make_synthetic_batch(o.batch_size, o.image_size, o.classes, o.seed);
+  io::SyntheticBatch s =
+      io::make_synthetic_batch(o.batch_size, o.image_size, o.classes, o.seed + static_cast<uint64_t>(o.rank));
   std::vector<float> images(static_cast<size_t>(o.batch_size * 3 * o.image_size * o.image_size));
   runtime::normalize_u8_nhwc_to_f32_nchw_cpu(images.data(), s.images.data(),
                                             imagenet_params(o.batch_size, o.image_size));

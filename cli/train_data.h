@@ -40,6 +40,9 @@ struct SourceOptions {
   bool train = true;
   int64_t classes = 1000;  // for synthetic labels
   double min_crop_scale = 0.08;  // RandomResizedCrop's smallest area fraction
+  // Data parallel: this rank's share of each epoch (DistributedSampler's), and for synthetic
+  // data a batch of its own.
+  int rank = 0, world = 1;
 };
 
 // DATA/train or DATA/val when they exist (or DATA itself for training), an ImageFolder.

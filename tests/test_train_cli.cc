@@ -111,7 +111,7 @@ TEST(TrainCli, BadSettingsAreRefusedBeforeTraining) {
       {"-b 8 --lr 0", "--lr must be a finite number greater than 0, got 0"},
       {"-b 1000", "larger than the 400 images"},
       {"-b 8 --num-classes 7", "the model has 7 classes but the dataset has 10"},
-      {"-b 8 --world-size 2", "--world-size 1"},
+      {"-b 8 --world-size 2", "--rank is required with --world-size 2"},
   };
   for (const auto& c : cases) {
     auto r = test::run_oxtrain("train " + dataset() + kSmall + c.args + " --checkpoint-dir " +
