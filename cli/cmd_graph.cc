@@ -18,6 +18,7 @@
 #include "graph/inspect.h"
 #include "graph/onnx_io.h"
 #include "runtime/device.h"
+#include "runtime/dist/scaling.h"
 #include "runtime/device_runtime.h"
 #include "runtime/planner.h"
 #include "runtime/session.h"
@@ -38,6 +39,9 @@ struct GraphArgs {
   bool allow_external_data_anywhere = false;
   std::string device;  // with --training: compile for this device and report its plan
   std::string precision = "tf32";
+  int world_size = 1;     // > 1: with AllReduce buckets
+  double bucket_mb = 25;
+  double simulate_step_ms = 0;  // > 0: predict data-parallel scaling from this one-GPU step
 };
 
 // Reports (dot, SVG) are written whole or not at all, like every file oxtrain writes.
@@ -109,7 +113,25 @@ DeviceReport compile_for_device(const GraphArgs& args, const autodiff::TrainingG
 }
 
 int run_training_report(const GraphArgs& args, graph::Graph forward) {
-  autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(forward));
+  autodiff::TrainingOptions to;
+  to.allreduce = args.world_size > 1 || args.simulate_step_ms > 0;
+  to.bucket_bytes = static_cast<int64_t>(args.bucket_mb * 1e6);
+  autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(forward), to);
+  std::vector<int64_t> bucket_bytes;
+  for (const auto& bucket : tg.buckets) {
+    int64_t bytes = 0;
+    for (const auto& name : bucket) bytes += tg.graph.value(name)->bytes();
+    bucket_bytes.push_back(bytes);
+  }
+  std::string scaling;
+  if (args.simulate_step_ms > 0) {
+    runtime::dist::NodeTimeEstimate estimate;
+    estimate.forward_backward_seconds = args.simulate_step_ms / 1000.0;
+    std::vector<double> seconds = runtime::dist::estimate_node_seconds(tg.graph, estimate);
+    runtime::dist::StepProfile profile = runtime::dist::profile_step(tg.graph, seconds, tg.allreduce_nodes);
+    int64_t batch = graph::batch_size_of(tg.graph);
+    scaling = args.json ? runtime::dist::scaling_json(profile, {}, batch) : runtime::dist::scaling_table(profile, {}, batch);
+  }
   std::optional<DeviceReport> dev;
   if (!args.device.empty()) dev = compile_for_device(args, tg);
   runtime::PlanOptions options;
@@ -154,6 +176,8 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     j["activation_naive_bytes"] = plan.activation_naive_bytes;
     j["peak_live_bytes"] = plan.peak_live_bytes;
     j["in_place_values"] = plan.in_place.size();
+    if (!bucket_bytes.empty()) j["allreduce_bucket_bytes"] = bucket_bytes;
+    if (!scaling.empty()) j["scaling"] = nlohmann::json::parse(scaling);
     if (dev) {
       nlohmann::json d;
       d["device"] = dev->device;
@@ -190,6 +214,15 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
               << "largest values:\n";
     for (const auto* v : largest)
       std::cout << "  " << human_bytes(v->bytes()) << "  " << v->name << " " << v->shape_string() << "\n";
+    if (!bucket_bytes.empty()) {
+      std::cout << "allreduce    " << bucket_bytes.size() << " buckets in backward order, each reduced once its last "
+                << "gradient exists:";
+      for (int64_t b : bucket_bytes) std::cout << " " << human_bytes(b);
+      std::cout << "\n";
+    }
+    if (!scaling.empty())
+      std::cout << "predicted data-parallel scaling (ring allreduce over NVLink within a node, 100 Gb/s between "
+                << "nodes; one-GPU step " << args.simulate_step_ms << " ms):\n" << scaling;
     if (dev) {
       int64_t total = plan.input_bytes + plan.parameter_bytes + plan.state_arena_bytes + plan.gradient_bytes +
                       plan.activation_arena_bytes;
@@ -240,12 +273,23 @@ Subcommand add_graph_command(CLI::App& app) {
                   "with --training: compile the step for cpu or cuda and report the device plan (arenas, "
                   "workspaces, chosen algorithms)");
   cmd->add_option("--precision", args->precision, "with --device: fp32 (strict) or tf32")->capture_default_str();
+  cmd->add_option("--world-size", args->world_size, "with --training: ranks; above 1 the graph reduces gradients in buckets");
+  cmd->add_option("--bucket-mb", args->bucket_mb, "with --world-size: gradient bucket size in MB")->capture_default_str();
+  cmd->add_option("--simulate", args->simulate_step_ms,
+                  "with --training: predict data-parallel scaling (1n1c to 64n512c) from a one-GPU step of this many ms");
   return {cmd, [args]() {
     if (!args->device.empty() && args->device != "cpu" && args->device != "cuda")
       throw Error("--device is cpu or cuda, got '" + escape_name(args->device) + "'");
     if (args->precision != "fp32" && args->precision != "tf32")
       throw Error("--precision is fp32 or tf32, got '" + escape_name(args->precision) + "'");
     if (!args->device.empty() && !args->training) throw Error("--device needs --training");
+    check_range("--world-size", args->world_size, 1, 1 << 20);
+    if (!(args->bucket_mb > 0 && args->bucket_mb <= 4096))
+      throw Error("--bucket-mb must be in (0, 4096]");
+    if (!(args->simulate_step_ms >= 0 && args->simulate_step_ms < 1e9))
+      throw Error("--simulate is a step time in milliseconds");
+    if ((args->world_size > 1 || args->simulate_step_ms > 0) && !args->training)
+      throw Error("--world-size and --simulate need --training");
     if (args->batch_size) check_range("--batch-size", *args->batch_size, 1, kMaxBatchSize);
     if (!args->plot.empty() && !args->training) throw Error("--plot needs --training");
     graph::ImportOptions options;

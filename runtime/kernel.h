@@ -81,6 +81,12 @@ class Kernel {
   // What was chosen at compile time (engine, algorithm, workspace), for `oxtrain graph`;
   // empty when there is nothing to say.
   virtual std::string describe() const { return {}; }
+  // A kernel that finishes in the background (a collective on a communication thread) returns
+  // from run() at once; wait() blocks until its work is done and rethrows its failure. The
+  // Session waits before the first node that reads its outputs and at the end of the step, so
+  // later nodes compute while it runs.
+  virtual bool asynchronous() const { return false; }
+  virtual void wait() {}
 };
 
 // What a factory sees at compile time.

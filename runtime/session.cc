@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <unordered_map>
 
 #include "base/checked.h"
 #include "base/text.h"
@@ -189,6 +190,15 @@ void Session::allocate() {
     args_.push_back(std::move(args));
   }
   fed_.assign(compiled_.graph.inputs.size(), false);
+  // Which asynchronous producers each node reads from.
+  std::unordered_map<const graph::Node*, size_t> index;
+  for (size_t i = 0; i < nodes.size(); ++i) index[nodes[i].get()] = i;
+  waits_before_.assign(nodes.size(), {});
+  pending_.assign(nodes.size(), false);
+  for (size_t i = 0; i < nodes.size(); ++i)
+    for (const Value* v : nodes[i]->inputs)
+      if (v && v->producer && compiled_.kernels[index.at(v->producer)]->asynchronous())
+        waits_before_[i].push_back(index.at(v->producer));
   runtime_->synchronize();
 }
 
@@ -231,23 +241,57 @@ void Session::feed(const std::string& name, graph::DType dtype, const graph::Sha
   throw Error("the graph has no input named '" + name + "'");
 }
 
+void Session::wait_pending(bool rethrow) {
+  for (size_t j = 0; j < pending_.size(); ++j) {
+    if (!pending_[j]) continue;
+    pending_[j] = false;
+    try {
+      compiled_.kernels[j]->wait();
+    } catch (const Error& e) {
+      if (rethrow) throw Error(std::string(e.what()) + " (while running " + compiled_.graph.nodes()[j]->describe() + ")");
+    }
+  }
+}
+
 void Session::run_step() {
   const auto& nodes = compiled_.graph.nodes();
   const bool profile = options_.profile;
   if (profile) node_seconds_.resize(nodes.size(), 0.0);
-  for (size_t i = 0; i < nodes.size(); ++i) {
-    try {
-      if (profile) {
-        auto start = std::chrono::steady_clock::now();
-        compiled_.kernels[i]->run(args_[i]);
-        runtime_->synchronize();
-        node_seconds_[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      } else {
-        compiled_.kernels[i]->run(args_[i]);
+  size_t i = 0;
+  try {
+    for (; i < nodes.size(); ++i) {
+      for (size_t j : waits_before_[i]) {
+        if (!pending_[j]) continue;
+        pending_[j] = false;
+        try {
+          compiled_.kernels[j]->wait();
+        } catch (const Error& e) {
+          throw Error(std::string(e.what()) + " (while running " + nodes[j]->describe() + ")");
+        }
       }
-    } catch (const Error& e) {
-      throw Error(std::string(e.what()) + " (while running " + nodes[i]->describe() + ")");
+      Kernel& kernel = *compiled_.kernels[i];
+      try {
+        if (profile) {
+          auto start = std::chrono::steady_clock::now();
+          kernel.run(args_[i]);
+          if (kernel.asynchronous()) kernel.wait();
+          runtime_->synchronize();
+          node_seconds_[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        } else {
+          kernel.run(args_[i]);
+          if (kernel.asynchronous()) {
+            if (options_.overlap) pending_[i] = true;
+            else kernel.wait();
+          }
+        }
+      } catch (const Error& e) {
+        throw Error(std::string(e.what()) + " (while running " + nodes[i]->describe() + ")");
+      }
     }
+    wait_pending(true);
+  } catch (...) {
+    wait_pending(false);  // nothing may still write into the arenas once the step has failed
+    throw;
   }
   const auto& updates = compiled_.graph.updates;
   for (size_t u = 0; u < updates.size(); ++u) {

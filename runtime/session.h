@@ -43,6 +43,9 @@ struct SessionOptions {
   // Data parallel: the job's communicator, for AllReduce nodes (null: this process alone,
   // where an AllReduce passes its input through). Not owned; must outlive the Session.
   dist::Communicator* communicator = nullptr;
+  // Asynchronous kernels (collectives) run while later nodes compute; false waits for each
+  // at once (for measuring what the overlap saves).
+  bool overlap = true;
 };
 
 // What compile decides, before any device memory exists.
@@ -95,6 +98,7 @@ class Session {
  private:
   void allocate();
   void run_step();  // kernels, then updates not written in place
+  void wait_pending(bool rethrow);
   void* address(const graph::Value* v) const;
 
   SessionOptions options_;
@@ -102,6 +106,9 @@ class Session {
   CompiledGraph compiled_;
   uint8_t* arenas_[6] = {};  // by Arena; Arena::none's slot holds the input staging arena
   std::vector<KernelArgs> args_;
+  // Asynchronous kernels: for each node, the asynchronous producers it must wait for first.
+  std::vector<std::vector<size_t>> waits_before_;
+  std::vector<bool> pending_;
   std::vector<bool> fed_;
   std::vector<const graph::Value*> staged_;  // inputs staged since the last step
   std::vector<double> node_seconds_;

@@ -124,7 +124,9 @@ TEST(AllReduceGraph, BucketsAreContiguousSlicesReducedInPlace) {
       EXPECT_EQ(in.arena, runtime::Arena::gradient);
       EXPECT_EQ(out.arena, runtime::Arena::gradient);
       EXPECT_EQ(out.offset, in.offset) << n->inputs[i]->name;
-      if (expected >= 0) EXPECT_EQ(in.offset, expected) << name << ": not one contiguous slice";
+      if (expected >= 0) {
+        EXPECT_EQ(in.offset, expected) << name << ": not one contiguous slice";
+      }
       expected = in.offset + (in.bytes + 63) / 64 * 64;
     }
   }

@@ -104,3 +104,23 @@ TEST(Cli, GraphTrainingDevicePlan) {
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--device needs --training"), std::string::npos) << bad.err;
 }
+
+// --world-size shows the allreduce buckets: ResNet-50's 102 MB of gradients in 25 MB buckets
+// and a last one under 1 MiB; --simulate adds the predicted scaling table.
+TEST(Cli, GraphTrainingBucketsAndScaling) {
+  std::string dir = test::temp_dir();
+  ASSERT_EQ(test::run_oxtrain("zoo resnet50 -o " + dir + "/r50.onnx").exit_code, 0);
+  auto r = test::run_oxtrain("graph " + dir + "/r50.onnx --training -b 2 --world-size 8 --simulate 367 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  std::vector<int64_t> buckets = j["allreduce_bucket_bytes"];
+  ASSERT_EQ(buckets.size(), 5u);
+  int64_t total = 0;
+  for (int64_t b : buckets) total += b;
+  EXPECT_EQ(total, int64_t{25'557'032} * 4);  // every parameter's gradient, once
+  // A bucket closes once it reaches 25 MB; the one before the small last bucket holds the rest.
+  for (size_t i = 0; i + 2 < buckets.size(); ++i) EXPECT_GE(buckets[i], 25'000'000) << i;
+  EXPECT_LE(buckets.back(), 1 << 20);
+  EXPECT_EQ(j["scaling"]["rows"][0]["config"], "1n1c");
+  EXPECT_GT(j["scaling"]["rows"].size(), 3u);
+}

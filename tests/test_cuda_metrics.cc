@@ -35,7 +35,7 @@ struct Batch {
 // Logits on a grid of eighths in [0, 2] (many ties), the label's logit 3 in every 4th row, a
 // NaN in every 9th row, a -0.0/+0.0 pair in every 10th; labels in [0, classes) except every
 // 13th row (-1) and every 17th (classes).
-Batch make_batch(int64_t batch, int64_t classes, uint64_t seed) {
+[[maybe_unused]] Batch make_batch(int64_t batch, int64_t classes, uint64_t seed) {
   Batch b;
   b.batch = batch;
   b.classes = classes;
