@@ -52,6 +52,7 @@ const KernelRegistry& KernelRegistry::global() {
     register_cuda_conv_kernels(r);
     register_cuda_norm_kernels(r);
     register_cuda_matmul_kernels(r);
+    register_cuda_collective_kernels(r);
 #endif
     return r;
   }();

@@ -23,5 +23,7 @@ void register_cuda_conv_kernels(KernelRegistry& registry);
 void register_cuda_norm_kernels(KernelRegistry& registry);
 // matmul.cc (cuBLASLt): Gemm, MatMul
 void register_cuda_matmul_kernels(KernelRegistry& registry);
+// collective.cc (NCCL): oxtrain.AllReduce
+void register_cuda_collective_kernels(KernelRegistry& registry);
 
 }  // namespace oxtrain::runtime

@@ -1,0 +1,1 @@
+// nccl_communicator: see its header.
