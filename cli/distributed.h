@@ -22,7 +22,9 @@ inline constexpr const char* kWorkersPerNodeVariable = "OXTRAIN_WORKERS_PER_NODE
 
 // --multiprocessing-distributed in the launching process: runs `workers` copies of this very
 // command, each with its worker index in the environment, and waits for them. When one fails,
-// the others are stopped (SIGTERM, then SIGKILL after `grace_seconds`). Returns the exit code
+// the others are stopped (SIGTERM, then SIGKILL after `grace_seconds`) and one line on stderr
+// says which worker failed and how ("worker 1 of 2 was killed by SIGKILL ..."; a killed worker
+// prints nothing itself). Returns the exit code
 // for the launcher: 0, or the first failing worker's. In a worker (the variable is set), returns
 // std::nullopt: go on and train.
 std::optional<int> run_local_workers(int workers, int grace_seconds = 10);
@@ -41,12 +43,16 @@ struct JoinOptions {
   std::chrono::milliseconds timeout{30 * 60 * 1000};
 };
 
-// Joins the job `config` describes: hosts or reaches the store, makes the communicator. An
-// Error names this rank and what failed.
+// Joins the job `config` describes: hosts or reaches the store, checks through it that every
+// rank was given the same world size (a rank that differs, and rank 0, stop at once naming both
+// sizes; a rank that never comes is named after `timeout`), then makes the communicator. Gloo
+// binds OXTRAIN_GLOO_ADDRESS when set, 127.0.0.1 for a store on loopback, else the address of
+// this host's interface that routes to the store. An Error names this rank and what failed.
 Job join_job(const runtime::dist::DistConfig& config, const JoinOptions& options);
 
 // Every rank publishes what it runs (named facts: model, batch, world size, ...) and compares
-// them with rank 0's; a difference is an Error on that rank naming the facts that differ.
+// them with rank 0's; a difference is an Error on that rank naming the facts that differ, and
+// on rank 0 naming the first rank that differs and how. All ranks pass a barrier before comparing.
 using JobFacts = std::vector<std::pair<std::string, std::string>>;
 void check_same_job(Job& job, const JobFacts& facts);
 
