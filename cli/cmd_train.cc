@@ -330,7 +330,10 @@ void TrainRun::build_sessions() {
   so.threads = static_cast<int>(a_.threads);
   so.device = device();
   so.precision = a_.precision == "fp32" ? runtime::Precision::fp32 : runtime::Precision::tf32;
-  if (job_) so.communicator = job_->comm.get();
+  if (job_) {
+    so.communicator = job_->comm.get();
+    if (so.device == runtime::Device::cuda) so.device_index = job_->config.local_rank;  // a GPU per process
+  }
   if (so.device == runtime::Device::cuda) set_activity("compiling the step for the GPU");
   if (!a_.evaluate) {
     graph::Graph copy = graph::copy_graph(model_.forward, {a_.batch_size, true});
@@ -624,6 +627,8 @@ void TrainRun::join() {
   jo.timeout = std::chrono::milliseconds(static_cast<int64_t>(a_.dist_timeout_minutes * 60'000));
   if (jo.backend == "gloo" && device() == runtime::Device::cuda)
     throw Error("--dist-backend gloo reduces CPU buffers: use it with --device cpu (GPUs take nccl)");
+  if (jo.backend == "nccl" && device() == runtime::Device::cpu)
+    throw Error("--dist-backend nccl reduces GPU buffers: use --dist-backend gloo with --device cpu");
   job_ = join_job(*config, jo);
   if (logs()) std::printf("=> %s\n", runtime::dist::describe(*config).c_str());
 }

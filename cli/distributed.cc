@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -20,6 +21,9 @@
 #include "base/error.h"
 #include "base/text.h"
 #include "runtime/dist/tcp_store.h"
+#ifdef OXTRAIN_HAVE_CUDA
+#include "runtime/dist/nccl_communicator.h"
+#endif
 
 namespace oxtrain::cli {
 
@@ -245,9 +249,13 @@ Job join_job(const runtime::dist::DistConfig& config, const JoinOptions& options
   } catch (const Error& e) {
     throw Error(who + ": " + e.what());
   }
-  if (options.backend != "gloo")
-    throw Error(who + ": --dist-backend " + escape_name(options.backend) +
-                ": only gloo (CPU training) is built so far; use --dist-backend gloo --device cpu");
+  if (options.backend != "gloo" && options.backend != "nccl")
+    throw Error(who + ": --dist-backend is gloo (CPU) or nccl (GPU), got '" + escape_name(options.backend) + "'");
+#ifndef OXTRAIN_HAVE_CUDA
+  if (options.backend == "nccl")
+    throw Error(who + ": --dist-backend nccl needs the CUDA runtime, which this build lacks; use --dist-backend gloo "
+                      "--device cpu");
+#endif
   CommOptions co;
   co.rank = config.rank;
   co.world_size = config.world_size;
@@ -266,6 +274,13 @@ Job join_job(const runtime::dist::DistConfig& config, const JoinOptions& options
     std::string what = e.what();
     throw Error(what.rfind(who, 0) == 0 ? what : who + ": " + what);  // a store's Error lacks the rank
   }
+#ifdef OXTRAIN_HAVE_CUDA
+  if (options.backend == "nccl") {
+    // One GPU per process: the local rank's.
+    job.comm = make_nccl_communicator(*job.store, co, config.local_rank);
+    return job;
+  }
+#endif
   job.comm = make_gloo_communicator(*job.store, co);
   return job;
 }
@@ -333,26 +348,41 @@ void check_same_job(Job& job, const JobFacts& facts) {
 }
 
 void broadcast_persistent(Job& job, runtime::Session& session) {
+  // In place where the values live: host memory for Gloo, GPU memory for NCCL.
+  session.device().synchronize();
   for (const graph::Value* v : session.graph().initializers()) {
     if (v->role != graph::Role::Parameter && v->role != graph::Role::State) continue;
-    graph::Tensor t = session.fetch(v->name);
-    if (!t.bytes.empty()) job.comm->broadcast(t.bytes.data(), t.bytes.size(), 0);
-    session.assign(v->name, t);
+    if (v->bytes() > 0)
+      job.comm->broadcast(const_cast<void*>(session.device_address(v->name)), static_cast<size_t>(v->bytes()), 0);
   }
 }
 
 void allreduce_host(Job& job, std::vector<double>& values) {
-  // Gloo sums float32; validation counts and sums stay exact in float32 only to 2^24, so
-  // each double travels as a high and a low float part.
-  std::vector<float> parts;
+  // A few numbers: through the store, whatever the backend (NCCL takes only GPU buffers).
+  // Each rank publishes its values for this round, then adds everyone's in rank order, so
+  // every rank gets the same sums.
+  static int64_t round = 0;
+  std::string prefix = "sums/" + std::to_string(round++) + "/";
+  std::string mine;
   for (double v : values) {
-    float hi = static_cast<float>(v);
-    parts.push_back(hi);
-    parts.push_back(static_cast<float>(v - static_cast<double>(hi)));
+    char text[40];
+    std::snprintf(text, sizeof text, "%.17g\n", v);
+    mine += text;
   }
-  job.comm->allreduce_sum(parts.data(), parts.size());
-  for (size_t i = 0; i < values.size(); ++i)
-    values[i] = static_cast<double>(parts[2 * i]) + static_cast<double>(parts[2 * i + 1]);
+  job.store->set(prefix + std::to_string(job.config.rank), runtime::dist::Bytes(mine.begin(), mine.end()));
+  std::vector<double> total(values.size(), 0.0);
+  for (int r = 0; r < job.config.world_size; ++r) {
+    runtime::dist::Bytes b = job.store->get(prefix + std::to_string(r));
+    std::string text(b.begin(), b.end());
+    size_t start = 0;
+    for (size_t i = 0; i < values.size(); ++i) {
+      size_t end = text.find('\n', start);
+      if (end == std::string::npos) throw Error("rank " + std::to_string(r) + " sent too few sums");
+      total[i] += parse_double(text.substr(start, end - start)).value_or(NAN);
+      start = end + 1;
+    }
+  }
+  values = total;
 }
 
 }  // namespace oxtrain::cli

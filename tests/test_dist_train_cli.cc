@@ -33,6 +33,9 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
+// " --dist-url tcp://127.0.0.1:PORT" on a free loopback port.
+std::string loopback_url() { return std::string(" --dist-url tcp://127.0.0.1:") += std::to_string(free_port()); }
+
 // A zoo resnet18 (10 classes, 32x32) and one fixed batch of 4 as tensor files.
 struct JobFiles {
   std::string dir, model, tensors;
@@ -64,7 +67,7 @@ TEST(DataParallelCli, TwoRanksOnTheSameBatchTrainLikeOneProcess) {
   for (const auto& d : {single, r0, r1}) ::mkdir(d.c_str(), 0755);
   auto one = test::run_oxtrain_limited(train_flags(s, single), 120);
   ASSERT_EQ(one.exit_code, 0) << one.err;
-  std::string url = " --dist-url tcp://127.0.0.1:" + std::to_string(free_port()) + " --world-size 2";
+  std::string url = loopback_url() + " --world-size 2";
   auto second = std::async(std::launch::async, [&] {
     return test::run_oxtrain_limited(train_flags(s, r1) + url + " --rank 1", 120);
   });
@@ -88,7 +91,7 @@ TEST(DataParallelCli, MultiprocessingDistributedStartsTheNodesWorkers) {
   auto r = test::run_oxtrain_limited(
       "train --model " + s.model + " --input-tensors " + s.tensors + " -b 8 --steps 2 -p 1 --device cpu --threads 1 " +
           "--dist-backend gloo --multiprocessing-distributed --nproc-per-node 2 --world-size 1 --rank 0 " +
-          "--dist-url tcp://127.0.0.1:" + std::to_string(free_port()) + " --checkpoint-dir " + out,
+          loopback_url() + " --checkpoint-dir " + out,
       120);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("rank 0 of 2 (local 0 of 2)"), std::string::npos) << r.out;
@@ -112,7 +115,7 @@ TEST(DataParallelCli, RanksMustRunTheSameJob) {
   JobFiles s = make_job_files();
   std::string r0 = s.dir + "/r0", r1 = s.dir + "/r1";
   for (const auto& d : {r0, r1}) ::mkdir(d.c_str(), 0755);
-  std::string url = " --dist-url tcp://127.0.0.1:" + std::to_string(free_port()) + " --world-size 2 --dist-timeout 0.5";
+  std::string url = loopback_url() + " --world-size 2 --dist-timeout 0.5";
   graph::write_tensor_file(test::random_tensor(graph::DType::f32, {2, 3, 32, 32}, 9), s.dir + "/x2.pb");
   graph::write_tensor_file(graph::Tensor::from_int64({3, 1}, {2}), s.dir + "/y2.pb");
   std::string other_batch = "train --model " + s.model + " --input-tensors " + s.dir + "/x2.pb," + s.dir +

@@ -8,7 +8,7 @@
 //
 // The planner keeps each output in its input's buffer, so a bucket's gradients stay one
 // contiguous slice of the gradient arena; one collective then covers the whole slice, the
-// alignment padding between tensors included (zeros on every rank, so they stay zero). Without
+// alignment padding between tensors (under 64 bytes) included (zeros on every rank, so they stay zero). Without
 // a communicator (this process alone) the op passes its inputs through: the average over one
 // rank.
 #include <condition_variable>
@@ -106,12 +106,13 @@ class AllReduceKernel : public Kernel {
         std::memcpy(args.outputs[i].data, args.inputs[i].data, args.inputs[i].bytes());
     dist::Communicator* comm = args.context ? args.context->communicator : nullptr;
     if (!comm || comm->world_size() == 1) return;
-    // Contiguous outputs in order (padding of at most 256 bytes between): one collective.
+    // Contiguous outputs in order (less than the CPU plan's 64-byte alignment between, which
+    // is padding): one collective.
     bool contiguous = true;
     for (size_t i = 1; i < args.outputs.size() && contiguous; ++i) {
       auto* end = static_cast<uint8_t*>(args.outputs[i - 1].data) + args.outputs[i - 1].bytes();
       auto* next = static_cast<uint8_t*>(args.outputs[i].data);
-      contiguous = next >= end && next - end <= 256 && (next - end) % sizeof(float) == 0;
+      contiguous = next >= end && next - end < 64 && (next - end) % sizeof(float) == 0;
     }
     std::vector<std::pair<float*, size_t>> spans;
     if (contiguous && !args.outputs.empty()) {
