@@ -49,8 +49,9 @@ struct RunResult {
 // Runs the oxtrain binary with `args` (shell-quoted by the caller).
 RunResult run_oxtrain(const std::string& args);
 // Runs it with `seconds` of wall time at most (exit code 124 when killed, as timeout(1)) and,
-// when address_space_mib > 0, an address-space limit (ulimit -v): an allocation beyond it
-// fails inside oxtrain instead of taking the machine's memory.
+// when address_space_mib > 0, an address-space limit (ulimit -v) of that many MiB beyond what
+// the program's libraries take (this test program's own size at its first call): an allocation
+// beyond it fails inside oxtrain instead of taking the machine's memory.
 RunResult run_oxtrain_limited(const std::string& args, int seconds, int64_t address_space_mib = 0);
 
 // What every error path of the program must look like: exit code 2, stderr exactly one line
