@@ -398,8 +398,10 @@ TEST(HardeningTrain, ThreadCreationFailureIsOneLine) {
   ::setenv("OPENBLAS_NUM_THREADS", "1", 1);
   std::string args = "train " + tmp.path + "/data --model " + model + " --image-size 8 -b 2 --steps 1 "
                      "--threads 1 --checkpoint-dir " + tmp.path + " -j ";
-  auto one = test::run_oxtrain_limited(args + "1", kTimeout, 1200);
-  auto many = test::run_oxtrain_limited(args + "64", kTimeout, 1200);
+  // 320 MiB beyond the program's libraries: room for one loader thread and the step, not for
+  // the 64 threads' stacks (8 MiB each).
+  auto one = test::run_oxtrain_limited(args + "1", kTimeout, 320);
+  auto many = test::run_oxtrain_limited(args + "64", kTimeout, 320);
   ::unsetenv("OPENBLAS_NUM_THREADS");
   EXPECT_EQ(one.exit_code, 0) << one.err;  // the limit leaves room for the program itself
   EXPECT_EQ(test::clean_error_problem(many), "");
