@@ -25,6 +25,7 @@
 
 #include "graph/onnx_io.h"
 #include "graph/passes.h"
+#include "tests/dist_helpers.h"
 #include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 
@@ -33,19 +34,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using test::free_port;
+using test::JobFiles;
+using test::make_job_files;
+
 using Clock = std::chrono::steady_clock;
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -159,20 +153,6 @@ std::string environment_of(pid_t pid, const std::string& name) {
 
 bool process_exists(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
 
-// A zoo resnet18 (10 classes, 32x32) and one fixed batch of 4 as tensor files.
-struct JobFiles {
-  std::string dir, model, tensors;
-};
-JobFiles make_job_files() {
-  JobFiles s;
-  s.dir = test::temp_dir();
-  s.model = s.dir + "/m.onnx";
-  EXPECT_EQ(test::run_oxtrain("zoo resnet18 --num-classes 10 --image-size 32 --seed 4 -o " + s.model).exit_code, 0);
-  graph::write_tensor_file(test::random_tensor(graph::DType::f32, {4, 3, 32, 32}, 9, -2, 2), s.dir + "/x.pb");
-  graph::write_tensor_file(graph::Tensor::from_int64({3, 1, 4, 1}, {4}), s.dir + "/y.pb");
-  s.tensors = s.dir + "/x.pb," + s.dir + "/y.pb";
-  return s;
-}
 
 std::string make_dir(const std::string& path) {
   ::mkdir(path.c_str(), 0755);

@@ -14,6 +14,7 @@
 
 #include "graph/onnx_io.h"
 #include "graph/passes.h"
+#include "tests/dist_helpers.h"
 #include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 
@@ -21,35 +22,14 @@ using namespace oxtrain;
 
 namespace {
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using test::free_port;
+using test::JobFiles;
+using test::make_job_files;
+
 
 // " --dist-url tcp://127.0.0.1:PORT" on a free loopback port.
 std::string loopback_url() { return std::string(" --dist-url tcp://127.0.0.1:") += std::to_string(free_port()); }
 
-// A zoo resnet18 (10 classes, 32x32) and one fixed batch of 4 as tensor files.
-struct JobFiles {
-  std::string dir, model, tensors;
-};
-JobFiles make_job_files() {
-  JobFiles s;
-  s.dir = test::temp_dir();
-  s.model = s.dir + "/m.onnx";
-  EXPECT_EQ(test::run_oxtrain("zoo resnet18 --num-classes 10 --image-size 32 --seed 4 -o " + s.model).exit_code, 0);
-  graph::write_tensor_file(test::random_tensor(graph::DType::f32, {4, 3, 32, 32}, 9, -2, 2), s.dir + "/x.pb");
-  graph::write_tensor_file(graph::Tensor::from_int64({3, 1, 4, 1}, {4}), s.dir + "/y.pb");
-  s.tensors = s.dir + "/x.pb," + s.dir + "/y.pb";
-  return s;
-}
 
 std::string train_flags(const JobFiles& s, const std::string& out) {
   return "train --model " + s.model + " --input-tensors " + s.tensors + " -b 4 --steps 3 -p 1 --lr 0.05 " +

@@ -18,6 +18,21 @@ inline const graph::Value* required(const graph::Node& node, size_t i, bool outp
   return v;
 }
 
+// Momentum's layout, R, T, X1..Xn, G1..Gn, V1..Vn -> X1_new..Xn_new, V1_new..Vn_new, with every
+// input and output present (CPU and CUDA kernels alike): returns n.
+inline size_t momentum_tensor_count(const graph::Node& n) {
+  const std::string what = n.describe();
+  if (n.inputs.size() < 5 || (n.inputs.size() - 2) % 3 != 0)
+    throw Error(what + ": expects R, T, then X..., G..., V... (3 groups of equal size)");
+  const size_t count = (n.inputs.size() - 2) / 3;
+  if (n.outputs.size() != 2 * count) throw Error(what + ": expects " + std::to_string(2 * count) + " outputs");
+  for (size_t i = 0; i < n.inputs.size(); ++i)
+    if (!n.input(i)) throw Error(what + ": input " + std::to_string(i) + " is missing");
+  for (size_t i = 0; i < n.outputs.size(); ++i)
+    if (!n.output(i)) throw Error(what + ": output " + std::to_string(i) + " is missing");
+  return count;
+}
+
 // The common float type (float32 or float64) of `values` (nullptr entries are skipped).
 inline graph::DType float_dtype(const graph::Node& node,
                                 std::initializer_list<const graph::Value*> values) {

@@ -11,6 +11,7 @@
 
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
+#include "runtime/cpu/node_checks.h"
 #include "runtime/math/optimizer.h"
 
 namespace oxtrain::runtime {
@@ -56,15 +57,7 @@ KernelFactory momentum_factory() {
   return [](const KernelInit& init) {
     const Node& n = init.node;
     const std::string what = n.describe();
-    if (n.inputs.size() < 5 || (n.inputs.size() - 2) % 3 != 0)
-      throw Error(what + ": expects R, T, then X..., G..., V... (3 groups of equal size)");
-    const size_t count = (n.inputs.size() - 2) / 3;
-    if (n.outputs.size() != 2 * count)
-      throw Error(what + ": expects " + std::to_string(2 * count) + " outputs");
-    for (size_t i = 0; i < n.inputs.size(); ++i)
-      if (!n.input(i)) throw Error(what + ": input " + std::to_string(i) + " is missing");
-    for (size_t i = 0; i < n.outputs.size(); ++i)
-      if (!n.output(i)) throw Error(what + ": output " + std::to_string(i) + " is missing");
+    const size_t count = cpu::momentum_tensor_count(n);
     DType rt = n.input(0)->dtype, tt = n.input(1)->dtype;
     if (rt != DType::f32 && rt != DType::f64)
       throw Error(what + ": learning rate must be float32 or float64, not " +

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "runtime/cuda/context.h"
+#include "runtime/cpu/node_checks.h"
 #include "runtime/cuda/kernels.h"
 #include "runtime/math/optimizer.h"
 
@@ -162,15 +163,7 @@ KernelFactory momentum_factory() {
     MomentumConfig cfg;
     cfg.what = n.describe();
     const std::string& what = cfg.what;
-    if (n.inputs.size() < 5 || (n.inputs.size() - 2) % 3 != 0)
-      throw Error(what + ": expects R, T, then X..., G..., V... (3 groups of equal size)");
-    const size_t count = (n.inputs.size() - 2) / 3;
-    if (n.outputs.size() != 2 * count)
-      throw Error(what + ": expects " + std::to_string(2 * count) + " outputs");
-    for (size_t i = 0; i < n.inputs.size(); ++i)
-      if (!n.input(i)) throw Error(what + ": input " + std::to_string(i) + " is missing");
-    for (size_t i = 0; i < n.outputs.size(); ++i)
-      if (!n.output(i)) throw Error(what + ": output " + std::to_string(i) + " is missing");
+    const size_t count = cpu::momentum_tensor_count(n);
     if (n.input(0)->dtype != DType::f32 || graph::shape_numel(n.input(0)->shape) != 1)
       throw Error(what + ": the CUDA kernel takes a float32 scalar learning rate, got " +
                   graph::dtype_name(n.input(0)->dtype) + " " + n.input(0)->shape_string());
