@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "autodiff/gradients.h"
+#include "autodiff/rule_families.h"
 #include "graph/ops.h"
 
 namespace oxtrain::autodiff {
@@ -250,7 +251,8 @@ Grads sce_loss_rule(GradContext& c) {
 }
 
 const std::map<std::string, GradRuleInfo>& rules() {
-  static const std::map<std::string, GradRuleInfo> r = {
+  static const std::map<std::string, GradRuleInfo> r = [] {
+    std::map<std::string, GradRuleInfo> core = {
       {"Conv", {conv_rule}},
       {"oxtrain.BatchNormTraining", {batchnorm_training_rule}},
       {"Relu", {relu_rule}},
@@ -270,7 +272,13 @@ const std::map<std::string, GradRuleInfo>& rules() {
       {"MatMul", {matmul_rule}},
       {"Softmax", {softmax_rule}},
       {"SoftmaxCrossEntropyLoss", {sce_loss_rule}},
-  };
+    };
+    detail::add_pointwise_rules(core);
+    detail::add_movement_rules(core);
+    detail::add_normalization_rules(core);
+    detail::add_random_rules(core);
+    return core;
+  }();
   return r;
 }
 

@@ -10,12 +10,13 @@
 #include "base/checked.h"
 #include "base/text.h"
 #include "graph/inspect.h"
+#include "graph/op_helpers.h"
 
 namespace oxtrain::graph {
-namespace {
+namespace detail {
 
 // ---------------------------------------------------------------------------------------
-// Small helpers shared by the rules below.
+// Small helpers shared by the rules below and the op families' files (graph/op_helpers.h).
 
 // A double as a message shows it: "nan", "1e+30", "2.5".
 std::string number_text(double v) {
@@ -46,7 +47,7 @@ void set_out(Node& n, size_t i, DType dtype, Shape shape) {
   v->rank_known = true;
 }
 
-int64_t norm_axis(const Node& n, int64_t axis, int64_t rank, bool allow_end = false) {
+int64_t norm_axis(const Node& n, int64_t axis, int64_t rank, bool allow_end) {
   int64_t limit = allow_end ? rank + 1 : rank;
   if (axis < -limit || axis >= limit)
     throw Error(n.describe() + ": axis " + std::to_string(axis) + " is out of range for rank " +
@@ -885,12 +886,22 @@ std::vector<OpSchema>& registry() {
         {kOxtrainDomain, "ReduceSumTo", infer_reduce_sum_to, nullptr},
         {kOxtrainDomain, "AllReduce", infer_all_reduce, nullptr, {}, false, {}, all_reduce_facts},
     };
+    // The families' schemas; one with a core entry's domain and op type replaces it.
+    for (auto family : {pointwise_schemas, movement_schemas, normalization_schemas, random_schemas})
+      for (OpSchema& s : family()) {
+        auto same = [&](const OpSchema& o) { return o.domain == s.domain && o.op_type == s.op_type; };
+        auto it = std::find_if(r.begin(), r.end(), same);
+        if (it != r.end()) *it = std::move(s);
+        else r.push_back(std::move(s));
+      }
     return r;
   }();
   return ops;
 }
 
-}  // namespace
+}  // namespace detail
+
+using namespace detail;
 
 bool OpFacts::trainable(size_t input) const {
   auto in = [input](const std::vector<size_t>& list) {

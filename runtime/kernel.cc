@@ -44,6 +44,10 @@ const KernelRegistry& KernelRegistry::global() {
     register_cpu_loss_kernels(r);
     register_cpu_optimizer_kernels(r);
     register_cpu_collective_kernels(r);
+    register_cpu_pointwise_kernels(r);
+    register_cpu_movement_kernels(r);
+    register_cpu_normalization_kernels(r);
+    register_cpu_random_kernels(r);
 #ifdef OXTRAIN_HAVE_CUDA
     register_cuda_elementwise_kernels(r);
     register_cuda_loss_kernels(r);
@@ -53,6 +57,10 @@ const KernelRegistry& KernelRegistry::global() {
     register_cuda_norm_kernels(r);
     register_cuda_matmul_kernels(r);
     register_cuda_collective_kernels(r);
+    register_cuda_pointwise_kernels(r);
+    register_cuda_movement_kernels(r);
+    register_cuda_normalization_kernels(r);
+    register_cuda_random_kernels(r);
 #endif
     return r;
   }();

@@ -24,5 +24,15 @@ void register_cpu_loss_kernels(KernelRegistry& registry);
 void register_cpu_optimizer_kernels(KernelRegistry& registry);
 // collective.cc: oxtrain.AllReduce
 void register_cpu_collective_kernels(KernelRegistry& registry);
+// The op families' files register after the files above: an entry for the same op replaces
+// the earlier one.
+// pointwise.cc: element-wise math, comparisons, Where, Cast
+void register_cpu_pointwise_kernels(KernelRegistry& registry);
+// movement.cc: Concat, Split, Slice, Gather, Expand, Squeeze, Unsqueeze and their gradients
+void register_cpu_movement_kernels(KernelRegistry& registry);
+// normalization.cc: LayerNormalization, reductions over any axes, batched MatMul, Softmax on any axis
+void register_cpu_normalization_kernels(KernelRegistry& registry);
+// random.cc: Dropout and RandomUniformLike in training mode
+void register_cpu_random_kernels(KernelRegistry& registry);
 
 }  // namespace oxtrain::runtime

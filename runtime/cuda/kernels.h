@@ -25,5 +25,15 @@ void register_cuda_norm_kernels(KernelRegistry& registry);
 void register_cuda_matmul_kernels(KernelRegistry& registry);
 // collective.cc (NCCL): oxtrain.AllReduce
 void register_cuda_collective_kernels(KernelRegistry& registry);
+// The op families' files register after the files above: an entry for the same op replaces
+// the earlier one.
+// pointwise.cu: element-wise math, comparisons, Where, Cast
+void register_cuda_pointwise_kernels(KernelRegistry& registry);
+// movement.cu: Concat, Split, Slice, Gather, Expand, Squeeze, Unsqueeze and their gradients
+void register_cuda_movement_kernels(KernelRegistry& registry);
+// normalization.cu: LayerNormalization, reductions over any axes, batched MatMul, Softmax on any axis
+void register_cuda_normalization_kernels(KernelRegistry& registry);
+// random.cu: Dropout and RandomUniformLike in training mode
+void register_cuda_random_kernels(KernelRegistry& registry);
 
 }  // namespace oxtrain::runtime
