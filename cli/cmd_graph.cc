@@ -296,6 +296,8 @@ Subcommand add_graph_command(CLI::App& app) {
     options.batch_size = args->batch_size;
     options.allow_external_data_anywhere = args->allow_external_data_anywhere;
     graph::Graph g = graph::import_onnx(args->model, options);
+    std::string folded = graph::folded_batchnorm_warning(g, args->model);
+    if (!folded.empty()) std::cerr << "oxtrain: warning: " << folded << "\n";
     if (args->training) return run_training_report(*args, std::move(g));
     graph::InspectOptions view{args->model, args->nodes};
     std::cout << (args->json ? graph::summary_json(g, view) : graph::summary_text(g, view));

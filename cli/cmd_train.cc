@@ -62,6 +62,7 @@ struct TrainArgs {
   double min_crop_scale = 0.08;
   int64_t num_classes = 0;
   bool num_classes_given = false;  // an explicit --num-classes 0 is refused
+  bool batch_size_given = false, image_size_given = false;
   std::string lr_schedule = "step";
   int world_size = 1, rank = 0;
   bool world_size_given = false, rank_given = false;
@@ -206,7 +207,8 @@ struct Model {
   std::string source;
 };
 
-Model load_model(const TrainArgs& a, int64_t classes) {
+// `log`: this process prints (rank 0 of a data-parallel job, or --log-all-ranks).
+Model load_model(const TrainArgs& a, int64_t classes, bool log) {
   graph::ImportOptions io;
   io.batch_size = a.batch_size;
   io.allow_external_data_anywhere = a.allow_external_data_anywhere;
@@ -214,6 +216,8 @@ Model load_model(const TrainArgs& a, int64_t classes) {
   if (!a.model.empty()) {
     m.forward = graph::import_onnx(a.model, io);
     m.source = a.model;
+    std::string folded = graph::folded_batchnorm_warning(m.forward, a.model);
+    if (log && !folded.empty()) std::fprintf(stderr, "oxtrain: warning: %s\n", folded.c_str());
   } else {
     graph::ZooOptions zo;
     zo.num_classes = classes;
@@ -237,6 +241,7 @@ class TrainRun {
   int run();
 
  private:
+  void read_tensors();  // --input-tensors, which set the batch and the image size
   void join();  // the data-parallel job, when there is one
   bool logs() const { return !job_ || job_->is_root() || a_.log_all_ranks; }
   void build_sources();
@@ -291,7 +296,7 @@ void TrainRun::build_sources() {
   if (a_.synthetic) {
     train_ = synthetic_source(so);
   } else if (!a_.input_tensors.empty()) {
-    input_tensors_ = read_input_tensors(a_.input_tensors);  // a source once checked
+    // Read by read_tensors(); a source once checked against the model.
   } else {
     DataFolders f = find_data_folders(a_.data);
     train_ = folder_source(f.train, so);
@@ -306,7 +311,7 @@ void TrainRun::build_sources() {
 }
 
 void TrainRun::build_sessions() {
-  model_ = load_model(a_, classes_);
+  model_ = load_model(a_, classes_, logs());
   const graph::Value* logits = model_.forward.outputs.at(0);
   const graph::Value* in = model_.forward.inputs.at(0);
   image_shape_ = {a_.batch_size, 3, a_.image_size, a_.image_size};
@@ -325,6 +330,9 @@ void TrainRun::build_sessions() {
     throw Error("the model has " + std::to_string(logits->shape[1]) + " classes but the dataset has " +
                 std::to_string(train_->num_classes()) + "; give a model with " +
                 std::to_string(train_->num_classes()) + " outputs (e.g. oxtrain zoo --num-classes)");
+  if (!a_.model.empty() && a_.num_classes_given && logits->shape.size() == 2 && logits->shape[1] != a_.num_classes)
+    throw Error("--num-classes " + std::to_string(a_.num_classes) + " but the model '" + a_.model + "' has " +
+                std::to_string(logits->shape[1]) + " classes; leave --num-classes out (the model sets it)");
   input_name_ = in->name;
   runtime::SessionOptions so;
   so.threads = static_cast<int>(a_.threads);
@@ -616,6 +624,13 @@ void TrainRun::join() {
   if (a_.multiprocessing_distributed) {
     // As main.py: -b is the node's batch, shared by its workers.
     int workers = config->local_world_size;
+    if (input_tensors_ && !a_.batch_size_given) args_.batch_size *= workers;  // the tensors hold one worker's
+    if (input_tensors_ && a_.batch_size_given && !input_tensors_->images.shape.empty() &&
+        a_.batch_size != input_tensors_->images.shape[0] * workers)
+      throw Error("--input-tensors: the images hold a batch of " + std::to_string(input_tensors_->images.shape[0]) +
+                  " per worker but -b " + std::to_string(a_.batch_size) + " over " + std::to_string(workers) +
+                  " workers gives each " + (a_.batch_size % workers ? std::string("a share that is not whole") :
+                  std::to_string(a_.batch_size / workers)) + "; leave -b out (the tensors set the batch)");
     if (a_.batch_size % workers != 0)
       throw Error("-b " + std::to_string(a_.batch_size) + " is the node's batch and must divide among its " +
                   std::to_string(workers) + " workers");
@@ -633,9 +648,34 @@ void TrainRun::join() {
   if (logs()) std::printf("=> %s\n", runtime::dist::describe(*config).c_str());
 }
 
+// With --input-tensors the tensors set the batch (per rank) and the image size: a flag that
+// says otherwise is the error, not its absence.
+void TrainRun::read_tensors() {
+  if (a_.input_tensors.empty()) return;
+  input_tensors_ = read_input_tensors(a_.input_tensors);
+  const graph::Shape& images = input_tensors_->images.shape;
+  if (images.empty()) return;  // checked against the model later, with the whole shape
+  const int64_t batch = images[0];
+  if (a_.batch_size_given && a_.batch_size != batch && !a_.multiprocessing_distributed)
+    throw Error("--input-tensors: the images hold a batch of " + std::to_string(batch) + " but -b is " +
+                std::to_string(a_.batch_size) + "; leave -b out (the tensors set the batch)");
+  if (!a_.batch_size_given) {
+    check_range("the batch of --input-tensors", batch, 1, kMaxBatchSize);
+    args_.batch_size = batch;
+  }
+  if (images.size() == 4) {
+    if (a_.image_size_given && (a_.image_size != images[2] || a_.image_size != images[3]))
+      throw Error("--input-tensors: the images are " + std::to_string(images[2]) + "x" +
+                  std::to_string(images[3]) + " but --image-size is " + std::to_string(a_.image_size) +
+                  "; leave --image-size out (the tensors set it)");
+    args_.image_size = images[2];
+  }
+}
+
 int TrainRun::run() {
   set_activity("checking the flags");
   check_args(a_);
+  read_tensors();
   join();
   prepare_outputs(a_);
   set_activity("loading the data");
@@ -773,6 +813,8 @@ Subcommand add_train_command(CLI::App& app) {
                 "let the model's external data files lie outside its folder");
   return {cmd, [a, cmd]() {
     a->num_classes_given = cmd->count("--num-classes") > 0;
+    a->batch_size_given = cmd->count("--batch-size") > 0;
+    a->image_size_given = cmd->count("--image-size") > 0;
     a->world_size_given = cmd->count("--world-size") > 0;
     a->rank_given = cmd->count("--rank") > 0;
     if (a->multiprocessing_distributed) {

@@ -143,6 +143,10 @@ class Graph {
   std::string producer_name;
   std::string producer_version;
   std::string doc_string;
+  // Set at import when the exporter folded batch normalization into the convolutions (none
+  // left, convolutions with biases, signs of a known folding exporter): what was found, for
+  // a warning before training. Empty otherwise.
+  std::string folded_batchnorm;
 
   std::vector<Value*> inputs;   // graph inputs without data (role Input)
   std::vector<Value*> outputs;

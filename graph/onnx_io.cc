@@ -2,6 +2,7 @@
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/unknown_field_set.h>
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
 #include <sys/stat.h>
@@ -462,6 +463,74 @@ void prepare(Graph& g, const ImportOptions& options) {
   }
 }
 
+namespace {
+
+// A node's metadata_props (NodeProto field 9, IR 10), read from the unknown fields: the ONNX
+// library oxtrain builds against may predate the field.
+std::vector<std::pair<std::string, std::string>> node_metadata(const onnx::NodeProto& node) {
+  std::vector<std::pair<std::string, std::string>> out;
+  const google::protobuf::UnknownFieldSet& unknown = node.GetReflection()->GetUnknownFields(node);
+  for (int i = 0; i < unknown.field_count(); ++i) {
+    const google::protobuf::UnknownField& f = unknown.field(i);
+    if (f.number() != 9 || f.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    onnx::StringStringEntryProto entry;
+    if (entry.ParseFromString(f.length_delimited())) out.push_back({entry.key(), entry.value()});
+  }
+  return out;
+}
+
+// PyTorch's exporters fold BatchNormalization into the preceding Conv in ways that leave a
+// mark: the dynamo exporter's rewriter records the rule in each node's metadata
+// (FuseBatchNormIntoConv) and names the new bias after the weight ("<weight>_bias"); the
+// TorchScript exporter in eval mode with constant folding gives the folded weight and bias
+// anonymous names ("onnx::Conv_<n>"). A model with no BatchNormalization left and such
+// convolutions was folded; returns what was found ("" when nothing).
+std::string folded_batchnorm_evidence(const onnx::ModelProto& model) {
+  if (model.producer_name() != "pytorch") return "";
+  const onnx::GraphProto& g = model.graph();
+  std::set<std::string> initializers;
+  for (const auto& t : g.initializer()) initializers.insert(t.name());
+  int by_rule = 0, by_name = 0, anonymous = 0;
+  std::string example;
+  for (const auto& n : g.node()) {
+    if (n.op_type() == "BatchNormalization") return "";
+    if (n.op_type() != "Conv" || n.input_size() < 2) continue;
+    const std::string& w = n.input(1);
+    const std::string b = n.input_size() > 2 ? n.input(2) : std::string();
+    bool folded = false;
+    for (const auto& [key, value] : node_metadata(n))
+      if (key == "pkg.onnxscript.rewriter.rule_name" && value.find("FuseBatchNorm") != std::string::npos) {
+        ++by_rule;
+        folded = true;
+        break;
+      }
+    if (!folded && !b.empty() && initializers.count(b) && b == w + "_bias") {
+      ++by_name;
+      folded = true;
+    }
+    if (!folded && initializers.count(w) && initializers.count(b) && w.rfind("onnx::Conv_", 0) == 0 &&
+        b.rfind("onnx::Conv_", 0) == 0) {
+      ++anonymous;
+      folded = true;
+    }
+    if (folded && example.empty()) example = n.name().empty() ? w : n.name();
+  }
+  auto count = [](int k) { return std::to_string(k) + (k == 1 ? " Conv" : " Convs"); };
+  if (by_rule > 0)
+    return count(by_rule) + " carry batch norm folded in by the dynamo exporter (rewrite rule "
+           "FuseBatchNormIntoConv), e.g. '" + escape_name(example) + "'";
+  if (by_name > 0)
+    return count(by_name) + " have a bias named after the weight ('<weight>_bias'), as the "
+           "dynamo exporter names the batch norm it folds in, e.g. '" + escape_name(example) + "'";
+  if (anonymous > 0)
+    return count(anonymous) + " have anonymous weights and biases ('onnx::Conv_<n>'), as the "
+           "TorchScript exporter in eval mode writes the batch norm it folds in, e.g. '" +
+           escape_name(example) + "'";
+  return "";
+}
+
+}  // namespace
+
 Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_dir,
                         const ImportOptions& options) {
   if (!model.has_graph())
@@ -471,6 +540,7 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
   g.producer_name = model.producer_name();
   g.producer_version = model.producer_version();
   g.doc_string = model.doc_string();
+  g.folded_batchnorm = folded_batchnorm_evidence(model);
   for (const auto& o : model.opset_import()) {
     std::string domain = o.domain() == "ai.onnx" ? "" : o.domain();
     g.opsets.push_back({domain, o.version()});
@@ -569,6 +639,16 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
   if (g.outputs.empty()) throw Error("the graph has no outputs");
   if (options.prepare) prepare(g, options);
   return g;
+}
+
+std::string folded_batchnorm_warning(const Graph& graph, const std::string& source) {
+  if (graph.folded_batchnorm.empty()) return "";
+  return "'" + source + "' has no BatchNormalization: its exporter folded batch norm into the "
+         "convolutions (" + graph.folded_batchnorm + "). Folding is exact for inference only; "
+         "trained like this the model has no normalisation and usually diverges within a few "
+         "steps. To train it, export it with batch norm kept: torch.onnx.export(model, x, f, "
+         "dynamo=True, optimize=False), or torch.onnx.export(model.train(), x, f, dynamo=False, "
+         "training=torch.onnx.TrainingMode.TRAINING)";
 }
 
 Graph import_onnx(const std::string& path, const ImportOptions& options) {

@@ -309,6 +309,39 @@ TEST(HardeningTrain, InputTensorsMustMatchTheModel) {
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
 }
 
+// With --input-tensors the tensors set the batch and the image size and the model sets the
+// classes: leaving the flags out trains; a flag that contradicts them is the error.
+TEST(HardeningTrain, InputTensorsSetTheBatchAndTheModelTheClasses) {
+  test::ScopedTempDir tmp;
+  std::string model = small_model(tmp.path);  // [N,3,8,8] -> 5 classes
+  std::string tensors = tmp.path + "/x.pb," + tmp.path + "/y.pb";
+  write_tensor_file(tmp.path + "/x.pb", onnx::TensorProto::FLOAT, {3, 3, 8, 8}, float_bytes(3 * 3 * 8 * 8));
+  write_tensor_file(tmp.path + "/y.pb", onnx::TensorProto::INT64, {3}, int64_bytes({1, 4, 0}));
+  const std::string base = "train --model " + model + " --input-tensors " + tensors +
+                           " --steps 1 -p 1 --threads 1 --device cpu --checkpoint-dir " + tmp.path;
+  auto ok = run(base);
+  ASSERT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_NE(ok.out.find(", batch 3, 1 step"), std::string::npos) << ok.out;  // not -b's default 256
+  struct Case {
+    std::string flags, message;
+  };
+  const Case cases[] = {
+      {"-b 2", "--input-tensors: the images hold a batch of 3 but -b is 2; leave -b out (the tensors set the batch)"},
+      {"--image-size 16",
+       "--input-tensors: the images are 8x8 but --image-size is 16; leave --image-size out (the tensors set it)"},
+      {"--num-classes 7", "--num-classes 7 but the model '" + model +
+                              "' has 5 classes; leave --num-classes out (the model sets it)"},
+  };
+  for (const Case& c : cases) {
+    auto r = run(base + " " + c.flags);
+    EXPECT_EQ(test::clean_error_problem(r), "") << c.flags;
+    EXPECT_EQ(error_line(r), "oxtrain: error: " + c.message) << c.flags;
+  }
+  // Flags that agree are fine.
+  auto agree = run(base + " -b 3 --image-size 8 --num-classes 5");
+  EXPECT_EQ(agree.exit_code, 0) << agree.err;
+}
+
 // Every flag is checked before any work, naming the flag and its range.
 TEST(HardeningTrain, FlagsAreCheckedUpFront) {
   test::ScopedTempDir tmp;
