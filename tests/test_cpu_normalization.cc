@@ -391,6 +391,26 @@ TEST(CpuNormalization, ReduceSumNoopAndErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("constant"), std::string::npos) << e.what();
   }
+  // Shape inference: an axis named twice, axes of another type than int64.
+  auto infer_error = [&](std::vector<int64_t> axes, DType axes_type) {
+    graph::Graph g;
+    g.opsets = {{"", 13}};
+    graph::Value* in = g.add_value("x", DType::f64, {3, 4}, graph::Role::Input);
+    in->rank_known = true;
+    Tensor a = axes_type == DType::i64 ? Tensor::from_int64(axes, {static_cast<int64_t>(axes.size())})
+                                       : Tensor(axes_type, {static_cast<int64_t>(axes.size())});
+    graph::Value* av = g.add_initializer("axes", a, graph::Role::Constant);
+    graph::Node* n = g.add_node("ReduceSum", {in, av}, {g.add_value("y")}, "sum");
+    try {
+      graph::find_schema("", "ReduceSum")->infer(*n, graph::InferContext{g, 13});
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(infer_error({1, -1}, DType::i64).find("twice"), std::string::npos);
+  EXPECT_NE(infer_error({1}, DType::f32).find("must be int64"), std::string::npos);
+  EXPECT_EQ(infer_error({0, 1}, DType::i64), "");
   KernelCase out_of_range("ReduceSum", "", {x}, {{DType::f64, {3, 1}}});
   out_of_range.set_attr("axes", Attribute{std::vector<int64_t>{2}});
   EXPECT_THROW(out_of_range.run(11), Error);

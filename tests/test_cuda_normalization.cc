@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "runtime/device_runtime.h"
 #include "runtime/kernel.h"
 #include "tests/kernel_helpers.h"
 
@@ -77,6 +78,37 @@ TEST(CudaNormalization, LayerNormalizationMatchesCpu) {
                     {random_tensor(DType::f32, {5, 7, 11, 13}, 50), random_tensor(DType::f32, {13}, 51)},
                     {{DType::f32, {5, 7, 11, 13}}});
   EXPECT_TRUE(cuda_matches_cpu(y_only, kTolerance));
+}
+
+TEST(CudaNormalization, LayerNormalizationInXsBuffer) {
+  OXTRAIN_REQUIRE_GPU();
+  using namespace runtime;
+  // Y written over X (the planner may share the buffer): the same as the CPU's separate output.
+  for (const Shape& xs : {Shape{5, 7, 11, 13}, Shape{3, 5000}}) {
+    const Shape ss{xs.back()};
+    Tensor x = random_tensor(DType::f32, xs, 60, -4.0, 4.0), scale = random_tensor(DType::f32, ss, 61, 0.5, 1.5);
+    KernelCase kc("LayerNormalization", "", {x, scale}, {{DType::f32, xs}});
+    kc.run(17);
+    const Tensor want = kc.output(0);
+    std::unique_ptr<DeviceRuntime> rt = DeviceRuntime::create(Device::cuda, Precision::fp32);
+    auto kernel = (*KernelRegistry::global().find("", "LayerNormalization", Device::cuda))(
+        KernelInit{kc.node(), 17, Device::cuda, &rt->context(), Precision::fp32});
+    void* px = rt->allocate(static_cast<int64_t>(x.bytes.size()), "X");
+    void* ps = rt->allocate(static_cast<int64_t>(scale.bytes.size()), "Scale");
+    rt->copy_to_device(px, x.bytes.data(), x.bytes.size());
+    rt->copy_to_device(ps, scale.bytes.data(), scale.bytes.size());
+    KernelArgs args;
+    args.inputs = {TensorView{px, DType::f32, xs}, TensorView{ps, DType::f32, ss}};
+    args.outputs = {TensorView{px, DType::f32, xs}};
+    args.context = &rt->context();
+    kernel->run(args);
+    Tensor got(DType::f32, xs);
+    rt->copy_to_host(got.bytes.data(), px, got.bytes.size());
+    rt->synchronize();
+    rt->release(px);
+    rt->release(ps);
+    EXPECT_LE(test::max_relative_difference(got, want), kTolerance) << graph::shape_str(xs);
+  }
 }
 
 TEST(CudaNormalization, LayerNormalizationGradMatchesCpu) {
