@@ -152,7 +152,7 @@ Grads gather_nd_rule(GradContext& c) {
 
 void add_movement_rules(RuleMap& rules) {
   rules["Concat"] = {concat_rule};
-  rules["Split"] = {split_rule};
+  rules["Split"] = {split_rule, true};
   rules["Slice"] = {slice_rule};
   rules["Transpose"] = {transpose_rule};
   rules["Squeeze"] = {reshape_back_rule};

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "graph/onnx_io.h"
+#include "graph/ops.h"
 #include "runtime/kernel.h"
 #include "runtime/session.h"
 #include "tests/helpers.h"
@@ -533,4 +534,41 @@ TEST(CpuMovement, SchemaErrorsNameTheNodeAndShapes) {
   e = error_of(squeeze);
   EXPECT_NE(e.find("Squeeze 'flat'"), std::string::npos) << e;
   EXPECT_NE(e.find("cannot squeeze axis 1"), std::string::npos) << e;
+}
+
+TEST(CpuMovement, ClassTokenPathTrainsTheTokenAndReadsItBack) {
+  // ViT's class token: Expand(parameter, shape) -> Concat with the patches -> Gather x[:, 0].
+  // The token is a parameter, the shape and the index are constants, and the gathered row is
+  // the token itself.
+  test::ModelBuilder b(17);
+  b.input("x", {2, 3, 4});
+  b.initializer("cls", {1, 1, 4}, 0.25f);
+  b.int_initializer("shape", {2, 1, 4});
+  b.node("Expand", {"cls", "shape"}, {"tokens"}, "expand");
+  test::set_int(b.node("Concat", {"tokens", "x"}, {"seq"}, "cat"), "axis", 1);
+  auto& zero = b.node("Constant", {}, {"zero"}, "zero");
+  set_tensor(zero, {0}, {});
+  test::set_int(b.node("Gather", {"seq", "zero"}, {"y"}, "first"), "axis", 1);
+  b.output("y");
+  graph::Graph g = import(b);
+  EXPECT_EQ(g.value("cls")->role, graph::Role::Parameter);
+  EXPECT_EQ(g.value("shape")->role, graph::Role::Constant);
+  for (const auto& n : g.nodes()) {
+    graph::OpFacts f = graph::node_facts(*n);
+    if (n->op_type == "Expand" || n->op_type == "Gather") {
+      EXPECT_FALSE(f.trainable(1)) << n->op_type;
+    }
+    if (n->op_type == "Concat") {
+      EXPECT_TRUE(f.trainable(0) && f.trainable(1));
+    }
+  }
+  EXPECT_EQ(g.value("y")->shape, (Shape{2, 4}));
+  runtime::Session s(std::move(g));
+  s.feed("x", random_tensor(DType::f32, {2, 3, 4}, 72));
+  s.run();
+  // ModelBuilder fills the token with 0.25 + 0.001 * i.
+  std::vector<double> want;
+  for (int n = 0; n < 2; ++n)
+    for (int i = 0; i < 4; ++i) want.push_back(static_cast<double>(0.25f + 0.001f * static_cast<float>(i)));
+  EXPECT_TRUE(close(s.fetch("y"), want, 0));
 }

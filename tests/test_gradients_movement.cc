@@ -4,7 +4,11 @@
 // gradients add up).
 #include <gtest/gtest.h>
 
+#include "autodiff/training.h"
+#include "graph/onnx_io.h"
+#include "runtime/session.h"
 #include "tests/grad_check.h"
+#include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
 using namespace oxtrain::graph;
@@ -111,4 +115,45 @@ TEST(GradientsMovement, GatherND) {
                   "depth 2 with a repeat");
   check_gradients({"GatherND", {{f64({4, 3}, 81)}, constant(int_matrix({2, 0, 2}, {3, 1}))}}, "depth 1");
   check_gradients({"GatherND", {{f64({2, 3}, 82)}, constant(int_matrix({1, 2, 0, 0}, {2, 2}))}}, "full depth");
+}
+
+TEST(GradientsMovement, SplitWhoseFirstOutputCarriesNoGradient) {
+  // L = mean(y1 * r) with [y0, y1] = Split(x) on axis 0: dX is 0 on y0's row, r / 9 on y1's.
+  Graph g;
+  g.opsets = {{"", 13}};
+  Value* x = g.add_value("x", DType::f64, {4, 3}, Role::Input);
+  Value* r = g.add_value("r", DType::f64, {3, 3}, Role::Input);
+  for (Value* v : {x, r}) {
+    v->rank_known = true;
+    g.inputs.push_back(v);
+  }
+  Value* sizes = g.add_initializer("sizes", ints({1, 3}), Role::Constant);
+  Value* y0 = g.add_value("y0");
+  Value* y1 = g.add_value("y1");
+  g.add_node("Split", {x, sizes}, {y0, y1}, "split");
+  Value* prod = g.add_value("prod");
+  g.add_node("Mul", {y1, r}, {prod}, "weigh");
+  Value* loss = g.add_value("L");
+  Node* sum = g.add_node("ReduceMean", {prod}, {loss}, "mean");
+  sum->attrs["keepdims"].value = int64_t{0};
+  g.outputs = {loss, y0};
+  prepare(g);
+  autodiff::TrainingOptions options;
+  options.loss_output = "L";
+  options.optimizer = false;
+  options.wrt = {"x"};
+  options.expose_gradients = true;
+  autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(g), options);
+  std::string grad;
+  for (const auto& [v, d] : tg.gradients)
+    if (v == "x") grad = d;
+  ASSERT_FALSE(grad.empty());
+  runtime::Session s(std::move(tg.graph));
+  Tensor rv = f64({3, 3}, 91);
+  s.feed("x", f64({4, 3}, 90));
+  s.feed("r", rv);
+  s.run();
+  std::vector<double> want(3, 0.0);
+  for (int64_t i = 0; i < 9; ++i) want.push_back(rv.data<double>()[i] / 9);
+  EXPECT_TRUE(close(s.fetch(grad), want, 1e-12));
 }
