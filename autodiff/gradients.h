@@ -64,6 +64,9 @@ using GradRule = std::function<std::vector<Value*>(GradContext&)>;
 // Which inputs take no gradient is an op fact (graph::OpFacts::trainable), not the rule's.
 struct GradRuleInfo {
   GradRule rule;
+  // The rule runs when any output has a gradient, dY(0) included among those that may be
+  // missing (Split); otherwise only when dY(0) exists.
+  bool any_output = false;
 };
 
 // nullptr when the op has no gradient rule.

@@ -329,7 +329,7 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
     }
     if (!any_needed) continue;
     // Rules read dY(0) as the main gradient: give them a zero-free path only when it exists.
-    if (!output_grads[0])
+    if (!output_grads[0] && !info->any_output)
       throw Error(n.describe() + ": only its secondary outputs carry a gradient; not supported");
     GradContext ctx(g, n, output_grads, needs);
     std::vector<Value*> grads = info->rule(ctx);

@@ -20,6 +20,7 @@
 #include "base/checked.h"
 #include "base/files.h"
 #include "base/text.h"
+#include "graph/op_helpers.h"
 #include "graph/ops.h"
 
 namespace fs = std::filesystem;
@@ -376,6 +377,7 @@ int64_t batch_size_of(const Graph& graph) {
 
 void prepare(Graph& g, const ImportOptions& options) {
   check_opset(g);
+  detail::rewrite_sequence_splits(g);
   g.topological_sort();
   resolve_batch(g, options);
   assign_roles(g);

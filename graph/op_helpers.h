@@ -31,11 +31,23 @@ Tensor& out_data(Node& n, size_t i, DType dtype, Shape shape);
 const Tensor& in_data(const Node& n, size_t i);
 std::vector<int64_t> strides_of(const Shape& s);
 
+// Constant folding of the shape ops (graph/ops.cc), reused by the movement family's schemas.
+void fold_gather(Node& n, const InferContext& ctx);
+void fold_unsqueeze(Node& n, const InferContext& ctx);
+void fold_squeeze(Node& n, const InferContext& ctx);
+void fold_concat(Node& n, const InferContext& ctx);
+void fold_expand(Node& n, const InferContext& ctx);
+
 // Each op family's schemas (graph/ops_<family>.cc). An entry with the domain and op type of a
 // core entry in graph/ops.cc replaces it.
 std::vector<OpSchema> pointwise_schemas();      // element-wise math, comparisons, Where, Cast
 std::vector<OpSchema> movement_schemas();       // Concat, Split, Slice, Gather, Expand, ...
 std::vector<OpSchema> normalization_schemas();  // LayerNormalization, reductions, MatMul, Softmax
 std::vector<OpSchema> random_schemas();         // Dropout, RandomUniformLike, ...
+
+
+// Import rewrites of the movement family, run before shapes are inferred: SplitToSequence
+// whose sequence is read only by SequenceAt at constant positions becomes one Slice per read.
+void rewrite_sequence_splits(Graph& g);
 
 }  // namespace oxtrain::graph::detail

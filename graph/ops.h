@@ -86,6 +86,16 @@ struct WindowGeometry {
 WindowGeometry window_geometry(const Node& node, const Shape& input,
                                const std::vector<int64_t>& kernel, bool ceil_mode);
 
+// What a Slice node selects from an input of shape `input`, after resolving its starts, ends,
+// axes and steps (attributes before opset 10, constant inputs from 10) and clamping them as
+// the spec says: per input axis, the first index read and the step (0 and 1 on axes it does not
+// slice), and the output shape. Throws naming the node.
+struct SliceGeometry {
+  std::vector<int64_t> starts, steps;
+  Shape output;
+};
+SliceGeometry slice_geometry(const Node& node, const Shape& input, int64_t opset);
+
 // Numpy-style multidirectional broadcast; throws Error naming `node` on a mismatch.
 Shape broadcast_shapes(const Node& node, const Shape& a, const Shape& b);
 
