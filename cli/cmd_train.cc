@@ -435,6 +435,13 @@ void TrainRun::restore(const std::string& path) {
     std::printf("=> loaded checkpoint '%s' (epoch %lld, batch %lld, step %lld)\n", path.c_str(),
               static_cast<long long>(start_epoch_), static_cast<long long>(resume_batch_),
               static_cast<long long>(global_step_));
+  // The random ops draw from (seed, node, step): the run continues the original one exactly
+  // only with its seed.
+  std::string seed = ck.get("seed", "");
+  if (logs() && !seed.empty() && seed != std::to_string(a_.seed))
+    std::printf("=> note: the checkpoint was written with --seed %s, this run uses --seed %lld: Dropout masks "
+                "and data order differ from the original run's\n",
+                escape_name(seed, 40).c_str(), static_cast<long long>(a_.seed));
 }
 
 void TrainRun::save_checkpoint(int64_t epoch, int64_t batch_in_epoch, bool is_best) {

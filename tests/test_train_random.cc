@@ -73,4 +73,11 @@ TEST(TrainingRandom, CliDropoutSeedsAndResume) {
   runtime::Checkpoint resumed = train(model, dir + "/split", 1, 4, "--resume " + dir + "/split/checkpoint.oxt");
   EXPECT_EQ(resumed.get("step"), "4");
   EXPECT_TRUE(same_tensors(a, resumed));
+  // Resuming with another seed says so.
+  auto r = test::run_oxtrain("train --synthetic --model " + model + " --image-size 8 --num-classes 5 -b 4 --epochs 1 "
+                             "--threads 2 --seed 3 --steps 5 --checkpoint-dir " + dir + "/split --resume " + dir +
+                             "/split/checkpoint.oxt");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("=> note: the checkpoint was written with --seed 1, this run uses --seed 3"), std::string::npos)
+      << r.out;
 }
