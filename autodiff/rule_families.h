@@ -3,6 +3,8 @@
 // a core rule of the same key. Internal to autodiff/.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -16,5 +18,10 @@ void add_pointwise_rules(RuleMap& rules);
 void add_movement_rules(RuleMap& rules);
 void add_normalization_rules(RuleMap& rules);
 void add_random_rules(RuleMap& rules);
+
+// The random family's rewrite for training (autodiff/rules_random.cc): training-mode Dropout and
+// the random ops become oxtrain-domain nodes that read the training step; `step` makes (once)
+// and returns the graph's int64 step input; `seed` is the run's seed.
+void random_to_training(Graph& g, uint64_t seed, const std::function<Value*()>& step);
 
 }  // namespace oxtrain::autodiff::detail

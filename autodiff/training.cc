@@ -6,6 +6,7 @@
 #include <set>
 
 #include "autodiff/gradients.h"
+#include "autodiff/rule_families.h"
 #include "graph/ops.h"
 
 namespace oxtrain::autodiff {
@@ -221,6 +222,16 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
   LossInfo loss = append_loss(g, options);
   result.loss = loss.loss->name;
   result.labels = loss.labels ? loss.labels->name : "";
+  // Random nodes read the step (autodiff/rules_random.cc); the optimizer reads it too.
+  Value* step = nullptr;
+  auto make_step = [&] {
+    if (!step) {
+      step = g.add_value(g.unique_name("step"), DType::i64, {}, Role::Input);
+      step->rank_known = true;
+    }
+    return step;
+  };
+  detail::random_to_training(g, options.random_seed, make_step);
   size_t forward_count = g.nodes().size();
 
   // What gradients flow from: parameters, plus values the caller asks for.
@@ -384,8 +395,7 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
     ensure_opset(g, graph::kTrainingDomain, 1);
     Value* lr = g.add_value(g.unique_name("learning_rate"), DType::f32, {}, Role::Input);
     lr->rank_known = true;
-    Value* step = g.add_value(g.unique_name("step"), DType::i64, {}, Role::Input);
-    step->rank_known = true;
+    make_step();
     g.inputs.push_back(lr);
     g.inputs.push_back(step);
     result.learning_rate = lr->name;
@@ -420,6 +430,9 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
       g.updates.push_back({vs[i], vs_new[i]});
     }
     result.optimizer_nodes = 1;
+  } else if (step) {
+    g.inputs.push_back(step);
+    result.step = step->name;
   }
   g.outputs = new_outputs;
   // The training graph is specialised to the batch it was built for (gradient reshapes hold

@@ -4,6 +4,9 @@
 // The result is an ordinary Graph: the runtime executes it without knowing it trains.
 // Inputs: the model's inputs, `labels` (int64 [N]) when the loss is appended, and, with an
 // optimizer, `learning_rate` (float scalar) and `step` (int64 scalar: 0 on the first step).
+// A graph with random nodes (training-mode Dropout, RandomUniformLike, ...) has the `step`
+// input even without an optimizer: its random numbers are a function of (TrainingOptions::
+// random_seed, the node, the step, the element), see autodiff/rules_random.cc.
 // Graph::updates lists what a step rewrites: parameters, momentum buffers, BN running stats.
 #pragma once
 
@@ -38,6 +41,11 @@ struct TrainingOptions {
   bool allreduce = false;
   int64_t bucket_bytes = 25'000'000;
   int64_t last_bucket_bytes = 1 << 20;
+  // The run's seed for the random nodes (Dropout masks, stochastic depth): the same seed and
+  // step give the same numbers in every run, resumed or not, on any thread count or device.
+  // Every rank of a data-parallel job draws the same numbers, as PyTorch's main.py does when
+  // it seeds every rank alike.
+  uint64_t random_seed = 0;
 };
 
 // Buckets over gradient sizes in backward order (see TrainingOptions::allreduce): index lists.
@@ -50,7 +58,7 @@ struct TrainingGraph {
   std::string logits;         // the model's output, kept as a graph output
   std::string labels;         // "" when the loss came from the model
   std::string learning_rate;  // "" without optimizer
-  std::string step;
+  std::string step;           // "" without optimizer and random nodes
   // (value, its gradient) in the order backward finishes them: the order of gradient buckets.
   std::vector<std::pair<std::string, std::string>> gradients;
   // With TrainingOptions::allreduce: the AllReduce nodes' names, and each bucket's gradient

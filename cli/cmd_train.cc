@@ -350,6 +350,7 @@ void TrainRun::build_sessions() {
     to.weight_decay = a_.weight_decay;
     to.allreduce = job_.has_value();
     to.bucket_bytes = static_cast<int64_t>(a_.bucket_mb * 1e6);
+    to.random_seed = static_cast<uint64_t>(a_.seed);
     tg_ = autodiff::build_training_graph(std::move(copy), to);
     for (const auto& [v, d] : tg_.gradients) so.gradients.push_back(d);
     graph::Graph g = std::move(tg_.graph);
@@ -442,6 +443,13 @@ void TrainRun::restore(const std::string& path) {
     std::printf("=> loaded checkpoint '%s' (epoch %lld, batch %lld, step %lld)\n", path.c_str(),
               static_cast<long long>(start_epoch_), static_cast<long long>(resume_batch_),
               static_cast<long long>(global_step_));
+  // The random ops draw from (seed, node, step): the run continues the original one exactly
+  // only with its seed.
+  std::string seed = ck.get("seed", "");
+  if (logs() && !seed.empty() && seed != std::to_string(a_.seed))
+    std::printf("=> note: the checkpoint was written with --seed %s, this run uses --seed %lld: Dropout masks "
+                "and data order differ from the original run's\n",
+                escape_name(seed, 40).c_str(), static_cast<long long>(a_.seed));
 }
 
 void TrainRun::save_checkpoint(int64_t epoch, int64_t batch_in_epoch, bool is_best) {
@@ -780,7 +788,7 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_option("-j,--workers", a->workers, "data loading threads (0: in the training thread)")->capture_default_str();
   cmd->add_option("--resume", a->resume, "checkpoint to resume from");
   cmd->add_flag("-e,--evaluate", a->evaluate, "evaluate on DATA/val only");
-  cmd->add_option("--seed", a->seed, "seed of initialisation, shuffling and augmentation")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "seed of initialisation, shuffling, augmentation and the random ops (Dropout masks, stochastic depth)")->capture_default_str();
   cmd->add_flag("--synthetic", a->synthetic, "train on one random batch made once (no data loading)");
   cmd->add_option("--device", a->device, "cpu, cuda, or auto: cuda where a GPU is visible")->capture_default_str();
   cmd->add_option("--precision", a->precision,

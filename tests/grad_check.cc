@@ -1,6 +1,7 @@
 // The gradient checker (see tests/grad_check.h).
 #include "tests/grad_check.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autodiff/training.h"
@@ -124,6 +125,11 @@ void feed_all(runtime::Session& s, const GradCase& c, const std::vector<Tensor>&
   Tensor count(DType::f64, {});
   count.data<double>()[0] = static_cast<double>(std::max<int64_t>(r.numel(), 1));
   s.feed("count", count);
+  // Random nodes (Dropout in training mode) read the training step: one fixed step, so the
+  // mask is the same in every run of the checker.
+  const Value* step = s.graph().find_value("step");
+  if (step && std::find(s.graph().inputs.begin(), s.graph().inputs.end(), step) != s.graph().inputs.end())
+    s.feed("step", Tensor::from_int64({3}, {}));
 }
 
 double loss_at(runtime::Session& s, const GradCase& c, const std::vector<Tensor>& values,

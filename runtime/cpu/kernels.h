@@ -32,7 +32,8 @@ void register_cpu_pointwise_kernels(KernelRegistry& registry);
 void register_cpu_movement_kernels(KernelRegistry& registry);
 // normalization.cc: LayerNormalization, reductions over any axes, batched MatMul, Softmax on any axis
 void register_cpu_normalization_kernels(KernelRegistry& registry);
-// random.cc: Dropout and RandomUniformLike in training mode
+// random.cc: Dropout (inference), oxtrain.DropoutTraining, oxtrain.DropoutGrad, RandomUniform(Like),
+// RandomNormal(Like) and their oxtrain forms that read the training step
 void register_cpu_random_kernels(KernelRegistry& registry);
 
 }  // namespace oxtrain::runtime

@@ -33,7 +33,8 @@ void register_cuda_pointwise_kernels(KernelRegistry& registry);
 void register_cuda_movement_kernels(KernelRegistry& registry);
 // normalization.cu: LayerNormalization, reductions over any axes, batched MatMul, Softmax on any axis
 void register_cuda_normalization_kernels(KernelRegistry& registry);
-// random.cu: Dropout and RandomUniformLike in training mode
+// random.cu: Dropout (inference), oxtrain.DropoutTraining, oxtrain.DropoutGrad, RandomUniform(Like),
+// RandomNormal(Like) and their oxtrain forms that read the training step
 void register_cuda_random_kernels(KernelRegistry& registry);
 
 }  // namespace oxtrain::runtime
