@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "cli/run_model.h"
+#include "graph/ops.h"
 #include "runtime/device.h"
 
 namespace oxtrain::cli {
@@ -31,19 +32,22 @@ struct RunArgs {
 int print_supported_ops(bool json) {
   std::vector<OpSupport> ops = supported_op_list();
   if (json) {
-    nlohmann::json j = nlohmann::json::array();
+    nlohmann::json j;
+    j["opsets"] = {{"ai.onnx", {graph::kMinOpset, graph::kMaxOpset}}};
+    j["ops"] = nlohmann::json::array();
     for (const OpSupport& s : ops)
-      j.push_back({{"domain", s.domain}, {"op_type", s.op_type}, {"cpu", s.cpu}, {"cuda", s.cuda},
-                   {"fold_only", s.fold_only}});
+      j["ops"].push_back({{"domain", s.domain}, {"op_type", s.op_type}, {"cpu", s.cpu}, {"cuda", s.cuda},
+                          {"fold_only", s.fold_only}});
     std::cout << j.dump(1) << "\n";
     return 0;
   }
+  std::cout << "ai.onnx opsets " << graph::kMinOpset << " to " << graph::kMaxOpset << "\n";
   for (const OpSupport& s : ops) {
     std::string name = s.domain.empty() ? s.op_type : s.domain + "." + s.op_type;
-    std::string where = s.fold_only ? "constant inputs only (folded at import)"
+    std::string where = s.fold_only ? "no kernel: only on constant inputs (folded at import)"
                                     : std::string(s.cpu ? "cpu" : "") + (s.cpu && s.cuda ? " " : "") +
                                           (s.cuda ? "cuda" : "") + (!s.cpu && !s.cuda ? "no kernel" : "");
-    std::cout << name << std::string(name.size() < 34 ? 34 - name.size() : 1, ' ') << where << "\n";
+    std::cout << name << std::string(name.size() < 36 ? 36 - name.size() : 1, ' ') << where << "\n";
   }
   return 0;
 }
@@ -65,7 +69,7 @@ Subcommand add_run_command(CLI::App& app) {
   cmd->add_option("--device", args->device, "cpu, cuda, or auto (cuda where a GPU is visible)")->capture_default_str();
   cmd->add_option("--threads", args->threads, "CPU threads (default: all cores)");
   cmd->add_flag("--supported-ops", args->supported_ops,
-                "list the ops this build imports, with the devices that have kernels for them, and exit");
+                "list the ops this build imports (and the opsets it reads), with the devices that have kernels for them, and exit");
   cmd->add_flag("--json", args->json, "with --supported-ops: print the list as JSON");
   cmd->add_flag("--allow-external-data-anywhere", args->allow_external_data_anywhere,
                 "read external data even from outside the model's folder (only for models you trust)");
