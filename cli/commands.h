@@ -23,5 +23,6 @@ Subcommand add_graph_command(CLI::App& app);
 Subcommand add_zoo_command(CLI::App& app);
 Subcommand add_make_dataset_command(CLI::App& app);
 Subcommand add_train_command(CLI::App& app);
+Subcommand add_run_command(CLI::App& app);
 
 }  // namespace oxtrain::cli

@@ -94,6 +94,7 @@ int main(int argc, char** argv) {
       oxtrain::cli::add_zoo_command(app),
       oxtrain::cli::add_make_dataset_command(app),
       oxtrain::cli::add_train_command(app),
+      oxtrain::cli::add_run_command(app),
   };
   try {
     app.parse(argc, argv);
