@@ -51,7 +51,7 @@ BN running statistics (forward-only) within 1e-4; measured ~1e-5.
 Weights and batch from a seed
 -----------------------------
 Every float initializer, the input batch and the labels are drawn from one
-counter-based generator that the C++ test reimplements (tests/test_parity_full.cc):
+counter-based generator that the C++ test reimplements (tests/parity_helpers.cc):
 
     bits(stream, i) = splitmix64 finaliser of ((stream << 40) + i + 1) * 0x9E3779B97F4A7C15
     u(stream, i)    = (bits >> 11) * 2^-53                        in [0, 1)
