@@ -1,7 +1,7 @@
 // Gradient rules of the normalization family (see autodiff/rule_families.h):
 // LayerNormalization (oxtrain.LayerNormalizationGrad from the saved statistics), ReduceSum
 // (oxtrain.ReduceSumGrad), and MatMul, which replaces the core rule to take 1-D operands and
-// to compute the gradient of a matrix shared across a batch with one product, and Transpose.
+// to compute the gradient of a matrix shared across a batch with one product.
 #include <algorithm>
 #include <numeric>
 
@@ -155,27 +155,12 @@ Grads matmul_rule(GradContext& c) {
   return g;
 }
 
-// ---------------------------------------------------------------------------------------
-// Transpose (the attention heads' and channels-last permutes around MatMul and
-// LayerNormalization): dX = dY transposed by the inverse permutation.
-
-Grads transpose_rule(GradContext& c) {
-  const int64_t rank = static_cast<int64_t>(c.in(0)->shape.size());
-  std::vector<int64_t> perm = c.node().attr_ints("perm");
-  if (perm.empty())
-    for (int64_t i = rank - 1; i >= 0; --i) perm.push_back(i);
-  std::vector<int64_t> inverse(perm.size());
-  for (size_t i = 0; i < perm.size(); ++i) inverse[static_cast<size_t>(perm[i])] = static_cast<int64_t>(i);
-  return {c.emit1("Transpose", "", {c.dY()}, {{"perm", Attribute{inverse}}})};
-}
-
 }  // namespace
 
 void add_normalization_rules(RuleMap& rules) {
   rules["LayerNormalization"] = {layer_norm_rule};
   rules["ReduceSum"] = {reduce_sum_rule};
   rules["MatMul"] = {matmul_rule};
-  rules["Transpose"] = {transpose_rule};
 }
 
 }  // namespace oxtrain::autodiff::detail

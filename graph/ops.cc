@@ -292,7 +292,13 @@ void infer_broadcast(Node& n, const InferContext&) {
 
 void infer_flatten(Node& n, const InferContext&) {
   const Shape& x = in_shape(n, 0);
-  int64_t axis = norm_axis(n, n.attr_int("axis", 1), static_cast<int64_t>(x.size()), true);
+  // axis in [-r, r]; a negative one counts from the end (-1: all but the last dimension).
+  const int64_t rank = static_cast<int64_t>(x.size());
+  int64_t axis = n.attr_int("axis", 1);
+  if (axis < -rank || axis > rank)
+    throw Error(n.describe() + ": axis " + std::to_string(axis) + " is out of range [-" +
+                std::to_string(rank) + ", " + std::to_string(rank) + "] for input " + join(x));
+  if (axis < 0) axis += rank;
   const std::string what = n.describe() + ": input " + join(x);
   int64_t a = numel_or_throw(std::span(x).first(static_cast<size_t>(axis)), what);
   int64_t b = numel_or_throw(std::span(x).subspan(static_cast<size_t>(axis)), what);

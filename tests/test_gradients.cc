@@ -126,6 +126,7 @@ TEST(Gradients, Sum) {
 TEST(Gradients, FlattenAndReshape) {
   check_gradients({"Flatten", {{f64({2, 3, 4, 5}, 1)}}, {{"axis", i1(2)}}}, "axis 2");
   check_gradients({"Flatten", {{f64({2, 3, 4}, 2)}}}, "default axis");
+  check_gradients({"Flatten", {{f64({2, 3, 4, 5}, 5)}}, {{"axis", i1(-1)}}}, "axis -1: all but the last");
   check_gradients({"Reshape", {{f64({2, 3, 4}, 3)}, {ints({4, -1}), false, true}}}, "[4,-1]");
   check_gradients({"Reshape", {{f64({2, 3, 4}, 4)}, {ints({0, 12}), false, true}}}, "[0,12]");
 }

@@ -77,6 +77,8 @@ TEST(GradientsMovement, Transpose) {
   check_gradients({"Transpose", {{f64({2, 3, 4, 5}, 40)}}, {{"perm", iv({2, 0, 3, 1})}}}, "perm 2031");
   check_gradients({"Transpose", {{f64({3, 4, 5}, 41)}}, {{"perm", iv({1, 2, 0})}}}, "perm 120");
   check_gradients({"Transpose", {{f64({3, 4, 5}, 42)}}}, "default perm");
+  check_gradients({"Transpose", {{f64({2, 3, 4, 5}, 60)}}, {{"perm", iv({0, 2, 3, 1})}}}, "channels last");
+  check_gradients({"Transpose", {{f64({2, 3, 4, 5}, 61)}}, {{"perm", iv({0, 2, 1, 3})}}}, "attention heads");
 }
 
 TEST(GradientsMovement, SqueezeUnsqueeze) {

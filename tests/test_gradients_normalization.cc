@@ -136,8 +136,3 @@ TEST(GradientsNormalization, SoftmaxOnEveryAxis) {
                       "opset " + std::to_string(opset) + " axis " + std::to_string(axis));
 }
 
-TEST(GradientsNormalization, Transpose) {
-  check_gradients({"Transpose", {{f64({2, 3, 4, 5}, 60)}}, {{"perm", iv({0, 2, 3, 1})}}}, "channels last");
-  check_gradients({"Transpose", {{f64({2, 3, 4, 5}, 61)}}, {{"perm", iv({0, 2, 1, 3})}}}, "attention heads");
-  check_gradients({"Transpose", {{f64({2, 3, 4}, 62)}}}, "default: reversed");
-}

@@ -67,8 +67,6 @@ constexpr const char* kShapeOutput =
     "Shape as the graph output: fold-only (no kernel), and its output is inferred as [] there";
 constexpr const char* kFoldFloat16 =
     "CastLike to float16 of a constant: import folding has no float16";
-constexpr const char* kFlattenNegativeAxis =
-    "bug: Flatten's inference normalises a negative axis to axis + rank + 1 (norm_axis allow_end)";
 constexpr const char* kNoDefaultDomain =
     "the model imports only ai.onnx.preview.training; oxtrain requires an ai.onnx opset";
 constexpr const char* kDropoutMask =
@@ -273,18 +271,6 @@ const Exclusion kExcluded[] = {
     {"test_causal_conv_with_state_with_bias_and_past_state_expanded", kFoldOnly},
     {"test_causal_conv_with_state_with_bias_expanded", kFoldOnly},
     {"test_causal_conv_with_state_with_past_state_expanded", kFoldOnly},
-    {"test_concat_1d_axis_0", kFoldOnly},
-    {"test_concat_1d_axis_negative_1", kFoldOnly},
-    {"test_concat_2d_axis_0", kFoldOnly},
-    {"test_concat_2d_axis_1", kFoldOnly},
-    {"test_concat_2d_axis_negative_1", kFoldOnly},
-    {"test_concat_2d_axis_negative_2", kFoldOnly},
-    {"test_concat_3d_axis_0", kFoldOnly},
-    {"test_concat_3d_axis_1", kFoldOnly},
-    {"test_concat_3d_axis_2", kFoldOnly},
-    {"test_concat_3d_axis_negative_1", kFoldOnly},
-    {"test_concat_3d_axis_negative_2", kFoldOnly},
-    {"test_concat_3d_axis_negative_3", kFoldOnly},
     {"test_constant", kFoldOnly},
     {"test_constantofshape_float_ones", kFoldOnly},
     {"test_constantofshape_int_shape_zero", kFoldOnly},
@@ -296,16 +282,6 @@ const Exclusion kExcluded[] = {
     {"test_div_uint32", kNoDtype},
     {"test_div_uint64", kNoDtype},
     {"test_div_uint8", kIntegerKernels},
-    {"test_expand_dim_changed", kFoldOnly},
-    {"test_expand_dim_unchanged", kFoldOnly},
-    {"test_flatten_negative_axis1", kFlattenNegativeAxis},
-    {"test_flatten_negative_axis2", kFlattenNegativeAxis},
-    {"test_flatten_negative_axis3", kFlattenNegativeAxis},
-    {"test_flatten_negative_axis4", kFlattenNegativeAxis},
-    {"test_gather_0", kFoldOnly},
-    {"test_gather_1", kFoldOnly},
-    {"test_gather_2d_indices", kFoldOnly},
-    {"test_gather_negative_indices", kFoldOnly},
     {"test_identity_opt", kNonTensor},
     {"test_identity_sequence", kNonTensor},
     {"test_maxpool_1d_default", kPool2dOnly},
@@ -335,16 +311,6 @@ const Exclusion kExcluded[] = {
     {"test_shape_start_1_end_negative_1", kShapeOutput},
     {"test_shape_start_greater_than_end", kShapeOutput},
     {"test_shape_start_negative_1", kShapeOutput},
-    {"test_slice", kFoldOnly},
-    {"test_slice_default_axes", kFoldOnly},
-    {"test_slice_default_steps", kFoldOnly},
-    {"test_slice_end_out_of_bounds", kFoldOnly},
-    {"test_slice_neg", kFoldOnly},
-    {"test_slice_neg_steps", kFoldOnly},
-    {"test_slice_negative_axes", kFoldOnly},
-    {"test_slice_start_out_of_bounds", kFoldOnly},
-    {"test_squeeze", kFoldOnly},
-    {"test_squeeze_negative_axes", kFoldOnly},
     {"test_sub_int16", kNoDtype},
     {"test_sub_int8", kIntegerKernels},
     {"test_sub_uint16", kNoDtype},
@@ -355,13 +321,6 @@ const Exclusion kExcluded[] = {
     {"test_training_dropout_default", kDropoutMask},
     {"test_training_dropout_default_mask", kDropoutMask},
     {"test_training_dropout_mask", kDropoutMask},
-    {"test_unsqueeze_axis_0", kFoldOnly},
-    {"test_unsqueeze_axis_1", kFoldOnly},
-    {"test_unsqueeze_axis_2", kFoldOnly},
-    {"test_unsqueeze_negative_axes", kFoldOnly},
-    {"test_unsqueeze_three_axes", kFoldOnly},
-    {"test_unsqueeze_two_axes", kFoldOnly},
-    {"test_unsqueeze_unsorted_axes", kFoldOnly},
 };
 
 std::string node_dir() { return std::string(OXTRAIN_FIXTURES) + "/onnx_node"; }
