@@ -189,8 +189,6 @@ std::string graph_difference(const graph::Graph& a, const graph::Graph& b) {
   return "";
 }
 
-namespace {
-
 RunResult run_shell(const std::string& command_line) {
   std::string dir = temp_dir();
   std::string out_path = dir + "/stdout", err_path = dir + "/stderr";
@@ -203,7 +201,6 @@ RunResult run_shell(const std::string& command_line) {
   return r;
 }
 
-}  // namespace
 
 void set_external_data(onnx::TensorProto& t, const std::string& location, const std::string& offset,
                        const std::string& length) {

@@ -46,6 +46,8 @@ struct RunResult {
   int exit_code;
   std::string out, err;
 };
+// Runs a shell command line (sh -c), capturing stdout and stderr.
+RunResult run_shell(const std::string& command_line);
 // Runs the oxtrain binary with `args` (shell-quoted by the caller).
 RunResult run_oxtrain(const std::string& args);
 // Runs it with `seconds` of wall time at most (exit code 124 when killed, as timeout(1)) and,
