@@ -162,3 +162,50 @@ TEST(GradientsPointwise, CastBackToTheInputType) {
   Tensor grad = s.fetch(grad_name);
   EXPECT_TRUE(close(grad, {0.5, 1.0, 1.5}, 1e-7));
 }
+
+// Stochastic depth as the exporters write it (efficientnet, mnasnet, convnext):
+// U -> Less(U, p) -> Cast(float) -> Div(., p) -> Mul(x, .). The comparison and the Cast carry
+// no gradient; Div and Mul carry it to the parameter; p (a Constant node, as TorchScript
+// writes it) is not trained.
+TEST(GradientsPointwise, StochasticDepthChain) {
+  Graph g;
+  g.opsets = {{"", 17}};
+  Value* w = g.add_initializer("w", Tensor::from_float({0.5f, -2.0f, 3.0f}, {3}), Role::Parameter);
+  auto input = [&](const char* name, Shape s) {
+    Value* v = g.add_value(name, DType::f32, s, Role::Input);
+    v->rank_known = true;
+    g.inputs.push_back(v);
+    return v;
+  };
+  Value* x = input("x", {2, 3});
+  Value* u = input("u", {2, 1});
+  Value* p = g.add_value("p");
+  g.add_node("Constant", {}, {p}, "keep_prob")->attrs["value"] = Attribute{Tensor::from_float({0.8f}, {})};
+  auto v = [&](const char* name) { return g.add_value(name); };
+  Value *keep = v("keep"), *keep_f = v("keep_f"), *scale = v("scale"), *xw = v("xw"), *y = v("y"), *l = v("L");
+  g.add_node("Less", {u, p}, {keep}, "less");
+  g.add_node("Cast", {keep}, {keep_f}, "cast")->attrs["to"] = Attribute{int64_t{1}};
+  g.add_node("Div", {keep_f, p}, {scale}, "div");
+  g.add_node("Mul", {x, w}, {xw}, "mul_w");
+  g.add_node("Mul", {xw, scale}, {y}, "mul");
+  g.add_node("ReduceMean", {y}, {l}, "mean")->attrs["keepdims"] = Attribute{int64_t{0}};
+  g.outputs.push_back(l);
+  prepare(g);
+  EXPECT_EQ(w->role, Role::Parameter);
+  autodiff::TrainingOptions options;
+  options.loss_output = "L";
+  options.optimizer = false;
+  options.expose_gradients = true;
+  autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(g), options);
+  ASSERT_EQ(tg.gradients.size(), 1u);  // only w
+  EXPECT_EQ(tg.gradients[0].first, "w");
+  const std::string grad = tg.gradients[0].second;
+  runtime::Session s(std::move(tg.graph));
+  s.feed("x", Tensor::from_float({1, 2, 3, 4, 5, 6}, {2, 3}));
+  s.feed("u", Tensor::from_float({0.5f, 0.9f}, {2, 1}));  // row 0 kept (scaled by 1/0.8), row 1 dropped
+  s.run();
+  // L = mean(x * w * mask): dL/dw_j = x[0][j] / 0.8 / 6.
+  const double k = 1.0 / static_cast<double>(0.8f) / 6;
+  EXPECT_TRUE(close(s.fetch(grad), {1 * k, 2 * k, 3 * k}, 1e-6));
+  EXPECT_TRUE(close(s.fetch("L"), {(0.5 * 1 - 2 * 2 + 3 * 3) * k}, 1e-6));
+}
