@@ -92,9 +92,9 @@ TEST(ImportErrors, UnsupportedOpsAreListedAtOnce) {
   ModelBuilder b = test::small_convnet();
   b.node("LRN", {"r"}, {"l1"}, "norm_a");
   b.node("LRN", {"l1"}, {"l2"}, "norm_b");
-  b.node("HardSwish", {"l2"}, {"h"}, "act_c");
+  b.node("Hardmax", {"l2"}, {"h"}, "act_c");
   b.output("h");
-  expect_import_error(save(b), {"unsupported ops: LRN (2 nodes: 'norm_a', 'norm_b'), HardSwish (1 node: 'act_c')"});
+  expect_import_error(save(b), {"unsupported ops: LRN (2 nodes: 'norm_a', 'norm_b'), Hardmax (1 node: 'act_c')"});
 }
 
 TEST(ImportErrors, OpsetOutsideTheSupportedRange) {
