@@ -147,6 +147,9 @@ class Graph {
   // left, convolutions with biases, signs of a known folding exporter): what was found, for
   // a warning before training. Empty otherwise.
   std::string folded_batchnorm;
+  // Set at import when the dynamo exporter's optimizer dropped Conv biases that were zero at
+  // export (parameters the model no longer has): what was found. Empty otherwise.
+  std::string removed_biases;
 
   std::vector<Value*> inputs;   // graph inputs without data (role Input)
   std::vector<Value*> outputs;

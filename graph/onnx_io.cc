@@ -409,6 +409,20 @@ void prepare(Graph& g, const ImportOptions& options) {
       skip(n);
       continue;
     }
+    // CastLike of a value computed at run time (stochastic depth's keep probability, cast like
+    // the activations) is Cast to its second input's type, which is known by now.
+    if (n.op_type == "CastLike" && n.domain.empty() && n.inputs.size() == 2 && n.input(0) && n.input(1) &&
+        !(n.input(0)->has_data() && n.input(0)->role == Role::Constant) &&
+        n.input(1)->dtype != DType::undefined) {
+      Value* like = n.inputs[1];
+      auto& users = like->consumers;
+      if (auto it = std::find(users.begin(), users.end(), &n); it != users.end()) users.erase(it);
+      n.inputs.resize(1);
+      n.attrs.clear();
+      n.attrs["to"] = Attribute{int64_t{dtype_to_onnx(like->dtype)}};
+      n.op_type = "Cast";
+      schema = find_schema("", "Cast");
+    }
     InferContext ctx{g, g.opset(n.domain)};
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       const Value* in = n.inputs[i];
@@ -485,50 +499,63 @@ std::vector<std::pair<std::string, std::string>> node_metadata(const onnx::NodeP
 // mark: the dynamo exporter's rewriter records the rule in each node's metadata
 // (FuseBatchNormIntoConv) and names the new bias after the weight ("<weight>_bias"); the
 // TorchScript exporter in eval mode with constant folding gives the folded weight and bias
-// anonymous names ("onnx::Conv_<n>"). A model with no BatchNormalization left and such
-// convolutions was folded; returns what was found ("" when nothing).
-std::string folded_batchnorm_evidence(const onnx::ModelProto& model) {
-  if (model.producer_name() != "pytorch") return "";
+// anonymous names ("onnx::Conv_<n>"). Folding may be partial (DenseNet's BN after a Conv folds,
+// its BN before one stays). The same rewriter also drops a Conv bias that is zero at export
+// (RemoveOptionalBiasFromConv): a parameter the model no longer has to train.
+struct InferenceRewrites {
+  std::string folded_batchnorm, removed_biases;
+};
+
+InferenceRewrites inference_rewrites(const onnx::ModelProto& model) {
+  InferenceRewrites out;
+  if (model.producer_name() != "pytorch") return out;
   const onnx::GraphProto& g = model.graph();
   std::set<std::string> initializers;
   for (const auto& t : g.initializer()) initializers.insert(t.name());
-  int by_rule = 0, by_name = 0, anonymous = 0;
-  std::string example;
+  bool has_batchnorm = false;
+  for (const auto& n : g.node()) has_batchnorm |= n.op_type() == "BatchNormalization";
+  int by_rule = 0, by_name = 0, anonymous = 0, bias_removed = 0;
+  std::string example, bias_example;
   for (const auto& n : g.node()) {
-    if (n.op_type() == "BatchNormalization") return "";
     if (n.op_type() != "Conv" || n.input_size() < 2) continue;
     const std::string& w = n.input(1);
     const std::string b = n.input_size() > 2 ? n.input(2) : std::string();
-    bool folded = false;
+    const std::string name = n.name().empty() ? w : n.name();
+    std::string rules;
     for (const auto& [key, value] : node_metadata(n))
-      if (key == "pkg.onnxscript.rewriter.rule_name" && value.find("FuseBatchNorm") != std::string::npos) {
-        ++by_rule;
-        folded = true;
-        break;
-      }
-    if (!folded && !b.empty() && initializers.count(b) && b == w + "_bias") {
+      if (key == "pkg.onnxscript.rewriter.rule_name") rules = value;
+    bool folded = false;
+    if (rules.find("FuseBatchNorm") != std::string::npos) {
+      ++by_rule;
+      folded = true;
+    } else if (!b.empty() && initializers.count(b) && b == w + "_bias") {
       ++by_name;
       folded = true;
-    }
-    if (!folded && initializers.count(w) && initializers.count(b) && w.rfind("onnx::Conv_", 0) == 0 &&
-        b.rfind("onnx::Conv_", 0) == 0) {
+    } else if (!has_batchnorm && initializers.count(w) && initializers.count(b) &&
+               w.rfind("onnx::Conv_", 0) == 0 && b.rfind("onnx::Conv_", 0) == 0) {
       ++anonymous;
       folded = true;
+    } else if (rules.find("RemoveOptionalBiasFromConv") != std::string::npos) {
+      if (bias_example.empty()) bias_example = name;
+      ++bias_removed;
     }
-    if (folded && example.empty()) example = n.name().empty() ? w : n.name();
+    if (folded && example.empty()) example = name;
   }
   auto count = [](int k) { return std::to_string(k) + (k == 1 ? " Conv" : " Convs"); };
   if (by_rule > 0)
-    return count(by_rule) + " carry batch norm folded in by the dynamo exporter (rewrite rule "
-           "FuseBatchNormIntoConv), e.g. '" + escape_name(example) + "'";
-  if (by_name > 0)
-    return count(by_name) + " have a bias named after the weight ('<weight>_bias'), as the "
-           "dynamo exporter names the batch norm it folds in, e.g. '" + escape_name(example) + "'";
-  if (anonymous > 0)
-    return count(anonymous) + " have anonymous weights and biases ('onnx::Conv_<n>'), as the "
-           "TorchScript exporter in eval mode writes the batch norm it folds in, e.g. '" +
-           escape_name(example) + "'";
-  return "";
+    out.folded_batchnorm = count(by_rule) + " carry batch norm folded in by the dynamo exporter (rewrite rule "
+                           "FuseBatchNormIntoConv), e.g. '" + escape_name(example) + "'";
+  else if (by_name > 0)
+    out.folded_batchnorm = count(by_name) + " have a bias named after the weight ('<weight>_bias'), as the "
+                           "dynamo exporter names the batch norm it folds in, e.g. '" + escape_name(example) + "'";
+  else if (anonymous > 0)
+    out.folded_batchnorm = count(anonymous) + " have anonymous weights and biases ('onnx::Conv_<n>'), as the "
+                           "TorchScript exporter in eval mode writes the batch norm it folds in, e.g. '" +
+                           escape_name(example) + "'";
+  if (bias_removed > 0)
+    out.removed_biases = count(bias_removed) + " lost their bias, zero when exported (rewrite rule "
+                         "RemoveOptionalBiasFromConv), e.g. '" + escape_name(bias_example) + "'";
+  return out;
 }
 
 }  // namespace
@@ -542,7 +569,9 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
   g.producer_name = model.producer_name();
   g.producer_version = model.producer_version();
   g.doc_string = model.doc_string();
-  g.folded_batchnorm = folded_batchnorm_evidence(model);
+  InferenceRewrites rewrites = inference_rewrites(model);
+  g.folded_batchnorm = rewrites.folded_batchnorm;
+  g.removed_biases = rewrites.removed_biases;
   for (const auto& o : model.opset_import()) {
     std::string domain = o.domain() == "ai.onnx" ? "" : o.domain();
     g.opsets.push_back({domain, o.version()});
@@ -644,13 +673,19 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
 }
 
 std::string folded_batchnorm_warning(const Graph& graph, const std::string& source) {
-  if (graph.folded_batchnorm.empty()) return "";
-  return "'" + source + "' has no BatchNormalization: its exporter folded batch norm into the "
-         "convolutions (" + graph.folded_batchnorm + "). Folding is exact for inference only; "
-         "trained like this the model has no normalisation and usually diverges within a few "
-         "steps. To train it, export it with batch norm kept: torch.onnx.export(model, x, f, "
-         "dynamo=True, optimize=False), or torch.onnx.export(model.train(), x, f, dynamo=False, "
-         "training=torch.onnx.TrainingMode.TRAINING)";
+  const std::string keep = "torch.onnx.export(model, x, f, dynamo=True, optimize=False), or "
+                           "torch.onnx.export(model.train(), x, f, dynamo=False, "
+                           "training=torch.onnx.TrainingMode.TRAINING)";
+  if (!graph.folded_batchnorm.empty())
+    return "'" + source + "': its exporter folded batch norm into the convolutions (" + graph.folded_batchnorm +
+           (graph.removed_biases.empty() ? "" : "; " + graph.removed_biases) +
+           "). Folding is exact for inference only; trained like this the model lacks those "
+           "normalisations and usually diverges within a few steps. To train it, export it with "
+           "batch norm kept: " + keep;
+  if (!graph.removed_biases.empty())
+    return "'" + source + "': its exporter rewrote it for inference (" + graph.removed_biases +
+           "); those biases cannot train. To train the model as defined, export it with " + keep;
+  return "";
 }
 
 Graph import_onnx(const std::string& path, const ImportOptions& options) {

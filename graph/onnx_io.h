@@ -34,9 +34,9 @@ Graph import_onnx(const std::string& path, const ImportOptions& options = {});
 Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_dir,
                         const ImportOptions& options = {});
 
-// The warning for a model whose exporter folded batch normalization away
-// (Graph::folded_batchnorm): what happened, why it matters for training and how to export the
-// model with batch norm kept. "" when nothing was folded.
+// The warning for a model whose exporter rewrote it for inference (Graph::folded_batchnorm,
+// Graph::removed_biases): what happened, why it matters for training and how to export the
+// model as defined. "" when nothing was rewritten.
 std::string folded_batchnorm_warning(const Graph& graph, const std::string& source);
 
 // Checks ops, resolves the batch, folds constants, infers shapes and assigns roles.

@@ -8,6 +8,9 @@
                       folded each Conv (pkg.onnxscript.rewriter.rule_name).
   dynamo_no_bn.onnx   the same network without BN (convolutions with their own biases, as
                       AlexNet or VGG have): nothing was folded, no warning is due.
+  dynamo_zero_bias.onnx  the network without BN whose convolution biases are zero at export (as
+                      SqueezeNet's and ConvNeXt's initialisation leaves them): the optimizer
+                      drops them (RemoveOptionalBiasFromConv), parameters the model loses.
 
 Needs torch, onnx and onnxscript; the suite only reads the files.
 """
@@ -54,3 +57,10 @@ if __name__ == "__main__":
     export(net(True), "dynamo_folded.onnx")
     torch.manual_seed(1)
     export(net(False), "dynamo_no_bn.onnx")
+    torch.manual_seed(1)
+    zero = net(False)
+    with torch.no_grad():
+        for m in zero.modules():
+            if isinstance(m, nn.Conv2d):
+                m.bias.zero_()
+    export(zero, "dynamo_zero_bias.onnx")

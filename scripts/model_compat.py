@@ -88,7 +88,7 @@ def check(oxtrain, path, torch_params, exporter, workdir):
         cell["error"] = first_error(g.stderr)
         return cell
     cell["imports"] = True
-    cell["warning"] = "folded" if "has no BatchNormalization" in g.stderr else ""
+    cell["warning"] = "folded" if "folded batch norm" in g.stderr else "rewritten" if "rewrote it for inference" in g.stderr else ""
     cell["parameters"] = json.loads(g.stdout).get("parameters")
     cell["params_match"] = cell["parameters"] == torch_params
     t0 = time.time()
@@ -107,11 +107,11 @@ def check(oxtrain, path, torch_params, exporter, workdir):
 def render(cell):
     if not cell["imports"]:
         return "import: " + short(cell["error"])
+    note = {"folded": " (BN folded, warned)", "rewritten": " (zero biases dropped, warned)"}.get(cell["warning"], "")
     if not cell["trains"]:
-        return "train: " + short(cell["error"])
+        return "train: " + short(cell["error"]) + note
     if cell["params_match"]:
         return "ok"
-    note = " (BN folded, warned)" if cell["warning"] else ""
     return "ok, %s parameters of PyTorch's %s%s" % (format(cell["parameters"], ","),
                                                    format(cell["torch_parameters"], ","), note)
 

@@ -1,7 +1,8 @@
 // A model whose exporter folded batch normalization into its convolutions imports with the
 // evidence recorded (Graph::folded_batchnorm) and trains only after a warning that says what
-// happened and how to export it with batch norm kept; models that never had batch norm, or
-// kept it, import without one. Fixtures: tests/fixtures/folded_bn/ (made by
+// happened and how to export it with batch norm kept; so does one whose exporter dropped the
+// convolution biases that were zero at export (Graph::removed_biases). Models that never had
+// batch norm, or kept it, import without one. Fixtures: tests/fixtures/folded_bn/ (made by
 // scripts/make_folded_bn_fixtures.py) and the export-style fixtures of scripts/make_fixtures.py.
 #include <gtest/gtest.h>
 
@@ -39,6 +40,21 @@ TEST(FoldedBatchNorm, TorchScriptEvalConstantFolding) {
             "exporter in eval mode writes the batch norm it folds in, e.g. '/conv1/Conv'");
 }
 
+TEST(FoldedBatchNorm, ZeroBiasesDroppedByTheOptimizer) {
+  const std::string file = fixture("folded_bn/dynamo_zero_bias.onnx");
+  graph::Graph g = graph::import_onnx(file);
+  EXPECT_EQ(g.folded_batchnorm, "");
+  EXPECT_EQ(g.removed_biases,
+            "2 Convs lost their bias, zero when exported (rewrite rule RemoveOptionalBiasFromConv), "
+            "e.g. 'node_Conv_7'");
+  EXPECT_EQ(graph::folded_batchnorm_warning(g, "m.onnx"),
+            "'m.onnx': its exporter rewrote it for inference (" + g.removed_biases +
+                "); those biases cannot train. To train the model as defined, export it with "
+                "torch.onnx.export(model, x, f, dynamo=True, optimize=False), or "
+                "torch.onnx.export(model.train(), x, f, dynamo=False, "
+                "training=torch.onnx.TrainingMode.TRAINING)");
+}
+
 TEST(FoldedBatchNorm, NothingFoldedNothingSaid) {
   // Batch norm kept (dynamo without optimize, TorchScript in training mode), or never there
   // (convolutions with their own biases, as AlexNet's).
@@ -46,6 +62,7 @@ TEST(FoldedBatchNorm, NothingFoldedNothingSaid) {
                            "ts_train_op9_basic.onnx", "folded_bn/dynamo_no_bn.onnx"}) {
     graph::Graph g = graph::import_onnx(fixture(file));
     EXPECT_EQ(g.folded_batchnorm, "") << file;
+    EXPECT_EQ(g.removed_biases, "") << file;
     EXPECT_EQ(graph::folded_batchnorm_warning(g, file), "") << file;
   }
 }
@@ -57,9 +74,8 @@ TEST(FoldedBatchNorm, TrainWarnsThenTrains) {
                              "--checkpoint-dir " + tmp.path;
   auto r = test::run_oxtrain_limited("train --model " + folded + common, 60);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.err.find("oxtrain: warning: '" + folded + "' has no BatchNormalization: its exporter folded "
-                       "batch norm into the convolutions (2 Convs carry batch norm folded in by the "
-                       "dynamo exporter"),
+  EXPECT_EQ(r.err.find("oxtrain: warning: '" + folded + "': its exporter folded batch norm into the "
+                       "convolutions (2 Convs carry batch norm folded in by the dynamo exporter"),
             0u)
       << r.err;
   EXPECT_NE(r.err.find("torch.onnx.export(model, x, f, dynamo=True, optimize=False)"), std::string::npos) << r.err;
@@ -72,6 +88,6 @@ TEST(FoldedBatchNorm, TrainWarnsThenTrains) {
 
   auto shown = test::run_oxtrain_limited("graph " + folded, 60);
   ASSERT_EQ(shown.exit_code, 0) << shown.err;
-  EXPECT_NE(shown.err.find("oxtrain: warning: '" + folded + "' has no BatchNormalization"), std::string::npos)
+  EXPECT_NE(shown.err.find("oxtrain: warning: '" + folded + "': its exporter folded batch norm"), std::string::npos)
       << shown.err;
 }
