@@ -269,10 +269,30 @@ bool running_under_sanitizer() {
 #endif
 }
 
+namespace {
+
+// This test process's folder under the temp dir, removed with everything in it when the
+// process ends (set OXTRAIN_KEEP_TEST_FILES to keep it for a look): a run of the suite would
+// otherwise leave gigabytes of models and checkpoints behind.
+struct ProcessTempRoot {
+  fs::path path = fs::temp_directory_path() / ("oxtrain_tests_" + std::to_string(getpid()));
+  ~ProcessTempRoot() {
+    if (std::getenv("OXTRAIN_KEEP_TEST_FILES")) return;
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(path, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+      if (it->is_directory(ec)) fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add, ec);
+    fs::remove_all(path, ec);
+  }
+};
+
+}  // namespace
+
 std::string temp_dir() {
+  static ProcessTempRoot root;
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string name = info ? std::string(info->test_suite_name()) + "." + info->name() : "oxtrain";
-  fs::path dir = fs::temp_directory_path() / ("oxtrain_tests_" + std::to_string(getpid())) / name;
+  fs::path dir = root.path / name;
   static int counter = 0;
   dir /= std::to_string(counter++);
   fs::create_directories(dir);
