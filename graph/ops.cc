@@ -626,54 +626,6 @@ void fold_cast(Node& n, const InferContext&) {
   }
 }
 
-void fold_slice(Node& n, const InferContext& ctx) {
-  const Tensor& x = in_data(n, 0);
-  int64_t rank = static_cast<int64_t>(x.shape.size());
-  std::vector<int64_t> starts, ends, axes, steps;
-  if (ctx.opset < 10) {
-    starts = n.attr_ints("starts");
-    ends = n.attr_ints("ends");
-    axes = n.attr_ints("axes");
-  } else {
-    starts = constant_ints(n, 1);
-    ends = constant_ints(n, 2);
-    if (n.input(3)) axes = constant_ints(n, 3);
-    if (n.input(4)) steps = constant_ints(n, 4);
-  }
-  if (axes.empty())
-    for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
-  if (steps.empty()) steps.assign(starts.size(), 1);
-  if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
-    throw Error(n.describe() + ": starts, ends, axes and steps differ in length");
-  std::vector<int64_t> first(rank, 0), step(rank, 1);
-  Shape out = x.shape;
-  for (size_t i = 0; i < starts.size(); ++i) {
-    int64_t a = norm_axis(n, axes[i], rank), dim = x.shape[a], s = steps[i];
-    if (s == 0) throw Error(n.describe() + ": step 0");
-    s = std::max<int64_t>(s, -INT64_MAX);  // so that -s exists
-    // starts/ends may be anything from INT64_MIN to INT64_MAX; dim is small (real data).
-    int64_t b = starts[i] < 0 ? std::max<int64_t>(starts[i], -dim - 1) + dim : starts[i];
-    int64_t e = ends[i] < 0 ? std::max<int64_t>(ends[i], -dim - 1) + dim : ends[i];
-    if (s > 0) {
-      b = std::clamp<int64_t>(b, 0, dim);
-      e = std::clamp<int64_t>(e, 0, dim);
-      out[a] = e > b ? (e - b - 1) / s + 1 : 0;
-    } else {
-      b = std::clamp<int64_t>(b, 0, dim - 1);
-      e = std::clamp<int64_t>(e, -1, dim - 1);
-      out[a] = b > e ? (b - e - 1) / -s + 1 : 0;
-    }
-    first[a] = b;
-    step[a] = s;
-  }
-  auto st = strides_of(x.shape);
-  remap_fold(n, x, out, [&](const std::vector<int64_t>& c) {
-    int64_t flat = 0;
-    for (int64_t d = 0; d < rank; ++d) flat += (first[d] + c[d] * step[d]) * st[d];
-    return flat;
-  });
-}
-
 void fold_constant_of_shape(Node& n, const InferContext&) {
   auto dims = constant_ints(n, 0);
   const Tensor* value = n.attr_tensor("value");
@@ -870,7 +822,6 @@ std::vector<OpSchema>& registry() {
         {"", "Unsqueeze", infer_unfoldable, fold_unsqueeze, {}, true, {.compile_time = {1}}},
         {"", "Squeeze", infer_unfoldable, fold_squeeze, {}, true, {.compile_time = {1}}},
         {"", "Concat", infer_unfoldable, fold_concat, {}, true},
-        {"", "Slice", infer_unfoldable, fold_slice, {}, true},
         {"", "ConstantOfShape", infer_unfoldable, fold_constant_of_shape, {}, true},
         {"", "Cast", infer_cast, fold_cast},
         {"", "CastLike", infer_unfoldable, fold_cast_like, {1}, true},

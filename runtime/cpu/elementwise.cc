@@ -18,6 +18,7 @@
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/math/elementwise.h"
+#include "runtime/node_values.h"
 
 namespace oxtrain::runtime {
 namespace {
@@ -31,12 +32,6 @@ using cpu::make_broadcast_plan;
 using cpu::make_strided_plan;
 using cpu::parallel_chunks;
 using cpu::StridedPlan;
-
-const graph::Value& input_value(const Node& n, size_t i) {
-  const graph::Value* v = n.input(i);
-  if (!v) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");
-  return *v;
-}
 
 // The float element type of the node's inputs `which` (all must agree).
 DType float_type(const Node& n, std::vector<size_t> which = {0}) {

@@ -20,6 +20,7 @@
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/math/movement.h"
+#include "runtime/node_values.h"
 
 namespace oxtrain::runtime {
 namespace {
@@ -27,18 +28,6 @@ namespace {
 using cpu::for_each_segment;
 using cpu::kParallelMin;
 using cpu::StridedPlan;
-
-const graph::Value& input_value(const Node& n, size_t i) {
-  const graph::Value* v = n.input(i);
-  if (!v) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");
-  return *v;
-}
-
-const graph::Value& output_value(const Node& n, size_t i) {
-  const graph::Value* v = n.output(i);
-  if (!v) throw Error(n.describe() + ": output " + std::to_string(i) + " is missing");
-  return *v;
-}
 
 void same_type(const Node& n, const graph::Value& a, const graph::Value& b) {
   if (a.dtype != b.dtype)

@@ -19,6 +19,7 @@
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/math/pointwise.h"
+#include "runtime/node_values.h"
 
 namespace oxtrain::runtime {
 namespace {
@@ -33,18 +34,6 @@ using cpu::StridedPlan;
 
 // ---------------------------------------------------------------------------------------
 // Compile-time checks
-
-const graph::Value& input_value(const Node& n, size_t i) {
-  const graph::Value* v = n.input(i);
-  if (!v) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");
-  return *v;
-}
-
-const graph::Value& output_value(const Node& n, size_t i) {
-  const graph::Value* v = n.output(i);
-  if (!v) throw Error(n.describe() + ": output " + std::to_string(i) + " is missing");
-  return *v;
-}
 
 // The one float type (float32 or float64) of inputs `which`.
 DType float_type(const Node& n, std::vector<size_t> which = {0}) {

@@ -19,24 +19,13 @@
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/math/random.h"
+#include "runtime/node_values.h"
 
 namespace oxtrain::runtime {
 namespace {
 
 using cpu::dispatch_float;
 using cpu::parallel_chunks;
-
-const graph::Value& input_value(const Node& n, size_t i) {
-  const graph::Value* v = n.input(i);
-  if (!v) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");
-  return *v;
-}
-
-const graph::Value& output_value(const Node& n, size_t i) {
-  const graph::Value* v = n.output(i);
-  if (!v) throw Error(n.describe() + ": output " + std::to_string(i) + " is missing");
-  return *v;
-}
 
 void require_step(const Node& n, size_t i) {
   const graph::Value& s = input_value(n, i);

@@ -31,6 +31,7 @@
 #include "runtime/cuda/kernels.h"
 #include "runtime/math/broadcast.h"
 #include "runtime/math/elementwise.h"
+#include "runtime/node_values.h"
 
 namespace oxtrain::runtime {
 namespace {
@@ -40,26 +41,6 @@ using math::StridedPlan;
 
 // ---------------------------------------------------------------------------------------
 // Compile-time checks
-
-const graph::Value& input_value(const Node& n, size_t i) {
-  const graph::Value* v = n.input(i);
-  if (!v) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");
-  return *v;
-}
-
-const graph::Value& output_value(const Node& n, size_t i) {
-  const graph::Value* v = n.output(i);
-  if (!v) throw Error(n.describe() + ": output " + std::to_string(i) + " is missing");
-  return *v;
-}
-
-// The value's shape, which a CUDA kernel needs when it is made.
-const graph::Shape& known_shape(const Node& n, const graph::Value& v) {
-  if (!v.rank_known || !graph::shape_known(v.shape))
-    throw Error(n.describe() + ": the CUDA kernel needs the shape of '" + v.name +
-                "' when the graph is compiled, got " + v.shape_string());
-  return v.shape;
-}
 
 void require_f32(const Node& n, const graph::Value& v) {
   if (v.dtype != DType::f32)

@@ -22,31 +22,13 @@
 #include "runtime/cuda/kernels.h"
 #include "runtime/math/broadcast.h"
 #include "runtime/math/movement.h"
+#include "runtime/node_values.h"
 
 namespace oxtrain::runtime {
 namespace {
 
 using math::StridedIndex;
 using math::StridedPlan;
-
-const graph::Value& input_value(const Node& n, size_t i) {
-  const graph::Value* v = n.input(i);
-  if (!v) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");
-  return *v;
-}
-
-const graph::Value& output_value(const Node& n, size_t i) {
-  const graph::Value* v = n.output(i);
-  if (!v) throw Error(n.describe() + ": output " + std::to_string(i) + " is missing");
-  return *v;
-}
-
-const graph::Shape& known_shape(const Node& n, const graph::Value& v) {
-  if (!v.rank_known || !graph::shape_known(v.shape))
-    throw Error(n.describe() + ": the CUDA kernel needs the shape of '" + v.name +
-                "' when the graph is compiled, got " + v.shape_string());
-  return v.shape;
-}
 
 // Elements the CUDA runtime holds, moved by size: float32, integers, bool (not float64).
 size_t movable_size(const Node& n, const graph::Value& v) {

@@ -27,6 +27,7 @@
 #include "runtime/cuda/kernels.h"
 #include "runtime/math/broadcast.h"
 #include "runtime/math/pointwise.h"
+#include "runtime/node_values.h"
 
 namespace oxtrain::runtime {
 namespace {
@@ -41,25 +42,6 @@ constexpr int kOperands = 8;
 
 // ---------------------------------------------------------------------------------------
 // Compile-time checks
-
-const graph::Value& input_value(const Node& n, size_t i) {
-  const graph::Value* v = n.input(i);
-  if (!v) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");
-  return *v;
-}
-
-const graph::Value& output_value(const Node& n, size_t i) {
-  const graph::Value* v = n.output(i);
-  if (!v) throw Error(n.describe() + ": output " + std::to_string(i) + " is missing");
-  return *v;
-}
-
-const graph::Shape& known_shape(const Node& n, const graph::Value& v) {
-  if (!v.rank_known || !graph::shape_known(v.shape))
-    throw Error(n.describe() + ": the CUDA kernel needs the shape of '" + v.name +
-                "' when the graph is compiled, got " + v.shape_string());
-  return v.shape;
-}
 
 void require_type(const Node& n, const graph::Value& v, std::initializer_list<DType> types,
                   const char* expected) {

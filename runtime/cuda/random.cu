@@ -18,21 +18,10 @@
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/kernels.h"
 #include "runtime/math/random.h"
+#include "runtime/node_values.h"
 
 namespace oxtrain::runtime {
 namespace {
-
-const graph::Value& input_value(const Node& n, size_t i) {
-  const graph::Value* v = n.input(i);
-  if (!v) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");
-  return *v;
-}
-
-const graph::Value& output_value(const Node& n, size_t i) {
-  const graph::Value* v = n.output(i);
-  if (!v) throw Error(n.describe() + ": output " + std::to_string(i) + " is missing");
-  return *v;
-}
 
 // The value's element count, which a CUDA kernel needs when it is made.
 int64_t known_numel(const Node& n, const graph::Value& v) {
