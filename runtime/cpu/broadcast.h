@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "runtime/kernel.h"
 #include "runtime/math/broadcast.h"
 
 namespace oxtrain::runtime::cpu {
@@ -85,6 +86,45 @@ double lane_sum(int64_t n, F&& f) {
     for (int j = 0; j < 8; ++j) a[j] += static_cast<double>(f(i + j));
   for (int j = 0; i < n; ++i, ++j) a[j] += static_cast<double>(f(i));
   return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+// y[i] = op(x[i]) over n elements, in parallel chunks.
+template <typename T, typename Op>
+void unary(const T* x, T* y, int64_t n, Op op) {
+  parallel_chunks(n, [&](int64_t b, int64_t e) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) y[i] = op(x[i]);
+  });
+}
+
+// y = op(a, b) with numpy broadcasting; a, b and y may be of different types.
+template <typename TA, typename TB, typename TY, typename Op>
+void broadcast_binary(const TensorView& a, const TensorView& b, const TensorView& y, Op op,
+                      const std::string& what) {
+  StridedPlan p = make_broadcast_plan(y.shape, {a.shape, b.shape}, what);
+  const TA* pa = a.as<TA>();
+  const TB* pb = b.as<TB>();
+  TY* py = y.as<TY>();
+  const int64_t sa = p.inner_stride(0), sb = p.inner_stride(1);
+  for_each_segment(p, [&](int64_t o, const int64_t* off, int64_t len) {
+    TY* yo = py + o;
+    const TA* ao = pa + off[0];
+    const TB* bo = pb + off[1];
+    if (sa == 1 && sb == 1) {
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) yo[i] = op(ao[i], bo[i]);
+    } else if (sa == 1 && sb == 0) {
+      const TB bv = bo[0];
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) yo[i] = op(ao[i], bv);
+    } else if (sa == 0 && sb == 1) {
+      const TA av = ao[0];
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) yo[i] = op(av, bo[i]);
+    } else {
+      for (int64_t i = 0; i < len; ++i) yo[i] = op(ao[i * sa], bo[i * sb]);
+    }
+  });
 }
 
 }  // namespace oxtrain::runtime::cpu

@@ -23,6 +23,7 @@
 namespace oxtrain::runtime {
 namespace {
 
+using cpu::broadcast_binary;
 using cpu::dispatch_float;
 using cpu::for_each_segment;
 using cpu::kParallelMin;
@@ -32,6 +33,7 @@ using cpu::make_broadcast_plan;
 using cpu::make_strided_plan;
 using cpu::parallel_chunks;
 using cpu::StridedPlan;
+using cpu::unary;
 
 // The float element type of the node's inputs `which` (all must agree).
 DType float_type(const Node& n, std::vector<size_t> which = {0}) {
@@ -63,13 +65,6 @@ std::vector<int64_t> int_data(const TensorView& t) {
 // ---------------------------------------------------------------------------------------
 // Unary
 
-template <typename T, typename Op>
-void unary(const T* x, T* y, int64_t n, Op op) {
-  parallel_chunks(n, [&](int64_t b, int64_t e) {
-#pragma omp simd
-    for (int64_t i = b; i < e; ++i) y[i] = op(x[i]);
-  });
-}
 
 template <typename Op>
 KernelFactory unary_factory(Op op) {
@@ -111,36 +106,7 @@ KernelFactory relu_grad_factory() {
 // Binary with broadcasting. The plan collapses same-shape operands to one flat loop, a
 // scalar operand to stride 0, and per-channel operands ([C,1,1] or [1,C,1,1] against
 // [N,C,H,W]) to rows of H*W elements that read one value each: the fast paths are the
-// inner loops below.
-
-template <typename T, typename Op>
-void binary(const TensorView& a, const TensorView& b, const TensorView& y, Op op,
-            const std::string& what) {
-  StridedPlan p = make_broadcast_plan(y.shape, {a.shape, b.shape}, what);
-  const T* pa = a.as<T>();
-  const T* pb = b.as<T>();
-  T* py = y.as<T>();
-  const int64_t sa = p.inner_stride(0), sb = p.inner_stride(1);
-  for_each_segment(p, [&](int64_t o, const int64_t* off, int64_t len) {
-    T* yo = py + o;
-    const T* ao = pa + off[0];
-    const T* bo = pb + off[1];
-    if (sa == 1 && sb == 1) {
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) yo[i] = op(ao[i], bo[i]);
-    } else if (sa == 1 && sb == 0) {
-      const T bv = bo[0];
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) yo[i] = op(ao[i], bv);
-    } else if (sa == 0 && sb == 1) {
-      const T av = ao[0];
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) yo[i] = op(av, bo[i]);
-    } else {
-      for (int64_t i = 0; i < len; ++i) yo[i] = op(ao[i * sa], bo[i * sb]);
-    }
-  });
-}
+// inner loops of cpu::broadcast_binary (runtime/cpu/broadcast.h).
 
 template <typename Op>
 KernelFactory binary_factory(Op op) {
@@ -155,8 +121,8 @@ KernelFactory binary_factory(Op op) {
     return dispatch_float(dt, what, [&](auto tag) {
       using T = decltype(tag);
       return make_kernel([op, what](const KernelArgs& a) {
-        binary<T>(a.inputs[0], a.inputs[1], a.outputs[0], [&](T x, T y) { return op(x, y); },
-                  what);
+        broadcast_binary<T, T, T>(a.inputs[0], a.inputs[1], a.outputs[0],
+                                  [&](T x, T y) { return op(x, y); }, what);
       });
     });
   };

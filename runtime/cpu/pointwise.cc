@@ -25,12 +25,14 @@ namespace oxtrain::runtime {
 namespace {
 
 namespace pm = math;
+using cpu::broadcast_binary;
 using cpu::dispatch_float;
 using cpu::for_each_segment;
 using cpu::kSegment;
 using cpu::make_broadcast_plan;
 using cpu::parallel_chunks;
 using cpu::StridedPlan;
+using cpu::unary;
 
 // ---------------------------------------------------------------------------------------
 // Compile-time checks
@@ -101,49 +103,12 @@ double constant_scalar(const Node& n, size_t i, double fallback, const char* wha
 // ---------------------------------------------------------------------------------------
 // Loops
 
-template <typename T, typename Op>
-void unary(const T* x, T* y, int64_t n, Op op) {
-  parallel_chunks(n, [&](int64_t b, int64_t e) {
-#pragma omp simd
-    for (int64_t i = b; i < e; ++i) y[i] = op(x[i]);
-  });
-}
 
 template <typename T, typename Op>
 void pairwise(const T* a, const T* b, T* y, int64_t n, Op op) {
   parallel_chunks(n, [&](int64_t lo, int64_t hi) {
 #pragma omp simd
     for (int64_t i = lo; i < hi; ++i) y[i] = op(a[i], b[i]);
-  });
-}
-
-// y = op(a, b) with numpy broadcasting; a, b and y may be of different types.
-template <typename TA, typename TB, typename TY, typename Op>
-void broadcast_binary(const TensorView& a, const TensorView& b, const TensorView& y, Op op,
-                      const std::string& what) {
-  StridedPlan p = make_broadcast_plan(y.shape, {a.shape, b.shape}, what);
-  const TA* pa = a.as<TA>();
-  const TB* pb = b.as<TB>();
-  TY* py = y.as<TY>();
-  const int64_t sa = p.inner_stride(0), sb = p.inner_stride(1);
-  for_each_segment(p, [&](int64_t o, const int64_t* off, int64_t len) {
-    TY* yo = py + o;
-    const TA* ao = pa + off[0];
-    const TB* bo = pb + off[1];
-    if (sa == 1 && sb == 1) {
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) yo[i] = op(ao[i], bo[i]);
-    } else if (sa == 1 && sb == 0) {
-      const TB bv = bo[0];
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) yo[i] = op(ao[i], bv);
-    } else if (sa == 0 && sb == 1) {
-      const TA av = ao[0];
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) yo[i] = op(av, bo[i]);
-    } else {
-      for (int64_t i = 0; i < len; ++i) yo[i] = op(ao[i * sa], bo[i * sb]);
-    }
   });
 }
 
