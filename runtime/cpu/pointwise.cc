@@ -103,7 +103,6 @@ double constant_scalar(const Node& n, size_t i, double fallback, const char* wha
 // ---------------------------------------------------------------------------------------
 // Loops
 
-
 template <typename T, typename Op>
 void pairwise(const T* a, const T* b, T* y, int64_t n, Op op) {
   parallel_chunks(n, [&](int64_t lo, int64_t hi) {
