@@ -1,6 +1,7 @@
 #include "autodiff/training.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <unordered_map>
 #include <set>
@@ -8,6 +9,7 @@
 #include "autodiff/gradients.h"
 #include "autodiff/rule_families.h"
 #include "graph/ops.h"
+#include "graph/passes.h"
 
 namespace oxtrain::autodiff {
 
@@ -215,6 +217,7 @@ std::vector<Value*> insert_allreduce(Graph& g, const std::vector<Value*>& grads,
 TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
   if (g.outputs.empty()) throw Error("the model has no outputs");
   ensure_opset(g, graph::kOxtrainDomain, 1);
+  if (options.half != DType::undefined) graph::to_mixed_precision(g, options.half);
   batchnorm_to_training(g);
   maxpool_indices(g);
   TrainingGraph result;
@@ -291,14 +294,20 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
       if (in && requires_grad.count(in) && facts.trainable(k)) ++pending[in];
     }
   }
-  Value* seed = g.add_initializer(g.unique_name("loss/grad_seed"),
+  // Backward starts from 1, or from the loss scale (a state the step updates) with fp16.
+  const bool scaled = options.half == DType::f16 && options.optimizer;
+  if (scaled && loss.loss->dtype != DType::f32)
+    throw Error("loss scaling needs a float32 loss; '" + loss.loss->name + "' is " + graph::dtype_name(loss.loss->dtype));
+  if (scaled && !(options.initial_loss_scale > 0.0f && std::isfinite(options.initial_loss_scale)))
+    throw Error("the initial loss scale must be positive and finite, got " + std::to_string(options.initial_loss_scale));
+  Value* seed = g.add_initializer(g.unique_name(scaled ? "loss_scale" : "loss/grad_seed"),
                                   [&] {
                                     Tensor t(loss.loss->dtype, loss.loss->shape);
                                     if (t.dtype == DType::f64) t.data<double>()[0] = 1.0;
-                                    else t.data<float>()[0] = 1.0f;
+                                    else t.data<float>()[0] = scaled ? options.initial_loss_scale : 1.0f;
                                     return t;
                                   }(),
-                                  Role::Constant);
+                                  scaled ? Role::State : Role::Constant);
   contributions[loss.loss].push_back(seed);
 
   std::map<const Value*, Value*> final_grad;
@@ -414,12 +423,21 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
     }
     if (options.allreduce) gs = insert_allreduce(g, gs, options, result);
     std::vector<Value*> inputs = {lr, step};
+    Value* found_inf = nullptr;
+    if (scaled) {
+      found_inf = g.add_value(g.unique_name("loss_scale/found_inf"));
+      infer_node(g, *g.add_node("NonFinite", gs, {found_inf}, g.unique_name("loss_scale/check"),
+                                graph::kOxtrainDomain));
+      inputs.push_back(found_inf);
+      inputs.push_back(seed);
+    }
     inputs.insert(inputs.end(), xs.begin(), xs.end());
     inputs.insert(inputs.end(), gs.begin(), gs.end());
     inputs.insert(inputs.end(), vs.begin(), vs.end());
     std::vector<Value*> outputs = xs_new;
     outputs.insert(outputs.end(), vs_new.begin(), vs_new.end());
-    Node* m = g.add_node("Momentum", inputs, outputs, "optimizer", graph::kTrainingDomain);
+    Node* m = scaled ? g.add_node("ScaledMomentum", inputs, outputs, "optimizer", graph::kOxtrainDomain)
+                     : g.add_node("Momentum", inputs, outputs, "optimizer", graph::kTrainingDomain);
     m->attrs["alpha"].value = static_cast<float>(options.momentum);
     m->attrs["beta"].value = 1.0f;
     m->attrs["norm_coefficient"].value = static_cast<float>(options.weight_decay);
@@ -430,6 +448,24 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
       g.updates.push_back({vs[i], vs_new[i]});
     }
     result.optimizer_nodes = 1;
+    if (scaled) {
+      Tensor zero(DType::i64, {});
+      Value* good = g.add_initializer(g.unique_name("loss_scale/good_steps"), std::move(zero), Role::State);
+      Value* scale_new = g.add_value(g.unique_name("update/loss_scale"));
+      Value* good_new = g.add_value(g.unique_name("update/loss_scale/good_steps"));
+      Node* u = g.add_node("LossScaleUpdate", {seed, good, found_inf}, {scale_new, good_new},
+                           g.unique_name("loss_scale/update"), graph::kOxtrainDomain);
+      u->attrs["growth_factor"].value = options.loss_scale_growth;
+      u->attrs["backoff_factor"].value = options.loss_scale_backoff;
+      u->attrs["growth_interval"].value = options.loss_scale_interval;
+      infer_node(g, *u);
+      g.updates.push_back({seed, scale_new});
+      g.updates.push_back({good, good_new});
+      result.loss_scale = seed->name;
+      result.good_steps = good->name;
+      result.found_inf = found_inf->name;
+      result.optimizer_nodes = 3;
+    }
   } else if (step) {
     g.inputs.push_back(step);
     result.step = step->name;

@@ -46,6 +46,20 @@ struct TrainingOptions {
   // Every rank of a data-parallel job draws the same numbers, as PyTorch's main.py does when
   // it seeds every rank alike.
   uint64_t random_seed = 0;
+  // Mixed precision: bf16 or f16 computes the model in that type (graph::to_mixed_precision:
+  // convolutions, matrix products, activations, pooling and batch norm's data in half), with
+  // float32 master weights, momentum, batch-norm statistics and loss. undefined (the default)
+  // keeps the model's types. f16 with the optimizer adds dynamic loss scaling, as PyTorch's
+  // GradScaler does: backward starts from the float32 state `loss_scale` instead of 1, an
+  // oxtrain.NonFinite node checks the gradients, oxtrain.ScaledMomentum divides them by the
+  // scale or skips the step on an overflow, and oxtrain.LossScaleUpdate halves the scale on an
+  // overflow and doubles it after `loss_scale_interval` good steps, all on the device.
+  // (Gradients exposed as outputs are then the scaled ones.)
+  graph::DType half = graph::DType::undefined;
+  float initial_loss_scale = 65536.0f;
+  float loss_scale_growth = 2.0f;
+  float loss_scale_backoff = 0.5f;
+  int64_t loss_scale_interval = 2000;
 };
 
 // Buckets over gradient sizes in backward order (see TrainingOptions::allreduce): index lists.
@@ -64,6 +78,9 @@ struct TrainingGraph {
   // With TrainingOptions::allreduce: the AllReduce nodes' names, and each bucket's gradient
   // names, in order.
   std::vector<std::string> allreduce_nodes;
+  // With float16 loss scaling: the scale (float32 state), the count of good steps since it
+  // last changed (int64 state) and this step's overflow flag (float32, 1 = step skipped).
+  std::string loss_scale, good_steps, found_inf;
   std::vector<std::vector<std::string>> buckets;
   int64_t forward_nodes = 0, backward_nodes = 0, optimizer_nodes = 0;
 };

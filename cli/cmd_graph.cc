@@ -95,7 +95,7 @@ DeviceReport compile_for_device(const GraphArgs& args, const autodiff::TrainingG
   DeviceReport r;
   runtime::SessionOptions so;
   so.device = args.device == "cuda" ? runtime::Device::cuda : runtime::Device::cpu;
-  so.precision = args.precision == "fp32" ? runtime::Precision::fp32 : runtime::Precision::tf32;
+  so.precision = parse_precision(args.precision).math;
   for (const auto& [value, grad] : tg.gradients) so.gradients.push_back(grad);
   std::unique_ptr<runtime::DeviceRuntime> device;
   std::string why;
@@ -114,6 +114,7 @@ DeviceReport compile_for_device(const GraphArgs& args, const autodiff::TrainingG
 
 int run_training_report(const GraphArgs& args, graph::Graph forward) {
   autodiff::TrainingOptions to;
+  to.half = parse_precision(args.precision).half;
   to.allreduce = args.world_size > 1 || args.simulate_step_ms > 0;
   to.bucket_bytes = static_cast<int64_t>(args.bucket_mb * 1e6);
   autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(forward), to);
@@ -272,7 +273,8 @@ Subcommand add_graph_command(CLI::App& app) {
   cmd->add_option("--device", args->device,
                   "with --training: compile the step for cpu or cuda and report the device plan (arenas, "
                   "workspaces, chosen algorithms)");
-  cmd->add_option("--precision", args->precision, "with --device: fp32 (strict) or tf32")->capture_default_str();
+  cmd->add_option("--precision", args->precision,
+                  std::string("with --training: ") + kPrecisionHelp)->capture_default_str();
   cmd->add_option("--world-size", args->world_size, "with --training: ranks; above 1 the graph reduces gradients in buckets");
   cmd->add_option("--bucket-mb", args->bucket_mb, "with --world-size: gradient bucket size in MB")->capture_default_str();
   cmd->add_option("--simulate", args->simulate_step_ms,
@@ -280,8 +282,7 @@ Subcommand add_graph_command(CLI::App& app) {
   return {cmd, [args]() {
     if (!args->device.empty() && args->device != "cpu" && args->device != "cuda")
       throw Error("--device is cpu or cuda, got '" + escape_name(args->device) + "'");
-    if (args->precision != "fp32" && args->precision != "tf32")
-      throw Error("--precision is fp32 or tf32, got '" + escape_name(args->precision) + "'");
+    parse_precision(args->precision);
     if (!args->device.empty() && !args->training) throw Error("--device needs --training");
     check_range("--world-size", args->world_size, 1, 1 << 20);
     if (!(args->bucket_mb > 0 && args->bucket_mb <= 4096))

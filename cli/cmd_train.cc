@@ -150,9 +150,7 @@ void check_args(const TrainArgs& a) {
   check_range("--nproc-per-node", a.nproc_per_node, 0, 1024);
   if (a.device != "cpu" && a.device != "cuda" && a.device != "auto")
     throw Error("--device is cpu, cuda or auto (cuda where a GPU is visible), got '" + escape_name(a.device) + "'");
-  if (a.precision != "fp32" && a.precision != "tf32")
-    throw Error("--precision is fp32 (strict) or tf32 (tensor cores for convolutions and matrix products), "
-                "got '" + escape_name(a.precision) + "'");
+  parse_precision(a.precision);
   std::error_code ec;
   if (!a.data.empty() && fs::is_regular_file(a.data, ec)) {
     std::string ext = fs::path(a.data).extension().string();
@@ -337,7 +335,8 @@ void TrainRun::build_sessions() {
   runtime::SessionOptions so;
   so.threads = static_cast<int>(a_.threads);
   so.device = device();
-  so.precision = a_.precision == "fp32" ? runtime::Precision::fp32 : runtime::Precision::tf32;
+  const PrecisionChoice precision = parse_precision(a_.precision);
+  so.precision = precision.math;
   if (job_) {
     so.communicator = job_->comm.get();
     if (so.device == runtime::Device::cuda) so.device_index = job_->config.local_rank;  // a GPU per process
@@ -351,6 +350,7 @@ void TrainRun::build_sessions() {
     to.allreduce = job_.has_value();
     to.bucket_bytes = static_cast<int64_t>(a_.bucket_mb * 1e6);
     to.random_seed = static_cast<uint64_t>(a_.seed);
+    to.half = precision.half;
     tg_ = autodiff::build_training_graph(std::move(copy), to);
     for (const auto& [v, d] : tg_.gradients) so.gradients.push_back(d);
     graph::Graph g = std::move(tg_.graph);
@@ -791,9 +791,7 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_option("--seed", a->seed, "seed of initialisation, shuffling, augmentation and the random ops (Dropout masks, stochastic depth)")->capture_default_str();
   cmd->add_flag("--synthetic", a->synthetic, "train on one random batch made once (no data loading)");
   cmd->add_option("--device", a->device, "cpu, cuda, or auto: cuda where a GPU is visible")->capture_default_str();
-  cmd->add_option("--precision", a->precision,
-                  "fp32 (strict) or tf32 (tensor cores in convolutions and matrix products, as PyTorch's default)")
-      ->capture_default_str();
+  cmd->add_option("--precision", a->precision, kPrecisionHelp)->capture_default_str();
   cmd->add_option("--input-tensors", a->input_tensors, "IMAGES.pb,LABELS.pb: a fixed batch (ONNX TensorProto files)");
   cmd->add_option("--steps", a->steps, "stop after this many steps in total");
   cmd->add_option("--save-model", a->save_model, "write the trained model (weights, BN statistics) as ONNX");

@@ -30,4 +30,12 @@ void check_output_file(const std::string& flag, const std::string& path) {
     throw Error(shown + ": folder '" + escape_name(folder.string()) + "' is not writable");
 }
 
+PrecisionChoice parse_precision(const std::string& value) {
+  if (value == "fp32") return {runtime::Precision::fp32, graph::DType::undefined};
+  if (value == "tf32") return {runtime::Precision::tf32, graph::DType::undefined};
+  if (value == "bf16") return {runtime::Precision::tf32, graph::DType::bf16};
+  if (value == "fp16") return {runtime::Precision::tf32, graph::DType::f16};
+  throw Error("--precision is fp32, tf32, bf16 or fp16, got '" + escape_name(value) + "'");
+}
+
 }  // namespace oxtrain::cli

@@ -5,6 +5,9 @@
 #include <cstdint>
 #include <string>
 
+#include "graph/ir.h"
+#include "runtime/kernel.h"
+
 namespace oxtrain::cli {
 
 // The largest batch any subcommand accepts: generous for real use, small enough that a typo
@@ -17,5 +20,19 @@ void check_range(const std::string& flag, int64_t value, int64_t lo, int64_t hi,
 // A file a command writes (possibly at the end of a long run): its folder must exist and be
 // writable now, and the path must not be a folder.
 void check_output_file(const std::string& flag, const std::string& path);
+
+// --precision: fp32 (strict float32), tf32 (float32 with tensor cores in convolutions and
+// matrix products), bf16 or fp16 (mixed precision: the model computes in that type, float32
+// master weights; fp16 with dynamic loss scaling). `half` is undefined for fp32 and tf32; the
+// float32 work of a mixed-precision run uses tf32.
+struct PrecisionChoice {
+  runtime::Precision math = runtime::Precision::tf32;
+  graph::DType half = graph::DType::undefined;
+};
+PrecisionChoice parse_precision(const std::string& value);
+inline constexpr const char* kPrecisionHelp =
+    "fp32 (strict), tf32 (tensor cores in convolutions and matrix products, as PyTorch's default), "
+    "bf16 or fp16 (mixed precision: activations, convolutions and matrix products in half, float32 master "
+    "weights, momentum, batch-norm statistics and loss; fp16 with dynamic loss scaling)";
 
 }  // namespace oxtrain::cli

@@ -339,6 +339,18 @@ void Graph::remove_nodes_if(const std::function<bool(const Node&)>& dead) {
                nodes_.end());
 }
 
+void Graph::set_input(Node* node, size_t index, Value* value) {
+  if (node->inputs.size() <= index) node->inputs.resize(index + 1, nullptr);
+  Value*& slot = node->inputs[index];
+  if (slot == value) return;
+  if (slot) {
+    auto& c = slot->consumers;
+    if (auto it = std::find(c.begin(), c.end(), node); it != c.end()) c.erase(it);
+  }
+  slot = value;
+  if (value) value->consumers.push_back(node);
+}
+
 void Graph::replace_uses(Value* from, Value* to) {
   if (from == to) return;
   for (Node* c : from->consumers) {
@@ -417,6 +429,18 @@ void Graph::move_after(const Node* node, const Node* anchor) {
   std::unique_ptr<Node> held = std::move(*from);
   nodes_.erase(from);
   nodes_.insert(find(anchor) + 1, std::move(held));
+}
+
+void Graph::move_before(const Node* node, const Node* anchor) {
+  auto find = [this](const Node* n) {
+    return std::find_if(nodes_.begin(), nodes_.end(), [n](const auto& p) { return p.get() == n; });
+  };
+  auto from = find(node);
+  if (from == nodes_.end() || find(anchor) == nodes_.end())
+    throw Error("move_before: node not in the graph");
+  std::unique_ptr<Node> held = std::move(*from);
+  nodes_.erase(from);
+  nodes_.insert(find(anchor), std::move(held));
 }
 
 void Graph::topological_sort() {

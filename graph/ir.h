@@ -174,6 +174,8 @@ class Graph {
                  std::string domain = "");
   // Removes nodes for which `dead` is true (their links too). Values they produced stay.
   void remove_nodes_if(const std::function<bool(const Node&)>& dead);
+  // Input `index` of `node` becomes `value` (consumer links follow).
+  void set_input(Node* node, size_t index, Value* value);
   // Replaces every use of `from` (node inputs and graph outputs) by `to`.
   void replace_uses(Value* from, Value* to);
   // Drops values that are neither produced, consumed, graph inputs/outputs nor initializers.
@@ -194,6 +196,8 @@ class Graph {
   // the order topological: every input of `node` is produced at or before `anchor`, and no
   // node between `anchor` and `node`'s old place reads its outputs.
   void move_after(const Node* node, const Node* anchor);
+  // Moves `node` to just before `anchor`; the caller keeps the order topological likewise.
+  void move_before(const Node* node, const Node* anchor);
 
  private:
   std::vector<std::unique_ptr<Node>> nodes_;

@@ -437,19 +437,21 @@ void infer_sce_loss(Node& n, const InferContext&) {
 }
 
 void infer_momentum(Node& n, const InferContext&) {
-  if (n.inputs.size() < 5 || (n.inputs.size() - 2) % 3 != 0)
-    throw Error(n.describe() + ": expects R, T, then X..., G..., V... (3 groups of equal size)");
-  size_t count = (n.inputs.size() - 2) / 3;
+  const size_t lead = momentum_leading_inputs(n);
+  if (n.inputs.size() < lead + 3 || (n.inputs.size() - lead) % 3 != 0)
+    throw Error(n.describe() + ": expects " + (lead == 2 ? "R, T" : "R, T, found_inf, loss_scale") +
+                ", then X..., G..., V... (3 groups of equal size)");
+  size_t count = (n.inputs.size() - lead) / 3;
   if (n.outputs.size() != 2 * count)
     throw Error(n.describe() + ": expects " + std::to_string(2 * count) + " outputs");
   for (size_t i = 0; i < count; ++i) {
-    const Shape& x = in_shape(n, 2 + i);
-    for (size_t g : {2 + count + i, 2 + 2 * count + i})
+    const Shape& x = in_shape(n, lead + i);
+    for (size_t g : {lead + count + i, lead + 2 * count + i})
       if (in_shape(n, g) != x)
         throw Error(n.describe() + ": '" + in(n, g).name + "' has shape " +
-                    join(in_shape(n, g)) + " but '" + in(n, 2 + i).name + "' has " + join(x));
-    set_out(n, i, in(n, 2 + i).dtype, x);
-    set_out(n, count + i, in(n, 2 + i).dtype, x);
+                    join(in_shape(n, g)) + " but '" + in(n, lead + i).name + "' has " + join(x));
+    set_out(n, i, in(n, lead + i).dtype, x);
+    set_out(n, count + i, in(n, lead + i).dtype, x);
   }
 }
 
@@ -773,19 +775,71 @@ OpFacts sum_facts(const Node& n) {
   return f;
 }
 
-// Momentum: R, T, X1..Xn, G1..Gn, V1..Vn -> X1_new..Xn_new, V1_new..Vn_new. The new values
-// update X and V; R, T and the gradients take no gradient; V is state.
+// Momentum: R, T, X1..Xn, G1..Gn, V1..Vn -> X1_new..Xn_new, V1_new..Vn_new (ScaledMomentum
+// has found_inf and loss_scale after T). The new values update X and V; the leading inputs and
+// the gradients take no gradient; V is state.
 OpFacts momentum_facts(const Node& n) {
   OpFacts f;
-  size_t count = n.inputs.size() >= 2 ? (n.inputs.size() - 2) / 3 : 0;
-  f.non_trainable = {0, 1};
+  const size_t lead = momentum_leading_inputs(n);
+  size_t count = n.inputs.size() >= lead ? (n.inputs.size() - lead) / 3 : 0;
+  for (size_t i = 0; i < lead; ++i) f.non_trainable.push_back(i);
   for (size_t k = 0; k < count; ++k) {
-    f.non_trainable.push_back(2 + count + k);
-    f.state.push_back(2 + 2 * count + k);
-    f.updates_input.push_back({k, 2 + k});
-    f.updates_input.push_back({count + k, 2 + 2 * count + k});
+    f.non_trainable.push_back(lead + count + k);
+    f.state.push_back(lead + 2 * count + k);
+    f.updates_input.push_back({k, lead + k});
+    f.updates_input.push_back({count + k, lead + 2 * count + k});
   }
   return f;
+}
+
+// oxtrain.NonFinite(G1..Gn) -> found_inf: float32 scalar, 1 when any element of any input is
+// infinite or NaN, else 0.
+void infer_non_finite(Node& n, const InferContext&) {
+  if (n.inputs.empty()) throw Error(n.describe() + ": needs at least one input");
+  for (size_t i = 0; i < n.inputs.size(); ++i)
+    if (!n.inputs[i] || !is_float(in(n, i).dtype))
+      throw Error(n.describe() + ": input " + std::to_string(i) + " must be a float tensor");
+  set_out(n, 0, DType::f32, Shape{});
+}
+
+OpFacts non_finite_facts(const Node& n) {
+  OpFacts f;
+  for (size_t i = 0; i < n.inputs.size(); ++i) f.non_trainable.push_back(i);
+  return f;
+}
+
+// oxtrain.LossScaleUpdate(scale, good_steps, found_inf) -> (scale_new, good_steps_new):
+// float32, int64 and float32 scalars; attributes growth_factor, backoff_factor,
+// growth_interval (runtime/math/optimizer.h has the rule).
+void infer_loss_scale_update(Node& n, const InferContext&) {
+  const DType want[] = {DType::f32, DType::i64, DType::f32};
+  const char* names[] = {"scale", "good_steps", "found_inf"};
+  if (n.inputs.size() != 3) throw Error(n.describe() + ": expects scale, good_steps, found_inf");
+  for (size_t i = 0; i < 3; ++i)
+    if (in(n, i).dtype != want[i] || shape_numel(in_shape(n, i)) != 1)
+      throw Error(n.describe() + ": " + names[i] + " must be a " + dtype_name(want[i]) + " scalar, not " +
+                  dtype_name(in(n, i).dtype) + " " + join(in_shape(n, i)));
+  set_out(n, 0, DType::f32, in_shape(n, 0));
+  set_out(n, 1, DType::i64, in_shape(n, 1));
+}
+
+// Mixed precision's op lists (HalfPolicy), in the spirit of PyTorch's autocast: matrix work in
+// half, what is exact or cheap in any precision follows its input, the rest in float32.
+void set_half_policies(std::vector<OpSchema>& r) {
+  auto set = [&](const char* domain, std::initializer_list<const char*> ops, HalfPolicy policy) {
+    for (const char* op : ops)
+      for (OpSchema& s : r)
+        if (s.domain == domain && s.op_type == op) s.half = policy;
+  };
+  set("", {"Conv", "Gemm", "MatMul"}, {HalfMode::compute});
+  set("",
+      {"Relu", "Add", "Sub", "Mul", "Div", "Sum", "Neg", "Abs", "Max", "Min", "Clip", "Sigmoid", "Tanh", "HardSigmoid",
+       "HardSwish", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Identity", "Concat", "Transpose"},
+      {HalfMode::follow});
+  set("", {"Reshape", "Dropout", "Split", "Slice", "Squeeze", "Unsqueeze", "Expand", "Gather", "BatchNormalization"},
+      {HalfMode::follow, {0}});
+  set(kOxtrainDomain, {"BatchNormTraining", "DropoutTraining"}, {HalfMode::follow, {0}});
+  set("", {"Where"}, {HalfMode::follow, {1, 2}});
 }
 
 std::vector<OpSchema>& registry() {
@@ -829,6 +883,10 @@ std::vector<OpSchema>& registry() {
         {"", "Neg", same_as_input, nullptr, {}, false, {.shares_input = {{0, 0}}}},
         {"", "Transpose", infer_transpose, nullptr},
         {kTrainingDomain, "Momentum", infer_momentum, nullptr, {}, false, {}, momentum_facts},
+        {kOxtrainDomain, "ScaledMomentum", infer_momentum, nullptr, {}, false, {}, momentum_facts},
+        {kOxtrainDomain, "NonFinite", infer_non_finite, nullptr, {}, false, {}, non_finite_facts},
+        {kOxtrainDomain, "LossScaleUpdate", infer_loss_scale_update, nullptr, {}, false,
+         {.non_trainable = {2}, .state = {0, 1}, .updates_input = {{0, 0}, {1, 1}}}},
         {kOxtrainDomain, "BatchNormTraining", infer_batchnorm_training, nullptr, {}, false, {.state = {3, 4}, .updates_input = {{1, 3}, {2, 4}}}},
         {kOxtrainDomain, "BatchNormGrad", infer_batchnorm_grad, nullptr},
         {kOxtrainDomain, "ReluGrad", same_as_input, nullptr, {}, false, {.shares_input = {{0, 0}, {0, 1}}}},
@@ -851,6 +909,7 @@ std::vector<OpSchema>& registry() {
         if (it != r.end()) *it = std::move(s);
         else r.push_back(std::move(s));
       }
+    set_half_policies(r);
     return r;
   }();
   return ops;
@@ -865,6 +924,10 @@ bool OpFacts::trainable(size_t input) const {
     return std::find(list.begin(), list.end(), input) != list.end();
   };
   return !in(compile_time) && !in(non_trainable) && !in(state);
+}
+
+size_t momentum_leading_inputs(const Node& node) {
+  return node.domain == kOxtrainDomain && node.op_type == "ScaledMomentum" ? 4 : 2;
 }
 
 OpFacts node_facts(const Node& node) {

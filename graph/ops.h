@@ -46,6 +46,20 @@ struct OpFacts {
   bool trainable(size_t input) const;  // in none of the three input lists
 };
 
+// What mixed precision (--precision bf16|fp16, graph::to_mixed_precision) does with an op:
+//   fp32     computes in float32: half inputs are cast up (the default: losses, softmax,
+//            normalisations over features, exp/log and whatever is not listed);
+//   compute  computes in half whatever comes in (convolutions, matrix products);
+//   follow   computes in half when one of its half-capable inputs arrives in half
+//            (activations, pooling, additions, data movement, batch norm's X), else in float32.
+// `inputs` are the half-capable inputs (empty: every float input); the others stay float32
+// (batch norm's scale, bias and statistics).
+enum class HalfMode { fp32, compute, follow };
+struct HalfPolicy {
+  HalfMode mode = HalfMode::fp32;
+  std::vector<size_t> inputs = {};
+};
+
 struct OpSchema {
   std::string domain;  // "" = ai.onnx
   std::string op_type;
@@ -64,7 +78,13 @@ struct OpSchema {
   // The op's facts; for ops with a variable number of inputs, `facts_of` gives them per node.
   OpFacts facts = {};
   std::function<OpFacts(const Node&)> facts_of = nullptr;
+  HalfPolicy half = {};
 };
+
+// The inputs before X1..Xn of an optimizer node: R, T for ai.onnx.preview.training.Momentum;
+// R, T, found_inf, loss_scale for oxtrain.ScaledMomentum (Momentum on gradients scaled by
+// loss_scale, skipped when found_inf is nonzero: fp16's dynamic loss scaling).
+size_t momentum_leading_inputs(const Node& node);
 
 // The facts of one node: its schema's (empty for an op without one).
 OpFacts node_facts(const Node& node);

@@ -5,22 +5,92 @@
 #include <climits>
 #include <cstring>
 
+#include <map>
+
 #include "base/checked.h"
+#include "base/half.h"
 #include "base/files.h"
+#include "graph/ops.h"
 
 namespace oxtrain::graph {
 
 namespace {
+
+bool is_half(DType dt) { return dt == DType::f16 || dt == DType::bf16; }
+
+// Between any two float types; to a half type with round to nearest even.
 Tensor convert(const Tensor& t, DType to) {
   Tensor out(to, t.shape);
   for (int64_t i = 0; i < t.numel(); ++i) {
-    double v = t.dtype == DType::f64 ? t.data<double>()[i] : t.data<float>()[i];
-    if (to == DType::f64) out.data<double>()[i] = v;
-    else out.data<float>()[i] = static_cast<float>(v);
+    double v = 0;
+    switch (t.dtype) {
+      case DType::f64: v = t.data<double>()[i]; break;
+      case DType::f32: v = t.data<float>()[i]; break;
+      case DType::f16: v = fp16_to_float(t.data<uint16_t>()[i]); break;
+      case DType::bf16: v = bf16_to_float(t.data<uint16_t>()[i]); break;
+      default: throw Error(std::string("cannot convert a ") + dtype_name(t.dtype) + " tensor to " + dtype_name(to));
+    }
+    switch (to) {
+      case DType::f64: out.data<double>()[i] = v; break;
+      case DType::f32: out.data<float>()[i] = static_cast<float>(v); break;
+      case DType::f16: out.data<uint16_t>()[i] = float_to_fp16(static_cast<float>(v)); break;
+      case DType::bf16: out.data<uint16_t>()[i] = float_to_bf16(static_cast<float>(v)); break;
+      default: throw Error(std::string("cannot convert a ") + dtype_name(t.dtype) + " tensor to " + dtype_name(to));
+    }
   }
   return out;
 }
+
 }  // namespace
+
+void to_mixed_precision(Graph& g, DType half) {
+  if (!is_half(half)) throw Error(std::string("mixed precision computes in float16 or bfloat16, not ") + dtype_name(half));
+  const char* suffix = half == DType::f16 ? "fp16" : "bf16";
+  // One cast per value and type, made where the value is first needed in it.
+  std::map<std::pair<Value*, DType>, Value*> casts;
+  // `before`: the node that first needs the cast (null: the end of the graph).
+  auto cast = [&](Value* v, DType to, const Node* before) -> Value* {
+    Value*& c = casts[{v, to}];
+    if (c) return c;
+    const std::string name = g.unique_name(v->name + "/" + (to == DType::f32 ? "fp32" : suffix));
+    if (v->has_data() && v->role == Role::Constant) {
+      c = g.add_initializer(name, convert(*v->data, to), Role::Constant);
+      c->rank_known = true;
+      return c;
+    }
+    c = g.add_value(name);
+    Node* n = g.add_node("Cast", {v}, {c}, name);
+    n->attrs["to"].value = static_cast<int64_t>(dtype_to_onnx(to));
+    find_schema("", "Cast")->infer(*n, InferContext{g, g.opset()});
+    if (before) g.move_before(n, before);
+    return c;
+  };
+  std::vector<Node*> order;
+  for (const auto& n : g.nodes()) order.push_back(n.get());
+  for (Node* n : order) {
+    const OpSchema* schema = find_schema(n->domain, n->op_type);
+    if (!schema) throw Error(n->describe() + ": no schema; mixed precision cannot place it");
+    const HalfPolicy& policy = schema->half;
+    std::vector<bool> capable(n->inputs.size(), policy.mode != HalfMode::fp32 && policy.inputs.empty());
+    for (size_t i : policy.inputs)
+      if (i < capable.size()) capable[i] = true;
+    for (size_t i = 0; i < n->inputs.size(); ++i)
+      capable[i] = capable[i] && n->inputs[i] && is_float(n->inputs[i]->dtype);
+    bool in_half = policy.mode == HalfMode::compute;
+    for (size_t i = 0; i < n->inputs.size() && policy.mode == HalfMode::follow; ++i)
+      in_half = in_half || (capable[i] && is_half(n->inputs[i]->dtype));
+    for (size_t i = 0; i < n->inputs.size(); ++i) {
+      Value* v = n->inputs[i];
+      if (!v || !is_float(v->dtype)) continue;
+      const DType want = in_half && capable[i] ? half : DType::f32;
+      if (v->dtype != want) g.set_input(n, i, cast(v, want, n));
+    }
+    schema->infer(*n, InferContext{g, g.opset(n->domain)});
+  }
+  // The model's outputs (logits) leave in float32, for the loss.
+  for (Value*& out : g.outputs)
+    if (is_half(out->dtype)) out = cast(out, DType::f32, nullptr);
+}
 
 void convert_float_dtype(Graph& g, DType to) {
   if (to != DType::f32 && to != DType::f64)

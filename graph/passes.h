@@ -11,6 +11,13 @@ namespace oxtrain::graph {
 // initializer data is converted. Used to run a model in float64 as a reference.
 void convert_float_dtype(Graph& graph, DType to);
 
+// Mixed precision (--precision bf16|fp16): each op computes in `half` (float16 or bfloat16)
+// or float32 as its schema's HalfPolicy says. Parameters stay float32 (the master weights) and
+// reach half ops through Cast nodes, whose gradient brings their gradients back to float32;
+// float constants are converted; the model's outputs are cast back to float32. Batch norm
+// keeps its scale, bias and statistics in float32.
+void to_mixed_precision(Graph& graph, DType half);
+
 // BatchNormalization in inference form everywhere (running statistics, one output), as a
 // model runs for validation; the training-mode outputs disappear with the nodes that used
 // only them.

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include "runtime/cpu/half_emulation.h"
 #include "runtime/cpu/kernels.h"
 #ifdef OXTRAIN_HAVE_CUDA
 #include "runtime/cuda/kernels.h"
@@ -33,6 +34,13 @@ const KernelFactory* KernelRegistry::find(const std::string& domain, const std::
   return it == factories_.end() ? nullptr : &it->second;
 }
 
+void KernelRegistry::wrap(Device device, const std::function<KernelFactory(KernelFactory)>& wrap) {
+  const std::string suffix = std::string("|") + device_name(device);
+  for (auto& [k, factory] : factories_)
+    if (k.size() > suffix.size() && k.compare(k.size() - suffix.size(), suffix.size(), suffix) == 0)
+      factory = wrap(std::move(factory));
+}
+
 const KernelRegistry& KernelRegistry::global() {
   static const KernelRegistry registry = [] {
     KernelRegistry r;
@@ -48,6 +56,9 @@ const KernelRegistry& KernelRegistry::global() {
     register_cpu_movement_kernels(r);
     register_cpu_normalization_kernels(r);
     register_cpu_random_kernels(r);
+    register_cpu_precision_kernels(r);
+    // float16 and bfloat16 on the CPU: computed in float32, rounded (runtime/cpu/half_emulation.h).
+    r.wrap(Device::cpu, cpu::with_half_emulation);
 #ifdef OXTRAIN_HAVE_CUDA
     register_cuda_elementwise_kernels(r);
     register_cuda_loss_kernels(r);
@@ -61,6 +72,7 @@ const KernelRegistry& KernelRegistry::global() {
     register_cuda_movement_kernels(r);
     register_cuda_normalization_kernels(r);
     register_cuda_random_kernels(r);
+    register_cuda_precision_kernels(r);
 #endif
     return r;
   }();

@@ -108,6 +108,8 @@ class KernelRegistry {
            KernelFactory factory);
   const KernelFactory* find(const std::string& domain, const std::string& op_type,
                             Device device) const;
+  // Replaces every factory of `device` by wrap(factory).
+  void wrap(Device device, const std::function<KernelFactory(KernelFactory)>& wrap);
   // The registry with every kernel built into this binary.
   static const KernelRegistry& global();
 

@@ -20,7 +20,7 @@ void register_cpu_matmul_kernels(KernelRegistry& registry);
 // loss.cc: Softmax, SoftmaxCrossEntropyLoss, oxtrain.SoftmaxGrad,
 // oxtrain.SoftmaxCrossEntropyLossGrad
 void register_cpu_loss_kernels(KernelRegistry& registry);
-// optimizer.cc: ai.onnx.preview.training.Momentum
+// optimizer.cc: ai.onnx.preview.training.Momentum, oxtrain.ScaledMomentum
 void register_cpu_optimizer_kernels(KernelRegistry& registry);
 // collective.cc: oxtrain.AllReduce
 void register_cpu_collective_kernels(KernelRegistry& registry);
@@ -35,5 +35,7 @@ void register_cpu_normalization_kernels(KernelRegistry& registry);
 // random.cc: Dropout (inference), oxtrain.DropoutTraining, oxtrain.DropoutGrad, RandomUniform(Like),
 // RandomNormal(Like) and their oxtrain forms that read the training step
 void register_cpu_random_kernels(KernelRegistry& registry);
+// precision.cc: oxtrain.NonFinite, oxtrain.LossScaleUpdate (fp16's dynamic loss scaling)
+void register_cpu_precision_kernels(KernelRegistry& registry);
 
 }  // namespace oxtrain::runtime

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "graph/ops.h"
 
 namespace oxtrain::runtime::cpu {
 
@@ -18,19 +19,44 @@ inline const graph::Value* required(const graph::Node& node, size_t i, bool outp
   return v;
 }
 
-// Momentum's layout, R, T, X1..Xn, G1..Gn, V1..Vn -> X1_new..Xn_new, V1_new..Vn_new, with every
-// input and output present (CPU and CUDA kernels alike): returns n.
+// Momentum's layout, R, T, X1..Xn, G1..Gn, V1..Vn -> X1_new..Xn_new, V1_new..Vn_new (with
+// found_inf and loss_scale after T for oxtrain.ScaledMomentum), with every input and output
+// present (CPU and CUDA kernels alike): returns n.
 inline size_t momentum_tensor_count(const graph::Node& n) {
   const std::string what = n.describe();
-  if (n.inputs.size() < 5 || (n.inputs.size() - 2) % 3 != 0)
-    throw Error(what + ": expects R, T, then X..., G..., V... (3 groups of equal size)");
-  const size_t count = (n.inputs.size() - 2) / 3;
+  const size_t lead = graph::momentum_leading_inputs(n);
+  if (n.inputs.size() < lead + 3 || (n.inputs.size() - lead) % 3 != 0)
+    throw Error(what + ": expects " + (lead == 2 ? "R, T" : "R, T, found_inf, loss_scale") +
+                ", then X..., G..., V... (3 groups of equal size)");
+  const size_t count = (n.inputs.size() - lead) / 3;
   if (n.outputs.size() != 2 * count) throw Error(what + ": expects " + std::to_string(2 * count) + " outputs");
   for (size_t i = 0; i < n.inputs.size(); ++i)
     if (!n.input(i)) throw Error(what + ": input " + std::to_string(i) + " is missing");
   for (size_t i = 0; i < n.outputs.size(); ++i)
     if (!n.output(i)) throw Error(what + ": output " + std::to_string(i) + " is missing");
+  for (size_t i = 2; i < lead; ++i)
+    if (n.input(i)->dtype != graph::DType::f32 || n.input(i)->numel() != 1)
+      throw Error(what + ": " + (i == 2 ? "found_inf" : "loss_scale") + " must be a float32 scalar, not " +
+                  graph::dtype_name(n.input(i)->dtype) + " " + n.input(i)->shape_string());
   return count;
+}
+
+// oxtrain.LossScaleUpdate's attributes, checked.
+struct LossScaleConfig {
+  float growth = 2, backoff = 0.5f;
+  int64_t interval = 2000;
+};
+
+inline LossScaleConfig loss_scale_config(const graph::Node& n) {
+  LossScaleConfig c;
+  c.growth = n.attr_float("growth_factor", 2.0f);
+  c.backoff = n.attr_float("backoff_factor", 0.5f);
+  c.interval = n.attr_int("growth_interval", 2000);
+  if (!(c.growth >= 1.0f) || !(c.backoff > 0.0f && c.backoff < 1.0f) || c.interval < 1)
+    throw Error(n.describe() + ": growth_factor must be at least 1, backoff_factor in (0, 1) and growth_interval " +
+                "at least 1; got " + std::to_string(c.growth) + ", " + std::to_string(c.backoff) + ", " +
+                std::to_string(c.interval));
+  return c;
 }
 
 // The common float type (float32 or float64) of `values` (nullptr entries are skipped).

@@ -6,6 +6,10 @@
 //
 // With alpha = momentum, beta = 1, norm_coefficient = weight_decay and V starting at 0 this
 // is PyTorch's SGD(momentum, weight_decay, dampening=0, nesterov).
+//
+// oxtrain.ScaledMomentum (fp16's loss scaling) takes found_inf and loss_scale after T: the
+// gradients are multiplied by 1 / loss_scale, and nothing changes when found_inf is nonzero.
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -25,7 +29,7 @@ struct MomentumConfig {
 };
 
 template <typename T>
-void momentum_update(const MomentumConfig& cfg, double lr, int64_t update_count, const T* x,
+void momentum_update(const MomentumConfig& cfg, double lr, int64_t update_count, T grad_scale, const T* x,
                      const T* g, const T* v, T* x_new, T* v_new, int64_t count) {
   math::MomentumCoefficients<T> k;
   k.lr = static_cast<T>(lr);
@@ -36,7 +40,7 @@ void momentum_update(const MomentumConfig& cfg, double lr, int64_t update_count,
   parallel_chunks(count, [&](int64_t b, int64_t e) {
 #pragma omp simd
     for (int64_t i = b; i < e; ++i) {
-      const math::MomentumElement<T> out = math::momentum_element(k, x[i], g[i], v[i]);
+      const math::MomentumElement<T> out = math::momentum_element(k, x[i], g[i] * grad_scale, v[i]);
       x_new[i] = out.x;
       v_new[i] = out.v;
     }
@@ -58,6 +62,7 @@ KernelFactory momentum_factory() {
     const Node& n = init.node;
     const std::string what = n.describe();
     const size_t count = cpu::momentum_tensor_count(n);
+    const size_t lead = graph::momentum_leading_inputs(n);
     DType rt = n.input(0)->dtype, tt = n.input(1)->dtype;
     if (rt != DType::f32 && rt != DType::f64)
       throw Error(what + ": learning rate must be float32 or float64, not " +
@@ -66,15 +71,15 @@ KernelFactory momentum_factory() {
       throw Error(what + ": update count T must be int64, not " + graph::dtype_name(tt));
     std::vector<DType> types;
     for (size_t i = 0; i < count; ++i) {
-      DType dt = n.input(2 + i)->dtype;
+      DType dt = n.input(lead + i)->dtype;
       if (dt != DType::f32 && dt != DType::f64)
-        throw Error(what + ": '" + n.input(2 + i)->name + "' is " + graph::dtype_name(dt) +
+        throw Error(what + ": '" + n.input(lead + i)->name + "' is " + graph::dtype_name(dt) +
                     "; the CPU kernel updates float32 and float64 tensors");
-      for (size_t j : {2 + count + i, 2 + 2 * count + i})
-        if (n.input(j)->dtype != dt || n.input(j)->shape != n.input(2 + i)->shape)
+      for (size_t j : {lead + count + i, lead + 2 * count + i})
+        if (n.input(j)->dtype != dt || n.input(j)->shape != n.input(lead + i)->shape)
           throw Error(what + ": '" + n.input(j)->name + "' " + n.input(j)->shape_string() +
-                      " differs in type or shape from '" + n.input(2 + i)->name + "' " +
-                      n.input(2 + i)->shape_string());
+                      " differs in type or shape from '" + n.input(lead + i)->name + "' " +
+                      n.input(lead + i)->shape_string());
       types.push_back(dt);
     }
     for (const char* key : {"alpha", "beta"})
@@ -87,23 +92,29 @@ KernelFactory momentum_factory() {
     if (mode != "standard" && mode != "nesterov")
       throw Error(what + ": unknown mode '" + mode + "' (standard or nesterov)");
     cfg.nesterov = mode == "nesterov";
-    return make_kernel([cfg, count, types](const KernelArgs& a) {
+    return make_kernel([cfg, count, lead, types](const KernelArgs& a) {
       const double lr = scalar_value(a.inputs[0]);
       const TensorView& t = a.inputs[1];
       const int64_t update_count =
           t.dtype == DType::i32 ? t.as<int32_t>()[0] : t.as<int64_t>()[0];
+      const bool skip = lead == 4 && a.inputs[2].as<float>()[0] != 0.0f;
+      const float grad_scale = lead == 4 ? math::loss_scale_inverse(a.inputs[3].as<float>()[0]) : 1.0f;
       for (size_t i = 0; i < count; ++i) {
-        const TensorView& x = a.inputs[2 + i];
-        const TensorView& g = a.inputs[2 + count + i];
-        const TensorView& v = a.inputs[2 + 2 * count + i];
+        const TensorView& x = a.inputs[lead + i];
+        const TensorView& g = a.inputs[lead + count + i];
+        const TensorView& v = a.inputs[lead + 2 * count + i];
         const TensorView& xn = a.outputs[i];
         const TensorView& vn = a.outputs[count + i];
-        if (types[i] == DType::f32)
-          momentum_update(cfg, lr, update_count, x.as<float>(), g.as<float>(), v.as<float>(),
+        if (skip) {  // the state stays; outputs that have their own buffers get a copy of it
+          if (xn.data != x.data) std::memmove(xn.data, x.data, x.bytes());
+          if (vn.data != v.data) std::memmove(vn.data, v.data, v.bytes());
+        } else if (types[i] == DType::f32) {
+          momentum_update(cfg, lr, update_count, grad_scale, x.as<float>(), g.as<float>(), v.as<float>(),
                           xn.as<float>(), vn.as<float>(), x.numel());
-        else
-          momentum_update(cfg, lr, update_count, x.as<double>(), g.as<double>(), v.as<double>(),
-                          xn.as<double>(), vn.as<double>(), x.numel());
+        } else {
+          momentum_update(cfg, lr, update_count, static_cast<double>(grad_scale), x.as<double>(), g.as<double>(),
+                          v.as<double>(), xn.as<double>(), vn.as<double>(), x.numel());
+        }
       }
     });
   };
@@ -113,6 +124,7 @@ KernelFactory momentum_factory() {
 
 void register_cpu_optimizer_kernels(KernelRegistry& registry) {
   registry.add("ai.onnx.preview.training", "Momentum", Device::cpu, momentum_factory());
+  registry.add("oxtrain", "ScaledMomentum", Device::cpu, momentum_factory());
 }
 
 }  // namespace oxtrain::runtime

@@ -12,7 +12,7 @@ void register_cuda_elementwise_kernels(KernelRegistry& registry);
 // loss.cu: Softmax, SoftmaxCrossEntropyLoss, oxtrain.SoftmaxGrad,
 // oxtrain.SoftmaxCrossEntropyLossGrad
 void register_cuda_loss_kernels(KernelRegistry& registry);
-// optimizer.cu: ai.onnx.preview.training.Momentum
+// optimizer.cu: ai.onnx.preview.training.Momentum, oxtrain.ScaledMomentum
 void register_cuda_optimizer_kernels(KernelRegistry& registry);
 // pool.cu: MaxPool, AveragePool, GlobalAveragePool and their oxtrain.*Grad ops
 void register_cuda_pool_kernels(KernelRegistry& registry);
@@ -36,5 +36,7 @@ void register_cuda_normalization_kernels(KernelRegistry& registry);
 // random.cu: Dropout (inference), oxtrain.DropoutTraining, oxtrain.DropoutGrad, RandomUniform(Like),
 // RandomNormal(Like) and their oxtrain forms that read the training step
 void register_cuda_random_kernels(KernelRegistry& registry);
+// precision.cu: oxtrain.NonFinite, oxtrain.LossScaleUpdate (fp16's dynamic loss scaling)
+void register_cuda_precision_kernels(KernelRegistry& registry);
 
 }  // namespace oxtrain::runtime

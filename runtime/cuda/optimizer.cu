@@ -9,6 +9,9 @@
 // blocks map to (tensor, chunk of kChunk elements) through a prefix table of block counts in
 // the same struct. The split into launches and the prefix tables are made at compile time; at
 // each run only the pointers are filled in. R and T are read on the device.
+//
+// oxtrain.ScaledMomentum (fp16's loss scaling) is the same kernel with found_inf and
+// loss_scale read on the device too: no host sync decides whether a step is skipped.
 #include <cuda_runtime.h>
 
 #include <string>
@@ -42,6 +45,8 @@ struct MomentumLaunch {
   TensorTable table;
   const float* lr;               // R, on the device
   const int64_t* update_count;   // T, on the device
+  const float* found_inf;        // ScaledMomentum: skip the update when nonzero; else null
+  const float* loss_scale;       // ScaledMomentum: gradients are divided by it; else null
   float alpha, beta, norm_coefficient;
   bool nesterov;
 };
@@ -74,8 +79,16 @@ __global__ void momentum_kernel(const __grid_constant__ MomentumLaunch p) {
   const float* v = table.v[t];
   float* x_new = table.x_new[t];
   float* v_new = table.v_new[t];
+  if (p.found_inf && *p.found_inf != 0.0f) {  // the state stays; separate outputs get a copy
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+      if (x_new != x) x_new[i] = x[i];
+      if (v_new != v) v_new[i] = v[i];
+    }
+    return;
+  }
+  const float grad_scale = p.loss_scale ? math::loss_scale_inverse(*p.loss_scale) : 1.0f;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const math::MomentumElement<float> out = math::momentum_element(k, x[i], g[i], v[i]);
+    const math::MomentumElement<float> out = math::momentum_element(k, x[i], g[i] * grad_scale, v[i]);
     x_new[i] = out.x;
     v_new[i] = out.v;
   }
@@ -120,6 +133,7 @@ struct MomentumConfig {
   float alpha = 0, beta = 0, norm_coefficient = 0;
   bool nesterov = false;
   size_t tensors = 0;  // n
+  size_t lead = 2;     // inputs before X1: 2, or 4 for ScaledMomentum
   std::vector<LaunchPlan> launches;
   std::string what;
 };
@@ -131,6 +145,9 @@ void run_momentum(const MomentumConfig& cfg, const KernelArgs& a) {
     MomentumLaunch p{};
     p.lr = a.inputs[0].as<float>();
     p.update_count = a.inputs[1].as<int64_t>();
+    const size_t lead = cfg.lead;
+    p.found_inf = lead == 4 ? a.inputs[2].as<float>() : nullptr;
+    p.loss_scale = lead == 4 ? a.inputs[3].as<float>() : nullptr;
     p.alpha = cfg.alpha;
     p.beta = cfg.beta;
     p.norm_coefficient = cfg.norm_coefficient;
@@ -138,13 +155,13 @@ void run_momentum(const MomentumConfig& cfg, const KernelArgs& a) {
     p.table.tensors = static_cast<int>(plan.tensors.size());
     for (size_t s = 0; s < plan.tensors.size(); ++s) {
       const size_t i = plan.tensors[s];
-      if (a.inputs[2 + i].numel() != plan.counts[s])
+      if (a.inputs[lead + i].numel() != plan.counts[s])
         throw Error(cfg.what + ": X" + std::to_string(i + 1) + " was compiled with " +
                     std::to_string(plan.counts[s]) + " elements and is run with " +
-                    std::to_string(a.inputs[2 + i].numel()));
-      p.table.x[s] = a.inputs[2 + i].as<float>();
-      p.table.g[s] = a.inputs[2 + n + i].as<float>();
-      p.table.v[s] = a.inputs[2 + 2 * n + i].as<float>();
+                    std::to_string(a.inputs[lead + i].numel()));
+      p.table.x[s] = a.inputs[lead + i].as<float>();
+      p.table.g[s] = a.inputs[lead + n + i].as<float>();
+      p.table.v[s] = a.inputs[lead + 2 * n + i].as<float>();
       p.table.x_new[s] = a.outputs[i].as<float>();
       p.table.v_new[s] = a.outputs[n + i].as<float>();
       p.table.count[s] = plan.counts[s];
@@ -164,6 +181,8 @@ KernelFactory momentum_factory() {
     cfg.what = n.describe();
     const std::string& what = cfg.what;
     const size_t count = cpu::momentum_tensor_count(n);
+    const size_t lead = graph::momentum_leading_inputs(n);
+    cfg.lead = lead;
     if (n.input(0)->dtype != DType::f32 || graph::shape_numel(n.input(0)->shape) != 1)
       throw Error(what + ": the CUDA kernel takes a float32 scalar learning rate, got " +
                   graph::dtype_name(n.input(0)->dtype) + " " + n.input(0)->shape_string());
@@ -172,12 +191,12 @@ KernelFactory momentum_factory() {
                   graph::dtype_name(n.input(1)->dtype) + " " + n.input(1)->shape_string());
     std::vector<int64_t> counts;
     for (size_t i = 0; i < count; ++i) {
-      const graph::Value& x = *n.input(2 + i);
+      const graph::Value& x = *n.input(lead + i);
       if (x.dtype != DType::f32)
         throw Error(what + ": '" + x.name + "' is " + graph::dtype_name(x.dtype) +
                     "; the CUDA kernel takes float32 (run float64 graphs on the CPU)");
       for (const graph::Value* other :
-           {n.input(2 + count + i), n.input(2 + 2 * count + i), n.output(i), n.output(count + i)})
+           {n.input(lead + count + i), n.input(lead + 2 * count + i), n.output(i), n.output(count + i)})
         if (other->dtype != DType::f32 || other->shape != x.shape)
           throw Error(what + ": '" + other->name + "' " + graph::dtype_name(other->dtype) + " " +
                       other->shape_string() + " differs in type or shape from '" + x.name +
@@ -203,6 +222,7 @@ KernelFactory momentum_factory() {
 
 void register_cuda_optimizer_kernels(KernelRegistry& registry) {
   registry.add("ai.onnx.preview.training", "Momentum", Device::cuda, momentum_factory());
+  registry.add("oxtrain", "ScaledMomentum", Device::cuda, momentum_factory());
 }
 
 }  // namespace oxtrain::runtime

@@ -41,7 +41,7 @@ void check_seconds(double seconds, const std::string& what) {
 }
 
 bool is_allreduce(const graph::Node& n) { return n.op_type == "AllReduce"; }
-bool is_optimizer(const graph::Node& n) { return n.op_type == "Momentum"; }
+bool is_optimizer(const graph::Node& n) { return n.op_type == "Momentum" || n.op_type == "ScaledMomentum"; }
 
 // Multiply-adds of the matrix products, backward ones included (each costs what the forward
 // convolution costs: one multiply-add per output-gradient element and filter tap).

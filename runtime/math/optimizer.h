@@ -40,4 +40,28 @@ OXTRAIN_HD MomentumElement<T> momentum_element(const MomentumCoefficients<T>& k,
   return {x - k.lr * step, vn};
 }
 
+// fp16's dynamic loss scaling, as PyTorch's GradScaler does it. The gradients arrive multiplied
+// by the loss scale S (backward starts from S instead of 1); oxtrain.ScaledMomentum updates
+// with g * (1 / S), the reciprocal rounded to float32 first as torch's unscale does, and leaves
+// X and V as they are when any gradient was not finite (found_inf != 0).
+OXTRAIN_HD float loss_scale_inverse(float scale) { return static_cast<float>(1.0 / static_cast<double>(scale)); }
+
+// oxtrain.LossScaleUpdate, per step: an overflow multiplies the scale by `backoff` and restarts
+// the count of good steps; `interval` good steps in a row multiply it by `growth` (unless that
+// overflows float32).
+struct LossScaleState {
+  float scale;
+  int64_t good_steps;
+};
+
+OXTRAIN_HD LossScaleState loss_scale_update(float scale, int64_t good_steps, bool found_inf, float growth,
+                                            float backoff, int64_t interval) {
+  if (found_inf) return {scale * backoff, 0};
+  const int64_t successful = good_steps + 1;
+  if (successful < interval) return {scale, successful};
+  const float grown = scale * growth;
+  const bool finite = grown - grown == 0.0f;  // false for inf and NaN
+  return {finite ? grown : scale, 0};
+}
+
 }  // namespace oxtrain::runtime::math
