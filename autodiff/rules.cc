@@ -110,6 +110,15 @@ Grads batchnorm_training_rule(GradContext& c) {
           c.needs(2) ? outs[2] : nullptr, nullptr, nullptr};
 }
 
+// Z = Relu(BN(X) + R): one node back, with dR = ReluGrad(dZ, Z) when R takes a gradient.
+Grads batchnorm_relu_training_rule(GradContext& c) {
+  const bool residual = c.needs(5);
+  auto outs = c.emit("BatchNormReluGrad", kOx, {c.dY(), c.out(0), c.in(0), c.in(1), c.out(3), c.out(4)},
+                     residual ? 4 : 3);
+  return {c.needs(0) ? outs[0] : nullptr, c.needs(1) ? outs[1] : nullptr, c.needs(2) ? outs[2] : nullptr,
+          nullptr, nullptr, residual ? outs[3] : nullptr};
+}
+
 Grads relu_rule(GradContext& c) { return {c.emit1("ReluGrad", kOx, {c.dY(), c.out(0)})}; }
 
 Grads maxpool_rule(GradContext& c) {
@@ -255,6 +264,7 @@ const std::map<std::string, GradRuleInfo>& rules() {
     std::map<std::string, GradRuleInfo> core = {
       {"Conv", {conv_rule}},
       {"oxtrain.BatchNormTraining", {batchnorm_training_rule}},
+      {"oxtrain.BatchNormReluTraining", {batchnorm_relu_training_rule}},
       {"Relu", {relu_rule}},
       {"MaxPool", {maxpool_rule}},
       {"AveragePool", {avgpool_rule}},

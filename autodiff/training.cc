@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <set>
 
+#include "autodiff/fusion.h"
 #include "autodiff/gradients.h"
 #include "autodiff/rule_families.h"
 #include "graph/ops.h"
@@ -220,6 +221,7 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
   if (options.half != DType::undefined) graph::to_mixed_precision(g, options.half);
   batchnorm_to_training(g);
   maxpool_indices(g);
+  if (options.fuse_batchnorm_relu) fuse_batchnorm_relu(g);
   TrainingGraph result;
   result.logits = g.outputs[0]->name;
   LossInfo loss = append_loss(g, options);

@@ -56,6 +56,9 @@ struct TrainingOptions {
   // overflow and doubles it after `loss_scale_interval` good steps, all on the device.
   // (Gradients exposed as outputs are then the scaled ones.)
   graph::DType half = graph::DType::undefined;
+  // Fuse batch norm with the ReLU (and the residual Add) after it (autodiff/fusion.h): the
+  // same numbers with fewer nodes and passes over memory.
+  bool fuse_batchnorm_relu = false;
   float initial_loss_scale = 65536.0f;
   float loss_scale_growth = 2.0f;
   float loss_scale_backoff = 0.5f;

@@ -115,6 +115,7 @@ DeviceReport compile_for_device(const GraphArgs& args, const autodiff::TrainingG
 int run_training_report(const GraphArgs& args, graph::Graph forward) {
   autodiff::TrainingOptions to;
   to.half = parse_precision(args.precision).half;
+  to.fuse_batchnorm_relu = to.half != graph::DType::undefined;
   to.allreduce = args.world_size > 1 || args.simulate_step_ms > 0;
   to.bucket_bytes = static_cast<int64_t>(args.bucket_mb * 1e6);
   autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(forward), to);

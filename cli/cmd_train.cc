@@ -351,6 +351,7 @@ void TrainRun::build_sessions() {
     to.bucket_bytes = static_cast<int64_t>(a_.bucket_mb * 1e6);
     to.random_seed = static_cast<uint64_t>(a_.seed);
     to.half = precision.half;
+    to.fuse_batchnorm_relu = precision.half != graph::DType::undefined;
     tg_ = autodiff::build_training_graph(std::move(copy), to);
     for (const auto& [v, d] : tg_.gradients) so.gradients.push_back(d);
     graph::Graph g = std::move(tg_.graph);
@@ -754,11 +755,19 @@ int TrainRun::run() {
   double mean_step = timed_steps > 0 ? timed / static_cast<double>(timed_steps) : 0;
   if (train_->bad_files() > 0)
     std::printf("oxtrain: %lld unreadable images were skipped\n", static_cast<long long>(train_->bad_files()));
+  // fp16's loss scale as the run leaves it (it halves on every overflow, a skipped step).
+  double loss_scale = 0;
+  if (session_ && !tg_.loss_scale.empty()) {
+    loss_scale = session_->fetch(tg_.loss_scale).data<float>()[0];
+    if (logs()) std::printf("oxtrain: fp16 loss scale %g\n", loss_scale);
+  }
   if (!a_.metrics_json.empty() && (!job_ || job_->is_root())) {
     metrics_["steps"] = global_step_;
     metrics_["images_per_second"] = img_s;
     metrics_["mean_step_seconds"] = mean_step;
     metrics_["best_acc1"] = best_acc1_;
+    metrics_["precision"] = a_.precision;
+    if (loss_scale > 0) metrics_["loss_scale"] = loss_scale;
     metrics_["peak_memory_bytes"] = peak;
     metrics_["device"] = gpu ? session_ ? session_->device().description() : eval_session_->device().description()
                              : "cpu";

@@ -33,6 +33,7 @@ PrecisionChoice parse_precision(const std::string& value);
 inline constexpr const char* kPrecisionHelp =
     "fp32 (strict), tf32 (tensor cores in convolutions and matrix products, as PyTorch's default), "
     "bf16 or fp16 (mixed precision: activations, convolutions and matrix products in half, float32 master "
-    "weights, momentum, batch-norm statistics and loss; fp16 with dynamic loss scaling)";
+    "weights, momentum, batch-norm statistics and loss; fp16 with dynamic loss scaling; batch norm fused with the "
+    "ReLU and residual Add after it)";
 
 }  // namespace oxtrain::cli

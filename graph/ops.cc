@@ -792,6 +792,29 @@ OpFacts momentum_facts(const Node& n) {
   return f;
 }
 
+// oxtrain.BatchNormReluTraining(X, scale, B, running_mean, running_var[, R]) -> (Z, running
+// mean, running var, saved mean, saved inverse std): Z = Relu(BatchNormTraining(X) + R), R of
+// X's shape and type. The fusion of autodiff/fusion.h.
+void infer_batchnorm_relu_training(Node& n, const InferContext& ctx) {
+  infer_batchnorm(n, ctx);
+  if (const Value* r = n.input(5); r && (r->dtype != in(n, 0).dtype || r->shape != in_shape(n, 0)))
+    throw Error(n.describe() + ": the residual '" + r->name + "' is " + dtype_name(r->dtype) + " " + join(r->shape) +
+                ", X is " + dtype_name(in(n, 0).dtype) + " " + join(in_shape(n, 0)));
+}
+
+// oxtrain.BatchNormReluGrad(dZ, Z, X, scale, saved_mean, saved_inv_std) -> (dX, dScale, dBias
+// [, dR]): dS = ReluGrad(dZ, Z), then BatchNormGrad(dS, X, ...); dR = dS.
+void infer_batchnorm_relu_grad(Node& n, const InferContext&) {
+  const Shape& x = in_shape(n, 2);
+  if (in_shape(n, 0) != x || in_shape(n, 1) != x)
+    throw Error(n.describe() + ": dZ " + join(in_shape(n, 0)) + ", Z " + join(in_shape(n, 1)) + " and X " + join(x) +
+                " differ");
+  set_out(n, 0, in(n, 2).dtype, x);
+  set_out(n, 1, in(n, 3).dtype, Shape{x[1]});
+  set_out(n, 2, in(n, 3).dtype, Shape{x[1]});
+  if (n.outputs.size() > 3) set_out(n, 3, in(n, 0).dtype, x);
+}
+
 // oxtrain.NonFinite(G1..Gn) -> found_inf: float32 scalar, 1 when any element of any input is
 // infinite or NaN, else 0.
 void infer_non_finite(Node& n, const InferContext&) {
@@ -839,6 +862,7 @@ void set_half_policies(std::vector<OpSchema>& r) {
   set("", {"Reshape", "Dropout", "Split", "Slice", "Squeeze", "Unsqueeze", "Expand", "Gather", "BatchNormalization"},
       {HalfMode::follow, {0}});
   set(kOxtrainDomain, {"BatchNormTraining", "DropoutTraining"}, {HalfMode::follow, {0}});
+  set(kOxtrainDomain, {"BatchNormReluTraining"}, {HalfMode::follow, {0, 5}});
   set("", {"Where"}, {HalfMode::follow, {1, 2}});
 }
 
@@ -889,6 +913,9 @@ std::vector<OpSchema>& registry() {
          {.non_trainable = {2}, .state = {0, 1}, .updates_input = {{0, 0}, {1, 1}}}},
         {kOxtrainDomain, "BatchNormTraining", infer_batchnorm_training, nullptr, {}, false, {.state = {3, 4}, .updates_input = {{1, 3}, {2, 4}}}},
         {kOxtrainDomain, "BatchNormGrad", infer_batchnorm_grad, nullptr},
+        {kOxtrainDomain, "BatchNormReluTraining", infer_batchnorm_relu_training, nullptr, {}, false,
+         {.state = {3, 4}, .updates_input = {{1, 3}, {2, 4}}}},
+        {kOxtrainDomain, "BatchNormReluGrad", infer_batchnorm_relu_grad, nullptr},
         {kOxtrainDomain, "ReluGrad", same_as_input, nullptr, {}, false, {.shares_input = {{0, 0}, {0, 1}}}},
         {kOxtrainDomain, "ConvGradData", shape_from_attr("input_shape"), nullptr},
         {kOxtrainDomain, "ConvGradFilter", shape_from_attr("filter_shape"), nullptr},

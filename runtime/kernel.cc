@@ -34,11 +34,15 @@ const KernelFactory* KernelRegistry::find(const std::string& domain, const std::
   return it == factories_.end() ? nullptr : &it->second;
 }
 
-void KernelRegistry::wrap(Device device, const std::function<KernelFactory(KernelFactory)>& wrap) {
+void KernelRegistry::wrap(Device device, const Wrapper& wrap) {
   const std::string suffix = std::string("|") + device_name(device);
-  for (auto& [k, factory] : factories_)
-    if (k.size() > suffix.size() && k.compare(k.size() - suffix.size(), suffix.size(), suffix) == 0)
-      factory = wrap(std::move(factory));
+  for (auto& [k, factory] : factories_) {
+    if (k.size() <= suffix.size() || k.compare(k.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    const size_t bar = k.find('|');
+    const std::string domain = k.substr(0, bar);
+    const std::string op_type = k.substr(bar + 1, k.size() - suffix.size() - bar - 1);
+    factory = wrap(domain, op_type, std::move(factory));
+  }
 }
 
 const KernelRegistry& KernelRegistry::global() {
@@ -58,7 +62,10 @@ const KernelRegistry& KernelRegistry::global() {
     register_cpu_random_kernels(r);
     register_cpu_precision_kernels(r);
     // float16 and bfloat16 on the CPU: computed in float32, rounded (runtime/cpu/half_emulation.h).
-    r.wrap(Device::cpu, cpu::with_half_emulation);
+    r.wrap(Device::cpu, [](const std::string&, const std::string&, KernelFactory f) {
+      return cpu::with_half_emulation(std::move(f));
+    });
+    register_cpu_fused_kernels(r);
 #ifdef OXTRAIN_HAVE_CUDA
     register_cuda_elementwise_kernels(r);
     register_cuda_loss_kernels(r);
@@ -73,6 +80,9 @@ const KernelRegistry& KernelRegistry::global() {
     register_cuda_normalization_kernels(r);
     register_cuda_random_kernels(r);
     register_cuda_precision_kernels(r);
+    // float16 and bfloat16 for the kernels that compute only float32 (runtime/cuda/half_emulation.cu).
+    r.wrap(Device::cuda, cuda::with_half_emulation);
+    register_cuda_fused_kernels(r);
 #endif
     return r;
   }();

@@ -108,8 +108,9 @@ class KernelRegistry {
            KernelFactory factory);
   const KernelFactory* find(const std::string& domain, const std::string& op_type,
                             Device device) const;
-  // Replaces every factory of `device` by wrap(factory).
-  void wrap(Device device, const std::function<KernelFactory(KernelFactory)>& wrap);
+  // Replaces every factory of `device` by wrap(domain, op_type, factory).
+  using Wrapper = std::function<KernelFactory(const std::string& domain, const std::string& op_type, KernelFactory)>;
+  void wrap(Device device, const Wrapper& wrap);
   // The registry with every kernel built into this binary.
   static const KernelRegistry& global();
 

@@ -1,5 +1,7 @@
 #include "tests/kernel_helpers.h"
 
+#include "base/half.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -96,7 +98,7 @@ bool gpu_available(std::string* why) {
   for (size_t i = 0; i < want.size(); ++i) {
     const Tensor& got = c.output(i);
     if (want[i].dtype == DType::undefined) continue;
-    if (want[i].dtype == DType::f32 || want[i].dtype == DType::f64) {
+    if (graph::is_float(want[i].dtype)) {
       double d = max_relative_difference(got, want[i]);
       if (!(d <= rtol))
         return ::testing::AssertionFailure() << c.node().describe() << " output " << i << ": CUDA differs from CPU by "
@@ -136,6 +138,8 @@ double element(const Tensor& t, int64_t i) {
   switch (t.dtype) {
     case DType::f32: return t.data<float>()[i];
     case DType::f64: return t.data<double>()[i];
+    case DType::f16: return fp16_to_float(t.data<uint16_t>()[i]);
+    case DType::bf16: return bf16_to_float(t.data<uint16_t>()[i]);
     case DType::i64: return static_cast<double>(t.data<int64_t>()[i]);
     case DType::i32: return t.data<int32_t>()[i];
     case DType::u8:
@@ -148,6 +152,8 @@ void set_element(Tensor& t, int64_t i, double v) {
   switch (t.dtype) {
     case DType::f32: t.data<float>()[i] = static_cast<float>(v); break;
     case DType::f64: t.data<double>()[i] = v; break;
+    case DType::f16: t.data<uint16_t>()[i] = float_to_fp16(static_cast<float>(v)); break;
+    case DType::bf16: t.data<uint16_t>()[i] = float_to_bf16(static_cast<float>(v)); break;
     case DType::i64: t.data<int64_t>()[i] = static_cast<int64_t>(v); break;
     case DType::i32: t.data<int32_t>()[i] = static_cast<int32_t>(v); break;
     case DType::u8:

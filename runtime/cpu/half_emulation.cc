@@ -23,36 +23,10 @@ graph::Tensor widened(const graph::Tensor& t) {
 
 class HalfEmulationKernel final : public Kernel {
  public:
-  HalfEmulationKernel(const KernelInit& init, const KernelFactory& float_factory) {
-    const Node& n = init.node;
-    std::map<const graph::Value*, graph::Value*> twin;
-    auto copy = [&](const graph::Value* v, std::vector<DType>& halves) -> graph::Value* {
-      halves.push_back(v && is_half(v->dtype) ? v->dtype : DType::undefined);
-      if (!v) return nullptr;
-      if (auto it = twin.find(v); it != twin.end()) return it->second;
-      const DType dt = is_half(v->dtype) ? DType::f32 : v->dtype;
-      graph::Value* c = graph_.add_value(graph_.unique_name(v->name.empty() ? "v" : v->name), dt, v->shape, v->role);
-      c->rank_known = v->rank_known;
-      c->dim_names = v->dim_names;
-      if (v->has_data())
-        c->data = is_half(v->dtype) ? std::make_shared<graph::Tensor>(widened(*v->data)) : v->data;
-      return twin[v] = c;
-    };
-    std::vector<graph::Value*> ins, outs;
-    for (const graph::Value* v : n.inputs) ins.push_back(copy(v, input_half_));
-    for (const graph::Value* v : n.outputs) outs.push_back(copy(v, output_half_));
-    graph::Node* f = graph_.add_node(n.op_type, ins, outs, n.name, n.domain);
-    f->attrs = n.attrs;
-    // Ops that name their result type produce float32 here; the output is rounded after.
-    for (const char* key : {"to", "dtype"})
-      if (f->has_attr(key)) {
-        auto& value = f->attrs[key].value;
-        if (const int64_t* code = std::get_if<int64_t>(&value); code && is_half(graph::dtype_from_onnx(static_cast<int>(*code))))
-          value = int64_t{graph::dtype_to_onnx(DType::f32)};
-      }
-    inner_ = float_factory(KernelInit{*f, init.opset, init.device, init.context, init.precision});
-    inputs_.resize(input_half_.size());
-    outputs_.resize(output_half_.size());
+  HalfEmulationKernel(const KernelInit& init, const KernelFactory& float_factory) : twin_(float_twin(init.node)) {
+    inner_ = float_factory(KernelInit{*twin_.node, init.opset, init.device, init.context, init.precision});
+    inputs_.resize(twin_.input_half.size());
+    outputs_.resize(twin_.output_half.size());
   }
 
   size_t workspace_bytes() const override { return inner_->workspace_bytes(); }
@@ -64,35 +38,65 @@ class HalfEmulationKernel final : public Kernel {
 
   void run(const KernelArgs& args) override {
     KernelArgs a = args;
-    for (size_t i = 0; i < input_half_.size() && i < a.inputs.size(); ++i) {
+    for (size_t i = 0; i < twin_.input_half.size() && i < a.inputs.size(); ++i) {
       const TensorView& v = args.inputs[i];
-      if (input_half_[i] == DType::undefined || !v.present()) continue;
+      if (twin_.input_half[i] == DType::undefined || !v.present()) continue;
       inputs_[i].resize(static_cast<size_t>(v.numel()));
       widen_half(v.dtype, v.as<uint16_t>(), inputs_[i].data(), v.numel());
       a.inputs[i] = TensorView{inputs_[i].data(), DType::f32, v.shape};
     }
-    for (size_t i = 0; i < output_half_.size() && i < a.outputs.size(); ++i) {
+    for (size_t i = 0; i < twin_.output_half.size() && i < a.outputs.size(); ++i) {
       const TensorView& v = args.outputs[i];
-      if (output_half_[i] == DType::undefined || !v.present()) continue;
+      if (twin_.output_half[i] == DType::undefined || !v.present()) continue;
       outputs_[i].resize(static_cast<size_t>(v.numel()));
       a.outputs[i] = TensorView{outputs_[i].data(), DType::f32, v.shape};
     }
     inner_->run(a);
-    for (size_t i = 0; i < output_half_.size() && i < a.outputs.size(); ++i) {
+    for (size_t i = 0; i < twin_.output_half.size() && i < a.outputs.size(); ++i) {
       const TensorView& v = args.outputs[i];
-      if (output_half_[i] == DType::undefined || !v.present()) continue;
+      if (twin_.output_half[i] == DType::undefined || !v.present()) continue;
       narrow_to_half(v.dtype, outputs_[i].data(), v.as<uint16_t>(), a.outputs[i].numel());
     }
   }
 
  private:
-  graph::Graph graph_;
-  std::vector<DType> input_half_, output_half_;  // the half type of each slot, or undefined
+  FloatTwin twin_;
   std::vector<std::vector<float>> inputs_, outputs_;
   std::unique_ptr<Kernel> inner_;
 };
 
 }  // namespace
+
+FloatTwin float_twin(const Node& n) {
+  FloatTwin t;
+  t.graph = std::make_unique<graph::Graph>();
+  graph::Graph& g = *t.graph;
+  std::map<const graph::Value*, graph::Value*> twin;
+  auto copy = [&](const graph::Value* v, std::vector<DType>& halves) -> graph::Value* {
+    halves.push_back(v && is_half(v->dtype) ? v->dtype : DType::undefined);
+    if (!v) return nullptr;
+    if (auto it = twin.find(v); it != twin.end()) return it->second;
+    const DType dt = is_half(v->dtype) ? DType::f32 : v->dtype;
+    graph::Value* c = g.add_value(g.unique_name(v->name.empty() ? "v" : v->name), dt, v->shape, v->role);
+    c->rank_known = v->rank_known;
+    c->dim_names = v->dim_names;
+    if (v->has_data()) c->data = is_half(v->dtype) ? std::make_shared<graph::Tensor>(widened(*v->data)) : v->data;
+    return twin[v] = c;
+  };
+  std::vector<graph::Value*> ins, outs;
+  for (const graph::Value* v : n.inputs) ins.push_back(copy(v, t.input_half));
+  for (const graph::Value* v : n.outputs) outs.push_back(copy(v, t.output_half));
+  t.node = g.add_node(n.op_type, ins, outs, n.name, n.domain);
+  t.node->attrs = n.attrs;
+  // Ops that name their result type produce float32 here; the output is rounded after.
+  for (const char* key : {"to", "dtype"})
+    if (t.node->has_attr(key)) {
+      auto& value = t.node->attrs[key].value;
+      if (const int64_t* code = std::get_if<int64_t>(&value); code && is_half(graph::dtype_from_onnx(static_cast<int>(*code))))
+        value = int64_t{graph::dtype_to_onnx(DType::f32)};
+    }
+  return t;
+}
 
 bool has_half_values(const Node& node) {
   for (const auto* list : {&node.inputs, &node.outputs})

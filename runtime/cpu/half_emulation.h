@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "runtime/kernel.h"
 
@@ -14,6 +16,17 @@ namespace oxtrain::runtime::cpu {
 
 // Whether any input or output of the node is float16 or bfloat16.
 bool has_half_values(const Node& node);
+
+// The node's float32 twin, in a graph of its own: every half input and output becomes float32
+// (constant data widened), ops that name a half result type (Cast's `to`) name float32.
+// input_half[i] / output_half[i]: the half type that slot had, or undefined. Used by the CPU
+// emulation here and by the CUDA one (runtime/cuda/half_emulation.cu).
+struct FloatTwin {
+  std::unique_ptr<graph::Graph> graph;
+  graph::Node* node = nullptr;
+  std::vector<graph::DType> input_half, output_half;
+};
+FloatTwin float_twin(const Node& node);
 
 // `float_factory`, with nodes that have half values run as above.
 KernelFactory with_half_emulation(KernelFactory float_factory);

@@ -1,6 +1,7 @@
 // Batch normalisation on the GPU through cuDNN's graph API (cudnn-frontend), with the
-// semantics of runtime/cpu/batchnorm.cc; float32, X of any rank >= 2 viewed as [N, C, S, 1]
-// (S = the product of the spatial dims). Every output is written (=).
+// semantics of runtime/cpu/batchnorm.cc; X (and Y, dY, dX) float32, float16 or bfloat16 of any
+// rank >= 2 viewed as [N, C, S, 1] (S = the product of the spatial dims), the per-channel
+// tensors float32, arithmetic in float32. Every output is written (=).
 //  - BatchNormalization (inference): Y = (X - mean) * (scale * rsqrt(var + eps)) + B as one
 //    graph of pointwise nodes, the per-channel tensors broadcast as [1, C, 1, 1].
 //  - oxtrain.BatchNormTraining: cuDNN's batchnorm node. Its outputs are the CPU kernel's: Y,
@@ -33,20 +34,22 @@ struct NormShapes {
   std::vector<int64_t> x;        // [N, C, S, 1]
   std::vector<int64_t> channel;  // [1, C, 1, 1]
   int64_t channels = 0;
+  DType data = DType::f32;       // X's type
+  fe::DataType_t type = fe::DataType_t::FLOAT;
+  int64_t data_bytes() const { return tensor_bytes(x, data); }
 };
 
-// Checks `x_index` = [N, C, ...] and that inputs first..last are [C]; all float32.
+// Checks `x_index` = [N, C, ...] (float32 or half) and that inputs first..last are float32 [C].
 NormShapes norm_shapes(const graph::Node& n, size_t x_index, size_t first, size_t last,
                        const char* const names[]) {
   const graph::Value* x = n.input(x_index);
   if (!x) throw Error(n.describe() + ": input " + names[x_index] + " is missing");
-  if (x->dtype != DType::f32)
-    throw Error(n.describe() + ": the CUDA kernel takes float32, got " +
-                graph::dtype_name(x->dtype) + " '" + x->name + "'");
+  NormShapes s;
+  s.data = x->dtype;
+  s.type = fe_type(x->dtype, n.describe());
   if (x->shape.size() < 2 || !graph::shape_known(x->shape))
     throw Error(n.describe() + ": input '" + x->name + "' has shape " + x->shape_string() +
                 ", expected a known [N, C, ...]");
-  NormShapes s;
   s.channels = x->shape[1];
   int64_t spatial = 1;
   for (size_t d = 2; d < x->shape.size(); ++d) spatial *= x->shape[d];
@@ -68,12 +71,12 @@ NormShapes norm_shapes(const graph::Node& n, size_t x_index, size_t first, size_
   return s;
 }
 
-void check_output(const graph::Node& n, size_t i, const std::vector<int64_t>& numel_of) {
+void check_output(const graph::Node& n, size_t i, const std::vector<int64_t>& numel_of, DType want) {
   const graph::Value* v = n.output(i);
   if (!v) return;
-  if (v->dtype != DType::f32)
-    throw Error(n.describe() + ": the CUDA kernel takes float32, got " +
-                graph::dtype_name(v->dtype) + " output '" + v->name + "'");
+  if (v->dtype != want)
+    throw Error(n.describe() + ": output '" + v->name + "' is " + graph::dtype_name(v->dtype) + ", expected " +
+                graph::dtype_name(want));
   if (graph::shape_numel(v->shape) != graph::shape_numel(numel_of))
     throw Error(n.describe() + ": output '" + v->name + "' has shape " + v->shape_string() +
                 ", expected " + std::to_string(graph::shape_numel(numel_of)) + " elements");
@@ -83,10 +86,10 @@ int64_t float_bytes(const std::vector<int64_t>& dims) { return graph::shape_nume
 
 // Binds output i of the node, or scratch space where the node omits it.
 void bind_output(GraphRecipe& r, const graph::Node& n, size_t i, const TensorPtr& t,
-                 const std::vector<int64_t>& dims) {
-  set_packed(t, dims);
+                 const std::vector<int64_t>& dims, DType dtype = DType::f32) {
+  set_packed(t, dims, fe_type(dtype, n.describe()));
   t->set_output(true);
-  Binding b{t, true, i, float_bytes(dims)};
+  Binding b{t, true, i, tensor_bytes(dims, dtype)};
   b.scratch = n.output(i) == nullptr;
   r.bindings.push_back(b);
   r.signature += b.scratch ? " -" : " +";
@@ -107,12 +110,12 @@ GraphRecipe inference_recipe(const graph::Node& n) {
   static const char* const names[] = {"X", "scale", "B", "input_mean", "input_var"};
   NormShapes s = norm_shapes(n, 0, 1, 4, names);
   if (!n.output(0)) throw Error(n.describe() + ": output Y is missing");
-  check_output(n, 0, s.x);
+  check_output(n, 0, s.x, s.data);
   const float eps = n.attr_float("epsilon", 1e-5f);
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr X = packed_tensor(g, "X", s.x);
+  TensorPtr X = packed_tensor(g, "X", s.x, s.type);
   TensorPtr scale = packed_tensor(g, "scale", s.channel);
   TensorPtr bias = packed_tensor(g, "B", s.channel);
   TensorPtr mean = packed_tensor(g, "mean", s.channel);
@@ -125,13 +128,14 @@ GraphRecipe inference_recipe(const graph::Node& n) {
   TensorPtr centred = g.pointwise(X, mean, pointwise(fe::PointwiseMode_t::SUB));
   TensorPtr scaled = g.pointwise(centred, k, pointwise(fe::PointwiseMode_t::MUL));
   TensorPtr Y = g.pointwise(scaled, bias, pointwise(fe::PointwiseMode_t::ADD));
-  r.signature = "BatchNormalization x" + dims_text(s.x) + " eps " + std::to_string(eps);
-  r.bindings.push_back({X, false, 0, float_bytes(s.x)});
+  r.signature = "BatchNormalization " + std::string(graph::dtype_name(s.data)) + " x" + dims_text(s.x) + " eps " +
+                std::to_string(eps);
+  r.bindings.push_back({X, false, 0, s.data_bytes()});
   r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
   r.bindings.push_back({bias, false, 2, float_bytes(s.channel)});
   r.bindings.push_back({mean, false, 3, float_bytes(s.channel)});
   r.bindings.push_back({var, false, 4, float_bytes(s.channel)});
-  bind_output(r, n, 0, Y, s.x);
+  bind_output(r, n, 0, Y, s.x, s.data);
   return r;
 }
 
@@ -139,14 +143,14 @@ GraphRecipe training_recipe(const graph::Node& n) {
   static const char* const names[] = {"X", "scale", "B", "running_mean", "running_var"};
   NormShapes s = norm_shapes(n, 0, 1, 4, names);
   if (!n.output(0)) throw Error(n.describe() + ": output Y is missing");
-  check_output(n, 0, s.x);
-  for (size_t i = 1; i < 5; ++i) check_output(n, i, s.channel);
+  check_output(n, 0, s.x, s.data);
+  for (size_t i = 1; i < 5; ++i) check_output(n, i, s.channel, DType::f32);
   const float eps = n.attr_float("epsilon", 1e-5f);
   const float momentum = n.attr_float("momentum", 0.9f);
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr X = packed_tensor(g, "X", s.x);
+  TensorPtr X = packed_tensor(g, "X", s.x, s.type);
   TensorPtr scale = packed_tensor(g, "scale", s.channel);
   TensorPtr bias = packed_tensor(g, "B", s.channel);
   TensorPtr running_mean = packed_tensor(g, "running_mean", s.channel);
@@ -158,14 +162,14 @@ GraphRecipe training_recipe(const graph::Node& n) {
                         .set_previous_running_stats(running_mean, running_var, cudnn_momentum);
   attributes.set_compute_data_type(fe::DataType_t::FLOAT);
   auto [Y, mean, inv_std, next_mean, next_var] = g.batchnorm(X, scale, bias, attributes);
-  r.signature = "BatchNormTraining x" + dims_text(s.x) + " eps " + std::to_string(eps) +
-                " momentum " + std::to_string(momentum);
-  r.bindings.push_back({X, false, 0, float_bytes(s.x)});
+  r.signature = "BatchNormTraining " + std::string(graph::dtype_name(s.data)) + " x" + dims_text(s.x) + " eps " +
+                std::to_string(eps) + " momentum " + std::to_string(momentum);
+  r.bindings.push_back({X, false, 0, s.data_bytes()});
   r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
   r.bindings.push_back({bias, false, 2, float_bytes(s.channel)});
   r.bindings.push_back({running_mean, false, 3, float_bytes(s.channel)});
   r.bindings.push_back({running_var, false, 4, float_bytes(s.channel)});
-  bind_output(r, n, 0, Y, s.x);
+  bind_output(r, n, 0, Y, s.x, s.data);
   bind_output(r, n, 1, next_mean, s.channel);
   bind_output(r, n, 2, next_var, s.channel);
   bind_output(r, n, 3, mean, s.channel);
@@ -179,30 +183,30 @@ GraphRecipe grad_recipe(const graph::Node& n) {
   NormShapes s = norm_shapes(n, 1, 2, 4, names);
   const graph::Value* dy = n.input(0);
   const graph::Value* x = n.input(1);
-  if (!dy || dy->dtype != DType::f32 || dy->shape != x->shape)
+  if (!dy || dy->dtype != x->dtype || dy->shape != x->shape)
     throw Error(n.describe() + ": dY " + (dy ? dy->shape_string() + " " + graph::dtype_name(dy->dtype) : std::string("(missing)")) +
-                " must be float32 of X's shape " + x->shape_string());
-  check_output(n, 0, s.x);
-  check_output(n, 1, s.channel);
-  check_output(n, 2, s.channel);
+                " must have X's type and shape, " + graph::dtype_name(x->dtype) + " " + x->shape_string());
+  check_output(n, 0, s.x, s.data);
+  check_output(n, 1, s.channel, DType::f32);
+  check_output(n, 2, s.channel, DType::f32);
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr DY = packed_tensor(g, "DY", s.x);
-  TensorPtr X = packed_tensor(g, "X", s.x);
+  TensorPtr DY = packed_tensor(g, "DY", s.x, s.type);
+  TensorPtr X = packed_tensor(g, "X", s.x, s.type);
   TensorPtr scale = packed_tensor(g, "scale", s.channel);
   TensorPtr mean = packed_tensor(g, "saved_mean", s.channel);
   TensorPtr inv_std = packed_tensor(g, "saved_inv_std", s.channel);
   auto attributes = fe::graph::Batchnorm_backward_attributes().set_saved_mean_and_inv_variance(mean, inv_std);
   attributes.set_compute_data_type(fe::DataType_t::FLOAT);
   auto [DX, dscale, dbias] = g.batchnorm_backward(DY, X, scale, attributes);
-  r.signature = "BatchNormGrad x" + dims_text(s.x);
-  r.bindings.push_back({DY, false, 0, float_bytes(s.x)});
-  r.bindings.push_back({X, false, 1, float_bytes(s.x)});
+  r.signature = "BatchNormGrad " + std::string(graph::dtype_name(s.data)) + " x" + dims_text(s.x);
+  r.bindings.push_back({DY, false, 0, s.data_bytes()});
+  r.bindings.push_back({X, false, 1, s.data_bytes()});
   r.bindings.push_back({scale, false, 2, float_bytes(s.channel)});
   r.bindings.push_back({mean, false, 3, float_bytes(s.channel)});
   r.bindings.push_back({inv_std, false, 4, float_bytes(s.channel)});
-  bind_output(r, n, 0, DX, s.x);
+  bind_output(r, n, 0, DX, s.x, s.data);
   bind_output(r, n, 1, dscale, s.channel);
   bind_output(r, n, 2, dbias, s.channel);
   return r;

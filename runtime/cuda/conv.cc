@@ -1,7 +1,8 @@
 // 2-D convolution on the GPU through cuDNN's graph API (cudnn-frontend): Conv (with its bias
 // added by a pointwise node fused into the same cuDNN graph), oxtrain.ConvGradData (cuDNN's
 // dgrad) and oxtrain.ConvGradFilter (wgrad). NCHW float32, any group, pads (asymmetric too),
-// strides and dilations; the semantics of runtime/cpu/conv.cc. All three write (=) their
+// strides and dilations; float32, or float16/bfloat16 with float32 arithmetic (mixed
+// precision); the semantics of runtime/cpu/conv.cc. All three write (=) their
 // output. Plans are chosen by measurement at compile time and shared between identical
 // convolutions (runtime/cuda/cudnn_common.h).
 #define OXTRAIN_CUDNN_FRONTEND
@@ -27,11 +28,18 @@ struct ConvShapes {
   int64_t group = 1;
 };
 
-void require_f32(const graph::Node& node, std::initializer_list<const graph::Value*> values) {
-  for (const graph::Value* v : values)
-    if (v && v->dtype != DType::f32)
-      throw Error(node.describe() + ": the CUDA kernel takes float32, got " +
-                  graph::dtype_name(v->dtype) + " '" + v->name + "'");
+// The one type of the convolution's tensors (float32, float16 or bfloat16).
+DType common_type(const graph::Node& node, std::initializer_list<const graph::Value*> values) {
+  DType dt = DType::undefined;
+  for (const graph::Value* v : values) {
+    if (!v) continue;
+    fe_type(v->dtype, node.describe());
+    if (dt == DType::undefined) dt = v->dtype;
+    if (v->dtype != dt)
+      throw Error(node.describe() + ": the CUDA kernel takes tensors of one type, got " + graph::dtype_name(dt) +
+                  " and " + graph::dtype_name(v->dtype) + " '" + v->name + "'");
+  }
+  return dt;
 }
 
 // Checks x = [N,C,H,W], w = [M,C/group,kH,kW] and y against the node's attributes, as the CPU
@@ -65,13 +73,11 @@ ConvShapes conv_shapes(const graph::Node& node, const graph::Shape& x, const gra
   return s;
 }
 
-std::string signature(const std::string& op, const ConvShapes& s, bool bias) {
-  return op + " x" + dims_text(s.x) + " w" + dims_text(s.w) + " y" + dims_text(s.y) + " s" +
+std::string signature(const std::string& op, const ConvShapes& s, bool bias, DType dt) {
+  return op + " " + graph::dtype_name(dt) + " x" + dims_text(s.x) + " w" + dims_text(s.w) + " y" + dims_text(s.y) + " s" +
          dims_text(s.strides) + " d" + dims_text(s.dilations) + " p" + dims_text(s.pads_begin) +
          "/" + dims_text(s.pads_end) + (bias ? " bias" : "");
 }
-
-int64_t float_bytes(const graph::Shape& s) { return graph::shape_numel(s) * 4; }
 
 template <typename Attributes>
 Attributes window_attributes(const ConvShapes& s) {
@@ -89,7 +95,9 @@ GraphRecipe forward_recipe(const graph::Node& n) {
   const graph::Value* w = cpu::required(n, 1);
   const graph::Value* b = n.input(2);
   const graph::Value* y = cpu::required(n, 0, true);
-  require_f32(n, {x, w, b, y});
+  const DType dt = common_type(n, {x, w, b, y});
+  const fe::DataType_t type = fe_type(dt, n.describe());
+  auto bytes = [dt](const graph::Shape& dims) { return tensor_bytes(dims, dt); };
   ConvShapes s = conv_shapes(n, x->shape, w->shape, y->shape);
   if (b && b->shape != graph::Shape{s.w[0]})
     throw Error(n.describe() + ": bias '" + b->name + "' has shape " + join(b->shape) +
@@ -97,26 +105,26 @@ GraphRecipe forward_recipe(const graph::Node& n) {
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr X = packed_tensor(g, "X", s.x);
-  TensorPtr W = packed_tensor(g, "W", s.w);
+  TensorPtr X = packed_tensor(g, "X", s.x, type);
+  TensorPtr W = packed_tensor(g, "W", s.w, type);
   TensorPtr Y = g.conv_fprop(X, W, window_attributes<fe::graph::Conv_fprop_attributes>(s));
-  set_packed(Y, s.y);
-  r.bindings.push_back({X, false, 0, float_bytes(s.x)});
-  r.bindings.push_back({W, false, 1, float_bytes(s.w)});
+  set_packed(Y, s.y, b ? fe::DataType_t::FLOAT : type);  // with a bias, the sum is the output
+  r.bindings.push_back({X, false, 0, bytes(s.x)});
+  r.bindings.push_back({W, false, 1, bytes(s.w)});
   if (b) {
     // Y = conv + B, B broadcast as [1, M, 1, 1]: one fused cuDNN graph.
-    TensorPtr B = packed_tensor(g, "B", {1, s.w[0], 1, 1});
+    TensorPtr B = packed_tensor(g, "B", {1, s.w[0], 1, 1}, type);
     TensorPtr sum = g.pointwise(
         Y, B,
         fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::ADD).set_compute_data_type(
             fe::DataType_t::FLOAT));
-    set_packed(sum, s.y);
-    r.bindings.push_back({B, false, 2, float_bytes(b->shape)});
+    set_packed(sum, s.y, type);
+    r.bindings.push_back({B, false, 2, bytes(b->shape)});
     Y = sum;
   }
   Y->set_output(true);
-  r.bindings.push_back({Y, true, 0, float_bytes(s.y)});
-  r.signature = signature("Conv", s, b != nullptr);
+  r.bindings.push_back({Y, true, 0, bytes(s.y)});
+  r.signature = signature("Conv", s, b != nullptr, dt);
   return r;
 }
 
@@ -124,21 +132,23 @@ GraphRecipe grad_data_recipe(const graph::Node& n) {
   const graph::Value* dy = cpu::required(n, 0);
   const graph::Value* w = cpu::required(n, 1);
   const graph::Value* dx = cpu::required(n, 0, true);
-  require_f32(n, {dy, w, dx});
+  const DType dt = common_type(n, {dy, w, dx});
+  const fe::DataType_t type = fe_type(dt, n.describe());
+  auto bytes = [dt](const graph::Shape& dims) { return tensor_bytes(dims, dt); };
   graph::Shape x_shape = cpu::grad_input_shape(n, dx);
   ConvShapes s = conv_shapes(n, x_shape, w->shape, dy->shape);
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr DY = packed_tensor(g, "DY", s.y);
-  TensorPtr W = packed_tensor(g, "W", s.w);
+  TensorPtr DY = packed_tensor(g, "DY", s.y, type);
+  TensorPtr W = packed_tensor(g, "W", s.w, type);
   TensorPtr DX = g.conv_dgrad(DY, W, window_attributes<fe::graph::Conv_dgrad_attributes>(s));
-  set_packed(DX, s.x);
+  set_packed(DX, s.x, type);
   DX->set_output(true);
-  r.bindings.push_back({DY, false, 0, float_bytes(s.y)});
-  r.bindings.push_back({W, false, 1, float_bytes(s.w)});
-  r.bindings.push_back({DX, true, 0, float_bytes(s.x)});
-  r.signature = signature("ConvGradData", s, false);
+  r.bindings.push_back({DY, false, 0, bytes(s.y)});
+  r.bindings.push_back({W, false, 1, bytes(s.w)});
+  r.bindings.push_back({DX, true, 0, bytes(s.x)});
+  r.signature = signature("ConvGradData", s, false, dt);
   return r;
 }
 
@@ -146,7 +156,9 @@ GraphRecipe grad_filter_recipe(const graph::Node& n) {
   const graph::Value* dy = cpu::required(n, 0);
   const graph::Value* x = cpu::required(n, 1);
   const graph::Value* dw = cpu::required(n, 0, true);
-  require_f32(n, {dy, x, dw});
+  const DType dt = common_type(n, {dy, x, dw});
+  const fe::DataType_t type = fe_type(dt, n.describe());
+  auto bytes = [dt](const graph::Shape& dims) { return tensor_bytes(dims, dt); };
   graph::Shape w_shape = cpu::shape_attr(n, "filter_shape");
   if (dw->shape != w_shape)
     throw Error(n.describe() + ": output shape " + join(dw->shape) +
@@ -155,15 +167,15 @@ GraphRecipe grad_filter_recipe(const graph::Node& n) {
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr DY = packed_tensor(g, "DY", s.y);
-  TensorPtr X = packed_tensor(g, "X", s.x);
+  TensorPtr DY = packed_tensor(g, "DY", s.y, type);
+  TensorPtr X = packed_tensor(g, "X", s.x, type);
   TensorPtr DW = g.conv_wgrad(DY, X, window_attributes<fe::graph::Conv_wgrad_attributes>(s));
-  set_packed(DW, s.w);
+  set_packed(DW, s.w, type);
   DW->set_output(true);
-  r.bindings.push_back({DY, false, 0, float_bytes(s.y)});
-  r.bindings.push_back({X, false, 1, float_bytes(s.x)});
-  r.bindings.push_back({DW, true, 0, float_bytes(s.w)});
-  r.signature = signature("ConvGradFilter", s, false);
+  r.bindings.push_back({DY, false, 0, bytes(s.y)});
+  r.bindings.push_back({X, false, 1, bytes(s.x)});
+  r.bindings.push_back({DW, true, 0, bytes(s.w)});
+  r.signature = signature("ConvGradFilter", s, false, dt);
   return r;
 }
 

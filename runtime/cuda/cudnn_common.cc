@@ -270,17 +270,31 @@ std::vector<int64_t> packed_strides(const std::vector<int64_t>& dims) {
 }
 }  // namespace
 
-TensorPtr packed_tensor(fe::graph::Graph& graph, const std::string& name,
-                        const std::vector<int64_t>& dims) {
+fe::DataType_t fe_type(DType dtype, const std::string& where) {
+  switch (dtype) {
+    case DType::f32: return fe::DataType_t::FLOAT;
+    case DType::f16: return fe::DataType_t::HALF;
+    case DType::bf16: return fe::DataType_t::BFLOAT16;
+    default:
+      throw Error(where + ": cuDNN kernels take float32, float16 or bfloat16, got " + graph::dtype_name(dtype));
+  }
+}
+
+int64_t tensor_bytes(const std::vector<int64_t>& dims, DType dtype) {
+  return graph::shape_numel(dims) * static_cast<int64_t>(graph::dtype_size(dtype));
+}
+
+TensorPtr packed_tensor(fe::graph::Graph& graph, const std::string& name, const std::vector<int64_t>& dims,
+                        fe::DataType_t type) {
   return graph.tensor(fe::graph::Tensor_attributes()
                           .set_name(name)
                           .set_dim(dims)
                           .set_stride(packed_strides(dims))
-                          .set_data_type(fe::DataType_t::FLOAT));
+                          .set_data_type(type));
 }
 
-void set_packed(const TensorPtr& tensor, const std::vector<int64_t>& dims) {
-  tensor->set_dim(dims).set_stride(packed_strides(dims)).set_data_type(fe::DataType_t::FLOAT);
+void set_packed(const TensorPtr& tensor, const std::vector<int64_t>& dims, fe::DataType_t type) {
+  tensor->set_dim(dims).set_stride(packed_strides(dims)).set_data_type(type);
 }
 
 std::string dims_text(const std::vector<int64_t>& dims) {

@@ -103,13 +103,19 @@ struct GraphRecipe {
   std::string signature;
 };
 
-// A fresh graph: float32 in and out, float32 arithmetic.
+// A fresh graph: float32 in and out unless a tensor says otherwise, float32 arithmetic.
 std::shared_ptr<fe::graph::Graph> new_float_graph();
-// A float32 tensor of `dims` with packed row-major (NCHW) strides.
-TensorPtr packed_tensor(fe::graph::Graph& graph, const std::string& name,
-                        const std::vector<int64_t>& dims);
-// Gives an output tensor (possibly created by an operation) its dims and packed strides.
-void set_packed(const TensorPtr& tensor, const std::vector<int64_t>& dims);
+// cuDNN's type for float32, float16 and bfloat16 values; throws naming `where` for others.
+fe::DataType_t fe_type(DType dtype, const std::string& where);
+// Bytes of a tensor of `dims` in `dtype`.
+int64_t tensor_bytes(const std::vector<int64_t>& dims, DType dtype);
+// A tensor of `dims` (float32 unless `type` says otherwise) with packed row-major (NCHW)
+// strides.
+TensorPtr packed_tensor(fe::graph::Graph& graph, const std::string& name, const std::vector<int64_t>& dims,
+                        fe::DataType_t type = fe::DataType_t::FLOAT);
+// Gives an output tensor (possibly created by an operation) its dims, packed strides and type.
+void set_packed(const TensorPtr& tensor, const std::vector<int64_t>& dims,
+                fe::DataType_t type = fe::DataType_t::FLOAT);
 // "5x7x11x13"
 std::string dims_text(const std::vector<int64_t>& dims);
 

@@ -38,5 +38,14 @@ void register_cuda_normalization_kernels(KernelRegistry& registry);
 void register_cuda_random_kernels(KernelRegistry& registry);
 // precision.cu: oxtrain.NonFinite, oxtrain.LossScaleUpdate (fp16's dynamic loss scaling)
 void register_cuda_precision_kernels(KernelRegistry& registry);
+// fused.cu: oxtrain.BatchNormReluTraining, oxtrain.BatchNormReluGrad (native half; registered
+// after the half emulation)
+void register_cuda_fused_kernels(KernelRegistry& registry);
+
+namespace cuda {
+// half_emulation.cu: `float_factory` with half values handled for kernels that compute only
+// float32 (float32 copies in the kernel's workspace, outputs rounded); Cast to and from half.
+KernelFactory with_half_emulation(const std::string& domain, const std::string& op_type, KernelFactory float_factory);
+}  // namespace cuda
 
 }  // namespace oxtrain::runtime

@@ -1,0 +1,124 @@
+#include "runtime/fused_batchnorm.h"
+
+#include <vector>
+
+#include "graph/ops.h"
+
+namespace oxtrain::runtime {
+namespace {
+
+constexpr size_t kAlign = 256;
+
+// A one-node graph of `op` over values shaped and typed like `like`'s (nullptr: omitted), and
+// the device's kernel for it.
+struct InnerKernel {
+  graph::Graph graph;
+  std::unique_ptr<Kernel> kernel;
+
+  InnerKernel(const KernelInit& init, const char* op, const std::vector<const graph::Value*>& ins,
+              const std::vector<const graph::Value*>& outs) {
+    auto copy = [&](const graph::Value* v, const char* prefix, size_t i) -> graph::Value* {
+      if (!v) return nullptr;
+      graph::Value* c = graph.add_value(prefix + std::to_string(i), v->dtype, v->shape, v->role);
+      c->rank_known = true;
+      return c;
+    };
+    std::vector<graph::Value*> in, out;
+    for (size_t i = 0; i < ins.size(); ++i) in.push_back(copy(ins[i], "in", i));
+    for (size_t i = 0; i < outs.size(); ++i) out.push_back(copy(outs[i], "out", i));
+    graph::Node* n = graph.add_node(op, in, out, init.node.name, graph::kOxtrainDomain);
+    for (const char* key : {"epsilon", "momentum"})
+      if (init.node.has_attr(key)) n->attrs[key] = init.node.attrs.at(key);
+    const KernelFactory* f = KernelRegistry::global().find(graph::kOxtrainDomain, op, init.device);
+    if (!f) throw Error(init.node.describe() + ": no oxtrain." + op + " kernel on " + device_name(init.device));
+    kernel = (*f)(KernelInit{*n, 1, init.device, init.context, init.precision});
+  }
+};
+
+size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+class BatchNormReluKernel final : public Kernel {
+ public:
+  BatchNormReluKernel(const KernelInit& init, FusedBatchNormPasses passes)
+      : passes_(std::move(passes)),
+        inner_(init, "BatchNormTraining",
+               {init.node.input(0), init.node.input(1), init.node.input(2), init.node.input(3), init.node.input(4)},
+               {init.node.output(0), init.node.output(1), init.node.output(2), init.node.output(3),
+                init.node.output(4)}) {
+    const graph::Node& n = init.node;
+    if (!n.output(0)) throw Error(n.describe() + ": output Z is missing");
+    residual_ = n.input(5) != nullptr;
+    dtype_ = n.output(0)->dtype;
+    count_ = n.output(0)->numel();
+  }
+  size_t workspace_bytes() const override { return inner_.kernel->workspace_bytes(); }
+  std::string describe() const override { return inner_.kernel->describe(); }
+  void run(const KernelArgs& args) override {
+    KernelArgs a = args;
+    a.inputs.resize(5);
+    inner_.kernel->run(a);
+    passes_.add_relu(args, args.outputs[0].data, residual_ ? args.inputs[5].data : nullptr, count_, dtype_);
+  }
+
+ private:
+  FusedBatchNormPasses passes_;
+  InnerKernel inner_;
+  bool residual_ = false;
+  DType dtype_ = DType::undefined;
+  int64_t count_ = 0;
+};
+
+class BatchNormReluGradKernel final : public Kernel {
+ public:
+  BatchNormReluGradKernel(const KernelInit& init, FusedBatchNormPasses passes)
+      : passes_(std::move(passes)),
+        // BatchNormGrad(dS, X, scale, saved_mean, saved_inv_std); dS is shaped like dZ.
+        inner_(init, "BatchNormGrad",
+               {init.node.input(0), init.node.input(2), init.node.input(3), init.node.input(4), init.node.input(5)},
+               {init.node.output(0), init.node.output(1), init.node.output(2)}) {
+    const graph::Node& n = init.node;
+    for (size_t i = 0; i < 6; ++i)
+      if (!n.input(i)) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");
+    dtype_ = n.input(0)->dtype;
+    count_ = n.input(0)->numel();
+    // Without dR, dS lives in the workspace, before the inner kernel's.
+    if (!n.output(3)) own_bytes_ = aligned(static_cast<size_t>(count_) * graph::dtype_size(dtype_));
+  }
+  size_t workspace_bytes() const override { return own_bytes_ + inner_.kernel->workspace_bytes(); }
+  std::string describe() const override { return inner_.kernel->describe(); }
+  void run(const KernelArgs& args) override {
+    const bool to_residual = args.outputs.size() > 3 && args.outputs[3].present();
+    void* ds = to_residual ? args.outputs[3].data : args.workspace;
+    passes_.relu_grad(args, args.inputs[0].data, args.inputs[1].data, ds, count_, dtype_);
+    KernelArgs a = args;
+    a.inputs = {TensorView{ds, dtype_, args.inputs[0].shape}, args.inputs[2], args.inputs[3], args.inputs[4],
+                args.inputs[5]};
+    a.outputs.resize(3);
+    a.workspace = own_bytes_ > 0 ? static_cast<uint8_t*>(args.workspace) + own_bytes_ : args.workspace;
+    a.workspace_bytes = args.workspace_bytes - own_bytes_;
+    inner_.kernel->run(a);
+  }
+
+ private:
+  FusedBatchNormPasses passes_;
+  InnerKernel inner_;
+  DType dtype_ = DType::undefined;
+  int64_t count_ = 0;
+  size_t own_bytes_ = 0;
+};
+
+}  // namespace
+
+KernelFactory batchnorm_relu_training_factory(FusedBatchNormPasses passes) {
+  return [passes](const KernelInit& init) -> std::unique_ptr<Kernel> {
+    return std::make_unique<BatchNormReluKernel>(init, passes);
+  };
+}
+
+KernelFactory batchnorm_relu_grad_factory(FusedBatchNormPasses passes) {
+  return [passes](const KernelInit& init) -> std::unique_ptr<Kernel> {
+    return std::make_unique<BatchNormReluGradKernel>(init, passes);
+  };
+}
+
+}  // namespace oxtrain::runtime

@@ -1,0 +1,150 @@
+// Mixed precision on the GPU against the CPU reference: cuDNN's half convolutions and batch
+// norm, the conversion kernels, the device-side half emulation, fp16's loss-scaling kernels and
+// the fused batch norm + ReLU kernels. Each skips with a message where no GPU is at hand.
+#include <gtest/gtest.h>
+
+#include "tests/kernel_helpers.h"
+
+using namespace oxtrain;
+using namespace oxtrain::graph;
+
+namespace {
+
+constexpr DType kHalves[] = {DType::bf16, DType::f16};
+
+// A few units in the last place of the half type, relative to the largest value: cuDNN sums
+// in another order than the CPU, and each side rounds its float32 result once.
+double half_tolerance(DType dt) { return dt == DType::bf16 ? 2.0 / 128 : 2.0 / 1024; }
+
+}  // namespace
+
+TEST(CudaMixedPrecision, HalfConvolutionsMatchCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType h : kHalves) {
+    SCOPED_TRACE(dtype_name(h));
+    Tensor x = test::random_tensor(h, {2, 8, 9, 9}, 1);
+    Tensor w = test::random_tensor(h, {16, 8, 3, 3}, 2);
+    Tensor b = test::random_tensor(h, {16}, 3);
+    Tensor dy = test::random_tensor(h, {2, 16, 9, 9}, 4);
+    test::KernelCase fwd("Conv", "", {x, w, b}, {{h, {2, 16, 9, 9}}});
+    fwd.set_attr("pads", Attribute{std::vector<int64_t>{1, 1, 1, 1}});
+    EXPECT_TRUE(test::cuda_matches_cpu(fwd, half_tolerance(h)));
+    test::KernelCase data("ConvGradData", "oxtrain", {dy, w}, {{h, {2, 8, 9, 9}}});
+    data.set_attr("pads", Attribute{std::vector<int64_t>{1, 1, 1, 1}});
+    data.set_attr("input_shape", Attribute{std::vector<int64_t>{2, 8, 9, 9}});
+    EXPECT_TRUE(test::cuda_matches_cpu(data, half_tolerance(h)));
+    test::KernelCase filter("ConvGradFilter", "oxtrain", {dy, x}, {{h, {16, 8, 3, 3}}});
+    filter.set_attr("pads", Attribute{std::vector<int64_t>{1, 1, 1, 1}});
+    filter.set_attr("filter_shape", Attribute{std::vector<int64_t>{16, 8, 3, 3}});
+    EXPECT_TRUE(test::cuda_matches_cpu(filter, half_tolerance(h)));
+  }
+}
+
+TEST(CudaMixedPrecision, HalfBatchNormMatchesCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType h : kHalves) {
+    SCOPED_TRACE(dtype_name(h));
+    Tensor x = test::random_tensor(h, {4, 6, 5, 5}, 1);
+    Tensor scale = test::random_tensor(DType::f32, {6}, 2, 0.5, 1.5);
+    Tensor bias = test::random_tensor(DType::f32, {6}, 3);
+    Tensor mean = test::random_tensor(DType::f32, {6}, 4);
+    Tensor var = test::random_tensor(DType::f32, {6}, 5, 0.5, 2.0);
+    test::KernelCase train("BatchNormTraining", "oxtrain", {x, scale, bias, mean, var},
+                           {{h, x.shape}, {DType::f32, {6}}, {DType::f32, {6}}, {DType::f32, {6}}, {DType::f32, {6}}});
+    train.set_attr("epsilon", Attribute{1e-5f});
+    train.set_attr("momentum", Attribute{0.9f});
+    EXPECT_TRUE(test::cuda_matches_cpu(train, half_tolerance(h)));
+    train.run();
+    Tensor dy = test::random_tensor(h, x.shape, 6);
+    test::KernelCase grad("BatchNormGrad", "oxtrain", {dy, x, scale, train.output(3), train.output(4)},
+                          {{h, x.shape}, {DType::f32, {6}}, {DType::f32, {6}}});
+    EXPECT_TRUE(test::cuda_matches_cpu(grad, half_tolerance(h)));
+  }
+}
+
+// Conversions and the ops the GPU runs through its half emulation round exactly as the CPU.
+TEST(CudaMixedPrecision, CastsAndEmulatedOpsMatchCpuExactly) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType h : kHalves) {
+    SCOPED_TRACE(dtype_name(h));
+    Tensor f = test::random_tensor(DType::f32, {1000}, 1, -70000, 70000);
+    test::KernelCase down("Cast", "", {f}, {{h, {1000}}});
+    down.set_attr("to", Attribute{int64_t{dtype_to_onnx(h)}});
+    EXPECT_TRUE(test::cuda_matches_cpu(down, 0));
+    down.run();
+    test::KernelCase up("Cast", "", {down.output(0)}, {{DType::f32, {1000}}});
+    up.set_attr("to", Attribute{int64_t{1}});
+    EXPECT_TRUE(test::cuda_matches_cpu(up, 0));
+    Tensor a = test::random_tensor(h, {2, 3, 8, 8}, 2);
+    Tensor b = test::random_tensor(h, {2, 3, 8, 8}, 3);
+    test::KernelCase add("Add", "", {a, b}, {{h, a.shape}});
+    EXPECT_TRUE(test::cuda_matches_cpu(add, 0));
+    test::KernelCase relu("Relu", "", {a}, {{h, a.shape}});
+    EXPECT_TRUE(test::cuda_matches_cpu(relu, 0));
+    test::KernelCase pool("MaxPool", "", {a}, {{h, {2, 3, 4, 4}}, {DType::i64, {2, 3, 4, 4}}});
+    pool.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
+    pool.set_attr("strides", Attribute{std::vector<int64_t>{2, 2}});
+    EXPECT_TRUE(test::cuda_matches_cpu(pool, 0));
+  }
+}
+
+TEST(CudaMixedPrecision, LossScalingKernelsMatchCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  Tensor g = test::random_tensor(DType::f32, {5000}, 1);
+  test::KernelCase clean("NonFinite", "oxtrain", {g, test::random_tensor(DType::f16, {300}, 2)}, {{DType::f32, {}}});
+  EXPECT_TRUE(test::cuda_matches_cpu(clean, 0));
+  Tensor bad = g;
+  bad.data<float>()[4321] = INFINITY;
+  test::KernelCase found("NonFinite", "oxtrain", {g, bad}, {{DType::f32, {}}});
+  EXPECT_TRUE(test::cuda_matches_cpu(found, 0));
+  found.run(17, runtime::Device::cuda);
+  EXPECT_EQ(found.output(0).data<float>()[0], 1.0f);
+  for (float overflow : {0.0f, 1.0f}) {
+    Tensor good(DType::i64, {});
+    good.data<int64_t>()[0] = 1999;
+    test::KernelCase update("LossScaleUpdate", "oxtrain",
+                            {Tensor::from_float({65536.0f}, {}), good, Tensor::from_float({overflow}, {})},
+                            {{DType::f32, {}}, {DType::i64, {}}});
+    EXPECT_TRUE(test::cuda_matches_cpu(update, 0));
+    Tensor t(DType::i64, {});
+    t.data<int64_t>()[0] = 3;
+    test::KernelCase m("ScaledMomentum", "oxtrain",
+                       {Tensor::from_float({0.1f}, {}), t, Tensor::from_float({overflow}, {}),
+                        Tensor::from_float({1024.0f}, {}), test::random_tensor(DType::f32, {3000}, 3),
+                        test::random_tensor(DType::f32, {3000}, 4, -1000, 1000), test::random_tensor(DType::f32, {3000}, 5)},
+                       {{DType::f32, {3000}}, {DType::f32, {3000}}});
+    m.set_attr("alpha", Attribute{0.9f});
+    m.set_attr("beta", Attribute{1.0f});
+    m.set_attr("norm_coefficient", Attribute{1e-4f});
+    EXPECT_TRUE(test::cuda_matches_cpu(m, 1e-6));
+  }
+}
+
+TEST(CudaMixedPrecision, FusedBatchNormReluMatchesCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const double tol = dt == DType::f32 ? 1e-5 : half_tolerance(dt);
+    Tensor x = test::random_tensor(dt, {4, 6, 5, 5}, 1);
+    Tensor r = test::random_tensor(dt, x.shape, 2);
+    Tensor scale = test::random_tensor(DType::f32, {6}, 3, 0.5, 1.5);
+    Tensor bias = test::random_tensor(DType::f32, {6}, 4);
+    Tensor mean = test::random_tensor(DType::f32, {6}, 5);
+    Tensor var = test::random_tensor(DType::f32, {6}, 6, 0.5, 2.0);
+    const std::vector<test::OutputSpec> outs = {
+        {dt, x.shape}, {DType::f32, {6}}, {DType::f32, {6}}, {DType::f32, {6}}, {DType::f32, {6}}};
+    test::KernelCase fwd("BatchNormReluTraining", "oxtrain", {x, scale, bias, mean, var, r}, outs);
+    fwd.set_attr("epsilon", Attribute{1e-5f});
+    fwd.set_attr("momentum", Attribute{0.9f});
+    EXPECT_TRUE(test::cuda_matches_cpu(fwd, tol));
+    fwd.run();
+    Tensor dz = test::random_tensor(dt, x.shape, 7);
+    for (bool residual : {false, true}) {
+      std::vector<test::OutputSpec> gouts = {{dt, x.shape}, {DType::f32, {6}}, {DType::f32, {6}}};
+      if (residual) gouts.push_back({dt, x.shape});
+      test::KernelCase grad("BatchNormReluGrad", "oxtrain", {dz, fwd.output(0), x, scale, fwd.output(3), fwd.output(4)},
+                            gouts);
+      EXPECT_TRUE(test::cuda_matches_cpu(grad, tol)) << "residual " << residual;
+    }
+  }
+}
