@@ -3,6 +3,8 @@
 // the fused batch norm + ReLU kernels. Each skips with a message where no GPU is at hand.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
