@@ -162,6 +162,14 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
   int64_t batch = graph::batch_size_of(tg.graph);
   double ratio = static_cast<double>(plan.activation_arena_bytes) /
                  static_cast<double>(std::max<int64_t>(plan.activation_naive_bytes, 1));
+  // What mixed precision and the fusions made of the graph.
+  int64_t casts = 0, fused = 0, half_values = 0;
+  for (const auto& n : tg.graph.nodes()) {
+    casts += n->op_type == "Cast";
+    fused += n->op_type == "BatchNormReluTraining";
+    for (const graph::Value* v : n->outputs)
+      half_values += v && (v->dtype == graph::DType::f16 || v->dtype == graph::DType::bf16);
+  }
 
   if (args.json) {
     nlohmann::json j;
@@ -178,6 +186,11 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     j["activation_naive_bytes"] = plan.activation_naive_bytes;
     j["peak_live_bytes"] = plan.peak_live_bytes;
     j["in_place_values"] = plan.in_place.size();
+    j["precision"] = args.precision;
+    j["half_values"] = half_values;
+    j["casts"] = casts;
+    j["fused_batchnorm_relu"] = fused;
+    j["loss_scaling"] = !tg.loss_scale.empty();
     if (!bucket_bytes.empty()) j["allreduce_bucket_bytes"] = bucket_bytes;
     if (!scaling.empty()) j["scaling"] = nlohmann::json::parse(scaling);
     if (dev) {
@@ -205,8 +218,12 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     std::snprintf(buf, sizeof buf, "%.1f%%", 100 * ratio);
     std::cout << "training graph " << args.model << " at batch " << batch << "\n"
               << "nodes        " << tg.forward_nodes << " forward (with loss), " << tg.backward_nodes
-              << " backward, " << tg.optimizer_nodes << " optimizer\n"
-              << "parameters   " << human_bytes(plan.parameter_bytes) << ", gradients "
+              << " backward, " << tg.optimizer_nodes << " optimizer\n";
+    if (half_values > 0 || fused > 0)
+      std::cout << "precision    " << args.precision << ": " << half_values << " values in half, " << casts
+                << " casts, " << fused << " batch norms fused with their ReLU"
+                << (tg.loss_scale.empty() ? "" : ", dynamic loss scaling") << "\n";
+    std::cout << "parameters   " << human_bytes(plan.parameter_bytes) << ", gradients "
               << human_bytes(plan.gradient_bytes) << " (one contiguous arena), state "
               << human_bytes(plan.state_bytes) << " (momentum, BN statistics)\n"
               << "activations  planned arena " << human_bytes(plan.activation_arena_bytes)

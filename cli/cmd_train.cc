@@ -382,6 +382,11 @@ std::vector<const graph::Value*> persistent_values(const runtime::Session& s, bo
   return out;
 }
 
+// fp16's loss-scale states (autodiff::TrainingOptions::half): a checkpoint may lack them
+// (written in another precision: the scale starts afresh) or hold them (resumed in another
+// precision: they are not needed), so a run can change --precision when it resumes.
+bool is_loss_scale_state(const std::string& name) { return name == "loss_scale" || name == "loss_scale/good_steps"; }
+
 // Refuses a checkpoint that lacks any of the model's persistent values, holds one with another
 // dtype or shape, or (when training) holds values the model does not have: resuming from it
 // would silently train from fresh weights.
@@ -393,6 +398,7 @@ void check_checkpoint_values(const runtime::Checkpoint& ck, const std::string& p
   for (const graph::Value* v : required) {
     const graph::Tensor* t = ck.find(v->name);
     if (!t) {
+      if (is_loss_scale_state(v->name)) continue;
       missing.push_back(escape_name(v->name, 40));
       continue;
     }
@@ -407,7 +413,7 @@ void check_checkpoint_values(const runtime::Checkpoint& ck, const std::string& p
                 "; it is incomplete or belongs to another model");
   if (!training) return;  // momentum buffers are not needed to evaluate
   for (const auto& [name, tensor] : ck.tensors)
-    if (!s.graph().find_value(name))
+    if (!s.graph().find_value(name) && !is_loss_scale_state(name))
       throw Error("checkpoint '" + shown + "' holds '" + escape_name(name) + "', which this model lacks");
 }
 

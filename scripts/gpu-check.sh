@@ -7,7 +7,7 @@
 #   scripts/gpu-check.sh run [OUT]       there, from the repository root with .gpu.tar.xz beside
 #                                        it: logs and table.txt go to OUT ($OUT, else gpu-check-out)
 #
-# Each phase has its own time limit, so the whole run stays under 8 minutes and the table is
+# Each phase has its own time limit, so the whole run stays under 9 minutes and the table is
 # printed even when a phase fails or hangs. PyTorch is taken from $PYTHON, else
 # /opt/torch/.venv/bin/python, else python3. A phase that cannot run says why in the table.
 set -uo pipefail
@@ -78,10 +78,11 @@ else
   san="compute-sanitizer not found"
 fi
 
-# 3. ResNet-50, batch 128, synthetic data: oxtrain in TF32 and strict fp32, PyTorch beside it.
+# 3. ResNet-50, batch 128, synthetic data: oxtrain in TF32, strict fp32 and mixed precision
+#    (bf16, fp16 with loss scaling), PyTorch beside it (AMP in channels-last for the mixed rows).
 bench_oxtrain() {  # NAME PRECISION: sets ${NAME_}img, _ms, _mem (NAME with - as _)
   local name=$1 var=${1//-/_} line img=- ms=- mem=- unit
-  phase "$name" 150 oxtrain train --synthetic -a resnet50 --num-classes 1000 -b 128 --steps 50 -p 10 \
+  phase "$name" 120 oxtrain train --synthetic -a resnet50 --num-classes 1000 -b 128 --steps 50 -p 10 \
     --device cuda --precision "$2"
   line=$(grep -m1 '^oxtrain: .* img/s' "$out/$name.log")
   if [ -n "$line" ]; then
@@ -101,9 +102,11 @@ bench_oxtrain() {  # NAME PRECISION: sets ${NAME_}img, _ms, _mem (NAME with - as
 }
 bench_oxtrain oxtrain-tf32 tf32
 bench_oxtrain oxtrain-fp32 fp32
+bench_oxtrain oxtrain-bf16 bf16
+bench_oxtrain oxtrain-fp16 fp16
 
-phase pytorch 200 "$python" bench/torch_resnet.py --config fp32_nchw --config tf32_nhwc --config strict_fp32_nchw \
-  --iters 40 --warmup 15 || notes+=("pytorch: $(grep -v '^ ' "$out/pytorch.log" | grep -m1 -i 'error' | cut -c1-200)")
+phase pytorch 240 "$python" bench/torch_resnet.py --config fp32_nchw --config tf32_nhwc --config strict_fp32_nchw \
+  --config amp_bf16_nhwc --config amp_fp16_nhwc --iters 40 --warmup 15 || notes+=("pytorch: $(grep -v '^ ' "$out/pytorch.log" | grep -m1 -i 'error' | cut -c1-200)")
 torch_field() {  # CONFIG FIELD
   "$python" - "$out/pytorch.log" "$1" "$2" <<'PY' 2>/dev/null || echo -
 import json, sys
@@ -131,6 +134,8 @@ row() {  # CONFIG OX_IMG OX_MS OX_MEM TORCH_CONFIG
 row "tf32 NCHW vs PyTorch default" "$oxtrain_tf32_img" "$oxtrain_tf32_ms" "$oxtrain_tf32_mem" fp32_nchw
 row "tf32 NCHW vs PyTorch channels-last" "$oxtrain_tf32_img" "$oxtrain_tf32_ms" "$oxtrain_tf32_mem" tf32_nhwc
 row "strict fp32 vs PyTorch strict fp32" "$oxtrain_fp32_img" "$oxtrain_fp32_ms" "$oxtrain_fp32_mem" strict_fp32_nchw
+row "bf16 vs PyTorch AMP bf16 NHWC" "$oxtrain_bf16_img" "$oxtrain_bf16_ms" "$oxtrain_bf16_mem" amp_bf16_nhwc
+row "fp16 vs PyTorch AMP fp16 NHWC" "$oxtrain_fp16_img" "$oxtrain_fp16_ms" "$oxtrain_fp16_mem" amp_fp16_nhwc
 
 {
   echo

@@ -508,3 +508,48 @@ TEST(MixedPrecisionTraining, SmallResNetEndsWithinTwoPercentOfFloat32) {
   EXPECT_NEAR(loss["bf16"], loss["fp32"], 0.02 * loss["fp32"]);
   EXPECT_NEAR(loss["fp16"], loss["fp32"], 0.02 * loss["fp32"]);
 }
+
+TEST(MixedPrecisionCli, GraphShowsTheMixedPrecisionGraphAndPlan) {
+  const std::string dir = test::temp_dir();
+  ASSERT_EQ(test::run_oxtrain("zoo resnet18 -o " + dir + "/r18.onnx --num-classes 10").exit_code, 0);
+  std::map<std::string, nlohmann::json> report;
+  for (const char* precision : {"tf32", "bf16", "fp16"}) {
+    auto r = test::run_oxtrain("graph " + dir + "/r18.onnx --training -b 8 --json --precision " + precision);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    report[precision] = nlohmann::json::parse(r.out);
+  }
+  EXPECT_EQ(report["tf32"]["half_values"], 0);
+  EXPECT_EQ(report["tf32"]["fused_batchnorm_relu"], 0);
+  for (const char* half : {"bf16", "fp16"}) {
+    EXPECT_GT(report[half]["half_values"].get<int>(), 100) << half;
+    EXPECT_EQ(report[half]["fused_batchnorm_relu"], 17) << half;
+    EXPECT_EQ(report[half]["loss_scaling"], std::string(half) == "fp16") << half;
+    // Half activations: the plan shrinks (at 224x224 the activations outweigh the half copies of
+    // the weights and their gradients), parameters (float32 masters) do not.
+    EXPECT_LT(report[half]["activation_arena_bytes"].get<int64_t>(),
+              report["tf32"]["activation_arena_bytes"].get<int64_t>()) << half;
+    EXPECT_EQ(report[half]["parameter_bytes"], report["tf32"]["parameter_bytes"]) << half;
+  }
+  auto text = test::run_oxtrain("graph " + dir + "/r18.onnx --training -b 8 --precision fp16");
+  EXPECT_NE(text.out.find("batch norms fused with their ReLU, dynamic loss scaling"), std::string::npos) << text.out;
+  auto bad = test::run_oxtrain("graph " + dir + "/r18.onnx --training --precision fp8");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--precision is fp32, tf32, bf16 or fp16, got 'fp8'"), std::string::npos) << bad.err;
+}
+
+// A run may change --precision when it resumes: fp16's loss-scale states start afresh or are
+// left aside.
+TEST(MixedPrecisionCli, ResumesAcrossPrecisions) {
+  const std::string dir = test::temp_dir();
+  const std::string common = "train --synthetic -a resnet18 --image-size 32 --num-classes 10 -b 4 -p 100 --threads 2 "
+                             "--checkpoint-dir " + dir + " ";
+  auto first = test::run_oxtrain(common + "--steps 2 --precision tf32");
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  auto to_fp16 = test::run_oxtrain(common + "--steps 4 --precision fp16 --resume " + dir + "/checkpoint.oxt");
+  ASSERT_EQ(to_fp16.exit_code, 0) << to_fp16.err;
+  EXPECT_NE(to_fp16.out.find("=> loaded checkpoint"), std::string::npos) << to_fp16.out;
+  EXPECT_NE(to_fp16.out.find("oxtrain: fp16 loss scale"), std::string::npos) << to_fp16.out;
+  auto to_bf16 = test::run_oxtrain(common + "--steps 6 --precision bf16 --resume " + dir + "/checkpoint.oxt");
+  ASSERT_EQ(to_bf16.exit_code, 0) << to_bf16.err;
+  EXPECT_NE(to_bf16.out.find("step 4"), std::string::npos) << to_bf16.out;
+}
