@@ -419,29 +419,20 @@ std::vector<Value*> Graph::initializers() const {
   return out;
 }
 
-void Graph::move_after(const Node* node, const Node* anchor) {
+void Graph::move_next_to(const Node* node, const Node* anchor, bool after) {
   auto find = [this](const Node* n) {
     return std::find_if(nodes_.begin(), nodes_.end(), [n](const auto& p) { return p.get() == n; });
   };
   auto from = find(node);
   if (from == nodes_.end() || find(anchor) == nodes_.end())
-    throw Error("move_after: node not in the graph");
+    throw Error(std::string(after ? "move_after" : "move_before") + ": node not in the graph");
   std::unique_ptr<Node> held = std::move(*from);
   nodes_.erase(from);
-  nodes_.insert(find(anchor) + 1, std::move(held));
+  nodes_.insert(find(anchor) + (after ? 1 : 0), std::move(held));
 }
 
-void Graph::move_before(const Node* node, const Node* anchor) {
-  auto find = [this](const Node* n) {
-    return std::find_if(nodes_.begin(), nodes_.end(), [n](const auto& p) { return p.get() == n; });
-  };
-  auto from = find(node);
-  if (from == nodes_.end() || find(anchor) == nodes_.end())
-    throw Error("move_before: node not in the graph");
-  std::unique_ptr<Node> held = std::move(*from);
-  nodes_.erase(from);
-  nodes_.insert(find(anchor), std::move(held));
-}
+void Graph::move_after(const Node* node, const Node* anchor) { move_next_to(node, anchor, true); }
+void Graph::move_before(const Node* node, const Node* anchor) { move_next_to(node, anchor, false); }
 
 void Graph::topological_sort() {
   std::unordered_map<const Node*, int> pending;

@@ -200,6 +200,8 @@ class Graph {
   void move_before(const Node* node, const Node* anchor);
 
  private:
+  void move_next_to(const Node* node, const Node* anchor, bool after);
+
   std::vector<std::unique_ptr<Node>> nodes_;
   std::vector<std::unique_ptr<Value>> value_storage_;
   std::map<std::string, Value*> values_;

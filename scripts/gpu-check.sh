@@ -79,10 +79,12 @@ else
 fi
 
 # 3. ResNet-50, batch 128, synthetic data: oxtrain in TF32, strict fp32 and mixed precision
-#    (bf16, fp16 with loss scaling), PyTorch beside it (AMP in channels-last for the mixed rows).
-bench_oxtrain() {  # NAME PRECISION: sets ${NAME_}img, _ms, _mem (NAME with - as _)
-  local name=$1 var=${1//-/_} line img=- ms=- mem=- unit
-  phase "$name" 120 oxtrain train --synthetic -a resnet50 --num-classes 1000 -b 128 --steps 50 -p 10 \
+#    (bf16, fp16 with loss scaling), PyTorch beside it (AMP in channels-last for the mixed rows);
+#    then bf16 on real JPEGs through the loader, against the synthetic bf16 row.
+bench_oxtrain() {  # NAME PRECISION [DATA]: sets ${NAME_}img, _ms, _mem (NAME with - as _); synthetic without DATA
+  local name=$1 var=${1//-/_} line img=- ms=- mem=- unit data_args=(--synthetic --num-classes 1000)
+  [ -n "${3:-}" ] && data_args=("$3" -j 16)
+  phase "$name" 120 oxtrain train "${data_args[@]}" -a resnet50 -b 128 --steps 50 -p 10 \
     --device cuda --precision "$2"
   line=$(grep -m1 '^oxtrain: .* img/s' "$out/$name.log")
   if [ -n "$line" ]; then
@@ -104,6 +106,14 @@ bench_oxtrain oxtrain-tf32 tf32
 bench_oxtrain oxtrain-fp32 fp32
 bench_oxtrain oxtrain-bf16 bf16
 bench_oxtrain oxtrain-fp16 fp16
+# Real JPEGs (photo-sized, decoded and augmented by 16 loader threads) against the synthetic row.
+if phase make-dataset 90 oxtrain make-dataset "$box/data" --classes 10 --train-per-class 700 --val-per-class 2 \
+  --min-side 256 --max-side 500; then
+  bench_oxtrain oxtrain-bf16-jpeg bf16 "$box/data"
+else
+  oxtrain_bf16_jpeg_img=- oxtrain_bf16_jpeg_ms=- oxtrain_bf16_jpeg_mem=-
+  notes+=("make-dataset failed (see make-dataset.log)")
+fi
 
 phase pytorch 240 "$python" bench/torch_resnet.py --config fp32_nchw --config tf32_nhwc --config strict_fp32_nchw \
   --config amp_bf16_nhwc --config amp_fp16_nhwc --iters 40 --warmup 15 || notes+=("pytorch: $(grep -v '^ ' "$out/pytorch.log" | grep -m1 -i 'error' | cut -c1-200)")
@@ -148,5 +158,6 @@ row "fp16 vs PyTorch AMP fp16 NHWC" "$oxtrain_fp16_img" "$oxtrain_fp16_ms" "$oxt
   echo "ResNet-50, batch 128, synthetic data, SGD momentum        oxtrain                    |          PyTorch            |  ratio (oxtrain / PyTorch)"
   printf '%-34s %9s %8s %8s | %9s %8s %8s | %7s %7s\n' config img/s ms/step GiB img/s ms/step GiB img/s memory
   for r in "${rows[@]}"; do echo "$r"; done
+  echo "bf16 on real JPEGs: $oxtrain_bf16_jpeg_img img/s, $(ratio "$oxtrain_bf16_jpeg_img" "$oxtrain_bf16_img") of synthetic"
 } | tee "$out/table.txt"
 [ "$failed" -eq 0 ] && [ "$oxtrain_tf32_img" != - ]

@@ -10,6 +10,9 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "graph/onnx_io.h"
+#include "graph/zoo.h"
+
 namespace fs = std::filesystem;
 
 namespace oxtrain::test {
@@ -330,6 +333,18 @@ std::string read_text(const std::string& path) {
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+graph::Graph zoo_at_batch(const std::string& name, int64_t batch, int64_t image_size, int64_t classes, uint64_t seed) {
+  graph::ZooOptions zo;
+  zo.image_size = image_size;
+  zo.num_classes = classes;
+  zo.seed = seed;
+  graph::Graph g = graph::make_zoo_model(name, zo);
+  graph::ImportOptions io;
+  io.batch_size = batch;
+  graph::prepare(g, io);
+  return g;
 }
 
 }  // namespace oxtrain::test

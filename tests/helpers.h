@@ -39,6 +39,10 @@ void set_int(onnx::NodeProto& n, const std::string& key, int64_t value);
 // A small conv net: Conv(3->4, 3x3) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(4->5).
 ModelBuilder small_convnet(int64_t opset = 17);
 
+// A model of the zoo (graph/zoo.h) imported at a fixed batch, as the tests build ResNets.
+graph::Graph zoo_at_batch(const std::string& name, int64_t batch, int64_t image_size = 224, int64_t classes = 1000,
+                          uint64_t seed = 0);
+
 // Empty string when equal; otherwise what differs first.
 std::string graph_difference(const graph::Graph& a, const graph::Graph& b);
 

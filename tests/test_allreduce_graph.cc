@@ -23,15 +23,7 @@ using namespace oxtrain::graph;
 namespace {
 
 Graph small_resnet() {
-  ZooOptions zo;
-  zo.image_size = 32;
-  zo.num_classes = 10;
-  zo.seed = 5;
-  Graph g = make_zoo_model("resnet18", zo);
-  ImportOptions io;
-  io.batch_size = 4;
-  prepare(g, io);
-  return g;
+  return test::zoo_at_batch("resnet18", 4, 32, 10, 5);
 }
 
 autodiff::TrainingGraph training(bool allreduce, int64_t bucket_bytes = 1'000'000) {
@@ -287,17 +279,7 @@ TEST(DataParallelGloo, RanksTrainLikeOneProcessWithTheCombinedBatch) {
 // the result is not the combined batch's; but the averaged gradients are the same on every
 // rank, and so are the weights and momentum buffers, bit for bit.
 TEST(DataParallelGloo, WithBatchNormEveryRankHasTheSameWeights) {
-  auto resnet = [](int64_t batch) {
-    ZooOptions zo;
-    zo.image_size = 32;
-    zo.num_classes = 10;
-    zo.seed = 8;
-    Graph g = make_zoo_model("resnet18", zo);
-    ImportOptions io;
-    io.batch_size = batch;
-    prepare(g, io);
-    return g;
-  };
+  auto resnet = [](int64_t batch) { return test::zoo_at_batch("resnet18", batch, 32, 10, 8); };
   std::vector<Weights> ranks = train_ranks(resnet, 2, 8, 32, 10, 2);
   size_t compared = 0;
   for (const auto& [name, tensor] : ranks[0]) {

@@ -12,6 +12,7 @@
 #include "graph/onnx_io.h"
 #include "graph/zoo.h"
 #include "runtime/session.h"
+#include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
@@ -27,15 +28,7 @@ struct Trainer {
 };
 
 Trainer make_trainer(runtime::Device device, bool cuda_graph, runtime::Precision precision = runtime::Precision::fp32) {
-  ZooOptions zo;
-  zo.image_size = 64;
-  zo.num_classes = 10;
-  zo.seed = 3;
-  Graph g = make_zoo_model("resnet18", zo);
-  ImportOptions io;
-  io.batch_size = 4;
-  prepare(g, io);
-  Trainer t{autodiff::build_training_graph(std::move(g)), nullptr};
+  Trainer t{autodiff::build_training_graph(test::zoo_at_batch("resnet18", 4, 64, 10, 3)), nullptr};
   runtime::SessionOptions so;
   so.device = device;
   so.precision = precision;

@@ -10,6 +10,7 @@
 #include "graph/onnx_io.h"
 #include "graph/zoo.h"
 #include "runtime/session.h"
+#include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
@@ -17,17 +18,7 @@ using namespace oxtrain::graph;
 
 namespace {
 
-Graph resnet(const std::string& arch, int64_t batch, int64_t image) {
-  ZooOptions zo;
-  zo.image_size = image;
-  zo.num_classes = 10;
-  zo.seed = 5;
-  Graph g = make_zoo_model(arch, zo);
-  ImportOptions io;
-  io.batch_size = batch;
-  prepare(g, io);
-  return g;
-}
+Graph resnet(const std::string& arch, int64_t batch, int64_t image) { return test::zoo_at_batch(arch, batch, image, 10, 5); }
 
 std::map<std::string, int> op_counts(const Graph& g) {
   std::map<std::string, int> c;

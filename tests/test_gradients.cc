@@ -184,3 +184,18 @@ TEST(Gradients, CheckerCatchesAWrongGradient) {
   auto problems = gradient_problems({"Relu", {{f64({4}, 1, -0.001, 0.001)}}}, 0.01);
   EXPECT_EQ(problems.size(), 5u);  // 4 elements and the random direction
 }
+
+// The fused batch norm + ReLU (autodiff/fusion.h), with and without the residual input.
+TEST(Gradients, BatchNormReluTraining) {
+  const std::map<std::string, Attribute> attrs = {{"epsilon", f1(1e-5f)}, {"momentum", f1(0.9f)}};
+  GradCase plain{"BatchNormReluTraining",
+                 {{f64({4, 3, 5, 7}, 21)}, {f64({3}, 22, 0.5, 1.5)}, {f64({3}, 23)}, {f64({3}, 24), false},
+                  {f64({3}, 25, 0.5, 2), false}},
+                 attrs, 5, 17, "oxtrain"};
+  check_gradients(plain, "without residual", 1e-5);
+  GradCase residual = plain;
+  residual.inputs.push_back({f64({4, 3, 5, 7}, 26)});
+  check_gradients(residual, "with residual", 1e-5);
+  residual.inputs[5].needs_grad = false;
+  check_gradients(residual, "residual without gradient", 1e-5);
+}

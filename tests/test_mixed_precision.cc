@@ -32,8 +32,8 @@ using namespace oxtrain::graph;
 
 namespace {
 
-float widen(DType half, uint16_t h) { return half == DType::bf16 ? bf16_to_float(h) : fp16_to_float(h); }
-uint16_t narrow(DType half, float f) { return half == DType::bf16 ? float_to_bf16(f) : float_to_fp16(f); }
+float widen(DType half, uint16_t h) { return half_to_float(h, half == DType::bf16); }
+uint16_t narrow(DType half, float f) { return float_to_half(f, half == DType::bf16); }
 
 // Every finite non-negative value of the type in increasing order, then infinity standing at
 // the place the next power of two would be (so rounding to it needs no special case).
@@ -173,17 +173,7 @@ TEST(HalfEmulation, CastRoundsAndWidens) {
 
 namespace {
 
-Graph small_resnet(int64_t batch, int64_t image = 32) {
-  ZooOptions zo;
-  zo.image_size = image;
-  zo.num_classes = 10;
-  zo.seed = 3;
-  Graph g = make_zoo_model("resnet18", zo);
-  ImportOptions io;
-  io.batch_size = batch;
-  prepare(g, io);
-  return g;
-}
+Graph small_resnet(int64_t batch, int64_t image = 32) { return test::zoo_at_batch("resnet18", batch, image, 10, 3); }
 
 }  // namespace
 

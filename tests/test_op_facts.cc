@@ -12,6 +12,7 @@
 #include "graph/ops.h"
 #include "graph/zoo.h"
 #include "runtime/planner.h"
+#include "tests/helpers.h"
 
 using namespace oxtrain;
 using namespace oxtrain::graph;
@@ -23,14 +24,7 @@ bool listed(const std::vector<size_t>& list, size_t i) {
 }
 
 autodiff::TrainingGraph resnet18_training(int64_t batch) {
-  ZooOptions zo;
-  zo.image_size = 32;
-  zo.num_classes = 10;
-  Graph g = make_zoo_model("resnet18", zo);
-  ImportOptions io;
-  io.batch_size = batch;
-  prepare(g, io);
-  return autodiff::build_training_graph(std::move(g));
+  return autodiff::build_training_graph(test::zoo_at_batch("resnet18", batch, 32, 10));
 }
 
 }  // namespace

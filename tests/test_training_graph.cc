@@ -12,17 +12,7 @@
 using namespace oxtrain;
 using namespace oxtrain::graph;
 
-namespace {
-Graph zoo_at_batch(const std::string& name, int64_t batch, int64_t image = 224) {
-  ZooOptions o;
-  o.image_size = image;
-  Graph g = make_zoo_model(name, o);
-  ImportOptions io;
-  io.batch_size = batch;
-  prepare(g, io);
-  return g;
-}
-}  // namespace
+using test::zoo_at_batch;
 
 TEST(TrainingGraph, ResNet50Structure) {
   autodiff::TrainingGraph tg = autodiff::build_training_graph(zoo_at_batch("resnet50", 2));

@@ -11,6 +11,7 @@
 #include "graph/passes.h"
 #include "graph/zoo.h"
 #include "runtime/session.h"
+#include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
@@ -32,15 +33,7 @@ struct Trainer {
 // averages at least 16 values and float32 rounding stays at rounding level.
 Graph model(bool fixture) {
   if (fixture) return import_onnx(kModel);
-  ZooOptions zo;
-  zo.image_size = 64;
-  zo.num_classes = 10;
-  zo.seed = 3;
-  Graph g = make_zoo_model("resnet18", zo);
-  ImportOptions io;
-  io.batch_size = 4;
-  prepare(g, io);
-  return g;
+  return test::zoo_at_batch("resnet18", 4, 64, 10, 3);
 }
 
 Trainer make_trainer(DType dtype, bool fixture = true, bool profile = false) {

@@ -113,25 +113,17 @@ KernelFactory with_half_emulation(KernelFactory float_factory) {
 }
 
 void widen_half(DType half, const uint16_t* in, float* out, int64_t count) {
-  if (half == DType::bf16)
-    parallel_chunks(count, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) out[i] = bf16_to_float(in[i]);
-    });
-  else
-    parallel_chunks(count, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) out[i] = fp16_to_float(in[i]);
-    });
+  const bool bf16 = half == DType::bf16;
+  parallel_chunks(count, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[i] = half_to_float(in[i], bf16);
+  });
 }
 
 void narrow_to_half(DType half, const float* in, uint16_t* out, int64_t count) {
-  if (half == DType::bf16)
-    parallel_chunks(count, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) out[i] = float_to_bf16(in[i]);
-    });
-  else
-    parallel_chunks(count, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) out[i] = float_to_fp16(in[i]);
-    });
+  const bool bf16 = half == DType::bf16;
+  parallel_chunks(count, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[i] = float_to_half(in[i], bf16);
+  });
 }
 
 }  // namespace oxtrain::runtime::cpu

@@ -32,21 +32,20 @@ bool is_half(DType dt) { return dt == DType::f16 || dt == DType::bf16; }
 __global__ void widen_kernel(const uint16_t* in, float* out, int64_t count, bool bf16) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = bf16 ? bf16_to_float(in[i]) : fp16_to_float(in[i]);
+    out[i] = half_to_float(in[i], bf16);
 }
 
 __global__ void narrow_kernel(const float* in, uint16_t* out, int64_t count, bool bf16) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = bf16 ? float_to_bf16(in[i]) : float_to_fp16(in[i]);
+    out[i] = float_to_half(in[i], bf16);
 }
 
 __global__ void half_to_half_kernel(const uint16_t* in, uint16_t* out, int64_t count, bool in_bf16,
                                     bool out_bf16) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float f = in_bf16 ? bf16_to_float(in[i]) : fp16_to_float(in[i]);
-    out[i] = out_bf16 ? float_to_bf16(f) : float_to_fp16(f);
+    out[i] = float_to_half(half_to_float(in[i], in_bf16), out_bf16);
   }
 }
 

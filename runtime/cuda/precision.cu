@@ -26,8 +26,7 @@ enum class Element { f32, f16, bf16 };
 
 __device__ __forceinline__ float element(const void* x, Element kind, int64_t i) {
   if (kind == Element::f32) return static_cast<const float*>(x)[i];
-  const uint16_t h = static_cast<const uint16_t*>(x)[i];
-  return kind == Element::f16 ? fp16_to_float(h) : bf16_to_float(h);
+  return half_to_float(static_cast<const uint16_t*>(x)[i], kind == Element::bf16);
 }
 
 __global__ void non_finite_kernel(const void* x, Element kind, int64_t count, float* found) {

@@ -18,18 +18,15 @@ OXTRAIN_HD T add_relu(T y, T r) {
   return relu(add(y, r));
 }
 
-OXTRAIN_HD float widen_half(uint16_t h, bool bf16) { return bf16 ? bf16_to_float(h) : fp16_to_float(h); }
-OXTRAIN_HD uint16_t narrow_half(float f, bool bf16) { return bf16 ? float_to_bf16(f) : float_to_fp16(f); }
-
 // Relu of a half value: +0 for a negative one, else the value itself (-0 and NaN stay).
-OXTRAIN_HD uint16_t relu_half(uint16_t h, bool bf16) { return widen_half(h, bf16) < 0.0f ? uint16_t{0} : h; }
+OXTRAIN_HD uint16_t relu_half(uint16_t h, bool bf16) { return half_to_float(h, bf16) < 0.0f ? uint16_t{0} : h; }
 
 OXTRAIN_HD uint16_t add_relu_half(uint16_t y, uint16_t r, bool bf16) {
-  return relu_half(narrow_half(add(widen_half(y, bf16), widen_half(r, bf16)), bf16), bf16);
+  return relu_half(float_to_half(add(half_to_float(y, bf16), half_to_float(r, bf16)), bf16), bf16);
 }
 
 OXTRAIN_HD uint16_t relu_grad_half(uint16_t dz, uint16_t z, bool bf16) {
-  return widen_half(z, bf16) > 0.0f ? dz : uint16_t{0};
+  return half_to_float(z, bf16) > 0.0f ? dz : uint16_t{0};
 }
 
 }  // namespace oxtrain::runtime::math
