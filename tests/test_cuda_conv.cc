@@ -236,7 +236,7 @@ TEST(CudaConv, RefusesFloat64AndBadShapes) {
       (*factory)(runtime::KernelInit{k.node(), 17, runtime::Device::cuda, nullptr, Precision::fp32});
       FAIL() << "float64 accepted";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("takes float32, got float64"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("take float32, float16 or bfloat16, got float64"), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find("test_Conv"), std::string::npos) << e.what();
     }
   }

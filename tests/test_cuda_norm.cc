@@ -138,7 +138,7 @@ TEST(CudaNorm, RefusesFloat64) {
     (*factory)(runtime::KernelInit{k.node(), 17, runtime::Device::cuda, nullptr, Precision::fp32});
     FAIL() << "float64 accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("takes float32, got float64"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("take float32, float16 or bfloat16, got float64"), std::string::npos) << e.what();
   }
 }
 
