@@ -71,7 +71,4 @@ OXTRAIN_HALF_HD float fp16_to_float(uint16_t h) {
 OXTRAIN_HALF_HD float half_to_float(uint16_t h, bool bf16) { return bf16 ? bf16_to_float(h) : fp16_to_float(h); }
 OXTRAIN_HALF_HD uint16_t float_to_half(float f, bool bf16) { return bf16 ? float_to_bf16(f) : float_to_fp16(f); }
 
-// The largest finite float16, and the float32 value a float16 rounds to infinity from.
-inline constexpr float kFp16Max = 65504.0f;
-
 }  // namespace oxtrain
