@@ -82,7 +82,9 @@ void to_mixed_precision(Graph& g, DType half) {
     for (size_t i = 0; i < n->inputs.size(); ++i) {
       Value* v = n->inputs[i];
       if (!v || !is_float(v->dtype)) continue;
-      const DType want = in_half && capable[i] ? half : DType::f32;
+      // Into half where the op computes in it; half values back to float32 elsewhere (other
+      // float types, a float64 input, stay as they are).
+      const DType want = in_half && capable[i] ? half : is_half(v->dtype) ? DType::f32 : v->dtype;
       if (v->dtype != want) g.set_input(n, i, cast(v, want, n));
     }
     schema->infer(*n, InferContext{g, g.opset(n->domain)});
