@@ -1,6 +1,8 @@
 #include "autodiff/fusion.h"
 
 #include <algorithm>
+#include <functional>
+#include <map>
 #include <set>
 #include <vector>
 
@@ -77,6 +79,83 @@ int fuse_batchnorm_relu(graph::Graph& g) {
   g.remove_nodes_if([&](const Node& n) { return doomed.count(&n) != 0; });
   g.prune_values();
   return fused;
+}
+
+int recompute_batchnorm_relu(graph::Graph& g, size_t forward_nodes) {
+  const size_t forward_end = std::min(forward_nodes, g.nodes().size());
+  std::set<const Node*> forward;
+  std::vector<Node*> fused;
+  for (size_t i = 0; i < forward_end; ++i) {
+    Node* n = g.nodes()[i].get();
+    forward.insert(n);
+    if (n->op_type == "BatchNormReluTraining" && n->domain == graph::kOxtrainDomain) fused.push_back(n);
+  }
+  auto backward_readers = [&](const Value* v) {
+    std::vector<Node*> readers;
+    for (Node* c : v->consumers)
+      if (!forward.count(c) && std::find(readers.begin(), readers.end(), c) == readers.end()) readers.push_back(c);
+    return readers;
+  };
+  auto position = [&](const Node* n) {
+    const auto& nodes = g.nodes();
+    for (size_t i = 0; i < nodes.size(); ++i)
+      if (nodes[i].get() == n) return i;
+    throw Error("recompute: node '" + n->name + "' is not in the graph");
+  };
+  // A value backward can read: one that outlives the forward anyway (a step-long value, a
+  // graph output, one backward reads), or its recomputed copy.
+  std::map<const Value*, Value*> copies;
+  std::set<const Node*> recompute_nodes;
+  auto kept = [&](const Value* v) {
+    return v && (v->role != graph::Role::Activation || is_output(g, v) || !backward_readers(v).empty());
+  };
+  // The recomputed copy of output 0 of a forward batch norm (fused or not), built once; null
+  // when one of its inputs is neither kept nor recomputable. The node is placed later.
+  std::function<Value*(Value*, bool)> copy_of = [&](Value* v, bool build) -> Value* {
+    if (!v) return nullptr;
+    if (auto it = copies.find(v); it != copies.end()) return it->second;
+    if (!build && kept(v)) return v;
+    Node* p = v->producer;
+    if (!p || !forward.count(p) || p->output(0) != v || p->domain != graph::kOxtrainDomain) return nullptr;
+    const bool relu = p->op_type == "BatchNormReluTraining";
+    if (!relu && p->op_type != "BatchNormTraining") return nullptr;
+    Value* mean = p->output(3);
+    Value* inv_std = p->output(4);
+    std::vector<Value*> inputs = {p->input(0), p->input(1), p->input(2), mean, inv_std};
+    if (relu && p->input(5)) inputs.push_back(p->input(5));
+    for (Value*& in : inputs)
+      if (!(in = copy_of(in, false))) return nullptr;
+    Value* copy = g.add_value(g.unique_name(v->name + "/recomputed"), v->dtype, v->shape);
+    copy->rank_known = true;
+    Node* r = g.add_node(relu ? "BatchNormReluApply" : "BatchNormApply", inputs, {copy},
+                         g.unique_name(p->name + "/recompute"), graph::kOxtrainDomain);
+    infer_node(g, *r);
+    recompute_nodes.insert(r);
+    return copies[v] = copy;
+  };
+  // Moves n before anchor (when it is after it), and so the recomputed values n reads.
+  std::function<void(Node*, const Node*)> hoist = [&](Node* n, const Node* anchor) {
+    if (position(n) > position(anchor)) g.move_before(n, anchor);
+    for (Value* in : n->inputs)
+      if (in && in->producer && recompute_nodes.count(in->producer)) hoist(in->producer, n);
+  };
+  int count = 0;
+  for (Node* f : fused) {
+    Value* z = f->output(0);
+    if (!z || is_output(g, z)) continue;
+    std::vector<Node*> readers = backward_readers(z);
+    if (readers.empty()) continue;
+    Value* copy = copy_of(z, true);
+    if (!copy) continue;
+    const Node* first = *std::min_element(readers.begin(), readers.end(),
+                                          [&](const Node* a, const Node* b) { return position(a) < position(b); });
+    for (Node* reader : readers)
+      for (size_t k = 0; k < reader->inputs.size(); ++k)
+        if (reader->inputs[k] == z) g.set_input(reader, k, copy);
+    hoist(copy->producer, first);
+    ++count;
+  }
+  return count;
 }
 
 }  // namespace oxtrain::autodiff

@@ -17,4 +17,17 @@ namespace oxtrain::autodiff {
 // Returns how many Relu nodes were fused.
 int fuse_batchnorm_relu(graph::Graph& graph);
 
+// Recomputation, on a training graph whose first `forward_nodes` nodes are the forward: the
+// output Z of a fused batch norm that backward reads (ReluGrad's mask, the next convolution's
+// weight gradient) is recomputed there from what backward keeps anyway (X, the saved
+// statistics, the parameters), by oxtrain.BatchNormReluApply placed just before its first
+// reader, instead of being kept alive from the forward. Z then lives only while the forward
+// uses it, and the recomputed copy only while backward does.
+// - A residual join Z = Relu(BN(X) + R) is recomputed only when R stays alive into backward
+//   anyway and is not itself recomputed: in a chain of ResNet blocks every other block output
+//   is kept, and each recomputation is one element-wise pass, never a chain of them.
+// - The result is the forward's Z bit for bit on the CPU (math::batchnorm_apply).
+// Returns how many values are recomputed.
+int recompute_batchnorm_relu(graph::Graph& graph, size_t forward_nodes);
+
 }  // namespace oxtrain::autodiff

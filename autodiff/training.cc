@@ -372,6 +372,8 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
     }
   }
   for (Value* t : targets) finalize(t);  // targets whose consumers all had no gradient
+  if (options.fuse_batchnorm_relu && options.recompute_batchnorm_relu)
+    result.recomputed_values = recompute_batchnorm_relu(g, forward_count);
   result.forward_nodes = static_cast<int64_t>(forward_count);
   result.backward_nodes = static_cast<int64_t>(g.nodes().size() - forward_count);
 

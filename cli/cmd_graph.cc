@@ -39,6 +39,7 @@ struct GraphArgs {
   bool allow_external_data_anywhere = false;
   std::string device;  // with --training: compile for this device and report its plan
   std::string precision = "tf32";
+  bool no_recompute = false;
   int world_size = 1;     // > 1: with AllReduce buckets
   double bucket_mb = 25;
   double simulate_step_ms = 0;  // > 0: predict data-parallel scaling from this one-GPU step
@@ -114,8 +115,7 @@ DeviceReport compile_for_device(const GraphArgs& args, const autodiff::TrainingG
 
 int run_training_report(const GraphArgs& args, graph::Graph forward) {
   autodiff::TrainingOptions to;
-  to.half = parse_precision(args.precision).half;
-  to.fuse_batchnorm_relu = to.half != graph::DType::undefined;
+  apply_precision(to, parse_precision(args.precision), args.no_recompute);
   to.allreduce = args.world_size > 1 || args.simulate_step_ms > 0;
   to.bucket_bytes = static_cast<int64_t>(args.bucket_mb * 1e6);
   autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(forward), to);
@@ -190,6 +190,7 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     j["half_values"] = half_values;
     j["casts"] = casts;
     j["fused_batchnorm_relu"] = fused;
+    j["recomputed_values"] = tg.recomputed_values;
     j["loss_scaling"] = !tg.loss_scale.empty();
     if (!bucket_bytes.empty()) j["allreduce_bucket_bytes"] = bucket_bytes;
     if (!scaling.empty()) j["scaling"] = nlohmann::json::parse(scaling);
@@ -220,8 +221,11 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
               << "nodes        " << tg.forward_nodes << " forward (with loss), " << tg.backward_nodes
               << " backward, " << tg.optimizer_nodes << " optimizer\n";
     if (half_values > 0 || fused > 0)
-      std::cout << "precision    " << args.precision << ": " << half_values << " values in half, " << casts
-                << " casts, " << fused << " batch norms fused with their ReLU"
+      std::cout << "precision    " << args.precision << ": "
+                << (half_values > 0 ? std::to_string(half_values) + " values in half, " + std::to_string(casts) + " casts, "
+                                    : std::string())
+                << fused << " batch norms fused with their ReLU, " << tg.recomputed_values
+                << " of their outputs recomputed in backward"
                 << (tg.loss_scale.empty() ? "" : ", dynamic loss scaling") << "\n";
     std::cout << "parameters   " << human_bytes(plan.parameter_bytes) << ", gradients "
               << human_bytes(plan.gradient_bytes) << " (one contiguous arena), state "
@@ -293,6 +297,7 @@ Subcommand add_graph_command(CLI::App& app) {
                   "workspaces, chosen algorithms)");
   cmd->add_option("--precision", args->precision,
                   std::string("with --training: ") + kPrecisionHelp)->capture_default_str();
+  cmd->add_flag("--no-recompute", args->no_recompute, std::string("with --training: ") + kNoRecomputeHelp);
   cmd->add_option("--world-size", args->world_size, "with --training: ranks; above 1 the graph reduces gradients in buckets");
   cmd->add_option("--bucket-mb", args->bucket_mb, "with --world-size: gradient bucket size in MB")->capture_default_str();
   cmd->add_option("--simulate", args->simulate_step_ms,

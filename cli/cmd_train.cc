@@ -54,6 +54,7 @@ struct TrainArgs {
   bool synthetic = false;
   std::string device = "auto";
   std::string precision = "tf32";
+  bool no_recompute = false;  // --no-recompute
   std::string input_tensors;
   int64_t steps = 0;
   std::string save_model, metrics_json;
@@ -350,8 +351,7 @@ void TrainRun::build_sessions() {
     to.allreduce = job_.has_value();
     to.bucket_bytes = static_cast<int64_t>(a_.bucket_mb * 1e6);
     to.random_seed = static_cast<uint64_t>(a_.seed);
-    to.half = precision.half;
-    to.fuse_batchnorm_relu = precision.half != graph::DType::undefined;
+    apply_precision(to, precision, a_.no_recompute);
     tg_ = autodiff::build_training_graph(std::move(copy), to);
     for (const auto& [v, d] : tg_.gradients) so.gradients.push_back(d);
     graph::Graph g = std::move(tg_.graph);
@@ -807,6 +807,7 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_flag("--synthetic", a->synthetic, "train on one random batch made once (no data loading)");
   cmd->add_option("--device", a->device, "cpu, cuda, or auto: cuda where a GPU is visible")->capture_default_str();
   cmd->add_option("--precision", a->precision, kPrecisionHelp)->capture_default_str();
+  cmd->add_flag("--no-recompute", a->no_recompute, kNoRecomputeHelp);
   cmd->add_option("--input-tensors", a->input_tensors, "IMAGES.pb,LABELS.pb: a fixed batch (ONNX TensorProto files)");
   cmd->add_option("--steps", a->steps, "stop after this many steps in total");
   cmd->add_option("--save-model", a->save_model, "write the trained model (weights, BN statistics) as ONNX");

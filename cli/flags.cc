@@ -38,4 +38,10 @@ PrecisionChoice parse_precision(const std::string& value) {
   throw Error("--precision is fp32, tf32, bf16 or fp16, got '" + escape_name(value) + "'");
 }
 
+void apply_precision(autodiff::TrainingOptions& options, const PrecisionChoice& precision, bool no_recompute) {
+  options.half = precision.half;
+  options.fuse_batchnorm_relu = true;
+  options.recompute_batchnorm_relu = !no_recompute;
+}
+
 }  // namespace oxtrain::cli

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "autodiff/training.h"
 #include "graph/ir.h"
 #include "runtime/kernel.h"
 
@@ -33,7 +34,16 @@ PrecisionChoice parse_precision(const std::string& value);
 inline constexpr const char* kPrecisionHelp =
     "fp32 (strict), tf32 (tensor cores in convolutions and matrix products, as PyTorch's default), "
     "bf16 or fp16 (mixed precision: activations, convolutions and matrix products in half, float32 master "
-    "weights, momentum, batch-norm statistics and loss; fp16 with dynamic loss scaling; batch norm fused with the "
-    "ReLU and residual Add after it)";
+    "weights, momentum, batch-norm statistics and loss; fp16 with dynamic loss scaling). In every precision batch "
+    "norm is fused with the ReLU and residual Add after it, and backward recomputes the fused outputs instead of "
+    "keeping them";
+
+// What --precision and --no-recompute make of the training graph: the half type; batch norm
+// fused with its ReLU (in every precision: the same numbers, fewer passes), and the fused
+// outputs recomputed in backward unless `no_recompute`.
+void apply_precision(autodiff::TrainingOptions& options, const PrecisionChoice& precision, bool no_recompute);
+inline constexpr const char* kNoRecomputeHelp =
+    "keep the fused batch norms' outputs from the forward instead of recomputing them in backward (for a ResNet "
+    "about half as much activation memory again, one element-wise pass less per recomputed value)";
 
 }  // namespace oxtrain::cli

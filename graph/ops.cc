@@ -802,6 +802,16 @@ void infer_batchnorm_relu_training(Node& n, const InferContext& ctx) {
                 ", X is " + dtype_name(in(n, 0).dtype) + " " + join(in_shape(n, 0)));
 }
 
+// oxtrain.BatchNormApply(X, scale, B, mean, inv_std) -> Y = (X - mean) * inv_std * scale + B per
+// channel: oxtrain.BatchNormTraining's output recomputed from its saved statistics, and
+// oxtrain.BatchNormReluApply(X, scale, B, mean, inv_std[, R]) -> Z = Relu(Y + R), the fused
+// node's output recomputed in backward (autodiff/fusion.h).
+void infer_batchnorm_apply(Node& n, const InferContext& ctx) {
+  if (n.outputs.size() != 1) throw Error(n.describe() + ": has one output");
+  if (n.op_type == "BatchNormApply" && n.inputs.size() > 5) throw Error(n.describe() + ": has five inputs");
+  infer_batchnorm_relu_training(n, ctx);
+}
+
 // oxtrain.BatchNormReluGrad(dZ, Z, X, scale, saved_mean, saved_inv_std) -> (dX, dScale, dBias
 // [, dR]): dS = ReluGrad(dZ, Z), then BatchNormGrad(dS, X, ...); dR = dS.
 void infer_batchnorm_relu_grad(Node& n, const InferContext&) {
@@ -861,8 +871,8 @@ void set_half_policies(std::vector<OpSchema>& r) {
       {HalfMode::follow});
   set("", {"Reshape", "Dropout", "Split", "Slice", "Squeeze", "Unsqueeze", "Expand", "Gather", "BatchNormalization"},
       {HalfMode::follow, {0}});
-  set(kOxtrainDomain, {"BatchNormTraining", "DropoutTraining"}, {HalfMode::follow, {0}});
-  set(kOxtrainDomain, {"BatchNormReluTraining"}, {HalfMode::follow, {0, 5}});
+  set(kOxtrainDomain, {"BatchNormTraining", "DropoutTraining", "BatchNormApply"}, {HalfMode::follow, {0}});
+  set(kOxtrainDomain, {"BatchNormReluTraining", "BatchNormReluApply"}, {HalfMode::follow, {0, 5}});
   set("", {"Where"}, {HalfMode::follow, {1, 2}});
 }
 
@@ -916,6 +926,8 @@ std::vector<OpSchema>& registry() {
         {kOxtrainDomain, "BatchNormReluTraining", infer_batchnorm_relu_training, nullptr, {}, false,
          {.state = {3, 4}, .updates_input = {{1, 3}, {2, 4}}}},
         {kOxtrainDomain, "BatchNormReluGrad", infer_batchnorm_relu_grad, nullptr},
+        {kOxtrainDomain, "BatchNormApply", infer_batchnorm_apply, nullptr},
+        {kOxtrainDomain, "BatchNormReluApply", infer_batchnorm_apply, nullptr},
         {kOxtrainDomain, "ReluGrad", same_as_input, nullptr, {}, false, {.shares_input = {{0, 0}, {0, 1}}}},
         {kOxtrainDomain, "ConvGradData", shape_from_attr("input_shape"), nullptr},
         {kOxtrainDomain, "ConvGradFilter", shape_from_attr("filter_shape"), nullptr},

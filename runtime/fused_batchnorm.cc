@@ -37,14 +37,12 @@ struct InnerKernel {
 
 size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
+// Z = Relu(inner(X, ...) + R): the inner op (BatchNormTraining, or BatchNormApply when
+// recomputing) writes into Z's buffer, then one pass in place.
 class BatchNormReluKernel final : public Kernel {
  public:
-  BatchNormReluKernel(const KernelInit& init, FusedBatchNormPasses passes)
-      : passes_(std::move(passes)),
-        inner_(init, "BatchNormTraining",
-               {init.node.input(0), init.node.input(1), init.node.input(2), init.node.input(3), init.node.input(4)},
-               {init.node.output(0), init.node.output(1), init.node.output(2), init.node.output(3),
-                init.node.output(4)}) {
+  BatchNormReluKernel(const KernelInit& init, FusedBatchNormPasses passes, const char* inner_op, size_t inner_outputs)
+      : passes_(std::move(passes)), inner_(init, inner_op, inputs(init.node), outputs(init.node, inner_outputs)) {
     const graph::Node& n = init.node;
     if (!n.output(0)) throw Error(n.describe() + ": output Z is missing");
     residual_ = n.input(5) != nullptr;
@@ -61,6 +59,15 @@ class BatchNormReluKernel final : public Kernel {
   }
 
  private:
+  static std::vector<const graph::Value*> inputs(const graph::Node& n) {
+    return {n.input(0), n.input(1), n.input(2), n.input(3), n.input(4)};
+  }
+  static std::vector<const graph::Value*> outputs(const graph::Node& n, size_t count) {
+    std::vector<const graph::Value*> out;
+    for (size_t i = 0; i < count; ++i) out.push_back(n.output(i));
+    return out;
+  }
+
   FusedBatchNormPasses passes_;
   InnerKernel inner_;
   bool residual_ = false;
@@ -111,7 +118,13 @@ class BatchNormReluGradKernel final : public Kernel {
 
 KernelFactory batchnorm_relu_training_factory(FusedBatchNormPasses passes) {
   return [passes](const KernelInit& init) -> std::unique_ptr<Kernel> {
-    return std::make_unique<BatchNormReluKernel>(init, passes);
+    return std::make_unique<BatchNormReluKernel>(init, passes, "BatchNormTraining", 5);
+  };
+}
+
+KernelFactory batchnorm_relu_apply_factory(FusedBatchNormPasses passes) {
+  return [passes](const KernelInit& init) -> std::unique_ptr<Kernel> {
+    return std::make_unique<BatchNormReluKernel>(init, passes, "BatchNormApply", 1);
   };
 }
 

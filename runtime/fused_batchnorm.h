@@ -3,6 +3,8 @@
 // (runtime/cpu/fused.cc, runtime/cuda/fused.cu) does the rest.
 //   oxtrain.BatchNormReluTraining: BatchNormTraining writes Y into Z's buffer, then
 //     Z = Relu(Y + R) in place (Y alone without R). Y is never stored elsewhere.
+//   oxtrain.BatchNormReluApply: the same with BatchNormApply (the output from the saved
+//     statistics): Z recomputed in backward, so it need not be kept from the forward.
 //   oxtrain.BatchNormReluGrad: dS = ReluGrad(dZ, Z) into dR's buffer (or the workspace when
 //     the residual takes no gradient), then BatchNormGrad(dS, X, ...).
 // Each step uses the arithmetic of the unfused ops (runtime/math/elementwise.h), so a fused
@@ -28,6 +30,7 @@ struct FusedBatchNormPasses {
 };
 
 KernelFactory batchnorm_relu_training_factory(FusedBatchNormPasses passes);
+KernelFactory batchnorm_relu_apply_factory(FusedBatchNormPasses passes);
 KernelFactory batchnorm_relu_grad_factory(FusedBatchNormPasses passes);
 
 }  // namespace oxtrain::runtime

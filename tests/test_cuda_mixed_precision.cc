@@ -150,3 +150,23 @@ TEST(CudaMixedPrecision, FusedBatchNormReluMatchesCpu) {
     }
   }
 }
+
+// The recomputation kernels (autodiff::recompute_batchnorm_relu) are exact twins: the same
+// double arithmetic on both devices, without fused multiply-adds, and one rounding.
+TEST(CudaMixedPrecision, RecomputedBatchNormMatchesCpuExactly) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    Tensor x = test::random_tensor(dt, {5, 7, 11, 13}, 11, -2, 3);
+    Tensor r = test::random_tensor(dt, x.shape, 12);
+    std::vector<Tensor> per_channel;
+    for (uint64_t s = 13; s < 17; ++s) per_channel.push_back(test::random_tensor(DType::f32, {7}, s, 0.5, 1.5));
+    const std::vector<Tensor> ins = {x, per_channel[0], per_channel[1], per_channel[2], per_channel[3]};
+    test::KernelCase apply("BatchNormApply", "oxtrain", ins, {{dt, x.shape}});
+    EXPECT_TRUE(test::cuda_matches_cpu(apply, 0));
+    std::vector<Tensor> with_r = ins;
+    with_r.push_back(r);
+    test::KernelCase relu("BatchNormReluApply", "oxtrain", with_r, {{dt, x.shape}});
+    EXPECT_TRUE(test::cuda_matches_cpu(relu, 0));
+  }
+}

@@ -509,7 +509,7 @@ TEST(MixedPrecisionCli, GraphShowsTheMixedPrecisionGraphAndPlan) {
     report[precision] = nlohmann::json::parse(r.out);
   }
   EXPECT_EQ(report["tf32"]["half_values"], 0);
-  EXPECT_EQ(report["tf32"]["fused_batchnorm_relu"], 0);
+  EXPECT_EQ(report["tf32"]["fused_batchnorm_relu"], 17);  // in every precision
   for (const char* half : {"bf16", "fp16"}) {
     EXPECT_GT(report[half]["half_values"].get<int>(), 100) << half;
     EXPECT_EQ(report[half]["fused_batchnorm_relu"], 17) << half;
@@ -521,7 +521,18 @@ TEST(MixedPrecisionCli, GraphShowsTheMixedPrecisionGraphAndPlan) {
     EXPECT_EQ(report[half]["parameter_bytes"], report["tf32"]["parameter_bytes"]) << half;
   }
   auto text = test::run_oxtrain("graph " + dir + "/r18.onnx --training -b 8 --precision fp16");
-  EXPECT_NE(text.out.find("batch norms fused with their ReLU, dynamic loss scaling"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("17 batch norms fused with their ReLU, 17 of their outputs recomputed in backward, dynamic "
+                          "loss scaling"),
+            std::string::npos)
+      << text.out;
+  // --no-recompute keeps the fused outputs from the forward: more memory, the same fusions.
+  auto kept = test::run_oxtrain("graph " + dir + "/r18.onnx --training -b 8 --json --precision bf16 --no-recompute");
+  ASSERT_EQ(kept.exit_code, 0) << kept.err;
+  const nlohmann::json k = nlohmann::json::parse(kept.out);
+  EXPECT_EQ(k["recomputed_values"], 0);
+  EXPECT_EQ(report["bf16"]["recomputed_values"], 17);
+  EXPECT_EQ(k["fused_batchnorm_relu"], 17);
+  EXPECT_LT(report["bf16"]["activation_arena_bytes"].get<int64_t>(), k["activation_arena_bytes"].get<int64_t>());
   auto bad = test::run_oxtrain("graph " + dir + "/r18.onnx --training --precision fp8");
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--precision is fp32, tf32, bf16 or fp16, got 'fp8'"), std::string::npos) << bad.err;

@@ -1,6 +1,7 @@
 // Batch normalisation: the inference form (BatchNormalization with given statistics), the
-// training form (oxtrain.BatchNormTraining: batch statistics, running-stat update) and its
-// gradient (oxtrain.BatchNormGrad).
+// training form (oxtrain.BatchNormTraining: batch statistics, running-stat update), its
+// gradient (oxtrain.BatchNormGrad) and its output recomputed from saved statistics
+// (oxtrain.BatchNormApply).
 //
 // Every channel is handled by one thread, which sums its N*H*W elements in double in a fixed
 // order, so results are bit-identical from run to run. The running-stat outputs may share a
@@ -11,6 +12,7 @@
 
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
+#include "runtime/math/normalization.h"
 
 namespace oxtrain::runtime {
 namespace {
@@ -142,20 +144,21 @@ void batchnorm_training(const KernelArgs& a, double eps, double momentum) {
     }
     const double var = m > 0 ? sq / static_cast<double>(m) : 0.0;
     const double inv_std = 1.0 / std::sqrt(var + eps);
-    const double k = inv_std * sc;
+    // Y from the statistics as stored, so oxtrain.BatchNormApply can recompute it exactly.
+    const T mean_t = static_cast<T>(mean), inv_std_t = static_cast<T>(inv_std);
+    const T sc_t = static_cast<T>(sc), b_t = static_cast<T>(b);
     for (int64_t n = 0; n < g.batch; ++n) {
       const T* xp = x + n * chw + c * g.spatial;
       T* yp = y + n * chw + c * g.spatial;
 #pragma omp simd
-      for (int64_t i = 0; i < g.spatial; ++i)
-        yp[i] = static_cast<T>((static_cast<double>(xp[i]) - mean) * k + b);
+      for (int64_t i = 0; i < g.spatial; ++i) yp[i] = math::batchnorm_apply(xp[i], mean_t, inv_std_t, sc_t, b_t);
     }
     // Running variance: unbiased, as PyTorch (biased when there is one element).
     const double unbiased = m > 1 ? var * static_cast<double>(m) / static_cast<double>(m - 1) : var;
     if (mean_out) mean_out[c] = static_cast<T>(momentum * rm + (1.0 - momentum) * mean);
     if (var_out) var_out[c] = static_cast<T>(momentum * rv + (1.0 - momentum) * unbiased);
-    if (saved_mean) saved_mean[c] = static_cast<T>(mean);
-    if (saved_inv_std) saved_inv_std[c] = static_cast<T>(inv_std);
+    if (saved_mean) saved_mean[c] = mean_t;
+    if (saved_inv_std) saved_inv_std[c] = inv_std_t;
   }
 }
 
@@ -171,6 +174,41 @@ KernelFactory training_factory() {
       using T = decltype(tag);
       return make_kernel(
           [eps, momentum](const KernelArgs& a) { batchnorm_training<T>(a, eps, momentum); });
+    });
+  };
+}
+
+// oxtrain.BatchNormApply(X, scale, B, mean, inv_std) -> Y: the training kernel's output from
+// its saved statistics, bit for bit (math::batchnorm_apply).
+template <typename T>
+void batchnorm_apply(const KernelArgs& a) {
+  const Geometry g = geometry(a.inputs[0].shape);
+  const T* x = a.inputs[0].as<T>();
+  const T* scale = a.inputs[1].as<T>();
+  const T* bias = a.inputs[2].as<T>();
+  const T* mean = a.inputs[3].as<T>();
+  const T* inv_std = a.inputs[4].as<T>();
+  T* y = a.outputs[0].as<T>();
+  const int64_t planes = g.batch * g.channels;
+#pragma omp parallel for schedule(static) if (planes * g.spatial >= kParallelMin && planes > 1)
+  for (int64_t p = 0; p < planes; ++p) {
+    const int64_t c = p % g.channels;
+    const T* xp = x + p * g.spatial;
+    T* yp = y + p * g.spatial;
+#pragma omp simd
+    for (int64_t i = 0; i < g.spatial; ++i) yp[i] = math::batchnorm_apply(xp[i], mean[c], inv_std[c], scale[c], bias[c]);
+  }
+}
+
+KernelFactory apply_factory() {
+  return [](const KernelInit& init) {
+    const Node& n = init.node;
+    static const char* const names[] = {"X", "scale", "B", "mean", "inv_std"};
+    DType dt = check_inputs(n, 1, 4, names);
+    if (!n.output(0)) throw Error(n.describe() + ": output Y is missing");
+    return dispatch_float(dt, n.describe(), [&](auto tag) {
+      using T = decltype(tag);
+      return make_kernel([](const KernelArgs& a) { batchnorm_apply<T>(a); });
     });
   };
 }
@@ -263,6 +301,7 @@ void register_cpu_norm_kernels(KernelRegistry& registry) {
   registry.add("", "BatchNormalization", Device::cpu, inference_factory());
   registry.add("oxtrain", "BatchNormTraining", Device::cpu, training_factory());
   registry.add("oxtrain", "BatchNormGrad", Device::cpu, grad_factory());
+  registry.add("oxtrain", "BatchNormApply", Device::cpu, apply_factory());
 }
 
 }  // namespace oxtrain::runtime

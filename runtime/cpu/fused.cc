@@ -78,6 +78,7 @@ FusedBatchNormPasses cpu_passes() {
 
 void register_cpu_fused_kernels(KernelRegistry& registry) {
   registry.add("oxtrain", "BatchNormReluTraining", Device::cpu, batchnorm_relu_training_factory(cpu_passes()));
+  registry.add("oxtrain", "BatchNormReluApply", Device::cpu, batchnorm_relu_apply_factory(cpu_passes()));
   registry.add("oxtrain", "BatchNormReluGrad", Device::cpu, batchnorm_relu_grad_factory(cpu_passes()));
 }
 

@@ -158,6 +158,7 @@ const std::set<std::pair<std::string, std::string>>& native_half_ops() {
       {"", "BatchNormalization"},
       {"oxtrain", "BatchNormTraining"},
       {"oxtrain", "BatchNormGrad"},
+      {"oxtrain", "BatchNormApply"},
       {"oxtrain", "NonFinite"},
   };
   return ops;

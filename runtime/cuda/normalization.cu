@@ -1,6 +1,7 @@
 // CUDA kernels of the normalization family, twins of runtime/cpu/normalization.cc:
 // LayerNormalization and oxtrain.LayerNormalizationGrad (float32, statistics in float32),
-// ReduceSum (through the oxtrain.ReduceSumTo kernel) and oxtrain.ReduceSumGrad. (MatMul,
+// ReduceSum (through the oxtrain.ReduceSumTo kernel), oxtrain.ReduceSumGrad and
+// oxtrain.BatchNormApply (batch norm's output recomputed from saved statistics). (MatMul,
 // Softmax and ReduceMean are the core kernels of matmul.cc, loss.cu and elementwise.cu.)
 // Every kernel writes (=) its outputs.
 //
@@ -23,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "base/half.h"
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/kernels.h"
 #include "runtime/math/broadcast.h"
@@ -464,6 +466,70 @@ KernelFactory reduce_sum_grad_factory() {
   };
 }
 
+// ---------------------------------------------------------------------------------------
+// oxtrain.BatchNormApply: Y = batchnorm_apply(X) per channel of NCHW..., X float32, float16
+// or bfloat16 with float32 per-channel inputs (half values natively: widened, the float32
+// result rounded to nearest even, as the CPU's emulation of half does).
+
+struct BatchNormApplyParams {
+  const void* x;
+  void* y;
+  const float *scale, *bias, *mean, *inv_std;
+  int64_t total, spatial, channels;
+};
+
+template <int kKind>  // 0 float32, 1 float16, 2 bfloat16
+__global__ void batchnorm_apply_kernel(BatchNormApplyParams p) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = (i / p.spatial) % p.channels;
+    if constexpr (kKind == 0) {
+      static_cast<float*>(p.y)[i] =
+          math::batchnorm_apply(static_cast<const float*>(p.x)[i], p.mean[c], p.inv_std[c], p.scale[c], p.bias[c]);
+    } else {
+      const float x = half_to_float(static_cast<const uint16_t*>(p.x)[i], kKind == 2);
+      static_cast<uint16_t*>(p.y)[i] =
+          float_to_half(math::batchnorm_apply(x, p.mean[c], p.inv_std[c], p.scale[c], p.bias[c]), kKind == 2);
+    }
+  }
+}
+
+KernelFactory batchnorm_apply_factory() {
+  return [](const KernelInit& init) {
+    const Node& n = init.node;
+    const std::string what = n.describe();
+    const graph::Value* x = n.input(0);
+    if (!x || !n.output(0)) throw Error(what + ": X and Y are required");
+    const DType dt = x->dtype;
+    if (dt != DType::f32 && dt != DType::f16 && dt != DType::bf16)
+      throw Error(what + ": X is " + graph::dtype_name(dt) + "; float32, float16 or bfloat16 on CUDA");
+    if (x->shape.size() < 2) throw Error(what + ": X " + graph::shape_str(x->shape) + " is not [N, C, ...]");
+    for (size_t i = 1; i <= 4; ++i) {
+      const graph::Value* v = n.input(i);
+      if (!v || v->dtype != DType::f32 || v->shape != graph::Shape{x->shape[1]})
+        throw Error(what + ": input " + std::to_string(i) + " must be float32 [" + std::to_string(x->shape[1]) + "]");
+    }
+    if (n.output(0)->dtype != dt) throw Error(what + ": Y must be X's type");
+    const int64_t total = x->numel(), channels = x->shape[1];
+    const int64_t spatial = channels > 0 ? total / std::max<int64_t>(1, x->shape[0] * channels) : 0;
+    return make_kernel([=](const KernelArgs& a) {
+      if (a.inputs[0].numel() != total) throw Error(what + ": run with other shapes than compiled");
+      if (total <= 0) return;
+      const CudaContext& ctx = cuda::context_of(a, what);
+      BatchNormApplyParams p{a.inputs[0].data, a.outputs[0].data, a.inputs[1].as<float>(), a.inputs[2].as<float>(),
+                             a.inputs[3].as<float>(), a.inputs[4].as<float>(), total, spatial, channels};
+      const cuda::Launch g = cuda::launch_for(total, ctx);
+      if (dt == DType::f32)
+        batchnorm_apply_kernel<0><<<g.blocks, g.threads, 0, ctx.stream>>>(p);
+      else if (dt == DType::f16)
+        batchnorm_apply_kernel<1><<<g.blocks, g.threads, 0, ctx.stream>>>(p);
+      else
+        batchnorm_apply_kernel<2><<<g.blocks, g.threads, 0, ctx.stream>>>(p);
+      cuda::check(cudaGetLastError(), "batchnorm_apply_kernel launch", what);
+    });
+  };
+}
+
 }  // namespace
 
 void register_cuda_normalization_kernels(KernelRegistry& registry) {
@@ -472,6 +538,7 @@ void register_cuda_normalization_kernels(KernelRegistry& registry) {
   registry.add("oxtrain", "LayerNormalizationGrad", cuda, layer_norm_grad_factory());
   registry.add("", "ReduceSum", cuda, reduce_sum_factory());
   registry.add("oxtrain", "ReduceSumGrad", cuda, reduce_sum_grad_factory());
+  registry.add("oxtrain", "BatchNormApply", cuda, batchnorm_apply_factory());
 }
 
 }  // namespace oxtrain::runtime

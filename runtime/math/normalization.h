@@ -147,4 +147,23 @@ inline graph::Shape reduced_keep_shape(const graph::Shape& x, const std::vector<
   return kept;
 }
 
+// Batch norm's output from the statistics it stored (oxtrain.BatchNormTraining's saved mean
+// and inverse std, in the statistics' type U): y = T((x - mean) * (inv_std * scale) + bias),
+// in double. The training kernel writes its output with this function, and
+// oxtrain.BatchNormApply recomputes that output in backward (autodiff/fusion.h), so on the
+// CPU the recomputed values are the forward's bits.
+// (The GPU's explicit roundings keep nvcc from contracting into a fused multiply-add, so both
+// devices give the same bits.)
+template <typename T, typename U>
+OXTRAIN_HD T batchnorm_apply(T x, U mean, U inv_std, U scale, U bias) {
+  const double xc = static_cast<double>(x) - static_cast<double>(mean);
+#ifdef __CUDA_ARCH__
+  const double k = __dmul_rn(static_cast<double>(inv_std), static_cast<double>(scale));
+  return static_cast<T>(__dadd_rn(__dmul_rn(xc, k), static_cast<double>(bias)));
+#else
+  const double k = static_cast<double>(inv_std) * static_cast<double>(scale);
+  return static_cast<T>(xc * k + static_cast<double>(bias));
+#endif
+}
+
 }  // namespace oxtrain::runtime::math
