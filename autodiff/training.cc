@@ -77,6 +77,9 @@ void maxpool_indices(Graph& g) {
   for (const auto& node_ptr : g.nodes()) {
     Node* n = node_ptr.get();
     if (n->op_type != "MaxPool" || !n->domain.empty() || n->output(1)) continue;
+    // A 2-D one's gradient reads X instead (autodiff/rules.cc).
+    const Value* x = n->input(0);
+    if (x && x->rank_known && x->shape.size() == 4) continue;
     g.set_output(n, 1, g.add_value(g.unique_name(n->name + "/indices")));
     infer_node(g, *n);
   }

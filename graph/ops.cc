@@ -932,6 +932,7 @@ std::vector<OpSchema>& registry() {
         {kOxtrainDomain, "ConvGradData", shape_from_attr("input_shape"), nullptr},
         {kOxtrainDomain, "ConvGradFilter", shape_from_attr("filter_shape"), nullptr},
         {kOxtrainDomain, "MaxPoolGrad", shape_from_attr("input_shape"), nullptr},
+        {kOxtrainDomain, "MaxPoolGradFromInput", infer_like_input1, nullptr},
         {kOxtrainDomain, "AveragePoolGrad", shape_from_attr("input_shape"), nullptr},
         {kOxtrainDomain, "GlobalAveragePoolGrad", shape_from_attr("input_shape"), nullptr},
         {kOxtrainDomain, "ReduceMeanGrad", shape_from_attr("input_shape"), nullptr},

@@ -553,7 +553,7 @@ TEST(CpuPool, CoverFindsExactlyTheWindowsOfAnInput) {
 // MaxPoolGrad as the CUDA kernel computes it (math::max_pool_grad_at, gathered per input
 // element from the windows that cover it) equals the CPU kernel's scatter bit for bit: the same
 // additions in the same order. Overlapping windows and ties make elements win several windows.
-TEST(CpuPool, MaxPoolGradGatherMatchesScatterBitwise) {
+TEST(CpuPool, MaxPoolGradGatherMatchesScatterBitwise) {  // and MaxPoolGradFromInput
   namespace math = runtime::math;
   const PoolParams cases[] = {
       {"stem 3x3 stride 2 pad 1", {5, 7, 11, 13}, {3, 3}, {2, 2}, {1, 1, 1, 1}, {}, "", 0},
@@ -570,6 +570,9 @@ TEST(CpuPool, MaxPoolGradGatherMatchesScatterBitwise) {
         SCOPED_TRACE(p.label + (ties ? ", ties" : "") +
                      (dt == DType::f32 ? " (float32)" : " (float64)"));
         Tensor x = ties ? tie_heavy(dt, p.x, ++seed) : random_tensor(dt, p.x, ++seed);
+        // Some NaN too: the first NaN of a window is its maximum.
+        if (ties)
+          for (int64_t i = 5; i < x.numel(); i += 37) set_element(x, i, std::nan(""));
         const Shape out = pooled_shape(p);
         KernelCase fwd("MaxPool", "", {x}, {{dt, out}, {DType::i64, out}});
         set_pool_attrs(fwd, p);
@@ -597,6 +600,25 @@ TEST(CpuPool, MaxPoolGradGatherMatchesScatterBitwise) {
                     math::max_pool_grad_at(g, dy.data<double>() + pl * P, idx, pl, h, w);
             }
         EXPECT_EQ(0, std::memcmp(gathered.bytes.data(), dx.bytes.data(), dx.bytes.size()));
+        // MaxPoolGradFromInput finds the maxima in X again, and its gather form (the GPU's)
+        // adds in the same order: both give the Indices' result bit for bit.
+        KernelCase from_input("MaxPoolGradFromInput", "oxtrain", {dy, x}, {{dt, p.x}});
+        set_pool_attrs(from_input, p);
+        from_input.run();
+        EXPECT_EQ(0, std::memcmp(from_input.output(0).bytes.data(), dx.bytes.data(), dx.bytes.size()));
+        Tensor gathered_from_input(dt, p.x);
+        for (int64_t pl = 0; pl < g.planes(); ++pl)
+          for (int64_t h = 0; h < g.rows.in; ++h)
+            for (int64_t w = 0; w < g.cols.in; ++w) {
+              const int64_t i = pl * HW + h * g.cols.in + w;
+              if (dt == DType::f32)
+                gathered_from_input.data<float>()[i] = math::max_pool_grad_from_input_at(
+                    g, dy.data<float>() + pl * P, x.data<float>() + pl * HW, h, w);
+              else
+                gathered_from_input.data<double>()[i] = math::max_pool_grad_from_input_at(
+                    g, dy.data<double>() + pl * P, x.data<double>() + pl * HW, h, w);
+            }
+        EXPECT_EQ(0, std::memcmp(gathered_from_input.bytes.data(), dx.bytes.data(), dx.bytes.size()));
         // Not all zero: the gradient did reach the input.
         double total = 0;
         for (int64_t i = 0; i < dx.numel(); ++i) total += std::fabs(element(dx, i));

@@ -259,6 +259,21 @@ TEST(CudaPool, MaxPoolGradMatchesCpuExactly) {
       }
 }
 
+// MaxPoolGradFromInput finds each window's maximum in X again: the same bits as the CPU's.
+TEST(CudaPool, MaxPoolGradFromInputMatchesCpuExactly) {
+  OXTRAIN_REQUIRE_GPU();
+  uint64_t seed = 2500;
+  for (const PoolParams& p : max_cases())
+    for (bool ties : {false, true}) {
+      SCOPED_TRACE(p.label + (ties ? ", ties" : ""));
+      Tensor x = ties ? tie_heavy(p.x, ++seed) : random_tensor(DType::f32, p.x, ++seed);
+      Tensor dy = random_tensor(DType::f32, pooled_shape(p), ++seed);
+      KernelCase k("MaxPoolGradFromInput", "oxtrain", {dy, x}, {{DType::f32, p.x}});
+      set_pool_attrs(k, p);
+      EXPECT_TRUE(cuda_bitwise_matches_cpu(k));
+    }
+}
+
 // Rank 5 (3-D pooling's Indices): no 2-D window, so the per-plane scatter runs.
 TEST(CudaPool, MaxPoolGradRank5Scatter) {
   OXTRAIN_REQUIRE_GPU();

@@ -25,7 +25,7 @@ TEST(TrainingGraph, ResNet50Structure) {
   EXPECT_EQ(ops["oxtrain.ConvGradFilter"], 53);
   EXPECT_EQ(ops["oxtrain.ConvGradData"], 52);  // not for the first conv: images need no gradient
   EXPECT_EQ(ops["oxtrain.ReluGrad"], 49);
-  EXPECT_EQ(ops["oxtrain.MaxPoolGrad"], 1);
+  EXPECT_EQ(ops["oxtrain.MaxPoolGradFromInput"], 1);
   EXPECT_EQ(ops["SoftmaxCrossEntropyLoss"], 1);
   EXPECT_EQ(ops["ai.onnx.preview.training.Momentum"], 1);
   // Every parameter has exactly one gradient, with its shape; 161 tensors in ResNet-50.

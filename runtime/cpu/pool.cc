@@ -1,6 +1,7 @@
 // Pooling on the CPU, float32 and float64: MaxPool, AveragePool, GlobalAveragePool and their
-// gradients oxtrain.MaxPoolGrad, oxtrain.AveragePoolGrad, oxtrain.GlobalAveragePoolGrad. The
-// gradients write (=) dX.
+// gradients oxtrain.MaxPoolGrad (from MaxPool's Indices), oxtrain.MaxPoolGradFromInput (from
+// MaxPool's input, each window's maximum found again), oxtrain.AveragePoolGrad,
+// oxtrain.GlobalAveragePoolGrad. The gradients write (=) dX.
 //
 // MaxPool and AveragePool are 2-D ([N,C,H,W]). The window arithmetic (where a window lies,
 // which outputs cover an input element, the maximum's ties and NaN, the divisor) lives in
@@ -114,6 +115,20 @@ graph::Shape check_max_pool_grad(const graph::Node& node) {
   return x_shape;
 }
 
+Pool2d check_max_pool_grad_from_input(const graph::Node& node, int64_t opset, Device device) {
+  const graph::Value* dy = cpu::required(node, 0);
+  const graph::Value* x = cpu::required(node, 1);
+  const graph::Value* dx = cpu::required(node, 0, true);
+  if (dy->dtype != x->dtype || dx->dtype != x->dtype || !graph::is_float(x->dtype))
+    throw Error(node.describe() + ": dY, X and dX must share one float type, got " + graph::dtype_name(dy->dtype) +
+                ", " + graph::dtype_name(x->dtype) + ", " + graph::dtype_name(dx->dtype));
+  if (dx->shape != x->shape)
+    throw Error(node.describe() + ": dX " + join(dx->shape) + " must have X's shape " + join(x->shape));
+  Pool2d g = pool_window_2d(node, x->shape, pool_ceil_mode(node, opset), device);
+  check_pooled_shape(node, g, dy->shape);
+  return g;
+}
+
 GlobalPlanes global_pool_planes(const graph::Node& node, const graph::Shape& x,
                                 const graph::Shape& pooled, const char* pooled_name) {
   if (x.size() < 3)
@@ -211,6 +226,27 @@ void max_pool_grad(int64_t planes, int64_t HW, int64_t P, const T* dy, const int
     }
 }
 
+// MaxPoolGradFromInput: dx = 0, then each output's window finds its maximum in X again and
+// adds dY there, outputs in ascending order.
+template <typename T>
+void max_pool_grad_from_input(const PoolPlan& p, int64_t batch, const T* dy, const T* x, T* dx) {
+  const Pool2d& g = p.g;
+  const int64_t planes = batch * g.channels, HW = g.in_plane(), P = g.out_plane();
+#pragma omp parallel for schedule(static) if (planes * P * 4 >= kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const T* xp = x + pl * HW;
+    const T* dyp = dy + pl * P;
+    T* dxp = dx + pl * HW;
+    std::fill(dxp, dxp + HW, T(0));
+    for (int64_t oh = 0; oh < g.rows.out; ++oh)
+      for (int64_t ow = 0; ow < g.cols.out; ++ow) {
+        const PoolWindow win{p.rows[oh], p.cols[ow], g.rows.dilation, g.cols.dilation};
+        const int64_t at = math::max_window(xp, g.cols.in, win).at;
+        if (at >= 0) dxp[at] += dyp[oh * g.cols.out + ow];
+      }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // AveragePool.
 
@@ -304,6 +340,18 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
         const graph::Shape& s = a.inputs[0].shape;
         max_pool_grad<T>(s[0] * s[1], HW, P, a.inputs[0].as<T>(), a.inputs[1].as<int64_t>(),
                          a.outputs[0].as<T>());
+      });
+    });
+  });
+
+  registry.add(graph::kOxtrainDomain, "MaxPoolGradFromInput", Device::cpu, [](const KernelInit& init) {
+    const graph::Node& n = init.node;
+    const PoolPlan plan = pool_plan(math::check_max_pool_grad_from_input(n, init.opset, Device::cpu));
+    return by_dtype(n.input(1)->dtype, [plan](auto zero) {
+      using T = decltype(zero);
+      return make_kernel([plan](const KernelArgs& a) {
+        max_pool_grad_from_input<T>(plan, a.inputs[1].shape[0], a.inputs[0].as<T>(), a.inputs[1].as<T>(),
+                                    a.outputs[0].as<T>());
       });
     });
   });

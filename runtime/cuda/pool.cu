@@ -1,6 +1,6 @@
 // CUDA pooling, float32: MaxPool (with its optional Indices), AveragePool, GlobalAveragePool
-// and their gradients oxtrain.MaxPoolGrad, oxtrain.AveragePoolGrad,
-// oxtrain.GlobalAveragePoolGrad; the twins of runtime/cpu/pool.cc. Every kernel writes (=)
+// and their gradients oxtrain.MaxPoolGrad, oxtrain.MaxPoolGradFromInput,
+// oxtrain.AveragePoolGrad, oxtrain.GlobalAveragePoolGrad; the twins of runtime/cpu/pool.cc. Every kernel writes (=)
 // its outputs, all of them; the gradients included (none accumulates into dX).
 //
 // These are our own kernels on purpose. cuDNN's graph API has forward pooling (resample), but
@@ -72,6 +72,17 @@ __global__ void max_pool_grad_gather_kernel(const Pool2d g, int64_t count, const
     const int64_t h = rest % g.rows.in, plane = rest / g.rows.in;
     dx[i] = math::max_pool_grad_at(g, dy + plane * out_plane, indices + plane * out_plane, plane,
                                    h, w);
+  }
+}
+
+// MaxPoolGradFromInput: one thread per input element, finding the windows' maxima in X again.
+__global__ void max_pool_grad_from_input_kernel(const Pool2d g, int64_t count, const float* dy, const float* x,
+                                                float* dx) {
+  const int64_t out_plane = g.out_plane(), in_plane = g.in_plane();
+  for (int64_t i = thread_index(); i < count; i += thread_count()) {
+    const int64_t w = i % g.cols.in, rest = i / g.cols.in;
+    const int64_t h = rest % g.rows.in, plane = rest / g.rows.in;
+    dx[i] = math::max_pool_grad_from_input_at(g, dy + plane * out_plane, x + plane * in_plane, h, w);
   }
 }
 
@@ -231,6 +242,24 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
       max_pool_grad_scatter_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(
           planes, in_plane, out_plane, in_f32(a, 0), a.inputs[1].as<const int64_t>(), dx);
       cuda::check(cudaGetLastError(), "max_pool_grad_scatter_kernel launch", where);
+    });
+  });
+
+  registry.add(graph::kOxtrainDomain, "MaxPoolGradFromInput", Device::cuda, [](const KernelInit& init) {
+    const graph::Node& n = init.node;
+    require_float32(n, {required(n, 0), required(n, 1), required(n, 0, true)});
+    const Pool2d g = math::check_max_pool_grad_from_input(n, init.opset, Device::cuda);
+    const std::string where = n.describe();
+    return make_kernel([g, where](const KernelArgs& a) {
+      const CudaContext& ctx = cuda::context_of(a, where);
+      Pool2d run = g;
+      run.batch = a.inputs[1].shape[0];
+      const int64_t count = run.planes() * run.in_plane();
+      if (count == 0) return;
+      const cuda::Launch l = cuda::launch_for(count, ctx);
+      max_pool_grad_from_input_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, count, in_f32(a, 0), in_f32(a, 1),
+                                                                              out_f32(a, 0));
+      cuda::check(cudaGetLastError(), "max_pool_grad_from_input_kernel launch", where);
     });
   });
 

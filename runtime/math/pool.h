@@ -171,6 +171,25 @@ OXTRAIN_HD T max_pool_grad_at(const Pool2d& g, const T* dy_plane, const int64_t*
   return sum;
 }
 
+// dX of input (h, w) of one plane for oxtrain.MaxPoolGradFromInput (the GPU's gather): dY
+// summed over the outputs whose window holds (h, w) and whose maximum over X (max_window,
+// MaxPool's own pick, ties and NaN alike) lies there, in ascending output order from 0: the
+// order of the CPU's scatter (runtime/cpu/pool.cc), so both give the same bits.
+template <typename T>
+OXTRAIN_HD T max_pool_grad_from_input_at(const Pool2d& g, const T* dy_plane, const T* x_plane, int64_t h, int64_t w) {
+  const int64_t target = h * g.cols.in + w;
+  const PoolRange rr = pool_cover(g.rows, h), cr = pool_cover(g.cols, w);
+  T sum = 0;
+  for (int64_t oh = rr.lo; oh < rr.hi; ++oh) {
+    if (!pool_tap_lands(g.rows, oh, h)) continue;
+    for (int64_t ow = cr.lo; ow < cr.hi; ++ow) {
+      if (!pool_tap_lands(g.cols, ow, w)) continue;
+      if (max_window(x_plane, g.cols.in, pool_window(g, oh, ow)).at == target) sum += dy_plane[oh * g.cols.out + ow];
+    }
+  }
+  return sum;
+}
+
 // One plane of MaxPoolGrad as a scatter (the CPU's, and the GPU's where the window is not
 // known): dx_plane[indices[i] - first] += dy[i] over the plane's outputs in ascending order,
 // for the indices inside the plane ([first, first + in_plane)). Returns how many lie outside
@@ -274,6 +293,11 @@ void check_max_pool_outputs(const graph::Node& node, Device device);
 // MaxPoolGrad (dY, Indices) -> dX: Indices int64 of dY's shape, dX of input_shape, dY of rank
 // and batch and channels that fit it. Returns input_shape.
 graph::Shape check_max_pool_grad(const graph::Node& node);
+
+// MaxPoolGradFromInput (dY, X) -> dX: X [N, C, H, W] known, dY and dX float of X's type, dX
+// of X's shape; returns X's window (the node carries MaxPool's attributes) after checking that
+// it pools X to dY's shape.
+Pool2d check_max_pool_grad_from_input(const graph::Node& node, int64_t opset, Device device);
 
 // GlobalAveragePool and its gradient: `x` [N, C, spatial...] (rank 3 or more) and the pooled
 // [N, C, 1, ...] = `pooled`; the planes and the elements of each.
