@@ -84,11 +84,13 @@ int fuse_batchnorm_relu(graph::Graph& g) {
 int recompute_batchnorm_relu(graph::Graph& g, size_t forward_nodes) {
   const size_t forward_end = std::min(forward_nodes, g.nodes().size());
   std::set<const Node*> forward;
-  std::vector<Node*> fused;
+  std::vector<Node*> fused;  // and the parameters' casts
   for (size_t i = 0; i < forward_end; ++i) {
     Node* n = g.nodes()[i].get();
     forward.insert(n);
-    if (n->op_type == "BatchNormReluTraining" && n->domain == graph::kOxtrainDomain) fused.push_back(n);
+    if ((n->op_type == "BatchNormReluTraining" && n->domain == graph::kOxtrainDomain) ||
+        (n->op_type == "Cast" && n->domain.empty() && n->input(0) && n->input(0)->role == graph::Role::Parameter))
+      fused.push_back(n);
   }
   auto backward_readers = [&](const Value* v) {
     std::vector<Node*> readers;
@@ -116,7 +118,19 @@ int recompute_batchnorm_relu(graph::Graph& g, size_t forward_nodes) {
     if (auto it = copies.find(v); it != copies.end()) return it->second;
     if (!build && kept(v)) return v;
     Node* p = v->producer;
-    if (!p || !forward.count(p) || p->output(0) != v || p->domain != graph::kOxtrainDomain) return nullptr;
+    if (!p || !forward.count(p) || p->output(0) != v) return nullptr;
+    if (p->op_type == "Cast" && p->domain.empty()) {  // a parameter's half copy
+      Value* source = p->input(0);
+      if (!source || source->role != graph::Role::Parameter) return nullptr;
+      Value* copy = g.add_value(g.unique_name(v->name + "/recomputed"), v->dtype, v->shape);
+      copy->rank_known = true;
+      Node* r = g.add_node("Cast", {source}, {copy}, g.unique_name(p->name + "/recompute"));
+      r->attrs = p->attrs;
+      infer_node(g, *r);
+      recompute_nodes.insert(r);
+      return copies[v] = copy;
+    }
+    if (p->domain != graph::kOxtrainDomain) return nullptr;
     const bool relu = p->op_type == "BatchNormReluTraining";
     if (!relu && p->op_type != "BatchNormTraining") return nullptr;
     Value* mean = p->output(3);
@@ -141,6 +155,7 @@ int recompute_batchnorm_relu(graph::Graph& g, size_t forward_nodes) {
   };
   int count = 0;
   for (Node* f : fused) {
+    const bool cast = f->op_type == "Cast";
     Value* z = f->output(0);
     if (!z || is_output(g, z)) continue;
     std::vector<Node*> readers = backward_readers(z);
@@ -153,7 +168,7 @@ int recompute_batchnorm_relu(graph::Graph& g, size_t forward_nodes) {
       for (size_t k = 0; k < reader->inputs.size(); ++k)
         if (reader->inputs[k] == z) g.set_input(reader, k, copy);
     hoist(copy->producer, first);
-    ++count;
+    count += !cast;
   }
   return count;
 }

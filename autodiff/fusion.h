@@ -27,7 +27,8 @@ int fuse_batchnorm_relu(graph::Graph& graph);
 //   anyway and is not itself recomputed: in a chain of ResNet blocks every other block output
 //   is kept, and each recomputation is one element-wise pass, never a chain of them.
 // - The result is the forward's Z bit for bit on the CPU (math::batchnorm_apply).
-// Returns how many values are recomputed.
+// - Mixed precision's half copies of the parameters are cast again where backward reads them.
+// Returns how many batch-norm outputs are recomputed.
 int recompute_batchnorm_relu(graph::Graph& graph, size_t forward_nodes);
 
 }  // namespace oxtrain::autodiff

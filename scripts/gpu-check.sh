@@ -81,11 +81,12 @@ fi
 # 3. ResNet-50, batch 128, synthetic data: oxtrain in TF32, strict fp32 and mixed precision
 #    (bf16, fp16 with loss scaling), PyTorch beside it (AMP in channels-last for the mixed rows);
 #    then bf16 on real JPEGs through the loader, against the synthetic bf16 row.
-bench_oxtrain() {  # NAME PRECISION [DATA]: sets ${NAME_}img, _ms, _mem (NAME with - as _); synthetic without DATA
-  local name=$1 var=${1//-/_} line img=- ms=- mem=- unit data_args=(--synthetic --num-classes 1000)
-  [ -n "${3:-}" ] && data_args=("$3" -j 16)
-  phase "$name" 120 oxtrain train "${data_args[@]}" -a resnet50 -b 128 --steps 50 -p 10 \
-    --device cuda --precision "$2"
+bench_oxtrain() {  # NAME PRECISION BATCH DATA [FLAGS...]: sets ${NAME_}img, _ms, _mem (NAME with - as _); DATA - is synthetic
+  local name=$1 var=${1//-/_} precision=$2 batch=$3 line img=- ms=- mem=- unit data_args=(--synthetic --num-classes 1000)
+  [ "$4" != - ] && data_args=("$4" -j 16)
+  shift 4
+  phase "$name" 120 oxtrain train "${data_args[@]}" -a resnet50 -b "$batch" --steps 50 -p 10 \
+    --device cuda --precision "$precision" "$@"
   line=$(grep -m1 '^oxtrain: .* img/s' "$out/$name.log")
   if [ -n "$line" ]; then
     img=$(sed -n 's/.* \([0-9.]*\) img\/s.*/\1/p' <<<"$line")
@@ -102,14 +103,18 @@ bench_oxtrain() {  # NAME PRECISION [DATA]: sets ${NAME_}img, _ms, _mem (NAME wi
   printf -v "${var}_ms" '%s' "${ms:--}"
   printf -v "${var}_mem" '%s' "${mem:--}"
 }
-bench_oxtrain oxtrain-tf32 tf32
-bench_oxtrain oxtrain-fp32 fp32
-bench_oxtrain oxtrain-bf16 bf16
-bench_oxtrain oxtrain-fp16 fp16
+bench_oxtrain oxtrain-tf32 tf32 128 -
+bench_oxtrain oxtrain-fp32 fp32 128 -
+bench_oxtrain oxtrain-bf16 bf16 128 -
+bench_oxtrain oxtrain-fp16 fp16 128 -
+# What recomputing the fused batch norms' outputs costs in speed and saves in memory.
+bench_oxtrain oxtrain-bf16-kept bf16 128 - --no-recompute
+bench_oxtrain oxtrain-fp16-b256 fp16 256 -
+bench_oxtrain oxtrain-bf16-b256 bf16 256 -
 # Real JPEGs (photo-sized, decoded and augmented by 16 loader threads) against the synthetic row.
 if phase make-dataset 90 oxtrain make-dataset "$box/data" --classes 10 --train-per-class 700 --val-per-class 2 \
   --min-side 256 --max-side 500; then
-  bench_oxtrain oxtrain-bf16-jpeg bf16 "$box/data"
+  bench_oxtrain oxtrain-bf16-jpeg bf16 128 "$box/data"
 else
   oxtrain_bf16_jpeg_img=- oxtrain_bf16_jpeg_ms=- oxtrain_bf16_jpeg_mem=-
   notes+=("make-dataset failed (see make-dataset.log)")
@@ -117,8 +122,10 @@ fi
 
 phase pytorch 240 "$python" bench/torch_resnet.py --config fp32_nchw --config tf32_nhwc --config strict_fp32_nchw \
   --config amp_bf16_nhwc --config amp_fp16_nhwc --iters 40 --warmup 15 || notes+=("pytorch: $(grep -v '^ ' "$out/pytorch.log" | grep -m1 -i 'error' | cut -c1-200)")
-torch_field() {  # CONFIG FIELD
-  "$python" - "$out/pytorch.log" "$1" "$2" <<'PY' 2>/dev/null || echo -
+phase pytorch-b256 120 "$python" bench/torch_resnet.py --batch-size 256 --config amp_bf16_nhwc --config amp_fp16_nhwc \
+  --iters 30 --warmup 10 || notes+=("pytorch batch 256: $(grep -m1 -i 'error' "$out/pytorch-b256.log" | cut -c1-200)")
+torch_field() {  # CONFIG FIELD [LOG]
+  "$python" - "$out/${3:-pytorch}.log" "$1" "$2" <<'PY' 2>/dev/null || echo -
 import json, sys
 for line in open(sys.argv[1]):
     try:
@@ -133,11 +140,11 @@ else:
 PY
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.3f", a / b; else print "-" }'; }
-row() {  # CONFIG OX_IMG OX_MS OX_MEM TORCH_CONFIG
+row() {  # CONFIG OX_IMG OX_MS OX_MEM TORCH_CONFIG [TORCH_LOG]
   local t_img t_ms t_mem
-  t_img=$(torch_field "$5" img_s)
-  t_ms=$(torch_field "$5" ms_step)
-  t_mem=$(torch_field "$5" peak_mem_gib)
+  t_img=$(torch_field "$5" img_s "${6:-}")
+  t_ms=$(torch_field "$5" ms_step "${6:-}")
+  t_mem=$(torch_field "$5" peak_mem_gib "${6:-}")
   rows+=("$(printf '%-34s %9s %8s %8s | %9s %8s %8s | %7s %7s' "$1" "$2" "$3" "$4" "$t_img" "$t_ms" "$t_mem" \
     "$(ratio "$2" "$t_img")" "$(ratio "$4" "$t_mem")")")
 }
@@ -146,6 +153,11 @@ row "tf32 NCHW vs PyTorch channels-last" "$oxtrain_tf32_img" "$oxtrain_tf32_ms" 
 row "strict fp32 vs PyTorch strict fp32" "$oxtrain_fp32_img" "$oxtrain_fp32_ms" "$oxtrain_fp32_mem" strict_fp32_nchw
 row "bf16 vs PyTorch AMP bf16 NHWC" "$oxtrain_bf16_img" "$oxtrain_bf16_ms" "$oxtrain_bf16_mem" amp_bf16_nhwc
 row "fp16 vs PyTorch AMP fp16 NHWC" "$oxtrain_fp16_img" "$oxtrain_fp16_ms" "$oxtrain_fp16_mem" amp_fp16_nhwc
+row "bf16 --no-recompute vs AMP bf16" "$oxtrain_bf16_kept_img" "$oxtrain_bf16_kept_ms" "$oxtrain_bf16_kept_mem" amp_bf16_nhwc
+row "b256 bf16 vs PyTorch AMP bf16 NHWC" "$oxtrain_bf16_b256_img" "$oxtrain_bf16_b256_ms" "$oxtrain_bf16_b256_mem" \
+  amp_bf16_nhwc pytorch-b256
+row "b256 fp16 vs PyTorch AMP fp16 NHWC" "$oxtrain_fp16_b256_img" "$oxtrain_fp16_b256_ms" "$oxtrain_fp16_b256_mem" \
+  amp_fp16_nhwc pytorch-b256
 
 {
   echo
@@ -155,7 +167,7 @@ row "fp16 vs PyTorch AMP fp16 NHWC" "$oxtrain_fp16_img" "$oxtrain_fp16_ms" "$oxt
   echo "compute-sanitizer (resnet18, 4 steps): $san"
   for n in "${notes[@]}"; do echo "note: $n"; done
   echo
-  echo "ResNet-50, batch 128, synthetic data, SGD momentum        oxtrain                    |          PyTorch            |  ratio (oxtrain / PyTorch)"
+  echo "ResNet-50, batch 128 (b256: 256), synthetic data, SGD momentum  oxtrain            |          PyTorch            |  ratio (oxtrain / PyTorch)"
   printf '%-34s %9s %8s %8s | %9s %8s %8s | %7s %7s\n' config img/s ms/step GiB img/s ms/step GiB img/s memory
   for r in "${rows[@]}"; do echo "$r"; done
   echo "bf16 on real JPEGs: $oxtrain_bf16_jpeg_img img/s, $(ratio "$oxtrain_bf16_jpeg_img" "$oxtrain_bf16_img") of synthetic"
