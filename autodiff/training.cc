@@ -485,6 +485,7 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
   // Values nobody reads (e.g. BN saved stats of frozen branches) stay; dead nodes go.
   g.remove_dead_nodes();
   g.prune_values();
+  if (options.channels_last) result.channels_last = graph::to_channels_last(g);
   result.graph = std::move(g);
   return result;
 }

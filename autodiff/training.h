@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "graph/passes.h"
 
 namespace oxtrain::autodiff {
 
@@ -63,6 +64,9 @@ struct TrainingOptions {
   // from the forward (autodiff::recompute_batchnorm_relu), about a third less activation
   // memory for ResNets at the cost of one element-wise pass per recomputed value.
   bool recompute_batchnorm_relu = false;
+  // Store activations channels-last between the ops that have that form (graph::to_channels_last),
+  // so cuDNN runs its tensor-core kernels without transposing. Applied to the finished graph.
+  bool channels_last = false;
   float initial_loss_scale = 65536.0f;
   float loss_scale_growth = 2.0f;
   float loss_scale_backoff = 0.5f;
@@ -91,6 +95,7 @@ struct TrainingGraph {
   std::vector<std::vector<std::string>> buckets;
   int64_t forward_nodes = 0, backward_nodes = 0, optimizer_nodes = 0;
   int64_t recomputed_values = 0;  // TrainingOptions::recompute_batchnorm_relu
+  graph::ChannelsLastReport channels_last;  // TrainingOptions::channels_last
 };
 
 TrainingGraph build_training_graph(graph::Graph forward, const TrainingOptions& options = {});

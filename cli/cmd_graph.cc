@@ -40,6 +40,7 @@ struct GraphArgs {
   std::string device;  // with --training: compile for this device and report its plan
   std::string precision = "tf32";
   bool no_recompute = false;
+  bool channels_last = false;
   int world_size = 1;     // > 1: with AllReduce buckets
   double bucket_mb = 25;
   double simulate_step_ms = 0;  // > 0: predict data-parallel scaling from this one-GPU step
@@ -116,6 +117,7 @@ DeviceReport compile_for_device(const GraphArgs& args, const autodiff::TrainingG
 int run_training_report(const GraphArgs& args, graph::Graph forward) {
   autodiff::TrainingOptions to;
   apply_precision(to, parse_precision(args.precision), args.no_recompute);
+  to.channels_last = args.channels_last;
   to.allreduce = args.world_size > 1 || args.simulate_step_ms > 0;
   to.bucket_bytes = static_cast<int64_t>(args.bucket_mb * 1e6);
   autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(forward), to);
@@ -191,6 +193,9 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     j["casts"] = casts;
     j["fused_batchnorm_relu"] = fused;
     j["recomputed_values"] = tg.recomputed_values;
+    j["channels_last"] = {{"nodes", tg.channels_last.nodes},
+                          {"values", tg.channels_last.values},
+                          {"transposes", tg.channels_last.transposes}};
     j["loss_scaling"] = !tg.loss_scale.empty();
     if (!bucket_bytes.empty()) j["allreduce_bucket_bytes"] = bucket_bytes;
     if (!scaling.empty()) j["scaling"] = nlohmann::json::parse(scaling);
@@ -227,6 +232,9 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
                 << fused << " batch norms fused with their ReLU, " << tg.recomputed_values
                 << " of their outputs recomputed in backward"
                 << (tg.loss_scale.empty() ? "" : ", dynamic loss scaling") << "\n";
+    if (args.channels_last)
+      std::cout << "layout       channels-last: " << tg.channels_last.nodes << " nodes, " << tg.channels_last.values
+                << " activations, " << tg.channels_last.transposes << " transposes at the borders\n";
     std::cout << "parameters   " << human_bytes(plan.parameter_bytes) << ", gradients "
               << human_bytes(plan.gradient_bytes) << " (one contiguous arena), state "
               << human_bytes(plan.state_bytes) << " (momentum, BN statistics)\n"
@@ -298,6 +306,7 @@ Subcommand add_graph_command(CLI::App& app) {
   cmd->add_option("--precision", args->precision,
                   std::string("with --training: ") + kPrecisionHelp)->capture_default_str();
   cmd->add_flag("--no-recompute", args->no_recompute, std::string("with --training: ") + kNoRecomputeHelp);
+  cmd->add_flag("--channels-last", args->channels_last, std::string("with --training: ") + kChannelsLastHelp);
   cmd->add_option("--world-size", args->world_size, "with --training: ranks; above 1 the graph reduces gradients in buckets");
   cmd->add_option("--bucket-mb", args->bucket_mb, "with --world-size: gradient bucket size in MB")->capture_default_str();
   cmd->add_option("--simulate", args->simulate_step_ms,

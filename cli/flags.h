@@ -42,6 +42,9 @@ inline constexpr const char* kPrecisionHelp =
 // fused with its ReLU (in every precision: the same numbers, fewer passes), and the fused
 // outputs recomputed in backward unless `no_recompute`.
 void apply_precision(autodiff::TrainingOptions& options, const PrecisionChoice& precision, bool no_recompute);
+inline constexpr const char* kChannelsLastHelp =
+    "store activations channels-last (NHWC) between convolutions, batch norms and pooling, as PyTorch's "
+    "channels_last memory format: cuDNN's tensor-core kernels without transposes";
 inline constexpr const char* kNoRecomputeHelp =
     "keep the fused batch norms' outputs from the forward instead of recomputing them in backward (for a ResNet "
     "about half as much activation memory again, one element-wise pass less per recomputed value)";

@@ -876,6 +876,47 @@ void set_half_policies(std::vector<OpSchema>& r) {
   set("", {"Where"}, {HalfMode::follow, {1, 2}});
 }
 
+// Which ops have a channels-last form (their activation slots), and which are agnostic.
+void set_layouts(std::vector<OpSchema>& r) {
+  auto set = [&](const char* domain, std::initializer_list<const char*> ops, LayoutSlots slots) {
+    for (const char* op : ops)
+      for (OpSchema& s : r)
+        if (s.domain == domain && s.op_type == op) s.layout = slots;
+  };
+  set("", {"Conv", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool"}, {{0}, {0}});
+  set(kOxtrainDomain, {"BatchNormTraining", "BatchNormApply", "AveragePoolGrad", "GlobalAveragePoolGrad"}, {{0}, {0}});
+  set(kOxtrainDomain, {"ConvGradData"}, {{0}, {0}});
+  set(kOxtrainDomain, {"ConvGradFilter"}, {{0, 1}, {}});
+  set(kOxtrainDomain, {"BatchNormGrad", "MaxPoolGradFromInput"}, {{0, 1}, {0}});
+  set(kOxtrainDomain, {"BatchNormReluTraining", "BatchNormReluApply"}, {{0, 5}, {0}});
+  set(kOxtrainDomain, {"BatchNormReluGrad"}, {{0, 1, 2}, {0, 3}});
+  set("", {"Relu", "Add", "Sum", "Cast", "Identity"}, {{}, {}, true});
+  set(kOxtrainDomain, {"ReluGrad"}, {{}, {}, true});
+  // Shape inference of a channels-last node: its activations seen channels-first by the
+  // op's own rule, its outputs stored channels-last.
+  for (OpSchema& s : r) {
+    if (!s.layout.channels_last_form() || !s.infer) continue;
+    s.infer = [infer = s.infer, slots = s.layout](Node& n, const InferContext& ctx) {
+      if (!is_channels_last(n)) return infer(n, ctx);
+      std::vector<std::pair<Value*, Shape>> restore;
+      for (size_t i : slots.inputs)
+        if (Value* v = n.input(i); v && v->shape.size() == 4) {
+          restore.push_back({v, v->shape});
+          v->shape = to_channels_first_shape(v->shape);
+        }
+      struct Restore {
+        std::vector<std::pair<Value*, Shape>>& r;
+        ~Restore() {
+          for (auto& [v, shape] : r) v->shape = shape;
+        }
+      } guard{restore};
+      infer(n, ctx);
+      for (size_t i : slots.outputs)
+        if (Value* v = n.output(i); v && v->shape.size() == 4) v->shape = to_channels_last_shape(v->shape);
+    };
+  }
+}
+
 std::vector<OpSchema>& registry() {
   static std::vector<OpSchema> ops = [] {
     using F = std::function<void(Node&, const InferContext&)>;
@@ -950,6 +991,7 @@ std::vector<OpSchema>& registry() {
         else r.push_back(std::move(s));
       }
     set_half_policies(r);
+    set_layouts(r);
     return r;
   }();
   return ops;
@@ -974,6 +1016,18 @@ OpFacts node_facts(const Node& node) {
   const OpSchema* schema = find_schema(node.domain, node.op_type);
   if (!schema) return {};
   return schema->facts_of ? schema->facts_of(node) : schema->facts;
+}
+
+bool is_channels_last(const Node& node) { return node.attr_int(kChannelsLast, 0) != 0; }
+
+Shape to_channels_last_shape(const Shape& s) {
+  if (s.size() != 4) throw Error("channels-last needs a rank-4 shape, got " + join(s));
+  return {s[0], s[2], s[3], s[1]};
+}
+
+Shape to_channels_first_shape(const Shape& s) {
+  if (s.size() != 4) throw Error("channels-last needs a rank-4 shape, got " + join(s));
+  return {s[0], s[3], s[1], s[2]};
 }
 
 const OpSchema* find_schema(const std::string& domain, const std::string& op_type) {

@@ -60,6 +60,25 @@ struct HalfPolicy {
   std::vector<size_t> inputs = {};
 };
 
+// Channels-last (graph::to_channels_last): the inputs and outputs of an op that are
+// [N, C, H, W] activations it can also take as [N, H, W, C] (physical shapes: the values are
+// stored so), when the node has the attribute channels_last=1; shape inference and the
+// kernels' layout emulation (runtime/layout_emulation.h) permute exactly these. `agnostic`
+// ops (element-wise over values of one shape) take either layout as it is, without the
+// attribute.
+struct LayoutSlots {
+  std::vector<size_t> inputs, outputs;
+  bool agnostic = false;
+  bool channels_last_form() const { return !inputs.empty() || !outputs.empty(); }
+};
+
+// The attribute that puts a node in channels-last form, and the permutations between the
+// layouts of a rank-4 shape.
+inline constexpr const char* kChannelsLast = "channels_last";
+bool is_channels_last(const Node& node);
+Shape to_channels_last_shape(const Shape& nchw);  // [N, C, H, W] -> [N, H, W, C]
+Shape to_channels_first_shape(const Shape& nhwc);  // [N, H, W, C] -> [N, C, H, W]
+
 struct OpSchema {
   std::string domain;  // "" = ai.onnx
   std::string op_type;
@@ -79,6 +98,7 @@ struct OpSchema {
   OpFacts facts = {};
   std::function<OpFacts(const Node&)> facts_of = nullptr;
   HalfPolicy half = {};
+  LayoutSlots layout = {};
 };
 
 // The inputs before X1..Xn of an optimizer node: R, T for ai.onnx.preview.training.Momentum;

@@ -18,6 +18,19 @@ void convert_float_dtype(Graph& graph, DType to);
 // keeps its scale, bias and statistics in float32.
 void to_mixed_precision(Graph& graph, DType half);
 
+// Channels-last (--channels-last): the [N, C, H, W] activations between ops that have a
+// channels-last form (convolutions, batch norms, pooling, their gradients; OpSchema::layout)
+// are stored [N, H, W, C], those nodes get channels_last=1, and element-wise ops between them
+// follow. Where a value crosses to an op without that form (a graph input, Flatten, the loss)
+// a Transpose node converts it; so does a parameter-free path into one. Run on the whole
+// training graph (forward, backward, optimizer); parameters keep their layout.
+struct ChannelsLastReport {
+  int64_t nodes = 0;       // nodes in channels-last form
+  int64_t values = 0;      // activations stored channels-last
+  int64_t transposes = 0;  // Transpose nodes added at the borders
+};
+ChannelsLastReport to_channels_last(Graph& graph);
+
 // BatchNormalization in inference form everywhere (running statistics, one output), as a
 // model runs for validation; the training-mode outputs disappear with the nodes that used
 // only them.

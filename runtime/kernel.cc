@@ -4,6 +4,7 @@
 
 #include "runtime/cpu/half_emulation.h"
 #include "runtime/cpu/kernels.h"
+#include "runtime/layout_emulation.h"
 #ifdef OXTRAIN_HAVE_CUDA
 #include "runtime/cuda/kernels.h"
 #endif
@@ -66,6 +67,8 @@ const KernelRegistry& KernelRegistry::global() {
       return cpu::with_half_emulation(std::move(f));
     });
     register_cpu_fused_kernels(r);
+    // Channels-last nodes, channels-first kernels (runtime/layout_emulation.h).
+    r.wrap(Device::cpu, with_layout_emulation);
 #ifdef OXTRAIN_HAVE_CUDA
     register_cuda_elementwise_kernels(r);
     register_cuda_loss_kernels(r);
@@ -83,6 +86,7 @@ const KernelRegistry& KernelRegistry::global() {
     // float16 and bfloat16 for the kernels that compute only float32 (runtime/cuda/half_emulation.cu).
     r.wrap(Device::cuda, cuda::with_half_emulation);
     register_cuda_fused_kernels(r);
+    r.wrap(Device::cuda, with_layout_emulation);
 #endif
     return r;
   }();

@@ -1,0 +1,21 @@
+// Channels-last nodes (graph::to_channels_last) on kernels that compute channels-first: the
+// node's activations ([N, H, W, C] as stored, per its schema's LayoutSlots) are transposed
+// into the workspace as [N, C, H, W], the device's own kernel for the op runs on those, and
+// its activation outputs are transposed back. Transposes are exact, so a channels-last graph
+// computes the channels-first graph's numbers bit for bit; the cost is two passes over each
+// activation. This is the CPU's form (the reference) and the form of every CUDA kernel that
+// has no channels-last path of its own yet.
+#pragma once
+
+#include <string>
+
+#include "runtime/kernel.h"
+
+namespace oxtrain::runtime {
+
+// For KernelRegistry::wrap: the factory itself for ops without a channels-last form and for
+// nodes without the attribute; else the emulation around it. The transposes are the device's
+// Transpose kernels.
+KernelFactory with_layout_emulation(const std::string& domain, const std::string& op_type, KernelFactory factory);
+
+}  // namespace oxtrain::runtime

@@ -1,0 +1,118 @@
+// Channels-last (graph::to_channels_last, --channels-last): which values and nodes of a ResNet
+// change layout and where Transposes sit, and that the channels-last training graph computes
+// the channels-first graph's numbers bit for bit (the CPU runs it through the layout
+// emulation of runtime/layout_emulation.h).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+
+#include "autodiff/training.h"
+#include "graph/ops.h"
+#include "runtime/planner.h"
+#include "runtime/session.h"
+#include "tests/helpers.h"
+#include "tests/kernel_helpers.h"
+
+using namespace oxtrain;
+using namespace oxtrain::graph;
+
+namespace {
+
+autodiff::TrainingOptions options(bool channels_last, DType half) {
+  autodiff::TrainingOptions o;
+  o.half = half;
+  o.fuse_batchnorm_relu = true;
+  o.recompute_batchnorm_relu = true;
+  o.channels_last = channels_last;
+  return o;
+}
+
+struct LayoutRun {
+  autodiff::TrainingGraph tg;
+  std::unique_ptr<runtime::Session> session;
+  std::vector<std::string> states;
+};
+
+LayoutRun make_run(bool channels_last, DType half) {
+  LayoutRun r{autodiff::build_training_graph(test::zoo_at_batch("resnet18", 4, 32, 10, 5), options(channels_last, half)),
+        nullptr,
+        {}};
+  for (const auto& [state, next] : r.tg.graph.updates) r.states.push_back(state->name);
+  std::sort(r.states.begin(), r.states.end());
+  runtime::SessionOptions so;
+  for (const auto& [v, d] : r.tg.gradients) so.gradients.push_back(d);
+  Graph g = std::move(r.tg.graph);
+  r.session = std::make_unique<runtime::Session>(std::move(g), so);
+  return r;
+}
+
+void step(LayoutRun& r, int64_t index) {
+  r.session->feed("input", test::random_tensor(DType::f32, {4, 3, 32, 32}, 300 + static_cast<uint64_t>(index)));
+  r.session->feed(r.tg.labels, Tensor::from_int64({2, 7, 7, 0}, {4}));
+  r.session->feed(r.tg.learning_rate, Tensor::from_float({0.05f}, {}));
+  r.session->feed(r.tg.step, Tensor::from_int64({index}, {}));
+  r.session->run();
+}
+
+}  // namespace
+
+// Every convolution, batch norm and pooling of ResNet-50's training graph (forward and
+// backward) runs channels-last; element-wise ops follow. Only three values cross a border: the
+// images into the first convolution, the pooled features into Flatten, and their gradient
+// back into the pooling's gradient.
+TEST(ChannelsLast, ResNet50GraphIsChannelsLastBetweenItsBorders) {
+  autodiff::TrainingGraph tg = autodiff::build_training_graph(test::zoo_at_batch("resnet50", 2, 64), options(true, DType::bf16));
+  EXPECT_EQ(tg.channels_last.transposes, 3);
+  std::map<std::string, int> last, first;
+  for (const auto& n : tg.graph.nodes()) {
+    const OpSchema* s = find_schema(n->domain, n->op_type);
+    if (!s || !s->layout.channels_last_form()) continue;
+    ++(is_channels_last(*n) ? last : first)[n->op_type];
+  }
+  EXPECT_TRUE(first.empty()) << first.begin()->first;
+  EXPECT_EQ(last["Conv"], 53);
+  EXPECT_EQ(last["ConvGradFilter"], 53);
+  EXPECT_EQ(last["ConvGradData"], 52);
+  EXPECT_EQ(last["BatchNormReluTraining"], 49);
+  EXPECT_EQ(last["BatchNormTraining"], 4);
+  EXPECT_EQ(last["MaxPool"], 1);
+  EXPECT_EQ(last["MaxPoolGradFromInput"], 1);
+  EXPECT_EQ(last["GlobalAveragePool"], 1);
+  int64_t transposes = 0;
+  for (const auto& n : tg.graph.nodes()) transposes += n->op_type == "Transpose";
+  EXPECT_EQ(transposes, 3);
+  // conv1's output at 64x64: [2, 64, 32, 32] channels-first, stored [2, 32, 32, 64].
+  const Value* conv1 = nullptr;
+  for (const auto& n : tg.graph.nodes())
+    if (n->op_type == "Conv" && !conv1) conv1 = n->output(0);
+  ASSERT_NE(conv1, nullptr);
+  EXPECT_EQ(conv1->shape, (Shape{2, 32, 32, 64}));
+  // The layout changes no size: the memory plan is the channels-first one, give or take the
+  // three small copies at the borders.
+  const autodiff::TrainingGraph plain =
+      autodiff::build_training_graph(test::zoo_at_batch("resnet50", 2, 64), options(false, DType::bf16));
+  const int64_t with = runtime::plan_memory(tg.graph).activation_arena_bytes;
+  const int64_t without = runtime::plan_memory(plain.graph).activation_arena_bytes;
+  EXPECT_LE(with, without + without / 50);
+  EXPECT_GE(with, without - without / 50);
+}
+
+TEST(ChannelsLast, TrainsBitIdenticalToChannelsFirst) {
+  for (DType half : {DType::undefined, DType::bf16}) {
+    SCOPED_TRACE(half == DType::undefined ? "float32" : dtype_name(half));
+    LayoutRun first = make_run(false, half);
+    LayoutRun last = make_run(true, half);
+    ASSERT_EQ(first.states, last.states);
+    EXPECT_GT(last.tg.channels_last.nodes, 50);
+    for (int64_t s = 0; s < 3; ++s) {
+      step(first, s);
+      step(last, s);
+      EXPECT_EQ(first.session->fetch(first.tg.loss).bytes, last.session->fetch(last.tg.loss).bytes) << "step " << s;
+    }
+    int differing = 0;
+    for (const std::string& state : first.states)
+      differing += first.session->fetch(state).bytes != last.session->fetch(state).bytes;
+    EXPECT_EQ(differing, 0) << "of " << first.states.size();
+  }
+}
