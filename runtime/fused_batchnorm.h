@@ -7,6 +7,8 @@
 //     statistics): Z recomputed in backward, so it need not be kept from the forward.
 //   oxtrain.BatchNormReluGrad: dS = ReluGrad(dZ, Z) into dR's buffer (or the workspace when
 //     the residual takes no gradient), then BatchNormGrad(dS, X, ...).
+// A channels-last node passes the attribute on to its inner kernel; the element-wise pass does
+// not care, so the fused kernels need no layout emulation of their own.
 // Each step uses the arithmetic of the unfused ops (runtime/math/elementwise.h), so a fused
 // graph computes what the unfused one does. Half values: the pass reads and writes them
 // widened to float32 and rounds once, as the unfused Add and Relu do.

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include "graph/ops.h"
 #include "runtime/cpu/half_emulation.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/layout_emulation.h"
@@ -68,7 +69,7 @@ const KernelRegistry& KernelRegistry::global() {
     });
     register_cpu_fused_kernels(r);
     // Channels-last nodes, channels-first kernels (runtime/layout_emulation.h).
-    r.wrap(Device::cpu, with_layout_emulation);
+    r.wrap(Device::cpu, layout_emulation(layout_transparent_ops()));
 #ifdef OXTRAIN_HAVE_CUDA
     register_cuda_elementwise_kernels(r);
     register_cuda_loss_kernels(r);
@@ -86,7 +87,13 @@ const KernelRegistry& KernelRegistry::global() {
     // float16 and bfloat16 for the kernels that compute only float32 (runtime/cuda/half_emulation.cu).
     r.wrap(Device::cuda, cuda::with_half_emulation);
     register_cuda_fused_kernels(r);
-    r.wrap(Device::cuda, with_layout_emulation);
+    // cuDNN's convolutions and batch norms, and BatchNormApply, take channels-last as it is.
+    OpNames native = layout_transparent_ops();
+    for (const char* op : {"ConvGradData", "ConvGradFilter", "BatchNormTraining", "BatchNormGrad", "BatchNormApply"})
+      native.insert({graph::kOxtrainDomain, op});
+    native.insert({"", "Conv"});
+    native.insert({"", "BatchNormalization"});
+    r.wrap(Device::cuda, layout_emulation(std::move(native)));
 #endif
     return r;
   }();

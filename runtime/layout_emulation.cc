@@ -36,7 +36,9 @@ class LayoutEmulationKernel final : public Kernel {
     auto copy = [&](const graph::Value* v, bool permute) -> graph::Value* {
       if (!v) return nullptr;
       const graph::Shape shape = permute ? graph::to_channels_first_shape(v->shape) : v->shape;
-      graph::Value* c = graph_.add_value(graph_.unique_name(v->name.empty() ? "v" : v->name), v->dtype, shape, v->role);
+      // Activations here: the transposes write some of them; constants keep their data.
+      graph::Value* c = graph_.add_value(graph_.unique_name(v->name.empty() ? "v" : v->name), v->dtype, shape,
+                                         v->has_data() ? v->role : graph::Role::Activation);
       c->rank_known = v->rank_known;
       c->data = v->data;
       return c;
@@ -122,14 +124,26 @@ class LayoutEmulationKernel final : public Kernel {
 
 }  // namespace
 
-KernelFactory with_layout_emulation(const std::string& domain, const std::string& op_type, KernelFactory factory) {
-  const graph::OpSchema* schema = graph::find_schema(domain, op_type);
-  if (!schema || !schema->layout.channels_last_form()) return factory;
-  const graph::LayoutSlots slots = schema->layout;
-  return [factory = std::move(factory), slots](const KernelInit& init) -> std::unique_ptr<Kernel> {
-    if (!graph::is_channels_last(init.node)) return factory(init);
-    return std::make_unique<LayoutEmulationKernel>(init, factory, slots);
+KernelRegistry::Wrapper layout_emulation(OpNames native) {
+  return [native = std::move(native)](const std::string& domain, const std::string& op_type,
+                                      KernelFactory factory) -> KernelFactory {
+    const graph::OpSchema* schema = graph::find_schema(domain, op_type);
+    if (!schema || !schema->layout.channels_last_form() ||
+        native.count({domain == "ai.onnx" ? "" : domain, op_type}))
+      return factory;
+    const graph::LayoutSlots slots = schema->layout;
+    return [factory = std::move(factory), slots](const KernelInit& init) -> std::unique_ptr<Kernel> {
+      if (!graph::is_channels_last(init.node)) return factory(init);
+      return std::make_unique<LayoutEmulationKernel>(init, factory, slots);
+    };
   };
+}
+
+const OpNames& layout_transparent_ops() {
+  static const OpNames ops = {{graph::kOxtrainDomain, "BatchNormReluTraining"},
+                              {graph::kOxtrainDomain, "BatchNormReluApply"},
+                              {graph::kOxtrainDomain, "BatchNormReluGrad"}};
+  return ops;
 }
 
 }  // namespace oxtrain::runtime

@@ -7,15 +7,22 @@
 // has no channels-last path of its own yet.
 #pragma once
 
+#include <set>
 #include <string>
+#include <utility>
 
 #include "runtime/kernel.h"
 
 namespace oxtrain::runtime {
 
-// For KernelRegistry::wrap: the factory itself for ops without a channels-last form and for
-// nodes without the attribute; else the emulation around it. The transposes are the device's
+// A wrapper for KernelRegistry::wrap: the factory itself for ops without a channels-last form,
+// for ops in `native` (whose kernels take channels-last nodes as they are) and for nodes
+// without the attribute; else the emulation around it. The transposes are the device's
 // Transpose kernels.
-KernelFactory with_layout_emulation(const std::string& domain, const std::string& op_type, KernelFactory factory);
+using OpNames = std::set<std::pair<std::string, std::string>>;  // (domain, op type); "" is ai.onnx
+KernelRegistry::Wrapper layout_emulation(OpNames native);
+
+// The fused batch norms (runtime/fused_batchnorm.h): their inner kernels see the attribute.
+const OpNames& layout_transparent_ops();
 
 }  // namespace oxtrain::runtime

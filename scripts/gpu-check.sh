@@ -107,8 +107,11 @@ bench_oxtrain oxtrain-tf32 tf32 128 -
 bench_oxtrain oxtrain-fp32 fp32 128 -
 bench_oxtrain oxtrain-bf16 bf16 128 -
 bench_oxtrain oxtrain-fp16 fp16 128 -
-# What recomputing the fused batch norms' outputs costs in speed and saves in memory.
+# What recomputing the fused batch norms' outputs costs in speed and saves in memory, and what
+# channels-last gains (cuDNN with NHWC strides; pooling still transposed around).
 bench_oxtrain oxtrain-bf16-kept bf16 128 - --no-recompute
+bench_oxtrain oxtrain-bf16-nhwc bf16 128 - --channels-last
+bench_oxtrain oxtrain-fp16-nhwc fp16 128 - --channels-last
 bench_oxtrain oxtrain-fp16-b256 fp16 256 -
 bench_oxtrain oxtrain-bf16-b256 bf16 256 -
 # Real JPEGs (photo-sized, decoded and augmented by 16 loader threads) against the synthetic row.
@@ -154,6 +157,8 @@ row "strict fp32 vs PyTorch strict fp32" "$oxtrain_fp32_img" "$oxtrain_fp32_ms" 
 row "bf16 vs PyTorch AMP bf16 NHWC" "$oxtrain_bf16_img" "$oxtrain_bf16_ms" "$oxtrain_bf16_mem" amp_bf16_nhwc
 row "fp16 vs PyTorch AMP fp16 NHWC" "$oxtrain_fp16_img" "$oxtrain_fp16_ms" "$oxtrain_fp16_mem" amp_fp16_nhwc
 row "bf16 --no-recompute vs AMP bf16" "$oxtrain_bf16_kept_img" "$oxtrain_bf16_kept_ms" "$oxtrain_bf16_kept_mem" amp_bf16_nhwc
+row "bf16 --channels-last vs AMP bf16" "$oxtrain_bf16_nhwc_img" "$oxtrain_bf16_nhwc_ms" "$oxtrain_bf16_nhwc_mem" amp_bf16_nhwc
+row "fp16 --channels-last vs AMP fp16" "$oxtrain_fp16_nhwc_img" "$oxtrain_fp16_nhwc_ms" "$oxtrain_fp16_nhwc_mem" amp_fp16_nhwc
 row "b256 bf16 vs PyTorch AMP bf16 NHWC" "$oxtrain_bf16_b256_img" "$oxtrain_bf16_b256_ms" "$oxtrain_bf16_b256_mem" \
   amp_bf16_nhwc pytorch-b256
 row "b256 fp16 vs PyTorch AMP fp16 NHWC" "$oxtrain_fp16_b256_img" "$oxtrain_fp16_b256_ms" "$oxtrain_fp16_b256_mem" \

@@ -116,3 +116,64 @@ TEST(ChannelsLast, TrainsBitIdenticalToChannelsFirst) {
     EXPECT_EQ(differing, 0) << "of " << first.states.size();
   }
 }
+
+namespace {
+
+// [N, C, H, W] <-> [N, H, W, C], float32.
+Tensor transposed(const Tensor& t, bool to_last) {
+  const Shape& s = t.shape;
+  Tensor out(t.dtype, to_last ? to_channels_last_shape(s) : to_channels_first_shape(s));
+  const Shape& first = to_last ? s : out.shape;  // the channels-first dims
+  const int64_t n = first[0], c = first[1], h = first[2], w = first[3];
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < c; ++k)
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < w; ++x) {
+          const int64_t nchw = ((i * c + k) * h + y) * w + x, nhwc = ((i * h + y) * w + x) * c + k;
+          out.data<float>()[to_last ? nhwc : nchw] = t.data<float>()[to_last ? nchw : nhwc];
+        }
+  return out;
+}
+
+}  // namespace
+
+// Each emulated kernel is the channels-first kernel between two transposes, bit for bit.
+TEST(ChannelsLast, EmulatedKernelsAreTheChannelsFirstOnesTransposed) {
+  const Shape x{3, 5, 9, 7}, c{5};
+  const Tensor xs = test::random_tensor(DType::f32, x, 1, -2, 3);
+  const Tensor w = test::random_tensor(DType::f32, {6, 5, 3, 3}, 2);
+  const Tensor scale = test::random_tensor(DType::f32, c, 3, 0.5, 1.5), bias = test::random_tensor(DType::f32, c, 4);
+  const Tensor mean = test::random_tensor(DType::f32, c, 5), var = test::random_tensor(DType::f32, c, 6, 0.5, 2);
+  struct Case {
+    std::string op, domain;
+    std::vector<Tensor> inputs;
+    std::vector<size_t> layout_inputs;
+    Shape y;
+    std::map<std::string, Attribute> attrs;
+  };
+  const std::map<std::string, Attribute> pool = {{"kernel_shape", Attribute{std::vector<int64_t>{3, 3}}},
+                                                 {"strides", Attribute{std::vector<int64_t>{2, 2}}},
+                                                 {"pads", Attribute{std::vector<int64_t>{1, 1, 1, 1}}}};
+  const std::vector<Case> cases = {
+      {"Conv", "", {xs, w}, {0}, {3, 6, 5, 4}, pool},
+      {"MaxPool", "", {xs}, {0}, {3, 5, 5, 4}, pool},
+      {"GlobalAveragePool", "", {xs}, {0}, {3, 5, 1, 1}, {}},
+      {"BatchNormApply", kOxtrainDomain, {xs, scale, bias, mean, var}, {0}, x, {}},
+      {"BatchNormTraining", kOxtrainDomain, {xs, scale, bias, mean, var}, {0}, x, {{"epsilon", Attribute{1e-5f}}}},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.op);
+    test::KernelCase first(k.op, k.domain, k.inputs, {{DType::f32, k.y}});
+    std::vector<Tensor> last_inputs = k.inputs;
+    for (size_t i : k.layout_inputs) last_inputs[i] = transposed(k.inputs[i], true);
+    test::KernelCase last(k.op, k.domain, last_inputs, {{DType::f32, to_channels_last_shape(k.y)}});
+    for (const auto& [key, value] : k.attrs) {
+      first.set_attr(key, value);
+      last.set_attr(key, value);
+    }
+    last.set_attr(kChannelsLast, Attribute{int64_t{1}});
+    first.run();
+    last.run();
+    EXPECT_EQ(transposed(last.output(0), false).bytes, first.output(0).bytes);
+  }
+}

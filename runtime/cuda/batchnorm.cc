@@ -1,6 +1,7 @@
 // Batch normalisation on the GPU through cuDNN's graph API (cudnn-frontend), with the
 // semantics of runtime/cpu/batchnorm.cc; X (and Y, dY, dX) float32, float16 or bfloat16 of any
-// rank >= 2 viewed as [N, C, S, 1] (S = the product of the spatial dims), the per-channel
+// rank >= 2 viewed as [N, C, S, 1] (S = the product of the spatial dims; on a channels-last
+// node X is stored [N, H, W, C], the same dims with channels-last strides), the per-channel
 // tensors float32, arithmetic in float32. Every output is written (=).
 //  - BatchNormalization (inference): Y = (X - mean) * (scale * rsqrt(var + eps)) + B as one
 //    graph of pointwise nodes, the per-channel tensors broadcast as [1, C, 1, 1].
@@ -20,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "graph/ops.h"
 #include "runtime/cpu/node_checks.h"
 #include "runtime/cuda/kernels.h"
 
@@ -36,6 +38,7 @@ struct NormShapes {
   int64_t channels = 0;
   DType data = DType::f32;       // X's type
   fe::DataType_t type = fe::DataType_t::FLOAT;
+  bool channels_last = false;    // X stored [N, H, W, C]: x's dims with channels-last strides
   int64_t data_bytes() const { return tensor_bytes(x, data); }
 };
 
@@ -50,9 +53,11 @@ NormShapes norm_shapes(const graph::Node& n, size_t x_index, size_t first, size_
   if (x->shape.size() < 2 || !graph::shape_known(x->shape))
     throw Error(n.describe() + ": input '" + x->name + "' has shape " + x->shape_string() +
                 ", expected a known [N, C, ...]");
-  s.channels = x->shape[1];
+  s.channels_last = graph::is_channels_last(n) && x->shape.size() == 4;
+  const graph::Shape shape = s.channels_last ? graph::to_channels_first_shape(x->shape) : x->shape;
+  s.channels = shape[1];
   int64_t spatial = 1;
-  for (size_t d = 2; d < x->shape.size(); ++d) spatial *= x->shape[d];
+  for (size_t d = 2; d < shape.size(); ++d) spatial *= shape[d];
   s.x = {x->shape[0], s.channels, spatial, 1};
   s.channel = {1, s.channels, 1, 1};
   if (graph::shape_numel(x->shape) == 0)
@@ -86,8 +91,8 @@ int64_t float_bytes(const std::vector<int64_t>& dims) { return graph::shape_nume
 
 // Binds output i of the node, or scratch space where the node omits it.
 void bind_output(GraphRecipe& r, const graph::Node& n, size_t i, const TensorPtr& t,
-                 const std::vector<int64_t>& dims, DType dtype = DType::f32) {
-  set_packed(t, dims, fe_type(dtype, n.describe()));
+                 const std::vector<int64_t>& dims, DType dtype = DType::f32, bool channels_last = false) {
+  set_packed(t, dims, fe_type(dtype, n.describe()), channels_last);
   t->set_output(true);
   Binding b{t, true, i, tensor_bytes(dims, dtype)};
   b.scratch = n.output(i) == nullptr;
@@ -115,7 +120,7 @@ GraphRecipe inference_recipe(const graph::Node& n) {
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr X = packed_tensor(g, "X", s.x, s.type);
+  TensorPtr X = packed_tensor(g, "X", s.x, s.type, s.channels_last);
   TensorPtr scale = packed_tensor(g, "scale", s.channel);
   TensorPtr bias = packed_tensor(g, "B", s.channel);
   TensorPtr mean = packed_tensor(g, "mean", s.channel);
@@ -128,14 +133,14 @@ GraphRecipe inference_recipe(const graph::Node& n) {
   TensorPtr centred = g.pointwise(X, mean, pointwise(fe::PointwiseMode_t::SUB));
   TensorPtr scaled = g.pointwise(centred, k, pointwise(fe::PointwiseMode_t::MUL));
   TensorPtr Y = g.pointwise(scaled, bias, pointwise(fe::PointwiseMode_t::ADD));
-  r.signature = "BatchNormalization " + std::string(graph::dtype_name(s.data)) + " x" + dims_text(s.x) + " eps " +
+  r.signature = "BatchNormalization " + std::string(s.channels_last ? "nhwc " : "") + graph::dtype_name(s.data) + " x" + dims_text(s.x) + " eps " +
                 std::to_string(eps);
   r.bindings.push_back({X, false, 0, s.data_bytes()});
   r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
   r.bindings.push_back({bias, false, 2, float_bytes(s.channel)});
   r.bindings.push_back({mean, false, 3, float_bytes(s.channel)});
   r.bindings.push_back({var, false, 4, float_bytes(s.channel)});
-  bind_output(r, n, 0, Y, s.x, s.data);
+  bind_output(r, n, 0, Y, s.x, s.data, s.channels_last);
   return r;
 }
 
@@ -150,7 +155,7 @@ GraphRecipe training_recipe(const graph::Node& n) {
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr X = packed_tensor(g, "X", s.x, s.type);
+  TensorPtr X = packed_tensor(g, "X", s.x, s.type, s.channels_last);
   TensorPtr scale = packed_tensor(g, "scale", s.channel);
   TensorPtr bias = packed_tensor(g, "B", s.channel);
   TensorPtr running_mean = packed_tensor(g, "running_mean", s.channel);
@@ -162,14 +167,14 @@ GraphRecipe training_recipe(const graph::Node& n) {
                         .set_previous_running_stats(running_mean, running_var, cudnn_momentum);
   attributes.set_compute_data_type(fe::DataType_t::FLOAT);
   auto [Y, mean, inv_std, next_mean, next_var] = g.batchnorm(X, scale, bias, attributes);
-  r.signature = "BatchNormTraining " + std::string(graph::dtype_name(s.data)) + " x" + dims_text(s.x) + " eps " +
+  r.signature = "BatchNormTraining " + std::string(s.channels_last ? "nhwc " : "") + graph::dtype_name(s.data) + " x" + dims_text(s.x) + " eps " +
                 std::to_string(eps) + " momentum " + std::to_string(momentum);
   r.bindings.push_back({X, false, 0, s.data_bytes()});
   r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
   r.bindings.push_back({bias, false, 2, float_bytes(s.channel)});
   r.bindings.push_back({running_mean, false, 3, float_bytes(s.channel)});
   r.bindings.push_back({running_var, false, 4, float_bytes(s.channel)});
-  bind_output(r, n, 0, Y, s.x, s.data);
+  bind_output(r, n, 0, Y, s.x, s.data, s.channels_last);
   bind_output(r, n, 1, next_mean, s.channel);
   bind_output(r, n, 2, next_var, s.channel);
   bind_output(r, n, 3, mean, s.channel);
@@ -192,21 +197,21 @@ GraphRecipe grad_recipe(const graph::Node& n) {
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr DY = packed_tensor(g, "DY", s.x, s.type);
-  TensorPtr X = packed_tensor(g, "X", s.x, s.type);
+  TensorPtr DY = packed_tensor(g, "DY", s.x, s.type, s.channels_last);
+  TensorPtr X = packed_tensor(g, "X", s.x, s.type, s.channels_last);
   TensorPtr scale = packed_tensor(g, "scale", s.channel);
   TensorPtr mean = packed_tensor(g, "saved_mean", s.channel);
   TensorPtr inv_std = packed_tensor(g, "saved_inv_std", s.channel);
   auto attributes = fe::graph::Batchnorm_backward_attributes().set_saved_mean_and_inv_variance(mean, inv_std);
   attributes.set_compute_data_type(fe::DataType_t::FLOAT);
   auto [DX, dscale, dbias] = g.batchnorm_backward(DY, X, scale, attributes);
-  r.signature = "BatchNormGrad " + std::string(graph::dtype_name(s.data)) + " x" + dims_text(s.x);
+  r.signature = "BatchNormGrad " + std::string(s.channels_last ? "nhwc " : "") + graph::dtype_name(s.data) + " x" + dims_text(s.x);
   r.bindings.push_back({DY, false, 0, s.data_bytes()});
   r.bindings.push_back({X, false, 1, s.data_bytes()});
   r.bindings.push_back({scale, false, 2, float_bytes(s.channel)});
   r.bindings.push_back({mean, false, 3, float_bytes(s.channel)});
   r.bindings.push_back({inv_std, false, 4, float_bytes(s.channel)});
-  bind_output(r, n, 0, DX, s.x, s.data);
+  bind_output(r, n, 0, DX, s.x, s.data, s.channels_last);
   bind_output(r, n, 1, dscale, s.channel);
   bind_output(r, n, 2, dbias, s.channel);
   return r;

@@ -1,6 +1,7 @@
 // 2-D convolution on the GPU through cuDNN's graph API (cudnn-frontend): Conv (with its bias
 // added by a pointwise node fused into the same cuDNN graph), oxtrain.ConvGradData (cuDNN's
-// dgrad) and oxtrain.ConvGradFilter (wgrad). NCHW float32, any group, pads (asymmetric too),
+// dgrad) and oxtrain.ConvGradFilter (wgrad). NCHW activations, or NHWC on a channels-last node
+// (graph::to_channels_last: the same dims, channels-last strides; filters stay KCRS), any group, pads (asymmetric too),
 // strides and dilations; float32, or float16/bfloat16 with float32 arithmetic (mixed
 // precision); the semantics of runtime/cpu/conv.cc. All three write (=) their
 // output. Plans are chosen by measurement at compile time and shared between identical
@@ -73,8 +74,14 @@ ConvShapes conv_shapes(const graph::Node& node, const graph::Shape& x, const gra
   return s;
 }
 
-std::string signature(const std::string& op, const ConvShapes& s, bool bias, DType dt) {
-  return op + " " + graph::dtype_name(dt) + " x" + dims_text(s.x) + " w" + dims_text(s.w) + " y" + dims_text(s.y) + " s" +
+// An activation's [N, C, H, W] dims: its shape, or, on a channels-last node, its shape read as
+// [N, H, W, C] (graph::to_channels_last).
+graph::Shape logical(const graph::Node& n, const graph::Shape& shape) {
+  return graph::is_channels_last(n) && shape.size() == 4 ? graph::to_channels_first_shape(shape) : shape;
+}
+
+std::string signature(const std::string& op, const ConvShapes& s, bool bias, DType dt, bool channels_last) {
+  return op + (channels_last ? " nhwc " : " ") + graph::dtype_name(dt) + " x" + dims_text(s.x) + " w" + dims_text(s.w) + " y" + dims_text(s.y) + " s" +
          dims_text(s.strides) + " d" + dims_text(s.dilations) + " p" + dims_text(s.pads_begin) +
          "/" + dims_text(s.pads_end) + (bias ? " bias" : "");
 }
@@ -98,17 +105,18 @@ GraphRecipe forward_recipe(const graph::Node& n) {
   const DType dt = common_type(n, {x, w, b, y});
   const fe::DataType_t type = fe_type(dt, n.describe());
   auto bytes = [dt](const graph::Shape& dims) { return tensor_bytes(dims, dt); };
-  ConvShapes s = conv_shapes(n, x->shape, w->shape, y->shape);
+  const bool nhwc = graph::is_channels_last(n);
+  ConvShapes s = conv_shapes(n, logical(n, x->shape), w->shape, logical(n, y->shape));
   if (b && b->shape != graph::Shape{s.w[0]})
     throw Error(n.describe() + ": bias '" + b->name + "' has shape " + join(b->shape) +
                 ", expected [" + std::to_string(s.w[0]) + "]");
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr X = packed_tensor(g, "X", s.x, type);
+  TensorPtr X = packed_tensor(g, "X", s.x, type, nhwc);
   TensorPtr W = packed_tensor(g, "W", s.w, type);
   TensorPtr Y = g.conv_fprop(X, W, window_attributes<fe::graph::Conv_fprop_attributes>(s));
-  set_packed(Y, s.y, b ? fe::DataType_t::FLOAT : type);  // with a bias, the sum is the output
+  set_packed(Y, s.y, b ? fe::DataType_t::FLOAT : type, nhwc);  // with a bias, the sum is the output
   r.bindings.push_back({X, false, 0, bytes(s.x)});
   r.bindings.push_back({W, false, 1, bytes(s.w)});
   if (b) {
@@ -118,13 +126,13 @@ GraphRecipe forward_recipe(const graph::Node& n) {
         Y, B,
         fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::ADD).set_compute_data_type(
             fe::DataType_t::FLOAT));
-    set_packed(sum, s.y, type);
+    set_packed(sum, s.y, type, nhwc);
     r.bindings.push_back({B, false, 2, bytes(b->shape)});
     Y = sum;
   }
   Y->set_output(true);
   r.bindings.push_back({Y, true, 0, bytes(s.y)});
-  r.signature = signature("Conv", s, b != nullptr, dt);
+  r.signature = signature("Conv", s, b != nullptr, dt, nhwc);
   return r;
 }
 
@@ -135,20 +143,24 @@ GraphRecipe grad_data_recipe(const graph::Node& n) {
   const DType dt = common_type(n, {dy, w, dx});
   const fe::DataType_t type = fe_type(dt, n.describe());
   auto bytes = [dt](const graph::Shape& dims) { return tensor_bytes(dims, dt); };
-  graph::Shape x_shape = cpu::grad_input_shape(n, dx);
-  ConvShapes s = conv_shapes(n, x_shape, w->shape, dy->shape);
+  const bool nhwc = graph::is_channels_last(n);
+  const graph::Shape x_shape = cpu::shape_attr(n, "input_shape");
+  if (logical(n, dx->shape) != x_shape)
+    throw Error(n.describe() + ": output shape " + join(dx->shape) + " differs from input_shape " + join(x_shape) +
+                (nhwc ? " (channels-last)" : ""));
+  ConvShapes s = conv_shapes(n, x_shape, w->shape, logical(n, dy->shape));
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr DY = packed_tensor(g, "DY", s.y, type);
+  TensorPtr DY = packed_tensor(g, "DY", s.y, type, nhwc);
   TensorPtr W = packed_tensor(g, "W", s.w, type);
   TensorPtr DX = g.conv_dgrad(DY, W, window_attributes<fe::graph::Conv_dgrad_attributes>(s));
-  set_packed(DX, s.x, type);
+  set_packed(DX, s.x, type, nhwc);
   DX->set_output(true);
   r.bindings.push_back({DY, false, 0, bytes(s.y)});
   r.bindings.push_back({W, false, 1, bytes(s.w)});
   r.bindings.push_back({DX, true, 0, bytes(s.x)});
-  r.signature = signature("ConvGradData", s, false, dt);
+  r.signature = signature("ConvGradData", s, false, dt, nhwc);
   return r;
 }
 
@@ -163,19 +175,20 @@ GraphRecipe grad_filter_recipe(const graph::Node& n) {
   if (dw->shape != w_shape)
     throw Error(n.describe() + ": output shape " + join(dw->shape) +
                 " differs from filter_shape " + join(w_shape));
-  ConvShapes s = conv_shapes(n, x->shape, w_shape, dy->shape);
+  const bool nhwc = graph::is_channels_last(n);
+  ConvShapes s = conv_shapes(n, logical(n, x->shape), w_shape, logical(n, dy->shape));
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
-  TensorPtr DY = packed_tensor(g, "DY", s.y, type);
-  TensorPtr X = packed_tensor(g, "X", s.x, type);
+  TensorPtr DY = packed_tensor(g, "DY", s.y, type, nhwc);
+  TensorPtr X = packed_tensor(g, "X", s.x, type, nhwc);
   TensorPtr DW = g.conv_wgrad(DY, X, window_attributes<fe::graph::Conv_wgrad_attributes>(s));
   set_packed(DW, s.w, type);
   DW->set_output(true);
   r.bindings.push_back({DY, false, 0, bytes(s.y)});
   r.bindings.push_back({X, false, 1, bytes(s.x)});
   r.bindings.push_back({DW, true, 0, bytes(s.w)});
-  r.signature = signature("ConvGradFilter", s, false, dt);
+  r.signature = signature("ConvGradFilter", s, false, dt, nhwc);
   return r;
 }
 

@@ -284,17 +284,24 @@ int64_t tensor_bytes(const std::vector<int64_t>& dims, DType dtype) {
   return graph::shape_numel(dims) * static_cast<int64_t>(graph::dtype_size(dtype));
 }
 
+static std::vector<int64_t> layout_strides(const std::vector<int64_t>& dims, bool channels_last) {
+  if (!channels_last) return packed_strides(dims);
+  if (dims.size() != 4) throw Error("cuDNN: channels-last needs [N, C, H, W] dims, got " + dims_text(dims));
+  const int64_t c = std::max<int64_t>(dims[1], 1), h = std::max<int64_t>(dims[2], 1), w = std::max<int64_t>(dims[3], 1);
+  return {c * h * w, 1, w * c, c};
+}
+
 TensorPtr packed_tensor(fe::graph::Graph& graph, const std::string& name, const std::vector<int64_t>& dims,
-                        fe::DataType_t type) {
+                        fe::DataType_t type, bool channels_last) {
   return graph.tensor(fe::graph::Tensor_attributes()
                           .set_name(name)
                           .set_dim(dims)
-                          .set_stride(packed_strides(dims))
+                          .set_stride(layout_strides(dims, channels_last))
                           .set_data_type(type));
 }
 
-void set_packed(const TensorPtr& tensor, const std::vector<int64_t>& dims, fe::DataType_t type) {
-  tensor->set_dim(dims).set_stride(packed_strides(dims)).set_data_type(type);
+void set_packed(const TensorPtr& tensor, const std::vector<int64_t>& dims, fe::DataType_t type, bool channels_last) {
+  tensor->set_dim(dims).set_stride(layout_strides(dims, channels_last)).set_data_type(type);
 }
 
 std::string dims_text(const std::vector<int64_t>& dims) {

@@ -110,12 +110,12 @@ fe::DataType_t fe_type(DType dtype, const std::string& where);
 // Bytes of a tensor of `dims` in `dtype`.
 int64_t tensor_bytes(const std::vector<int64_t>& dims, DType dtype);
 // A tensor of `dims` (float32 unless `type` says otherwise) with packed row-major (NCHW)
-// strides.
+// strides, or, `channels_last`, dims [N, C, H, W] stored [N, H, W, C] (graph::to_channels_last).
 TensorPtr packed_tensor(fe::graph::Graph& graph, const std::string& name, const std::vector<int64_t>& dims,
-                        fe::DataType_t type = fe::DataType_t::FLOAT);
+                        fe::DataType_t type = fe::DataType_t::FLOAT, bool channels_last = false);
 // Gives an output tensor (possibly created by an operation) its dims, packed strides and type.
 void set_packed(const TensorPtr& tensor, const std::vector<int64_t>& dims,
-                fe::DataType_t type = fe::DataType_t::FLOAT);
+                fe::DataType_t type = fe::DataType_t::FLOAT, bool channels_last = false);
 // "5x7x11x13"
 std::string dims_text(const std::vector<int64_t>& dims);
 

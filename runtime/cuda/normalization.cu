@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "base/half.h"
+#include "graph/ops.h"
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/kernels.h"
 #include "runtime/math/broadcast.h"
@@ -476,13 +477,14 @@ struct BatchNormApplyParams {
   void* y;
   const float *scale, *bias, *mean, *inv_std;
   int64_t total, spatial, channels;
+  bool channels_last;  // X stored [N, H, W, C]
 };
 
 template <int kKind>  // 0 float32, 1 float16, 2 bfloat16
 __global__ void batchnorm_apply_kernel(BatchNormApplyParams p) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = (i / p.spatial) % p.channels;
+    const int64_t c = p.channels_last ? i % p.channels : (i / p.spatial) % p.channels;
     if constexpr (kKind == 0) {
       static_cast<float*>(p.y)[i] =
           math::batchnorm_apply(static_cast<const float*>(p.x)[i], p.mean[c], p.inv_std[c], p.scale[c], p.bias[c]);
@@ -504,20 +506,23 @@ KernelFactory batchnorm_apply_factory() {
     if (dt != DType::f32 && dt != DType::f16 && dt != DType::bf16)
       throw Error(what + ": X is " + graph::dtype_name(dt) + "; float32, float16 or bfloat16 on CUDA");
     if (x->shape.size() < 2) throw Error(what + ": X " + graph::shape_str(x->shape) + " is not [N, C, ...]");
+    const bool channels_last = graph::is_channels_last(n) && x->shape.size() == 4;
+    const int64_t channels = channels_last ? x->shape[3] : x->shape[1];
     for (size_t i = 1; i <= 4; ++i) {
       const graph::Value* v = n.input(i);
-      if (!v || v->dtype != DType::f32 || v->shape != graph::Shape{x->shape[1]})
-        throw Error(what + ": input " + std::to_string(i) + " must be float32 [" + std::to_string(x->shape[1]) + "]");
+      if (!v || v->dtype != DType::f32 || v->shape != graph::Shape{channels})
+        throw Error(what + ": input " + std::to_string(i) + " must be float32 [" + std::to_string(channels) + "]");
     }
     if (n.output(0)->dtype != dt) throw Error(what + ": Y must be X's type");
-    const int64_t total = x->numel(), channels = x->shape[1];
+    const int64_t total = x->numel();
     const int64_t spatial = channels > 0 ? total / std::max<int64_t>(1, x->shape[0] * channels) : 0;
     return make_kernel([=](const KernelArgs& a) {
       if (a.inputs[0].numel() != total) throw Error(what + ": run with other shapes than compiled");
       if (total <= 0) return;
       const CudaContext& ctx = cuda::context_of(a, what);
       BatchNormApplyParams p{a.inputs[0].data, a.outputs[0].data, a.inputs[1].as<float>(), a.inputs[2].as<float>(),
-                             a.inputs[3].as<float>(), a.inputs[4].as<float>(), total, spatial, channels};
+                             a.inputs[3].as<float>(), a.inputs[4].as<float>(), total, spatial, channels,
+                             channels_last};
       const cuda::Launch g = cuda::launch_for(total, ctx);
       if (dt == DType::f32)
         batchnorm_apply_kernel<0><<<g.blocks, g.threads, 0, ctx.stream>>>(p);
