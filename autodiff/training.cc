@@ -485,7 +485,11 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
   // Values nobody reads (e.g. BN saved stats of frozen branches) stay; dead nodes go.
   g.remove_dead_nodes();
   g.prune_values();
-  if (options.channels_last) result.channels_last = graph::to_channels_last(g);
+  if (options.channels_last) {
+    std::set<std::string> gradients;  // stay channels-first: the gradient arena, momentum, allreduce
+    for (const auto& [value, grad] : result.gradients) gradients.insert(grad);
+    result.channels_last = graph::to_channels_last(g, gradients);
+  }
   result.graph = std::move(g);
   return result;
 }

@@ -883,10 +883,12 @@ void set_layouts(std::vector<OpSchema>& r) {
       for (OpSchema& s : r)
         if (s.domain == domain && s.op_type == op) s.layout = slots;
   };
-  set("", {"Conv", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool"}, {{0}, {0}});
+  // Convolutions' filters too: [K, C, R, S] as [K, R, S, C].
+  set("", {"Conv"}, {{0, 1}, {0}});
+  set(kOxtrainDomain, {"ConvGradData"}, {{0, 1}, {0}});
+  set(kOxtrainDomain, {"ConvGradFilter"}, {{0, 1}, {0}});
+  set("", {"BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool"}, {{0}, {0}});
   set(kOxtrainDomain, {"BatchNormTraining", "BatchNormApply", "AveragePoolGrad", "GlobalAveragePoolGrad"}, {{0}, {0}});
-  set(kOxtrainDomain, {"ConvGradData"}, {{0}, {0}});
-  set(kOxtrainDomain, {"ConvGradFilter"}, {{0, 1}, {}});
   set(kOxtrainDomain, {"BatchNormGrad", "MaxPoolGradFromInput"}, {{0, 1}, {0}});
   set(kOxtrainDomain, {"BatchNormReluTraining", "BatchNormReluApply"}, {{0, 5}, {0}});
   set(kOxtrainDomain, {"BatchNormReluGrad"}, {{0, 1, 2}, {0, 3}});

@@ -106,7 +106,10 @@ bool listed(const std::vector<size_t>& list, size_t i) { return std::find(list.b
 
 }  // namespace
 
-ChannelsLastReport to_channels_last(Graph& g) {
+ChannelsLastReport to_channels_last(Graph& g, const std::set<std::string>& keep_channels_first) {
+  auto schema_of = [](const Node& n) { return find_schema(n.domain, n.op_type); };
+  // A rank-4 float value a channels-last slot reads or writes (activations, also weights).
+  auto slot_value = [](const Value* v) { return v && v->shape.size() == 4 && shape_known(v->shape) && is_float(v->dtype); };
   // Groups of values joined by agnostic (element-wise) nodes share one layout.
   std::map<const Value*, const Value*> parent;
   std::function<const Value*(const Value*)> root = [&](const Value* v) -> const Value* {
@@ -114,8 +117,6 @@ ChannelsLastReport to_channels_last(Graph& g) {
     if (it == parent.end() || it->second == v) return v;
     return it->second = root(it->second);
   };
-  auto unite = [&](const Value* a, const Value* b) { parent[root(a)] = root(b); };
-  auto schema_of = [](const Node& n) { return find_schema(n.domain, n.op_type); };
   // An agnostic node joins its values when they are all candidates of one shape.
   auto joins = [&](const Node& n) {
     const OpSchema* s = schema_of(n);
@@ -135,111 +136,106 @@ ChannelsLastReport to_channels_last(Graph& g) {
       for (const auto* list : {&n->inputs, &n->outputs})
         for (const Value* v : *list)
           if (v) {
-            if (first) unite(v, first);
+            if (first) parent[root(v)] = root(first);
             first = first ? first : v;
           }
     }
-  // A group is channels-last when every member comes from a channels-last output slot or a
-  // joining node, none is a graph output, and some member sits in a slot; a node with an
-  // output slot in a channels-first group stays channels-first itself, which may turn other
-  // groups back: repeat until nothing changes.
-  std::set<const Value*> first_groups;  // roots of groups that stay channels-first
-  auto output_slot = [&](const Node& n, size_t i) {
-    const OpSchema* s = schema_of(n);
-    return s && listed(s->layout.outputs, i) && channels_last_candidate(n.output(i));
-  };
-  auto node_last = [&](const Node& n) {  // has a form, touches a candidate slot, no output slot in a first group
+  // Every node with a channels-last form that touches an activation in its slots goes
+  // channels-last.
+  auto node_last = [&](const Node& n) {
     const OpSchema* s = schema_of(n);
     if (!s || !s->layout.channels_last_form()) return false;
-    bool touches = false;
-    for (size_t i : s->layout.inputs) touches |= channels_last_candidate(n.input(i));
+    for (size_t i : s->layout.inputs)
+      if (channels_last_candidate(n.input(i))) return true;
     for (size_t i : s->layout.outputs)
-      if (channels_last_candidate(n.output(i))) {
-        touches = true;
-        if (first_groups.count(root(n.output(i)))) return false;
-      }
-    return touches;
+      if (channels_last_candidate(n.output(i))) return true;
+    return false;
   };
-  std::set<const Value*> in_slot;
+  auto output_slot = [&](const Node& n, size_t i) {
+    const OpSchema* s = schema_of(n);
+    return s && listed(s->layout.outputs, i) && node_last(n);
+  };
+  // A group is stored channels-last when some member comes from a channels-last node, every
+  // member comes from one or from a joining node, and none must stay channels-first (a graph
+  // output, a value the caller keeps, e.g. a parameter's gradient).
   std::map<const Value*, std::vector<const Value*>> members;
   for (const Value* v : g.values_in_order())
     if (channels_last_candidate(v)) members[root(v)].push_back(v);
-  for (const auto& n : g.nodes()) {
-    const OpSchema* s = schema_of(*n);
-    if (!s) continue;
-    for (size_t i : s->layout.inputs)
-      if (channels_last_candidate(n->input(i))) in_slot.insert(root(n->input(i)));
-    for (size_t i : s->layout.outputs)
-      if (channels_last_candidate(n->output(i))) in_slot.insert(root(n->output(i)));
-  }
+  std::set<const Value*> last_groups;
   for (const auto& [r, vs] : members) {
-    bool ok = in_slot.count(r) != 0;
+    bool ok = true, from_slot = false;
     for (const Value* v : vs) {
-      ok = ok && std::find(g.outputs.begin(), g.outputs.end(), v) == g.outputs.end() && v->producer;
+      ok = ok && v->producer && !keep_channels_first.count(v->name) &&
+           std::find(g.outputs.begin(), g.outputs.end(), v) == g.outputs.end();
       if (!ok) break;
       const Node& p = *v->producer;
       size_t slot = 0;
       while (p.output(slot) != v) ++slot;
-      ok = joins(p) || output_slot(p, slot);
+      const bool written_last = output_slot(p, slot);
+      from_slot |= written_last;
+      ok = joins(p) || written_last;
     }
-    if (!ok) first_groups.insert(r);
+    if (ok && from_slot) last_groups.insert(r);
   }
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (const auto& [r, vs] : members) {
-      if (first_groups.count(r)) continue;
-      for (const Value* v : vs) {
-        const Node& p = *v->producer;
-        if (!joins(p) && !node_last(p)) {
-          first_groups.insert(r);
-          changed = true;
-          break;
-        }
-      }
-    }
-  }
-  auto is_last = [&](const Value* v) { return channels_last_candidate(v) && !first_groups.count(root(v)); };
+  auto is_last = [&](const Value* v) { return channels_last_candidate(v) && last_groups.count(root(v)); };
 
   ChannelsLastReport report;
+  std::vector<Node*> nodes;
+  for (const auto& n : g.nodes()) nodes.push_back(n.get());
   std::vector<Node*> last_nodes;
-  for (const auto& n : g.nodes())
-    if (node_last(*n)) last_nodes.push_back(n.get());
-  for (const auto& [r, vs] : members)
-    if (!first_groups.count(r))
-      for (const Value* v : vs) {
-        const_cast<Value*>(v)->shape = to_channels_last_shape(v->shape);
-        ++report.values;
-      }
-  for (Node* n : last_nodes) {
-    n->attrs[kChannelsLast].value = int64_t{1};
-    ++report.nodes;
-  }
-  // The borders: a Transpose for each value read in the other layout, one per value and way.
+  for (Node* n : nodes)
+    if (node_last(*n)) last_nodes.push_back(n);
+  for (const Value* r : last_groups)
+    for (const Value* v : members.at(r)) {
+      const_cast<Value*>(v)->shape = to_channels_last_shape(v->shape);
+      ++report.values;
+    }
+  // The borders: a Transpose for each value read in the other layout (one per value and way),
+  // and one after a channels-last node for each output slot whose value stays channels-first.
+  auto transpose = [&](Value* from, Value* to, bool to_last) {
+    Node* t = g.add_node("Transpose", {from}, {to}, g.unique_name(to->name));
+    t->attrs["perm"].value = to_last ? std::vector<int64_t>{0, 2, 3, 1} : std::vector<int64_t>{0, 3, 1, 2};
+    ++report.transposes;
+    return t;
+  };
+  auto fresh = [&](const Value* like, bool to_last) {
+    const std::string suffix = to_last ? "/channels_last" : "/channels_first";
+    Value* v = g.add_value(g.unique_name(like->name + suffix), like->dtype,
+                           to_last ? to_channels_last_shape(like->shape) : to_channels_first_shape(like->shape));
+    v->rank_known = true;
+    return v;
+  };
   std::map<std::pair<const Value*, bool>, Value*> converted;
+  // A produced value is converted once, right after its producer; a graph input or parameter
+  // (alive all step) before each reader, so no copy of it outlives its use.
   auto convert = [&](Value* v, bool to_last, Node* reader) {
     auto key = std::make_pair(static_cast<const Value*>(v), to_last);
-    if (auto it = converted.find(key); it != converted.end()) return it->second;
-    const std::string suffix = to_last ? "/channels_last" : "/channels_first";
-    Value* out = g.add_value(g.unique_name(v->name + suffix), v->dtype,
-                             to_last ? to_channels_last_shape(v->shape) : to_channels_first_shape(v->shape));
-    out->rank_known = true;
-    Node* t = g.add_node("Transpose", {v}, {out}, g.unique_name(out->name));
-    t->attrs["perm"].value = to_last ? std::vector<int64_t>{0, 2, 3, 1} : std::vector<int64_t>{0, 3, 1, 2};
+    if (auto it = converted.find(key); v->producer && it != converted.end()) return it->second;
+    Value* out = fresh(v, to_last);
+    Node* t = transpose(v, out, to_last);
     if (v->producer) g.move_after(t, v->producer);
     else g.move_before(t, reader);
-    ++report.transposes;
     return converted[key] = out;
   };
   std::set<const Node*> last_set(last_nodes.begin(), last_nodes.end());
-  std::vector<Node*> readers;
-  for (const auto& n : g.nodes()) readers.push_back(n.get());
-  for (Node* n : readers) {
+  for (Node* n : last_nodes) {
+    n->attrs[kChannelsLast].value = int64_t{1};
+    ++report.nodes;
+    for (size_t i : schema_of(*n)->layout.outputs) {
+      Value* v = n->output(i);
+      if (!slot_value(v) || is_last(v)) continue;
+      Value* temp = fresh(v, true);
+      g.set_output(n, i, temp);
+      g.move_after(transpose(temp, v, false), n);
+    }
+  }
+  for (Node* n : nodes) {
     const OpSchema* s = schema_of(*n);
     const bool last = last_set.count(n) != 0;
     for (size_t i = 0; i < n->inputs.size(); ++i) {
       Value* v = n->inputs[i];
-      // Graph inputs and initializers are channels-first: a channels-last slot converts them too.
-      if (!v || v->shape.size() != 4 || !shape_known(v->shape) || !is_float(v->dtype)) continue;
+      // Graph inputs, parameters and other channels-first values are converted for a slot.
+      if (!slot_value(v)) continue;
       const bool wants_last = last ? listed(s->layout.inputs, i) : joins(*n) && is_last(v);
       if (wants_last != is_last(v)) g.set_input(n, i, convert(v, wants_last, n));
     }

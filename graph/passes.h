@@ -1,6 +1,7 @@
 // Graph passes that change what a graph computes in a controlled way.
 #pragma once
 
+#include <set>
 #include <string>
 
 #include "graph/ir.h"
@@ -21,15 +22,17 @@ void to_mixed_precision(Graph& graph, DType half);
 // Channels-last (--channels-last): the [N, C, H, W] activations between ops that have a
 // channels-last form (convolutions, batch norms, pooling, their gradients; OpSchema::layout)
 // are stored [N, H, W, C], those nodes get channels_last=1, and element-wise ops between them
-// follow. Where a value crosses to an op without that form (a graph input, Flatten, the loss)
-// a Transpose node converts it; so does a parameter-free path into one. Run on the whole
-// training graph (forward, backward, optimizer); parameters keep their layout.
+// follow. Convolution filters in those nodes are [K, R, S, C]. Where a value crosses to an op
+// without that form (a graph input, a parameter, Flatten, the loss) a Transpose node converts
+// it. Run on the whole training graph (forward, backward, optimizer); parameters, graph
+// outputs and the values named in `keep_channels_first` (the parameters' gradients) keep their
+// layout.
 struct ChannelsLastReport {
   int64_t nodes = 0;       // nodes in channels-last form
   int64_t values = 0;      // activations stored channels-last
   int64_t transposes = 0;  // Transpose nodes added at the borders
 };
-ChannelsLastReport to_channels_last(Graph& graph);
+ChannelsLastReport to_channels_last(Graph& graph, const std::set<std::string>& keep_channels_first = {});
 
 // BatchNormalization in inference form everywhere (running statistics, one output), as a
 // model runs for validation; the training-mode outputs disappear with the nodes that used

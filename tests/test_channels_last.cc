@@ -58,12 +58,20 @@ void step(LayoutRun& r, int64_t index) {
 }  // namespace
 
 // Every convolution, batch norm and pooling of ResNet-50's training graph (forward and
-// backward) runs channels-last; element-wise ops follow. Only three values cross a border: the
+// backward) runs channels-last; element-wise ops follow. Three activations cross a border: the
 // images into the first convolution, the pooled features into Flatten, and their gradient
-// back into the pooling's gradient.
+// back into the pooling's gradient. The filters do too: each convolution's half copy of its
+// weights (53), the copy cast again for the data gradient (52: the first convolution has
+// none), and each filter gradient back to the parameter's layout for momentum (53).
 TEST(ChannelsLast, ResNet50GraphIsChannelsLastBetweenItsBorders) {
   autodiff::TrainingGraph tg = autodiff::build_training_graph(test::zoo_at_batch("resnet50", 2, 64), options(true, DType::bf16));
-  EXPECT_EQ(tg.channels_last.transposes, 3);
+  EXPECT_EQ(tg.channels_last.transposes, 3 + 53 + 52 + 53);
+  int activations = 0;
+  for (const auto& n : tg.graph.nodes())
+    if (n->op_type == "Transpose") activations += n->input(0)->shape[0] == 2;  // the batch, not K
+  EXPECT_EQ(activations, 3);
+  // Every parameter's gradient keeps the parameter's shape (the gradient arena, momentum).
+  for (const auto& [param, grad] : tg.gradients) EXPECT_EQ(tg.graph.value(grad)->shape, tg.graph.value(param)->shape);
   std::map<std::string, int> last, first;
   for (const auto& n : tg.graph.nodes()) {
     const OpSchema* s = find_schema(n->domain, n->op_type);
@@ -81,7 +89,7 @@ TEST(ChannelsLast, ResNet50GraphIsChannelsLastBetweenItsBorders) {
   EXPECT_EQ(last["GlobalAveragePool"], 1);
   int64_t transposes = 0;
   for (const auto& n : tg.graph.nodes()) transposes += n->op_type == "Transpose";
-  EXPECT_EQ(transposes, 3);
+  EXPECT_EQ(transposes, tg.channels_last.transposes);
   // conv1's output at 64x64: [2, 64, 32, 32] channels-first, stored [2, 32, 32, 64].
   const Value* conv1 = nullptr;
   for (const auto& n : tg.graph.nodes())
@@ -155,7 +163,7 @@ TEST(ChannelsLast, EmulatedKernelsAreTheChannelsFirstOnesTransposed) {
                                                  {"strides", Attribute{std::vector<int64_t>{2, 2}}},
                                                  {"pads", Attribute{std::vector<int64_t>{1, 1, 1, 1}}}};
   const std::vector<Case> cases = {
-      {"Conv", "", {xs, w}, {0}, {3, 6, 5, 4}, pool},
+      {"Conv", "", {xs, w}, {0, 1}, {3, 6, 5, 4}, pool},
       {"MaxPool", "", {xs}, {0}, {3, 5, 5, 4}, pool},
       {"GlobalAveragePool", "", {xs}, {0}, {3, 5, 1, 1}, {}},
       {"BatchNormApply", kOxtrainDomain, {xs, scale, bias, mean, var}, {0}, x, {}},

@@ -37,18 +37,19 @@ TEST(CudaChannelsLast, ConvolutionsMatchCpu) {
   const Shape x{5, 8, 11, 13}, w{16, 8, 3, 3}, y{5, 16, 6, 7};
   for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     SCOPED_TRACE(dtype_name(dt));
-    KernelCase fwd("Conv", "", {random_tensor(dt, nhwc(x), 1), random_tensor(dt, w, 2)}, {{dt, nhwc(y)}});
+    // Filters channels-last too: [K, C, R, S] stored [K, R, S, C].
+    KernelCase fwd("Conv", "", {random_tensor(dt, nhwc(x), 1), random_tensor(dt, nhwc(w), 2)}, {{dt, nhwc(y)}});
     window(fwd);
     fwd.set_attr(kChannelsLast, Attribute{int64_t{1}});
     EXPECT_TRUE(test::cuda_matches_cpu(fwd, tolerance(dt), 13, Precision::fp32));
-    KernelCase data("ConvGradData", kOxtrainDomain, {random_tensor(dt, nhwc(y), 3), random_tensor(dt, w, 4)},
+    KernelCase data("ConvGradData", kOxtrainDomain, {random_tensor(dt, nhwc(y), 3), random_tensor(dt, nhwc(w), 4)},
                     {{dt, nhwc(x)}});
     window(data);
     data.set_attr("input_shape", Attribute{x});
     data.set_attr(kChannelsLast, Attribute{int64_t{1}});
     EXPECT_TRUE(test::cuda_matches_cpu(data, tolerance(dt), 13, Precision::fp32));
     KernelCase filter("ConvGradFilter", kOxtrainDomain, {random_tensor(dt, nhwc(y), 5), random_tensor(dt, nhwc(x), 6)},
-                      {{dt, w}});
+                      {{dt, nhwc(w)}});
     window(filter);
     filter.set_attr("filter_shape", Attribute{w});
     filter.set_attr(kChannelsLast, Attribute{int64_t{1}});

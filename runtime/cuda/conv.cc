@@ -1,7 +1,7 @@
 // 2-D convolution on the GPU through cuDNN's graph API (cudnn-frontend): Conv (with its bias
 // added by a pointwise node fused into the same cuDNN graph), oxtrain.ConvGradData (cuDNN's
 // dgrad) and oxtrain.ConvGradFilter (wgrad). NCHW activations, or NHWC on a channels-last node
-// (graph::to_channels_last: the same dims, channels-last strides; filters stay KCRS), any group, pads (asymmetric too),
+// (graph::to_channels_last: the same dims, channels-last strides, filters KRSC), any group, pads (asymmetric too),
 // strides and dilations; float32, or float16/bfloat16 with float32 arithmetic (mixed
 // precision); the semantics of runtime/cpu/conv.cc. All three write (=) their
 // output. Plans are chosen by measurement at compile time and shared between identical
@@ -106,7 +106,7 @@ GraphRecipe forward_recipe(const graph::Node& n) {
   const fe::DataType_t type = fe_type(dt, n.describe());
   auto bytes = [dt](const graph::Shape& dims) { return tensor_bytes(dims, dt); };
   const bool nhwc = graph::is_channels_last(n);
-  ConvShapes s = conv_shapes(n, logical(n, x->shape), w->shape, logical(n, y->shape));
+  ConvShapes s = conv_shapes(n, logical(n, x->shape), logical(n, w->shape), logical(n, y->shape));
   if (b && b->shape != graph::Shape{s.w[0]})
     throw Error(n.describe() + ": bias '" + b->name + "' has shape " + join(b->shape) +
                 ", expected [" + std::to_string(s.w[0]) + "]");
@@ -114,7 +114,7 @@ GraphRecipe forward_recipe(const graph::Node& n) {
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
   TensorPtr X = packed_tensor(g, "X", s.x, type, nhwc);
-  TensorPtr W = packed_tensor(g, "W", s.w, type);
+  TensorPtr W = packed_tensor(g, "W", s.w, type, nhwc);
   TensorPtr Y = g.conv_fprop(X, W, window_attributes<fe::graph::Conv_fprop_attributes>(s));
   set_packed(Y, s.y, b ? fe::DataType_t::FLOAT : type, nhwc);  // with a bias, the sum is the output
   r.bindings.push_back({X, false, 0, bytes(s.x)});
@@ -148,12 +148,12 @@ GraphRecipe grad_data_recipe(const graph::Node& n) {
   if (logical(n, dx->shape) != x_shape)
     throw Error(n.describe() + ": output shape " + join(dx->shape) + " differs from input_shape " + join(x_shape) +
                 (nhwc ? " (channels-last)" : ""));
-  ConvShapes s = conv_shapes(n, x_shape, w->shape, logical(n, dy->shape));
+  ConvShapes s = conv_shapes(n, x_shape, logical(n, w->shape), logical(n, dy->shape));
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
   TensorPtr DY = packed_tensor(g, "DY", s.y, type, nhwc);
-  TensorPtr W = packed_tensor(g, "W", s.w, type);
+  TensorPtr W = packed_tensor(g, "W", s.w, type, nhwc);
   TensorPtr DX = g.conv_dgrad(DY, W, window_attributes<fe::graph::Conv_dgrad_attributes>(s));
   set_packed(DX, s.x, type, nhwc);
   DX->set_output(true);
@@ -172,9 +172,9 @@ GraphRecipe grad_filter_recipe(const graph::Node& n) {
   const fe::DataType_t type = fe_type(dt, n.describe());
   auto bytes = [dt](const graph::Shape& dims) { return tensor_bytes(dims, dt); };
   graph::Shape w_shape = cpu::shape_attr(n, "filter_shape");
-  if (dw->shape != w_shape)
-    throw Error(n.describe() + ": output shape " + join(dw->shape) +
-                " differs from filter_shape " + join(w_shape));
+  if (logical(n, dw->shape) != w_shape)
+    throw Error(n.describe() + ": output shape " + join(dw->shape) + " differs from filter_shape " + join(w_shape) +
+                (graph::is_channels_last(n) ? " (channels-last)" : ""));
   const bool nhwc = graph::is_channels_last(n);
   ConvShapes s = conv_shapes(n, logical(n, x->shape), w_shape, logical(n, dy->shape));
   GraphRecipe r;
@@ -183,7 +183,7 @@ GraphRecipe grad_filter_recipe(const graph::Node& n) {
   TensorPtr DY = packed_tensor(g, "DY", s.y, type, nhwc);
   TensorPtr X = packed_tensor(g, "X", s.x, type, nhwc);
   TensorPtr DW = g.conv_wgrad(DY, X, window_attributes<fe::graph::Conv_wgrad_attributes>(s));
-  set_packed(DW, s.w, type);
+  set_packed(DW, s.w, type, nhwc);
   DW->set_output(true);
   r.bindings.push_back({DY, false, 0, bytes(s.y)});
   r.bindings.push_back({X, false, 1, bytes(s.x)});
