@@ -261,6 +261,12 @@ class TrainRun {
     return peak;
   }
   const graph::Shape& image_shape() const { return image_shape_; }
+  // A batch's images into `input`: float [N, 3, H, W], or uint8 pixels [N, H, W, 3].
+  void feed_images(runtime::Session& s, const std::string& input, const TrainBatch& b) const {
+    const graph::Shape& i = image_shape_;
+    if (b.pixels) s.feed(input, graph::DType::u8, {i[0], i[2], i[3], i[1]}, b.pixels);
+    else s.feed(input, graph::DType::f32, i, b.images);
+  }
 
   TrainArgs args_;  // -b becomes this process's share under --multiprocessing-distributed
   const TrainArgs& a_;
@@ -346,6 +352,7 @@ void TrainRun::build_sessions() {
   if (so.device == runtime::Device::cuda) set_activity("compiling the step for the GPU");
   if (!a_.evaluate) {
     graph::Graph copy = graph::copy_graph(model_.forward, {a_.batch_size, true});
+    if (train_->gives_pixels()) input_name_ = graph::normalize_images_input(copy, imagenet_mean(), imagenet_std());
     autodiff::TrainingOptions to;
     to.momentum = a_.momentum;
     to.weight_decay = a_.weight_decay;
@@ -363,7 +370,8 @@ void TrainRun::build_sessions() {
   if (val_ || a_.evaluate) {
     graph::Graph eval = graph::copy_graph(model_.forward, {a_.batch_size, true});
     graph::batchnorm_to_inference(eval);
-    eval_input_ = eval.inputs.at(0)->name;
+    eval_input_ = val_ && val_->gives_pixels() ? graph::normalize_images_input(eval, imagenet_mean(), imagenet_std())
+                                               : eval.inputs.at(0)->name;
     eval_output_ = eval.outputs.at(0)->name;
     so.gradients.clear();
     eval_session_ = std::make_unique<runtime::Session>(std::move(eval), so);
@@ -527,7 +535,7 @@ bool TrainRun::train_epoch(int64_t epoch, int64_t first_batch) {
     if (!train_->next(b)) break;
     auto loaded = std::chrono::steady_clock::now();
     data_time.update(std::chrono::duration<double>(loaded - end).count());
-    session_->feed(input_name_, graph::DType::f32, image_shape(), b.images);
+    feed_images(*session_, input_name_, b);
     session_->feed(tg_.labels, graph::DType::i64, {a_.batch_size}, b.labels);
     session_->feed(tg_.step, graph::Tensor::from_int64({global_step_}, {}));
     session_->run();
@@ -577,7 +585,7 @@ double TrainRun::validate() {
   auto end = std::chrono::steady_clock::now();
   TrainBatch b;
   for (int64_t i = 0; val_->next(b); ++i) {
-    eval_session_->feed(eval_input_, graph::DType::f32, image_shape(), b.images);
+    feed_images(*eval_session_, eval_input_, b);
     eval_session_->run();
     graph::Tensor logits = eval_session_->fetch(eval_output_);
     int64_t classes = logits.shape[1];

@@ -11,24 +11,12 @@
 #include "io/dataset.h"
 #include "io/loader.h"
 #include "io/sources.h"
-#include "runtime/cpu/normalize.h"
 
 namespace fs = std::filesystem;
 
 namespace oxtrain::cli {
 
 namespace {
-
-runtime::NormalizeParams imagenet_params(int64_t batch, int size) {
-  runtime::NormalizeParams p;
-  p.batch = batch;
-  p.height = size;
-  p.width = size;
-  p.channels = 3;
-  p.mean = io::kImageNetMean;
-  p.std = io::kImageNetStd;
-  return p;
-}
 
 class FolderSource : public BatchSource {
  public:
@@ -55,7 +43,7 @@ class FolderSource : public BatchSource {
     lo.rank = o.rank;
     lo.world = o.world;
     loader_ = std::make_unique<io::Loader>(*dataset_, lo);
-    images_.resize(static_cast<size_t>(o.batch_size * 3 * o.image_size * o.image_size));
+    pixels_.resize(static_cast<size_t>(o.batch_size * 3 * o.image_size * o.image_size));
     labels_.resize(static_cast<size_t>(o.batch_size));
   }
   int64_t batches_per_epoch() const override { return loader_->batches_per_epoch(); }
@@ -67,15 +55,17 @@ class FolderSource : public BatchSource {
   bool next(TrainBatch& batch) override {
     io::Batch b;
     if (!loader_->next(b)) return false;
-    // A short last batch is padded with zeros: outputs of padded rows are ignored.
+    // A full batch is fed from the loader's buffer (valid until the next call). A short last
+    // batch is padded with black images: outputs of padded rows are ignored.
+    const uint8_t* pixels = b.images;
     if (b.size < options_.batch_size) {
-      std::fill(images_.begin(), images_.end(), 0.0f);
+      std::fill(pixels_.begin(), pixels_.end(), uint8_t{0});
       std::fill(labels_.begin(), labels_.end(), 0);
+      std::copy(b.images, b.images + b.size * 3 * options_.image_size * options_.image_size, pixels_.begin());
+      pixels = pixels_.data();
     }
-    runtime::normalize_u8_nhwc_to_f32_nchw_cpu(images_.data(), b.images,
-                                              imagenet_params(b.size, options_.image_size));
     std::copy(b.labels, b.labels + b.size, labels_.begin());
-    batch = {b.size, images_.data(), labels_.data()};
+    batch = {b.size, nullptr, pixels, labels_.data()};
     return true;
   }
   int64_t bad_files() const override { return loader_->stats().bad_files; }
@@ -84,17 +74,18 @@ class FolderSource : public BatchSource {
   SourceOptions options_;
   std::unique_ptr<io::ImageFolder> dataset_;
   std::unique_ptr<io::Loader> loader_;
-  std::vector<float> images_;
+  std::vector<uint8_t> pixels_;
   std::vector<int64_t> labels_;
 };
 
-// One batch, the same every step.
+// One batch, the same every step: uint8 pixels (synthetic) or float images (tensor files).
 class FixedSource : public BatchSource {
  public:
-  FixedSource(std::vector<float> images, std::vector<int64_t> labels, int64_t classes,
+  FixedSource(std::vector<float> images, std::vector<uint8_t> pixels, std::vector<int64_t> labels, int64_t classes,
               int64_t batches)
-      : images_(std::move(images)), labels_(std::move(labels)), classes_(classes),
+      : images_(std::move(images)), pixels_(std::move(pixels)), labels_(std::move(labels)), classes_(classes),
         batches_(batches) {}
+  bool gives_pixels() const override { return !pixels_.empty(); }
   int64_t batches_per_epoch() const override { return batches_; }
   int64_t samples_per_epoch() const override {
     return batches_ * static_cast<int64_t>(labels_.size());
@@ -104,12 +95,14 @@ class FixedSource : public BatchSource {
   bool next(TrainBatch& batch) override {
     if (position_ >= batches_) return false;
     ++position_;
-    batch = {static_cast<int64_t>(labels_.size()), images_.data(), labels_.data()};
+    batch = {static_cast<int64_t>(labels_.size()), images_.empty() ? nullptr : images_.data(),
+             pixels_.empty() ? nullptr : pixels_.data(), labels_.data()};
     return true;
   }
 
  private:
   std::vector<float> images_;
+  std::vector<uint8_t> pixels_;
   std::vector<int64_t> labels_;
   int64_t classes_, batches_, position_ = 0;
 };
@@ -119,6 +112,9 @@ int64_t imagenet_batches(int64_t batch) { return (1281167 + batch - 1) / batch; 
 
 }  // namespace
 
+std::vector<float> imagenet_mean() { return {io::kImageNetMean, io::kImageNetMean + 3}; }
+std::vector<float> imagenet_std() { return {io::kImageNetStd, io::kImageNetStd + 3}; }
+
 std::unique_ptr<BatchSource> folder_source(const std::string& root, const SourceOptions& options) {
   return std::make_unique<FolderSource>(root, options);
 }
@@ -126,10 +122,7 @@ std::unique_ptr<BatchSource> folder_source(const std::string& root, const Source
 std::unique_ptr<BatchSource> synthetic_source(const SourceOptions& o) {
   io::SyntheticBatch s =
       io::make_synthetic_batch(o.batch_size, o.image_size, o.classes, o.seed + static_cast<uint64_t>(o.rank));
-  std::vector<float> images(static_cast<size_t>(o.batch_size * 3 * o.image_size * o.image_size));
-  runtime::normalize_u8_nhwc_to_f32_nchw_cpu(images.data(), s.images.data(),
-                                            imagenet_params(o.batch_size, o.image_size));
-  return std::make_unique<FixedSource>(std::move(images), s.labels, o.classes,
+  return std::make_unique<FixedSource>(std::vector<float>{}, std::move(s.images), s.labels, o.classes,
                                        imagenet_batches(o.batch_size));
 }
 
@@ -170,8 +163,8 @@ void check_input_tensors(const InputTensors& t, const graph::Value& model_input,
 std::unique_ptr<BatchSource> tensor_source(InputTensors t, const SourceOptions& o) {
   if (t.images.dtype != graph::DType::f32 || t.images.shape.empty() || t.images.shape[0] != o.batch_size)
     throw Error("--input-tensors: the images were not checked against the model");  // a bug
-  std::vector<float> pixels(t.images.data<float>(), t.images.data<float>() + t.images.numel());
-  return std::make_unique<FixedSource>(std::move(pixels), t.labels.to_int64(), 0,
+  std::vector<float> images(t.images.data<float>(), t.images.data<float>() + t.images.numel());
+  return std::make_unique<FixedSource>(std::move(images), std::vector<uint8_t>{}, t.labels.to_int64(), 0,
                                        imagenet_batches(o.batch_size));
 }
 

@@ -1,7 +1,8 @@
 // Where `oxtrain train` gets its batches: an ImageNet folder through the threaded loader,
 // one synthetic batch made once (--synthetic), or fixed tensors from files (--input-tensors).
-// Every source hands out float NCHW images normalised with ImageNet's mean and std (the CPU
-// runtime's input) and int64 labels.
+// The loader and synthetic data hand out uint8 NHWC pixels, which the graph normalises with
+// ImageNet's mean and std (on the GPU, in one kernel with the cast and the layout); tensor
+// files hold float NCHW images as the model takes them. Labels are int64.
 #pragma once
 
 #include <cstdint>
@@ -15,7 +16,8 @@ namespace oxtrain::cli {
 
 struct TrainBatch {
   int64_t size = 0;            // real samples (a validation batch may be padded after them)
-  const float* images = nullptr;  // [batch, 3, H, W]
+  const float* images = nullptr;    // [batch, 3, H, W] normalised (tensor files), or
+  const uint8_t* pixels = nullptr;  // [batch, H, W, 3] as decoded (the loader, synthetic data)
   const int64_t* labels = nullptr;
 };
 
@@ -30,7 +32,13 @@ class BatchSource {
   virtual void start_epoch(int64_t epoch, int64_t first_batch) = 0;
   virtual bool next(TrainBatch& batch) = 0;
   virtual int64_t bad_files() const { return 0; }
+  // Batches carry uint8 pixels, which the training graph normalises (graph::normalize_images_input).
+  virtual bool gives_pixels() const { return true; }
 };
+
+// ImageNet's per-channel mean and standard deviation, as the graph's NormalizeImages takes them.
+std::vector<float> imagenet_mean();
+std::vector<float> imagenet_std();
 
 struct SourceOptions {
   int64_t batch_size = 0;

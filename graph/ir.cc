@@ -224,6 +224,14 @@ std::vector<int64_t> Node::attr_ints(const std::string& key,
   throw Error(describe() + ": attribute '" + key + "' should be a list of ints");
 }
 
+std::vector<float> Node::attr_floats(const std::string& key) const {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) return {};
+  if (auto* v = std::get_if<std::vector<float>>(&it->second.value)) return *v;
+  if (auto* v = std::get_if<float>(&it->second.value)) return {*v};
+  throw Error(describe() + ": attribute '" + key + "' should be a list of floats");
+}
+
 const Tensor* Node::attr_tensor(const std::string& key) const {
   auto it = attrs.find(key);
   if (it == attrs.end()) return nullptr;

@@ -118,6 +118,7 @@ struct Node {
   std::string attr_string(const std::string& key, const std::string& fallback) const;
   std::vector<int64_t> attr_ints(const std::string& key,
                                  const std::vector<int64_t>& fallback = {}) const;
+  std::vector<float> attr_floats(const std::string& key) const;  // empty when absent
   const Tensor* attr_tensor(const std::string& key) const;
   // "Conv 'layer1.0.conv1'", the prefix of every error about this node.
   std::string describe() const;

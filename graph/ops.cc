@@ -812,6 +812,25 @@ void infer_batchnorm_apply(Node& n, const InferContext& ctx) {
   infer_batchnorm_relu_training(n, ctx);
 }
 
+// oxtrain.NormalizeImages(pixels) -> images: uint8 [N, H, W, C] as the loader decodes them to
+// [N, C, H, W] of type `to` (float32 unless it says float16 or bfloat16), y = (x / 255 -
+// mean[c]) / std[c] (attributes mean and std, C floats each).
+void infer_normalize_images(Node& n, const InferContext&) {
+  require_rank(n, 0, 4, "pixels");
+  const Shape& x = in_shape(n, 0);
+  if (in(n, 0).dtype != DType::u8)
+    throw Error(n.describe() + ": pixels '" + in(n, 0).name + "' must be uint8, got " + dtype_name(in(n, 0).dtype));
+  for (const char* key : {"mean", "std"})
+    if (static_cast<int64_t>(n.attr_floats(key).size()) != x[3])
+      throw Error(n.describe() + ": " + key + " needs " + std::to_string(x[3]) + " values (the images' channels), got " +
+                  std::to_string(n.attr_floats(key).size()));
+  const DType to = dtype_from_onnx(static_cast<int>(n.attr_int("to", dtype_to_onnx(DType::f32))));
+  if (to != DType::f32 && to != DType::f16 && to != DType::bf16)
+    throw Error(n.describe() + ": to must be float32, float16 or bfloat16, got " + dtype_name(to));
+  if (x.size() != 4) throw Error(n.describe() + ": pixels must be [N, H, W, C], got " + join(x));
+  set_out(n, 0, to, Shape{x[0], x[3], x[1], x[2]});
+}
+
 // oxtrain.BatchNormReluGrad(dZ, Z, X, scale, saved_mean, saved_inv_std) -> (dX, dScale, dBias
 // [, dR]): dS = ReluGrad(dZ, Z), then BatchNormGrad(dS, X, ...); dR = dS.
 void infer_batchnorm_relu_grad(Node& n, const InferContext&) {
@@ -889,6 +908,7 @@ void set_layouts(std::vector<OpSchema>& r) {
   set(kOxtrainDomain, {"ConvGradFilter"}, {{0, 1}, {0}});
   set("", {"BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool"}, {{0}, {0}});
   set(kOxtrainDomain, {"BatchNormTraining", "BatchNormApply", "AveragePoolGrad", "GlobalAveragePoolGrad"}, {{0}, {0}});
+  set(kOxtrainDomain, {"NormalizeImages"}, {{}, {0}});  // its pixels are always [N, H, W, C]
   set(kOxtrainDomain, {"BatchNormGrad", "MaxPoolGradFromInput"}, {{0, 1}, {0}});
   set(kOxtrainDomain, {"BatchNormReluTraining", "BatchNormReluApply"}, {{0, 5}, {0}});
   set(kOxtrainDomain, {"BatchNormReluGrad"}, {{0, 1, 2}, {0, 3}});
@@ -970,6 +990,7 @@ std::vector<OpSchema>& registry() {
          {.state = {3, 4}, .updates_input = {{1, 3}, {2, 4}}}},
         {kOxtrainDomain, "BatchNormReluGrad", infer_batchnorm_relu_grad, nullptr},
         {kOxtrainDomain, "BatchNormApply", infer_batchnorm_apply, nullptr},
+        {kOxtrainDomain, "NormalizeImages", infer_normalize_images, nullptr, {}, false, {.non_trainable = {0}}},
         {kOxtrainDomain, "BatchNormReluApply", infer_batchnorm_apply, nullptr},
         {kOxtrainDomain, "ReluGrad", same_as_input, nullptr, {}, false, {.shares_input = {{0, 0}, {0, 1}}}},
         {kOxtrainDomain, "ConvGradData", shape_from_attr("input_shape"), nullptr},

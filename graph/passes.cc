@@ -94,6 +94,26 @@ void to_mixed_precision(Graph& g, DType half) {
   // The model's outputs (logits) leave in float32, for the loss.
   for (Value*& out : g.outputs)
     if (is_half(out->dtype)) out = cast(out, DType::f32, nullptr);
+  // Images normalised in the graph (normalize_images_input) come out in half directly: the
+  // cast after NormalizeImages folds into it.
+  std::set<const Node*> folded;
+  for (const auto& node : g.nodes()) {
+    Node* n = node.get();
+    Value* y = n->op_type == "NormalizeImages" && n->domain == kOxtrainDomain ? n->output(0) : nullptr;
+    if (!y || y->consumers.size() != 1 || std::find(g.outputs.begin(), g.outputs.end(), y) != g.outputs.end()) continue;
+    Node* c = y->consumers[0];
+    if (c->op_type != "Cast" || !c->domain.empty() || !is_half(c->output(0)->dtype)) continue;
+    Value* half_images = c->output(0);
+    g.set_output(c, 0, nullptr);
+    g.set_output(n, 0, half_images);
+    n->attrs["to"].value = int64_t{dtype_to_onnx(half_images->dtype)};
+    find_schema(n->domain, n->op_type)->infer(*n, InferContext{g, g.opset(n->domain)});
+    folded.insert(c);
+  }
+  if (!folded.empty()) {
+    g.remove_nodes_if([&](const Node& n) { return folded.count(&n) != 0; });
+    g.prune_values();
+  }
 }
 
 namespace {
@@ -244,6 +264,29 @@ ChannelsLastReport to_channels_last(Graph& g, const std::set<std::string>& keep_
   for (const auto& n : g.nodes())
     if (const OpSchema* s = schema_of(*n); s && s->infer) s->infer(*n, InferContext{g, g.opset(n->domain)});
   return report;
+}
+
+std::string normalize_images_input(Graph& g, const std::vector<float>& mean, const std::vector<float>& std) {
+  if (g.inputs.empty()) throw Error("the model has no inputs to feed images to");
+  Value* x = g.inputs[0];
+  if (x->dtype != DType::f32 || x->shape.size() != 4 || !shape_known(x->shape))
+    throw Error("model input '" + x->name + "' is " + dtype_name(x->dtype) + " " + x->shape_string() +
+                "; images are fed as float32 [batch, channels, height, width]");
+  if (static_cast<int64_t>(mean.size()) != x->shape[1] || static_cast<int64_t>(std.size()) != x->shape[1])
+    throw Error("model input '" + x->name + "' has " + std::to_string(x->shape[1]) + " channels but the normalisation " +
+                std::to_string(mean.size()));
+  Value* pixels = g.add_value(g.unique_name(x->name + "/pixels"), DType::u8,
+                              Shape{x->shape[0], x->shape[2], x->shape[3], x->shape[1]}, Role::Input);
+  pixels->rank_known = true;
+  x->role = Role::Activation;
+  g.inputs[0] = pixels;
+  Node* n = g.add_node("NormalizeImages", {pixels}, {x}, g.unique_name(x->name + "/normalize"), kOxtrainDomain);
+  n->attrs["mean"].value = mean;
+  n->attrs["std"].value = std;
+  if (!g.nodes().empty() && g.nodes().front().get() != n) g.move_before(n, g.nodes().front().get());
+  if (g.opset(kOxtrainDomain) == 0) g.opsets.push_back({kOxtrainDomain, 1});
+  find_schema(kOxtrainDomain, "NormalizeImages")->infer(*n, InferContext{g, 1});
+  return pixels->name;
 }
 
 void convert_float_dtype(Graph& g, DType to) {

@@ -3,6 +3,7 @@
 
 #include <set>
 #include <string>
+#include <vector>
 
 #include "graph/ir.h"
 
@@ -33,6 +34,13 @@ struct ChannelsLastReport {
   int64_t transposes = 0;  // Transpose nodes added at the borders
 };
 ChannelsLastReport to_channels_last(Graph& graph, const std::set<std::string>& keep_channels_first = {});
+
+// The model's first input, float32 images [N, C, H, W], fed instead as the loader's uint8
+// pixels [N, H, W, C] through an oxtrain.NormalizeImages node ((x / 255 - mean) / std per
+// channel) at the head of the schedule: a quarter of the bytes to copy, and on the GPU the
+// normalisation (with mixed precision's cast and channels-last's layout) is one kernel.
+// Returns the new input's name.
+std::string normalize_images_input(Graph& graph, const std::vector<float>& mean, const std::vector<float>& std);
 
 // BatchNormalization in inference form everywhere (running statistics, one output), as a
 // model runs for validation; the training-mode outputs disappear with the nodes that used

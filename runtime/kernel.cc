@@ -63,6 +63,7 @@ const KernelRegistry& KernelRegistry::global() {
     register_cpu_normalization_kernels(r);
     register_cpu_random_kernels(r);
     register_cpu_precision_kernels(r);
+    register_cpu_normalize_kernels(r);
     // float16 and bfloat16 on the CPU: computed in float32, rounded (runtime/cpu/half_emulation.h).
     r.wrap(Device::cpu, [](const std::string&, const std::string&, KernelFactory f) {
       return cpu::with_half_emulation(std::move(f));
@@ -84,6 +85,7 @@ const KernelRegistry& KernelRegistry::global() {
     register_cuda_normalization_kernels(r);
     register_cuda_random_kernels(r);
     register_cuda_precision_kernels(r);
+    register_cuda_normalize_kernels(r);
     // float16 and bfloat16 for the kernels that compute only float32 (runtime/cuda/half_emulation.cu).
     r.wrap(Device::cuda, cuda::with_half_emulation);
     register_cuda_fused_kernels(r);
@@ -91,6 +93,7 @@ const KernelRegistry& KernelRegistry::global() {
     OpNames native = layout_transparent_ops();
     for (const char* op : {"ConvGradData", "ConvGradFilter", "BatchNormTraining", "BatchNormGrad", "BatchNormApply"})
       native.insert({graph::kOxtrainDomain, op});
+    native.insert({graph::kOxtrainDomain, "NormalizeImages"});
     native.insert({"", "Conv"});
     native.insert({"", "BatchNormalization"});
     r.wrap(Device::cuda, layout_emulation(std::move(native)));

@@ -1,12 +1,20 @@
-// The image normalisation kernel: a hand-computed case on the CPU, and CPU vs CUDA on odd
-// shapes where a GPU is present.
+// The image normalisation: a hand-computed case on the CPU, CPU vs CUDA on odd shapes where a
+// GPU is present, and the oxtrain.NormalizeImages node that does it inside the training graph.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <string>
 #include <vector>
 
+#include "autodiff/training.h"
+#include "graph/ops.h"
+#include "graph/passes.h"
 #include "runtime/cpu/normalize.h"
 #include "runtime/device.h"
+#include "runtime/session.h"
+#include "tests/helpers.h"
+#include "tests/kernel_helpers.h"
 #ifdef OXTRAIN_HAVE_CUDA
 #include "runtime/cuda/normalize.h"
 #endif
@@ -58,4 +66,98 @@ TEST(Normalize, CudaMatchesCpu) {
 #else
   GTEST_SKIP() << "built without CUDA";
 #endif
+}
+
+// ---------------------------------------------------------------------------------------
+// oxtrain.NormalizeImages: the loader's pixels normalised inside the training graph.
+
+namespace {
+
+using oxtrain::graph::Attribute;
+using oxtrain::graph::DType;
+using oxtrain::graph::Tensor;
+
+Tensor pixels(oxtrain::graph::Shape shape, uint64_t seed) {
+  Tensor t(DType::u8, std::move(shape));
+  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    t.data<uint8_t>()[i] = static_cast<uint8_t>(state >> 56);
+  }
+  return t;
+}
+
+oxtrain::test::KernelCase normalize_case(const Tensor& px, DType to, bool channels_last) {
+  const auto& s = px.shape;
+  oxtrain::graph::Shape out{s[0], s[3], s[1], s[2]};
+  if (channels_last) out = oxtrain::graph::to_channels_last_shape(out);
+  oxtrain::test::KernelCase k("NormalizeImages", oxtrain::graph::kOxtrainDomain, {px}, {{to, out}});
+  k.set_attr("mean", Attribute{std::vector<float>(kMean, kMean + 3)});
+  k.set_attr("std", Attribute{std::vector<float>(kStd, kStd + 3)});
+  k.set_attr("to", Attribute{int64_t{oxtrain::graph::dtype_to_onnx(to)}});
+  if (channels_last) k.set_attr(oxtrain::graph::kChannelsLast, Attribute{int64_t{1}});
+  return k;
+}
+
+}  // namespace
+
+// The node computes the loader's function, bit for bit.
+TEST(Normalize, NodeIsTheLoadersFunction) {
+  const Tensor px = pixels({5, 7, 11, 3}, 1);
+  oxtrain::test::KernelCase k = normalize_case(px, DType::f32, false);
+  k.run();
+  std::vector<float> want(static_cast<size_t>(px.numel()));
+  normalize_u8_nhwc_to_f32_nchw_cpu(want.data(), px.data<uint8_t>(), NormalizeParams{5, 7, 11, 3, kMean, kStd});
+  EXPECT_EQ(0, std::memcmp(k.output(0).data<float>(), want.data(), want.size() * sizeof(float)));
+}
+
+// In a bf16 channels-last training graph the pixels become bf16 NHWC images in one node: the
+// mixed-precision cast folds into it and no Transpose is left for the images. A step fed
+// pixels gives the bits of a step fed the host-normalised images.
+TEST(Normalize, TrainingGraphNormalisesPixelsInOneNode) {
+  using namespace oxtrain;
+  for (bool channels_last : {false, true}) {
+    SCOPED_TRACE(channels_last ? "channels-last" : "channels-first");
+    autodiff::TrainingOptions o;
+    o.half = DType::bf16;
+    o.fuse_batchnorm_relu = o.recompute_batchnorm_relu = true;
+    o.channels_last = channels_last;
+    graph::Graph g = test::zoo_at_batch("resnet18", 4, 32, 10, 5);
+    const std::string input = graph::normalize_images_input(g, std::vector<float>(kMean, kMean + 3),
+                                                            std::vector<float>(kStd, kStd + 3));
+    autodiff::TrainingGraph with = autodiff::build_training_graph(std::move(g), o);
+    const graph::Node* norm = nullptr;
+    for (const auto& n : with.graph.nodes())
+      if (n->op_type == "NormalizeImages") norm = n.get();
+    ASSERT_NE(norm, nullptr);
+    EXPECT_EQ(norm->output(0)->dtype, DType::bf16);
+    EXPECT_EQ(norm->output(0)->consumers.size(), 2u);  // conv1 and its filter gradient, no Cast
+    EXPECT_EQ(graph::is_channels_last(*norm), channels_last);
+    if (channels_last) EXPECT_EQ(with.channels_last.transposes, 2 + 20 + 19 + 20);  // pooled features, filters
+    autodiff::TrainingGraph without = autodiff::build_training_graph(test::zoo_at_batch("resnet18", 4, 32, 10, 5), o);
+    runtime::Session a(std::move(with.graph)), b(std::move(without.graph));
+    const Tensor px = pixels({4, 32, 32, 3}, 2);
+    Tensor images(DType::f32, {4, 3, 32, 32});
+    normalize_u8_nhwc_to_f32_nchw_cpu(images.data<float>(), px.data<uint8_t>(), NormalizeParams{4, 32, 32, 3, kMean, kStd});
+    a.feed(input, px);
+    b.feed("input", images);
+    for (auto* s : {&a, &b}) {
+      const auto& tg = s == &a ? with : without;
+      s->feed(tg.labels, Tensor::from_int64({1, 2, 3, 4}, {4}));
+      s->feed(tg.learning_rate, Tensor::from_float({0.1f}, {}));
+      s->feed(tg.step, Tensor::from_int64({0}, {}));
+      s->run();
+    }
+    EXPECT_EQ(a.fetch(with.loss).bytes, b.fetch(without.loss).bytes);
+  }
+}
+
+TEST(Normalize, NodeOnCudaMatchesCpuExactly) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType to : {DType::f32, DType::bf16, DType::f16})
+    for (bool channels_last : {false, true}) {
+      SCOPED_TRACE(std::string(oxtrain::graph::dtype_name(to)) + (channels_last ? " channels-last" : ""));
+      oxtrain::test::KernelCase k = normalize_case(pixels({5, 7, 11, 3}, 3), to, channels_last);
+      EXPECT_TRUE(oxtrain::test::cuda_matches_cpu(k, 0));
+    }
 }

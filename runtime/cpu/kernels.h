@@ -37,6 +37,7 @@ void register_cpu_normalization_kernels(KernelRegistry& registry);
 void register_cpu_random_kernels(KernelRegistry& registry);
 // precision.cc: oxtrain.NonFinite, oxtrain.LossScaleUpdate (fp16's dynamic loss scaling)
 void register_cpu_precision_kernels(KernelRegistry& registry);
+void register_cpu_normalize_kernels(KernelRegistry& registry);  // oxtrain.NormalizeImages
 // fused.cc: oxtrain.BatchNormReluTraining, oxtrain.BatchNormReluGrad (they handle half values
 // themselves, so they register after the half emulation wraps the others)
 void register_cpu_fused_kernels(KernelRegistry& registry);

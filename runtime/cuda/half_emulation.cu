@@ -159,6 +159,7 @@ const std::set<std::pair<std::string, std::string>>& native_half_ops() {
       {"oxtrain", "BatchNormTraining"},
       {"oxtrain", "BatchNormGrad"},
       {"oxtrain", "BatchNormApply"},
+      {"oxtrain", "NormalizeImages"},
       {"oxtrain", "NonFinite"},
   };
   return ops;

@@ -38,6 +38,7 @@ void register_cuda_normalization_kernels(KernelRegistry& registry);
 void register_cuda_random_kernels(KernelRegistry& registry);
 // precision.cu: oxtrain.NonFinite, oxtrain.LossScaleUpdate (fp16's dynamic loss scaling)
 void register_cuda_precision_kernels(KernelRegistry& registry);
+void register_cuda_normalize_kernels(KernelRegistry& registry);  // oxtrain.NormalizeImages
 // fused.cu: oxtrain.BatchNormReluTraining, oxtrain.BatchNormReluGrad (native half; registered
 // after the half emulation)
 void register_cuda_fused_kernels(KernelRegistry& registry);
