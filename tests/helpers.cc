@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -12,6 +13,7 @@
 
 #include "graph/onnx_io.h"
 #include "graph/zoo.h"
+#include "tests/kernel_helpers.h"
 
 namespace fs = std::filesystem;
 
@@ -345,6 +347,34 @@ graph::Graph zoo_at_batch(const std::string& name, int64_t batch, int64_t image_
   io.batch_size = batch;
   graph::prepare(g, io);
   return g;
+}
+
+TrainingRun make_training_run(graph::Graph forward, const autodiff::TrainingOptions& options) {
+  TrainingRun r{autodiff::build_training_graph(std::move(forward), options), nullptr, {}};
+  for (const auto& [state, next] : r.tg.graph.updates) r.states.push_back(state->name);
+  std::sort(r.states.begin(), r.states.end());
+  runtime::SessionOptions so;
+  for (const auto& [v, d] : r.tg.gradients) so.gradients.push_back(d);
+  graph::Graph g = std::move(r.tg.graph);
+  r.session = std::make_unique<runtime::Session>(std::move(g), so);
+  return r;
+}
+
+void run_training_step(TrainingRun& r, uint64_t image_seed, const std::vector<int64_t>& labels, float lr,
+                       int64_t step) {
+  const graph::Value* images = r.session->graph().value("input");
+  r.session->feed("input", random_tensor(images->dtype, images->shape, image_seed));
+  r.session->feed(r.tg.labels, graph::Tensor::from_int64(labels, {static_cast<int64_t>(labels.size())}));
+  r.session->feed(r.tg.learning_rate, graph::Tensor::from_float({lr}, {}));
+  r.session->feed(r.tg.step, graph::Tensor::from_int64({step}, {}));
+  r.session->run();
+}
+
+int differing_states(const TrainingRun& a, const TrainingRun& b) {
+  int differing = 0;
+  for (const std::string& state : a.states)
+    differing += a.session->fetch(state).bytes != b.session->fetch(state).bytes;
+  return differing;
 }
 
 }  // namespace oxtrain::test

@@ -4,11 +4,14 @@
 
 #include <onnx/onnx_pb.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "autodiff/training.h"
 #include "graph/ir.h"
 #include "io/image.h"
+#include "runtime/session.h"
 
 namespace oxtrain::test {
 
@@ -42,6 +45,21 @@ ModelBuilder small_convnet(int64_t opset = 17);
 // A model of the zoo (graph/zoo.h) imported at a fixed batch, as the tests build ResNets.
 graph::Graph zoo_at_batch(const std::string& name, int64_t batch, int64_t image_size = 224, int64_t classes = 1000,
                           uint64_t seed = 0);
+
+// A training graph in a session (its gradients in the gradient arena), for comparing runs
+// step by step. `states` are the values a step updates, sorted by name: graphs that compute
+// the same may finish their gradients in other orders.
+struct TrainingRun {
+  autodiff::TrainingGraph tg;
+  std::unique_ptr<runtime::Session> session;
+  std::vector<std::string> states;
+};
+TrainingRun make_training_run(graph::Graph forward, const autodiff::TrainingOptions& options);
+// One step: random float images (from `image_seed`) into "input", `labels`, learning rate `lr`.
+void run_training_step(TrainingRun& run, uint64_t image_seed, const std::vector<int64_t>& labels, float lr,
+                       int64_t step);
+// How many of the states differ in any bit between two runs with the same states.
+int differing_states(const TrainingRun& a, const TrainingRun& b);
 
 // Empty string when equal; otherwise what differs first.
 std::string graph_difference(const graph::Graph& a, const graph::Graph& b);

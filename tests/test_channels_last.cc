@@ -28,31 +28,8 @@ autodiff::TrainingOptions options(bool channels_last, DType half) {
   return o;
 }
 
-struct LayoutRun {
-  autodiff::TrainingGraph tg;
-  std::unique_ptr<runtime::Session> session;
-  std::vector<std::string> states;
-};
-
-LayoutRun make_run(bool channels_last, DType half) {
-  LayoutRun r{autodiff::build_training_graph(test::zoo_at_batch("resnet18", 4, 32, 10, 5), options(channels_last, half)),
-        nullptr,
-        {}};
-  for (const auto& [state, next] : r.tg.graph.updates) r.states.push_back(state->name);
-  std::sort(r.states.begin(), r.states.end());
-  runtime::SessionOptions so;
-  for (const auto& [v, d] : r.tg.gradients) so.gradients.push_back(d);
-  Graph g = std::move(r.tg.graph);
-  r.session = std::make_unique<runtime::Session>(std::move(g), so);
-  return r;
-}
-
-void step(LayoutRun& r, int64_t index) {
-  r.session->feed("input", test::random_tensor(DType::f32, {4, 3, 32, 32}, 300 + static_cast<uint64_t>(index)));
-  r.session->feed(r.tg.labels, Tensor::from_int64({2, 7, 7, 0}, {4}));
-  r.session->feed(r.tg.learning_rate, Tensor::from_float({0.05f}, {}));
-  r.session->feed(r.tg.step, Tensor::from_int64({index}, {}));
-  r.session->run();
+test::TrainingRun make_run(bool channels_last, DType half) {
+  return test::make_training_run(test::zoo_at_batch("resnet18", 4, 32, 10, 5), options(channels_last, half));
 }
 
 }  // namespace
@@ -109,19 +86,15 @@ TEST(ChannelsLast, ResNet50GraphIsChannelsLastBetweenItsBorders) {
 TEST(ChannelsLast, TrainsBitIdenticalToChannelsFirst) {
   for (DType half : {DType::undefined, DType::bf16}) {
     SCOPED_TRACE(half == DType::undefined ? "float32" : dtype_name(half));
-    LayoutRun first = make_run(false, half);
-    LayoutRun last = make_run(true, half);
+    test::TrainingRun first = make_run(false, half);
+    test::TrainingRun last = make_run(true, half);
     ASSERT_EQ(first.states, last.states);
     EXPECT_GT(last.tg.channels_last.nodes, 50);
     for (int64_t s = 0; s < 3; ++s) {
-      step(first, s);
-      step(last, s);
+      for (auto* r : {&first, &last}) test::run_training_step(*r, 300 + static_cast<uint64_t>(s), {2, 7, 7, 0}, 0.05f, s);
       EXPECT_EQ(first.session->fetch(first.tg.loss).bytes, last.session->fetch(last.tg.loss).bytes) << "step " << s;
     }
-    int differing = 0;
-    for (const std::string& state : first.states)
-      differing += first.session->fetch(state).bytes != last.session->fetch(state).bytes;
-    EXPECT_EQ(differing, 0) << "of " << first.states.size();
+    EXPECT_EQ(test::differing_states(first, last), 0) << "of " << first.states.size();
   }
 }
 

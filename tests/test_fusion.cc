@@ -27,33 +27,16 @@ std::map<std::string, int> op_counts(const Graph& g) {
   return c;
 }
 
-struct Trained {
-  autodiff::TrainingGraph tg;
-  std::unique_ptr<runtime::Session> session;
-  std::vector<std::string> states;
-};
-
-Trained make_run(const std::string& arch, bool fuse, DType half, bool recompute = false) {
+test::TrainingRun make_run(const std::string& arch, bool fuse, DType half, bool recompute = false) {
   autodiff::TrainingOptions o;
   o.fuse_batchnorm_relu = fuse;
   o.recompute_batchnorm_relu = recompute;
   o.half = half;
-  Trained r{autodiff::build_training_graph(resnet(arch, 4, 32), o), nullptr, {}};
-  for (const auto& [state, next] : r.tg.graph.updates) r.states.push_back(state->name);
-  std::sort(r.states.begin(), r.states.end());  // backward finishes gradients in another order
-  runtime::SessionOptions so;
-  for (const auto& [v, d] : r.tg.gradients) so.gradients.push_back(d);
-  Graph g = std::move(r.tg.graph);
-  r.session = std::make_unique<runtime::Session>(std::move(g), so);
-  return r;
+  return test::make_training_run(resnet(arch, 4, 32), o);
 }
 
-void step(Trained& r, int64_t index) {
-  r.session->feed("input", test::random_tensor(DType::f32, {4, 3, 32, 32}, 100 + static_cast<uint64_t>(index)));
-  r.session->feed(r.tg.labels, Tensor::from_int64({1, 4, 9, 0}, {4}));
-  r.session->feed(r.tg.learning_rate, Tensor::from_float({0.05f}, {}));
-  r.session->feed(r.tg.step, Tensor::from_int64({index}, {}));
-  r.session->run();
+void step(test::TrainingRun& r, int64_t index) {
+  test::run_training_step(r, 100 + static_cast<uint64_t>(index), {1, 4, 9, 0}, 0.05f, index);
 }
 
 }  // namespace
@@ -97,9 +80,9 @@ TEST(Fusion, KeepsValuesOthersRead) {
 TEST(Fusion, FusedStepsAreBitIdenticalToUnfused) {
   for (DType half : {DType::undefined, DType::bf16, DType::f16}) {
     SCOPED_TRACE(half == DType::undefined ? "float32" : dtype_name(half));
-    Trained plain = make_run("resnet18", false, half);
-    Trained fused = make_run("resnet18", true, half);
-    Trained recomputed = make_run("resnet18", true, half, true);
+    test::TrainingRun plain = make_run("resnet18", false, half);
+    test::TrainingRun fused = make_run("resnet18", true, half);
+    test::TrainingRun recomputed = make_run("resnet18", true, half, true);
     ASSERT_EQ(plain.states, fused.states);
     ASSERT_EQ(plain.states, recomputed.states);
     EXPECT_EQ(recomputed.tg.recomputed_values, 17);
@@ -111,13 +94,8 @@ TEST(Fusion, FusedStepsAreBitIdenticalToUnfused) {
       EXPECT_EQ(loss, fused.session->fetch(fused.tg.loss).bytes) << "step " << s;
       EXPECT_EQ(loss, recomputed.session->fetch(recomputed.tg.loss).bytes) << "step " << s;
     }
-    int differing = 0, differing_recomputed = 0;
-    for (const std::string& state : plain.states) {
-      differing += plain.session->fetch(state).bytes != fused.session->fetch(state).bytes;
-      differing_recomputed += plain.session->fetch(state).bytes != recomputed.session->fetch(state).bytes;
-    }
-    EXPECT_EQ(differing, 0) << "of " << plain.states.size();
-    EXPECT_EQ(differing_recomputed, 0) << "of " << plain.states.size();
+    EXPECT_EQ(test::differing_states(plain, fused), 0) << "of " << plain.states.size();
+    EXPECT_EQ(test::differing_states(plain, recomputed), 0) << "of " << plain.states.size();
     // In place, the unfused Relu and Add already reuse the batch norm's buffer: the fusion
     // saves passes over memory, not memory. Recomputing the fused outputs saves memory.
     const int64_t plain_bytes = plain.session->plan().activation_arena_bytes;

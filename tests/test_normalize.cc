@@ -133,7 +133,9 @@ TEST(Normalize, TrainingGraphNormalisesPixelsInOneNode) {
     EXPECT_EQ(norm->output(0)->dtype, DType::bf16);
     EXPECT_EQ(norm->output(0)->consumers.size(), 2u);  // conv1 and its filter gradient, no Cast
     EXPECT_EQ(graph::is_channels_last(*norm), channels_last);
-    if (channels_last) EXPECT_EQ(with.channels_last.transposes, 2 + 20 + 19 + 20);  // pooled features, filters
+    if (channels_last) {
+      EXPECT_EQ(with.channels_last.transposes, 2 + 20 + 19 + 20);  // pooled features, filters
+    }
     autodiff::TrainingGraph without = autodiff::build_training_graph(test::zoo_at_batch("resnet18", 4, 32, 10, 5), o);
     runtime::Session a(std::move(with.graph)), b(std::move(without.graph));
     const Tensor px = pixels({4, 32, 32, 3}, 2);

@@ -151,6 +151,18 @@ OXTRAIN_HD int64_t max_pool_index(int64_t plane, int64_t in_plane, int64_t at) {
   return at < 0 ? -1 : plane * in_plane + at;
 }
 
+// Calls add(oh, ow) for each output whose window holds input (h, w), in ascending output
+// order: the order in which the CPU's scatters add, so a gather gives their bits.
+template <typename F>
+OXTRAIN_HD void for_covering_outputs(const Pool2d& g, int64_t h, int64_t w, F&& add) {
+  const PoolRange rr = pool_cover(g.rows, h), cr = pool_cover(g.cols, w);
+  for (int64_t oh = rr.lo; oh < rr.hi; ++oh) {
+    if (!pool_tap_lands(g.rows, oh, h)) continue;
+    for (int64_t ow = cr.lo; ow < cr.hi; ++ow)
+      if (pool_tap_lands(g.cols, ow, w)) add(oh, ow);
+  }
+}
+
 // dX of input (h, w) of plane `plane` (deterministic gather, the GPU's MaxPoolGrad): the sum of
 // dY over the outputs whose window holds (h, w) and whose Indices name it, added in ascending
 // output order starting from 0, which is the order in which max_pool_grad_scatter() adds them.
@@ -158,16 +170,11 @@ template <typename T>
 OXTRAIN_HD T max_pool_grad_at(const Pool2d& g, const T* dy_plane, const int64_t* indices_plane,
                               int64_t plane, int64_t h, int64_t w) {
   const int64_t target = plane * g.in_plane() + h * g.cols.in + w;
-  const PoolRange rr = pool_cover(g.rows, h), cr = pool_cover(g.cols, w);
   T sum = 0;
-  for (int64_t oh = rr.lo; oh < rr.hi; ++oh) {
-    if (!pool_tap_lands(g.rows, oh, h)) continue;
-    for (int64_t ow = cr.lo; ow < cr.hi; ++ow) {
-      if (!pool_tap_lands(g.cols, ow, w)) continue;
-      const int64_t o = oh * g.cols.out + ow;
-      if (indices_plane[o] == target) sum += dy_plane[o];
-    }
-  }
+  for_covering_outputs(g, h, w, [&](int64_t oh, int64_t ow) {
+    const int64_t o = oh * g.cols.out + ow;
+    if (indices_plane[o] == target) sum += dy_plane[o];
+  });
   return sum;
 }
 
@@ -178,15 +185,10 @@ OXTRAIN_HD T max_pool_grad_at(const Pool2d& g, const T* dy_plane, const int64_t*
 template <typename T>
 OXTRAIN_HD T max_pool_grad_from_input_at(const Pool2d& g, const T* dy_plane, const T* x_plane, int64_t h, int64_t w) {
   const int64_t target = h * g.cols.in + w;
-  const PoolRange rr = pool_cover(g.rows, h), cr = pool_cover(g.cols, w);
   T sum = 0;
-  for (int64_t oh = rr.lo; oh < rr.hi; ++oh) {
-    if (!pool_tap_lands(g.rows, oh, h)) continue;
-    for (int64_t ow = cr.lo; ow < cr.hi; ++ow) {
-      if (!pool_tap_lands(g.cols, ow, w)) continue;
-      if (max_window(x_plane, g.cols.in, pool_window(g, oh, ow)).at == target) sum += dy_plane[oh * g.cols.out + ow];
-    }
-  }
+  for_covering_outputs(g, h, w, [&](int64_t oh, int64_t ow) {
+    if (max_window(x_plane, g.cols.in, pool_window(g, oh, ow)).at == target) sum += dy_plane[oh * g.cols.out + ow];
+  });
   return sum;
 }
 
@@ -241,17 +243,11 @@ OXTRAIN_HD T avg_window(const T* plane, int64_t width, const PoolWindow& win, bo
 template <typename T>
 OXTRAIN_HD T avg_pool_grad_at(const Pool2d& g, bool include_pad, const T* dy_plane, int64_t h,
                               int64_t w) {
-  const PoolRange rr = pool_cover(g.rows, h), cr = pool_cover(g.cols, w);
   T sum = 0;
-  for (int64_t oh = rr.lo; oh < rr.hi; ++oh) {
-    if (!pool_tap_lands(g.rows, oh, h)) continue;
-    const PoolTaps r = pool_taps(g.rows, oh);
-    for (int64_t ow = cr.lo; ow < cr.hi; ++ow) {
-      if (!pool_tap_lands(g.cols, ow, w)) continue;
-      const int64_t div = avg_divisor(r, pool_taps(g.cols, ow), include_pad);
-      if (div > 0) sum += dy_plane[oh * g.cols.out + ow] / static_cast<T>(div);
-    }
-  }
+  for_covering_outputs(g, h, w, [&](int64_t oh, int64_t ow) {
+    const int64_t div = avg_divisor(pool_taps(g.rows, oh), pool_taps(g.cols, ow), include_pad);
+    if (div > 0) sum += dy_plane[oh * g.cols.out + ow] / static_cast<T>(div);
+  });
   return sum;
 }
 
