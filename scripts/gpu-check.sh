@@ -74,6 +74,12 @@ if [ -x "$sanitizer" ]; then
     oxtrain train --synthetic -a resnet18 --image-size 64 --num-classes 10 -b 8 --steps 4 -p 1 --device cuda
   san_rc=$?
   san=$(grep -m1 'ERROR SUMMARY' "$out/sanitizer.log" || echo "no summary (exit $san_rc)")
+  # The same in bf16 channels-last: the half, layout and normalisation kernels.
+  phase sanitizer-nhwc 120 "$sanitizer" --tool memcheck --error-exitcode 3 \
+    oxtrain train --synthetic -a resnet18 --image-size 64 --num-classes 10 -b 8 --steps 4 -p 1 --device cuda \
+    --precision bf16 --channels-last
+  san_rc=$?
+  san="$san; bf16 channels-last: $(grep -m1 'ERROR SUMMARY' "$out/sanitizer-nhwc.log" || echo "no summary (exit $san_rc)")"
 else
   san="compute-sanitizer not found"
 fi

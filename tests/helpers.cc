@@ -349,11 +349,11 @@ graph::Graph zoo_at_batch(const std::string& name, int64_t batch, int64_t image_
   return g;
 }
 
-TrainingRun make_training_run(graph::Graph forward, const autodiff::TrainingOptions& options) {
+TrainingRun make_training_run(graph::Graph forward, const autodiff::TrainingOptions& options,
+                              runtime::SessionOptions so) {
   TrainingRun r{autodiff::build_training_graph(std::move(forward), options), nullptr, {}};
   for (const auto& [state, next] : r.tg.graph.updates) r.states.push_back(state->name);
   std::sort(r.states.begin(), r.states.end());
-  runtime::SessionOptions so;
   for (const auto& [v, d] : r.tg.gradients) so.gradients.push_back(d);
   graph::Graph g = std::move(r.tg.graph);
   r.session = std::make_unique<runtime::Session>(std::move(g), so);

@@ -54,7 +54,8 @@ struct TrainingRun {
   std::unique_ptr<runtime::Session> session;
   std::vector<std::string> states;
 };
-TrainingRun make_training_run(graph::Graph forward, const autodiff::TrainingOptions& options);
+TrainingRun make_training_run(graph::Graph forward, const autodiff::TrainingOptions& options,
+                              runtime::SessionOptions session = {});
 // One step: random float images (from `image_seed`) into "input", `labels`, learning rate `lr`.
 void run_training_step(TrainingRun& run, uint64_t image_seed, const std::vector<int64_t>& labels, float lr,
                        int64_t step);

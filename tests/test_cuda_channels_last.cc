@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "graph/ops.h"
+#include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
@@ -107,4 +108,25 @@ TEST(CudaChannelsLast, EmulatedPoolingMatchesCpuExactly) {
                  {{DType::f32, Shape{5, 1, 1, 7}}});
   gap.set_attr(kChannelsLast, Attribute{int64_t{1}});
   EXPECT_TRUE(test::cuda_matches_cpu(gap, 1e-6));
+}
+
+// A whole ResNet-18 step on the GPU with everything this runtime does to the graph (fused
+// batch norms, their recomputation, channels-last), against the plain channels-first graph
+// on the CPU, both strict float32: the limits of CudaSession.OneResNetStepMatchesTheCpuInStrictFp32.
+TEST(CudaChannelsLast, ResNetStepMatchesThePlainGraphOnTheCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  autodiff::TrainingOptions plain;
+  autodiff::TrainingOptions all = plain;
+  all.fuse_batchnorm_relu = all.recompute_batchnorm_relu = all.channels_last = true;
+  runtime::SessionOptions gpu;
+  gpu.device = runtime::Device::cuda;
+  gpu.precision = Precision::fp32;
+  test::TrainingRun cpu_run = test::make_training_run(test::zoo_at_batch("resnet18", 4, 64, 10, 3), plain);
+  test::TrainingRun gpu_run = test::make_training_run(test::zoo_at_batch("resnet18", 4, 64, 10, 3), all, gpu);
+  ASSERT_EQ(cpu_run.states, gpu_run.states);
+  for (auto* r : {&cpu_run, &gpu_run}) test::run_training_step(*r, 100, {3, 7, 0, 9}, 0.1f, 0);
+  EXPECT_LE(test::max_relative_difference(gpu_run.session->fetch(gpu_run.tg.loss), cpu_run.session->fetch(cpu_run.tg.loss)),
+            1e-5);
+  for (const std::string& name : cpu_run.states)
+    EXPECT_LE(test::max_relative_difference(gpu_run.session->fetch(name), cpu_run.session->fetch(name)), 1e-4) << name;
 }
