@@ -29,7 +29,9 @@ std::string shape_text(const Shape& s) { return shape_str(s); }
 bool is_integer(DType dt) {
   return dt == DType::i64 || dt == DType::i32 || dt == DType::i8 || dt == DType::u8;
 }
-bool is_numeric(DType dt) { return dt == DType::f32 || dt == DType::f64 || is_integer(dt); }
+// Half types too: mixed precision (graph::to_mixed_precision) hands them to the ops whose
+// HalfPolicy follows their input, and the kernels' half wrappers compute them in float32.
+bool is_numeric(DType dt) { return is_float(dt) || is_integer(dt); }
 
 // ---- element access for folding --------------------------------------------------------
 
@@ -150,10 +152,8 @@ void check_since(const Node& n, const InferContext& ctx, int64_t since) {
 void infer_unary(Node& n, const InferContext& ctx, const UnaryDef& def) {
   check_since(n, ctx, def.since);
   DType dt = in(n, 0).dtype;
-  bool ok = def.domain == Domain::floats ? (dt == DType::f32 || dt == DType::f64)
-                                         : (is_numeric(dt) && dt != DType::u8);
-  require_type(n, 0, ok, def.domain == Domain::floats ? "expected float32 or float64"
-                                                      : "expected a signed number type");
+  bool ok = def.domain == Domain::floats ? is_float(dt) : (is_numeric(dt) && dt != DType::u8);
+  require_type(n, 0, ok, def.domain == Domain::floats ? "expected a float type" : "expected a signed number type");
   set_out(n, 0, dt, in_shape(n, 0));
 }
 

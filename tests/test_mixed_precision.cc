@@ -157,6 +157,35 @@ TEST(HalfEmulation, ConvInHalfIsTheFloat32ConvRounded) {
   }
 }
 
+// The pointwise ops mixed precision hands half values (HalfPolicy follow: ReLU6's Clip,
+// SiLU's Sigmoid, MobileNetV3's HardSwish, ...) take them, and compute the float32 result
+// rounded.
+TEST(HalfEmulation, PointwiseOpsTakeHalfValues) {
+  for (DType half : kHalves) {
+    const Tensor x = half_tensor(half, test::random_tensor(DType::f32, {3, 5, 4}, 8, -8, 8));
+    const Tensor zero = half_tensor(half, Tensor::from_float({0.0f}, {}));
+    for (const char* op : {"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Abs", "Neg", "Clip", "Max"}) {
+      SCOPED_TRACE(std::string(op) + " " + dtype_name(half));
+      const bool clip = std::string(op) == "Clip", max = std::string(op) == "Max";
+      std::vector<Tensor> hin = {x}, fin = {widened(x)};
+      if (max) {
+        hin = {x, zero};
+        fin = {widened(x), widened(zero)};
+      }
+      test::KernelCase hc(op, "", hin, {{half, x.shape}});
+      test::KernelCase fc(op, "", fin, {{DType::f32, x.shape}});
+      if (clip)  // ReLU6, bounds as attributes (opset 6)
+        for (auto* k : {&hc, &fc}) {
+          k->set_attr("min", Attribute{0.0f});
+          k->set_attr("max", Attribute{6.0f});
+        }
+      hc.run(clip ? 6 : 13);
+      fc.run(clip ? 6 : 13);
+      EXPECT_EQ(hc.output(0).bytes, half_tensor(half, fc.output(0)).bytes);
+    }
+  }
+}
+
 TEST(HalfEmulation, CastRoundsAndWidens) {
   Tensor f = Tensor::from_float({1.0f, 1.00390625f, 65520.0f, -3.0e-8f, 1e-3f}, {5});
   for (DType half : kHalves) {
