@@ -1,5 +1,5 @@
 // oxtrain graph MODEL.onnx [--batch-size N] [--nodes] [--json] [--dot FILE] [--export FILE]
-//                          [--training [--plot FILE.svg]] [--allow-external-data-anywhere]
+//                          [--training [--plot FILE.svg]] [--allow-external-data-anywhere] [--as-exported]
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -37,6 +37,7 @@ struct GraphArgs {
   std::string export_path;
   std::string plot;
   bool allow_external_data_anywhere = false;
+  bool as_exported = false;
   std::string device;  // with --training: compile for this device and report its plan
   std::string precision = "tf32";
   bool no_recompute = false;
@@ -300,6 +301,8 @@ Subcommand add_graph_command(CLI::App& app) {
   cmd->add_option("--plot", args->plot, "with --training: write live bytes over the schedule as SVG");
   cmd->add_flag("--allow-external-data-anywhere", args->allow_external_data_anywhere,
                 "read external data even from outside the model's folder (only for models you trust)");
+  cmd->add_flag("--as-exported", args->as_exported,
+                "show the file as written: do not put back batch norms or biases its exporter folded away");
   cmd->add_option("--device", args->device,
                   "with --training: compile the step for cpu or cuda and report the device plan (arenas, "
                   "workspaces, chosen algorithms)");
@@ -328,9 +331,12 @@ Subcommand add_graph_command(CLI::App& app) {
     graph::ImportOptions options;
     options.batch_size = args->batch_size;
     options.allow_external_data_anywhere = args->allow_external_data_anywhere;
+    options.restore_exporter_rewrites = !args->as_exported;
     graph::Graph g = graph::import_onnx(args->model, options);
     std::string folded = graph::folded_batchnorm_warning(g, args->model);
     if (!folded.empty()) std::cerr << "oxtrain: warning: " << folded << "\n";
+    std::string restored = graph::restored_rewrites_note(g, args->model);
+    if (!restored.empty()) std::cerr << "oxtrain: note: " << restored << "\n";
     if (args->training) return run_training_report(*args, std::move(g));
     graph::InspectOptions view{args->model, args->nodes};
     std::cout << (args->json ? graph::summary_json(g, view) : graph::summary_text(g, view));

@@ -76,6 +76,7 @@ struct TrainArgs {
   bool log_all_ranks = false;
   int64_t threads = 0;
   bool allow_external_data_anywhere = false;
+  bool as_exported = false;
 };
 
 // Bounds of the flags: generous for real use, small enough that a typo cannot hang the
@@ -212,12 +213,15 @@ Model load_model(const TrainArgs& a, int64_t classes, bool log) {
   graph::ImportOptions io;
   io.batch_size = a.batch_size;
   io.allow_external_data_anywhere = a.allow_external_data_anywhere;
+  io.restore_exporter_rewrites = !a.as_exported;
   Model m;
   if (!a.model.empty()) {
     m.forward = graph::import_onnx(a.model, io);
     m.source = a.model;
     std::string folded = graph::folded_batchnorm_warning(m.forward, a.model);
     if (log && !folded.empty()) std::fprintf(stderr, "oxtrain: warning: %s\n", folded.c_str());
+    std::string restored = graph::restored_rewrites_note(m.forward, a.model);
+    if (log && !restored.empty()) std::fprintf(stderr, "oxtrain: note: %s\n", restored.c_str());
   } else {
     graph::ZooOptions zo;
     zo.num_classes = classes;
@@ -844,6 +848,8 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_flag("--log-all-ranks", a->log_all_ranks, "data parallel: every rank prints its log lines, not only rank 0");
   cmd->add_flag("--allow-external-data-anywhere", a->allow_external_data_anywhere,
                 "let the model's external data files lie outside its folder");
+  cmd->add_flag("--as-exported", a->as_exported,
+                "train the file as written: do not put back batch norms or biases its exporter folded away");
   return {cmd, [a, cmd]() {
     a->num_classes_given = cmd->count("--num-classes") > 0;
     a->batch_size_given = cmd->count("--batch-size") > 0;

@@ -137,6 +137,7 @@ std::vector<NamedTensor> run_model(const std::string& model_path, const std::vec
   graph::ImportOptions io;
   io.prepare = false;
   io.allow_external_data_anywhere = options.allow_external_data_anywhere;
+  io.restore_exporter_rewrites = false;  // evaluate the file exactly as written
   Graph g = graph::import_onnx(model_path, io);
 
   // Ops without a schema are named, all of them, before any input file is read.

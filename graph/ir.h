@@ -151,6 +151,19 @@ class Graph {
   // Set at import when the dynamo exporter's optimizer dropped Conv biases that were zero at
   // export (parameters the model no longer has): what was found. Empty otherwise.
   std::string removed_biases;
+  // Set at import when the dynamo exporter's optimizer merged parameters that were equal at
+  // export (every LayerNorm's ones become one tensor): what was found. Empty otherwise.
+  std::string merged_parameters;
+  // Set at import when float tensors the dynamo optimizer computed from parameters (a
+  // transposed weight, a class token expanded to the batch) sit in trainable slots: they train
+  // as parameters of their own. What was found; empty otherwise.
+  std::string derived_parameters;
+  // Set at import when the evidence above is there but the file does not record the rewrites
+  // exactly enough to undo them (graph/exporter_rewrites.h): why. Empty otherwise.
+  std::string unrestored_reason;
+  // Set at import when batch norms or biases an exporter folded away were put back from the
+  // node metadata: what was restored. Empty otherwise.
+  std::string restored_rewrites;
 
   std::vector<Value*> inputs;   // graph inputs without data (role Input)
   std::vector<Value*> outputs;

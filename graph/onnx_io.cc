@@ -20,6 +20,7 @@
 #include "base/checked.h"
 #include "base/files.h"
 #include "base/text.h"
+#include "graph/exporter_rewrites.h"
 #include "graph/op_helpers.h"
 #include "graph/ops.h"
 
@@ -479,87 +480,6 @@ void prepare(Graph& g, const ImportOptions& options) {
   }
 }
 
-namespace {
-
-// A node's metadata_props (NodeProto field 9, IR 10), read from the unknown fields: the ONNX
-// library oxtrain builds against may predate the field.
-std::vector<std::pair<std::string, std::string>> node_metadata(const onnx::NodeProto& node) {
-  std::vector<std::pair<std::string, std::string>> out;
-  const google::protobuf::UnknownFieldSet& unknown = node.GetReflection()->GetUnknownFields(node);
-  for (int i = 0; i < unknown.field_count(); ++i) {
-    const google::protobuf::UnknownField& f = unknown.field(i);
-    if (f.number() != 9 || f.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
-    onnx::StringStringEntryProto entry;
-    if (entry.ParseFromString(f.length_delimited())) out.push_back({entry.key(), entry.value()});
-  }
-  return out;
-}
-
-// PyTorch's exporters fold BatchNormalization into the preceding Conv in ways that leave a
-// mark: the dynamo exporter's rewriter records the rule in each node's metadata
-// (FuseBatchNormIntoConv) and names the new bias after the weight ("<weight>_bias"); the
-// TorchScript exporter in eval mode with constant folding gives the folded weight and bias
-// anonymous names ("onnx::Conv_<n>"). Folding may be partial (DenseNet's BN after a Conv folds,
-// its BN before one stays). The same rewriter also drops a Conv bias that is zero at export
-// (RemoveOptionalBiasFromConv): a parameter the model no longer has to train.
-struct InferenceRewrites {
-  std::string folded_batchnorm, removed_biases;
-};
-
-InferenceRewrites inference_rewrites(const onnx::ModelProto& model) {
-  InferenceRewrites out;
-  if (model.producer_name() != "pytorch") return out;
-  const onnx::GraphProto& g = model.graph();
-  std::set<std::string> initializers;
-  for (const auto& t : g.initializer()) initializers.insert(t.name());
-  bool has_batchnorm = false;
-  for (const auto& n : g.node()) has_batchnorm |= n.op_type() == "BatchNormalization";
-  int by_rule = 0, by_name = 0, anonymous = 0, bias_removed = 0;
-  std::string example, bias_example;
-  for (const auto& n : g.node()) {
-    if (n.op_type() != "Conv" || n.input_size() < 2) continue;
-    const std::string& w = n.input(1);
-    const std::string b = n.input_size() > 2 ? n.input(2) : std::string();
-    const std::string name = n.name().empty() ? w : n.name();
-    std::string rules;
-    for (const auto& [key, value] : node_metadata(n))
-      if (key == "pkg.onnxscript.rewriter.rule_name") rules = value;
-    bool folded = false;
-    if (rules.find("FuseBatchNorm") != std::string::npos) {
-      ++by_rule;
-      folded = true;
-    } else if (!b.empty() && initializers.count(b) && b == w + "_bias") {
-      ++by_name;
-      folded = true;
-    } else if (!has_batchnorm && initializers.count(w) && initializers.count(b) &&
-               w.rfind("onnx::Conv_", 0) == 0 && b.rfind("onnx::Conv_", 0) == 0) {
-      ++anonymous;
-      folded = true;
-    } else if (rules.find("RemoveOptionalBiasFromConv") != std::string::npos) {
-      if (bias_example.empty()) bias_example = name;
-      ++bias_removed;
-    }
-    if (folded && example.empty()) example = name;
-  }
-  auto count = [](int k) { return std::to_string(k) + (k == 1 ? " Conv" : " Convs"); };
-  if (by_rule > 0)
-    out.folded_batchnorm = count(by_rule) + " carry batch norm folded in by the dynamo exporter (rewrite rule "
-                           "FuseBatchNormIntoConv), e.g. '" + escape_name(example) + "'";
-  else if (by_name > 0)
-    out.folded_batchnorm = count(by_name) + " have a bias named after the weight ('<weight>_bias'), as the "
-                           "dynamo exporter names the batch norm it folds in, e.g. '" + escape_name(example) + "'";
-  else if (anonymous > 0)
-    out.folded_batchnorm = count(anonymous) + " have anonymous weights and biases ('onnx::Conv_<n>'), as the "
-                           "TorchScript exporter in eval mode writes the batch norm it folds in, e.g. '" +
-                           escape_name(example) + "'";
-  if (bias_removed > 0)
-    out.removed_biases = count(bias_removed) + " lost their bias, zero when exported (rewrite rule "
-                         "RemoveOptionalBiasFromConv), e.g. '" + escape_name(bias_example) + "'";
-  return out;
-}
-
-}  // namespace
-
 Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_dir,
                         const ImportOptions& options) {
   if (!model.has_graph())
@@ -569,9 +489,7 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
   g.producer_name = model.producer_name();
   g.producer_version = model.producer_version();
   g.doc_string = model.doc_string();
-  InferenceRewrites rewrites = inference_rewrites(model);
-  g.folded_batchnorm = rewrites.folded_batchnorm;
-  g.removed_biases = rewrites.removed_biases;
+  const ExporterRewrites rewrites = read_exporter_rewrites(model);
   for (const auto& o : model.opset_import()) {
     std::string domain = o.domain() == "ai.onnx" ? "" : o.domain();
     g.opsets.push_back({domain, o.version()});
@@ -588,10 +506,17 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
 
   TensorSource src{base_dir, options};
   std::set<std::string> initializer_names;
+  std::vector<std::pair<Value*, Tensor>> lifted;
   for (const auto& t : gp.initializer()) {
     if (t.name().empty()) throw Error("an initializer has no name");
     const std::string what = "initializer '" + escape_name(t.name()) + "'";
     if (!initializer_names.insert(t.name()).second) throw Error(what + " is defined twice");
+    if (rewrites.lifted_constants.count(t.name())) {
+      // A constant the exporter lifted out of the code: a Constant node (added after the
+      // file's nodes, which keep their indices), so it never trains.
+      lifted.push_back({g.add_value(t.name()), tensor_from_proto(t, src, what)});
+      continue;
+    }
     g.add_initializer(t.name(), tensor_from_proto(t, src, what), Role::Parameter);
   }
   for (const auto& info : gp.input()) {
@@ -645,6 +570,8 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
     for (const auto& a : np.attribute())
       n->attrs[a.name()] = attribute_from_proto(a, desc, src);
   }
+  for (auto& [v, tensor] : lifted)
+    g.add_node("Constant", {}, {v}, v->name + "_lifted")->attrs["value"] = Attribute{std::move(tensor)};
   for (const auto& info : gp.output()) {
     Value* v = g.find_value(info.name());
     if (!v) throw Error("graph output '" + escape_name(info.name()) + "' is not produced by any node");
@@ -668,6 +595,8 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
     }
   }
   if (g.outputs.empty()) throw Error("the graph has no outputs");
+  if (options.restore_exporter_rewrites) restore_exporter_rewrites(g, rewrites);
+  else keep_exporter_rewrites(g, rewrites);
   if (options.prepare) prepare(g, options);
   return g;
 }
@@ -676,16 +605,30 @@ std::string folded_batchnorm_warning(const Graph& graph, const std::string& sour
   const std::string keep = "torch.onnx.export(model, x, f, dynamo=True, optimize=False), or "
                            "torch.onnx.export(model.train(), x, f, dynamo=False, "
                            "training=torch.onnx.TrainingMode.TRAINING)";
+  const std::string unrestored =
+      graph.unrestored_reason.empty() ? "" : " oxtrain cannot put it back: " + graph.unrestored_reason + ".";
+  std::string others;
+  for (const std::string* part : {&graph.removed_biases, &graph.merged_parameters, &graph.derived_parameters})
+    if (!part->empty()) others += (others.empty() ? "" : "; ") + *part;
   if (!graph.folded_batchnorm.empty())
     return "'" + source + "': its exporter folded batch norm into the convolutions (" + graph.folded_batchnorm +
-           (graph.removed_biases.empty() ? "" : "; " + graph.removed_biases) +
+           (others.empty() ? "" : "; " + others) +
            "). Folding is exact for inference only; trained like this the model lacks those "
-           "normalisations and usually diverges within a few steps. To train it, export it with "
-           "batch norm kept: " + keep;
-  if (!graph.removed_biases.empty())
-    return "'" + source + "': its exporter rewrote it for inference (" + graph.removed_biases +
-           "); those biases cannot train. To train the model as defined, export it with " + keep;
+           "normalisations and usually diverges within a few steps." + unrestored +
+           " To train it, export it with batch norm kept: " + keep;
+  if (!others.empty())
+    return "'" + source + "': its exporter rewrote it for inference (" + others +
+           "); those parameters cannot train as defined." + unrestored +
+           " To train the model as defined, export it with " + keep;
   return "";
+}
+
+std::string restored_rewrites_note(const Graph& graph, const std::string& source) {
+  if (graph.restored_rewrites.empty()) return "";
+  return "'" + source + "': its exporter rewrote the model for inference; oxtrain put back " +
+         graph.restored_rewrites + " as the node metadata records them" +
+         (graph.derived_parameters.empty() ? ", so it trains the model as defined" : "") +
+         " (--as-exported trains the file as written)";
 }
 
 Graph import_onnx(const std::string& path, const ImportOptions& options) {

@@ -27,6 +27,9 @@ struct ImportOptions {
   // External data must resolve inside the model's folder (symlinks resolved) unless this is
   // set (--allow-external-data-anywhere).
   bool allow_external_data_anywhere = false;
+  // Put back the batch norms and zero biases an exporter folded away for inference, where the
+  // file records them exactly (graph/exporter_rewrites.h); off with --as-exported.
+  bool restore_exporter_rewrites = true;
 };
 
 Graph import_onnx(const std::string& path, const ImportOptions& options = {});
@@ -38,6 +41,9 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
 // Graph::removed_biases): what happened, why it matters for training and how to export the
 // model as defined. "" when nothing was rewritten.
 std::string folded_batchnorm_warning(const Graph& graph, const std::string& source);
+// The note for a model whose folded batch norms or dropped biases import put back
+// (Graph::restored_rewrites): what, and how to train the file as written. "" when none.
+std::string restored_rewrites_note(const Graph& graph, const std::string& source);
 
 // Checks ops, resolves the batch, folds constants, infers shapes and assigns roles.
 void prepare(Graph& graph, const ImportOptions& options = {});

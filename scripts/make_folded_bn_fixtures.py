@@ -1,11 +1,22 @@
 #!/usr/bin/env python3
-"""Generate tests/fixtures/folded_bn/: small models for oxtrain's folded-batch-norm warning.
+"""Generate tests/fixtures/folded_bn/: small models for oxtrain's handling of exporters' rewrites
+for inference (graph/exporter_rewrites.h).
 
-  dynamo_folded.onnx  conv-BN-ReLU-conv-BN-ReLU-pool-fc exported by torch.onnx.export(dynamo=True)
-                      with its default optimize=True, which folds BN into the convolutions even
-                      for a model in training mode. Node metadata is kept except the bulky
-                      entries (stack traces, FX nodes), so the file still says which rewrite rule
-                      folded each Conv (pkg.onnxscript.rewriter.rule_name).
+  dynamo_folded.onnx  conv-BN-ReLU-conv-BN-ReLU-pool-fc, freshly initialised, exported by
+                      torch.onnx.export(dynamo=True) with its default optimize=True, which folds
+                      BN into the convolutions even for a model in training mode. Node metadata
+                      is kept except the stack traces: the rewrite rule (rule_name), the FX node
+                      and the module scopes that say what was folded.
+  dynamo_bn_kept.onnx the same model exported with optimize=False: what restoring must give.
+  dynamo_folded_stripped.onnx  dynamo_folded.onnx with only the rule names and namespaces kept
+                      (no FX nodes): the folding is evident but cannot be undone.
+  dynamo_pretrained.onnx  the network with trained-looking batch norms (statistics and scales
+                      not at their initial values): folded biases are nonzero, nothing can be
+                      put back.
+  dynamo_rewritten.onnx  a network that shows the optimizer's other rewrites: two LayerNorms
+                      whose equal weights and biases it merges, a Linear with a zero bias it
+                      drops, a literal it lifts into an initializer, and a scalar parameter
+                      that must stay one. dynamo_rewritten_noopt.onnx is its optimize=False twin.
   dynamo_no_bn.onnx   the same network without BN (convolutions with their own biases, as
                       AlexNet or VGG have): nothing was folded, no warning is due.
   dynamo_zero_bias.onnx  the network without BN whose convolution biases are zero at export (as
@@ -21,7 +32,8 @@ import torch
 from torch import nn
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "folded_bn")
-KEEP = {"pkg.onnxscript.rewriter.rule_name", "namespace"}
+KEEP = {"pkg.onnxscript.rewriter.rule_name", "namespace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.name_scopes"}
+STRIPPED = {"pkg.onnxscript.rewriter.rule_name", "namespace"}
 
 
 def net(bn):
@@ -34,16 +46,35 @@ def net(bn):
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
 
 
-def export(model, name):
+class Rewritten(nn.Module):
+    """What the optimizer does besides folding batch norm, on one small network."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.ln1 = nn.LayerNorm(4)
+        self.ln2 = nn.LayerNorm(4)
+        self.temperature = nn.Parameter(torch.tensor(1.5))
+        self.fc = nn.Linear(4, 5)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        y = self.ln2(torch.relu(self.ln1(y)) / 0.75)
+        return self.fc(y) * self.temperature
+
+
+def export(model, name, optimize=True, keys=KEEP):
     torch.manual_seed(0)
     model.train()
     path = os.path.join(OUT, name)
-    torch.onnx.export(model, (torch.randn(2, 3, 8, 8),), path, dynamo=True, external_data=False)
+    torch.onnx.export(model, (torch.randn(2, 3, 8, 8),), path, dynamo=True, optimize=optimize,
+                      external_data=False, input_names=["input"])
     m = onnx.load(path)
     m.doc_string = ""
     for n in m.graph.node:
         n.doc_string = ""
-        keep = [p for p in n.metadata_props if p.key in KEEP]
+        keep = [p for p in n.metadata_props if p.key in keys]
         del n.metadata_props[:]
         n.metadata_props.extend(keep)
     onnx.save(m, path)
@@ -55,6 +86,24 @@ if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(1)
     export(net(True), "dynamo_folded.onnx")
+    torch.manual_seed(1)
+    export(net(True), "dynamo_bn_kept.onnx", optimize=False)
+    torch.manual_seed(1)
+    export(net(True), "dynamo_folded_stripped.onnx", keys=STRIPPED)
+    torch.manual_seed(1)
+    trained = net(True)
+    with torch.no_grad():
+        for m in trained.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    export(trained, "dynamo_pretrained.onnx")
+    torch.manual_seed(1)
+    export(Rewritten(), "dynamo_rewritten.onnx")
+    torch.manual_seed(1)
+    export(Rewritten(), "dynamo_rewritten_noopt.onnx", optimize=False)
     torch.manual_seed(1)
     export(net(False), "dynamo_no_bn.onnx")
     torch.manual_seed(1)

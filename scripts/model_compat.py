@@ -9,8 +9,9 @@ way a user exports one:
   noopt     torch.onnx.export(model, x, f, dynamo=True, optimize=False)
 it checks that oxtrain
   1. imports the file (`oxtrain graph --json`),
-  2. counts PyTorch's parameters (sum of p.numel(); a dynamo export with optimize=True folds batch
-     norm into the convolutions, so its count differs by design and oxtrain warns),
+  2. counts PyTorch's parameters (sum of p.numel()). A dynamo export with optimize=True folds batch
+     norm into the convolutions, drops zero biases and merges equal parameters; oxtrain puts them
+     back where the node metadata records them ("restored") and warns where it cannot,
   3. trains 2 steps on a synthetic batch (batch 2, 224x224, CPU) with finite losses.
 and prints a Markdown table (the README's compatibility table), one cell per file:
   "ok" = all three; otherwise the first thing that failed with oxtrain's message.
@@ -88,7 +89,9 @@ def check(oxtrain, path, torch_params, exporter, workdir):
         cell["error"] = first_error(g.stderr)
         return cell
     cell["imports"] = True
-    cell["warning"] = "folded" if "folded batch norm" in g.stderr else "rewritten" if "rewrote it for inference" in g.stderr else ""
+    cell["warning"] = ("folded" if "folded batch norm" in g.stderr else
+                       "rewritten" if "rewrote it for inference" in g.stderr else
+                       "restored" if "oxtrain: note:" in g.stderr and "put back" in g.stderr else "")
     cell["parameters"] = json.loads(g.stdout).get("parameters")
     cell["params_match"] = cell["parameters"] == torch_params
     t0 = time.time()
@@ -107,11 +110,12 @@ def check(oxtrain, path, torch_params, exporter, workdir):
 def render(cell):
     if not cell["imports"]:
         return "import: " + short(cell["error"])
-    note = {"folded": " (BN folded, warned)", "rewritten": " (zero biases dropped, warned)"}.get(cell["warning"], "")
+    note = {"folded": " (BN folded, warned)", "rewritten": " (rewritten for inference, warned)",
+            "restored": " (restored)"}.get(cell["warning"], "")
     if not cell["trains"]:
         return "train: " + short(cell["error"]) + note
     if cell["params_match"]:
-        return "ok"
+        return "ok" + note
     return "ok, %s parameters of PyTorch's %s%s" % (format(cell["parameters"], ","),
                                                    format(cell["torch_parameters"], ","), note)
 
@@ -152,8 +156,10 @@ def main():
             results[name][exporter] = cell
             print("%-20s %-7s %s" % (name, exporter, render(cell)), file=sys.stderr, flush=True)
     text = ("Checked with torch %s, torchvision %s; batch 2, 224x224, 2 steps on the CPU "
-            "(scripts/model_compat.py).\n\n" % (torch.__version__.split("+")[0], torchvision.__version__.split("+")[0])
-            + table(results))
+            "(scripts/model_compat.py). \"ok\": imports, PyTorch's parameter count, 2 steps with finite losses. "
+            "\"(restored)\": the dynamo exporter's default `optimize=True` rewrote the model for inference and "
+            "oxtrain put the rewrites back (see above); \"warned\": it could not, and warned.\n\n"
+            % (torch.__version__.split("+")[0], torchvision.__version__.split("+")[0]) + table(results))
     print(text)
     if args.json:
         with open(args.json, "w") as f:

@@ -1,12 +1,22 @@
-// A model whose exporter folded batch normalization into its convolutions imports with the
-// evidence recorded (Graph::folded_batchnorm) and trains only after a warning that says what
-// happened and how to export it with batch norm kept; so does one whose exporter dropped the
-// convolution biases that were zero at export (Graph::removed_biases). Models that never had
-// batch norm, or kept it, import without one. Fixtures: tests/fixtures/folded_bn/ (made by
-// scripts/make_folded_bn_fixtures.py) and the export-style fixtures of scripts/make_fixtures.py.
+// Exporters' rewrites for inference (graph/exporter_rewrites.h). A freshly initialised model
+// whose dynamo export folded its batch norms, dropped its zero biases, merged its equal
+// parameters and lifted its literals imports as the optimize=False export of the same model:
+// the same parameters (names, shapes, values within the rounding of unfolding) and the same
+// training steps. Where the file does not record the rewrites exactly (metadata stripped,
+// trained statistics folded in, TorchScript's eval-mode folding), the evidence is recorded
+// (Graph::folded_batchnorm, Graph::removed_biases) and training starts only after a warning that
+// says what happened, why it cannot be undone and how to export the model as defined. Models
+// that never had batch norm, or kept it, import without a word. Fixtures:
+// tests/fixtures/folded_bn/ (made by scripts/make_folded_bn_fixtures.py) and the export-style
+// fixtures of scripts/make_fixtures.py.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <map>
+
+#include "autodiff/training.h"
 #include "graph/onnx_io.h"
+#include "runtime/session.h"
 #include "tests/helpers.h"
 
 using namespace oxtrain;
@@ -15,14 +25,151 @@ namespace {
 
 std::string fixture(const std::string& file) { return std::string(OXTRAIN_FIXTURES) + "/" + file; }
 
+struct Persistent {
+  graph::Role role;
+  graph::Shape shape;
+  std::vector<float> values;
+};
+
+// Parameters and state by name, as float32 values.
+std::map<std::string, Persistent> persistent(const graph::Graph& g) {
+  std::map<std::string, Persistent> out;
+  for (const graph::Value* v : g.initializers()) {
+    if (v->role != graph::Role::Parameter && v->role != graph::Role::State) continue;
+    const float* data = v->data->data<float>();
+    out[v->name] = {v->role, v->shape, std::vector<float>(data, data + v->data->numel())};
+  }
+  return out;
+}
+
+// "" when both graphs hold the same parameters and state with values within `ulps` float32
+// rounding steps of each other; otherwise the first difference.
+std::string persistent_difference(const graph::Graph& a, const graph::Graph& b, int ulps) {
+  auto pa = persistent(a), pb = persistent(b);
+  for (const auto& [name, p] : pa) {
+    auto it = pb.find(name);
+    if (it == pb.end()) return "'" + name + "' only in the first";
+    if (it->second.role != p.role) return "'" + name + "' has another role";
+    if (it->second.shape != p.shape) return "'" + name + "' has another shape";
+    for (size_t i = 0; i < p.values.size(); ++i) {
+      float x = p.values[i], y = it->second.values[i];
+      float step = std::nextafter(std::fabs(y), INFINITY) - std::fabs(y);
+      if (!(std::fabs(x - y) <= ulps * step))
+        return "'" + name + "'[" + std::to_string(i) + "]: " + std::to_string(x) + " vs " + std::to_string(y);
+    }
+  }
+  for (const auto& [name, p] : pb)
+    if (!pa.count(name)) return "'" + name + "' only in the second";
+  return "";
+}
+
+// Three SGD steps of a graph with a [2, 3, 8, 8] "input" and 5 classes.
+test::TrainingRun three_steps(graph::Graph g) {
+  test::TrainingRun run = test::make_training_run(std::move(g), autodiff::TrainingOptions{});
+  for (int64_t step = 0; step < 3; ++step) test::run_training_step(run, 40 + step, {1, 4}, 0.1f, step);
+  return run;
+}
+
+// The largest difference between the two runs' states, relative to the largest value.
+double largest_state_difference(const test::TrainingRun& a, const test::TrainingRun& b) {
+  double diff = 0, scale = 0;
+  for (const std::string& state : a.states) {
+    graph::Tensor x = a.session->fetch(state), y = b.session->fetch(state);
+    if (x.dtype != graph::DType::f32) continue;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      diff = std::max(diff, std::fabs(static_cast<double>(x.data<float>()[i]) - y.data<float>()[i]));
+      scale = std::max(scale, std::fabs(static_cast<double>(y.data<float>()[i])));
+    }
+  }
+  return diff / scale;
+}
+
+graph::Graph as_exported(const std::string& file) {
+  graph::ImportOptions options;
+  options.restore_exporter_rewrites = false;
+  return graph::import_onnx(fixture(file), options);
+}
+
 }  // namespace
 
 TEST(FoldedBatchNorm, DynamoRewriteRuleInTheNodeMetadata) {
-  // Metadata kept (as the exporter writes it by default): the rule that folded each Conv.
-  graph::Graph g = graph::import_onnx(fixture("folded_bn/dynamo_folded.onnx"));
+  // The rule names are kept but not the FX nodes that say what each Conv folded in: the
+  // folding is evident and cannot be undone.
+  graph::Graph g = graph::import_onnx(fixture("folded_bn/dynamo_folded_stripped.onnx"));
   EXPECT_EQ(g.folded_batchnorm,
             "2 Convs carry batch norm folded in by the dynamo exporter (rewrite rule "
             "FuseBatchNormIntoConv), e.g. 'node_Conv_37'");
+  EXPECT_EQ(g.unrestored_reason, "for 'node_Conv_37', the node metadata that records it was stripped");
+  EXPECT_EQ(g.restored_rewrites, "");
+}
+
+TEST(FoldedBatchNorm, RestoredAsTheUnoptimizedExportHasIt) {
+  graph::Graph restored = graph::import_onnx(fixture("folded_bn/dynamo_folded.onnx"));
+  graph::Graph kept = graph::import_onnx(fixture("folded_bn/dynamo_bn_kept.onnx"));
+  EXPECT_EQ(restored.folded_batchnorm, "");
+  EXPECT_EQ(restored.unrestored_reason, "");
+  EXPECT_EQ(restored.restored_rewrites,
+            "2 batch norms folded into the Convs (e.g. '1'; scale 1, bias 0, mean 0, variance 1, as the zero "
+            "folded biases show a freshly initialised model has)");
+  // The same parameters and statistics; the weights within a rounding step of unfolding.
+  EXPECT_EQ(persistent_difference(restored, kept, 1), "");
+  int batchnorms = 0;
+  for (const auto& n : restored.nodes()) {
+    if (n->op_type != "BatchNormalization") continue;
+    ++batchnorms;
+    EXPECT_FLOAT_EQ(n->attr_float("epsilon", 0), 1e-5f);
+    EXPECT_FLOAT_EQ(n->attr_float("momentum", 0), 0.9f);
+  }
+  EXPECT_EQ(batchnorms, 2);
+
+  // It trains as the model with batch norm kept does; the file as written does not.
+  test::TrainingRun a = three_steps(std::move(restored)), b = three_steps(std::move(kept));
+  EXPECT_LT(largest_state_difference(a, b), 1e-5);
+  // As written: no batch norm scale, bias, mean or variance.
+  EXPECT_EQ(persistent(as_exported("folded_bn/dynamo_folded.onnx")).size() + 8,
+            persistent(graph::import_onnx(fixture("folded_bn/dynamo_bn_kept.onnx"))).size());
+}
+
+TEST(FoldedBatchNorm, TrainedStatisticsCannotBeUnfolded) {
+  graph::Graph g = graph::import_onnx(fixture("folded_bn/dynamo_pretrained.onnx"));
+  EXPECT_EQ(g.restored_rewrites, "");
+  EXPECT_EQ(g.folded_batchnorm,
+            "2 Convs carry batch norm folded in by the dynamo exporter (rewrite rule "
+            "FuseBatchNormIntoConv), e.g. 'node_Conv_36'");
+  EXPECT_EQ(g.unrestored_reason,
+            "Conv 'node_Conv_36' has a nonzero bias, so its batch norm was not freshly initialised (trained "
+            "statistics and scales, which folding mixed into the weights)");
+  EXPECT_NE(graph::folded_batchnorm_warning(g, "m.onnx").find(" oxtrain cannot put it back: " + g.unrestored_reason +
+                                                              ". To train it, export it with batch norm kept"),
+            std::string::npos);
+}
+
+TEST(FoldedBatchNorm, MergedParametersDroppedBiasAndLiftedLiteral) {
+  graph::Graph restored = graph::import_onnx(fixture("folded_bn/dynamo_rewritten.onnx"));
+  graph::Graph noopt = graph::import_onnx(fixture("folded_bn/dynamo_rewritten_noopt.onnx"));
+  EXPECT_EQ(restored.restored_rewrites,
+            "1 zero bias the optimizer dropped (e.g. 'fc.bias') and 2 parameters or statistics the optimizer "
+            "merged with an equal one (e.g. 'ln2.bias')");
+  EXPECT_EQ(restored.merged_parameters, "");
+  EXPECT_EQ(restored.derived_parameters, "");
+  // ln2 has its own weight and bias again, fc its bias; the scalar parameter stays one and
+  // the literal 0.75 (lifted into 'val_5') is a constant.
+  EXPECT_EQ(persistent_difference(restored, noopt, 0), "");
+  EXPECT_EQ(restored.value("temperature")->role, graph::Role::Parameter);
+  const graph::Value* literal = restored.find_value("val_5");
+  ASSERT_NE(literal, nullptr);
+  EXPECT_EQ(literal->role, graph::Role::Constant);
+  EXPECT_EQ(literal->data->data<float>()[0], 0.75f);
+  test::TrainingRun a = three_steps(std::move(restored)), b = three_steps(std::move(noopt));
+  EXPECT_EQ(test::differing_states(a, b), 0);
+
+  // As written: ln1's weight and bias are ln2's too, and fc has no bias.
+  graph::Graph written = as_exported("folded_bn/dynamo_rewritten.onnx");
+  EXPECT_EQ(written.merged_parameters,
+            "2 reads of parameters or statistics take another one that was equal at export (the optimizer "
+            "merged them), e.g. 'node_layer_norm_1' reads 'ln1.weight'");
+  EXPECT_EQ(persistent(written).size() + 3,
+            persistent(graph::import_onnx(fixture("folded_bn/dynamo_rewritten_noopt.onnx"))).size());
 }
 
 TEST(FoldedBatchNorm, DynamoBiasNamedAfterTheWeight) {
@@ -41,15 +188,30 @@ TEST(FoldedBatchNorm, TorchScriptEvalConstantFolding) {
 }
 
 TEST(FoldedBatchNorm, ZeroBiasesDroppedByTheOptimizer) {
-  const std::string file = fixture("folded_bn/dynamo_zero_bias.onnx");
-  graph::Graph g = graph::import_onnx(file);
-  EXPECT_EQ(g.folded_batchnorm, "");
-  EXPECT_EQ(g.removed_biases,
-            "2 Convs lost their bias, zero when exported (rewrite rule RemoveOptionalBiasFromConv), "
+  // Put back, as zeros under the layers' names.
+  graph::Graph g = graph::import_onnx(fixture("folded_bn/dynamo_zero_bias.onnx"));
+  EXPECT_EQ(g.removed_biases, "");
+  EXPECT_EQ(g.restored_rewrites, "2 zero biases the optimizer dropped (e.g. '0.bias')");
+  for (const char* bias : {"0.bias", "2.bias"}) {
+    const graph::Value* v = g.find_value(bias);
+    ASSERT_NE(v, nullptr) << bias;
+    EXPECT_EQ(v->role, graph::Role::Parameter);
+    EXPECT_EQ(v->shape, (graph::Shape{v == g.find_value("0.bias") ? 4 : 8}));
+    for (int64_t i = 0; i < v->numel(); ++i) EXPECT_EQ(v->data->data<float>()[i], 0.0f);
+  }
+  EXPECT_EQ(graph::restored_rewrites_note(g, "m.onnx"),
+            "'m.onnx': its exporter rewrote the model for inference; oxtrain put back " + g.restored_rewrites +
+                " as the node metadata records them, so it trains the model as defined (--as-exported trains the "
+                "file as written)");
+
+  // As written (--as-exported): the evidence and the warning.
+  graph::Graph written = as_exported("folded_bn/dynamo_zero_bias.onnx");
+  EXPECT_EQ(written.removed_biases,
+            "2 Convs or Gemms lost their bias, zero when exported (rewrite rule RemoveOptionalBiasFrom<Op>), "
             "e.g. 'node_Conv_7'");
-  EXPECT_EQ(graph::folded_batchnorm_warning(g, "m.onnx"),
-            "'m.onnx': its exporter rewrote it for inference (" + g.removed_biases +
-                "); those biases cannot train. To train the model as defined, export it with "
+  EXPECT_EQ(graph::folded_batchnorm_warning(written, "m.onnx"),
+            "'m.onnx': its exporter rewrote it for inference (" + written.removed_biases +
+                "); those parameters cannot train as defined. To train the model as defined, export it with "
                 "torch.onnx.export(model, x, f, dynamo=True, optimize=False), or "
                 "torch.onnx.export(model.train(), x, f, dynamo=False, "
                 "training=torch.onnx.TrainingMode.TRAINING)");
@@ -69,7 +231,7 @@ TEST(FoldedBatchNorm, NothingFoldedNothingSaid) {
 
 TEST(FoldedBatchNorm, TrainWarnsThenTrains) {
   test::ScopedTempDir tmp;
-  const std::string folded = fixture("folded_bn/dynamo_folded.onnx");
+  const std::string folded = fixture("folded_bn/dynamo_folded_stripped.onnx");
   const std::string common = " --synthetic --image-size 8 --num-classes 5 -b 2 --steps 1 -p 1 --threads 1 --device cpu "
                              "--checkpoint-dir " + tmp.path;
   auto r = test::run_oxtrain_limited("train --model " + folded + common, 60);
@@ -90,4 +252,32 @@ TEST(FoldedBatchNorm, TrainWarnsThenTrains) {
   ASSERT_EQ(shown.exit_code, 0) << shown.err;
   EXPECT_NE(shown.err.find("oxtrain: warning: '" + folded + "': its exporter folded batch norm"), std::string::npos)
       << shown.err;
+}
+
+TEST(FoldedBatchNorm, TrainSaysWhatItPutBack) {
+  test::ScopedTempDir tmp;
+  const std::string file = fixture("folded_bn/dynamo_folded.onnx");
+  const std::string common = " --synthetic --image-size 8 --num-classes 5 -b 2 --steps 1 -p 1 --threads 1 --device cpu "
+                             "--checkpoint-dir " + tmp.path;
+  auto r = test::run_oxtrain_limited("train --model " + file + common, 60);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err.find("oxtrain: note: '" + file + "': its exporter rewrote the model for inference; oxtrain put "
+                       "back 2 batch norms folded into the Convs"),
+            0u)
+      << r.err;
+  EXPECT_EQ(r.err.find("warning"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("Epoch: [0]"), std::string::npos) << r.out;
+
+  // --as-exported trains the file as written, after the warning (with nothing it could not do).
+  auto written = test::run_oxtrain_limited("train --as-exported --model " + file + common, 60);
+  ASSERT_EQ(written.exit_code, 0) << written.err;
+  EXPECT_EQ(written.err.find("oxtrain: warning: '" + file + "': its exporter folded batch norm"), 0u) << written.err;
+  EXPECT_EQ(written.err.find("cannot put it back"), std::string::npos) << written.err;
+
+  auto shown = test::run_oxtrain_limited("graph " + file + " --as-exported", 60);
+  ASSERT_EQ(shown.exit_code, 0) << shown.err;
+  EXPECT_NE(shown.err.find("oxtrain: warning: '" + file + "'"), std::string::npos) << shown.err;
+  auto restored = test::run_oxtrain_limited("graph " + file, 60);
+  ASSERT_EQ(restored.exit_code, 0) << restored.err;
+  EXPECT_NE(restored.err.find("oxtrain: note: '" + file + "'"), std::string::npos) << restored.err;
 }
