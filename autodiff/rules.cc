@@ -246,10 +246,12 @@ Grads matmul_rule(GradContext& c) {
   return g;
 }
 
+// Softmax: dX = Y * (dY - sum(dY * Y)); LogSoftmax: dX = dY - exp(Y) * sum(dY). Both from Y.
 Grads softmax_rule(GradContext& c) {
   int64_t opset = c.opset();
   int64_t axis = c.node().attr_int("axis", opset >= 13 ? -1 : 1);
-  return {c.emit1("SoftmaxGrad", kOx, {c.dY(), c.out(0)},
+  const char* grad = c.node().op_type == "LogSoftmax" ? "LogSoftmaxGrad" : "SoftmaxGrad";
+  return {c.emit1(grad, kOx, {c.dY(), c.out(0)},
                   {{"axis", Attribute{axis}}, {"coerce_2d", Attribute{int64_t{opset < 13}}}})};
 }
 
@@ -286,6 +288,7 @@ const std::map<std::string, GradRuleInfo>& rules() {
       {"Gemm", {gemm_rule}},
       {"MatMul", {matmul_rule}},
       {"Softmax", {softmax_rule}},
+      {"LogSoftmax", {softmax_rule}},
       {"SoftmaxCrossEntropyLoss", {sce_loss_rule}},
     };
     detail::add_pointwise_rules(core);

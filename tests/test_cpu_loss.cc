@@ -152,6 +152,64 @@ TEST(CpuLoss, SoftmaxGradIsTheDerivative) {
   }
 }
 
+// LogSoftmax against log of the float64 reference softmax, with logits large enough that
+// log(softmax) computed naively would underflow to -inf; its gradient against the formula.
+TEST(CpuLoss, LogSoftmax) {
+  for (DType dt : kFloatTypes) {
+    uint64_t seed = 7;
+    for (const SoftmaxCase& c : kSoftmaxCases) {
+      for (double k : {3.0, 300.0}) {
+        Tensor x = scaled(random_tensor(dt, c.shape, seed++), k, k > 100 ? 500 : 0);
+        KernelCase kc("LogSoftmax", "", {x}, {{dt, c.shape}});
+        if (c.has_axis) kc.set_attr("axis", Attribute{c.axis});
+        kc.run(c.opset);
+        const int64_t axis = c.has_axis ? c.axis : c.opset < 13 ? 1 : -1;
+        const Groups g = groups(c.shape, axis, c.opset < 13);
+        std::vector<double> want(static_cast<size_t>(x.numel()));
+        for (int64_t o = 0; o < g.outer; ++o)
+          for (int64_t j = 0; j < g.inner; ++j) {
+            auto idx = [&](int64_t k) { return (o * g.d + k) * g.inner + j; };
+            double mx = -INFINITY, sum = 0;
+            for (int64_t q = 0; q < g.d; ++q) mx = std::max(mx, element(x, idx(q)));
+            for (int64_t q = 0; q < g.d; ++q) sum += std::exp(element(x, idx(q)) - mx);
+            for (int64_t q = 0; q < g.d; ++q) want[idx(q)] = element(x, idx(q)) - mx - std::log(sum);
+          }
+        // Absolute: the values reach -1000 and more at scale 300, all finite.
+        double worst = 0;
+        for (int64_t i = 0; i < x.numel(); ++i)
+          worst = std::max(worst, std::fabs(element(kc.output(0), i) - want[i]) / std::max(1.0, std::fabs(want[i])));
+        EXPECT_LT(worst, dt == DType::f64 ? 1e-12 : 1e-6)
+            << graph::shape_str(c.shape) << " opset " << c.opset << " axis " << axis << " " << graph::dtype_name(dt);
+      }
+    }
+  }
+  // dX = dY - exp(Y) * sum(dY), in float32 against the formula in double.
+  uint64_t seed = 300;
+  for (const SoftmaxCase& c : kSoftmaxCases) {
+    const bool coerce = c.opset < 13;
+    const int64_t axis = c.has_axis ? c.axis : coerce ? 1 : -1;
+    Tensor x = random_tensor(DType::f32, c.shape, seed++, -3, 3);
+    KernelCase fwd("LogSoftmax", "", {x}, {{DType::f32, c.shape}});
+    fwd.set_attr("axis", Attribute{axis});
+    fwd.run(c.opset);
+    Tensor y = fwd.output(0), dy = random_tensor(DType::f32, c.shape, seed++);
+    KernelCase grad("LogSoftmaxGrad", "oxtrain", {dy, y}, {{DType::f32, c.shape}});
+    grad.set_attr("axis", Attribute{axis});
+    grad.set_attr("coerce_2d", Attribute{int64_t{coerce ? 1 : 0}});
+    grad.run();
+    const Groups g = groups(c.shape, axis, coerce);
+    std::vector<double> want(static_cast<size_t>(dy.numel()));
+    for (int64_t o = 0; o < g.outer; ++o)
+      for (int64_t j = 0; j < g.inner; ++j) {
+        auto idx = [&](int64_t k) { return (o * g.d + k) * g.inner + j; };
+        double sum = 0;
+        for (int64_t k = 0; k < g.d; ++k) sum += element(dy, idx(k));
+        for (int64_t k = 0; k < g.d; ++k) want[idx(k)] = element(dy, idx(k)) - std::exp(element(y, idx(k))) * sum;
+      }
+    EXPECT_TRUE(close(grad.output(0), want, 1e-5)) << graph::shape_str(c.shape) << " axis " << axis;
+  }
+}
+
 namespace {
 
 struct LossCase {

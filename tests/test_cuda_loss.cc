@@ -135,6 +135,29 @@ TEST(CudaLoss, SoftmaxMatchesCpu) {
     }
 }
 
+TEST(CudaLoss, LogSoftmaxAndItsGradientMatchCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  uint64_t seed = 500;
+  for (const SoftmaxCase& c : kSoftmaxCases) {
+    const bool coerce = c.opset < 13;
+    const int64_t axis = c.has_axis ? c.axis : coerce ? 1 : -1;
+    for (double shift : {0.0, 500.0}) {
+      Tensor x = logits(c.shape, seed++);
+      for (int64_t i = 0; i < x.numel(); ++i) set_element(x, i, element(x, i) + shift);
+      KernelCase kc("LogSoftmax", "", {x}, {{DType::f32, c.shape}});
+      kc.set_attr("axis", Attribute{axis});
+      EXPECT_TRUE(cuda_matches_cpu(kc, kSoftmaxTolerance, c.opset)) << describe(c);
+    }
+    KernelCase fwd("LogSoftmax", "", {logits(c.shape, seed++)}, {{DType::f32, c.shape}});
+    fwd.set_attr("axis", Attribute{axis});
+    fwd.run(c.opset);
+    KernelCase grad("LogSoftmaxGrad", "oxtrain", {logits(c.shape, seed++, 1), fwd.output(0)}, {{DType::f32, c.shape}});
+    grad.set_attr("axis", Attribute{axis});
+    grad.set_attr("coerce_2d", Attribute{int64_t{coerce ? 1 : 0}});
+    EXPECT_TRUE(cuda_matches_cpu(grad, kTolerance)) << describe(c);
+  }
+}
+
 TEST(CudaLoss, SoftmaxWithInfinitiesAndNans) {
   OXTRAIN_REQUIRE_GPU();
   // [6, 9] rows: one -inf (its output is 0), all but one -inf (a one-hot), a NaN (the row is

@@ -165,6 +165,12 @@ TEST(Gradients, Softmax) {
   check_gradients({"Softmax", {{f64({3, 4, 5}, 3)}}, {{"axis", i1(1)}}, 1, 11}, "opset 11, coerced 2-D");
 }
 
+TEST(Gradients, LogSoftmax) {
+  check_gradients({"LogSoftmax", {{f64({3, 4, 5}, 4, -3, 3)}}, {}, 1, 13}, "opset 13, last axis");
+  check_gradients({"LogSoftmax", {{f64({3, 4, 5}, 5, -3, 3)}}, {{"axis", i1(0)}}, 1, 13}, "opset 13, axis 0");
+  check_gradients({"LogSoftmax", {{f64({3, 4, 5}, 6, -3, 3)}}, {{"axis", i1(1)}}, 1, 11}, "opset 11, coerced 2-D");
+}
+
 TEST(Gradients, SoftmaxCrossEntropyLoss) {
   Tensor labels = Tensor::from_int64({2, 0, 4, 1, 3, 4}, {6});
   for (const char* reduction : {"mean", "sum", "none"})

@@ -1,5 +1,5 @@
-// Softmax, SoftmaxCrossEntropyLoss and their gradients (oxtrain.SoftmaxGrad,
-// oxtrain.SoftmaxCrossEntropyLossGrad).
+// Softmax, LogSoftmax, SoftmaxCrossEntropyLoss and their gradients (oxtrain.SoftmaxGrad,
+// oxtrain.LogSoftmaxGrad, oxtrain.SoftmaxCrossEntropyLossGrad).
 //
 // A softmax group is `outer` x `inner` independent vectors of length `d`, the vector's
 // elements `inner` apart. Groups are spread over threads; every sum is over one vector in a
@@ -73,7 +73,8 @@ void for_each_block(const Groups& g, F&& f) {
 // ---------------------------------------------------------------------------------------
 // Softmax
 
-template <typename T>
+// kLog: LogSoftmax. Its output never holds the exp terms, so x is read again at the end.
+template <typename T, bool kLog>
 void softmax(const T* x, T* y, const Groups& g) {
   for_each_block(g, [&](int64_t o, int64_t j0, int64_t len) {
     const int64_t base = o * g.d * g.inner + j0;
@@ -81,6 +82,11 @@ void softmax(const T* x, T* y, const Groups& g) {
       const T* xr = x + base;
       T* yr = y + base;
       const T mx = math::row_max(xr, g.d, 1, 0, 1);
+      if (kLog) {
+        const double log_sum = std::log(lane_sum(g.d, [xr, mx](int64_t c) { return math::softmax_exp(xr[c], mx); }));
+        for (int64_t c = 0; c < g.d; ++c) yr[c] = math::log_softmax_element(xr[c], mx, log_sum);
+        return;
+      }
       for (int64_t c = 0; c < g.d; ++c) yr[c] = math::softmax_exp(xr[c], mx);
       const double inv = 1.0 / lane_sum(g.d, [yr](int64_t c) { return yr[c]; });
       for (int64_t c = 0; c < g.d; ++c) yr[c] = math::softmax_normalize(yr[c], inv);
@@ -98,44 +104,45 @@ void softmax(const T* x, T* y, const Groups& g) {
       for (int64_t j = 0; j < len; ++j) {
         const int64_t i = base + c * g.inner + j;
         const T e = math::softmax_exp(x[i], mx[j]);
-        y[i] = e;
+        if (!kLog) y[i] = e;
         sum[j] += e;
       }
-    for (int64_t j = 0; j < len; ++j) sum[j] = 1.0 / sum[j];
+    for (int64_t j = 0; j < len; ++j) sum[j] = kLog ? std::log(sum[j]) : 1.0 / sum[j];
     for (int64_t c = 0; c < g.d; ++c)
       for (int64_t j = 0; j < len; ++j) {
         const int64_t i = base + c * g.inner + j;
-        y[i] = math::softmax_normalize(y[i], sum[j]);
+        y[i] = kLog ? math::log_softmax_element(x[i], mx[j], sum[j]) : math::softmax_normalize(y[i], sum[j]);
       }
   });
 }
 
-// dX = Y * (dY - sum(dY * Y)) over each softmax vector.
-template <typename T>
+// Softmax: dX = Y * (dY - sum(dY * Y)); kLog (LogSoftmax): dX = dY - exp(Y) * sum(dY); over
+// each softmax vector.
+template <typename T, bool kLog>
 void softmax_grad(const T* dy, const T* y, T* dx, const Groups& g) {
+  auto term = [&](int64_t i) {
+    return kLog ? static_cast<double>(dy[i]) : math::softmax_grad_term(dy[i], y[i]);
+  };
   for_each_block(g, [&](int64_t o, int64_t j0, int64_t len) {
     const int64_t base = o * g.d * g.inner + j0;
     double dot[kBlock];
     if (g.inner == 1) {
-      dot[0] = lane_sum(g.d, [&](int64_t c) {
-        return math::softmax_grad_term(dy[base + c], y[base + c]);
-      });
+      dot[0] = lane_sum(g.d, [&](int64_t c) { return term(base + c); });
     } else {
       for (int64_t j = 0; j < len; ++j) dot[j] = 0;
       for (int64_t c = 0; c < g.d; ++c)
-        for (int64_t j = 0; j < len; ++j) {
-          const int64_t i = base + c * g.inner + j;
-          dot[j] += math::softmax_grad_term(dy[i], y[i]);
-        }
+        for (int64_t j = 0; j < len; ++j) dot[j] += term(base + c * g.inner + j);
     }
     for (int64_t c = 0; c < g.d; ++c)
       for (int64_t j = 0; j < len; ++j) {
         const int64_t i = base + c * g.inner + j;
-        dx[i] = math::softmax_grad_element(dy[i], y[i], dot[j]);
+        dx[i] = kLog ? math::log_softmax_grad_element(dy[i], y[i], dot[j])
+                     : math::softmax_grad_element(dy[i], y[i], dot[j]);
       }
   });
 }
 
+template <bool kLog>
 KernelFactory softmax_factory() {
   return [](const KernelInit& init) {
     const Node& n = init.node;
@@ -146,13 +153,14 @@ KernelFactory softmax_factory() {
     return dispatch_float(dt, n.describe(), [&](auto tag) {
       using T = decltype(tag);
       return make_kernel([axis, coerce](const KernelArgs& a) {
-        softmax(a.inputs[0].as<T>(), a.outputs[0].as<T>(),
+        softmax<T, kLog>(a.inputs[0].as<T>(), a.outputs[0].as<T>(),
                 groups_of(a.inputs[0].shape, axis, coerce));
       });
     });
   };
 }
 
+template <bool kLog>
 KernelFactory softmax_grad_factory() {
   return [](const KernelInit& init) {
     const Node& n = init.node;
@@ -166,7 +174,7 @@ KernelFactory softmax_grad_factory() {
     return dispatch_float(dt, n.describe(), [&](auto tag) {
       using T = decltype(tag);
       return make_kernel([axis, coerce](const KernelArgs& a) {
-        softmax_grad(a.inputs[0].as<T>(), a.inputs[1].as<T>(), a.outputs[0].as<T>(),
+        softmax_grad<T, kLog>(a.inputs[0].as<T>(), a.inputs[1].as<T>(), a.outputs[0].as<T>(),
                      groups_of(a.inputs[0].shape, axis, coerce));
       });
     });
@@ -404,8 +412,10 @@ KernelFactory sce_loss_grad_factory() {
 }  // namespace
 
 void register_cpu_loss_kernels(KernelRegistry& registry) {
-  registry.add("", "Softmax", Device::cpu, softmax_factory());
-  registry.add("oxtrain", "SoftmaxGrad", Device::cpu, softmax_grad_factory());
+  registry.add("", "Softmax", Device::cpu, softmax_factory<false>());
+  registry.add("oxtrain", "SoftmaxGrad", Device::cpu, softmax_grad_factory<false>());
+  registry.add("", "LogSoftmax", Device::cpu, softmax_factory<true>());
+  registry.add("oxtrain", "LogSoftmaxGrad", Device::cpu, softmax_grad_factory<true>());
   registry.add("", "SoftmaxCrossEntropyLoss", Device::cpu, sce_loss_factory());
   registry.add("oxtrain", "SoftmaxCrossEntropyLossGrad", Device::cpu, sce_loss_grad_factory());
 }

@@ -1,5 +1,5 @@
-// CUDA Softmax, SoftmaxCrossEntropyLoss and their gradients (oxtrain.SoftmaxGrad,
-// oxtrain.SoftmaxCrossEntropyLossGrad): twins of runtime/cpu/loss.cc, computing with the same
+// CUDA Softmax, LogSoftmax, SoftmaxCrossEntropyLoss and their gradients (oxtrain.SoftmaxGrad,
+// oxtrain.LogSoftmaxGrad, oxtrain.SoftmaxCrossEntropyLossGrad): twins of runtime/cpu/loss.cc, computing with the same
 // per-element math (runtime/math/loss.h). Every kernel writes (=) its outputs. float32 scores,
 // int64 labels.
 //
@@ -98,6 +98,8 @@ constexpr unsigned kReduceThreads = 256;
 // ---------------------------------------------------------------------------------------
 // Softmax
 
+// kLog: LogSoftmax, whose output never holds the exp terms.
+template <bool kLog>
 __global__ void softmax_kernel(const float* x, float* y, Rows g) {
   __shared__ float max_shared[kWarp + 1];
   __shared__ double sum_shared[kWarp + 1];
@@ -113,17 +115,25 @@ __global__ void softmax_kernel(const float* x, float* y, Rows g) {
     double sum = 0;
     for (int64_t c = first; c < g.d; c += step) {
       const float e = math::softmax_exp(xr[c * g.inner], mx);
-      yr[c * g.inner] = e;
+      if (!kLog) yr[c * g.inner] = e;
       sum += e;
     }
     sum = block_reduce(sum, AddOp{}, 0.0, sum_shared);
-    const double inv = 1.0 / sum;
-    for (int64_t c = first; c < g.d; c += step)
-      yr[c * g.inner] = math::softmax_normalize(yr[c * g.inner], inv);
+    if (kLog) {
+      const double log_sum = ::log(sum);
+      for (int64_t c = first; c < g.d; c += step)
+        yr[c * g.inner] = math::log_softmax_element(xr[c * g.inner], mx, log_sum);
+    } else {
+      const double inv = 1.0 / sum;
+      for (int64_t c = first; c < g.d; c += step)
+        yr[c * g.inner] = math::softmax_normalize(yr[c * g.inner], inv);
+    }
   }
 }
 
-// dX = Y * (dY - sum(dY * Y)) over each row.
+// Softmax: dX = Y * (dY - sum(dY * Y)); kLog (LogSoftmax): dX = dY - exp(Y) * sum(dY); over
+// each row.
+template <bool kLog>
 __global__ void softmax_grad_kernel(const float* dy, const float* y, float* dx, Rows g) {
   __shared__ double sum_shared[kWarp + 1];
   const int64_t first = threadIdx.x, step = blockDim.x;
@@ -132,12 +142,12 @@ __global__ void softmax_grad_kernel(const float* dy, const float* y, float* dx, 
     double dot = 0;
     for (int64_t c = first; c < g.d; c += step) {
       const int64_t i = base + c * g.inner;
-      dot += math::softmax_grad_term(dy[i], y[i]);
+      dot += kLog ? static_cast<double>(dy[i]) : math::softmax_grad_term(dy[i], y[i]);
     }
     dot = block_reduce(dot, AddOp{}, 0.0, sum_shared);
     for (int64_t c = first; c < g.d; c += step) {
       const int64_t i = base + c * g.inner;
-      dx[i] = math::softmax_grad_element(dy[i], y[i], dot);
+      dx[i] = kLog ? math::log_softmax_grad_element(dy[i], y[i], dot) : math::softmax_grad_element(dy[i], y[i], dot);
     }
   }
 }
@@ -192,6 +202,7 @@ void check_run_shape(const TensorView& t, const Shape& compiled, const std::stri
                 graph::shape_str(t.shape));
 }
 
+template <bool kLog>
 KernelFactory softmax_factory() {
   return [](const KernelInit& init) {
     const Node& n = init.node;
@@ -207,13 +218,14 @@ KernelFactory softmax_factory() {
       check_run_shape(a.inputs[0], shape, what);
       if (g.numel() == 0) return;
       const CudaContext& ctx = cuda::context_of(a, what);
-      softmax_kernel<<<row_blocks(g.count(), ctx), row_threads(g.d), 0, ctx.stream>>>(
+      softmax_kernel<kLog><<<row_blocks(g.count(), ctx), row_threads(g.d), 0, ctx.stream>>>(
           a.inputs[0].as<float>(), a.outputs[0].as<float>(), g);
       cuda::check(cudaGetLastError(), "softmax_kernel launch", what);
     });
   };
 }
 
+template <bool kLog>
 KernelFactory softmax_grad_factory() {
   return [](const KernelInit& init) {
     const Node& n = init.node;
@@ -230,7 +242,7 @@ KernelFactory softmax_grad_factory() {
       check_run_shape(a.inputs[0], shape, what);
       if (g.numel() == 0) return;
       const CudaContext& ctx = cuda::context_of(a, what);
-      softmax_grad_kernel<<<row_blocks(g.count(), ctx), row_threads(g.d), 0, ctx.stream>>>(
+      softmax_grad_kernel<kLog><<<row_blocks(g.count(), ctx), row_threads(g.d), 0, ctx.stream>>>(
           a.inputs[0].as<float>(), a.inputs[1].as<float>(), a.outputs[0].as<float>(), g);
       cuda::check(cudaGetLastError(), "softmax_grad_kernel launch", what);
     });
@@ -509,8 +521,10 @@ KernelFactory loss_grad_factory() {
 }  // namespace
 
 void register_cuda_loss_kernels(KernelRegistry& registry) {
-  registry.add("", "Softmax", Device::cuda, softmax_factory());
-  registry.add("oxtrain", "SoftmaxGrad", Device::cuda, softmax_grad_factory());
+  registry.add("", "Softmax", Device::cuda, softmax_factory<false>());
+  registry.add("oxtrain", "SoftmaxGrad", Device::cuda, softmax_grad_factory<false>());
+  registry.add("", "LogSoftmax", Device::cuda, softmax_factory<true>());
+  registry.add("oxtrain", "LogSoftmaxGrad", Device::cuda, softmax_grad_factory<true>());
   registry.add("", "SoftmaxCrossEntropyLoss", Device::cuda, loss_factory());
   registry.add("oxtrain", "SoftmaxCrossEntropyLossGrad", Device::cuda, loss_grad_factory());
 }

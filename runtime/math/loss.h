@@ -10,6 +10,9 @@
 // Precision, as the CPU kernels have always computed it:
 //   Softmax: maximum and exp in T, sum of the exps in double, y = T(e / sum).
 //   SoftmaxGrad: dot = sum(double(dy) * double(y)), dx = T(y * (dy - dot)) in double.
+//   LogSoftmax: maximum and exp in T, sum of the exps in double, y = T((x - max) - log(sum)),
+//     x - max in T, the rest in double.
+//   LogSoftmaxGrad: sum = sum(double(dy)), dx = T(dy - exp(double(y)) * sum) in double.
 //   SoftmaxCrossEntropyLoss: maximum, exp and log-sum-exp in double; log_prob = T(x - lse).
 //   SoftmaxCrossEntropyLossGrad: dx = T((exp(double(log_prob)) - onehot) * k) in double.
 #pragma once
@@ -70,6 +73,12 @@ OXTRAIN_HD T softmax_normalize(T e, double inv_sum) {
   return static_cast<T>(static_cast<double>(e) * inv_sum);
 }
 
+// LogSoftmax: y = (x - max) - log(sum(exp(x - max))), from the row's log of that sum.
+template <typename T>
+OXTRAIN_HD T log_softmax_element(T x, T mx, double log_sum) {
+  return static_cast<T>(static_cast<double>(static_cast<T>(x - mx)) - log_sum);
+}
+
 // ---------------------------------------------------------------------------------------
 // SoftmaxGrad: dx = y * (dy - sum(dy * y)).
 
@@ -81,6 +90,12 @@ OXTRAIN_HD double softmax_grad_term(T dy, T y) {
 template <typename T>
 OXTRAIN_HD T softmax_grad_element(T dy, T y, double dot) {
   return static_cast<T>(static_cast<double>(y) * (static_cast<double>(dy) - dot));
+}
+
+// LogSoftmaxGrad: dx = dy - exp(y) * sum(dy), the row's sum of dy in double.
+template <typename T>
+OXTRAIN_HD T log_softmax_grad_element(T dy, T y, double dy_sum) {
+  return static_cast<T>(static_cast<double>(dy) - ::exp(static_cast<double>(y)) * dy_sum);
 }
 
 // ---------------------------------------------------------------------------------------
