@@ -187,6 +187,18 @@ Tensor tensor_from_proto(const onnx::TensorProto& t, const TensorSource& src, co
   return out;
 }
 
+}  // namespace
+
+Tensor inline_tensor_from_proto(const onnx::TensorProto& t, const std::string& what) {
+  if (t.data_location() == onnx::TensorProto::EXTERNAL)
+    throw Error(what + " refers to external data; save the tensor with its data inline");
+  const std::string no_dir;
+  const ImportOptions options;
+  return tensor_from_proto(t, TensorSource{no_dir, options}, what);
+}
+
+namespace {
+
 void tensor_to_proto(const Tensor& t, const std::string& name, onnx::TensorProto& p) {
   p.set_name(name);
   p.set_data_type(dtype_to_onnx(t.dtype));

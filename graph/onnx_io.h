@@ -14,6 +14,7 @@
 
 namespace onnx {
 class ModelProto;
+class TensorProto;
 }
 
 namespace oxtrain::graph {
@@ -36,6 +37,10 @@ Graph import_onnx(const std::string& path, const ImportOptions& options = {});
 // `base_dir` resolves external data locations.
 Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_dir,
                         const ImportOptions& options = {});
+
+// A tensor whose data is in the proto (raw_data or the typed field of its type: float16 and
+// bfloat16 as 16 bits in int32_data); `what` names it in errors. External data is refused.
+Tensor inline_tensor_from_proto(const onnx::TensorProto& t, const std::string& what);
 
 // The warning for a model whose exporter rewrote it for inference (Graph::folded_batchnorm,
 // Graph::removed_biases): what happened, why it matters for training and how to export the

@@ -12,6 +12,7 @@
 #include "base/checked.h"
 #include "base/half.h"
 #include "base/files.h"
+#include "graph/onnx_io.h"
 #include "graph/ops.h"
 
 namespace oxtrain::graph {
@@ -327,39 +328,7 @@ Tensor read_tensor_file(const std::string& path) {
   onnx::TensorProto proto;
   if (!proto.ParseFromString(bytes)) throw Error("'" + path + "' is not an ONNX TensorProto file");
   bytes = std::string();  // the proto holds its own copy
-  DType dtype = dtype_from_onnx(proto.data_type());
-  if (dtype == DType::undefined)
-    throw Error("'" + path + "' holds ONNX data type " + std::to_string(proto.data_type()) +
-                ", which oxtrain does not read");
-  if (proto.data_location() == onnx::TensorProto::EXTERNAL)
-    throw Error("'" + path + "' refers to external data; save the tensor with its data inline");
-  // Every size is checked against the bytes in the file before the tensor is allocated.
-  Shape shape(proto.dims().begin(), proto.dims().end());
-  const std::string what = "'" + path + "': a tensor";
-  const int64_t need = bytes_or_throw(shape, dtype_size(dtype), what);
-  const int64_t count = need / static_cast<int64_t>(dtype_size(dtype));
-  if (proto.has_raw_data()) {
-    if (proto.raw_data().size() != static_cast<uint64_t>(need))
-      throw Error("'" + path + "': " + dims_text(shape) + " of " + dtype_name(dtype) + " needs " +
-                  std::to_string(need) + " bytes, the file holds " + std::to_string(proto.raw_data().size()));
-    Tensor t(dtype, shape);
-    if (need > 0) std::memcpy(t.bytes.data(), proto.raw_data().data(), t.bytes.size());
-    return t;
-  }
-  int64_t have = dtype == DType::f32 ? proto.float_data_size()
-                 : dtype == DType::i64 ? proto.int64_data_size()
-                 : dtype == DType::f64 ? proto.double_data_size()
-                                       : -1;
-  if (have < 0)
-    throw Error("'" + path + "': " + dtype_name(dtype) + " data must be stored as raw_data");
-  if (have != count)
-    throw Error("'" + path + "': " + dims_text(shape) + " of " + dtype_name(dtype) + " needs " +
-                std::to_string(count) + " values, the file holds " + std::to_string(have));
-  Tensor t(dtype, shape);
-  if (dtype == DType::f32) std::copy(proto.float_data().begin(), proto.float_data().end(), t.data<float>());
-  if (dtype == DType::i64) std::copy(proto.int64_data().begin(), proto.int64_data().end(), t.data<int64_t>());
-  if (dtype == DType::f64) std::copy(proto.double_data().begin(), proto.double_data().end(), t.data<double>());
-  return t;
+  return inline_tensor_from_proto(proto, "'" + path + "': a tensor");
 }
 
 void write_tensor_file(const Tensor& t, const std::string& path) {

@@ -473,7 +473,7 @@ TEST(HardeningGraph, TensorFileSizesAreBoundedByItsBytes) {
   p.set_data_type(1);
   p.add_dims(1 << 28);
   p.add_float_data(1.0f);
-  expect_has(error_of(write_proto(p)), {"t.pb", "[268435456]", "needs 268435456 values, the file holds 1"});
+  expect_has(error_of(write_proto(p)), {"t.pb", "[268435456]", "needs 268435456 values but holds 1"});
   // A folder is refused by name.
   fs::create_directories(dir.path + "/folder.pb");
   expect_has(error_of(dir.path + "/folder.pb"), {"folder.pb"});
