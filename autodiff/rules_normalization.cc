@@ -79,6 +79,29 @@ Grads layer_norm_rule(GradContext& c) {
 }
 
 // ---------------------------------------------------------------------------------------
+// ReduceMax / ReduceMin, as torch.amax / amin: dY goes to the elements equal to the result,
+// split evenly among ties: dX = (X == Y) * dY / count(X == Y), Y and dY with the reduced dims
+// kept. Made of core ops (Equal, Cast, Div, Mul) and oxtrain.ReduceSumTo.
+
+Grads reduce_extreme_rule(GradContext& c) {
+  graph::InferContext ictx{c.graph(), c.opset()};
+  const std::vector<int64_t> axes = graph::axes_of(c.node(), ictx, 18);
+  const bool noop = c.opset() >= 18 && c.node().attr_int("noop_with_empty_axes", 0) != 0;
+  if (axes.empty() && noop) return {c.dY(), nullptr};
+  Value* x = c.in(0);
+  Shape kept = x->shape;
+  const int64_t rank = static_cast<int64_t>(kept.size());
+  if (axes.empty()) std::fill(kept.begin(), kept.end(), 1);
+  for (int64_t a : axes) kept[a < 0 ? a + rank : a] = 1;
+  Value* y = reshape(c, c.out(0), kept);
+  Value* dy = reshape(c, c.dY(), kept);
+  Value* hit = c.emit1("Cast", "", {c.emit1("Equal", "", {x, y})},
+                       {{"to", Attribute{int64_t{graph::dtype_to_onnx(x->dtype)}}}});
+  Value* ties = c.emit1("ReduceSumTo", kOx, {hit}, {{"shape", ints(kept)}});
+  return {c.emit1("Mul", "", {hit, c.emit1("Div", "", {dy, ties})}), nullptr};
+}
+
+// ---------------------------------------------------------------------------------------
 // ReduceSum: dX is dY broadcast back along the reduced axes.
 
 Grads reduce_sum_rule(GradContext& c) {
@@ -159,6 +182,9 @@ Grads matmul_rule(GradContext& c) {
 
 void add_normalization_rules(RuleMap& rules) {
   rules["LayerNormalization"] = {layer_norm_rule};
+  rules["ReduceMax"] = {reduce_extreme_rule};
+  rules["ReduceMin"] = {reduce_extreme_rule};
+  rules["oxtrain.LayerNormalization"] = {layer_norm_rule};
   rules["ReduceSum"] = {reduce_sum_rule};
   rules["MatMul"] = {matmul_rule};
 }

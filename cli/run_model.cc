@@ -120,9 +120,13 @@ void take_shape(Value& v, const Tensor& t, const std::string& path,
   v.dim_names.clear();
 }
 
-// Does some node read `v` when the graph is compiled (a shape, axes)?
+// Does some node read `v` when the graph is compiled (a shape, axes, anything a fold-only op
+// reads)?
 bool read_at_compile_time(const Value& v) {
   for (const graph::Node* n : v.consumers) {
+    // Every input of an op oxtrain only folds (ConstantOfShape's shape, Range's bounds).
+    const graph::OpSchema* schema = graph::find_schema(n->domain, n->op_type);
+    if (schema && schema->constant_inputs_only) return true;
     graph::OpFacts facts = graph::node_facts(*n);
     for (size_t i : facts.compile_time)
       if (i < n->inputs.size() && n->inputs[i] == &v) return true;

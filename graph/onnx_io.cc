@@ -23,6 +23,7 @@
 #include "graph/exporter_rewrites.h"
 #include "graph/op_helpers.h"
 #include "graph/ops.h"
+#include "graph/passes.h"
 
 namespace fs = std::filesystem;
 
@@ -469,6 +470,21 @@ void prepare(Graph& g, const ImportOptions& options) {
     if (foldable && !graph_output) {
       schema->fold(n, ctx);
       folded.insert(&n);
+    } else if (foldable && n.outputs.size() == 1) {
+      // A foldable node whose value is a graph output (Shape, Constant): folded into a
+      // constant that the node, now an Identity, copies out.
+      Value* out = n.outputs[0];
+      Value* value = g.add_value(g.unique_name(out->name + "_folded"));
+      g.set_output(&n, 0, value);
+      schema->fold(n, ctx);
+      for (size_t i = 0; i < n.inputs.size(); ++i) g.set_input(&n, i, nullptr);
+      n.inputs.clear();
+      g.set_input(&n, 0, value);
+      g.set_output(&n, 0, out);
+      n.op_type = "Identity";
+      n.domain.clear();
+      n.attrs.clear();
+      find_schema("", "Identity")->infer(n, ctx);
     } else if (schema->constant_inputs_only) {
       unsupported.constant_only.push_back(&n);
       skip(n);
@@ -480,6 +496,7 @@ void prepare(Graph& g, const ImportOptions& options) {
   g.remove_nodes_if([&](const Node& n) { return folded.count(&n) != 0; });
   g.remove_dead_nodes();
   g.prune_values();
+  fuse_decomposed_layer_norm(g);
 
   for (const auto& [v, shape] : declared) {
     bool agree = shape.size() == v->shape.size();

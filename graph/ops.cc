@@ -487,7 +487,8 @@ void fold_shape(Node& n, const InferContext&) {
   start = std::clamp<int64_t>(start, 0, rank);
   end = std::clamp<int64_t>(end, start, rank);
   std::vector<int64_t> dims(x.begin() + start, x.begin() + end);
-  out_data(n, 0, DType::i64, {}) = Tensor::from_int64(dims, {static_cast<int64_t>(dims.size())});
+  const int64_t count = static_cast<int64_t>(dims.size());
+  out_data(n, 0, DType::i64, {count}) = Tensor::from_int64(dims, {count});
 }
 
 void fold_gather(Node& n, const InferContext&) {

@@ -1,5 +1,6 @@
 // Op schemas of the normalization family (see graph/op_helpers.h): LayerNormalization and its
-// gradient oxtrain.LayerNormalizationGrad, ReduceSum and its gradient oxtrain.ReduceSumGrad.
+// gradient oxtrain.LayerNormalizationGrad, ReduceSum and its gradient oxtrain.ReduceSumGrad,
+// ReduceMax and ReduceMin (their gradients are made of core ops).
 // ReduceMean, MatMul and Softmax keep their core schemas (graph/ops.cc).
 #include <algorithm>
 
@@ -42,7 +43,7 @@ Shape stats_shape(const Shape& x, int64_t axis) {
 }
 
 void infer_layer_norm(Node& n, const InferContext& ctx) {
-  if (ctx.opset < 17)
+  if (n.domain.empty() && ctx.opset < 17)
     throw Error(n.describe() + ": LayerNormalization exists from opset 17; the model imports opset " +
                 std::to_string(ctx.opset) + " (export it with opset 17 or later)");
   require_rank(n, 0, 1, "X");
@@ -99,18 +100,19 @@ void infer_layer_norm_grad(Node& n, const InferContext&) {
 
 // ---------------------------------------------------------------------------------------
 // ReduceSum: axes an attribute before opset 13, an optional constant input from 13 (with
-// noop_with_empty_axes). Shape inference as ReduceMean's.
+// noop_with_empty_axes); ReduceMax and ReduceMin likewise from opset 18. Shape inference as
+// ReduceMean's.
 
-void infer_reduce_sum(Node& n, const InferContext& ctx) {
+void infer_reduce(Node& n, const InferContext& ctx, int64_t axes_input_opset) {
   const Shape& x = in_shape(n, 0);
-  if (ctx.opset >= 13 && n.input(1)) {
+  if (ctx.opset >= axes_input_opset && n.input(1)) {
     const DType at = in(n, 1).dtype;
     if (at != DType::i64)
       throw Error(n.describe() + ": axes '" + in(n, 1).name + "' must be int64, not " + dtype_name(at));
   }
-  const std::vector<int64_t> axes = axes_of(n, ctx, 13);
+  const std::vector<int64_t> axes = axes_of(n, ctx, axes_input_opset);
   const bool keep = n.attr_int("keepdims", 1) != 0;
-  const bool noop = ctx.opset >= 13 && n.attr_int("noop_with_empty_axes", 0) != 0;
+  const bool noop = ctx.opset >= axes_input_opset && n.attr_int("noop_with_empty_axes", 0) != 0;
   const int64_t rank = static_cast<int64_t>(x.size());
   std::vector<bool> reduce(x.size(), axes.empty() && !noop);
   for (int64_t a : axes) {
@@ -125,6 +127,14 @@ void infer_reduce_sum(Node& n, const InferContext& ctx) {
     else if (keep) out.push_back(1);
   }
   set_out(n, 0, in(n, 0).dtype, out);
+}
+
+void infer_reduce_sum(Node& n, const InferContext& ctx) { infer_reduce(n, ctx, 13); }
+void infer_reduce_extreme(Node& n, const InferContext& ctx) {
+  if (!is_float(in(n, 0).dtype))
+    throw Error(n.describe() + ": data '" + in(n, 0).name + "' is " + dtype_name(in(n, 0).dtype) +
+                "; oxtrain reduces floats");
+  infer_reduce(n, ctx, 18);
 }
 
 // oxtrain.ReduceSumGrad: dY (the reduced shape, kept dims or not) -> dX of input_shape, dY
@@ -148,9 +158,14 @@ void infer_reduce_sum_grad(Node& n, const InferContext&) {
 std::vector<OpSchema> normalization_schemas() {
   return {
       {"", "LayerNormalization", infer_layer_norm, nullptr, {}, false, {.shares_input = {{0, 0}}}},
+      // LayerNormalization at any opset: what import makes of the decomposed form
+      // (graph::fuse_decomposed_layer_norm).
+      {kOxtrainDomain, "LayerNormalization", infer_layer_norm, nullptr, {}, false, {.shares_input = {{0, 0}}}},
       {kOxtrainDomain, "LayerNormalizationGrad", infer_layer_norm_grad, nullptr},
       {"", "ReduceSum", infer_reduce_sum, nullptr, {}, false, {.compile_time = {1}}},
       {kOxtrainDomain, "ReduceSumGrad", infer_reduce_sum_grad, nullptr},
+      {"", "ReduceMax", infer_reduce_extreme, nullptr, {}, false, {.compile_time = {1}}},
+      {"", "ReduceMin", infer_reduce_extreme, nullptr, {}, false, {.compile_time = {1}}},
   };
 }
 

@@ -2,11 +2,13 @@
 
 #include <onnx/onnx_pb.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "base/checked.h"
@@ -318,6 +320,147 @@ void batchnorm_to_inference(Graph& g) {
   g.updates.clear();
   g.remove_dead_nodes();
   g.prune_values();
+}
+
+// ---------------------------------------------------------------------------------------
+// Decomposed layer norm.
+
+namespace {
+
+// The node producing `v` when it is `op` of the default domain and `v` feeds only `readers`
+// nodes (and is no graph output); nullptr otherwise.
+Node* sole_producer(const Graph& g, const Value* v, const char* op, size_t readers = 1) {
+  if (!v || !v->producer || v->producer->op_type != op || !v->producer->domain.empty()) return nullptr;
+  if (v->consumers.size() != readers) return nullptr;
+  if (std::find(g.outputs.begin(), g.outputs.end(), v) != g.outputs.end()) return nullptr;
+  return v->producer;
+}
+
+// A float constant with one element: its value.
+std::optional<double> scalar_constant(const Value* v) {
+  if (!v || !v->has_data() || v->role != Role::Constant || v->data->numel() != 1) return std::nullopt;
+  if (v->dtype == DType::f32) return static_cast<double>(v->data->data<float>()[0]);
+  if (v->dtype == DType::f64) return v->data->data<double>()[0];
+  return std::nullopt;
+}
+
+// The axes a ReduceMean with keepdims reduces, normalised and sorted; empty when they are not
+// known constants or keepdims is off.
+std::vector<int64_t> reduce_mean_axes(const Node& n, int64_t rank) {
+  if (n.attr_int("keepdims", 1) != 1) return {};
+  std::vector<int64_t> axes;
+  if (n.has_attr("axes")) axes = n.attr_ints("axes");
+  else if (const Value* a = n.input(1); a && a->has_data()) axes = a->data->to_int64();
+  else return {};
+  for (int64_t& a : axes)
+    if (a < 0) a += rank;
+  std::sort(axes.begin(), axes.end());
+  return axes;
+}
+
+// The other input of binary `n` than `v`.
+Value* other_input(const Node& n, const Value* v) {
+  if (n.inputs.size() != 2) return nullptr;
+  return n.inputs[0] == v ? n.inputs[1] : n.inputs[1] == v ? n.inputs[0] : nullptr;
+}
+
+}  // namespace
+
+int fuse_decomposed_layer_norm(Graph& g) {
+  int fused = 0;
+  std::set<const Node*> doomed;
+  std::vector<Node*> divs;
+  for (const auto& n : g.nodes())
+    if (n->op_type == "Div" && n->domain.empty()) divs.push_back(n.get());
+  for (Node* div : divs) {
+    Value* d = div->input(0);
+    Node* sqrt = sole_producer(g, div->input(1), "Sqrt");
+    Node* add_eps = sqrt ? sole_producer(g, sqrt->input(0), "Add") : nullptr;
+    if (!add_eps || !d || !d->producer) continue;
+    Value* var = add_eps->input(0);
+    std::optional<double> eps = scalar_constant(add_eps->input(1));
+    if (!eps) {
+      var = add_eps->input(1);
+      eps = scalar_constant(add_eps->input(0));
+    }
+    Node* var_mean = eps ? sole_producer(g, var, "ReduceMean") : nullptr;
+    Node* square = var_mean ? var_mean->input(0)->producer : nullptr;
+    if (!square || !sole_producer(g, var_mean->input(0), square->op_type.c_str())) continue;
+    // d ^ 2 (d read by the square and the Div) or d * d.
+    bool squares_d = false;
+    if (square->op_type == "Pow" && square->input(0) == d) {
+      std::optional<double> two = scalar_constant(square->input(1));
+      squares_d = two && *two == 2.0 && d->consumers.size() == 2;
+    } else if (square->op_type == "Mul" && square->input(0) == d && square->input(1) == d) {
+      squares_d = d->consumers.size() == 3;  // the Mul reads it twice
+    }
+    Node* sub = squares_d ? sole_producer(g, d, "Sub", d->consumers.size()) : nullptr;
+    if (!sub) continue;
+    Value* x = sub->input(0);
+    Node* mean = sole_producer(g, sub->input(1), "ReduceMean");
+    if (!mean || mean->input(0) != x || !x->rank_known || !is_float(x->dtype)) continue;
+    const int64_t rank = static_cast<int64_t>(x->shape.size());
+    std::vector<int64_t> axes = reduce_mean_axes(*mean, rank);
+    if (axes.empty() || axes != reduce_mean_axes(*var_mean, rank)) continue;
+    bool trailing = true;
+    for (size_t i = 0; i < axes.size(); ++i) trailing &= axes[i] == rank - static_cast<int64_t>(axes.size() - i);
+    if (!trailing) continue;
+    const Shape normalized(x->shape.end() - static_cast<int64_t>(axes.size()), x->shape.end());
+    // Scale and bias: initializers of the normalized shape (or broadcasting to it).
+    auto affine = [&](const Node* n, const Value* from) -> Value* {
+      Value* p = n ? other_input(*n, from) : nullptr;
+      if (!p || !p->has_data() || p->producer || p->dtype != x->dtype || p->shape.size() > normalized.size())
+        return nullptr;
+      return std::equal(p->shape.rbegin(), p->shape.rend(), normalized.rbegin(),
+                        [](int64_t a, int64_t b) { return a == b || a == 1; })
+                 ? p
+                 : nullptr;
+    };
+    Value* out = div->output(0);
+    Node* mul = nullptr;
+    if (out->consumers.size() == 1 && std::find(g.outputs.begin(), g.outputs.end(), out) == g.outputs.end() &&
+        out->consumers[0]->op_type == "Mul" && out->consumers[0]->domain.empty())
+      mul = out->consumers[0];
+    Value* scale = affine(mul, out);
+    Value* bias = nullptr;
+    std::vector<Node*> parts = {mean, sub, square, var_mean, add_eps, sqrt, div};
+    if (scale) {
+      parts.push_back(mul);
+      out = mul->output(0);
+      Node* add = out->consumers.size() == 1 && std::find(g.outputs.begin(), g.outputs.end(), out) == g.outputs.end()
+                      ? out->consumers[0]
+                      : nullptr;
+      if (add && add->op_type == "Add" && add->domain.empty() && (bias = affine(add, out))) {
+        parts.push_back(add);
+        out = add->output(0);
+      }
+    } else {
+      if (x->dtype != DType::f32 && x->dtype != DType::f64) continue;
+      Tensor ones(x->dtype, normalized);
+      for (int64_t i = 0; i < ones.numel(); ++i) {
+        if (x->dtype == DType::f32) ones.data<float>()[i] = 1.0f;
+        else ones.data<double>()[i] = 1.0;
+      }
+      scale = g.add_initializer(g.unique_name(div->name + "_scale"), std::move(ones), Role::Constant);
+    }
+    for (Node* n : parts) doomed.insert(n);
+    // The fused node writes the last value of the pattern; the old nodes lose their outputs.
+    Value* result = out;
+    result->producer->outputs.assign(result->producer->outputs.size(), nullptr);
+    result->producer = nullptr;
+    std::vector<Value*> inputs = {x, scale};
+    if (bias) inputs.push_back(bias);
+    Node* ln = g.add_node("LayerNormalization", inputs, {result}, div->name + "_layer_norm", kOxtrainDomain);
+    ln->attrs["axis"] = Attribute{rank - static_cast<int64_t>(axes.size())};
+    ln->attrs["epsilon"] = Attribute{static_cast<float>(*eps)};
+    find_schema(kOxtrainDomain, "LayerNormalization")->infer(*ln, InferContext{g, 17});
+    ++fused;
+  }
+  if (fused == 0) return 0;
+  g.remove_nodes_if([&](const Node& n) { return doomed.count(&n) != 0; });
+  g.topological_sort();
+  g.prune_values();
+  return fused;
 }
 
 // A tensor file holds one batch or one reference tensor; 2 GiB is protobuf's limit anyway.

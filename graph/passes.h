@@ -9,6 +9,14 @@
 
 namespace oxtrain::graph {
 
+// Layer norm as older exporters write it (ONNX before opset 17 has no LayerNormalization):
+//   mean = ReduceMean(x), d = x - mean, var = ReduceMean(d ^ 2 or d * d), y = d / Sqrt(var + eps),
+//   then optionally * scale + bias, over the trailing axes with keepdims
+// becomes one oxtrain.LayerNormalization (LayerNormalization at any opset): one kernel, and its
+// gradient keeps two statistics per row instead of every intermediate. Matches only where the
+// intermediates feed nothing else. Returns how many were fused. Run by import (prepare).
+int fuse_decomposed_layer_norm(Graph& graph);
+
 // Every float value (inputs, initializers, activations) becomes `to` (float32 or float64);
 // initializer data is converted. Used to run a model in float64 as a reference.
 void convert_float_dtype(Graph& graph, DType to);

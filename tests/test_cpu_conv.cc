@@ -310,7 +310,7 @@ TEST(CpuConv, OverwritesOutputs) {
   }
 }
 
-TEST(CpuConv, RejectsNon2D) {
+TEST(CpuConv, RejectsThreeD) {
   KernelCase three_d("Conv", "",
                      {Tensor(DType::f32, {1, 2, 5, 5, 5}), Tensor(DType::f32, {3, 2, 3, 3, 3})},
                      {{DType::f32, {1, 3, 3, 3, 3}}});
@@ -319,11 +319,30 @@ TEST(CpuConv, RejectsNon2D) {
     FAIL() << "a 3-D convolution was accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("Conv 'test_Conv'"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("only 2-D convolution"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("only 1-D and 2-D convolution"), std::string::npos) << e.what();
   }
-  KernelCase one_d("Conv", "", {Tensor(DType::f32, {1, 2, 9}), Tensor(DType::f32, {3, 2, 3})},
-                   {{DType::f32, {1, 3, 7}}});
-  EXPECT_THROW(one_d.run(), Error);
+}
+
+// A 1-D convolution is the 2-D one of a single row: the same values, bit for bit.
+TEST(CpuConv, OneDimensionalIsOneRow) {
+  Tensor x = random_tensor(DType::f32, {2, 4, 13}, 1), w = random_tensor(DType::f32, {6, 2, 3}, 2);
+  KernelCase one_d("Conv", "", {x, w}, {{DType::f32, {2, 6, 6}}});
+  one_d.set_attr("group", Attribute{int64_t{2}});
+  one_d.set_attr("strides", Attribute{std::vector<int64_t>{2}});
+  one_d.set_attr("pads", Attribute{std::vector<int64_t>{1, 0}});
+  one_d.run();
+  Tensor x2 = x, w2 = w;
+  x2.shape = {2, 4, 1, 13};
+  w2.shape = {6, 2, 1, 3};
+  KernelCase two_d("Conv", "", {x2, w2}, {{DType::f32, {2, 6, 1, 6}}});
+  two_d.set_attr("group", Attribute{int64_t{2}});
+  two_d.set_attr("strides", Attribute{std::vector<int64_t>{1, 2}});
+  two_d.set_attr("pads", Attribute{std::vector<int64_t>{0, 1, 0, 0}});
+  two_d.run();
+  EXPECT_EQ(one_d.output(0).bytes, two_d.output(0).bytes);
+  double sum = 0;
+  for (int64_t i = 0; i < one_d.output(0).numel(); ++i) sum += std::fabs(element(one_d.output(0), i));
+  EXPECT_GT(sum, 1.0);  // it computed something
 }
 
 TEST(CpuConv, RejectsOtherDtypes) {

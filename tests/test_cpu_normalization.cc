@@ -372,6 +372,47 @@ TEST(CpuNormalization, ReduceSumAndReduceMeanOverEveryAxisCombination) {
   }
 }
 
+// ReduceMax and ReduceMin over every axis combination, against the extremes found directly;
+// NaN wins and an empty reduction gives -inf / +inf.
+TEST(CpuNormalization, ReduceMaxAndReduceMinOverEveryAxisCombination) {
+  const Shape xs{3, 5, 2, 7};
+  for (DType dt : kFloatTypes) {
+    Tensor x = random_tensor(dt, xs, 71);
+    for (int64_t keepdims : {0, 1})
+      for (const Reduction& r : every_reduction(xs, keepdims)) {
+        const int64_t ny = graph::shape_numel(r.kept);
+        std::vector<double> mx(static_cast<size_t>(ny), -INFINITY), mn(static_cast<size_t>(ny), INFINITY);
+        for (int64_t i = 0; i < x.numel(); ++i) {
+          const int64_t j = broadcast_index(r.kept, coords(i, x.shape));
+          mx[j] = std::max(mx[j], element(x, i));
+          mn[j] = std::min(mn[j], element(x, i));
+        }
+        const std::string label = graph::shape_str(r.axes) + " keepdims " + std::to_string(keepdims);
+        for (int64_t opset : {13, 18}) {
+          KernelCase kmax = reduce_case("ReduceMax", x, r, keepdims, opset >= 18);
+          kmax.run(opset);
+          EXPECT_TRUE(close(kmax.output(0), mx, 0)) << "ReduceMax opset " << opset << " " << label;
+          KernelCase kmin = reduce_case("ReduceMin", x, r, keepdims, opset >= 18);
+          kmin.run(opset);
+          EXPECT_TRUE(close(kmin.output(0), mn, 0)) << "ReduceMin opset " << opset << " " << label;
+        }
+      }
+  }
+  // A NaN makes its row NaN wherever it stands; an empty reduction gives the identity.
+  Tensor x = Tensor::from_float({1, NAN, 3, -2, 5, 4}, {2, 3});
+  for (const char* op : {"ReduceMax", "ReduceMin"}) {
+    KernelCase kc(op, "", {x}, {{DType::f32, {2, 1}}});
+    kc.set_attr("axes", Attribute{std::vector<int64_t>{1}});
+    kc.run(13);
+    EXPECT_TRUE(std::isnan(element(kc.output(0), 0))) << op;
+    EXPECT_EQ(element(kc.output(0), 1), std::string(op) == "ReduceMax" ? 5.0 : -2.0) << op;
+    KernelCase empty(op, "", {Tensor(DType::f32, {2, 0})}, {{DType::f32, {2, 1}}});
+    empty.set_attr("axes", Attribute{std::vector<int64_t>{1}});
+    empty.run(13);
+    EXPECT_EQ(element(empty.output(0), 0), std::string(op) == "ReduceMax" ? -INFINITY : INFINITY) << op;
+  }
+}
+
 TEST(CpuNormalization, ReduceSumNoopAndErrors) {
   Tensor x = random_tensor(DType::f64, {3, 4}, 80);
   KernelCase noop("ReduceSum", "", {x}, {{DType::f64, {3, 4}}});

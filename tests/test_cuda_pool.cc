@@ -376,7 +376,7 @@ TEST(CudaPool, RejectsWhatItCannotDo) {
                  {{DType::f32, {1, 2, 3, 3, 3}}});
     k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2, 2}});
     k.set_attr("strides", Attribute{std::vector<int64_t>{2, 2, 2}});
-    expect_refused(k, "only 2-D pooling");
+    expect_refused(k, "only 1-D and 2-D pooling");
   }
   {
     KernelCase k("AveragePool", "", {random_tensor(DType::f32, p.x, 4)},

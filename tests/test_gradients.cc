@@ -27,6 +27,10 @@ TEST(Gradients, Conv) {
       {"depthwise", {1, 4, 6, 5}, {4, 1, 3, 3}, {{"group", i1(4)}, {"strides", iv({2, 1})}}, false},
       {"1x1", {2, 5, 4, 3}, {3, 5, 1, 1}, {}, true},
       {"SAME_UPPER stride 2", {1, 2, 7, 5}, {3, 2, 3, 3}, {{"auto_pad", s1("SAME_UPPER")}, {"strides", iv({2, 2})}}, false},
+      // 1-D: [N, C, L] with [M, C / group, k].
+      {"1-D pad 1", {2, 3, 9}, {4, 3, 3}, {{"pads", iv({1, 1})}}, true},
+      {"1-D stride 2, dilation 2, groups 3", {2, 6, 11}, {3, 2, 3},
+       {{"strides", iv({2})}, {"dilations", iv({2})}, {"group", i1(3)}, {"pads", iv({2, 0})}}, false},
   };
   uint64_t seed = 1;
   for (const auto& v : variants) {
@@ -76,6 +80,9 @@ TEST(Gradients, MaxPool) {
   uint64_t seed = 30;
   for (const auto& [label, attrs] : variants)
     check_gradients({"MaxPool", {{distinct({2, 3, 7, 6}, seed++)}}, attrs}, label);
+  check_gradients({"MaxPool", {{distinct({2, 3, 11}, seed++)}},
+                   {{"kernel_shape", iv({3})}, {"strides", iv({2})}, {"pads", iv({1, 1})}}},
+                  "1-D k3 s2 p1");
 }
 
 TEST(Gradients, AveragePool) {
@@ -89,6 +96,9 @@ TEST(Gradients, AveragePool) {
   uint64_t seed = 40;
   for (const auto& [label, attrs] : variants)
     check_gradients({"AveragePool", {{f64({2, 3, 7, 6}, seed++)}}, attrs}, label);
+  check_gradients({"AveragePool", {{f64({2, 3, 11}, seed++)}},
+                   {{"kernel_shape", iv({3})}, {"strides", iv({2})}, {"pads", iv({1, 1})}, {"ceil_mode", i1(1)}}},
+                  "1-D k3 s2 p1 ceil");
 }
 
 TEST(Gradients, GlobalAveragePool) {

@@ -113,6 +113,25 @@ TEST(GradientsNormalization, ReduceMeanOverEveryAxisCombination) {
     }
 }
 
+// Distinct values (no ties): the gradient goes to the extreme of each reduction.
+TEST(GradientsNormalization, ReduceMaxAndReduceMin) {
+  uint64_t seed = 90;
+  for (const char* op : {"ReduceMax", "ReduceMin"}) {
+    check_gradients({op, {{distinct({3, 4, 5}, seed++)}}, {{"axes", iv({1})}}, 1, 13}, std::string(op) + " axis 1");
+    check_gradients({op, {{distinct({3, 4, 5}, seed++)}}, {{"axes", iv({0, -1})}, {"keepdims", i1(0)}}, 1, 13},
+                    std::string(op) + " axes 0, -1, no keepdims");
+    check_gradients({op, {{distinct({3, 4}, seed++)}, {ints({1}), false, true}}, {}, 1, 18},
+                    std::string(op) + " axes input (opset 18)");
+    check_gradients({op, {{distinct({2, 3}, seed++)}}, {}, 1, 13}, std::string(op) + " all axes");
+    // Ties share the gradient evenly, as torch.amax / amin: central differences at a tie of
+    // two give 1/2 to each.
+    graph::Tensor tied(graph::DType::f64, {2, 4});
+    const double v[] = {2, 5, 5, 1, 0.5, -3, 0.5, -3};
+    std::copy(v, v + 8, tied.data<double>());
+    check_gradients({op, {{tied}}, {{"axes", iv({1})}}, 1, 13}, std::string(op) + " ties", 1e-3);
+  }
+}
+
 TEST(GradientsNormalization, MatMul) {
   check_gradients({"MatMul", {{f64({2, 3, 5, 4}, 1)}, {f64({2, 3, 4, 5}, 2)}}}, "ViT attention scores");
   check_gradients({"MatMul", {{f64({2, 3, 5, 5}, 3)}, {f64({2, 3, 5, 4}, 4)}}}, "ViT attention context");

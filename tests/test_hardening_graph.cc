@@ -416,16 +416,19 @@ TEST(HardeningGraph, EveryUnsupportedConstructIsReportedTogether) {
 }
 
 TEST(HardeningGraph, SessionReportsEveryNodeWithoutAKernelAtOnce) {
-  // Shape of a run-time value is inferred at import but has no kernel.
+  // Import folds Shape (a graph output included); a graph built in code may still hold it on a
+  // run-time value, which no kernel computes.
   ModelBuilder b(17);
   b.input("x", {2, 3});
-  b.node("Shape", {"x"}, {"s1"}, "shape_a");
   b.node("Relu", {"x"}, {"r"}, "relu");
-  b.node("Shape", {"r"}, {"s2"}, "shape_b");
-  b.output("s1", 7);
-  b.output("s2", 7);
   b.output("r");
   Graph g = import_onnx_model(b.model, ".");
+  for (const char* name : {"shape_a", "shape_b"}) {
+    Value* s = g.add_value(std::string(name) + "_out", DType::i64, {2}, Role::Activation);
+    s->rank_known = true;
+    g.add_node("Shape", {g.value(name == std::string("shape_a") ? "x" : "r")}, {s}, name);
+    g.outputs.push_back(s);
+  }
   try {
     runtime::Session session(std::move(g));
     ADD_FAILURE() << "no error";
@@ -433,6 +436,22 @@ TEST(HardeningGraph, SessionReportsEveryNodeWithoutAKernelAtOnce) {
     expect_has(e.what(), {"unsupported at run time", "Shape (2 nodes: 'shape_a', 'shape_b')"});
     EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
   }
+}
+
+// A fold-only op whose value is a graph output is folded, and an Identity writes it out.
+TEST(HardeningGraph, ShapeAsAGraphOutputIsFolded) {
+  ModelBuilder b(17);
+  b.input("x", {2, 3});
+  b.node("Shape", {"x"}, {"s"}, "shape");
+  b.node("Relu", {"x"}, {"r"}, "relu");
+  b.output("s", 7);
+  b.output("r");
+  Graph g = import_onnx_model(b.model, ".");
+  EXPECT_EQ(g.value("s")->shape, (Shape{2}));
+  runtime::Session session(std::move(g));
+  session.feed("x", Tensor::from_float({1, -2, 3, -4, 5, -6}, {2, 3}));
+  session.run();
+  EXPECT_EQ(session.fetch("s").to_int64(), (std::vector<int64_t>{2, 3}));
 }
 
 // ----- the TensorProto reader -----

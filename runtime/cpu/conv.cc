@@ -98,31 +98,36 @@ struct ConvGeom {
 };
 
 // Shapes: x = [N,C,H,W], w = [M,C/group,kH,kW]; y (the conv output) is checked against the
-// geometry.
+// geometry. A 1-D convolution (x = [N,C,L], w = [M,C/group,k]) is the 2-D one with H = 1.
 ConvGeom conv_geometry(const graph::Node& node, const graph::Shape& x, const graph::Shape& w,
                        const graph::Shape& y, size_t elem_size) {
-  if (x.size() != 4 || w.size() != 4)
-    throw Error(node.describe() + ": only 2-D convolution is supported on the CPU (input " +
+  const bool one_d = x.size() == 3 && w.size() == 3;
+  if (!(x.size() == 4 && w.size() == 4) && !one_d)
+    throw Error(node.describe() + ": only 1-D and 2-D convolution is supported on the CPU (input " +
                 join(x) + ", weight " + join(w) + ")");
   for (int64_t d : x)
     if (d < 0) throw Error(node.describe() + ": input shape " + join(x) + " is not known");
   ConvGeom g;
-  g.N = x[0], g.C = x[1], g.H = x[2], g.W = x[3];
-  g.M = w[0], g.kH = w[2], g.kW = w[3];
+  g.N = x[0], g.C = x[1], g.H = one_d ? 1 : x[2], g.W = x.back();
+  g.M = w[0], g.kH = one_d ? 1 : w[2], g.kW = w.back();
   g.G = node.attr_int("group", 1);
   if (g.G < 1 || g.C != w[1] * g.G || g.M % g.G != 0)
     throw Error(node.describe() + ": input " + join(x) + " and weight " + join(w) +
                 " do not fit group=" + std::to_string(g.G));
-  std::vector<int64_t> kernel{g.kH, g.kW};
+  std::vector<int64_t> kernel(w.begin() + 2, w.end());
   if (node.has_attr("kernel_shape") && node.attr_ints("kernel_shape") != kernel)
     throw Error(node.describe() + ": kernel_shape " + join(node.attr_ints("kernel_shape")) +
                 " disagrees with weight shape " + join(w));
   graph::WindowGeometry wg = graph::window_geometry(node, x, kernel, false);
+  if (one_d) {  // the height axis: one row, no window
+    for (auto* v : {&wg.strides, &wg.dilations, &wg.output}) v->insert(v->begin(), 1);
+    for (auto* v : {&wg.pads_begin, &wg.pads_end}) v->insert(v->begin(), 0);
+  }
   g.sH = wg.strides[0], g.sW = wg.strides[1];
   g.dH = wg.dilations[0], g.dW = wg.dilations[1];
   g.pT = wg.pads_begin[0], g.pL = wg.pads_begin[1];
   g.oH = wg.output[0], g.oW = wg.output[1];
-  graph::Shape expect{g.N, g.M, g.oH, g.oW};
+  graph::Shape expect = one_d ? graph::Shape{g.N, g.M, g.oW} : graph::Shape{g.N, g.M, g.oH, g.oW};
   if (y != expect)
     throw Error(node.describe() + ": output shape " + join(y) + " does not match " +
                 join(expect) + " computed from input " + join(x) + " and weight " + join(w));

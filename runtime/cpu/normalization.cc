@@ -1,5 +1,5 @@
 // CPU kernels of the normalization family: LayerNormalization and oxtrain.LayerNormalizationGrad,
-// ReduceSum and oxtrain.ReduceSumGrad. (MatMul, Softmax and ReduceMean on any axes are the
+// ReduceSum and oxtrain.ReduceSumGrad, ReduceMax and ReduceMin. (MatMul, Softmax and ReduceMean on any axes are the
 // core kernels of runtime/cpu/matmul.cc, loss.cc and elementwise.cc.) Every kernel writes (=)
 // its outputs.
 //
@@ -280,6 +280,51 @@ KernelFactory reduce_sum_factory() {
   };
 }
 
+// ReduceMax / ReduceMin (runtime/math/normalization.h): one output per loop iteration.
+template <bool kMax>
+KernelFactory reduce_extreme_factory() {
+  return [](const KernelInit& init) {
+    const Node& n = init.node;
+    const std::string what = n.describe();
+    const graph::Value& x = input_value(n, 0, "data");
+    const DType dt = float_of(n, x, "data");
+    std::vector<int64_t> axes;
+    if (init.opset < 18) {
+      axes = n.attr_ints("axes");
+    } else if (const graph::Value* a = n.input(1)) {
+      if (!a->has_data())
+        throw Error(what + ": the axes '" + a->name + "' must be a constant of the graph (read when it is compiled)");
+      axes = a->data->to_int64();
+    }
+    const bool noop = init.opset >= 18 && n.attr_int("noop_with_empty_axes", 0) != 0;
+    const graph::Shape kept = math::reduced_keep_shape(x.shape, axes, noop, what);
+    const graph::Value* y = n.output(0);
+    if (!y || y->numel() != graph::shape_numel(kept))
+      throw Error(what + ": the output " + (y ? y->shape_string() : std::string("(missing)")) +
+                  " does not hold the reduction of " + x.shape_string() + " over axes " + graph::shape_str(axes));
+    const math::ExtremePlan plan = math::make_extreme_plan(x.shape, kept, what);
+    return dispatch_float(dt, what, [&](auto tag) {
+      using T = decltype(tag);
+      return make_kernel([plan](const KernelArgs& a) {
+        const T* x = a.inputs[0].as<T>();
+        T* y = a.outputs[0].as<T>();
+        switch (plan.kind) {
+          case math::ExtremePlan::nothing: return;
+          case math::ExtremePlan::fill:
+            std::fill(y, y + plan.ny, math::extreme_identity<T, kMax>());
+            return;
+          case math::ExtremePlan::copy:
+            if (x != y) std::copy(x, x + plan.ny, y);
+            return;
+          default: break;
+        }
+#pragma omp parallel for schedule(static) if (plan.ny * plan.rows * plan.inner >= kParallelMin && plan.ny > 1)
+        for (int64_t j = 0; j < plan.ny; ++j) y[j] = math::reduce_extreme_at<T, kMax>(x, plan, j);
+      });
+    });
+  };
+}
+
 // oxtrain.ReduceSumGrad: dX = dY broadcast along the reduced axes.
 KernelFactory reduce_sum_grad_factory() {
   return [](const KernelInit& init) {
@@ -315,9 +360,12 @@ KernelFactory reduce_sum_grad_factory() {
 void register_cpu_normalization_kernels(KernelRegistry& registry) {
   const Device cpu = Device::cpu;
   registry.add("", "LayerNormalization", cpu, layer_norm_factory());
+  registry.add("oxtrain", "LayerNormalization", cpu, layer_norm_factory());
   registry.add("oxtrain", "LayerNormalizationGrad", cpu, layer_norm_grad_factory());
   registry.add("", "ReduceSum", cpu, reduce_sum_factory());
   registry.add("oxtrain", "ReduceSumGrad", cpu, reduce_sum_grad_factory());
+  registry.add("", "ReduceMax", cpu, reduce_extreme_factory<true>());
+  registry.add("", "ReduceMin", cpu, reduce_extreme_factory<false>());
 }
 
 }  // namespace oxtrain::runtime

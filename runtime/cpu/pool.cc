@@ -44,29 +44,35 @@ bool pool_ceil_mode(const graph::Node& node, int64_t opset) {
 
 Pool2d pool_window_2d(const graph::Node& node, const graph::Shape& x, bool ceil_mode,
                       Device device) {
-  if (x.size() != 4)
-    throw Error(node.describe() + ": only 2-D pooling ([N,C,H,W] input) is supported on " +
+  if (x.size() != 4 && x.size() != 3)
+    throw Error(node.describe() + ": only 1-D and 2-D pooling ([N,C,L] or [N,C,H,W] input) is supported on " +
                 on_device(device) + " (input " + join(x) + ")");
   for (int64_t d : x)
     if (d < 0) throw Error(node.describe() + ": input shape " + join(x) + " is not known");
   if (!node.has_attr("kernel_shape"))
     throw Error(node.describe() + ": attribute kernel_shape is required");
   std::vector<int64_t> kernel = node.attr_ints("kernel_shape");
-  if (kernel.size() != 2)
+  if (kernel.size() != x.size() - 2)
     throw Error(node.describe() + ": kernel_shape " + join(kernel) + " does not fit input " +
                 join(x));
   graph::WindowGeometry wg = graph::window_geometry(node, x, kernel, ceil_mode);
   Pool2d g;
   g.batch = x[0], g.channels = x[1];
+  // 1-D pooling is 2-D pooling of one row.
+  const size_t first = x.size() == 3 ? 1 : 0;
+  g.rows = {1, 1, 1, 1, 1, 0, 0};
   PoolAxis* axes[2] = {&g.rows, &g.cols};
-  for (size_t i = 0; i < 2; ++i)
-    *axes[i] = {x[i + 2],          wg.output[i],     kernel[i],      wg.strides[i],
-                wg.dilations[i], wg.pads_begin[i], wg.pads_end[i]};
+  for (size_t i = first; i < 2; ++i) {
+    const size_t k = i - first;
+    *axes[i] = {x[k + 2],          wg.output[k],     kernel[k],      wg.strides[k],
+                wg.dilations[k], wg.pads_begin[k], wg.pads_end[k]};
+  }
   return g;
 }
 
 void check_pooled_shape(const graph::Node& node, const Pool2d& g, const graph::Shape& y) {
   graph::Shape expect{g.batch, g.channels, g.rows.out, g.cols.out};
+  if (y.size() == 3) expect.erase(expect.begin() + 2);  // 1-D: the one row is not an axis
   if (y != expect)
     throw Error(node.describe() + ": pooled shape " + join(y) + " does not match " +
                 join(expect) + " computed from input " +

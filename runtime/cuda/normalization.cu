@@ -1,7 +1,8 @@
 // CUDA kernels of the normalization family, twins of runtime/cpu/normalization.cc:
 // LayerNormalization and oxtrain.LayerNormalizationGrad (float32, statistics in float32),
-// ReduceSum (through the oxtrain.ReduceSumTo kernel), oxtrain.ReduceSumGrad and
-// oxtrain.BatchNormApply (batch norm's output recomputed from saved statistics). (MatMul,
+// ReduceSum (through the oxtrain.ReduceSumTo kernel), oxtrain.ReduceSumGrad, ReduceMax and
+// ReduceMin (one thread per output), and oxtrain.BatchNormApply (batch norm's output recomputed
+// from saved statistics). (MatMul,
 // Softmax and ReduceMean are the core kernels of matmul.cc, loss.cu and elementwise.cu.)
 // Every kernel writes (=) its outputs.
 //
@@ -537,9 +538,59 @@ KernelFactory batchnorm_apply_factory() {
 
 }  // namespace
 
+// ---------------------------------------------------------------------------------------
+// ReduceMax / ReduceMin: one thread per output (runtime/math/normalization.h), float32.
+
+template <bool kMax>
+__global__ void reduce_extreme_kernel(float* y, const float* x, math::ExtremePlan p) {
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < p.ny;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (p.kind == math::ExtremePlan::fill) y[j] = math::extreme_identity<float, kMax>();
+    else if (p.kind == math::ExtremePlan::copy) y[j] = x[j];
+    else y[j] = math::reduce_extreme_at<float, kMax>(x, p, j);
+  }
+}
+
+template <bool kMax>
+KernelFactory reduce_extreme_factory() {
+  return [](const KernelInit& init) {
+    const Node& n = init.node;
+    const std::string what = n.describe();
+    const graph::Value& x = f32_input(n, 0, "data");
+    std::vector<int64_t> axes;
+    if (init.opset < 18) {
+      axes = n.attr_ints("axes");
+    } else if (const graph::Value* a = n.input(1)) {
+      if (!a->has_data())
+        throw Error(what + ": the CUDA kernel needs the axes '" + a->name + "' as a constant of the graph");
+      axes = a->data->to_int64();
+    }
+    const bool noop = init.opset >= 18 && n.attr_int("noop_with_empty_axes", 0) != 0;
+    const graph::Shape kept = math::reduced_keep_shape(x.shape, axes, noop, what);
+    const graph::Value* y = n.output(0);
+    if (!y || y->dtype != DType::f32 || y->numel() != graph::shape_numel(kept))
+      throw Error(what + ": the output must be float32 holding the reduction of " + x.shape_string() +
+                  " over axes " + graph::shape_str(axes));
+    const math::ExtremePlan plan = math::make_extreme_plan(x.shape, kept, what);
+    const int64_t x_numel = x.numel();
+    return make_kernel([plan, what, x_numel](const KernelArgs& a) {
+      if (a.inputs[0].numel() != x_numel) throw Error(what + ": run with other shapes than compiled");
+      if (plan.ny <= 0) return;
+      const CudaContext& ctx = cuda::context_of(a, what);
+      const cuda::Launch g = cuda::launch_for(plan.ny, ctx);
+      reduce_extreme_kernel<kMax><<<g.blocks, g.threads, 0, ctx.stream>>>(a.outputs[0].as<float>(),
+                                                                         a.inputs[0].as<float>(), plan);
+      cuda::check(cudaGetLastError(), "reduce_extreme_kernel launch", what);
+    });
+  };
+}
+
 void register_cuda_normalization_kernels(KernelRegistry& registry) {
   const Device cuda = Device::cuda;
   registry.add("", "LayerNormalization", cuda, layer_norm_factory());
+  registry.add("", "ReduceMax", cuda, reduce_extreme_factory<true>());
+  registry.add("", "ReduceMin", cuda, reduce_extreme_factory<false>());
+  registry.add("oxtrain", "LayerNormalization", cuda, layer_norm_factory());
   registry.add("oxtrain", "LayerNormalizationGrad", cuda, layer_norm_grad_factory());
   registry.add("", "ReduceSum", cuda, reduce_sum_factory());
   registry.add("oxtrain", "ReduceSumGrad", cuda, reduce_sum_grad_factory());

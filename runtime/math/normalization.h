@@ -28,6 +28,7 @@
 #include "base/error.h"
 #include "graph/ir.h"
 #include "runtime/math/broadcast.h"
+#include "runtime/math/elementwise.h"
 #include "runtime/math/hd.h"
 
 namespace oxtrain::runtime::math {
@@ -145,6 +146,89 @@ inline graph::Shape reduced_keep_shape(const graph::Shape& x, const std::vector<
     kept[a < 0 ? a + rank : a] = 1;
   }
   return kept;
+}
+
+// ---------------------------------------------------------------------------------------
+// ReduceMax / ReduceMin over any axes: output j is the extreme of its reduced elements, found
+// by one thread (a CPU loop iteration, a CUDA thread) in the same order on both devices, so
+// the results are the same. NaN wins (numpy's maximum.reduce); an empty reduction gives -inf
+// (ReduceMax) or +inf (ReduceMin), as ONNX says.
+
+struct ExtremePlan {
+  enum Kind : int { nothing, fill, copy, reduce };
+  int kind = nothing;
+  int64_t ny = 0;
+  int64_t inner = 1;          // the innermost run's length
+  bool inner_reduced = true;  // the innermost run is reduced (else kept: outputs j = o * inner + c)
+  int64_t rows = 1;           // elements of the other reduced runs
+  int nk = 0, nr = 0;
+  int64_t kdims[kMaxRank] = {}, kst[kMaxRank] = {};  // kept runs, outermost first
+  int64_t rdims[kMaxRank] = {}, rst[kMaxRank] = {};  // reduced runs, outermost first
+};
+
+// x of shape `xs` reduced to `kept` (xs with the reduced dims as 1).
+inline ExtremePlan make_extreme_plan(const graph::Shape& xs, const graph::Shape& kept, const std::string& what) {
+  const ReducePlan r = make_reduce_plan(xs, kept);
+  ExtremePlan p;
+  p.ny = r.ny;
+  switch (r.kind) {
+    case ReduceKind::nothing: p.kind = ExtremePlan::nothing; return p;
+    case ReduceKind::fill: p.kind = ExtremePlan::fill; return p;
+    case ReduceKind::copy: p.kind = ExtremePlan::copy; return p;
+    default: break;
+  }
+  if (r.kdims.size() > static_cast<size_t>(kMaxRank) || r.rdims.size() > static_cast<size_t>(kMaxRank))
+    throw Error(what + ": too many dimensions to reduce");
+  p.kind = ExtremePlan::reduce;
+  p.inner = r.inner;
+  p.inner_reduced = r.kind == ReduceKind::inner_reduced;
+  p.nk = static_cast<int>(r.kdims.size());
+  p.nr = static_cast<int>(r.rdims.size());
+  for (int i = 0; i < p.nk; ++i) p.kdims[i] = r.kdims[i], p.kst[i] = r.kst[i];
+  for (int i = 0; i < p.nr; ++i) {
+    p.rdims[i] = r.rdims[i], p.rst[i] = r.rst[i];
+    p.rows *= r.rdims[i];
+  }
+  return p;
+}
+
+// The offset of element `flat` of runs `dims` (outermost first) with strides `st`.
+OXTRAIN_HD int64_t run_offset(int64_t flat, const int64_t* dims, const int64_t* st, int n) {
+  int64_t off = 0;
+  for (int d = n - 1; d >= 0; --d) {
+    off += (flat % dims[d]) * st[d];
+    flat /= dims[d];
+  }
+  return off;
+}
+
+template <typename T, bool kMax>
+OXTRAIN_HD T extreme_identity() {
+  return kMax ? -static_cast<T>(INFINITY) : static_cast<T>(INFINITY);
+}
+
+template <typename T, bool kMax>
+OXTRAIN_HD T extreme_step(T acc, T v) {
+  if (acc != acc) return acc;
+  if (v != v) return v;
+  return kMax ? (v > acc ? v : acc) : (v < acc ? v : acc);
+}
+
+// Output j of a reduce plan.
+template <typename T, bool kMax>
+OXTRAIN_HD T reduce_extreme_at(const T* x, const ExtremePlan& p, int64_t j) {
+  T acc = extreme_identity<T, kMax>();
+  if (p.inner_reduced) {
+    const T* base = x + run_offset(j, p.kdims, p.kst, p.nk);
+    for (int64_t r = 0; r < p.rows; ++r) {
+      const T* src = base + run_offset(r, p.rdims, p.rst, p.nr);
+      for (int64_t i = 0; i < p.inner; ++i) acc = extreme_step<T, kMax>(acc, src[i]);
+    }
+  } else {
+    const T* base = x + run_offset(j / p.inner, p.kdims, p.kst, p.nk) + j % p.inner;
+    for (int64_t r = 0; r < p.rows; ++r) acc = extreme_step<T, kMax>(acc, base[run_offset(r, p.rdims, p.rst, p.nr)]);
+  }
+  return acc;
 }
 
 // Batch norm's output from the statistics it stored (oxtrain.BatchNormTraining's saved mean

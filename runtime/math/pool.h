@@ -273,11 +273,11 @@ OXTRAIN_HD T global_mean_grad(T dy, int64_t size) {
 bool pool_ceil_mode(const graph::Node& node, int64_t opset);
 
 // The window of a 2-D pooling `node` (kernel_shape, strides, pads, dilations, auto_pad) over
-// input shape `x` ([N, C, H, W], known).
+// input shape `x` ([N, C, H, W], known); of a 1-D one over [N, C, L] as one row (H = 1).
 Pool2d pool_window_2d(const graph::Node& node, const graph::Shape& x, bool ceil_mode,
                       Device device);
 
-// Throws unless `y` is the pooled shape [N, C, oH, oW] of `g`.
+// Throws unless `y` is the pooled shape [N, C, oH, oW] of `g` ([N, C, oW] for 1-D).
 void check_pooled_shape(const graph::Node& node, const Pool2d& g, const graph::Shape& y);
 
 // AveragePool and its gradient: refuses dilations.
