@@ -202,11 +202,18 @@ ExporterRewrites read_exporter_rewrites(const onnx::ModelProto& model) {
     metas.push_back(node_metadata(n));
     if (auto fx = metas.back().find(kFxNodeKey); fx != metas.back().end()) fx_nodes.push_back(fx->second);
   }
-  // A name the FX nodes read as a parameter or a buffer placeholder.
+  // A name the FX nodes read as a parameter or a buffer placeholder (every "%p_..." and
+  // "%b_..." token of every FX node, collected once).
+  std::set<std::string> tokens;
+  for (const std::string& fx : fx_nodes)
+    for (size_t at = fx.find('%'); at != std::string::npos; at = fx.find('%', at + 1)) {
+      if (fx.compare(at + 1, 2, "p_") != 0 && fx.compare(at + 1, 2, "b_") != 0) continue;
+      size_t end = at + 1;
+      while (end < fx.size() && is_identifier_char(fx[end])) ++end;
+      tokens.insert(fx.substr(at, end - at));
+    }
   auto read_as_placeholder = [&](const std::string& name) {
-    const std::string p = placeholder("p", name), b = placeholder("b", name);
-    return std::any_of(fx_nodes.begin(), fx_nodes.end(),
-                       [&](const std::string& fx) { return mentions(fx, p) || mentions(fx, b); });
+    return tokens.count(placeholder("p", name)) != 0 || tokens.count(placeholder("b", name)) != 0;
   };
   std::set<std::string> present;  // the placeholders of the initializers there are
   for (const auto& t : g.initializer())

@@ -148,6 +148,55 @@ TEST(CpuElementwise, BinaryRejectsMixedTypes) {
   EXPECT_THROW(kc.run(), Error);
 }
 
+// Integer arithmetic as numpy and ONNX's reference do it: wrapping, Div truncated toward
+// zero, and no trap where C++ would have one (a zero divisor, the lowest value over -1).
+TEST(CpuElementwise, IntegerArithmeticWrapsAndTruncates) {
+  auto bytes = [](DType dt, std::vector<int64_t> v) {
+    Tensor t(dt, {static_cast<int64_t>(v.size())});
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (dt == DType::i8) t.data<int8_t>()[i] = static_cast<int8_t>(v[i]);
+      if (dt == DType::u8) t.data<uint8_t>()[i] = static_cast<uint8_t>(v[i]);
+      if (dt == DType::i32) t.data<int32_t>()[i] = static_cast<int32_t>(v[i]);
+      if (dt == DType::i64) t.data<int64_t>()[i] = v[i];
+    }
+    return t;
+  };
+  auto run = [&](const char* op, DType dt, std::vector<int64_t> a, std::vector<int64_t> b) {
+    KernelCase kc(op, "", {bytes(dt, a), bytes(dt, b)}, {{dt, {static_cast<int64_t>(a.size())}}});
+    kc.run();
+    return kc.output(0).to_int64();
+  };
+  using V = std::vector<int64_t>;
+  EXPECT_EQ(run("Add", DType::i8, {127, -128, 5}, {1, -1, -7}), (V{-128, 127, -2}));
+  EXPECT_EQ(run("Add", DType::u8, {255, 3}, {1, 4}), (V{0, 7}));
+  EXPECT_EQ(run("Sub", DType::u8, {0, 9}, {1, 4}), (V{255, 5}));
+  EXPECT_EQ(run("Mul", DType::i8, {64, -3}, {2, 5}), (V{-128, -15}));
+  EXPECT_EQ(run("Mul", DType::i64, {INT64_MAX, 3}, {2, -4}), (V{-2, -12}));
+  EXPECT_EQ(run("Div", DType::i32, {7, -7, 7, -7, 5, INT32_MIN}, {2, 2, -2, -2, 0, -1}),
+            (V{3, -3, -3, 3, 0, INT32_MIN}));
+  EXPECT_EQ(run("Div", DType::u8, {200, 7}, {3, 0}), (V{66, 0}));
+  // Mod (Python's sign) by 255 in uint8, and -128 mod -1 in int8.
+  EXPECT_EQ(run("Mod", DType::u8, {7, 254}, {255, 255}), (V{7, 254}));
+  EXPECT_EQ(run("Mod", DType::i8, {-7, 7, -128}, {3, -3, -1}), (V{2, -2, 0}));
+  EXPECT_EQ(run("Max", DType::u8, {3, 200}, {250, 1}), (V{250, 200}));
+  EXPECT_EQ(run("Min", DType::i8, {-3, 100}, {-128, 1}), (V{-128, 1}));
+  // Clip with its default (infinite) bounds keeps every int8; with bounds, clamps.
+  KernelCase open_clip("Clip", "", {bytes(DType::i8, {-128, 0, 127})}, {{DType::i8, {3}}});
+  open_clip.run(13);
+  EXPECT_EQ(open_clip.output(0).to_int64(), (V{-128, 0, 127}));
+  Tensor lo = bytes(DType::i8, {-5}), hi = bytes(DType::i8, {5});
+  lo.shape = hi.shape = {};
+  KernelCase clip("Clip", "", {bytes(DType::i8, {-128, 3, 127}), lo, hi}, {{DType::i8, {3}}});
+  clip.node().input(1)->data = std::make_shared<Tensor>(lo);
+  clip.node().input(2)->data = std::make_shared<Tensor>(hi);
+  clip.run(13);
+  EXPECT_EQ(clip.output(0).to_int64(), (V{-5, 3, 5}));
+  // Pow of an integer base: the power truncated to the base's type.
+  KernelCase pow("Pow", "", {bytes(DType::i32, {2, 3, -2}), Tensor::from_float({10, 0.5f, 3}, {3})}, {{DType::i32, {3}}});
+  pow.run(15);
+  EXPECT_EQ(pow.output(0).to_int64(), (V{1024, 1, -8}));
+}
+
 TEST(CpuElementwise, UnaryAndReluGrad) {
   for (DType dt : kFloatTypes) {
     Tensor x = random_tensor(dt, {5, 7, 11, 13}, 3);

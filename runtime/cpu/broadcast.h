@@ -30,6 +30,23 @@ auto dispatch_float(graph::DType dtype, const std::string& what, F&& f) {
               " (the CPU kernels handle float32 and float64)");
 }
 
+// Calls f(T{}) with T = float, double, int64_t, int32_t, int8_t or uint8_t for `dtype` (the
+// arithmetic ops, which ONNX defines on integers too); throws naming `what` for other types.
+template <typename F>
+auto dispatch_numeric(graph::DType dtype, const std::string& what, F&& f) {
+  switch (dtype) {
+    case graph::DType::f32: return f(float{});
+    case graph::DType::f64: return f(double{});
+    case graph::DType::i64: return f(int64_t{});
+    case graph::DType::i32: return f(int32_t{});
+    case graph::DType::i8: return f(int8_t{});
+    case graph::DType::u8: return f(uint8_t{});
+    default:
+      throw Error(what + ": unsupported element type " + graph::dtype_name(dtype) +
+                  " (the CPU kernels handle float32, float64 and 8- to 64-bit integers)");
+  }
+}
+
 // The plans and their index math live in runtime/math/broadcast.h, shared with the CUDA
 // kernels.
 using math::contiguous_strides;

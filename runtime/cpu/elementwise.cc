@@ -108,17 +108,21 @@ KernelFactory relu_grad_factory() {
 // [N,C,H,W]) to rows of H*W elements that read one value each: the fast paths are the
 // inner loops of cpu::broadcast_binary (runtime/cpu/broadcast.h).
 
+// Add, Sub, Mul and Div: floats and integers (wrapping; Div truncates).
 template <typename Op>
 KernelFactory binary_factory(Op op) {
   return [op](const KernelInit& init) {
     const Node& n = init.node;
-    DType dt = float_type(n, {0, 1});
+    DType dt = input_value(n, 0).dtype;
+    if (input_value(n, 1).dtype != dt)
+      throw Error(n.describe() + ": inputs have different element types (" + graph::dtype_name(dt) + " and " +
+                  graph::dtype_name(input_value(n, 1).dtype) + ")");
     std::string what = n.describe();
     const graph::Value* y = n.output(0);
     auto known = [](const graph::Value* v) { return v->rank_known && graph::shape_known(v->shape); };
     if (y && known(y) && known(n.input(0)) && known(n.input(1)))  // fail early, not at run time
       make_broadcast_plan(n.output(0)->shape, {n.input(0)->shape, n.input(1)->shape}, what);
-    return dispatch_float(dt, what, [&](auto tag) {
+    return cpu::dispatch_numeric(dt, what, [&](auto tag) {
       using T = decltype(tag);
       return make_kernel([op, what](const KernelArgs& a) {
         broadcast_binary<T, T, T>(a.inputs[0], a.inputs[1], a.outputs[0],

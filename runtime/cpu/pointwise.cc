@@ -10,6 +10,8 @@
 // output element is computed by one thread from its inputs alone: results do not depend on
 // the thread count. The per-element math is runtime/math/pointwise.h, shared with the CUDA
 // kernels; the broadcasting plans are runtime/math/broadcast.h.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -175,11 +177,24 @@ std::pair<double, double> clip_bounds(const Node& n, int64_t opset, size_t first
   return {constant_scalar(n, first_bound, -inf, "min"), constant_scalar(n, first_bound + 1, inf, "max")};
 }
 
+// Clip: floats, and integers with the bounds held to the type's range (the default bounds are
+// infinite).
 KernelFactory clip_factory() {
-  return [](const KernelInit& init) {
+  return [](const KernelInit& init) -> std::unique_ptr<Kernel> {
     const Node& n = init.node;
     auto [lo, hi] = clip_bounds(n, init.opset, 1);
-    return unary_kernel(float_type(n), n.describe(), pm::ClipOp{lo, hi});
+    const DType dt = input_value(n, 0).dtype;
+    if (dt == DType::f32 || dt == DType::f64) return unary_kernel(float_type(n), n.describe(), pm::ClipOp{lo, hi});
+    if (dt == DType::boolean) throw Error(n.describe() + ": Clip of bool tensors is not defined");
+    return dispatch_number(dt, n.describe(), [&, lo = lo, hi = hi](auto tag) {
+      using T = decltype(tag);
+      const double low = static_cast<double>(std::numeric_limits<T>::lowest());
+      const double high = static_cast<double>(std::numeric_limits<T>::max());
+      const T l = static_cast<T>(std::clamp(lo, low, high)), h = static_cast<T>(std::clamp(hi, low, high));
+      return make_kernel([l, h](const KernelArgs& a) {
+        unary(a.inputs[0].as<T>(), a.outputs[0].as<T>(), a.outputs[0].numel(), [l, h](T x) { return pm::clip(x, l, h); });
+      });
+    });
   };
 }
 
@@ -271,11 +286,25 @@ TensorView as_type(const TensorView& v, std::vector<T>& buffer, const std::strin
 }
 
 KernelFactory pow_factory() {
-  return [](const KernelInit& init) {
+  return [](const KernelInit& init) -> std::unique_ptr<Kernel> {
     const Node& n = init.node;
-    DType dt = float_type(n);
+    const DType base = input_value(n, 0).dtype;
     const std::string what = n.describe();
     check_broadcast(n);
+    if (base == DType::i64 || base == DType::i32) {
+      // An integer base: the power in double, truncated to the base's type (ONNX's reference).
+      return dispatch_number(base, what, [&](auto tag) {
+        using T = decltype(tag);
+        return make_kernel([what](const KernelArgs& a) {
+          std::vector<double> converted;
+          TensorView b = as_type<double>(a.inputs[1], converted, what);
+          broadcast_binary<T, double, T>(a.inputs[0], b, a.outputs[0],
+                                         [](T x, double e) { return static_cast<T>(std::pow(static_cast<double>(x), e)); },
+                                         what);
+        });
+      });
+    }
+    DType dt = float_type(n);
     return dispatch_float(dt, what, [&](auto tag) {
       using T = decltype(tag);
       return make_kernel([what](const KernelArgs& a) {
@@ -340,9 +369,11 @@ KernelFactory mod_factory() {
       case DType::f64: return make(double{});
       case DType::i64: return make(int64_t{});
       case DType::i32: return make(int32_t{});
+      case DType::i8: return make(int8_t{});
+      case DType::u8: return make(uint8_t{});
       default:
         throw Error(what + ": element type " + graph::dtype_name(dt) +
-                    " is not supported on the CPU (float32, float64, int64, int32 are)");
+                    " is not supported on the CPU (float32, float64 and 8- to 64-bit integers are)");
     }
   };
 }
@@ -387,9 +418,11 @@ KernelFactory variadic_factory(Op op) {
       case DType::f64: return make(double{});
       case DType::i64: return make(int64_t{});
       case DType::i32: return make(int32_t{});
+      case DType::i8: return make(int8_t{});
+      case DType::u8: return make(uint8_t{});
       default:
         throw Error(what + ": element type " + graph::dtype_name(dt) +
-                    " is not supported on the CPU (float32, float64, int64, int32 are)");
+                    " is not supported on the CPU (float32, float64 and 8- to 64-bit integers are)");
     }
   };
 }

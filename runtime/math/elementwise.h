@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "graph/ir.h"
@@ -34,18 +35,28 @@ OXTRAIN_HD T relu_grad(T dy, T y) {
 
 template <typename T>
 OXTRAIN_HD T add(T a, T b) {
+  if constexpr (std::is_integral_v<T>) return static_cast<T>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
   return a + b;
 }
 template <typename T>
 OXTRAIN_HD T subtract(T a, T b) {
+  if constexpr (std::is_integral_v<T>) return static_cast<T>(static_cast<uint64_t>(a) - static_cast<uint64_t>(b));
   return a - b;
 }
 template <typename T>
 OXTRAIN_HD T multiply(T a, T b) {
+  if constexpr (std::is_integral_v<T>) return static_cast<T>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b));
   return a * b;
 }
+// Integers: truncated toward zero, as ONNX's Div; wrapping like the others (the lowest value
+// over -1 is itself); 0 for a zero divisor, as numpy gives.
 template <typename T>
 OXTRAIN_HD T divide(T a, T b) {
+  if constexpr (std::is_integral_v<T>) {
+    if (b == 0) return 0;
+    if constexpr (std::is_signed_v<T>)
+      if (b == static_cast<T>(-1)) return subtract(static_cast<T>(0), a);
+  }
   return a / b;
 }
 

@@ -24,6 +24,7 @@
 #include <math.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "runtime/math/hd.h"
 
@@ -233,10 +234,14 @@ OXTRAIN_HD T mod_float(T a, T b, bool fmod) {
 template <typename T>
 OXTRAIN_HD T mod_int(T a, T b, bool fmod) {
   if (b == T(0)) return T(0);
-  if (b == T(-1)) return T(0);  // INT_MIN % -1 overflows
-  const T r = static_cast<T>(a % b);
-  if (fmod) return r;
-  return (r != T(0) && ((r < T(0)) != (b < T(0)))) ? static_cast<T>(r + b) : r;
+  if constexpr (std::is_unsigned_v<T>) {
+    return static_cast<T>(a % b);  // no signs to reconcile
+  } else {
+    if (b == T(-1)) return T(0);  // INT_MIN % -1 overflows
+    const T r = static_cast<T>(a % b);
+    if (fmod) return r;
+    return (r != T(0) && ((r < T(0)) != (b < T(0)))) ? static_cast<T>(r + b) : r;
+  }
 }
 
 // ---- selection --------------------------------------------------------------------------
@@ -335,6 +340,8 @@ struct ModOp {
   OXTRAIN_HD double operator()(double a, double b) const { return mod_float(a, b, fmod); }
   OXTRAIN_HD int64_t operator()(int64_t a, int64_t b) const { return mod_int(a, b, fmod); }
   OXTRAIN_HD int32_t operator()(int32_t a, int32_t b) const { return mod_int(a, b, fmod); }
+  OXTRAIN_HD int8_t operator()(int8_t a, int8_t b) const { return mod_int(a, b, fmod); }
+  OXTRAIN_HD uint8_t operator()(uint8_t a, uint8_t b) const { return mod_int(a, b, fmod); }
 };
 
 // Comparisons: bool (uint8_t 0/1) from two operands of one type.
