@@ -423,6 +423,8 @@ void prepare(Graph& g, const ImportOptions& options) {
       skip(n);
       continue;
     }
+    if (n.op_type == "GatherND" && n.domain.empty() && n.attr_int("batch_dims", 0) != 0)
+      detail::lower_gather_nd_batch_dims(g, n);
     // CastLike of a value computed at run time (stochastic depth's keep probability, cast like
     // the activations) is Cast to its second input's type, which is known by now.
     if (n.op_type == "CastLike" && n.domain.empty() && n.inputs.size() == 2 && n.input(0) && n.input(1) &&

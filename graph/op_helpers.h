@@ -50,4 +50,10 @@ std::vector<OpSchema> random_schemas();         // Dropout, RandomUniformLike, .
 // whose sequence is read only by SequenceAt at constant positions becomes one Slice per read.
 void rewrite_sequence_splits(Graph& g);
 
+// GatherND with batch_dims b > 0 and constant indices becomes GatherND with batch_dims 0 over
+// the same data, each index entry prefixed with its b batch coordinates: the same output, and
+// every kernel and gradient is batch_dims 0's. Run by import when it reaches the node (the
+// data's shape known); throws naming the node where the indices are not constant.
+void lower_gather_nd_batch_dims(Graph& g, Node& n);
+
 }  // namespace oxtrain::graph::detail

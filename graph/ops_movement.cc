@@ -361,6 +361,47 @@ std::optional<std::vector<int64_t>> known_ints(const Value* v, Shape* shape) {
 
 }  // namespace
 
+void lower_gather_nd_batch_dims(Graph& g, Node& n) {
+  const int64_t b = n.attr_int("batch_dims", 0);
+  if (b == 0) return;
+  const Value* data = n.input(0);
+  const Value* indices = n.input(1);
+  if (!data || !indices || !data->rank_known || !indices->rank_known)
+    throw Error(n.describe() + ": data and indices need known shapes");
+  if (!indices->has_data())
+    throw Error(n.describe() + ": batch_dims=" + std::to_string(b) +
+                " needs indices known when the graph is compiled (a constant); these are computed at run time");
+  const Shape& ds = data->shape;
+  const Shape& is = indices->shape;
+  const int64_t depth = is.empty() ? 0 : is.back();
+  if (b < 0 || b >= static_cast<int64_t>(is.size()) || b + depth > static_cast<int64_t>(ds.size()) ||
+      !std::equal(is.begin(), is.begin() + b, ds.begin()))
+    throw Error(n.describe() + ": batch_dims=" + std::to_string(b) + " does not fit data " + dims(ds) +
+                " and indices " + dims(is) + " (their first batch_dims dims must agree)");
+  const std::vector<int64_t> old = indices->data->to_int64();
+  const int64_t batches = shape_numel(Shape(is.begin(), is.begin() + b));
+  const int64_t entries = depth > 0 ? static_cast<int64_t>(old.size()) / depth : 0;
+  const int64_t per_batch = batches > 0 ? entries / batches : 0;
+  Shape lowered_shape = is;
+  lowered_shape.back() = b + depth;
+  std::vector<int64_t> lowered;
+  lowered.reserve(static_cast<size_t>(entries * (b + depth)));
+  for (int64_t e = 0; e < entries; ++e) {
+    // The batch coordinates of entry e: its batch's flat index unravelled over is[0..b).
+    std::vector<int64_t> coords(static_cast<size_t>(b));
+    for (int64_t d = b - 1, flat = per_batch > 0 ? e / per_batch : 0; d >= 0; --d) {
+      coords[static_cast<size_t>(d)] = flat % is[static_cast<size_t>(d)];
+      flat /= is[static_cast<size_t>(d)];
+    }
+    lowered.insert(lowered.end(), coords.begin(), coords.end());
+    lowered.insert(lowered.end(), old.begin() + e * depth, old.begin() + (e + 1) * depth);
+  }
+  Value* v = g.add_initializer(g.unique_name(indices->name + "_with_batch"), Tensor::from_int64(lowered, lowered_shape),
+                               Role::Constant);
+  g.set_input(&n, 1, v);
+  n.attrs.erase("batch_dims");
+}
+
 void rewrite_sequence_splits(Graph& g) {
   struct Read {
     Node* at;

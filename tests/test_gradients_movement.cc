@@ -117,6 +117,13 @@ TEST(GradientsMovement, GatherND) {
                   "depth 2 with a repeat");
   check_gradients({"GatherND", {{f64({4, 3}, 81)}, constant(int_matrix({2, 0, 2}, {3, 1}))}}, "depth 1");
   check_gradients({"GatherND", {{f64({2, 3}, 82)}, constant(int_matrix({1, 2, 0, 0}, {2, 2}))}}, "full depth");
+  // batch_dims: each batch gathers from its own slice (import lowers it to batch_dims 0).
+  check_gradients({"GatherND", {{f64({2, 4, 3}, 83)}, constant(int_matrix({3, 1, 1, 0, 2, 2}, {2, 3, 1}))},
+                   {{"batch_dims", i1(1)}}, 1, 13},
+                  "batch_dims 1, a repeat in the second batch");
+  check_gradients({"GatherND", {{f64({2, 2, 3, 2}, 84)}, constant(int_matrix({2, 0, 1, 1, 0, 2, 2, 2}, {2, 2, 2, 1}))},
+                   {{"batch_dims", i1(2)}}, 1, 13},
+                  "batch_dims 2");
 }
 
 TEST(GradientsMovement, SplitWhoseFirstOutputCarriesNoGradient) {

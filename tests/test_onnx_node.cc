@@ -69,8 +69,6 @@ constexpr const char* kOpsetUnconverted =
     "published at an opset oxtrain does not read (1, or 28), and onnx.version_converter could not convert it";
 constexpr const char* kRandomDraw =
     "a random draw: the expected output is numpy's generator's, not reproducible by another generator";
-constexpr const char* kGatherNDBatch =
-    "GatherND with batch_dims > 0: oxtrain's GatherND takes batch_dims 0 only";
 constexpr const char* kNoDefaultDomain =
     "the model imports only ai.onnx.preview.training; oxtrain requires an ai.onnx opset";
 constexpr const char* kDropoutMask =
@@ -257,7 +255,6 @@ const Exclusion kExcluded[] = {
     {"test_equal_uint32", kNoDtype},
     {"test_equal_uint64", kNoDtype},
     {"test_flexattention_fp16_expanded_ver26", kFoldFloat16},
-    {"test_gathernd_example_int32_batch_dim1", kGatherNDBatch},
     {"test_greater_equal_int16", kNoDtype},
     {"test_greater_equal_int16_expanded", kNoDtype},
     {"test_greater_equal_uint16", kNoDtype},
