@@ -308,7 +308,14 @@ bool has_symbolic_dims(const Graph& g) {
 
 void check_opset(const Graph& g) {
   int64_t v = g.opset("");
-  if (v == 0) throw Error("the model imports no version of the default ONNX domain (ai.onnx)");
+  if (v == 0) {
+    // A graph of other domains' ops only (ai.onnx.preview.training's Momentum) needs none.
+    for (const auto& n : g.nodes())
+      if (n->domain.empty())
+        throw Error("the model imports no version of the default ONNX domain (ai.onnx), which its " +
+                    n->describe() + " needs");
+    return;
+  }
   if (v < kMinOpset || v > kMaxOpset)
     throw Error("the model uses opset " + std::to_string(v) + " of ai.onnx; oxtrain supports " +
                 std::to_string(kMinOpset) + " to " + std::to_string(kMaxOpset) +

@@ -69,8 +69,6 @@ constexpr const char* kOpsetUnconverted =
     "published at an opset oxtrain does not read (1, or 28), and onnx.version_converter could not convert it";
 constexpr const char* kRandomDraw =
     "a random draw: the expected output is numpy's generator's, not reproducible by another generator";
-constexpr const char* kNoDefaultDomain =
-    "the model imports only ai.onnx.preview.training; oxtrain requires an ai.onnx opset";
 constexpr const char* kDropoutMask =
     "training-mode Dropout: the expected mask is numpy's random draw (oxtrain passes x through here)";
 
@@ -305,13 +303,10 @@ const Exclusion kExcluded[] = {
     {"test_mod_uint16", kNoDtype},
     {"test_mod_uint32", kNoDtype},
     {"test_mod_uint64", kNoDtype},
-    {"test_momentum", kNoDefaultDomain},
-    {"test_momentum_multiple", kNoDefaultDomain},
     {"test_mul_int16", kNoDtype},
     {"test_mul_uint16", kNoDtype},
     {"test_mul_uint32", kNoDtype},
     {"test_mul_uint64", kNoDtype},
-    {"test_nesterov_momentum", kNoDefaultDomain},
     {"test_not_2d", kOpsetUnconverted},
     {"test_not_3d", kOpsetUnconverted},
     {"test_not_4d", kOpsetUnconverted},
