@@ -49,8 +49,6 @@ constexpr const char* kOpsetTooNew =
     "published at opset 25 for a type opset 21 lacks: onnx.version_converter cannot lower it";
 constexpr const char* kNonTensor =
     "a sequence- or optional-typed input: oxtrain has tensors only";
-constexpr const char* kIntegerKernels =
-    "uint8 pooling: the CPU pooling kernels are float32/float64 only";
 constexpr const char* kPool2dOnly =
     "3-D pooling: the CPU kernels pool 1-D and 2-D inputs only";
 constexpr const char* kAvgPoolDilations =
@@ -283,7 +281,6 @@ const Exclusion kExcluded[] = {
     {"test_max_uint16", kNoDtype},
     {"test_max_uint32", kNoDtype},
     {"test_max_uint64", kNoDtype},
-    {"test_maxpool_2d_uint8", kIntegerKernels},
     {"test_maxpool_3d_default", kPool2dOnly},
     {"test_maxpool_3d_dilations", kPool2dOnly},
     {"test_maxpool_3d_dilations_use_ref_impl", kPool2dOnly},

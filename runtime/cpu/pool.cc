@@ -309,6 +309,8 @@ void global_avg_pool_grad(int64_t planes, int64_t size, const T* dy, T* dx) {
 template <typename F>
 std::unique_ptr<Kernel> by_dtype(DType dt, F&& f) {
   if (dt == DType::f64) return f(double{});
+  if (dt == DType::u8) return f(uint8_t{});
+  if (dt == DType::i8) return f(int8_t{});
   return f(float{});
 }
 
@@ -319,7 +321,9 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const graph::Node& n = init.node;
     const graph::Value* x = required(n, 0);
     const graph::Value* y = required(n, 0, true);
-    DType dt = float_dtype(n, {x, y});
+    // 8-bit images too (nothing to train there): the largest value wins, as for floats.
+    const bool bytes = (x->dtype == DType::u8 || x->dtype == DType::i8) && y->dtype == x->dtype;
+    DType dt = bytes ? x->dtype : float_dtype(n, {x, y});
     math::check_max_pool_outputs(n, Device::cpu);
     PoolPlan plan = pool_plan(node_window(init, x->shape, y->shape));
     return by_dtype(dt, [plan](auto zero) {

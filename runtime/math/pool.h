@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "runtime/kernel.h"
 #include "runtime/math/hd.h"
@@ -100,6 +101,13 @@ OXTRAIN_HD PoolWindow pool_window(const Pool2d& g, int64_t oh, int64_t ow) {
 // ---------------------------------------------------------------------------------------
 // MaxPool.
 
+// What an empty window gives: -inf, or 0 for integers (uint8 images).
+template <typename T>
+OXTRAIN_HD T pool_lowest() {
+  if constexpr (std::is_floating_point_v<T>) return static_cast<T>(-INFINITY);
+  else return T(0);
+}
+
 // The running maximum of a window: its value, its position in the plane (h * W + w), whether
 // a NaN has been seen.
 template <typename T>
@@ -128,7 +136,7 @@ template <typename T>
 OXTRAIN_HD MaxPick<T> max_window(const T* plane, int64_t width, const PoolWindow& win) {
   const PoolTaps& r = win.row;
   const PoolTaps& c = win.col;
-  MaxPick<T> m{static_cast<T>(-INFINITY), -1, false};
+  MaxPick<T> m{pool_lowest<T>(), -1, false};
   if (r.k_lo >= r.k_hi || c.k_lo >= c.k_hi) return m;
   const int64_t h0 = r.start + r.k_lo * win.row_dilation;
   const int64_t w0 = c.start + c.k_lo * win.col_dilation;
