@@ -84,6 +84,12 @@ double largest_state_difference(const test::TrainingRun& a, const test::Training
   return diff / scale;
 }
 
+// `oxtrain train` flags for one synthetic step of the fixtures' 8x8, 5-class models.
+std::string one_step_args(const std::string& checkpoint_dir) {
+  return " --synthetic --image-size 8 --num-classes 5 -b 2 --steps 1 -p 1 --threads 1 --device cpu --checkpoint-dir " +
+         checkpoint_dir;
+}
+
 graph::Graph as_exported(const std::string& file) {
   graph::ImportOptions options;
   options.restore_exporter_rewrites = false;
@@ -232,8 +238,7 @@ TEST(FoldedBatchNorm, NothingFoldedNothingSaid) {
 TEST(FoldedBatchNorm, TrainWarnsThenTrains) {
   test::ScopedTempDir tmp;
   const std::string folded = fixture("folded_bn/dynamo_folded_stripped.onnx");
-  const std::string common = " --synthetic --image-size 8 --num-classes 5 -b 2 --steps 1 -p 1 --threads 1 --device cpu "
-                             "--checkpoint-dir " + tmp.path;
+  const std::string common = one_step_args(tmp.path);
   auto r = test::run_oxtrain_limited("train --model " + folded + common, 60);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err.find("oxtrain: warning: '" + folded + "': its exporter folded batch norm into the "
@@ -257,8 +262,7 @@ TEST(FoldedBatchNorm, TrainWarnsThenTrains) {
 TEST(FoldedBatchNorm, TrainSaysWhatItPutBack) {
   test::ScopedTempDir tmp;
   const std::string file = fixture("folded_bn/dynamo_folded.onnx");
-  const std::string common = " --synthetic --image-size 8 --num-classes 5 -b 2 --steps 1 -p 1 --threads 1 --device cpu "
-                             "--checkpoint-dir " + tmp.path;
+  const std::string common = one_step_args(tmp.path);
   auto r = test::run_oxtrain_limited("train --model " + file + common, 60);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err.find("oxtrain: note: '" + file + "': its exporter rewrote the model for inference; oxtrain put "

@@ -24,6 +24,31 @@
 #include "runtime/math/normalization.h"
 
 namespace oxtrain::runtime {
+
+namespace math {
+
+graph::Shape reduce_node_keep_shape(const graph::Node& n, int64_t opset, int64_t axes_input_opset,
+                                    const graph::Shape& x) {
+  const std::string what = n.describe();
+  std::vector<int64_t> axes;
+  if (opset < axes_input_opset) {
+    axes = n.attr_ints("axes");
+  } else if (const graph::Value* a = n.input(1)) {
+    if (!a->has_data())
+      throw Error(what + ": the axes '" + a->name + "' must be a constant of the graph (read when it is compiled)");
+    axes = a->data->to_int64();
+  }
+  const bool noop = opset >= axes_input_opset && n.attr_int("noop_with_empty_axes", 0) != 0;
+  const graph::Shape kept = reduced_keep_shape(x, axes, noop, what);
+  const graph::Value* y = n.output(0);
+  if (!y || y->numel() != graph::shape_numel(kept))
+    throw Error(what + ": the output " + (y ? y->shape_string() : std::string("(missing)")) +
+                " does not hold the reduction of " + graph::shape_str(x) + " over axes " + graph::shape_str(axes));
+  return kept;
+}
+
+}  // namespace math
+
 namespace {
 
 using cpu::dispatch_float;
@@ -259,23 +284,9 @@ class ReduceSumKernel final : public Kernel {
 KernelFactory reduce_sum_factory() {
   return [](const KernelInit& init) -> std::unique_ptr<Kernel> {
     const Node& n = init.node;
-    const std::string what = n.describe();
     const graph::Value& x = input_value(n, 0, "data");
     const DType dt = float_of(n, x, "data");
-    std::vector<int64_t> axes;
-    if (init.opset < 13) {
-      axes = n.attr_ints("axes");
-    } else if (const graph::Value* a = n.input(1)) {
-      if (!a->has_data())
-        throw Error(what + ": the axes '" + a->name + "' must be a constant of the graph (read when it is compiled)");
-      axes = a->data->to_int64();
-    }
-    const bool noop = init.opset >= 13 && n.attr_int("noop_with_empty_axes", 0) != 0;
-    const graph::Shape kept = math::reduced_keep_shape(x.shape, axes, noop, what);
-    const graph::Value* y = n.output(0);
-    if (!y || y->numel() != graph::shape_numel(kept))
-      throw Error(what + ": the output " + (y ? y->shape_string() : std::string("(missing)")) +
-                  " does not hold the sum of " + x.shape_string() + " over axes " + graph::shape_str(axes));
+    const graph::Shape kept = math::reduce_node_keep_shape(n, init.opset, 13, x.shape);
     return std::make_unique<ReduceSumKernel>(init, x.shape, kept, dt);
   };
 }
@@ -288,20 +299,7 @@ KernelFactory reduce_extreme_factory() {
     const std::string what = n.describe();
     const graph::Value& x = input_value(n, 0, "data");
     const DType dt = float_of(n, x, "data");
-    std::vector<int64_t> axes;
-    if (init.opset < 18) {
-      axes = n.attr_ints("axes");
-    } else if (const graph::Value* a = n.input(1)) {
-      if (!a->has_data())
-        throw Error(what + ": the axes '" + a->name + "' must be a constant of the graph (read when it is compiled)");
-      axes = a->data->to_int64();
-    }
-    const bool noop = init.opset >= 18 && n.attr_int("noop_with_empty_axes", 0) != 0;
-    const graph::Shape kept = math::reduced_keep_shape(x.shape, axes, noop, what);
-    const graph::Value* y = n.output(0);
-    if (!y || y->numel() != graph::shape_numel(kept))
-      throw Error(what + ": the output " + (y ? y->shape_string() : std::string("(missing)")) +
-                  " does not hold the reduction of " + x.shape_string() + " over axes " + graph::shape_str(axes));
+    const graph::Shape kept = math::reduce_node_keep_shape(n, init.opset, 18, x.shape);
     const math::ExtremePlan plan = math::make_extreme_plan(x.shape, kept, what);
     return dispatch_float(dt, what, [&](auto tag) {
       using T = decltype(tag);

@@ -408,22 +408,8 @@ class ReduceSumKernel final : public Kernel {
 KernelFactory reduce_sum_factory() {
   return [](const KernelInit& init) -> std::unique_ptr<Kernel> {
     const Node& n = init.node;
-    const std::string what = n.describe();
     const graph::Value& x = f32_input(n, 0, "data");
-    std::vector<int64_t> axes;
-    if (init.opset < 13) {
-      axes = n.attr_ints("axes");
-    } else if (const graph::Value* a = n.input(1)) {
-      if (!a->has_data())
-        throw Error(what + ": the CUDA kernel needs the axes '" + a->name + "' as a constant of the graph");
-      axes = a->data->to_int64();
-    }
-    const bool noop = init.opset >= 13 && n.attr_int("noop_with_empty_axes", 0) != 0;
-    const graph::Shape kept = math::reduced_keep_shape(x.shape, axes, noop, what);
-    const graph::Value* y = n.output(0);
-    if (!y || y->numel() != graph::shape_numel(kept))
-      throw Error(what + ": the output " + (y ? y->shape_string() : std::string("(missing)")) +
-                  " does not hold the sum of " + x.shape_string() + " over axes " + graph::shape_str(axes));
+    const graph::Shape kept = math::reduce_node_keep_shape(n, init.opset, 13, x.shape);
     f32_output(n, 0, "the output", nullptr);
     return std::make_unique<ReduceSumKernel>(init, x.shape, kept);
   };
@@ -557,20 +543,8 @@ KernelFactory reduce_extreme_factory() {
     const Node& n = init.node;
     const std::string what = n.describe();
     const graph::Value& x = f32_input(n, 0, "data");
-    std::vector<int64_t> axes;
-    if (init.opset < 18) {
-      axes = n.attr_ints("axes");
-    } else if (const graph::Value* a = n.input(1)) {
-      if (!a->has_data())
-        throw Error(what + ": the CUDA kernel needs the axes '" + a->name + "' as a constant of the graph");
-      axes = a->data->to_int64();
-    }
-    const bool noop = init.opset >= 18 && n.attr_int("noop_with_empty_axes", 0) != 0;
-    const graph::Shape kept = math::reduced_keep_shape(x.shape, axes, noop, what);
-    const graph::Value* y = n.output(0);
-    if (!y || y->dtype != DType::f32 || y->numel() != graph::shape_numel(kept))
-      throw Error(what + ": the output must be float32 holding the reduction of " + x.shape_string() +
-                  " over axes " + graph::shape_str(axes));
+    const graph::Shape kept = math::reduce_node_keep_shape(n, init.opset, 18, x.shape);
+    f32_output(n, 0, "the output", nullptr);
     const math::ExtremePlan plan = math::make_extreme_plan(x.shape, kept, what);
     const int64_t x_numel = x.numel();
     return make_kernel([plan, what, x_numel](const KernelArgs& a) {

@@ -134,6 +134,13 @@ inline LayerNormLayout layer_norm_layout(const graph::Shape& x, int64_t axis,
 // ---------------------------------------------------------------------------------------
 // ReduceSum: X's shape with the reduced axes kept as 1 (axes empty: every axis, or none with
 // noop_with_empty_axes). Throws naming `what` on an axis out of range.
+// The shape a ReduceSum / ReduceMax / ReduceMin node reduces its input `x` to, with the reduced
+// dims kept as 1: axes an attribute before `axes_input_opset` (13 for ReduceSum, 18 for the
+// others), else the optional constant input 1 with noop_with_empty_axes. Throws naming the node
+// where the axes are computed at run time or the output does not hold the reduction.
+graph::Shape reduce_node_keep_shape(const graph::Node& n, int64_t opset, int64_t axes_input_opset,
+                                    const graph::Shape& x);
+
 inline graph::Shape reduced_keep_shape(const graph::Shape& x, const std::vector<int64_t>& axes, bool noop,
                                        const std::string& what) {
   graph::Shape kept = x;
