@@ -221,6 +221,9 @@ std::vector<Value*> insert_allreduce(Graph& g, const std::vector<Value*>& grads,
 TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
   if (g.outputs.empty()) throw Error("the model has no outputs");
   ensure_opset(g, graph::kOxtrainDomain, 1);
+  // Layer norm written out in pointwise ops trains as one node (the model as imported keeps
+  // the form its file has, for evaluation and --save-model).
+  graph::fuse_decomposed_layer_norm(g);
   if (options.half != DType::undefined) graph::to_mixed_precision(g, options.half);
   batchnorm_to_training(g);
   maxpool_indices(g);

@@ -23,7 +23,6 @@
 #include "graph/exporter_rewrites.h"
 #include "graph/op_helpers.h"
 #include "graph/ops.h"
-#include "graph/passes.h"
 
 namespace fs = std::filesystem;
 
@@ -505,7 +504,6 @@ void prepare(Graph& g, const ImportOptions& options) {
   g.remove_nodes_if([&](const Node& n) { return folded.count(&n) != 0; });
   g.remove_dead_nodes();
   g.prune_values();
-  fuse_decomposed_layer_norm(g);
 
   for (const auto& [v, shape] : declared) {
     bool agree = shape.size() == v->shape.size();

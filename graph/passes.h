@@ -14,7 +14,9 @@ namespace oxtrain::graph {
 //   then optionally * scale + bias, over the trailing axes with keepdims
 // becomes one oxtrain.LayerNormalization (LayerNormalization at any opset): one kernel, and its
 // gradient keeps two statistics per row instead of every intermediate. Matches only where the
-// intermediates feed nothing else. Returns how many were fused. Run by import (prepare).
+// intermediates feed nothing else. Returns how many were fused. Run on the training graph
+// (autodiff::build_training_graph); the imported model keeps its file's form, so evaluation
+// and --save-model write what other runtimes read.
 int fuse_decomposed_layer_norm(Graph& graph);
 
 // Every float value (inputs, initializers, activations) becomes `to` (float32 or float64);

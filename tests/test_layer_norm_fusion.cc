@@ -1,8 +1,9 @@
 // Layer norm as exporters write it before opset 17 (ReduceMean, Sub, Pow, ReduceMean, Add,
-// Sqrt, Div, then Mul and Add) is fused at import into one oxtrain.LayerNormalization
-// (graph::fuse_decomposed_layer_norm): the same training steps, bit for bit, as the model
-// written with LayerNormalization itself, and nothing fused where an intermediate is used
-// elsewhere.
+// Sqrt, Div, then Mul and Add) trains as one oxtrain.LayerNormalization
+// (graph::fuse_decomposed_layer_norm, run by build_training_graph): the same training steps,
+// bit for bit, as the model written with LayerNormalization itself. The imported model keeps
+// its file's form (what --save-model writes for other runtimes), and nothing is fused where an
+// intermediate is used elsewhere.
 #include <gtest/gtest.h>
 #include <onnx/onnx_pb.h>
 
@@ -10,6 +11,7 @@
 
 #include "autodiff/training.h"
 #include "graph/onnx_io.h"
+#include "graph/passes.h"
 #include "runtime/session.h"
 #include "tests/helpers.h"
 
@@ -85,6 +87,8 @@ test::TrainingRun two_steps(graph::Graph g) {
 
 TEST(LayerNormFusion, DecomposedFormBecomesOneNode) {
   graph::Graph g = model(true);
+  EXPECT_EQ(op_counts(g)["ReduceMean"], 2);  // as imported: the file's form
+  EXPECT_EQ(graph::fuse_decomposed_layer_norm(g), 1);
   auto ops = op_counts(g);
   EXPECT_EQ(ops["oxtrain.LayerNormalization"], 1);
   for (const char* gone : {"ReduceMean", "Sub", "Pow", "Add", "Sqrt", "Div", "Mul"}) EXPECT_EQ(ops[gone], 0) << gone;
@@ -102,10 +106,14 @@ TEST(LayerNormFusion, TrainsAsLayerNormalization) {
   // d * d instead of Pow, and without the affine part, fuse too.
   for (Variant v : {Variant{}, Variant{false, true, false}}) {
     test::TrainingRun fused = two_steps(model(true, v)), reference = two_steps(model(false));
+    int fused_nodes = 0;
+    for (const auto& n : fused.session->graph().nodes()) fused_nodes += n->op_type == "LayerNormalization";
+    EXPECT_EQ(fused_nodes, 1);
     EXPECT_EQ(fused.states, reference.states);
     EXPECT_EQ(test::differing_states(fused, reference), 0) << "pow " << v.pow;
   }
   graph::Graph plain = model(true, Variant{true, false, false});
+  EXPECT_EQ(graph::fuse_decomposed_layer_norm(plain), 1);
   auto ops = op_counts(plain);
   EXPECT_EQ(ops["oxtrain.LayerNormalization"], 1);
   EXPECT_EQ(ops["Mul"], 0);
@@ -113,6 +121,7 @@ TEST(LayerNormFusion, TrainsAsLayerNormalization) {
 
 TEST(LayerNormFusion, NothingFusedWhereAnIntermediateIsUsedElsewhere) {
   graph::Graph g = model(true, Variant{true, true, true});
+  EXPECT_EQ(graph::fuse_decomposed_layer_norm(g), 0);
   auto ops = op_counts(g);
   EXPECT_EQ(ops["oxtrain.LayerNormalization"], 0);
   EXPECT_EQ(ops["ReduceMean"], 2);
