@@ -284,4 +284,16 @@ TEST(FoldedBatchNorm, TrainSaysWhatItPutBack) {
   auto restored = test::run_oxtrain_limited("graph " + file, 60);
   ASSERT_EQ(restored.exit_code, 0) << restored.err;
   EXPECT_NE(restored.err.find("oxtrain: note: '" + file + "'"), std::string::npos) << restored.err;
+
+  // graph --json says the same for tools: what was put back, or what was found and left.
+  auto json = test::run_oxtrain_limited("graph --json " + file, 60);
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_NE(json.out.find("\"restored\": \"2 batch norms folded into the Convs"), std::string::npos) << json.out;
+  auto written_json = test::run_oxtrain_limited("graph --json --as-exported " + file, 60);
+  ASSERT_EQ(written_json.exit_code, 0) << written_json.err;
+  EXPECT_NE(written_json.out.find("\"folded_batchnorm\": \"2 Convs carry batch norm"), std::string::npos)
+      << written_json.out;
+  EXPECT_NE(written_json.out.find("\"restored\": \"\""), std::string::npos) << written_json.out;
+  auto plain = test::run_oxtrain_limited("graph --json " + fixture("folded_bn/dynamo_no_bn.onnx"), 60);
+  EXPECT_EQ(plain.out.find("exporter_rewrites"), std::string::npos) << plain.out;
 }
