@@ -30,20 +30,20 @@ auto dispatch_float(graph::DType dtype, const std::string& what, F&& f) {
               " (the CPU kernels handle float32 and float64)");
 }
 
-// Calls f(T{}) with T = float, double, int64_t, int32_t, int8_t or uint8_t for `dtype` (the
-// arithmetic ops, which ONNX defines on integers too); throws naming `what` for other types.
+// Calls f(T{}) for a number type: float, double, int64_t, int32_t, int8_t, uint8_t (uint8 and
+// bool); throws naming `what` for others. The arithmetic ops, which ONNX defines on integers too.
 template <typename F>
-auto dispatch_numeric(graph::DType dtype, const std::string& what, F&& f) {
-  switch (dtype) {
+auto dispatch_number(graph::DType dt, const std::string& what, F&& f) {
+  switch (dt) {
     case graph::DType::f32: return f(float{});
     case graph::DType::f64: return f(double{});
     case graph::DType::i64: return f(int64_t{});
     case graph::DType::i32: return f(int32_t{});
     case graph::DType::i8: return f(int8_t{});
-    case graph::DType::u8: return f(uint8_t{});
+    case graph::DType::u8:
+    case graph::DType::boolean: return f(uint8_t{});
     default:
-      throw Error(what + ": unsupported element type " + graph::dtype_name(dtype) +
-                  " (the CPU kernels handle float32, float64 and 8- to 64-bit integers)");
+      throw Error(what + ": element type " + graph::dtype_name(dt) + " is not supported on the CPU");
   }
 }
 

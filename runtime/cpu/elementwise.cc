@@ -114,6 +114,7 @@ KernelFactory binary_factory(Op op) {
   return [op](const KernelInit& init) {
     const Node& n = init.node;
     DType dt = input_value(n, 0).dtype;
+    if (dt == DType::boolean) throw Error(n.describe() + ": arithmetic on bool tensors is not defined");
     if (input_value(n, 1).dtype != dt)
       throw Error(n.describe() + ": inputs have different element types (" + graph::dtype_name(dt) + " and " +
                   graph::dtype_name(input_value(n, 1).dtype) + ")");
@@ -122,7 +123,7 @@ KernelFactory binary_factory(Op op) {
     auto known = [](const graph::Value* v) { return v->rank_known && graph::shape_known(v->shape); };
     if (y && known(y) && known(n.input(0)) && known(n.input(1)))  // fail early, not at run time
       make_broadcast_plan(n.output(0)->shape, {n.input(0)->shape, n.input(1)->shape}, what);
-    return cpu::dispatch_numeric(dt, what, [&](auto tag) {
+    return cpu::dispatch_number(dt, what, [&](auto tag) {
       using T = decltype(tag);
       return make_kernel([op, what](const KernelArgs& a) {
         broadcast_binary<T, T, T>(a.inputs[0], a.inputs[1], a.outputs[0],

@@ -29,6 +29,7 @@ namespace {
 namespace pm = math;
 using cpu::broadcast_binary;
 using cpu::dispatch_float;
+using cpu::dispatch_number;
 using cpu::for_each_segment;
 using cpu::kSegment;
 using cpu::make_broadcast_plan;
@@ -65,23 +66,6 @@ void check_broadcast(const Node& n, size_t first_input = 0) {
     shapes.push_back(n.input(i)->shape);
   }
   make_broadcast_plan(y->shape, shapes, n.describe());
-}
-
-// Calls f(T{}) for a number type: float, double, int64_t, int32_t, int8_t, uint8_t (uint8 and
-// bool); throws naming `what` for others.
-template <typename F>
-auto dispatch_number(DType dt, const std::string& what, F&& f) {
-  switch (dt) {
-    case DType::f32: return f(float{});
-    case DType::f64: return f(double{});
-    case DType::i64: return f(int64_t{});
-    case DType::i32: return f(int32_t{});
-    case DType::i8: return f(int8_t{});
-    case DType::u8:
-    case DType::boolean: return f(uint8_t{});
-    default:
-      throw Error(what + ": element type " + graph::dtype_name(dt) + " is not supported on the CPU");
-  }
 }
 
 // A constant scalar input's value as double (Clip's bounds); `fallback` when omitted.
