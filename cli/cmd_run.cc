@@ -33,15 +33,23 @@ int print_supported_ops(bool json) {
   std::vector<OpSupport> ops = supported_op_list();
   if (json) {
     nlohmann::json j;
-    j["opsets"] = {{"ai.onnx", {graph::kMinOpset, graph::kMaxOpset}}};
+    // The opsets a model may import, and those at which every op is as oxtrain implements it;
+    // outside them, each ai.onnx op's own versions decide (graph/opset.h).
+    j["opsets"] = {{"ai.onnx", {graph::kMinOpset, graph::kMaxOpset}},
+                   {"ai.onnx_every_op", {graph::kFullOpsetMin, graph::kFullOpsetMax}}};
     j["ops"] = nlohmann::json::array();
-    for (const OpSupport& s : ops)
-      j["ops"].push_back({{"domain", s.domain}, {"op_type", s.op_type}, {"cpu", s.cpu}, {"cuda", s.cuda},
-                          {"fold_only", s.fold_only}});
+    for (const OpSupport& s : ops) {
+      nlohmann::json op = {{"domain", s.domain}, {"op_type", s.op_type}, {"cpu", s.cpu}, {"cuda", s.cuda},
+                           {"fold_only", s.fold_only}};
+      if (s.domain.empty()) op["versions"] = graph::implemented_op_versions(s.op_type);
+      j["ops"].push_back(op);
+    }
     std::cout << j.dump(1) << "\n";
     return 0;
   }
-  std::cout << "ai.onnx opsets " << graph::kMinOpset << " to " << graph::kMaxOpset << "\n";
+  std::cout << "ai.onnx opsets " << graph::kMinOpset << " to " << graph::kMaxOpset << " (every op as opsets "
+            << graph::kFullOpsetMin << " to " << graph::kFullOpsetMax
+            << " define it; outside them, where the op's version there is one of those or reviewed)\n";
   for (const OpSupport& s : ops) {
     std::string name = s.domain.empty() ? s.op_type : s.domain + "." + s.op_type;
     std::string where = s.fold_only ? "no kernel: only on constant inputs (folded at import)"

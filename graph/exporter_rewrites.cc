@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 
 #include "base/text.h"
@@ -18,16 +19,44 @@ constexpr const char* kRuleKey = "pkg.onnxscript.rewriter.rule_name";
 constexpr const char* kFxNodeKey = "pkg.torch.onnx.fx_node";
 constexpr const char* kScopesKey = "pkg.torch.onnx.name_scopes";
 
-// A node's metadata_props (NodeProto field 9, IR 10), read from the unknown fields: the ONNX
-// library oxtrain builds against may predate the field.
-std::map<std::string, std::string> node_metadata(const onnx::NodeProto& node) {
+constexpr const char* kSignatureKey = "pkg.torch.export.ExportedProgram.graph_signature";
+
+// A message's metadata_props (NodeProto field 9, GraphProto field 16, IR 10), read from the
+// unknown fields: the ONNX library oxtrain builds against may predate the field.
+std::map<std::string, std::string> metadata(const google::protobuf::Message& message, int field) {
   std::map<std::string, std::string> out;
-  const google::protobuf::UnknownFieldSet& unknown = node.GetReflection()->GetUnknownFields(node);
+  const google::protobuf::UnknownFieldSet& unknown = message.GetReflection()->GetUnknownFields(message);
   for (int i = 0; i < unknown.field_count(); ++i) {
     const google::protobuf::UnknownField& f = unknown.field(i);
-    if (f.number() != 9 || f.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
+    if (f.number() != field || f.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) continue;
     onnx::StringStringEntryProto entry;
     if (entry.ParseFromString(f.length_delimited())) out[entry.key()] = entry.value();
+  }
+  return out;
+}
+std::map<std::string, std::string> node_metadata(const onnx::NodeProto& node) { return metadata(node, 9); }
+
+// PyTorch's parameters by name, from the exported program's graph signature that the dynamo
+// exporter keeps in the graph's metadata: under "# inputs", lines such as
+// "p_features_0_bias: PARAMETER target='features.0.bias'". Empty without it.
+std::vector<std::string> signature_parameters(const onnx::GraphProto& graph) {
+  std::vector<std::string> out;
+  const std::map<std::string, std::string> meta = metadata(graph, 16);
+  auto it = meta.find(kSignatureKey);
+  if (it == meta.end()) return out;
+  const std::string marker = ": PARAMETER target='";
+  bool inputs = false;
+  size_t begin = 0;
+  while (begin < it->second.size()) {
+    size_t end = it->second.find('\n', begin);
+    if (end == std::string::npos) end = it->second.size();
+    const std::string line = it->second.substr(begin, end - begin);
+    begin = end + 1;
+    if (line.rfind("# ", 0) == 0) inputs = line == "# inputs";
+    size_t at = line.find(marker);
+    if (!inputs || at == std::string::npos) continue;
+    size_t close = line.find('\'', at + marker.size());
+    if (close != std::string::npos) out.push_back(line.substr(at + marker.size(), close - at - marker.size()));
   }
   return out;
 }
@@ -311,6 +340,44 @@ ExporterRewrites read_exporter_rewrites(const onnx::ModelProto& model) {
     }
     if (folded && example.empty()) example = name;
   }
+  // What the exported program's signature says the model has: a Conv with a bias of its own
+  // before a folded batch norm (VGG's), which the rewrites drop without a record in the node
+  // metadata (the Conv's FX node is gone); then any parameter the file holds in no form.
+  const std::vector<std::string> signature = signature_parameters(g);
+  const std::set<std::string> signed_names(signature.begin(), signature.end());
+  auto held = [&](const std::string& name) {
+    return initializers.count(name) || tokens.count(placeholder("p", name));
+  };
+  std::set<std::string> restored_biases;
+  for (auto& norm : out.norms) {
+    const std::string& w = g.node(norm.node).input(1);
+    const std::string suffix = ".weight";
+    if (w.size() <= suffix.size() || w.compare(w.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    const std::string bias = w.substr(0, w.size() - suffix.size()) + ".bias";
+    if (signed_names.count(bias) && !held(bias) && restored_biases.insert(bias).second) norm.conv_bias = bias;
+  }
+  for (const std::string& name : signature)
+    if (!held(name) && !restored_biases.count(name)) out.unaccounted.push_back(name);
+  // One parameter missing, and one float initializer named after an FX node (not a parameter)
+  // with more than one row: the parameter expanded along its first dimension and folded into
+  // a constant (ViT's class token, expanded to the export's batch). The values decide
+  // (check_restorable): every row must be the same.
+  if (out.unaccounted.size() == 1) {
+    std::vector<std::string> candidates;
+    for (const auto& t : g.initializer()) {
+      if (signed_names.count(t.name()) || out.placeholders.count(t.name()) || t.dims_size() < 2 || t.dims(0) < 2)
+        continue;
+      if (!is_float(dtype_from_onnx(t.data_type()))) continue;
+      const std::string fx_name = "%" + t.name();
+      if (std::any_of(fx_nodes.begin(), fx_nodes.end(), [&](const std::string& fx) { return mentions(fx, fx_name); }))
+        candidates.push_back(t.name());
+    }
+    if (candidates.size() == 1) {
+      out.expanded.push_back({candidates[0], out.unaccounted[0]});
+      out.unaccounted.clear();
+    }
+  }
+
   if (by_rule > 0)
     out.folded_batchnorm = count_convs(by_rule) + " carry batch norm folded in by the dynamo exporter (rewrite rule "
                            "FuseBatchNormIntoConv), e.g. '" + escape_name(example) + "'";
@@ -342,19 +409,20 @@ ExporterRewrites read_exporter_rewrites(const onnx::ModelProto& model) {
   return out;
 }
 
-void keep_exporter_rewrites(Graph& graph, const ExporterRewrites& rewrites) {
-  graph.folded_batchnorm = rewrites.folded_batchnorm;
-  graph.removed_biases = rewrites.removed_biases;
-  graph.merged_parameters = rewrites.merged_parameters;
-  graph.restored_rewrites.clear();
+namespace {
+
+// Tensors the optimizer computed from parameters (a transposed weight, a class token expanded
+// to the batch): float initializers in trainable slots that no FX node read as a parameter.
+// `restored`: the parameters import put back, PyTorch's own.
+void note_derived_parameters(Graph& graph, const ExporterRewrites& rewrites,
+                             const std::set<std::string>& restored = {}) {
   graph.derived_parameters.clear();
-  // Tensors the optimizer computed from parameters (a transposed weight, a class token expanded
-  // to the batch): float initializers in trainable slots that no FX node read as a parameter.
   if (rewrites.placeholders.empty()) return;
   int derived = 0;
   std::string example;
   for (const Value* v : graph.initializers()) {
-    if (!is_float(v->dtype) || rewrites.placeholders.count(v->name) || rewrites.parameter_forms.count(v->name))
+    if (!is_float(v->dtype) || rewrites.placeholders.count(v->name) || rewrites.parameter_forms.count(v->name) ||
+        restored.count(v->name))
       continue;
     bool trainable = false;
     for (const Node* c : v->consumers) {
@@ -369,7 +437,27 @@ void keep_exporter_rewrites(Graph& graph, const ExporterRewrites& rewrites) {
   if (derived > 0)
     graph.derived_parameters = std::to_string(derived) + (derived == 1 ? " tensor" : " tensors") +
                                " the optimizer computed from parameters (e.g. '" + escape_name(example) +
-                               "') train as parameters of their own";
+                               "') " + (derived == 1 ? "trains as a parameter of its own" : "train as parameters of their own");
+}
+
+}  // namespace
+
+void keep_exporter_rewrites(Graph& graph, const ExporterRewrites& rewrites) {
+  graph.folded_batchnorm = rewrites.folded_batchnorm;
+  graph.removed_biases = rewrites.removed_biases;
+  graph.merged_parameters = rewrites.merged_parameters;
+  graph.restored_rewrites.clear();
+  graph.derived_parameters.clear();
+  graph.missing_parameters.clear();
+  if (!rewrites.unaccounted.empty()) {
+    std::vector<std::string> names;
+    for (const std::string& n : rewrites.unaccounted) names.push_back(quote_name(n));
+    const size_t k = rewrites.unaccounted.size();
+    graph.missing_parameters = std::to_string(k) + (k == 1 ? " parameter" : " parameters") +
+                               " of the exported program's signature the file holds in no form (" +
+                               join_limited(names, 120) + ")";
+  }
+  note_derived_parameters(graph, rewrites);
 }
 
 namespace {
@@ -439,6 +527,20 @@ std::string check_restorable(const Graph& graph, const ExporterRewrites& r) {
              ": its batch norm's scale was zero, so the weights it scaled are lost";
     for (const char* p : {".weight", ".bias", ".running_mean", ".running_var"})
       if (!fresh_name(norm.module + p)) return "'" + escape_name(norm.module + p) + "' is already in the graph";
+    if (!norm.conv_bias.empty() && !fresh_name(norm.conv_bias))
+      return "'" + escape_name(norm.conv_bias) + "' is already in the graph";
+  }
+  for (const auto& e : r.expanded) {
+    const Value* v = graph.find_value(e.initializer);
+    if (!v || !v->has_data() || v->producer || !is_float(v->data->dtype) || v->data->shape.size() < 2)
+      return "'" + escape_name(e.initializer) + "' is not a float initializer";
+    const Tensor& t = *v->data;
+    const size_t row = t.bytes.size() / static_cast<size_t>(t.shape[0]);
+    for (int64_t i = 1; i < t.shape[0]; ++i)
+      if (std::memcmp(t.bytes.data(), t.bytes.data() + i * row, row) != 0)
+        return "'" + escape_name(e.initializer) + "' (in place of the parameter '" + escape_name(e.name) +
+               "') differs along its first dimension, so it is not that parameter expanded";
+    if (!fresh_name(e.name)) return "'" + escape_name(e.name) + "' is already in the graph";
   }
   for (const auto& bias : r.biases) {
     Node* conv = nullptr;
@@ -462,7 +564,8 @@ std::string check_restorable(const Graph& graph, const ExporterRewrites& r) {
 
 void restore_exporter_rewrites(Graph& graph, const ExporterRewrites& r) {
   keep_exporter_rewrites(graph, r);
-  if (r.norms.empty() && r.biases.empty() && r.unmerged.empty() && r.unrecorded.empty()) return;
+  if (r.norms.empty() && r.biases.empty() && r.unmerged.empty() && r.expanded.empty() && r.unrecorded.empty())
+    return;
   if (std::string why = check_restorable(graph, r); !why.empty()) {
     graph.unrestored_reason = why;
     return;
@@ -484,6 +587,8 @@ void restore_exporter_rewrites(Graph& graph, const ExporterRewrites& r) {
     }
     if (conv->input(2)) graph.set_input(conv, 2, nullptr);
     conv->inputs.resize(2);
+    if (!norm.conv_bias.empty())
+      graph.set_input(conv, 2, graph.add_initializer(norm.conv_bias, filled(dtype, k, 0.0), Role::Parameter));
     Value* scale = graph.add_initializer(norm.module + ".weight", filled(dtype, k, 1.0), Role::Parameter);
     Value* shift = graph.add_initializer(norm.module + ".bias", filled(dtype, k, 0.0), Role::Parameter);
     Value* mean = graph.add_initializer(norm.module + ".running_mean", filled(dtype, k, 0.0), Role::State);
@@ -511,6 +616,26 @@ void restore_exporter_rewrites(Graph& graph, const ExporterRewrites& r) {
     Value* b = graph.add_initializer(bias.name, filled(weight.dtype, outputs, 0.0), Role::Parameter);
     graph.set_input(conv, 2, b);
   }
+  for (const auto& e : r.expanded) {
+    // The parameter is the first row; an Expand node gives every reader the rows again.
+    Value* folded = graph.value(e.initializer);
+    const Tensor& t = *folded->data;
+    Shape row_shape = t.shape;
+    row_shape[0] = 1;
+    Tensor row(t.dtype, row_shape);
+    std::memcpy(row.bytes.data(), t.bytes.data(), row.bytes.size());
+    Value* parameter = graph.add_initializer(e.name, std::move(row), Role::Parameter);
+    Value* shape = graph.add_initializer(graph.unique_name(e.name + "_expand_shape"),
+                                         Tensor::from_int64(t.shape, {static_cast<int64_t>(t.shape.size())}),
+                                         Role::Constant);
+    Value* expanded = graph.add_value(graph.unique_name(e.initializer + "_from_" + e.name));
+    graph.replace_uses(folded, expanded);
+    graph.add_node("Expand", {parameter, shape}, {expanded}, e.name + "_expand");
+  }
+  size_t conv_biases = 0;
+  std::string conv_bias_example;
+  for (const auto& norm : r.norms)
+    if (!norm.conv_bias.empty() && conv_biases++ == 0) conv_bias_example = norm.conv_bias;
   std::string what;
   if (!r.norms.empty())
     what = std::to_string(r.norms.size()) + " batch norm" + (r.norms.size() == 1 ? "" : "s") +
@@ -519,6 +644,13 @@ void restore_exporter_rewrites(Graph& graph, const ExporterRewrites& r) {
   if (!r.biases.empty())
     what += (what.empty() ? "" : " and ") + std::to_string(r.biases.size()) + " zero bias" +
             (r.biases.size() == 1 ? "" : "es") + " the optimizer dropped (e.g. '" + escape_name(r.biases[0].name) + "')";
+  if (conv_biases > 0)
+    what += (what.empty() ? "" : " and ") + std::to_string(conv_biases) + " zero Conv bias" +
+            (conv_biases == 1 ? "" : "es") + " the optimizer dropped before the fold (e.g. '" +
+            escape_name(conv_bias_example) + "', in the exported program's signature)";
+  if (!r.expanded.empty())
+    what += (what.empty() ? "" : " and ") + std::string("the parameter '") + escape_name(r.expanded[0].name) +
+            "' the optimizer expanded into '" + escape_name(r.expanded[0].initializer) + "'";
   if (!copies.empty())
     what += (what.empty() ? "" : " and ") + std::to_string(copies.size()) + " parameter" +
             (copies.size() == 1 ? "" : "s") + " or statistic" + (copies.size() == 1 ? "" : "s") +
@@ -527,6 +659,15 @@ void restore_exporter_rewrites(Graph& graph, const ExporterRewrites& r) {
   graph.folded_batchnorm.clear();
   graph.removed_biases.clear();
   graph.merged_parameters.clear();
+  std::set<std::string> restored;
+  for (const auto& norm : r.norms) {
+    for (const char* p : {".weight", ".bias", ".running_mean", ".running_var"}) restored.insert(norm.module + p);
+    if (!norm.conv_bias.empty()) restored.insert(norm.conv_bias);
+  }
+  for (const auto& bias : r.biases) restored.insert(bias.name);
+  for (const auto& [name, copy] : copies) restored.insert(name);
+  for (const auto& e : r.expanded) restored.insert(e.name);
+  note_derived_parameters(graph, r, restored);  // what is left once the parameters are back
 }
 
 }  // namespace oxtrain::graph

@@ -35,10 +35,14 @@ struct ExporterRewrites {
 
   // A batch norm folded into the Conv that is node `node` of the file, as its metadata
   // records it: the module ("layer1.0.bn1"), PyTorch's momentum and epsilon.
+  // `conv_bias`: the Conv's own bias, which RemoveOptionalBiasFromConv dropped before the fold
+  // (zero, as the zero folded bias shows), named by the exported program's signature; "" when
+  // the Conv had none.
   struct FoldedNorm {
     int node = -1;
     std::string module;
     double momentum = 0.1, epsilon = 1e-5;
+    std::string conv_bias;
   };
   // A zero bias dropped from the Conv or Gemm that is node `node`: the parameter's name.
   struct DroppedBias {
@@ -51,9 +55,19 @@ struct ExporterRewrites {
     int node = -1, input = -1;
     std::string name;
   };
+  // A parameter expanded along its first dimension and folded into the float initializer
+  // `initializer` (ViT's class token, expanded to the export's batch): PyTorch's name for it.
+  struct ExpandedParameter {
+    std::string initializer, name;
+  };
   std::vector<FoldedNorm> norms;
   std::vector<DroppedBias> biases;
   std::vector<MergedRead> unmerged;
+  std::vector<ExpandedParameter> expanded;
+  // Parameters the exported program's signature (graph metadata
+  // pkg.torch.export.ExportedProgram.graph_signature) lists that the file holds in no form: no
+  // initializer of that name, no FX node reading it, and no record above to put it back from.
+  std::vector<std::string> unaccounted;
   // Why the folded batch norms or dropped biases cannot all be put back from the metadata
   // ("" when they can, or when there is nothing to put back).
   std::string unrecorded;

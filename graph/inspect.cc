@@ -158,7 +158,8 @@ std::string summary_json(const Graph& g, const InspectOptions& options) {
   // What the exporter rewrote for inference: put back, or found and left (graph/exporter_rewrites.h).
   const json rewrites{{"restored", g.restored_rewrites},         {"folded_batchnorm", g.folded_batchnorm},
                       {"removed_biases", g.removed_biases},      {"merged_parameters", g.merged_parameters},
-                      {"derived_parameters", g.derived_parameters}, {"unrestored_reason", g.unrestored_reason}};
+                      {"derived_parameters", g.derived_parameters}, {"missing_parameters", g.missing_parameters},
+                      {"unrestored_reason", g.unrestored_reason}};
   for (const auto& [key, value] : rewrites.items())
     if (!value.get<std::string>().empty()) {
       j["exporter_rewrites"] = rewrites;

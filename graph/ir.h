@@ -158,6 +158,10 @@ class Graph {
   // transposed weight, a class token expanded to the batch) sit in trainable slots: they train
   // as parameters of their own. What was found; empty otherwise.
   std::string derived_parameters;
+  // Set at import when the exported program's signature lists parameters the file holds in no
+  // form (the optimizer folded them into constants oxtrain cannot trace back): which. Empty
+  // otherwise.
+  std::string missing_parameters;
   // Set at import when the evidence above is there but the file does not record the rewrites
   // exactly enough to undo them (graph/exporter_rewrites.h): why. Empty otherwise.
   std::string unrestored_reason;

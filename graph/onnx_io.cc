@@ -319,6 +319,7 @@ void check_opset(const Graph& g) {
     throw Error("the model uses opset " + std::to_string(v) + " of ai.onnx; oxtrain supports " +
                 std::to_string(kMinOpset) + " to " + std::to_string(kMaxOpset) +
                 " (convert it with onnx.version_converter)");
+  check_op_versions(g);
 }
 
 // Nodes oxtrain cannot handle, gathered over the whole graph so that one message names every
@@ -644,7 +645,8 @@ std::string folded_batchnorm_warning(const Graph& graph, const std::string& sour
   const std::string unrestored =
       graph.unrestored_reason.empty() ? "" : " oxtrain cannot put it back: " + graph.unrestored_reason + ".";
   std::string others;
-  for (const std::string* part : {&graph.removed_biases, &graph.merged_parameters, &graph.derived_parameters})
+  for (const std::string* part :
+       {&graph.removed_biases, &graph.merged_parameters, &graph.derived_parameters, &graph.missing_parameters})
     if (!part->empty()) others += (others.empty() ? "" : "; ") + *part;
   if (!graph.folded_batchnorm.empty())
     return "'" + source + "': its exporter folded batch norm into the convolutions (" + graph.folded_batchnorm +
@@ -662,7 +664,7 @@ std::string folded_batchnorm_warning(const Graph& graph, const std::string& sour
 std::string restored_rewrites_note(const Graph& graph, const std::string& source) {
   if (graph.restored_rewrites.empty()) return "";
   return "'" + source + "': its exporter rewrote the model for inference; oxtrain put back " +
-         graph.restored_rewrites + " as the node metadata records them" +
+         graph.restored_rewrites + " as the export's metadata records them" +
          (graph.derived_parameters.empty() ? ", so it trains the model as defined" : "") +
          " (--as-exported trains the file as written)";
 }

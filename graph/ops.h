@@ -9,11 +9,9 @@
 #include <vector>
 
 #include "graph/ir.h"
+#include "graph/opset.h"
 
 namespace oxtrain::graph {
-
-constexpr int64_t kMinOpset = 7;
-constexpr int64_t kMaxOpset = 21;
 
 inline constexpr const char* kTrainingDomain = "ai.onnx.preview.training";
 inline constexpr const char* kOxtrainDomain = "oxtrain";

@@ -23,6 +23,16 @@ for inference (graph/exporter_rewrites.h).
                       SqueezeNet's and ConvNeXt's initialisation leaves them): the optimizer
                       drops them (RemoveOptionalBiasFromConv), parameters the model loses.
 
+  dynamo_conv_bias_folded.onnx  conv-with-bias-BN-ReLU twice (VGG's layers), the conv biases zero
+                      as VGG initialises them: the optimizer drops each conv's bias before folding
+                      the BN in, and only the exported program's signature (graph metadata) still
+                      lists it. dynamo_conv_bias_noopt.onnx is its optimize=False twin.
+  dynamo_class_token.onnx  a tiny ViT: a class token expanded to the batch and concatenated to the
+                      patch tokens, which the optimizer folds into a constant of the export's
+                      batch. dynamo_class_token_noopt.onnx is its optimize=False twin.
+  dynamo_two_tokens.onnx  the tiny ViT with a class and a distillation token (DeiT's): two
+                      parameters folded into two constants, which the file cannot tell apart.
+
 Needs torch, onnx and onnxscript; the suite only reads the files.
 """
 import os
@@ -62,6 +72,40 @@ class Rewritten(nn.Module):
         y = torch.relu(self.conv(x)).mean(dim=(2, 3))
         y = self.ln2(torch.relu(self.ln1(y)) / 0.75)
         return self.fc(y) * self.temperature
+
+
+def vgg_layers():
+    layers = []
+    for cin, cout in [(3, 4), (4, 8)]:
+        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.bias.zero_()
+    return model
+
+
+class TinyViT(nn.Module):
+    """4x4 patches of an 8x8 image as 4 tokens of width 6, with one or two learned tokens."""
+
+    def __init__(self, tokens=1):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 6, 4, stride=4)
+        self.class_token = nn.Parameter(torch.randn(1, 1, 6))
+        self.dist_token = nn.Parameter(torch.randn(1, 1, 6)) if tokens == 2 else None
+        self.pos = nn.Parameter(torch.randn(1, 4 + tokens, 6) * 0.1)
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        n = x.shape[0]
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        learned = [self.class_token.expand(n, -1, -1)]
+        if self.dist_token is not None:
+            learned.append(self.dist_token.expand(n, -1, -1))
+        t = torch.cat(learned + [t], dim=1) + self.pos
+        return self.head(self.norm(t)[:, 0])
 
 
 def export(model, name, optimize=True, keys=KEEP):
@@ -113,3 +157,13 @@ if __name__ == "__main__":
             if isinstance(m, nn.Conv2d):
                 m.bias.zero_()
     export(zero, "dynamo_zero_bias.onnx")
+    torch.manual_seed(1)
+    export(vgg_layers(), "dynamo_conv_bias_folded.onnx")
+    torch.manual_seed(1)
+    export(vgg_layers(), "dynamo_conv_bias_noopt.onnx", optimize=False)
+    torch.manual_seed(1)
+    export(TinyViT(), "dynamo_class_token.onnx")
+    torch.manual_seed(1)
+    export(TinyViT(), "dynamo_class_token_noopt.onnx", optimize=False)
+    torch.manual_seed(1)
+    export(TinyViT(2), "dynamo_two_tokens.onnx")

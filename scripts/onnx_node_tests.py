@@ -10,10 +10,11 @@ does), with numpy's random generator seeded so that a re-run writes the same fil
 
 The oxtrain binary says which ops it supports and which opsets it reads (`oxtrain run
 --supported-ops --json`). Every case whose nodes are all supported ops is copied (cases over
---max-bytes are skipped and recorded); a case published at a newer opset than oxtrain reads (most
-are: each case uses its op's newest version, often new only in the types it allows) is copied with
-its model converted to oxtrain's newest opset by onnx.version_converter where it can be, its data
-as published (the manifest says so);
+--max-bytes are skipped and recorded). A case is copied as published when oxtrain reads its opset
+and implements each op's version there (most are: each case uses its op's newest version, often new
+only in the types it allows); otherwise its model is converted by onnx.version_converter, where it
+can be, to the newest opset at which oxtrain implements every op, its data as published (the
+manifest says so);
 manifest.json lists, for every supported op, every published case that uses it and whether it
 was committed or why not. Re-running after more ops become supported refreshes the fixtures:
 case folders no longer selected are removed.
@@ -46,11 +47,34 @@ def op_key(domain: str, op_type: str) -> str:
     return op_type if not domain else domain + "." + op_type
 
 
-def supported_ops(binary: str) -> tuple[dict[str, dict], list[int]]:
-    """The ops the binary imports, and the range of ai.onnx opsets it reads."""
+def supported_ops(binary: str) -> tuple[dict[str, dict], list[int], list[int]]:
+    """The ops the binary imports (with the versions of each ai.onnx op it implements), the range
+    of ai.onnx opsets it reads, and the range at which it implements every op."""
     out = subprocess.run([binary, "run", "--supported-ops", "--json"], check=True, capture_output=True, text=True)
     j = json.loads(out.stdout)
-    return {op_key(o["domain"], o["op_type"]): o for o in j["ops"]}, j["opsets"]["ai.onnx"]
+    return ({op_key(o["domain"], o["op_type"]): o for o in j["ops"]}, j["opsets"]["ai.onnx"],
+            j["opsets"]["ai.onnx_every_op"])
+
+
+def unimplemented_versions(model, supported: dict[str, dict]) -> list[str]:
+    """"Op-version" for each ai.onnx op of the model whose version at the model's opset oxtrain
+    does not implement (onnx.defs resolves the version)."""
+    import onnx.defs
+
+    opset = default_opset(model)
+    out = set()
+    for op in graph_ops(model.graph):
+        info = supported.get(op)
+        if info is None or "versions" not in info:
+            continue
+        try:
+            version = onnx.defs.get_schema(op, opset).since_version
+        except onnx.defs.SchemaError:
+            out.add(f"{op} (none at opset {opset})")
+            continue
+        if version not in info["versions"]:
+            out.add(f"{op}-{version}")
+    return sorted(out)
 
 
 def default_opset(model) -> int:
@@ -145,7 +169,8 @@ def main() -> int:
 
     import onnx
 
-    supported, (min_opset, max_opset) = supported_ops(args.oxtrain)
+    supported, (min_opset, max_opset), every_op_range = supported_ops(args.oxtrain)
+    every_op_opset = every_op_range[1]
     tmp = None
     source = args.node_data or os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "node")
     if os.path.isdir(source):
@@ -179,16 +204,22 @@ def main() -> int:
             else:
                 status = "committed"
             cases[name] = {"ops": sorted(ops), "all_ops_supported": not missing, "bytes": size, "status": status}
-            # A case published at an opset newer than oxtrain reads is committed converted to the newest it
-            # reads, where onnx's version converter can (new types only, mostly); its data stay as published.
+            # A case whose opset oxtrain does not read, or at which an op means a version oxtrain does not
+            # implement, is committed converted to the newest opset at which oxtrain implements every op,
+            # where onnx's version converter can; its data stay as published. Others are committed as
+            # published.
             opset = default_opset(model)
-            if status == "committed" and opset > max_opset:
+            unimplemented = unimplemented_versions(model, supported)
+            if status == "committed" and (opset > max_opset or opset < min_opset or unimplemented):
                 cases[name]["opset"] = opset
-                converted, why = convert_model(model, max_opset)
+                why_convert = ", ".join(unimplemented) if unimplemented else f"opset {opset} not read"
+                converted, why = convert_model(model, every_op_opset)
                 if converted is None:
-                    cases[name]["conversion"] = f"opset {opset} kept: onnx.version_converter cannot make it {max_opset}: {why}"
+                    cases[name]["conversion"] = (f"opset {opset} kept ({why_convert}): onnx.version_converter cannot "
+                                                 f"make it {every_op_opset}: {why}")
                 else:
-                    cases[name]["conversion"] = f"opset {opset} converted to {max_opset} by onnx.version_converter"
+                    cases[name]["conversion"] = (f"opset {opset} ({why_convert}) converted to {every_op_opset} by "
+                                                 "onnx.version_converter")
                     converted_models[name] = converted
 
         os.makedirs(args.out, exist_ok=True)
@@ -214,6 +245,7 @@ def main() -> int:
             "source": source_text,
             "max_case_bytes": args.max_bytes,
             "oxtrain_opsets": [min_opset, max_opset],
+            "oxtrain_every_op_opsets": every_op_range,
             "supported_ops": {op: {k: supported[op][k] for k in ("cpu", "cuda", "fold_only")} for op in sorted(supported)},
             "ops": by_op,
             "cases": cases,

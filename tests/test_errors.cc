@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "graph/onnx_io.h"
+#include "graph/opset.h"
 #include "tests/helpers.h"
 
 using namespace oxtrain;
@@ -98,9 +99,48 @@ TEST(ImportErrors, UnsupportedOpsAreListedAtOnce) {
 }
 
 TEST(ImportErrors, OpsetOutsideTheSupportedRange) {
-  for (int64_t opset : {6, 22}) {
-    ModelBuilder b = test::small_convnet(opset);
-    expect_import_error(save(b), {"opset " + std::to_string(opset), "supports 7 to 21"});
+  ModelBuilder b = test::small_convnet(graph::kMaxOpset + 1);
+  expect_import_error(save(b), {"opset " + std::to_string(graph::kMaxOpset + 1), "supports 1 to 28"});
+}
+
+TEST(ImportErrors, OpVersionsNotImplementedAreNamed) {
+  // At opset 6 Gemm means Gemm-6 (with its `broadcast` attribute), which opsets 7 to 21 never
+  // use; Conv-1, Relu-6, GlobalAveragePool-1 and Flatten-1 are what opset 7 means too.
+  ModelBuilder b = test::small_convnet(6);
+  expect_import_error(save(b), {"imports opset 6", "Gemm ('fc'): it means Gemm-6, oxtrain implements versions 7, 9, 11, 13",
+                                "convert_version(model, 21)"});
+  // Only Gemm is named: Conv and Relu mean at opset 6 what they mean at opset 7.
+  try {
+    import_onnx(save(b));
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find("Relu ("), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("Conv ("), std::string::npos) << e.what();
+  }
+}
+
+TEST(OpVersions, ResolveAsOnnxDefinesThem) {
+  EXPECT_EQ(graph::onnx_op_version("BatchNormalization", 8), 7);
+  EXPECT_EQ(graph::onnx_op_version("BatchNormalization", 6), 6);
+  EXPECT_EQ(graph::onnx_op_version("Relu", 7), 6);
+  EXPECT_EQ(graph::onnx_op_version("Gelu", 19), 0);  // from opset 20
+  EXPECT_EQ(graph::onnx_op_version("Gelu", 28), 20);
+  EXPECT_EQ(graph::onnx_op_version("NoSuchOp", 21), 0);
+  EXPECT_EQ(graph::implemented_op_versions("Mod"), (std::vector<int64_t>{10, 13, 28}));
+  EXPECT_EQ(graph::implemented_op_versions("Not"), (std::vector<int64_t>{1}));
+  EXPECT_EQ(graph::implemented_op_versions("Conv"), (std::vector<int64_t>{1, 11, 22}));
+  EXPECT_EQ(graph::implemented_op_versions("BatchNormalization"), (std::vector<int64_t>{7, 9, 14, 15}));
+  EXPECT_TRUE(graph::implemented_op_versions("LRN").empty());  // no schema in oxtrain
+}
+
+TEST(OpVersions, NewerOpsetsImportWhereEveryVersionIsImplemented) {
+  // Conv-22, GlobalAveragePool-22 (bfloat16 added), Flatten-25 and Gemm-13 at opset 28; the
+  // same graph as at opset 21.
+  Graph g21 = import_onnx(save(test::small_convnet(21)));
+  for (int64_t opset : {22, 25, 28}) {
+    Graph g = import_onnx(save(test::small_convnet(opset)));
+    ASSERT_EQ(g.nodes().size(), g21.nodes().size()) << opset;
+    for (size_t i = 0; i < g.nodes().size(); ++i) EXPECT_EQ(g.nodes()[i]->op_type, g21.nodes()[i]->op_type);
+    EXPECT_EQ(g.value("y")->shape, g21.value("y")->shape);
   }
 }
 

@@ -178,6 +178,61 @@ TEST(FoldedBatchNorm, MergedParametersDroppedBiasAndLiftedLiteral) {
             persistent(graph::import_onnx(fixture("folded_bn/dynamo_rewritten_noopt.onnx"))).size());
 }
 
+TEST(FoldedBatchNorm, ConvBiasesDroppedBeforeTheFoldComeBackFromTheSignature) {
+  // VGG's layers: a Conv with a zero bias of its own before each batch norm. The optimizer
+  // drops that bias before folding; only the exported program's signature still lists it.
+  graph::Graph restored = graph::import_onnx(fixture("folded_bn/dynamo_conv_bias_folded.onnx"));
+  graph::Graph noopt = graph::import_onnx(fixture("folded_bn/dynamo_conv_bias_noopt.onnx"));
+  EXPECT_EQ(restored.restored_rewrites,
+            "2 batch norms folded into the Convs (e.g. '1'; scale 1, bias 0, mean 0, variance 1, as the zero "
+            "folded biases show a freshly initialised model has) and 2 zero Conv biases the optimizer dropped "
+            "before the fold (e.g. '0.bias', in the exported program's signature)");
+  EXPECT_EQ(restored.missing_parameters, "");
+  EXPECT_EQ(persistent_difference(restored, noopt, 1), "");
+  EXPECT_EQ(restored.value("3.bias")->shape, (graph::Shape{8}));
+  test::TrainingRun a = three_steps(std::move(restored)), b = three_steps(std::move(noopt));
+  EXPECT_LT(largest_state_difference(a, b), 1e-5);
+  // As written: neither the Conv biases nor the batch norms' scales, biases and statistics.
+  EXPECT_EQ(persistent(as_exported("folded_bn/dynamo_conv_bias_folded.onnx")).size() + 2 + 8,
+            persistent(graph::import_onnx(fixture("folded_bn/dynamo_conv_bias_noopt.onnx"))).size());
+}
+
+TEST(FoldedBatchNorm, ExpandedClassTokenIsAParameterAgain) {
+  // ViT's class token, expanded to the batch: the optimizer folds the expansion into a
+  // constant of the export's batch, which would train its rows apart.
+  graph::Graph restored = graph::import_onnx(fixture("folded_bn/dynamo_class_token.onnx"));
+  graph::Graph noopt = graph::import_onnx(fixture("folded_bn/dynamo_class_token_noopt.onnx"));
+  EXPECT_EQ(restored.restored_rewrites, "the parameter 'class_token' the optimizer expanded into 'expand'");
+  EXPECT_EQ(restored.derived_parameters, "");
+  EXPECT_EQ(restored.missing_parameters, "");
+  EXPECT_EQ(persistent_difference(restored, noopt, 0), "");
+  const graph::Value* token = restored.value("class_token");
+  EXPECT_EQ(token->shape, (graph::Shape{1, 1, 6}));
+  EXPECT_EQ(token->role, graph::Role::Parameter);
+  ASSERT_EQ(token->consumers.size(), 1u);
+  EXPECT_EQ(token->consumers[0]->op_type, "Expand");
+  EXPECT_EQ(restored.find_value("expand"), nullptr);
+  test::TrainingRun a = three_steps(std::move(restored)), b = three_steps(std::move(noopt));
+  EXPECT_LT(largest_state_difference(a, b), 1e-6);
+
+  // As written, the expanded rows are a parameter of their own.
+  graph::Graph written = as_exported("folded_bn/dynamo_class_token.onnx");
+  EXPECT_EQ(written.derived_parameters,
+            "1 tensor the optimizer computed from parameters (e.g. 'expand') trains as a parameter of its own");
+}
+
+TEST(FoldedBatchNorm, TwoExpandedTokensCannotBeToldApart) {
+  // DeiT's class and distillation tokens: two parameters missing, two expanded constants.
+  graph::Graph g = graph::import_onnx(fixture("folded_bn/dynamo_two_tokens.onnx"));
+  EXPECT_EQ(g.restored_rewrites, "");
+  EXPECT_EQ(g.missing_parameters,
+            "2 parameters of the exported program's signature the file holds in no form ('class_token', "
+            "'dist_token')");
+  std::string warning = graph::folded_batchnorm_warning(g, "m.onnx");
+  EXPECT_NE(warning.find(g.missing_parameters), std::string::npos) << warning;
+  EXPECT_NE(warning.find("optimize=False"), std::string::npos) << warning;
+}
+
 TEST(FoldedBatchNorm, DynamoBiasNamedAfterTheWeight) {
   // Metadata stripped: the folded bias is still named "<weight>_bias".
   graph::Graph g = graph::import_onnx(fixture("dynamo_op18_eval.onnx"));
@@ -207,7 +262,7 @@ TEST(FoldedBatchNorm, ZeroBiasesDroppedByTheOptimizer) {
   }
   EXPECT_EQ(graph::restored_rewrites_note(g, "m.onnx"),
             "'m.onnx': its exporter rewrote the model for inference; oxtrain put back " + g.restored_rewrites +
-                " as the node metadata records them, so it trains the model as defined (--as-exported trains the "
+                " as the export's metadata records them, so it trains the model as defined (--as-exported trains the "
                 "file as written)");
 
   // As written (--as-exported): the evidence and the warning.

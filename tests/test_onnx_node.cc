@@ -45,8 +45,6 @@ struct Exclusion {
 // Why published cases do not pass (one line each).
 constexpr const char* kNoDtype =
     "an ONNX tensor type oxtrain has no dtype for (uint16/32/64, int16, float8, 4- or 2-bit)";
-constexpr const char* kOpsetTooNew =
-    "published at opset 25 for a type opset 21 lacks: onnx.version_converter cannot lower it";
 constexpr const char* kNonTensor =
     "a sequence- or optional-typed input: oxtrain has tensors only";
 constexpr const char* kPool2dOnly =
@@ -63,8 +61,6 @@ constexpr const char* kBoolReduce =
     "bool data: ReduceMax and ReduceMin reduce float tensors only";
 constexpr const char* kFloat16 =
     "float16 tensors: oxtrain's CPU kernels compute in float32 and float64";
-constexpr const char* kOpsetUnconverted =
-    "published at an opset oxtrain does not read (1, or 28), and onnx.version_converter could not convert it";
 constexpr const char* kRandomDraw =
     "a random draw: the expected output is numpy's generator's, not reproducible by another generator";
 constexpr const char* kDropoutMask =
@@ -90,14 +86,14 @@ const Exclusion kExcluded[] = {
     {"test_bernoulli_double_expanded", kRandomDraw},
     {"test_bernoulli_expanded", kRandomDraw},
     {"test_bernoulli_seed_expanded", kRandomDraw},
-    {"test_cast_FLOAT16_to_FLOAT4E2M1", kOpsetTooNew},
+    {"test_cast_FLOAT16_to_FLOAT4E2M1", kNoDtype},
     {"test_cast_FLOAT16_to_FLOAT8E4M3FN", kNoDtype},
     {"test_cast_FLOAT16_to_FLOAT8E4M3FNUZ", kNoDtype},
     {"test_cast_FLOAT16_to_FLOAT8E5M2", kNoDtype},
     {"test_cast_FLOAT16_to_FLOAT8E5M2FNUZ", kNoDtype},
-    {"test_cast_FLOAT16_to_INT2", kOpsetTooNew},
+    {"test_cast_FLOAT16_to_INT2", kNoDtype},
     {"test_cast_FLOAT16_to_INT4", kNoDtype},
-    {"test_cast_FLOAT16_to_UINT2", kOpsetTooNew},
+    {"test_cast_FLOAT16_to_UINT2", kNoDtype},
     {"test_cast_FLOAT16_to_UINT4", kNoDtype},
     {"test_cast_FLOAT4E2M1_to_FLOAT", kNoDtype},
     {"test_cast_FLOAT4E2M1_to_FLOAT16", kNoDtype},
@@ -109,14 +105,14 @@ const Exclusion kExcluded[] = {
     {"test_cast_FLOAT8E5M2FNUZ_to_FLOAT16", kNoDtype},
     {"test_cast_FLOAT8E5M2_to_FLOAT", kNoDtype},
     {"test_cast_FLOAT8E5M2_to_FLOAT16", kNoDtype},
-    {"test_cast_FLOAT_to_FLOAT4E2M1", kOpsetTooNew},
+    {"test_cast_FLOAT_to_FLOAT4E2M1", kNoDtype},
     {"test_cast_FLOAT_to_FLOAT8E4M3FN", kNoDtype},
     {"test_cast_FLOAT_to_FLOAT8E4M3FNUZ", kNoDtype},
     {"test_cast_FLOAT_to_FLOAT8E5M2", kNoDtype},
     {"test_cast_FLOAT_to_FLOAT8E5M2FNUZ", kNoDtype},
-    {"test_cast_FLOAT_to_INT2", kOpsetTooNew},
+    {"test_cast_FLOAT_to_INT2", kNoDtype},
     {"test_cast_FLOAT_to_INT4", kNoDtype},
-    {"test_cast_FLOAT_to_UINT2", kOpsetTooNew},
+    {"test_cast_FLOAT_to_UINT2", kNoDtype},
     {"test_cast_FLOAT_to_UINT4", kNoDtype},
     {"test_cast_INT2_to_FLOAT", kNoDtype},
     {"test_cast_INT2_to_FLOAT16", kNoDtype},
@@ -130,10 +126,10 @@ const Exclusion kExcluded[] = {
     {"test_cast_UINT4_to_FLOAT", kNoDtype},
     {"test_cast_UINT4_to_FLOAT16", kNoDtype},
     {"test_cast_UINT4_to_UINT8", kNoDtype},
-    {"test_cast_e8m0_FLOAT16_to_FLOAT8E8M0", kOpsetTooNew},
+    {"test_cast_e8m0_FLOAT16_to_FLOAT8E8M0", kNoDtype},
     {"test_cast_e8m0_FLOAT8E8M0_to_FLOAT", kNoDtype},
     {"test_cast_e8m0_FLOAT8E8M0_to_FLOAT16", kNoDtype},
-    {"test_cast_e8m0_FLOAT_to_FLOAT8E8M0", kOpsetTooNew},
+    {"test_cast_e8m0_FLOAT_to_FLOAT8E8M0", kNoDtype},
     {"test_cast_no_saturate_FLOAT16_to_FLOAT8E4M3FN", kNoDtype},
     {"test_cast_no_saturate_FLOAT16_to_FLOAT8E4M3FNUZ", kNoDtype},
     {"test_cast_no_saturate_FLOAT16_to_FLOAT8E5M2", kNoDtype},
@@ -290,12 +286,6 @@ const Exclusion kExcluded[] = {
     {"test_min_uint16", kNoDtype},
     {"test_min_uint32", kNoDtype},
     {"test_min_uint64", kNoDtype},
-    {"test_mod_float16_mixed_sign_fmod_0", kOpsetUnconverted},
-    {"test_mod_float32_mixed_sign_fmod_0", kOpsetUnconverted},
-    {"test_mod_float64_mixed_sign_fmod_0", kOpsetUnconverted},
-    {"test_mod_float_edge_cases_fmod_0_float16", kOpsetUnconverted},
-    {"test_mod_float_edge_cases_fmod_0_float32", kOpsetUnconverted},
-    {"test_mod_float_edge_cases_fmod_0_float64", kOpsetUnconverted},
     {"test_mod_mixed_sign_int16", kNoDtype},
     {"test_mod_uint16", kNoDtype},
     {"test_mod_uint32", kNoDtype},
@@ -304,9 +294,6 @@ const Exclusion kExcluded[] = {
     {"test_mul_uint16", kNoDtype},
     {"test_mul_uint32", kNoDtype},
     {"test_mul_uint64", kNoDtype},
-    {"test_not_2d", kOpsetUnconverted},
-    {"test_not_3d", kOpsetUnconverted},
-    {"test_not_4d", kOpsetUnconverted},
     {"test_pow_types_float32_uint32", kNoDtype},
     {"test_pow_types_float32_uint64", kNoDtype},
     {"test_reduce_max_bool_inputs", kBoolReduce},
@@ -576,13 +563,17 @@ TEST(OnnxNodeCli, SupportedOpsListsKernels) {
   auto r = test::run_oxtrain("run --supported-ops --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
-  EXPECT_EQ(j.at("opsets").at("ai.onnx"), nlohmann::json::parse("[7, 21]"));
+  EXPECT_EQ(j.at("opsets").at("ai.onnx"), nlohmann::json::parse("[1, 28]"));
+  EXPECT_EQ(j.at("opsets").at("ai.onnx_every_op"), nlohmann::json::parse("[7, 21]"));
   const auto& ops = j.at("ops");
   std::map<std::string, nlohmann::json> by_name;
   for (const auto& o : ops) by_name[o.at("op_type").get<std::string>()] = o;
   ASSERT_TRUE(by_name.count("Relu"));
   EXPECT_TRUE(by_name["Relu"].at("cpu").get<bool>());
   EXPECT_FALSE(by_name["Relu"].at("fold_only").get<bool>());
+  // The versions of each ai.onnx op that import accepts.
+  EXPECT_EQ(by_name["Relu"].at("versions"), nlohmann::json::parse("[6, 13, 14]"));
+  EXPECT_EQ(by_name["Mod"].at("versions"), nlohmann::json::parse("[10, 13, 28]"));
   ASSERT_TRUE(by_name.count("Momentum"));
   EXPECT_EQ(by_name["Momentum"].at("domain"), "ai.onnx.preview.training");
   // The list is the registry's, each op with its kernels.

@@ -223,12 +223,14 @@ OXTRAIN_HD T pow_grad_exponent(T dy, T a, T b) {
 }
 
 // Mod of floats: fmod = 1 is C's fmod (the dividend's sign); fmod = 0 takes the divisor's
-// sign, as Python's % and torch.remainder.
+// sign, as Python's %, numpy's mod and torch.remainder, a zero remainder included (-4 mod 2
+// is +0, 4 mod -2 is -0).
 template <typename T>
 OXTRAIN_HD T mod_float(T a, T b, bool fmod) {
   const T r = m_fmod(a, b);
   if (fmod) return r;
-  return (r != T(0) && ((r < T(0)) != (b < T(0)))) ? r + b : r;
+  if (r == T(0)) return b < T(0) ? -T(0) : T(0);
+  return ((r < T(0)) != (b < T(0))) ? r + b : r;
 }
 // Mod of integers; division by zero gives 0 rather than a trap.
 template <typename T>
