@@ -24,12 +24,16 @@ size_t dtype_size(DType dtype) {
   switch (dtype) {
     case DType::f64:
     case DType::i64:
+    case DType::u64:
       return 8;
     case DType::f32:
     case DType::i32:
+    case DType::u32:
       return 4;
     case DType::f16:
     case DType::bf16:
+    case DType::i16:
+    case DType::u16:
       return 2;
     case DType::i8:
     case DType::u8:
@@ -51,6 +55,10 @@ const char* dtype_name(DType dtype) {
     case DType::i32: return "int32";
     case DType::i8: return "int8";
     case DType::u8: return "uint8";
+    case DType::i16: return "int16";
+    case DType::u16: return "uint16";
+    case DType::u32: return "uint32";
+    case DType::u64: return "uint64";
     case DType::boolean: return "bool";
     case DType::undefined: return "undefined";
   }
@@ -67,11 +75,15 @@ DType dtype_from_onnx(int onnx_type) {
     case 1: return DType::f32;
     case 2: return DType::u8;
     case 3: return DType::i8;
+    case 4: return DType::u16;
+    case 5: return DType::i16;
     case 6: return DType::i32;
     case 7: return DType::i64;
     case 9: return DType::boolean;
     case 10: return DType::f16;
     case 11: return DType::f64;
+    case 12: return DType::u32;
+    case 13: return DType::u64;
     case 16: return DType::bf16;
     default: return DType::undefined;
   }
@@ -82,6 +94,10 @@ int dtype_to_onnx(DType dtype) {
     case DType::f32: return 1;
     case DType::u8: return 2;
     case DType::i8: return 3;
+    case DType::u16: return 4;
+    case DType::i16: return 5;
+    case DType::u32: return 12;
+    case DType::u64: return 13;
     case DType::i32: return 6;
     case DType::i64: return 7;
     case DType::boolean: return 9;
@@ -148,6 +164,14 @@ std::vector<int64_t> Tensor::to_int64() const {
       case DType::i64: out[i] = data<int64_t>()[i]; break;
       case DType::i32: out[i] = data<int32_t>()[i]; break;
       case DType::i8: out[i] = data<int8_t>()[i]; break;
+      case DType::i16: out[i] = data<int16_t>()[i]; break;
+      case DType::u16: out[i] = data<uint16_t>()[i]; break;
+      case DType::u32: out[i] = data<uint32_t>()[i]; break;
+      case DType::u64:
+        if (data<uint64_t>()[i] > static_cast<uint64_t>(INT64_MAX))
+          throw Error("the uint64 value " + std::to_string(data<uint64_t>()[i]) + " cannot be read as an int64");
+        out[i] = static_cast<int64_t>(data<uint64_t>()[i]);
+        break;
       case DType::u8:
       case DType::boolean: out[i] = data<uint8_t>()[i]; break;
       case DType::f32:

@@ -21,13 +21,13 @@
 
 namespace oxtrain::graph {
 
-enum class DType : uint8_t { undefined, f32, f64, f16, bf16, i64, i32, i8, u8, boolean };
+enum class DType : uint8_t { undefined, f32, f64, f16, bf16, i64, i32, i8, u8, boolean, i16, u16, u32, u64 };
 
 size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);
 bool is_float(DType dtype);
 // ONNX's TensorProto.DataType numbering (FLOAT = 1, INT64 = 7, ...); DType::undefined for the
-// types oxtrain does not handle (strings, complex, unsigned wider than 8 bits).
+// types oxtrain does not handle (strings, complex, float8, 4- and 2-bit types).
 DType dtype_from_onnx(int onnx_type);
 int dtype_to_onnx(DType dtype);
 

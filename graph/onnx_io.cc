@@ -131,6 +131,8 @@ int64_t typed_count(const onnx::TensorProto& t, DType dtype) {
     case DType::f32: return t.float_data_size();
     case DType::f64: return t.double_data_size();
     case DType::i64: return t.int64_data_size();
+    case DType::u32:
+    case DType::u64: return t.uint64_data_size();
     default: return t.int32_data_size();
   }
 }
@@ -178,6 +180,10 @@ Tensor tensor_from_proto(const onnx::TensorProto& t, const TensorSource& src, co
     case DType::i64: copy_typed<decltype(t.int64_data()), int64_t>(t.int64_data(), out); break;
     case DType::i32: copy_typed<decltype(t.int32_data()), int32_t>(t.int32_data(), out); break;
     case DType::i8: copy_typed<decltype(t.int32_data()), int8_t>(t.int32_data(), out); break;
+    case DType::i16: copy_typed<decltype(t.int32_data()), int16_t>(t.int32_data(), out); break;
+    case DType::u16: copy_typed<decltype(t.int32_data()), uint16_t>(t.int32_data(), out); break;
+    case DType::u32: copy_typed<decltype(t.uint64_data()), uint32_t>(t.uint64_data(), out); break;
+    case DType::u64: copy_typed<decltype(t.uint64_data()), uint64_t>(t.uint64_data(), out); break;
     case DType::u8:
     case DType::boolean: copy_typed<decltype(t.int32_data()), uint8_t>(t.int32_data(), out); break;
     case DType::f16:

@@ -585,6 +585,20 @@ void fold_concat(Node& n, const InferContext&) {
   }
 }
 
+// The values an integer type holds that folding (in int64) can write: uint64 up to 2^63 - 1.
+std::pair<int64_t, int64_t> integer_range(DType t) {
+  switch (t) {
+    case DType::i8: return {INT8_MIN, INT8_MAX};
+    case DType::u8: return {0, UINT8_MAX};
+    case DType::i16: return {INT16_MIN, INT16_MAX};
+    case DType::u16: return {0, UINT16_MAX};
+    case DType::i32: return {INT32_MIN, INT32_MAX};
+    case DType::u32: return {0, UINT32_MAX};
+    case DType::u64: return {0, INT64_MAX};
+    default: return {INT64_MIN, INT64_MAX};
+  }
+}
+
 void fold_cast(Node& n, const InferContext&) {
   const Tensor& x = in_data(n, 0);
   int64_t to_onnx = n.attr_int("to", 0);
@@ -601,6 +615,10 @@ void fold_cast(Node& n, const InferContext&) {
       case DType::i64: v = static_cast<double>(x.data<int64_t>()[i]); break;
       case DType::i32: v = x.data<int32_t>()[i]; break;
       case DType::i8: v = x.data<int8_t>()[i]; break;
+      case DType::i16: v = x.data<int16_t>()[i]; break;
+      case DType::u16: v = x.data<uint16_t>()[i]; break;
+      case DType::u32: v = x.data<uint32_t>()[i]; break;
+      case DType::u64: v = static_cast<double>(x.data<uint64_t>()[i]); break;
       case DType::u8:
       case DType::boolean: v = x.data<uint8_t>()[i]; break;
       default: throw Error(n.describe() + ": cannot fold a cast from " + dtype_name(x.dtype));
@@ -608,10 +626,13 @@ void fold_cast(Node& n, const InferContext&) {
     // To an integer type: a NaN, an infinity or a value out of the target's range has no
     // defined result (and a plain cast is undefined behaviour), so it is refused.
     std::optional<int64_t> as_int;
-    if (to == DType::i64 || to == DType::i32 || to == DType::i8 || to == DType::u8) {
-      as_int = x.dtype == DType::i64 ? x.data<int64_t>()[i] : double_to_int64(v);
-      int64_t lo = to == DType::i32 ? INT32_MIN : to == DType::i8 ? INT8_MIN : to == DType::u8 ? 0 : INT64_MIN;
-      int64_t hi = to == DType::i32 ? INT32_MAX : to == DType::i8 ? INT8_MAX : to == DType::u8 ? UINT8_MAX : INT64_MAX;
+    if (to != DType::boolean && !is_float(to)) {
+      // Integers exactly (beyond 2^53 too) from int64 and uint64 below 2^63.
+      if (x.dtype == DType::i64) as_int = x.data<int64_t>()[i];
+      else if (x.dtype == DType::u64 && x.data<uint64_t>()[i] <= static_cast<uint64_t>(INT64_MAX))
+        as_int = static_cast<int64_t>(x.data<uint64_t>()[i]);
+      else as_int = double_to_int64(v);
+      const auto [lo, hi] = integer_range(to);
       if (!as_int || *as_int < lo || *as_int > hi)
         throw Error(n.describe() + ": cannot fold the value " + number_text(v) + " to " +
                     dtype_name(to) + " (not finite or out of its range)");
@@ -623,6 +644,10 @@ void fold_cast(Node& n, const InferContext&) {
       case DType::i32: o.data<int32_t>()[i] = static_cast<int32_t>(*as_int); break;
       case DType::i8: o.data<int8_t>()[i] = static_cast<int8_t>(*as_int); break;
       case DType::u8: o.data<uint8_t>()[i] = static_cast<uint8_t>(*as_int); break;
+      case DType::i16: o.data<int16_t>()[i] = static_cast<int16_t>(*as_int); break;
+      case DType::u16: o.data<uint16_t>()[i] = static_cast<uint16_t>(*as_int); break;
+      case DType::u32: o.data<uint32_t>()[i] = static_cast<uint32_t>(*as_int); break;
+      case DType::u64: o.data<uint64_t>()[i] = static_cast<uint64_t>(*as_int); break;
       case DType::boolean: o.data<uint8_t>()[i] = v != 0; break;
       default: break;
     }

@@ -27,7 +27,8 @@ namespace pm = oxtrain::runtime::math;
 std::string shape_text(const Shape& s) { return shape_str(s); }
 
 bool is_integer(DType dt) {
-  return dt == DType::i64 || dt == DType::i32 || dt == DType::i8 || dt == DType::u8;
+  return dt == DType::i64 || dt == DType::i32 || dt == DType::i16 || dt == DType::i8 || dt == DType::u8 ||
+         dt == DType::u16 || dt == DType::u32 || dt == DType::u64;
 }
 // Half types too: mixed precision (graph::to_mixed_precision) hands them to the ops whose
 // HalfPolicy follows their input, and the kernels' half wrappers compute them in float32.
@@ -42,17 +43,29 @@ double get_f(const Tensor& t, int64_t i) {
     case DType::i64: return static_cast<double>(t.data<int64_t>()[i]);
     case DType::i32: return t.data<int32_t>()[i];
     case DType::i8: return t.data<int8_t>()[i];
+    case DType::i16: return t.data<int16_t>()[i];
+    case DType::u16: return t.data<uint16_t>()[i];
+    case DType::u32: return t.data<uint32_t>()[i];
+    case DType::u64: return static_cast<double>(t.data<uint64_t>()[i]);
     case DType::u8:
     case DType::boolean: return t.data<uint8_t>()[i];
     default: throw Error(std::string("cannot fold elements of type ") + dtype_name(t.dtype));
   }
 }
 
+// Folding computes integers in int64: a uint64 above its range is refused, not misread.
 int64_t get_i(const Tensor& t, int64_t i) {
   switch (t.dtype) {
     case DType::i64: return t.data<int64_t>()[i];
     case DType::i32: return t.data<int32_t>()[i];
     case DType::i8: return t.data<int8_t>()[i];
+    case DType::i16: return t.data<int16_t>()[i];
+    case DType::u16: return t.data<uint16_t>()[i];
+    case DType::u32: return t.data<uint32_t>()[i];
+    case DType::u64:
+      if (t.data<uint64_t>()[i] > static_cast<uint64_t>(INT64_MAX))
+        throw Error("cannot fold the uint64 value " + std::to_string(t.data<uint64_t>()[i]) + " (above 2^63 - 1)");
+      return static_cast<int64_t>(t.data<uint64_t>()[i]);
     case DType::u8:
     case DType::boolean: return t.data<uint8_t>()[i];
     default: throw Error(std::string("cannot fold elements of type ") + dtype_name(t.dtype));
@@ -71,6 +84,10 @@ void put_i(Tensor& t, int64_t i, int64_t v) {
     case DType::i64: t.data<int64_t>()[i] = v; break;
     case DType::i32: t.data<int32_t>()[i] = static_cast<int32_t>(v); break;
     case DType::i8: t.data<int8_t>()[i] = static_cast<int8_t>(v); break;
+    case DType::i16: t.data<int16_t>()[i] = static_cast<int16_t>(v); break;
+    case DType::u16: t.data<uint16_t>()[i] = static_cast<uint16_t>(v); break;
+    case DType::u32: t.data<uint32_t>()[i] = static_cast<uint32_t>(v); break;
+    case DType::u64: t.data<uint64_t>()[i] = static_cast<uint64_t>(v); break;
     default: t.data<uint8_t>()[i] = static_cast<uint8_t>(v); break;
   }
 }

@@ -39,7 +39,11 @@ double constant_scalar(const Node& n, size_t i, const char* what) {
     case DType::u8:
     case DType::i8:
     case DType::i32:
-    case DType::i64: return static_cast<double>(t.to_int64()[0]);
+    case DType::i64:
+    case DType::i16:
+    case DType::u16:
+    case DType::u32:
+    case DType::u64: return static_cast<double>(t.to_int64()[0]);
     default:
       throw Error(n.describe() + ": its " + what + " input '" + v.name + "' is " +
                   dtype_name(t.dtype) + "; oxtrain reads float32, float64, bool or integer scalars");

@@ -25,7 +25,8 @@ void put_u64(std::string& s, uint64_t v) { s.append(reinterpret_cast<const char*
 graph::DType dtype_named(const std::string& name, const std::string& path) {
   for (graph::DType d : {graph::DType::f32, graph::DType::f64, graph::DType::f16, graph::DType::bf16,
                          graph::DType::i64, graph::DType::i32, graph::DType::i8, graph::DType::u8,
-                         graph::DType::boolean})
+                         graph::DType::boolean, graph::DType::i16, graph::DType::u16, graph::DType::u32,
+                         graph::DType::u64})
     if (name == graph::dtype_name(d)) return d;
   throw Error("checkpoint '" + path + "' holds a tensor of unknown type '" + escape_name(name) +
               "'; the file is damaged or from a newer oxtrain");

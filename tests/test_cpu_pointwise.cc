@@ -42,6 +42,10 @@ Tensor filled(DType dt, Shape shape, const std::vector<double>& v) {
       case DType::f64: t.data<double>()[i] = x; break;
       case DType::i64: t.data<int64_t>()[i] = static_cast<int64_t>(x); break;
       case DType::i32: t.data<int32_t>()[i] = static_cast<int32_t>(x); break;
+      case DType::i16: t.data<int16_t>()[i] = static_cast<int16_t>(x); break;
+      case DType::u16: t.data<uint16_t>()[i] = static_cast<uint16_t>(x); break;
+      case DType::u32: t.data<uint32_t>()[i] = static_cast<uint32_t>(x); break;
+      case DType::u64: t.data<uint64_t>()[i] = static_cast<uint64_t>(x); break;
       default: t.data<uint8_t>()[i] = static_cast<uint8_t>(x); break;
     }
   }
@@ -56,6 +60,10 @@ double any_element(const Tensor& t, int64_t i) {
     case DType::i64: return static_cast<double>(t.data<int64_t>()[i]);
     case DType::i32: return t.data<int32_t>()[i];
     case DType::i8: return t.data<int8_t>()[i];
+    case DType::i16: return t.data<int16_t>()[i];
+    case DType::u16: return t.data<uint16_t>()[i];
+    case DType::u32: return t.data<uint32_t>()[i];
+    case DType::u64: return static_cast<double>(t.data<uint64_t>()[i]);
     default: return t.data<uint8_t>()[i];
   }
 }
@@ -318,6 +326,54 @@ TEST(CpuPointwise, CastConversions) {
   EXPECT_TRUE(same(run1("Cast", {big}, DType::f64, {2}), {4294967301.0, -7}));
   EXPECT_TRUE(same(run1("Cast", {filled(DType::f64, {2}, {1e300, 0.1})}, DType::f32, {2}),
                    {kInf, static_cast<float>(0.1)}));
+}
+
+TEST(CpuPointwise, CastWiderIntegerTypes) {
+  // Floats truncate toward zero; NaN gives 0; beyond the range saturates.
+  Tensor f = filled(DType::f32, {6}, {1.9, -1.9, kNaN, 70000, -70000, 1e19});
+  const double f1e19 = static_cast<float>(1e19);  // 9999999980506447872, exact in uint64
+  EXPECT_TRUE(same(run1("Cast", {f}, DType::i16, {6}), {1, -1, 0, 32767, -32768, 32767}));
+  EXPECT_TRUE(same(run1("Cast", {f}, DType::u16, {6}), {1, 0, 0, 65535, 0, 65535}));
+  EXPECT_TRUE(same(run1("Cast", {f}, DType::u32, {6}), {1, 0, 0, 70000, 0, 4294967295.0}));
+  EXPECT_TRUE(same(run1("Cast", {f}, DType::u64, {6}), {1, 0, 0, 70000, 0, f1e19}));
+  // Between integers the value wraps, as numpy's astype.
+  Tensor big(DType::i64, {2});
+  big.data<int64_t>()[0] = (int64_t{1} << 32) + 5;
+  big.data<int64_t>()[1] = -7;
+  EXPECT_TRUE(same(run1("Cast", {big}, DType::u16, {2}), {5, 65529}));
+  EXPECT_TRUE(same(run1("Cast", {big}, DType::i16, {2}), {5, -7}));
+  EXPECT_TRUE(same(run1("Cast", {big}, DType::u32, {2}), {5, 4294967289.0}));
+  Tensor u = run1("Cast", {big}, DType::u64, {2});
+  EXPECT_EQ(u.data<uint64_t>()[0], (uint64_t{1} << 32) + 5);
+  EXPECT_EQ(u.data<uint64_t>()[1], UINT64_MAX - 6);
+  // uint64 above int64's range reads as itself.
+  Tensor top(DType::u64, {1});
+  top.data<uint64_t>()[0] = UINT64_MAX;
+  EXPECT_TRUE(same(run1("Cast", {top}, DType::f64, {1}), {18446744073709551616.0}));
+  EXPECT_TRUE(same(run1("Cast", {top}, DType::i32, {1}), {-1}));
+}
+
+TEST(CpuPointwise, WiderIntegerArithmeticWrapsAndComparesUnsigned) {
+  // uint64: 2^64 - 1 + 2 wraps to 1, and compares above every int64-range value.
+  Tensor a(DType::u64, {2}), b(DType::u64, {2});
+  a.data<uint64_t>()[0] = UINT64_MAX;
+  a.data<uint64_t>()[1] = 10;
+  b.data<uint64_t>()[0] = 2;
+  b.data<uint64_t>()[1] = 3;
+  Tensor sum = run1("Add", {a, b}, DType::u64, {2});
+  EXPECT_EQ(sum.data<uint64_t>()[0], 1u);
+  EXPECT_EQ(sum.data<uint64_t>()[1], 13u);
+  Tensor quotient = run1("Div", {a, b}, DType::u64, {2});
+  EXPECT_EQ(quotient.data<uint64_t>()[0], UINT64_MAX / 2);
+  EXPECT_EQ(quotient.data<uint64_t>()[1], 3u);
+  EXPECT_TRUE(same(run1("Greater", {a, b}, DType::boolean, {2}), {1, 1}));
+  EXPECT_TRUE(same(run1("Mod", {a, b}, DType::u64, {2}), {1, 1}));
+  // int16 wraps at 2^15; uint16's 0 - 1 is 65535.
+  EXPECT_TRUE(same(run1("Mul", {filled(DType::i16, {2}, {300, -300}), filled(DType::i16, {1}, {200})}, DType::i16, {2}),
+                   {static_cast<int16_t>(60000), static_cast<int16_t>(-60000)}));
+  EXPECT_TRUE(same(run1("Sub", {filled(DType::u16, {1}, {0}), filled(DType::u16, {1}, {1})}, DType::u16, {1}), {65535}));
+  EXPECT_TRUE(same(run1("Min", {filled(DType::u32, {2}, {4000000000.0, 1}), filled(DType::u32, {1}, {7})}, DType::u32, {2}),
+                   {7, 1}));
 }
 
 TEST(CpuPointwise, MaxMinVariadicAndTies) {

@@ -30,8 +30,9 @@ auto dispatch_float(graph::DType dtype, const std::string& what, F&& f) {
               " (the CPU kernels handle float32 and float64)");
 }
 
-// Calls f(T{}) for a number type: float, double, int64_t, int32_t, int8_t, uint8_t (uint8 and
-// bool); throws naming `what` for others. The arithmetic ops, which ONNX defines on integers too.
+// Calls f(T{}) for a number type: float, double, 8- to 64-bit signed and unsigned integers
+// (uint8_t for bool too); throws naming `what` for others. The arithmetic ops, which ONNX
+// defines on integers too.
 template <typename F>
 auto dispatch_number(graph::DType dt, const std::string& what, F&& f) {
   switch (dt) {
@@ -40,6 +41,10 @@ auto dispatch_number(graph::DType dt, const std::string& what, F&& f) {
     case graph::DType::i64: return f(int64_t{});
     case graph::DType::i32: return f(int32_t{});
     case graph::DType::i8: return f(int8_t{});
+    case graph::DType::i16: return f(int16_t{});
+    case graph::DType::u16: return f(uint16_t{});
+    case graph::DType::u32: return f(uint32_t{});
+    case graph::DType::u64: return f(uint64_t{});
     case graph::DType::u8:
     case graph::DType::boolean: return f(uint8_t{});
     default:

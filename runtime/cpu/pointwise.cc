@@ -348,17 +348,7 @@ KernelFactory mod_factory() {
         broadcast_binary<T, T, T>(a.inputs[0], a.inputs[1], a.outputs[0], op, what);
       });
     };
-    switch (dt) {
-      case DType::f32: return make(float{});
-      case DType::f64: return make(double{});
-      case DType::i64: return make(int64_t{});
-      case DType::i32: return make(int32_t{});
-      case DType::i8: return make(int8_t{});
-      case DType::u8: return make(uint8_t{});
-      default:
-        throw Error(what + ": element type " + graph::dtype_name(dt) +
-                    " is not supported on the CPU (float32, float64 and 8- to 64-bit integers are)");
-    }
+    return dispatch_number(dt, what, make);
   };
 }
 
@@ -397,17 +387,7 @@ KernelFactory variadic_factory(Op op) {
         });
       });
     };
-    switch (dt) {
-      case DType::f32: return make(float{});
-      case DType::f64: return make(double{});
-      case DType::i64: return make(int64_t{});
-      case DType::i32: return make(int32_t{});
-      case DType::i8: return make(int8_t{});
-      case DType::u8: return make(uint8_t{});
-      default:
-        throw Error(what + ": element type " + graph::dtype_name(dt) +
-                    " is not supported on the CPU (float32, float64 and 8- to 64-bit integers are)");
-    }
+    return dispatch_number(dt, what, make);
   };
 }
 

@@ -338,12 +338,11 @@ struct MinOp {
 };
 struct ModOp {
   bool fmod;
-  OXTRAIN_HD float operator()(float a, float b) const { return mod_float(a, b, fmod); }
-  OXTRAIN_HD double operator()(double a, double b) const { return mod_float(a, b, fmod); }
-  OXTRAIN_HD int64_t operator()(int64_t a, int64_t b) const { return mod_int(a, b, fmod); }
-  OXTRAIN_HD int32_t operator()(int32_t a, int32_t b) const { return mod_int(a, b, fmod); }
-  OXTRAIN_HD int8_t operator()(int8_t a, int8_t b) const { return mod_int(a, b, fmod); }
-  OXTRAIN_HD uint8_t operator()(uint8_t a, uint8_t b) const { return mod_int(a, b, fmod); }
+  template <typename T>
+  OXTRAIN_HD T operator()(T a, T b) const {
+    if constexpr (std::is_floating_point_v<T>) return mod_float(a, b, fmod);
+    else return mod_int(a, b, fmod);
+  }
 };
 
 // Comparisons: bool (uint8_t 0/1) from two operands of one type.
@@ -392,6 +391,27 @@ template <>
 struct IntRange<uint8_t> {
   static constexpr double lo = 0.0, hi = 255.0;
   static constexpr uint8_t min = 0, max = 255;
+};
+template <>
+struct IntRange<int16_t> {
+  static constexpr double lo = -32768.0, hi = 32767.0;
+  static constexpr int16_t min = INT16_MIN, max = INT16_MAX;
+};
+template <>
+struct IntRange<uint16_t> {
+  static constexpr double lo = 0.0, hi = 65535.0;
+  static constexpr uint16_t min = 0, max = UINT16_MAX;
+};
+template <>
+struct IntRange<uint32_t> {
+  static constexpr double lo = 0.0, hi = 4294967295.0;
+  static constexpr uint32_t min = 0, max = UINT32_MAX;
+};
+// The top (2^64 - 1) rounds to 2^64 in double, which no in-range value reaches.
+template <>
+struct IntRange<uint64_t> {
+  static constexpr double lo = 0.0, hi = 18446744073709551615.0;
+  static constexpr uint64_t min = 0, max = UINT64_MAX;
 };
 
 template <typename To, typename From>
