@@ -413,6 +413,37 @@ TEST(CpuNormalization, ReduceMaxAndReduceMinOverEveryAxisCombination) {
   }
 }
 
+// Integers reduce exactly, an empty reduction giving the type's lowest or highest value; bools
+// reduce as any (Max) and all (Min), an empty one giving false and true.
+TEST(CpuNormalization, ReduceMaxAndReduceMinOfIntegersAndBools) {
+  Tensor x = Tensor::from_int64({5, -9, 7, INT64_MIN, 3, 2}, {2, 3});
+  for (const char* op : {"ReduceMax", "ReduceMin"}) {
+    const bool max = std::string(op) == "ReduceMax";
+    KernelCase kc(op, "", {x}, {{DType::i64, {2, 1}}});
+    kc.set_attr("axes", Attribute{std::vector<int64_t>{1}});
+    kc.run(13);
+    EXPECT_EQ(kc.output(0).data<int64_t>()[0], max ? 7 : -9) << op;
+    EXPECT_EQ(kc.output(0).data<int64_t>()[1], max ? 3 : INT64_MIN) << op;
+    KernelCase empty(op, "", {Tensor(DType::u16, {2, 0})}, {{DType::u16, {2, 1}}});
+    empty.set_attr("axes", Attribute{std::vector<int64_t>{1}});
+    empty.run(13);
+    EXPECT_EQ(empty.output(0).data<uint16_t>()[0], max ? 0 : UINT16_MAX) << op;
+
+    Tensor b(DType::boolean, {3, 2});
+    const uint8_t bits[] = {1, 1, 0, 1, 0, 0};
+    std::copy(bits, bits + 6, b.data<uint8_t>());
+    KernelCase kb(op, "", {b}, {{DType::boolean, {3, 1}}});
+    kb.set_attr("axes", Attribute{std::vector<int64_t>{1}});
+    kb.run(13);
+    const std::vector<uint8_t> want = max ? std::vector<uint8_t>{1, 1, 0} : std::vector<uint8_t>{1, 0, 0};
+    EXPECT_EQ(std::vector<uint8_t>(kb.output(0).data<uint8_t>(), kb.output(0).data<uint8_t>() + 3), want) << op;
+    KernelCase nothing(op, "", {Tensor(DType::boolean, {2, 0})}, {{DType::boolean, {2, 1}}});
+    nothing.set_attr("axes", Attribute{std::vector<int64_t>{1}});
+    nothing.run(13);
+    EXPECT_EQ(nothing.output(0).data<uint8_t>()[1], max ? 0 : 1) << op;
+  }
+}
+
 TEST(CpuNormalization, ReduceSumNoopAndErrors) {
   Tensor x = random_tensor(DType::f64, {3, 4}, 80);
   KernelCase noop("ReduceSum", "", {x}, {{DType::f64, {3, 4}}});

@@ -57,8 +57,6 @@ constexpr const char* kBatchNormTraining =
     "training-mode BatchNormalization runs only inside a training graph (oxtrain.BatchNormTraining)";
 constexpr const char* kFoldFloat16 =
     "Cast or CastLike to float16 of a constant: import folding has no float16";
-constexpr const char* kBoolReduce =
-    "bool data: ReduceMax and ReduceMin reduce float tensors only";
 constexpr const char* kFloat16 =
     "float16 tensors: oxtrain's CPU kernels compute in float32 and float64";
 constexpr const char* kRandomDraw =
@@ -242,9 +240,6 @@ const Exclusion kExcluded[] = {
     {"test_maxpool_3d_dilations_use_ref_impl", kPool2dOnly},
     {"test_maxpool_3d_dilations_use_ref_impl_large", kPool2dOnly},
     {"test_maxpool_with_argmax_2d_precomputed_strides", kStorageOrder},
-    {"test_reduce_max_bool_inputs", kBoolReduce},
-    {"test_reduce_max_empty_set_bool", kBoolReduce},
-    {"test_reduce_min_bool_inputs", kBoolReduce},
     {"test_training_dropout", kDropoutMask},
     {"test_training_dropout_default", kDropoutMask},
     {"test_training_dropout_default_mask", kDropoutMask},

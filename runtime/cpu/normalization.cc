@@ -298,18 +298,20 @@ KernelFactory reduce_extreme_factory() {
     const Node& n = init.node;
     const std::string what = n.describe();
     const graph::Value& x = input_value(n, 0, "data");
-    const DType dt = float_of(n, x, "data");
+    const DType dt = x.dtype;
     const graph::Shape kept = math::reduce_node_keep_shape(n, init.opset, 18, x.shape);
     const math::ExtremePlan plan = math::make_extreme_plan(x.shape, kept, what);
-    return dispatch_float(dt, what, [&](auto tag) {
+    // Numbers of any type, and bools (0 or 1): Max is any, Min is all.
+    return cpu::dispatch_number(dt, what, [&](auto tag) {
       using T = decltype(tag);
-      return make_kernel([plan](const KernelArgs& a) {
+      const T empty = dt == DType::boolean ? T(kMax ? 0 : 1) : math::extreme_identity<T, kMax>();
+      return make_kernel([plan, empty](const KernelArgs& a) {
         const T* x = a.inputs[0].as<T>();
         T* y = a.outputs[0].as<T>();
         switch (plan.kind) {
           case math::ExtremePlan::nothing: return;
           case math::ExtremePlan::fill:
-            std::fill(y, y + plan.ny, math::extreme_identity<T, kMax>());
+            std::fill(y, y + plan.ny, empty);
             return;
           case math::ExtremePlan::copy:
             if (x != y) std::copy(x, x + plan.ny, y);

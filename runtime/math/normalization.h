@@ -30,6 +30,7 @@
 #include "runtime/math/broadcast.h"
 #include "runtime/math/elementwise.h"
 #include "runtime/math/hd.h"
+#include "runtime/math/pointwise.h"
 
 namespace oxtrain::runtime::math {
 
@@ -209,9 +210,12 @@ OXTRAIN_HD int64_t run_offset(int64_t flat, const int64_t* dims, const int64_t* 
   return off;
 }
 
+// The reduction of nothing: -inf for a float maximum, +inf for a minimum; an integer type's
+// lowest or highest value (for bool, stored as uint8_t, the caller writes 0 or 1).
 template <typename T, bool kMax>
 OXTRAIN_HD T extreme_identity() {
-  return kMax ? -static_cast<T>(INFINITY) : static_cast<T>(INFINITY);
+  if constexpr (std::is_floating_point_v<T>) return kMax ? -static_cast<T>(INFINITY) : static_cast<T>(INFINITY);
+  else return kMax ? IntRange<T>::min : IntRange<T>::max;
 }
 
 template <typename T, bool kMax>
