@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "base/checked.h"
+#include "base/half.h"
 #include "base/text.h"
 #include "graph/inspect.h"
 #include "graph/op_helpers.h"
@@ -585,6 +586,8 @@ void fold_concat(Node& n, const InferContext&) {
   }
 }
 
+namespace {
+
 // The values an integer type holds that folding (in int64) can write: uint64 up to 2^63 - 1.
 std::pair<int64_t, int64_t> integer_range(DType t) {
   switch (t) {
@@ -599,11 +602,25 @@ std::pair<int64_t, int64_t> integer_range(DType t) {
   }
 }
 
+// `v` rounded once to float16 or bfloat16 (round to nearest even), as numpy's astype from
+// float64: the float32 in between is rounded to odd, so the second rounding sees whether the
+// first was exact.
+uint16_t double_to_half(double v, bool bf16) {
+  float f = static_cast<float>(v);
+  if (std::isfinite(f) && static_cast<double>(f) != v) {
+    if (std::fabs(static_cast<double>(f)) > std::fabs(v)) f = std::nextafter(f, 0.0f);  // toward zero
+    f = bits_float(float_bits(f) | 1u);
+  }
+  return float_to_half(f, bf16);
+}
+
+}  // namespace
+
 void fold_cast(Node& n, const InferContext&) {
   const Tensor& x = in_data(n, 0);
   int64_t to_onnx = n.attr_int("to", 0);
   DType to = dtype_from_onnx(static_cast<int>(to_onnx));
-  if (to == DType::undefined || to == DType::f16 || to == DType::bf16)
+  if (to == DType::undefined)
     throw Error(n.describe() + ": cannot fold a cast to ONNX type " + std::to_string(to_onnx));
   Tensor& o = out_data(n, 0, to, x.shape);
   int64_t count = x.numel();
@@ -619,6 +636,8 @@ void fold_cast(Node& n, const InferContext&) {
       case DType::u16: v = x.data<uint16_t>()[i]; break;
       case DType::u32: v = x.data<uint32_t>()[i]; break;
       case DType::u64: v = static_cast<double>(x.data<uint64_t>()[i]); break;
+      case DType::f16:
+      case DType::bf16: v = half_to_float(x.data<uint16_t>()[i], x.dtype == DType::bf16); break;
       case DType::u8:
       case DType::boolean: v = x.data<uint8_t>()[i]; break;
       default: throw Error(n.describe() + ": cannot fold a cast from " + dtype_name(x.dtype));
@@ -640,6 +659,8 @@ void fold_cast(Node& n, const InferContext&) {
     switch (to) {
       case DType::f32: o.data<float>()[i] = static_cast<float>(v); break;
       case DType::f64: o.data<double>()[i] = v; break;
+      case DType::f16:
+      case DType::bf16: o.data<uint16_t>()[i] = double_to_half(v, to == DType::bf16); break;
       case DType::i64: o.data<int64_t>()[i] = *as_int; break;  // exact beyond 2^53 from int64
       case DType::i32: o.data<int32_t>()[i] = static_cast<int32_t>(*as_int); break;
       case DType::i8: o.data<int8_t>()[i] = static_cast<int8_t>(*as_int); break;

@@ -55,8 +55,6 @@ constexpr const char* kStorageOrder =
     "MaxPool indices with storage_order=1: not in the CPU kernel";
 constexpr const char* kBatchNormTraining =
     "training-mode BatchNormalization runs only inside a training graph (oxtrain.BatchNormTraining)";
-constexpr const char* kFoldFloat16 =
-    "Cast or CastLike to float16 of a constant: import folding has no float16";
 constexpr const char* kFloat16 =
     "float16 tensors: oxtrain's CPU kernels compute in float32 and float64";
 constexpr const char* kRandomDraw =
@@ -66,8 +64,6 @@ constexpr const char* kDropoutMask =
 
 // Published cases that do not pass, each with the reason. Only these may fail.
 const Exclusion kExcluded[] = {
-    {"test_attention_4d_fp16_expanded", kFoldFloat16},
-    {"test_attention_4d_gqa_with_past_and_present_fp16_expanded", kFoldFloat16},
     {"test_averagepool_2d_dilations", kAvgPoolDilations},
     {"test_averagepool_3d_default", kPool2dOnly},
     {"test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False", kPool2dOnly},
@@ -228,11 +224,8 @@ const Exclusion kExcluded[] = {
     {"test_castlike_no_saturate_FLOAT_to_FLOAT8E5M2FNUZ", kNoDtype},
     {"test_castlike_no_saturate_FLOAT_to_FLOAT8E5M2FNUZ_expanded", kNoDtype},
     {"test_castlike_no_saturate_FLOAT_to_FLOAT8E5M2_expanded", kNoDtype},
-    {"test_causal_conv_with_state_fp16_expanded", kFoldFloat16},
-    {"test_causal_conv_with_state_silu_fp16_expanded", kFoldFloat16},
     {"test_equal_string", kNoDtype},
     {"test_equal_string_broadcast", kNoDtype},
-    {"test_flexattention_fp16_expanded_ver26", kFoldFloat16},
     {"test_identity_opt", kNonTensor},
     {"test_identity_sequence", kNonTensor},
     {"test_maxpool_3d_default", kPool2dOnly},

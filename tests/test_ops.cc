@@ -1,6 +1,8 @@
 // Shape inference and constant folding, op by op, on one-node models built in memory.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "graph/onnx_io.h"
 #include "graph/ops.h"
 #include "tests/helpers.h"
@@ -225,6 +227,43 @@ TEST(ConstantFolding, CastAndSliceOnShapes) {
   // shape [1,6,2] -> float -> int64 -> [6,2]
   EXPECT_EQ(g.outputs[0]->shape, (Shape{6, 2}));
   EXPECT_EQ(g.nodes().size(), 1u);
+}
+
+TEST(ConstantFolding, CastToHalfRoundsOnceFromFloat64) {
+  // 1 + 2^-11 + 2^-40 lies just above the midpoint of float16's 1 and 1 + 2^-10: it rounds up.
+  // Through float32 by nearest it would lose the 2^-40 and round the tie to even, down to 1.
+  const double values[] = {1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40), 1.0 + std::ldexp(1.0, -11), 65520.0,
+                           -0.0, 1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40)};
+  for (int to : {10, 16}) {  // FLOAT16, BFLOAT16
+    ModelBuilder b(17);
+    b.input("x", {5}, to);
+    onnx::AttributeProto* value = b.node("Constant", {}, {"c"}, "constant").add_attribute();
+    value->set_name("value");
+    value->set_type(onnx::AttributeProto::TENSOR);
+    value->mutable_t()->set_data_type(11);  // DOUBLE
+    value->mutable_t()->add_dims(5);
+    value->mutable_t()->set_raw_data(values, sizeof(values));
+    auto& cast = b.node("Cast", {"c"}, {"h"}, "cast");  // of a constant: folded at import
+    set_int(cast, "to", to);
+    b.node("Add", {"x", "h"}, {"y"}, "add");
+    b.output("y", to);
+    Graph g = import(b);
+    ASSERT_EQ(g.nodes().size(), 1u);
+    const Value* h = g.nodes()[0]->input(1);
+    ASSERT_TRUE(h->has_data());
+    ASSERT_EQ(h->data->dtype, to == 10 ? DType::f16 : DType::bf16) << h->name;
+    ASSERT_EQ(h->data->numel(), 5) << h->name;
+    const uint16_t* bits = h->data->data<uint16_t>();
+    if (to == 10) {
+      EXPECT_EQ(bits[0], 0x3c01);  // up
+      EXPECT_EQ(bits[1], 0x3c00);  // the tie itself: to even
+      EXPECT_EQ(bits[2], 0x7c00);  // beyond float16's largest finite value: infinity
+      EXPECT_EQ(bits[3], 0x8000);
+    } else {
+      EXPECT_EQ(bits[0], 0x3f80);  // well below bfloat16's half step
+      EXPECT_EQ(bits[4], 0x3f81);  // 1 + 2^-8 + 2^-40: above the midpoint, up
+    }
+  }
 }
 
 TEST(ConstantFolding, IdentityOfAnInitializerAliasesIt) {
