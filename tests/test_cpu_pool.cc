@@ -209,8 +209,8 @@ struct AvgRef {
   std::vector<double> y, y_scale, dx, dx_scale;
 };
 
-// PyTorch's avg_pool2d: with count_include_pad the window clipped to the padded input counts,
-// else only its real elements.
+// PyTorch's avg_pool2d, and ONNX's with dilations: with count_include_pad the window's taps
+// inside the padded input count, else only its real elements.
 AvgRef avg_reference(const PoolParams& p, bool include_pad, const Tensor& x, const Tensor& dy) {
   RefGeom g = ref_geometry(p);
   const int64_t N = p.x[0], C = p.x[1], H = p.x[2], W = p.x[3];
@@ -222,16 +222,23 @@ AvgRef avg_reference(const PoolParams& p, bool include_pad, const Tensor& x, con
     for (int64_t c = 0; c < C; ++c)
       for (int64_t oh = 0; oh < g.out[0]; ++oh)
         for (int64_t ow = 0; ow < g.out[1]; ++ow, ++yi) {
-          int64_t h0 = oh * g.s[0] - g.pb[0], w0 = ow * g.s[1] - g.pb[1];
-          int64_t h1 = std::min(h0 + g.k[0], H + g.pe[0]), w1 = std::min(w0 + g.k[1], W + g.pe[1]);
-          const int64_t padded = (h1 - h0) * (w1 - w0);
-          h0 = std::max<int64_t>(h0, 0), w0 = std::max<int64_t>(w0, 0);
-          h1 = std::min(h1, H), w1 = std::min(w1, W);
-          const int64_t real = (h1 - h0) * (w1 - w0);
-          const double div = include_pad ? padded : real;
+          const int64_t h0 = oh * g.s[0] - g.pb[0], w0 = ow * g.s[1] - g.pb[1];
+          std::vector<int64_t> rows, cols;  // the taps on real elements
+          int64_t padded_rows = 0, padded_cols = 0;
+          for (int64_t kh = 0; kh < g.k[0]; ++kh) {
+            const int64_t h = h0 + kh * g.d[0];
+            padded_rows += h < H + g.pe[0];
+            if (h >= 0 && h < H) rows.push_back(h);
+          }
+          for (int64_t kw = 0; kw < g.k[1]; ++kw) {
+            const int64_t w = w0 + kw * g.d[1];
+            padded_cols += w < W + g.pe[1];
+            if (w >= 0 && w < W) cols.push_back(w);
+          }
+          const double div = include_pad ? padded_rows * padded_cols : static_cast<double>(rows.size() * cols.size());
           double sum = 0, abs_sum = 0;
-          for (int64_t h = h0; h < h1; ++h)
-            for (int64_t w = w0; w < w1; ++w) {
+          for (int64_t h : rows)
+            for (int64_t w : cols) {
               const int64_t i = ((n * C + c) * H + h) * W + w;
               sum += element(x, i);
               abs_sum += std::fabs(element(x, i));
@@ -275,6 +282,9 @@ const std::vector<PoolParams>& avg_cases() {
       {"SAME_LOWER even kernel", {2, 3, 11, 12}, {4, 4}, {2, 2}, {}, {}, "SAME_LOWER", 0},
       {"VALID stride 3", {2, 3, 13, 10}, {3, 3}, {3, 3}, {}, {}, "VALID", 0},
       {"whole plane", {2, 3, 7, 7}, {7, 7}, {}, {}, {}, "", 0},
+      {"2x2 dilation 2", {2, 3, 9, 8}, {2, 2}, {}, {}, {2, 2}, "", 0},
+      {"3x3 stride 2 dilation (2,3) pad 2 ceil", {2, 3, 13, 14}, {3, 3}, {2, 2}, {2, 2, 2, 2}, {2, 3}, "", 1},
+      {"3x2 dilation 3 asym pads", {2, 2, 11, 9}, {3, 2}, {1, 2}, {0, 3, 2, 1}, {3, 3}, "", 0},
   };
   return all;
 }
@@ -465,16 +475,35 @@ TEST(CpuPool, GradientsOverwriteOutputs) {
   }
 }
 
+// storage_order=1: each index names the maximum's element in a column-major plane (h + w * H,
+// ONNX's reference), the plane offset as before; Y is the same.
+TEST(CpuPool, MaxPoolColumnMajorIndices) {
+  const PoolParams p{"", {2, 3, 7, 5}, {3, 2}, {2, 1}, {1, 0, 1, 1}, {}, "", 0};
+  Tensor x = random_tensor(DType::f32, p.x, 9);
+  MaxOut rows = run_max_pool(p, x);
+  KernelCase k("MaxPool", "", {x}, {{DType::f32, pooled_shape(p)}, {DType::i64, pooled_shape(p)}});
+  set_pool_attrs(k, p);
+  k.set_attr("storage_order", Attribute{int64_t{1}});
+  k.run();
+  EXPECT_EQ(0, std::memcmp(k.output(0).bytes.data(), rows.y.bytes.data(), rows.y.bytes.size()));
+  const int64_t H = 7, W = 5, HW = H * W;
+  for (int64_t i = 0; i < rows.indices.numel(); ++i) {
+    const int64_t r = rows.indices.data<int64_t>()[i];
+    const int64_t plane = r / HW, h = (r % HW) / W, w = r % W;
+    EXPECT_EQ(k.output(1).data<int64_t>()[i], plane * HW + h + w * H) << i;
+  }
+}
+
 TEST(CpuPool, RejectsUnsupported) {
   {
     KernelCase k("MaxPool", "", {Tensor(DType::f32, {1, 2, 6, 6})},
                  {{DType::f32, {1, 2, 3, 3}}, {DType::i64, {1, 2, 3, 3}}});
     k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
     k.set_attr("strides", Attribute{std::vector<int64_t>{2, 2}});
-    k.set_attr("storage_order", Attribute{int64_t{1}});
+    k.set_attr("storage_order", Attribute{int64_t{2}});
     try {
       k.run();
-      FAIL() << "storage_order=1 was accepted";
+      FAIL() << "storage_order=2 was accepted";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("MaxPool 'test_MaxPool'"), std::string::npos)
           << e.what();
@@ -486,13 +515,6 @@ TEST(CpuPool, RejectsUnsupported) {
                  {{DType::f32, {1, 2, 3, 3, 3}}});
     k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2, 2}});
     k.set_attr("strides", Attribute{std::vector<int64_t>{2, 2, 2}});
-    EXPECT_THROW(k.run(), Error);
-  }
-  {
-    KernelCase k("AveragePool", "", {Tensor(DType::f32, {1, 2, 6, 6})},
-                 {{DType::f32, {1, 2, 4, 4}}});
-    k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
-    k.set_attr("dilations", Attribute{std::vector<int64_t>{2, 2}});
     EXPECT_THROW(k.run(), Error);
   }
   // A gradient whose output is not the shape its input_shape attribute names.

@@ -145,6 +145,7 @@ const std::vector<PoolParams>& avg_cases() {
       {"3x2 stride (3,1) asym pads", {3, 4, 13, 7}, {3, 2}, {3, 1}, {1, 0, 2, 1}, {}, "", 0},
       {"SAME_LOWER even kernel", {2, 3, 11, 12}, {4, 4}, {2, 2}, {}, {}, "SAME_LOWER", 0},
       {"whole plane", {2, 3, 7, 7}, {7, 7}, {}, {}, {}, "", 0},
+      {"3x3 stride 2 dilation (2,3) pad 2 ceil", {2, 3, 13, 14}, {3, 3}, {2, 2}, {2, 2, 2, 2}, {2, 3}, "", 1},
   };
   return all;
 }
@@ -182,8 +183,10 @@ TEST(CudaPool, MaxPoolMatchesCpuExactly) {
         SCOPED_TRACE(p.label + (ties ? ", ties" : "") + (with_indices ? "" : ", no Indices"));
         Tensor x = ties ? tie_heavy(p.x, ++seed) : random_tensor(DType::f32, p.x, ++seed);
         KernelCase k = max_pool_case(p, x, with_indices);
-        // Y: 0 difference; Indices: equal integers.
+        // Y: 0 difference; Indices: equal integers, in both storage orders.
         EXPECT_TRUE(cuda_matches_cpu(k, 0.0));
+        EXPECT_TRUE(cuda_bitwise_matches_cpu(k));
+        k.set_attr("storage_order", Attribute{int64_t{1}});
         EXPECT_TRUE(cuda_bitwise_matches_cpu(k));
       }
 }
@@ -368,8 +371,8 @@ TEST(CudaPool, RejectsWhatItCannotDo) {
   }
   {
     KernelCase k = max_pool_case(p, random_tensor(DType::f32, p.x, 2));
-    k.set_attr("storage_order", Attribute{int64_t{1}});
-    expect_refused(k, "storage_order");
+    k.set_attr("storage_order", Attribute{int64_t{2}});
+    expect_refused(k, "storage_order=2 must be 0 (row-major) or 1 (column-major)");
   }
   {
     KernelCase k("MaxPool", "", {random_tensor(DType::f32, {1, 2, 6, 6, 6}, 3)},

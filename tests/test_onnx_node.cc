@@ -49,10 +49,6 @@ constexpr const char* kNonTensor =
     "a sequence- or optional-typed input: oxtrain has tensors only";
 constexpr const char* kPool2dOnly =
     "3-D pooling: the CPU kernels pool 1-D and 2-D inputs only";
-constexpr const char* kAvgPoolDilations =
-    "AveragePool with dilations: not in the CPU kernel";
-constexpr const char* kStorageOrder =
-    "MaxPool indices with storage_order=1: not in the CPU kernel";
 constexpr const char* kBatchNormTraining =
     "training-mode BatchNormalization runs only inside a training graph (oxtrain.BatchNormTraining)";
 constexpr const char* kFloat16 =
@@ -64,7 +60,6 @@ constexpr const char* kDropoutMask =
 
 // Published cases that do not pass, each with the reason. Only these may fail.
 const Exclusion kExcluded[] = {
-    {"test_averagepool_2d_dilations", kAvgPoolDilations},
     {"test_averagepool_3d_default", kPool2dOnly},
     {"test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False", kPool2dOnly},
     {"test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True", kPool2dOnly},
@@ -232,7 +227,6 @@ const Exclusion kExcluded[] = {
     {"test_maxpool_3d_dilations", kPool2dOnly},
     {"test_maxpool_3d_dilations_use_ref_impl", kPool2dOnly},
     {"test_maxpool_3d_dilations_use_ref_impl_large", kPool2dOnly},
-    {"test_maxpool_with_argmax_2d_precomputed_strides", kStorageOrder},
     {"test_training_dropout", kDropoutMask},
     {"test_training_dropout_default", kDropoutMask},
     {"test_training_dropout_default_mask", kDropoutMask},

@@ -79,17 +79,10 @@ void check_pooled_shape(const graph::Node& node, const Pool2d& g, const graph::S
                 join({g.batch, g.channels, g.rows.in, g.cols.in}));
 }
 
-void check_average_window(const graph::Node& node, const Pool2d& g, Device device) {
-  if (g.rows.dilation != 1 || g.cols.dilation != 1)
-    throw Error(node.describe() + ": dilations " + join(node.attr_ints("dilations")) +
-                " are not supported by AveragePool on " + on_device(device));
-}
-
-void check_max_pool_outputs(const graph::Node& node, Device device) {
-  if (node.attr_int("storage_order", 0) != 0)
-    throw Error(node.describe() + ": storage_order=" +
-                std::to_string(node.attr_int("storage_order", 0)) +
-                " (column-major indices) is not supported on " + on_device(device));
+bool check_max_pool_outputs(const graph::Node& node) {
+  const int64_t order = node.attr_int("storage_order", 0);
+  if (order != 0 && order != 1)
+    throw Error(node.describe() + ": storage_order=" + std::to_string(order) + " must be 0 (row-major) or 1 (column-major)");
   const graph::Value* y = cpu::required(node, 0, true);
   if (const graph::Value* idx = node.output(1)) {
     if (idx->dtype != DType::i64)
@@ -99,6 +92,7 @@ void check_max_pool_outputs(const graph::Node& node, Device device) {
       throw Error(node.describe() + ": Indices shape " + join(idx->shape) +
                   " differs from the output's " + join(y->shape));
   }
+  return order == 1;
 }
 
 graph::Shape check_max_pool_grad(const graph::Node& node) {
@@ -193,7 +187,7 @@ Pool2d node_window(const KernelInit& init, const graph::Shape& x, const graph::S
 // MaxPool.
 
 template <typename T>
-void max_pool(const PoolPlan& p, int64_t batch, const T* x, T* y, int64_t* indices) {
+void max_pool(const PoolPlan& p, int64_t batch, const T* x, T* y, int64_t* indices, bool column_major) {
   const Pool2d& g = p.g;
   const int64_t planes = batch * g.channels, HW = g.in_plane(), P = g.out_plane();
 #pragma omp parallel for schedule(static) if (planes * P * 4 >= kParallelMin)
@@ -205,7 +199,7 @@ void max_pool(const PoolPlan& p, int64_t batch, const T* x, T* y, int64_t* indic
         const math::MaxPick<T> m = math::max_window(xp, g.cols.in, win);
         const int64_t o = pl * P + oh * g.cols.out + ow;
         y[o] = m.value;
-        if (indices) indices[o] = math::max_pool_index(pl, HW, m.at);
+        if (indices) indices[o] = math::max_pool_index(g, pl, m.at, column_major);
       }
   }
 }
@@ -267,7 +261,8 @@ void avg_pool(const PoolPlan& p, int64_t batch, bool include_pad, const T* x, T*
     for (int64_t oh = 0; oh < g.rows.out; ++oh)
       for (int64_t ow = 0; ow < g.cols.out; ++ow)
         yp[oh * g.cols.out + ow] =
-            math::avg_window(xp, g.cols.in, PoolWindow{p.rows[oh], p.cols[ow]}, include_pad);
+            math::avg_window(xp, g.cols.in, PoolWindow{p.rows[oh], p.cols[ow], g.rows.dilation, g.cols.dilation},
+                             include_pad);
   }
 }
 
@@ -324,15 +319,15 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     // 8-bit images too (nothing to train there): the largest value wins, as for floats.
     const bool bytes = (x->dtype == DType::u8 || x->dtype == DType::i8) && y->dtype == x->dtype;
     DType dt = bytes ? x->dtype : float_dtype(n, {x, y});
-    math::check_max_pool_outputs(n, Device::cpu);
+    const bool column_major = math::check_max_pool_outputs(n);
     PoolPlan plan = pool_plan(node_window(init, x->shape, y->shape));
-    return by_dtype(dt, [plan](auto zero) {
+    return by_dtype(dt, [plan, column_major](auto zero) {
       using T = decltype(zero);
-      return make_kernel([plan](const KernelArgs& a) {
+      return make_kernel([plan, column_major](const KernelArgs& a) {
         int64_t* idx = a.outputs.size() > 1 && a.outputs[1].present()
                            ? a.outputs[1].as<int64_t>()
                            : nullptr;
-        max_pool<T>(plan, a.inputs[0].shape[0], a.inputs[0].as<T>(), a.outputs[0].as<T>(), idx);
+        max_pool<T>(plan, a.inputs[0].shape[0], a.inputs[0].as<T>(), a.outputs[0].as<T>(), idx, column_major);
       });
     });
   });
@@ -372,7 +367,6 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const graph::Value* y = required(n, 0, true);
     DType dt = float_dtype(n, {x, y});
     Pool2d g = node_window(init, x->shape, y->shape);
-    math::check_average_window(n, g, Device::cpu);
     PoolPlan plan = pool_plan(g);
     bool include_pad = n.attr_int("count_include_pad", 0) != 0;
     return by_dtype(dt, [plan, include_pad](auto zero) {
@@ -391,7 +385,6 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     DType dt = float_dtype(n, {dy, dx});
     graph::Shape x_shape = grad_input_shape(n, dx);
     Pool2d g = node_window(init, x_shape, dy->shape);
-    math::check_average_window(n, g, Device::cpu);
     bool include_pad = n.attr_int("count_include_pad", 0) != 0;
     return by_dtype(dt, [g, include_pad](auto zero) {
       using T = decltype(zero);

@@ -50,7 +50,7 @@ __device__ __forceinline__ int64_t thread_count() {
 
 // Output i of [planes, oH, oW] -> its window's maximum and position.
 __global__ void max_pool_kernel(const Pool2d g, int64_t count, const float* x, float* y,
-                                int64_t* indices) {
+                                int64_t* indices, bool column_major) {
   const int64_t in_plane = g.in_plane();
   for (int64_t i = thread_index(); i < count; i += thread_count()) {
     const int64_t ow = i % g.cols.out, rest = i / g.cols.out;
@@ -58,7 +58,7 @@ __global__ void max_pool_kernel(const Pool2d g, int64_t count, const float* x, f
     const math::MaxPick<float> m =
         math::max_window(x + plane * in_plane, g.cols.in, math::pool_window(g, oh, ow));
     y[i] = m.value;
-    if (indices) indices[i] = math::max_pool_index(plane, in_plane, m.at);
+    if (indices) indices[i] = math::max_pool_index(g, plane, m.at, column_major);
   }
 }
 
@@ -189,10 +189,10 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
     const graph::Value* x = required(n, 0);
     const graph::Value* y = required(n, 0, true);
     require_float32(n, {x, y});
-    math::check_max_pool_outputs(n, Device::cuda);
+    const bool column_major = math::check_max_pool_outputs(n);
     const Pool2d g = node_window(init, x->shape, y->shape);
     const std::string where = n.describe();
-    return make_kernel([g, where](const KernelArgs& a) {
+    return make_kernel([g, where, column_major](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, where);
       Pool2d run = g;
       run.batch = a.inputs[0].shape[0];
@@ -203,7 +203,7 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
                              : nullptr;
       const cuda::Launch l = cuda::launch_for(count, ctx);
       max_pool_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, count, in_f32(a, 0),
-                                                              out_f32(a, 0), indices);
+                                                              out_f32(a, 0), indices, column_major);
       cuda::check(cudaGetLastError(), "max_pool_kernel launch", where);
     });
   });
@@ -269,7 +269,6 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
     const graph::Value* y = required(n, 0, true);
     require_float32(n, {x, y});
     const Pool2d g = node_window(init, x->shape, y->shape);
-    math::check_average_window(n, g, Device::cuda);
     const bool include_pad = n.attr_int("count_include_pad", 0) != 0;
     const std::string where = n.describe();
     return make_kernel([g, include_pad, where](const KernelArgs& a) {
@@ -292,7 +291,6 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
                  const graph::Value* dx = required(n, 0, true);
                  require_float32(n, {dy, dx});
                  const Pool2d g = node_window(init, grad_input_shape(n, dx), dy->shape);
-                 math::check_average_window(n, g, Device::cuda);
                  const bool include_pad = n.attr_int("count_include_pad", 0) != 0;
                  const std::string where = n.describe();
                  return make_kernel([g, include_pad, where](const KernelArgs& a) {

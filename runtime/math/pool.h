@@ -51,8 +51,8 @@ OXTRAIN_HD bool pool_is_nan(T v) {
 }
 
 // The window of output `o` along one axis: taps [k_lo, k_hi) fall inside the input, tap k at
-// input coordinate start + k * dilation; `span` counts the window's positions within the
-// padded input (dilation 1: the AveragePool divisor with count_include_pad=1).
+// input coordinate start + k * dilation; `span` counts the window's taps within the padded
+// input (the AveragePool divisor with count_include_pad=1).
 struct PoolTaps {
   int64_t start = 0, k_lo = 0, k_hi = 0, span = 0;
 };
@@ -64,8 +64,9 @@ OXTRAIN_HD PoolTaps pool_taps(const PoolAxis& a, int64_t o) {
   int64_t hi = a.in - start <= 0 ? 0 : (a.in - start + d - 1) / d;
   lo = pool_min(lo, k);
   hi = pool_min(pool_max(hi, lo), k);
-  const int64_t span = pool_min(start + k, a.in + a.pad_end) - start;
-  return {start, lo, hi, pool_max(span, 0)};
+  const int64_t reach = a.in + a.pad_end - start;  // padded positions from the window's start on
+  const int64_t span = reach <= 0 ? 0 : pool_min(k, (reach + d - 1) / d);
+  return {start, lo, hi, span};
 }
 
 // The outputs [lo, hi) along one axis whose window reaches input coordinate x (0 <= x < in):
@@ -153,10 +154,13 @@ OXTRAIN_HD MaxPick<T> max_window(const T* plane, int64_t width, const PoolWindow
   return m;
 }
 
-// MaxPool's Indices entry: the position flattened over the whole [N, C, H, W] tensor, -1 for
-// an empty window.
-OXTRAIN_HD int64_t max_pool_index(int64_t plane, int64_t in_plane, int64_t at) {
-  return at < 0 ? -1 : plane * in_plane + at;
+// MaxPool's Indices entry for the maximum at `at` (h * W + w) of plane `plane`: the position
+// flattened over the whole [N, C, H, W] tensor, the plane's elements in row-major order
+// (storage_order 0) or column-major (1: h + w * H, ONNX's reference); -1 for an empty window.
+OXTRAIN_HD int64_t max_pool_index(const Pool2d& g, int64_t plane, int64_t at, bool column_major) {
+  if (at < 0) return -1;
+  const int64_t within = column_major ? at / g.cols.in + (at % g.cols.in) * g.rows.in : at;
+  return plane * g.in_plane() + within;
 }
 
 // Calls add(oh, ow) for each output whose window holds input (h, w), in ascending output
@@ -225,7 +229,7 @@ OXTRAIN_HD int64_t max_pool_grad_scatter(const MaxGradPlane& p, const T* dy_plan
 }
 
 // ---------------------------------------------------------------------------------------
-// AveragePool (dilation 1).
+// AveragePool.
 
 // The divisor of one output: the window's size clipped to the padded input with
 // count_include_pad, else the number of real elements in it.
@@ -240,8 +244,10 @@ OXTRAIN_HD T avg_window(const T* plane, int64_t width, const PoolWindow& win, bo
   const PoolTaps& r = win.row;
   const PoolTaps& c = win.col;
   T sum = 0;
-  for (int64_t h = r.start + r.k_lo; h < r.start + r.k_hi; ++h)
-    for (int64_t w = c.start + c.k_lo; w < c.start + c.k_hi; ++w) sum += plane[h * width + w];
+  for (int64_t kh = r.k_lo; kh < r.k_hi; ++kh) {
+    const int64_t row = (r.start + kh * win.row_dilation) * width;
+    for (int64_t kw = c.k_lo; kw < c.k_hi; ++kw) sum += plane[row + c.start + kw * win.col_dilation];
+  }
   const int64_t div = avg_divisor(r, c, include_pad);
   return div > 0 ? sum / static_cast<T>(div) : T(0);
 }
@@ -288,11 +294,9 @@ Pool2d pool_window_2d(const graph::Node& node, const graph::Shape& x, bool ceil_
 // Throws unless `y` is the pooled shape [N, C, oH, oW] of `g` ([N, C, oW] for 1-D).
 void check_pooled_shape(const graph::Node& node, const Pool2d& g, const graph::Shape& y);
 
-// AveragePool and its gradient: refuses dilations.
-void check_average_window(const graph::Node& node, const Pool2d& g, Device device);
-
-// MaxPool: storage_order 0 (row-major indices) and, where present, Indices int64 of Y's shape.
-void check_max_pool_outputs(const graph::Node& node, Device device);
+// MaxPool: storage_order 0 or 1 and, where present, Indices int64 of Y's shape. Returns whether
+// the Indices are column-major (storage_order 1).
+bool check_max_pool_outputs(const graph::Node& node);
 
 // MaxPoolGrad (dY, Indices) -> dX: Indices int64 of dY's shape, dX of input_shape, dY of rank
 // and batch and channels that fit it. Returns input_shape.
