@@ -210,7 +210,7 @@ std::vector<std::string> write_outputs(const std::vector<NamedTensor>& outputs, 
     proto.set_name(outputs[i].name);
     proto.set_data_type(graph::dtype_to_onnx(t.dtype));
     for (int64_t d : t.shape) proto.add_dims(d);
-    proto.set_raw_data(t.bytes.data(), t.bytes.size());
+    proto.set_raw_data(graph::onnx_raw_data(t));
     std::string bytes;
     std::string path = (fs::path(dir) / ("output_" + std::to_string(i) + ".pb")).string();
     if (!proto.SerializeToString(&bytes))

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <unordered_map>
 
 #include "base/checked.h"
+#include "base/narrow_types.h"
 #include "base/text.h"
 
 namespace oxtrain::graph {
@@ -38,6 +40,16 @@ size_t dtype_size(DType dtype) {
     case DType::i8:
     case DType::u8:
     case DType::boolean:
+    case DType::f8e4m3fn:
+    case DType::f8e4m3fnuz:
+    case DType::f8e5m2:
+    case DType::f8e5m2fnuz:
+    case DType::f4e2m1:
+    case DType::f8e8m0:
+    case DType::i4:
+    case DType::u4:
+    case DType::i2:
+    case DType::u2:
       return 1;
     case DType::undefined:
       return 0;
@@ -59,6 +71,16 @@ const char* dtype_name(DType dtype) {
     case DType::u16: return "uint16";
     case DType::u32: return "uint32";
     case DType::u64: return "uint64";
+    case DType::f8e4m3fn: return "float8e4m3fn";
+    case DType::f8e4m3fnuz: return "float8e4m3fnuz";
+    case DType::f8e5m2: return "float8e5m2";
+    case DType::f8e5m2fnuz: return "float8e5m2fnuz";
+    case DType::f4e2m1: return "float4e2m1";
+    case DType::f8e8m0: return "float8e8m0";
+    case DType::i4: return "int4";
+    case DType::u4: return "uint4";
+    case DType::i2: return "int2";
+    case DType::u2: return "uint2";
     case DType::boolean: return "bool";
     case DType::undefined: return "undefined";
   }
@@ -68,6 +90,48 @@ const char* dtype_name(DType dtype) {
 bool is_float(DType dtype) {
   return dtype == DType::f32 || dtype == DType::f64 || dtype == DType::f16 ||
          dtype == DType::bf16;
+}
+
+bool is_narrow(DType dtype) { return dtype >= DType::f8e4m3fn && dtype <= DType::u2; }
+
+int packed_bits(DType dtype) {
+  switch (dtype) {
+    case DType::i4:
+    case DType::u4:
+    case DType::f4e2m1: return 4;
+    case DType::i2:
+    case DType::u2: return 2;
+    default: return 0;
+  }
+}
+
+namespace {
+std::optional<NarrowFloat> narrow_float_of(DType dt) {
+  switch (dt) {
+    case DType::f8e4m3fn: return NarrowFloat::e4m3fn;
+    case DType::f8e4m3fnuz: return NarrowFloat::e4m3fnuz;
+    case DType::f8e5m2: return NarrowFloat::e5m2;
+    case DType::f8e5m2fnuz: return NarrowFloat::e5m2fnuz;
+    case DType::f4e2m1: return NarrowFloat::e2m1;
+    default: return std::nullopt;
+  }
+}
+}  // namespace
+
+double narrow_value(DType dtype, uint8_t byte) {
+  if (auto f = narrow_float_of(dtype)) return narrow_float_value(byte, *f);
+  if (dtype == DType::f8e8m0) return e8m0_value(byte);
+  if (dtype == DType::i4 || dtype == DType::i2) return static_cast<int8_t>(byte);
+  if (dtype == DType::u4 || dtype == DType::u2) return byte;
+  throw Error(std::string(dtype_name(dtype)) + " is not a narrow type");
+}
+
+uint8_t narrow_byte(DType dtype, double x, bool saturate, const std::string& round_mode) {
+  if (auto f = narrow_float_of(dtype)) return narrow_float_code(x, *f, saturate);
+  if (dtype == DType::f8e8m0) return e8m0_code(static_cast<float>(x), saturate, round_mode);
+  if (const int bits = packed_bits(dtype))
+    return static_cast<uint8_t>(narrow_int_value(x, bits, dtype == DType::i4 || dtype == DType::i2));
+  throw Error(std::string(dtype_name(dtype)) + " is not a narrow type");
 }
 
 DType dtype_from_onnx(int onnx_type) {
@@ -85,6 +149,16 @@ DType dtype_from_onnx(int onnx_type) {
     case 12: return DType::u32;
     case 13: return DType::u64;
     case 16: return DType::bf16;
+    case 17: return DType::f8e4m3fn;
+    case 18: return DType::f8e4m3fnuz;
+    case 19: return DType::f8e5m2;
+    case 20: return DType::f8e5m2fnuz;
+    case 21: return DType::u4;
+    case 22: return DType::i4;
+    case 23: return DType::f4e2m1;
+    case 24: return DType::f8e8m0;
+    case 25: return DType::u2;
+    case 26: return DType::i2;
     default: return DType::undefined;
   }
 }
@@ -98,6 +172,16 @@ int dtype_to_onnx(DType dtype) {
     case DType::i16: return 5;
     case DType::u32: return 12;
     case DType::u64: return 13;
+    case DType::f8e4m3fn: return 17;
+    case DType::f8e4m3fnuz: return 18;
+    case DType::f8e5m2: return 19;
+    case DType::f8e5m2fnuz: return 20;
+    case DType::u4: return 21;
+    case DType::i4: return 22;
+    case DType::f4e2m1: return 23;
+    case DType::f8e8m0: return 24;
+    case DType::u2: return 25;
+    case DType::i2: return 26;
     case DType::i32: return 6;
     case DType::i64: return 7;
     case DType::boolean: return 9;

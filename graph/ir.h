@@ -21,13 +21,24 @@
 
 namespace oxtrain::graph {
 
-enum class DType : uint8_t { undefined, f32, f64, f16, bf16, i64, i32, i8, u8, boolean, i16, u16, u32, u64 };
+// The narrow types from f8e4m3fn on are storage only (base/narrow_types.h): Cast converts to
+// and from them and the data-movement ops carry them, one byte per element in memory.
+enum class DType : uint8_t {
+  undefined, f32, f64, f16, bf16, i64, i32, i8, u8, boolean, i16, u16, u32, u64,
+  f8e4m3fn, f8e4m3fnuz, f8e5m2, f8e5m2fnuz, f4e2m1, f8e8m0, i4, u4, i2, u2
+};
 
 size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);
-bool is_float(DType dtype);
+bool is_float(DType dtype);  // f32, f64, f16, bf16: the types oxtrain computes in
+bool is_narrow(DType dtype);  // a storage-only type (f8e4m3fn ... u2)
+int packed_bits(DType dtype);  // 4 or 2 for the types ONNX files pack (int4, uint4, float4e2m1, int2, uint2), else 0
+// An element of a narrow type (its one byte in memory) as a number, and a number as one, as
+// Cast converts (its saturate and round_mode attributes; base/narrow_types.h).
+double narrow_value(DType dtype, uint8_t byte);
+uint8_t narrow_byte(DType dtype, double x, bool saturate, const std::string& round_mode);
 // ONNX's TensorProto.DataType numbering (FLOAT = 1, INT64 = 7, ...); DType::undefined for the
-// types oxtrain does not handle (strings, complex, float8, 4- and 2-bit types).
+// types oxtrain does not handle (strings, complex, float6).
 DType dtype_from_onnx(int onnx_type);
 int dtype_to_onnx(DType dtype);
 

@@ -155,6 +155,27 @@ Tensor tensor_from_proto(const onnx::TensorProto& t, const TensorSource& src, co
   const int64_t need = bytes_or_throw(shape, dtype_size(dtype), what);
   const int64_t count = need / std::max<int64_t>(1, static_cast<int64_t>(dtype_size(dtype)));
   const std::string described = what + " " + dims_text(shape) + " of " + dtype_name(dtype);
+  if (const int bits = packed_bits(dtype)) {
+    // Packed: 8 / bits elements per byte, the first in the lowest bits; unpacked in memory
+    // (the signed types sign-extended).
+    const int64_t n = count, packed = (n * bits + 7) / 8;
+    if (t.data_location() == onnx::TensorProto::EXTERNAL || (!t.has_raw_data() && n > 0))
+      throw Error(described + " is not inline raw_data; oxtrain reads packed " + std::to_string(bits) +
+                  "-bit tensors only from raw_data");
+    if (t.raw_data().size() != static_cast<uint64_t>(packed))
+      throw Error(described + " needs " + std::to_string(packed) + " packed bytes but holds " +
+                  std::to_string(t.raw_data().size()) + " (file truncated or corrupt?)");
+    Tensor out(dtype, shape);
+    const auto* raw = reinterpret_cast<const uint8_t*>(t.raw_data().data());
+    const int per_byte = 8 / bits, mask = (1 << bits) - 1;
+    const bool is_signed = dtype == DType::i4 || dtype == DType::i2;
+    for (int64_t i = 0; i < n; ++i) {
+      int v = (raw[i / per_byte] >> ((i % per_byte) * bits)) & mask;
+      if (is_signed && v >= (1 << (bits - 1))) v -= 1 << bits;
+      out.bytes[static_cast<size_t>(i)] = static_cast<uint8_t>(v);
+    }
+    return out;
+  }
   if (t.data_location() == onnx::TensorProto::EXTERNAL) {
     load_external(t, src, what, shape, need, nullptr);  // checks only
     Tensor out(dtype, shape);
@@ -195,6 +216,19 @@ Tensor tensor_from_proto(const onnx::TensorProto& t, const TensorSource& src, co
 
 }  // namespace
 
+std::string onnx_raw_data(const Tensor& t) {
+  const int bits = packed_bits(t.dtype);
+  if (!bits) return std::string(reinterpret_cast<const char*>(t.bytes.data()), t.bytes.size());
+  const int64_t n = t.numel();
+  const int per_byte = 8 / bits, mask = (1 << bits) - 1;
+  std::string out(static_cast<size_t>((n * bits + 7) / 8), '\0');
+  for (int64_t i = 0; i < n; ++i)
+    out[static_cast<size_t>(i / per_byte)] =
+        static_cast<char>(static_cast<uint8_t>(out[static_cast<size_t>(i / per_byte)]) |
+                          ((t.bytes[static_cast<size_t>(i)] & mask) << ((i % per_byte) * bits)));
+  return out;
+}
+
 Tensor inline_tensor_from_proto(const onnx::TensorProto& t, const std::string& what) {
   if (t.data_location() == onnx::TensorProto::EXTERNAL)
     throw Error(what + " refers to external data; save the tensor with its data inline");
@@ -209,7 +243,7 @@ void tensor_to_proto(const Tensor& t, const std::string& name, onnx::TensorProto
   p.set_name(name);
   p.set_data_type(dtype_to_onnx(t.dtype));
   for (int64_t d : t.shape) p.add_dims(d);
-  p.set_raw_data(t.bytes.data(), t.bytes.size());
+  p.set_raw_data(onnx_raw_data(t));
 }
 
 // ----- attributes -----
@@ -447,8 +481,7 @@ void prepare(Graph& g, const ImportOptions& options) {
       auto& users = like->consumers;
       if (auto it = std::find(users.begin(), users.end(), &n); it != users.end()) users.erase(it);
       n.inputs.resize(1);
-      n.attrs.clear();
-      n.attrs["to"] = Attribute{int64_t{dtype_to_onnx(like->dtype)}};
+      n.attrs["to"] = Attribute{int64_t{dtype_to_onnx(like->dtype)}};  // saturate, round_mode stay
       n.op_type = "Cast";
       schema = find_schema("", "Cast");
     }

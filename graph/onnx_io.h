@@ -42,6 +42,10 @@ Graph import_onnx_model(const onnx::ModelProto& model, const std::string& base_d
 // bfloat16 as 16 bits in int32_data); `what` names it in errors. External data is refused.
 Tensor inline_tensor_from_proto(const onnx::TensorProto& t, const std::string& what);
 
+// A tensor's bytes as a TensorProto's raw_data: as they are, except the 4- and 2-bit types,
+// which ONNX packs (two or four elements per byte, the first in the lowest bits).
+std::string onnx_raw_data(const Tensor& t);
+
 // The warning for a model whose exporter rewrote it for inference (Graph::folded_batchnorm,
 // Graph::removed_biases): what happened, why it matters for training and how to export the
 // model as defined. "" when nothing was rewritten.

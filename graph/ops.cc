@@ -623,10 +623,14 @@ void fold_cast(Node& n, const InferContext&) {
   if (to == DType::undefined)
     throw Error(n.describe() + ": cannot fold a cast to ONNX type " + std::to_string(to_onnx));
   Tensor& o = out_data(n, 0, to, x.shape);
+  const bool saturate = n.attr_int("saturate", 1) != 0;
+  const std::string round_mode = n.has_attr("round_mode") ? n.attr_string("round_mode", "") : "up";
   int64_t count = x.numel();
   for (int64_t i = 0; i < count; ++i) {
     double v;
-    switch (x.dtype) {
+    if (is_narrow(x.dtype)) {
+      v = narrow_value(x.dtype, x.data<uint8_t>()[i]);
+    } else switch (x.dtype) {
       case DType::f32: v = x.data<float>()[i]; break;
       case DType::f64: v = x.data<double>()[i]; break;
       case DType::i64: v = static_cast<double>(x.data<int64_t>()[i]); break;
@@ -641,6 +645,11 @@ void fold_cast(Node& n, const InferContext&) {
       case DType::u8:
       case DType::boolean: v = x.data<uint8_t>()[i]; break;
       default: throw Error(n.describe() + ": cannot fold a cast from " + dtype_name(x.dtype));
+    }
+    // A narrow type, as Cast's kernel converts (saturating, or to infinity, NaN or 0).
+    if (is_narrow(to)) {
+      o.data<uint8_t>()[i] = narrow_byte(to, v, saturate, round_mode);
+      continue;
     }
     // To an integer type: a NaN, an infinity or a value out of the target's range has no
     // defined result (and a plain cast is undefined behaviour), so it is refused.

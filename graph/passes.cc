@@ -478,7 +478,7 @@ void write_tensor_file(const Tensor& t, const std::string& path) {
   onnx::TensorProto proto;
   proto.set_data_type(dtype_to_onnx(t.dtype));
   for (int64_t d : t.shape) proto.add_dims(d);
-  proto.set_raw_data(t.bytes.data(), t.bytes.size());
+  proto.set_raw_data(onnx_raw_data(t));
   std::string bytes;
   if (!proto.SerializeToString(&bytes)) throw Error("cannot serialize a tensor for '" + path + "'");
   write_file_atomic(path, bytes);

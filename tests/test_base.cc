@@ -1,4 +1,5 @@
-// base/: checked size arithmetic, message text, atomic files, confined and non-blocking reads.
+// base/: checked size arithmetic, message text, atomic files, confined and non-blocking reads,
+// the narrow number types' conversions.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -11,6 +12,7 @@
 
 #include "base/checked.h"
 #include "base/files.h"
+#include "base/narrow_types.h"
 #include "base/text.h"
 #include "tests/helpers.h"
 
@@ -219,3 +221,87 @@ TEST(Text, QuoteNameEscapesInsideQuotes) {
   EXPECT_EQ(quote_name("a\nb"), "'a\\nb'");
   EXPECT_EQ(quote_name(std::string(100, 'x'), 20).size(), 22u);
 }
+
+// The narrow types' conversions (base/narrow_types.h), at the edges where the formats differ;
+// ONNX's node tests check them against ml_dtypes on the published cases too.
+TEST(NarrowTypes, Float8RoundsToNearestEvenThenOverflows) {
+  using oxtrain::NarrowFloat;
+  using oxtrain::narrow_float_code;
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  // E4M3FN: largest 448 (0x7E); 464 is the tie with the (NaN-coded) 480 and keeps 448.
+  EXPECT_EQ(narrow_float_code(464, NarrowFloat::e4m3fn, false), 0x7E);
+  EXPECT_EQ(narrow_float_code(470, NarrowFloat::e4m3fn, false), 0x7F);  // overflow: NaN
+  EXPECT_EQ(narrow_float_code(470, NarrowFloat::e4m3fn, true), 0x7E);
+  EXPECT_EQ(narrow_float_code(-inf, NarrowFloat::e4m3fn, true), 0xFE);
+  EXPECT_EQ(narrow_float_code(-inf, NarrowFloat::e4m3fn, false), 0xFF);
+  EXPECT_EQ(narrow_float_code(nan, NarrowFloat::e4m3fn, true), 0x7F);
+  EXPECT_EQ(narrow_float_code(-0.0, NarrowFloat::e4m3fn, true), 0x80);
+  EXPECT_EQ(narrow_float_code(std::ldexp(1.0, -10), NarrowFloat::e4m3fn, true), 0x00);  // half the smallest: to even
+  EXPECT_EQ(narrow_float_code(std::ldexp(1.5, -9), NarrowFloat::e4m3fn, true), 0x02);   // 1.5 subnormal steps: to 2
+  // E4M3FNUZ: largest 240; 248 ties toward 256 and overflows; one NaN, no negative zero.
+  EXPECT_EQ(narrow_float_code(247, NarrowFloat::e4m3fnuz, false), 0x7F);
+  EXPECT_EQ(narrow_float_code(248, NarrowFloat::e4m3fnuz, false), 0x80);
+  EXPECT_EQ(narrow_float_code(248, NarrowFloat::e4m3fnuz, true), 0x7F);
+  EXPECT_EQ(narrow_float_code(-0.0, NarrowFloat::e4m3fnuz, true), 0x00);
+  EXPECT_EQ(narrow_float_code(-1e-7, NarrowFloat::e4m3fnuz, true), 0x00);
+  // E5M2: infinity exists; 61440 ties toward 65536 and overflows to it unless saturating.
+  EXPECT_EQ(narrow_float_code(61000, NarrowFloat::e5m2, false), 0x7B);
+  EXPECT_EQ(narrow_float_code(61440, NarrowFloat::e5m2, false), 0x7C);
+  EXPECT_EQ(narrow_float_code(61440, NarrowFloat::e5m2, true), 0x7B);
+  EXPECT_EQ(narrow_float_code(-nan, NarrowFloat::e5m2, true), 0xFE);
+  EXPECT_EQ(narrow_float_code(inf, NarrowFloat::e5m2fnuz, false), 0x80);
+  // E2M1 {0, 0.5, 1, 1.5, 2, 3, 4, 6}: ties to even codes; no NaN or infinity.
+  EXPECT_EQ(narrow_float_code(0.25, NarrowFloat::e2m1, false), 0x0);
+  EXPECT_EQ(narrow_float_code(0.75, NarrowFloat::e2m1, false), 0x2);
+  EXPECT_EQ(narrow_float_code(2.5, NarrowFloat::e2m1, false), 0x4);
+  EXPECT_EQ(narrow_float_code(5, NarrowFloat::e2m1, false), 0x6);
+  EXPECT_EQ(narrow_float_code(inf, NarrowFloat::e2m1, false), 0x7);
+  EXPECT_EQ(narrow_float_code(nan, NarrowFloat::e2m1, false), 0x8);
+}
+
+TEST(NarrowTypes, EveryFloat8CodeRoundTrips) {
+  using oxtrain::NarrowFloat;
+  for (NarrowFloat f : {NarrowFloat::e4m3fn, NarrowFloat::e4m3fnuz, NarrowFloat::e5m2, NarrowFloat::e5m2fnuz}) {
+    int finite = 0;
+    for (int code = 0; code < 256; ++code) {
+      const double v = oxtrain::narrow_float_value(static_cast<uint8_t>(code), f);
+      if (std::isnan(v)) continue;
+      ++finite;
+      EXPECT_EQ(oxtrain::narrow_float_code(v, f, false), code) << static_cast<int>(f) << " " << code << " " << v;
+    }
+    // NaN codes: E4M3FN 2, FNUZ 1, E5M2 6 (and 2 infinities, which round-trip).
+    EXPECT_EQ(finite, f == NarrowFloat::e4m3fn ? 254 : f == NarrowFloat::e5m2 ? 250 : 255) << static_cast<int>(f);
+  }
+  EXPECT_EQ(oxtrain::narrow_float_value(0x7E, NarrowFloat::e4m3fn), 448.0);
+  EXPECT_EQ(oxtrain::narrow_float_value(0x7F, NarrowFloat::e4m3fnuz), 240.0);
+  EXPECT_EQ(oxtrain::narrow_float_value(0x7B, NarrowFloat::e5m2), 57344.0);
+  EXPECT_EQ(oxtrain::narrow_float_value(0x01, NarrowFloat::e4m3fn), std::ldexp(1.0, -9));
+  EXPECT_EQ(oxtrain::narrow_float_value(0x7, NarrowFloat::e2m1), 6.0);
+}
+
+TEST(NarrowTypes, IntegersTruncateAndOutOfRangeIsZero) {
+  EXPECT_EQ(oxtrain::narrow_int_value(7.9, 4, true), 7);
+  EXPECT_EQ(oxtrain::narrow_int_value(-8.9, 4, true), -8);
+  EXPECT_EQ(oxtrain::narrow_int_value(-9, 4, true), 0);
+  EXPECT_EQ(oxtrain::narrow_int_value(8, 4, true), 0);
+  EXPECT_EQ(oxtrain::narrow_int_value(15.5, 4, false), 15);
+  EXPECT_EQ(oxtrain::narrow_int_value(16, 4, false), 0);
+  EXPECT_EQ(oxtrain::narrow_int_value(-0.5, 2, false), 0);
+  EXPECT_EQ(oxtrain::narrow_int_value(-2, 2, true), -2);
+  EXPECT_EQ(oxtrain::narrow_int_value(std::numeric_limits<double>::quiet_NaN(), 2, true), 0);
+}
+
+TEST(NarrowTypes, E8M0RoundsTheExponent) {
+  EXPECT_EQ(oxtrain::e8m0_code(1.1f, true, "up"), 128);  // 2
+  EXPECT_EQ(oxtrain::e8m0_code(1.1f, true, "down"), 127);
+  EXPECT_EQ(oxtrain::e8m0_code(1.1f, true, "nearest"), 127);
+  EXPECT_EQ(oxtrain::e8m0_code(1.75f, true, "nearest"), 128);
+  EXPECT_EQ(oxtrain::e8m0_code(0.25f, true, "up"), 125);
+  EXPECT_EQ(oxtrain::e8m0_code(-4.0f, true, "up"), 129);  // the sign is dropped
+  EXPECT_EQ(oxtrain::e8m0_code(std::numeric_limits<float>::infinity(), true, "up"), 0xFF);
+  EXPECT_EQ(oxtrain::e8m0_code(3e38f, true, "up"), 0xFE);  // saturates
+  EXPECT_EQ(oxtrain::e8m0_code(3e38f, false, "up"), 0xFF);
+  EXPECT_EQ(oxtrain::e8m0_value(127), 1.0);
+  EXPECT_TRUE(std::isnan(oxtrain::e8m0_value(0xFF)));
+}
+

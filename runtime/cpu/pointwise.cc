@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -529,12 +530,50 @@ void cast_loop(const KernelArgs& a, F f) {
   });
 }
 
+// Casts to and from the narrow storage types (base/narrow_types.h), element by element through
+// double: every narrow value, and every value a narrow type is made from, is exact there.
+std::unique_ptr<Kernel> narrow_cast_kernel(const Node& n, DType from, DType to) {
+  const std::string what = n.describe();
+  const bool saturate = n.attr_int("saturate", 1) != 0;
+  const std::string round_mode = n.attr_string("round_mode", "up");
+  if (round_mode != "up" && round_mode != "down" && round_mode != "nearest")
+    throw Error(what + ": round_mode '" + round_mode + "' must be up, down or nearest");
+  std::function<double(const void*, int64_t)> read;
+  if (graph::is_narrow(from)) {
+    read = [from](const void* p, int64_t i) { return graph::narrow_value(from, static_cast<const uint8_t*>(p)[i]); };
+  } else {
+    read = dispatch_number(from, what, [](auto tag) -> std::function<double(const void*, int64_t)> {
+      using T = decltype(tag);
+      return [](const void* p, int64_t i) { return static_cast<double>(static_cast<const T*>(p)[i]); };
+    });
+  }
+  std::function<void(void*, int64_t, double)> write;
+  if (graph::is_narrow(to)) {
+    write = [to, saturate, round_mode](void* p, int64_t i, double x) {
+      static_cast<uint8_t*>(p)[i] = graph::narrow_byte(to, x, saturate, round_mode);
+    };
+  } else if (to == DType::boolean) {
+    write = [](void* p, int64_t i, double x) { static_cast<uint8_t*>(p)[i] = x != 0 ? 1 : 0; };
+  } else {
+    write = dispatch_number(to, what, [](auto tag) -> std::function<void(void*, int64_t, double)> {
+      using T = decltype(tag);
+      return [](void* p, int64_t i, double x) { static_cast<T*>(p)[i] = pm::convert<T, double>(x); };
+    });
+  }
+  return make_kernel([read, write](const KernelArgs& a) {
+    const void* x = a.inputs[0].data;
+    void* y = a.outputs[0].data;
+    for (int64_t i = 0, count = a.outputs[0].numel(); i < count; ++i) write(y, i, read(x, i));
+  });
+}
+
 KernelFactory cast_factory() {
   return [](const KernelInit& init) {
     const Node& n = init.node;
     const std::string what = n.describe();
     const DType from = input_value(n, 0).dtype;
     const DType to = output_value(n, 0).dtype;
+    if (graph::is_narrow(from) || graph::is_narrow(to)) return narrow_cast_kernel(n, from, to);
     const bool to_bool = to == DType::boolean;
     return dispatch_number(from, what, [&](auto from_tag) {
       using From = decltype(from_tag);
