@@ -168,6 +168,18 @@ TEST(CpuPointwise, ClipAttributesAndInputs) {
                      {2, 2, 2, 2, 2, kNaN, 2}));
     EXPECT_TRUE(same(run1("Clip", {x}, dt, {7}, {}, 13), {-1, 0, 3, 6, 7, kNaN, -kInf}));
   }
+  // Integers: the default (infinite) bounds are the type's ends, the largest int64 and uint64
+  // included; a bound beyond the type's range is its end.
+  Tensor big(DType::u64, {2});
+  big.data<uint64_t>()[0] = UINT64_MAX;
+  Tensor clipped = run1("Clip", {big}, DType::u64, {2}, {}, 13);
+  EXPECT_EQ(clipped.data<uint64_t>()[0], UINT64_MAX);
+  EXPECT_EQ(clipped.data<uint64_t>()[1], 0u);
+  Tensor ends = Tensor::from_int64({INT64_MAX, INT64_MIN}, {2});
+  EXPECT_EQ(run1("Clip", {ends}, DType::i64, {2}, {}, 13).to_int64(), (std::vector<int64_t>{INT64_MAX, INT64_MIN}));
+  EXPECT_TRUE(same(run1("Clip", {filled(DType::u16, {3}, {7, 400, 65535}), filled(DType::u16, {}, {10}), filled(DType::u16, {}, {300})},
+                        DType::u16, {3}, {}, 13, "", {1, 2}),
+                   {10, 300, 300}));
   // A bound computed at run time is refused when the kernel is made.
   KernelCase kc("Clip", "", {filled(DType::f32, {3}, {1}), filled(DType::f32, {}, {0}), Tensor()},
                 {{DType::f32, {3}}});

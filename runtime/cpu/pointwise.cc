@@ -173,9 +173,9 @@ KernelFactory clip_factory() {
     if (dt == DType::boolean) throw Error(n.describe() + ": Clip of bool tensors is not defined");
     return dispatch_number(dt, n.describe(), [&, lo = lo, hi = hi](auto tag) {
       using T = decltype(tag);
-      const double low = static_cast<double>(std::numeric_limits<T>::lowest());
-      const double high = static_cast<double>(std::numeric_limits<T>::max());
-      const T l = static_cast<T>(std::clamp(lo, low, high)), h = static_cast<T>(std::clamp(hi, low, high));
+      // Saturating: an infinite default bound is the type's end (2^63 and 2^64 have no int64
+      // or uint64 to cast to).
+      const T l = pm::convert<T, double>(lo), h = pm::convert<T, double>(hi);
       return make_kernel([l, h](const KernelArgs& a) {
         unary(a.inputs[0].as<T>(), a.outputs[0].as<T>(), a.outputs[0].numel(), [l, h](T x) { return pm::clip(x, l, h); });
       });
