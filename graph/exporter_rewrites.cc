@@ -378,6 +378,34 @@ ExporterRewrites read_exporter_rewrites(const onnx::ModelProto& model) {
     }
   }
 
+  // Linear weights transposed for MatMul (a Linear on more than two dimensions): the MatMul's
+  // FX node is aten.linear, whose weight argument is a signature parameter the file lacks, and
+  // its B is an anonymous 2-D initializer. One name per initializer, one initializer per name.
+  {
+    std::map<std::string, std::string> by_placeholder;  // "%p_x_weight" -> "x.weight"
+    for (const std::string& name : signature)
+      if (!initializers.count(name)) by_placeholder[placeholder("p", name)] = name;
+    std::map<std::string, std::string> found;  // initializer -> parameter
+    std::set<std::string> conflicting;
+    for (int i = 0; i < g.node_size(); ++i) {
+      const onnx::NodeProto& n = g.node(i);
+      if (n.op_type() != "MatMul" || n.input_size() != 2 || !initializers.count(n.input(1)) ||
+          signed_names.count(n.input(1)) || out.placeholders.count(n.input(1)))
+        continue;
+      auto fx = metas[i].find(kFxNodeKey);
+      if (fx == metas[i].end()) continue;
+      FxCall call = parse_fx_call(fx->second);
+      if (call.target.find("aten.linear") == std::string::npos || call.args.size() < 2) continue;
+      auto name = by_placeholder.find(call.args[1]);
+      if (name == by_placeholder.end()) continue;
+      auto [it, inserted] = found.insert({n.input(1), name->second});
+      if (!inserted && it->second != name->second) conflicting.insert(n.input(1));
+    }
+    std::set<std::string> names;
+    for (const auto& [init, name] : found)
+      if (!conflicting.count(init) && names.insert(name).second) out.transposed.push_back({init, name});
+  }
+
   if (by_rule > 0)
     out.folded_batchnorm = count_convs(by_rule) + " carry batch norm folded in by the dynamo exporter (rewrite rule "
                            "FuseBatchNormIntoConv), e.g. '" + escape_name(example) + "'";
@@ -530,6 +558,13 @@ std::string check_restorable(const Graph& graph, const ExporterRewrites& r) {
     if (!norm.conv_bias.empty() && !fresh_name(norm.conv_bias))
       return "'" + escape_name(norm.conv_bias) + "' is already in the graph";
   }
+  for (const auto& t : r.transposed) {
+    const Value* v = graph.find_value(t.initializer);
+    if (!v || !v->has_data() || v->producer || !is_float(v->data->dtype) || v->data->shape.size() != 2)
+      return "'" + escape_name(t.initializer) + "' (in place of the Linear weight '" + escape_name(t.name) +
+             "') is not a 2-D float initializer";
+    if (!fresh_name(t.name)) return "'" + escape_name(t.name) + "' is already in the graph";
+  }
   for (const auto& e : r.expanded) {
     const Value* v = graph.find_value(e.initializer);
     if (!v || !v->has_data() || v->producer || !is_float(v->data->dtype) || v->data->shape.size() < 2)
@@ -564,7 +599,8 @@ std::string check_restorable(const Graph& graph, const ExporterRewrites& r) {
 
 void restore_exporter_rewrites(Graph& graph, const ExporterRewrites& r) {
   keep_exporter_rewrites(graph, r);
-  if (r.norms.empty() && r.biases.empty() && r.unmerged.empty() && r.expanded.empty() && r.unrecorded.empty())
+  if (r.norms.empty() && r.biases.empty() && r.unmerged.empty() && r.expanded.empty() && r.transposed.empty() &&
+      r.unrecorded.empty())
     return;
   if (std::string why = check_restorable(graph, r); !why.empty()) {
     graph.unrestored_reason = why;
@@ -632,6 +668,22 @@ void restore_exporter_rewrites(Graph& graph, const ExporterRewrites& r) {
     graph.replace_uses(folded, expanded);
     graph.add_node("Expand", {parameter, shape}, {expanded}, e.name + "_expand");
   }
+  for (const auto& t : r.transposed) {
+    // The parameter is the weight as PyTorch holds it, [out, in]; a Transpose gives MatMul its B.
+    Value* folded = graph.value(t.initializer);
+    const Tensor& b = *folded->data;
+    const int64_t rows = b.shape[0], cols = b.shape[1];
+    const size_t size = dtype_size(b.dtype);
+    Tensor weight(b.dtype, {cols, rows});
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        std::memcpy(weight.bytes.data() + (j * rows + i) * size, b.bytes.data() + (i * cols + j) * size, size);
+    Value* parameter = graph.add_initializer(t.name, std::move(weight), Role::Parameter);
+    Value* transposed = graph.add_value(graph.unique_name(t.name + "_transposed"));
+    graph.replace_uses(folded, transposed);
+    Node* node = graph.add_node("Transpose", {parameter}, {transposed}, t.name + "_transpose");
+    node->attrs["perm"] = Attribute{std::vector<int64_t>{1, 0}};
+  }
   size_t conv_biases = 0;
   std::string conv_bias_example;
   for (const auto& norm : r.norms)
@@ -651,6 +703,10 @@ void restore_exporter_rewrites(Graph& graph, const ExporterRewrites& r) {
   if (!r.expanded.empty())
     what += (what.empty() ? "" : " and ") + std::string("the parameter '") + escape_name(r.expanded[0].name) +
             "' the optimizer expanded into '" + escape_name(r.expanded[0].initializer) + "'";
+  if (!r.transposed.empty())
+    what += (what.empty() ? "" : " and ") + std::to_string(r.transposed.size()) + " Linear weight" +
+            (r.transposed.size() == 1 ? "" : "s") + " the optimizer transposed into anonymous initializers (e.g. '" +
+            escape_name(r.transposed[0].name) + "' from '" + escape_name(r.transposed[0].initializer) + "')";
   if (!copies.empty())
     what += (what.empty() ? "" : " and ") + std::to_string(copies.size()) + " parameter" +
             (copies.size() == 1 ? "" : "s") + " or statistic" + (copies.size() == 1 ? "" : "s") +
@@ -667,6 +723,7 @@ void restore_exporter_rewrites(Graph& graph, const ExporterRewrites& r) {
   for (const auto& bias : r.biases) restored.insert(bias.name);
   for (const auto& [name, copy] : copies) restored.insert(name);
   for (const auto& e : r.expanded) restored.insert(e.name);
+  for (const auto& t : r.transposed) restored.insert(t.name);
   note_derived_parameters(graph, r, restored);  // what is left once the parameters are back
 }
 

@@ -60,10 +60,16 @@ struct ExporterRewrites {
   struct ExpandedParameter {
     std::string initializer, name;
   };
+  // A Linear's weight ([out, in]) that the optimizer transposed for MatMul and folded into the
+  // anonymous initializer `initializer` ([in, out], "val_12"): PyTorch's name for it.
+  struct TransposedParameter {
+    std::string initializer, name;
+  };
   std::vector<FoldedNorm> norms;
   std::vector<DroppedBias> biases;
   std::vector<MergedRead> unmerged;
   std::vector<ExpandedParameter> expanded;
+  std::vector<TransposedParameter> transposed;
   // Parameters the exported program's signature (graph metadata
   // pkg.torch.export.ExportedProgram.graph_signature) lists that the file holds in no form: no
   // initializer of that name, no FX node reading it, and no record above to put it back from.

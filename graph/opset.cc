@@ -121,20 +121,32 @@ void check_op_versions(const Graph& g) {
   }
   if (refused.empty()) return;
   std::vector<std::string> items;
+  bool convertible = false;
+  int64_t needed = 0;  // the newest first version among ops the opset predates
   for (const auto& [op, entry] : refused) {
     std::vector<std::string> names, versions;
     for (const Node* n : entry.second) names.push_back(quote_name(n->name, 60));
-    for (int64_t v : implemented_op_versions(op)) versions.push_back(std::to_string(v));
-    std::string what = entry.first == 0 ? op + " does not exist yet at opset " + std::to_string(opset)
-                                        : "it means " + op + "-" + std::to_string(entry.first);
-    items.push_back(op + " (" + join_limited(names, 60) + "): " + what + ", oxtrain implements versions " +
-                    join_limited(versions));
+    const std::vector<int64_t> implemented = implemented_op_versions(op);
+    for (int64_t v : implemented) versions.push_back(std::to_string(v));
+    if (entry.first == 0) {
+      needed = std::max(needed, implemented.front());
+      items.push_back(op + " (" + join_limited(names, 60) + "): " + op + " exists only from opset " +
+                      std::to_string(implemented.front()));
+    } else {
+      convertible = true;
+      items.push_back(op + " (" + join_limited(names, 60) + "): it means " + op + "-" + std::to_string(entry.first) +
+                      ", oxtrain implements versions " + join_limited(versions));
+    }
   }
+  std::string advice = convertible ? ". Convert the model to an opset from " + std::to_string(kFullOpsetMin) + " to " +
+                                         std::to_string(kFullOpsetMax) +
+                                         " with onnx.version_converter.convert_version(model, " +
+                                         std::to_string(kFullOpsetMax) + ")"
+                                   : ". The file is not valid ONNX: its opset import must be " +
+                                         std::to_string(needed) + " or newer for these ops";
   throw Error("the model imports opset " + std::to_string(opset) +
               " of ai.onnx, and oxtrain does not implement these ops as that opset defines them: " +
-              join_limited(items, 2 * kMaxMessageLine, "; ") + ". Convert the model to an opset from " +
-              std::to_string(kFullOpsetMin) + " to " + std::to_string(kFullOpsetMax) +
-              " with onnx.version_converter.convert_version(model, " + std::to_string(kFullOpsetMax) + ")");
+              join_limited(items, 2 * kMaxMessageLine, "; ") + advice);
 }
 
 }  // namespace oxtrain::graph

@@ -29,7 +29,9 @@ for inference (graph/exporter_rewrites.h).
                       lists it. dynamo_conv_bias_noopt.onnx is its optimize=False twin.
   dynamo_class_token.onnx  a tiny ViT: a class token expanded to the batch and concatenated to the
                       patch tokens, which the optimizer folds into a constant of the export's
-                      batch. dynamo_class_token_noopt.onnx is its optimize=False twin.
+                      batch, and a Linear on the tokens, whose weight it transposes for MatMul
+                      into an anonymous initializer. dynamo_class_token_noopt.onnx is its
+                      optimize=False twin.
   dynamo_two_tokens.onnx  the tiny ViT with a class and a distillation token (DeiT's): two
                       parameters folded into two constants, which the file cannot tell apart.
 
@@ -95,6 +97,7 @@ class TinyViT(nn.Module):
         self.class_token = nn.Parameter(torch.randn(1, 1, 6))
         self.dist_token = nn.Parameter(torch.randn(1, 1, 6)) if tokens == 2 else None
         self.pos = nn.Parameter(torch.randn(1, 4 + tokens, 6) * 0.1)
+        self.mlp = nn.Linear(6, 6)  # on [N, T, 6]: MatMul with its weight transposed and folded
         self.norm = nn.LayerNorm(6)
         self.head = nn.Linear(6, 5)
 
@@ -105,6 +108,7 @@ class TinyViT(nn.Module):
         if self.dist_token is not None:
             learned.append(self.dist_token.expand(n, -1, -1))
         t = torch.cat(learned + [t], dim=1) + self.pos
+        t = t + self.mlp(t)
         return self.head(self.norm(t)[:, 0])
 
 

@@ -197,12 +197,15 @@ TEST(FoldedBatchNorm, ConvBiasesDroppedBeforeTheFoldComeBackFromTheSignature) {
             persistent(graph::import_onnx(fixture("folded_bn/dynamo_conv_bias_noopt.onnx"))).size());
 }
 
-TEST(FoldedBatchNorm, ExpandedClassTokenIsAParameterAgain) {
+TEST(FoldedBatchNorm, ExpandedClassTokenAndTransposedWeightsAreParametersAgain) {
   // ViT's class token, expanded to the batch: the optimizer folds the expansion into a
-  // constant of the export's batch, which would train its rows apart.
+  // constant of the export's batch, which would train its rows apart. A Linear on the tokens:
+  // its weight transposed for MatMul into an anonymous initializer.
   graph::Graph restored = graph::import_onnx(fixture("folded_bn/dynamo_class_token.onnx"));
   graph::Graph noopt = graph::import_onnx(fixture("folded_bn/dynamo_class_token_noopt.onnx"));
-  EXPECT_EQ(restored.restored_rewrites, "the parameter 'class_token' the optimizer expanded into 'expand'");
+  EXPECT_EQ(restored.restored_rewrites,
+            "the parameter 'class_token' the optimizer expanded into 'expand' and 1 Linear weight the optimizer "
+            "transposed into anonymous initializers (e.g. 'mlp.weight' from 'val_10')");
   EXPECT_EQ(restored.derived_parameters, "");
   EXPECT_EQ(restored.missing_parameters, "");
   EXPECT_EQ(persistent_difference(restored, noopt, 0), "");
@@ -212,6 +215,12 @@ TEST(FoldedBatchNorm, ExpandedClassTokenIsAParameterAgain) {
   ASSERT_EQ(token->consumers.size(), 1u);
   EXPECT_EQ(token->consumers[0]->op_type, "Expand");
   EXPECT_EQ(restored.find_value("expand"), nullptr);
+  // The token-wise Linear's weight, [out, in] as PyTorch holds it, behind a Transpose.
+  const graph::Value* weight = restored.value("mlp.weight");
+  EXPECT_EQ(weight->role, graph::Role::Parameter);
+  ASSERT_EQ(weight->consumers.size(), 1u);
+  EXPECT_EQ(weight->consumers[0]->op_type, "Transpose");
+  EXPECT_EQ(restored.find_value("val_10"), nullptr);
   test::TrainingRun a = three_steps(std::move(restored)), b = three_steps(std::move(noopt));
   EXPECT_LT(largest_state_difference(a, b), 1e-6);
 
@@ -224,7 +233,9 @@ TEST(FoldedBatchNorm, ExpandedClassTokenIsAParameterAgain) {
 TEST(FoldedBatchNorm, TwoExpandedTokensCannotBeToldApart) {
   // DeiT's class and distillation tokens: two parameters missing, two expanded constants.
   graph::Graph g = graph::import_onnx(fixture("folded_bn/dynamo_two_tokens.onnx"));
-  EXPECT_EQ(g.restored_rewrites, "");
+  // What is recorded is put back all the same.
+  EXPECT_EQ(g.restored_rewrites,
+            "1 Linear weight the optimizer transposed into anonymous initializers (e.g. 'mlp.weight' from 'val_15')");
   EXPECT_EQ(g.missing_parameters,
             "2 parameters of the exported program's signature the file holds in no form ('class_token', "
             "'dist_token')");
