@@ -494,6 +494,75 @@ TEST(CpuPool, MaxPoolColumnMajorIndices) {
   }
 }
 
+// 3-D pooling (the N-D path) of [N, C, 1, H, W] with a depth-1 window gives the 2-D result of
+// [N, C, H, W] bit for bit: values, Indices in both storage orders, and AveragePool's gradient.
+// ONNX's 3-D node tests check real depth.
+TEST(CpuPool, ThreeDimensionalPoolingOfOneSliceIsTwoDimensional) {
+  uint64_t seed = 900;
+  auto lift = [](const PoolParams& p) {
+    PoolParams q = p;
+    q.x.insert(q.x.begin() + 2, 1);
+    q.kernel.insert(q.kernel.begin(), 1);
+    if (!q.strides.empty()) q.strides.insert(q.strides.begin(), 1);
+    if (!q.dilations.empty()) q.dilations.insert(q.dilations.begin(), 1);
+    if (!q.pads.empty()) q.pads = {0, p.pads[0], p.pads[1], 0, p.pads[2], p.pads[3]};
+    return q;
+  };
+  auto pooled3 = [](const PoolParams& p) {
+    Shape s = pooled_shape(p);
+    s.insert(s.begin() + 2, 1);
+    return s;
+  };
+  auto same_bytes = [](const Tensor& a, const Tensor& b) {
+    return a.bytes.size() == b.bytes.size() && std::memcmp(a.bytes.data(), b.bytes.data(), a.bytes.size()) == 0;
+  };
+  for (const PoolParams& p : max_cases()) {
+    SCOPED_TRACE(p.label);
+    const PoolParams q = lift(p);
+    Tensor x = random_tensor(DType::f32, p.x, ++seed);
+    for (int64_t order : {0, 1}) {
+      KernelCase k2("MaxPool", "", {x}, {{DType::f32, pooled_shape(p)}, {DType::i64, pooled_shape(p)}});
+      set_pool_attrs(k2, p);
+      k2.set_attr("storage_order", Attribute{order});
+      k2.run();
+      Tensor x3 = x;
+      x3.shape = q.x;
+      KernelCase k3("MaxPool", "", {x3}, {{DType::f32, pooled3(p)}, {DType::i64, pooled3(p)}});
+      set_pool_attrs(k3, q);
+      k3.set_attr("storage_order", Attribute{order});
+      k3.run();
+      EXPECT_TRUE(same_bytes(k3.output(0), k2.output(0))) << "Y, storage_order " << order;
+      EXPECT_TRUE(same_bytes(k3.output(1), k2.output(1))) << "Indices, storage_order " << order;
+    }
+  }
+  for (const PoolParams& p : avg_cases())
+    for (bool include_pad : {false, true}) {
+      SCOPED_TRACE(p.label + (include_pad ? ", count_include_pad" : ""));
+      const PoolParams q = lift(p);
+      Tensor x = random_tensor(DType::f64, p.x, ++seed), dy = random_tensor(DType::f64, pooled_shape(p), ++seed);
+      Tensor x3 = x, dy3 = dy;
+      x3.shape = q.x;
+      dy3.shape = pooled3(p);
+      KernelCase f3("AveragePool", "", {x3}, {{DType::f64, pooled3(p)}});
+      set_pool_attrs(f3, q);
+      f3.set_attr("count_include_pad", Attribute{int64_t{include_pad}});
+      f3.run();
+      Tensor y3 = f3.output(0);
+      EXPECT_TRUE(same_bytes(y3, run_avg_pool(p, include_pad, x)));
+      KernelCase g3("AveragePoolGrad", "oxtrain", {dy3}, {{DType::f64, q.x}});
+      set_pool_attrs(g3, q);
+      g3.set_attr("count_include_pad", Attribute{int64_t{include_pad}});
+      g3.set_attr("input_shape", Attribute{q.x});
+      g3.run();
+      // The 2-D gradient gathers per input, the N-D one scatters per output: the same sums
+      // in another order, so within rounding; and the adjoint holds exactly in float64.
+      expect_close(g3.output(0), test::values(run_avg_pool_grad(p, include_pad, dy)), std::vector<double>(x.numel(), 1.0),
+                   1e-12, "dX");
+      const double forward = dot(y3, dy3), backward = dot(x3, g3.output(0));
+      EXPECT_NEAR(backward, forward, 1e-10 * std::max(1.0, std::fabs(forward)));
+    }
+}
+
 TEST(CpuPool, RejectsUnsupported) {
   {
     KernelCase k("MaxPool", "", {Tensor(DType::f32, {1, 2, 6, 6})},
@@ -510,9 +579,9 @@ TEST(CpuPool, RejectsUnsupported) {
       EXPECT_NE(std::string(e.what()).find("storage_order"), std::string::npos) << e.what();
     }
   }
-  {
+  {  // 3-D: the pooled shape must be what the window gives.
     KernelCase k("MaxPool", "", {Tensor(DType::f32, {1, 2, 6, 6, 6})},
-                 {{DType::f32, {1, 2, 3, 3, 3}}});
+                 {{DType::f32, {1, 2, 3, 3, 2}}});
     k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2, 2}});
     k.set_attr("strides", Attribute{std::vector<int64_t>{2, 2, 2}});
     EXPECT_THROW(k.run(), Error);

@@ -49,8 +49,6 @@ constexpr const char* kString =
     "string tensors: oxtrain has no string type";
 constexpr const char* kNonTensor =
     "a sequence- or optional-typed input: oxtrain has tensors only";
-constexpr const char* kPool2dOnly =
-    "3-D pooling: the CPU kernels pool 1-D and 2-D inputs only";
 constexpr const char* kBatchNormTraining =
     "training-mode BatchNormalization runs only inside a training graph (oxtrain.BatchNormTraining)";
 constexpr const char* kFloat16 =
@@ -62,12 +60,6 @@ constexpr const char* kDropoutMask =
 
 // Published cases that do not pass, each with the reason. Only these may fail.
 const Exclusion kExcluded[] = {
-    {"test_averagepool_3d_default", kPool2dOnly},
-    {"test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False", kPool2dOnly},
-    {"test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True", kPool2dOnly},
-    {"test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_False", kPool2dOnly},
-    {"test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True", kPool2dOnly},
-    {"test_averagepool_3d_dilations_small", kPool2dOnly},
     {"test_batchnorm_epsilon_training_mode", kBatchNormTraining},
     {"test_batchnorm_example_training_mode", kBatchNormTraining},
     {"test_bernoulli_double_expanded", kRandomDraw},
@@ -77,10 +69,6 @@ const Exclusion kExcluded[] = {
     {"test_equal_string_broadcast", kString},
     {"test_identity_opt", kNonTensor},
     {"test_identity_sequence", kNonTensor},
-    {"test_maxpool_3d_default", kPool2dOnly},
-    {"test_maxpool_3d_dilations", kPool2dOnly},
-    {"test_maxpool_3d_dilations_use_ref_impl", kPool2dOnly},
-    {"test_maxpool_3d_dilations_use_ref_impl_large", kPool2dOnly},
     {"test_training_dropout", kDropoutMask},
     {"test_training_dropout_default", kDropoutMask},
     {"test_training_dropout_default_mask", kDropoutMask},

@@ -301,6 +301,154 @@ void global_avg_pool_grad(int64_t planes, int64_t size, const T* dy, T* dx) {
     std::fill(dx + pl * size, dx + (pl + 1) * size, math::global_mean_grad(dy[pl], size));
 }
 
+// ---------------------------------------------------------------------------------------
+// Pooling over three or more spatial axes ([N, C, D, H, W], video models), on the CPU only:
+// runtime/math/pool.h's per-axis window arithmetic (pool_taps) on every axis, windows read in
+// row-major order, so ties, NaN, padding and the divisor behave as in 2-D.
+
+struct PoolNd {
+  int64_t planes = 0, in_plane = 1, out_plane = 1;
+  std::vector<math::PoolAxis> axes;
+  std::vector<std::vector<PoolTaps>> taps;  // per axis, per output coordinate
+};
+
+PoolNd pool_nd(const graph::Node& node, int64_t opset, const graph::Shape& x, const graph::Shape& y) {
+  for (int64_t d : x)
+    if (d < 0) throw Error(node.describe() + ": input shape " + cpu::join(x) + " is not known");
+  if (!node.has_attr("kernel_shape")) throw Error(node.describe() + ": attribute kernel_shape is required");
+  const std::vector<int64_t> kernel = node.attr_ints("kernel_shape");
+  if (kernel.size() != x.size() - 2)
+    throw Error(node.describe() + ": kernel_shape " + cpu::join(kernel) + " does not fit input " + cpu::join(x));
+  const graph::WindowGeometry wg = graph::window_geometry(node, x, kernel, math::pool_ceil_mode(node, opset));
+  PoolNd g;
+  g.planes = x[0] * x[1];
+  graph::Shape expect{x[0], x[1]};
+  for (size_t k = 0; k < kernel.size(); ++k) {
+    const math::PoolAxis a{x[k + 2], wg.output[k], kernel[k], wg.strides[k], wg.dilations[k], wg.pads_begin[k], wg.pads_end[k]};
+    g.axes.push_back(a);
+    std::vector<PoolTaps> taps(static_cast<size_t>(a.out));
+    for (int64_t o = 0; o < a.out; ++o) taps[o] = math::pool_taps(a, o);
+    g.taps.push_back(std::move(taps));
+    g.in_plane *= a.in;
+    g.out_plane *= a.out;
+    expect.push_back(a.out);
+  }
+  if (y != expect)
+    throw Error(node.describe() + ": pooled shape " + cpu::join(y) + " does not match " + cpu::join(expect) +
+                " computed from input " + cpu::join(x));
+  return g;
+}
+
+// Calls f(window of output o, as per-axis taps) for each output of a plane in row-major order.
+template <typename F>
+void for_each_window(const PoolNd& g, F&& f) {
+  const size_t rank = g.axes.size();
+  std::vector<int64_t> o(rank, 0);
+  std::vector<const PoolTaps*> win(rank);
+  for (int64_t flat = 0; flat < g.out_plane; ++flat) {
+    for (size_t k = 0; k < rank; ++k) win[k] = &g.taps[k][o[k]];
+    f(flat, win);
+    for (size_t k = rank; k-- > 0;) {
+      if (++o[k] < g.axes[k].out) break;
+      o[k] = 0;
+    }
+  }
+}
+
+// Calls f(position in the plane) for each real element of a window, in row-major order.
+template <typename F>
+void for_each_tap(const PoolNd& g, const std::vector<const PoolTaps*>& win, F&& f) {
+  const size_t rank = g.axes.size();
+  for (size_t k = 0; k < rank; ++k)
+    if (win[k]->k_lo >= win[k]->k_hi) return;
+  std::vector<int64_t> t(rank);
+  for (size_t k = 0; k < rank; ++k) t[k] = win[k]->k_lo;
+  while (true) {
+    int64_t at = 0;
+    for (size_t k = 0; k < rank; ++k) at = at * g.axes[k].in + win[k]->start + t[k] * g.axes[k].dilation;
+    f(at);
+    size_t k = rank;
+    while (k-- > 0) {
+      if (++t[k] < win[k]->k_hi) break;
+      t[k] = win[k]->k_lo;
+    }
+    if (k == static_cast<size_t>(-1)) return;
+  }
+}
+
+// A position of the plane, row-major, as column-major (MaxPool's storage_order=1): the first
+// axis innermost, as h + w * H in 2-D.
+int64_t column_major_position(const PoolNd& g, int64_t at) {
+  const size_t rank = g.axes.size();
+  std::vector<int64_t> c(rank);
+  for (size_t k = rank; k-- > 0;) {
+    c[k] = at % g.axes[k].in;
+    at /= g.axes[k].in;
+  }
+  int64_t out = 0, scale = 1;
+  for (size_t k = 0; k < rank; ++k) {
+    out += c[k] * scale;
+    scale *= g.axes[k].in;
+  }
+  return out;
+}
+
+int64_t avg_divisor_nd(const std::vector<const PoolTaps*>& win, bool include_pad) {
+  int64_t d = 1;
+  for (const PoolTaps* t : win) d *= include_pad ? t->span : t->k_hi - t->k_lo;
+  return d;
+}
+
+template <typename T>
+void max_pool_nd(const PoolNd& g, int64_t batch_planes, const T* x, T* y, int64_t* indices, bool column_major) {
+#pragma omp parallel for schedule(static) if (batch_planes * g.out_plane * 4 >= kParallelMin)
+  for (int64_t pl = 0; pl < batch_planes; ++pl) {
+    const T* xp = x + pl * g.in_plane;
+    for_each_window(g, [&](int64_t o, const std::vector<const PoolTaps*>& win) {
+      math::MaxPick<T> m{math::pool_lowest<T>(), -1, false};
+      bool first = true;
+      for_each_tap(g, win, [&](int64_t at) {
+        if (first) m = {xp[at], at, math::pool_is_nan(xp[at])}, first = false;
+        else math::max_pick(m, xp[at], at);
+      });
+      y[pl * g.out_plane + o] = m.value;
+      if (indices)
+        indices[pl * g.out_plane + o] = m.at < 0 ? -1 : pl * g.in_plane + (column_major ? column_major_position(g, m.at) : m.at);
+    });
+  }
+}
+
+template <typename T>
+void avg_pool_nd(const PoolNd& g, int64_t batch_planes, bool include_pad, const T* x, T* y) {
+#pragma omp parallel for schedule(static) if (batch_planes * g.out_plane * 4 >= kParallelMin)
+  for (int64_t pl = 0; pl < batch_planes; ++pl) {
+    const T* xp = x + pl * g.in_plane;
+    for_each_window(g, [&](int64_t o, const std::vector<const PoolTaps*>& win) {
+      T sum = 0;
+      for_each_tap(g, win, [&](int64_t at) { sum += xp[at]; });
+      const int64_t div = avg_divisor_nd(win, include_pad);
+      y[pl * g.out_plane + o] = div > 0 ? sum / static_cast<T>(div) : T(0);
+    });
+  }
+}
+
+// The adjoint: dX = 0, then each output adds dY / divisor to its window's elements, outputs in
+// ascending order.
+template <typename T>
+void avg_pool_grad_nd(const PoolNd& g, int64_t batch_planes, bool include_pad, const T* dy, T* dx) {
+#pragma omp parallel for schedule(static) if (batch_planes * g.out_plane * 4 >= kParallelMin)
+  for (int64_t pl = 0; pl < batch_planes; ++pl) {
+    T* dxp = dx + pl * g.in_plane;
+    std::fill(dxp, dxp + g.in_plane, T(0));
+    for_each_window(g, [&](int64_t o, const std::vector<const PoolTaps*>& win) {
+      const int64_t div = avg_divisor_nd(win, include_pad);
+      if (div <= 0) return;
+      const T share = dy[pl * g.out_plane + o] / static_cast<T>(div);
+      for_each_tap(g, win, [&](int64_t at) { dxp[at] += share; });
+    });
+  }
+}
+
 template <typename F>
 std::unique_ptr<Kernel> by_dtype(DType dt, F&& f) {
   if (dt == DType::f64) return f(double{});
@@ -320,6 +468,17 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const bool bytes = (x->dtype == DType::u8 || x->dtype == DType::i8) && y->dtype == x->dtype;
     DType dt = bytes ? x->dtype : float_dtype(n, {x, y});
     const bool column_major = math::check_max_pool_outputs(n);
+    if (x->shape.size() > 4) {
+      const PoolNd g = pool_nd(n, init.opset, x->shape, y->shape);
+      return by_dtype(dt, [g, column_major](auto zero) {
+        using T = decltype(zero);
+        return make_kernel([g, column_major](const KernelArgs& a) {
+          int64_t* idx = a.outputs.size() > 1 && a.outputs[1].present() ? a.outputs[1].as<int64_t>() : nullptr;
+          const graph::Shape& s = a.inputs[0].shape;
+          max_pool_nd<T>(g, s[0] * s[1], a.inputs[0].as<T>(), a.outputs[0].as<T>(), idx, column_major);
+        });
+      });
+    }
     PoolPlan plan = pool_plan(node_window(init, x->shape, y->shape));
     return by_dtype(dt, [plan, column_major](auto zero) {
       using T = decltype(zero);
@@ -366,9 +525,19 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const graph::Value* x = required(n, 0);
     const graph::Value* y = required(n, 0, true);
     DType dt = float_dtype(n, {x, y});
+    bool include_pad = n.attr_int("count_include_pad", 0) != 0;
+    if (x->shape.size() > 4) {
+      const PoolNd g = pool_nd(n, init.opset, x->shape, y->shape);
+      return by_dtype(dt, [g, include_pad](auto zero) {
+        using T = decltype(zero);
+        return make_kernel([g, include_pad](const KernelArgs& a) {
+          const graph::Shape& s = a.inputs[0].shape;
+          avg_pool_nd<T>(g, s[0] * s[1], include_pad, a.inputs[0].as<T>(), a.outputs[0].as<T>());
+        });
+      });
+    }
     Pool2d g = node_window(init, x->shape, y->shape);
     PoolPlan plan = pool_plan(g);
-    bool include_pad = n.attr_int("count_include_pad", 0) != 0;
     return by_dtype(dt, [plan, include_pad](auto zero) {
       using T = decltype(zero);
       return make_kernel([plan, include_pad](const KernelArgs& a) {
@@ -384,8 +553,18 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
     const graph::Value* dx = required(n, 0, true);
     DType dt = float_dtype(n, {dy, dx});
     graph::Shape x_shape = grad_input_shape(n, dx);
-    Pool2d g = node_window(init, x_shape, dy->shape);
     bool include_pad = n.attr_int("count_include_pad", 0) != 0;
+    if (x_shape.size() > 4) {
+      const PoolNd g = pool_nd(n, init.opset, x_shape, dy->shape);
+      return by_dtype(dt, [g, include_pad](auto zero) {
+        using T = decltype(zero);
+        return make_kernel([g, include_pad](const KernelArgs& a) {
+          const graph::Shape& s = a.inputs[0].shape;
+          avg_pool_grad_nd<T>(g, s[0] * s[1], include_pad, a.inputs[0].as<T>(), a.outputs[0].as<T>());
+        });
+      });
+    }
+    Pool2d g = node_window(init, x_shape, dy->shape);
     return by_dtype(dt, [g, include_pad](auto zero) {
       using T = decltype(zero);
       return make_kernel([g, include_pad](const KernelArgs& a) {
