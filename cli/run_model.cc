@@ -173,6 +173,16 @@ std::vector<NamedTensor> run_model(const std::string& model_path, const std::vec
   std::vector<std::pair<std::string, Tensor>> fed;
   for (auto& [v, t] : feeds)
     if (!v->has_data()) fed.emplace_back(v->name, std::move(t));
+  // Training-mode BatchNormalization (training_mode=1, opsets 14 and 15) as ONNX defines it:
+  // normalised with the batch's statistics, its running statistics updated with the batch's
+  // population variance (oxtrain's training graphs update with PyTorch's unbiased one).
+  for (const auto& n : g.nodes())
+    if (n->op_type == "BatchNormalization" && n->domain.empty() && n->attr_int("training_mode", 0) != 0) {
+      n->op_type = "BatchNormTraining";
+      n->domain = graph::kOxtrainDomain;
+      n->attrs.erase("training_mode");
+      n->attrs["unbiased_running_var"] = graph::Attribute{int64_t{0}};
+    }
   try {
     graph::prepare(g, io);
   } catch (const Error& e) {

@@ -193,6 +193,21 @@ TEST(CpuNorm, TrainingMatchesHandFormulas) {
       running_only.run();
       EXPECT_EQ(running_only.output(1).bytes, kc.output(1).bytes) << what;
       EXPECT_EQ(running_only.output(2).bytes, kc.output(2).bytes) << what;
+
+      // ONNX's running variance (unbiased_running_var=0, `oxtrain run`): the population one.
+      KernelCase population = training_case(in, dt);
+      set_attrs(population);
+      population.set_attr("unbiased_running_var", Attribute{int64_t{0}});
+      population.run();
+      std::vector<double> rv_population;
+      for (int64_t c = 0; c < d.c; ++c) {
+        double mean, var;
+        channel_stats(in.x, d, c, &mean, &var);
+        rv_population.push_back(mom * element(in.var, c) + (1 - mom) * var);
+      }
+      EXPECT_TRUE(close(population.output(2), rv_population, tol)) << "population running var " << what;
+      EXPECT_EQ(population.output(0).bytes, kc.output(0).bytes) << what;
+      EXPECT_EQ(population.output(1).bytes, kc.output(1).bytes) << what;
     }
   }
 }

@@ -83,6 +83,10 @@ TEST(Gradients, MaxPool) {
   check_gradients({"MaxPool", {{distinct({2, 3, 11}, seed++)}},
                    {{"kernel_shape", iv({3})}, {"strides", iv({2})}, {"pads", iv({1, 1})}}},
                   "1-D k3 s2 p1");
+  check_gradients({"MaxPool", {{distinct({2, 2, 5, 6, 4}, seed++)}},
+                   {{"kernel_shape", iv({2, 3, 2})}, {"strides", iv({2, 1, 2})}, {"pads", iv({1, 1, 0, 0, 1, 1})},
+                    {"dilations", iv({1, 2, 1})}}},
+                  "3-D k2x3x2 dilated, padded");
 }
 
 TEST(Gradients, AveragePool) {
@@ -99,6 +103,11 @@ TEST(Gradients, AveragePool) {
   check_gradients({"AveragePool", {{f64({2, 3, 11}, seed++)}},
                    {{"kernel_shape", iv({3})}, {"strides", iv({2})}, {"pads", iv({1, 1})}, {"ceil_mode", i1(1)}}},
                   "1-D k3 s2 p1 ceil");
+  for (int64_t include_pad : {0, 1})
+    check_gradients({"AveragePool", {{f64({2, 2, 5, 6, 4}, seed++)}},
+                     {{"kernel_shape", iv({2, 3, 2})}, {"strides", iv({2, 1, 2})}, {"pads", iv({1, 1, 0, 0, 1, 1})},
+                      {"dilations", iv({1, 2, 1})}, {"count_include_pad", i1(include_pad)}, {"ceil_mode", i1(1)}}},
+                    include_pad ? "3-D dilated, padded, include pad, ceil" : "3-D dilated, padded, ceil");
 }
 
 TEST(Gradients, GlobalAveragePool) {

@@ -49,8 +49,6 @@ constexpr const char* kString =
     "string tensors: oxtrain has no string type";
 constexpr const char* kNonTensor =
     "a sequence- or optional-typed input: oxtrain has tensors only";
-constexpr const char* kBatchNormTraining =
-    "training-mode BatchNormalization runs only inside a training graph (oxtrain.BatchNormTraining)";
 constexpr const char* kFloat16 =
     "float16 tensors: oxtrain's CPU kernels compute in float32 and float64";
 constexpr const char* kRandomDraw =
@@ -60,8 +58,6 @@ constexpr const char* kDropoutMask =
 
 // Published cases that do not pass, each with the reason. Only these may fail.
 const Exclusion kExcluded[] = {
-    {"test_batchnorm_epsilon_training_mode", kBatchNormTraining},
-    {"test_batchnorm_example_training_mode", kBatchNormTraining},
     {"test_bernoulli_double_expanded", kRandomDraw},
     {"test_bernoulli_expanded", kRandomDraw},
     {"test_bernoulli_seed_expanded", kRandomDraw},

@@ -110,7 +110,7 @@ KernelFactory inference_factory() {
 // ---------------------------------------------------------------------------------------
 
 template <typename T>
-void batchnorm_training(const KernelArgs& a, double eps, double momentum) {
+void batchnorm_training(const KernelArgs& a, double eps, double momentum, bool unbiased) {
   const Geometry g = geometry(a.inputs[0].shape);
   const T* x = a.inputs[0].as<T>();
   const T* scale = a.inputs[1].as<T>();
@@ -153,10 +153,11 @@ void batchnorm_training(const KernelArgs& a, double eps, double momentum) {
 #pragma omp simd
       for (int64_t i = 0; i < g.spatial; ++i) yp[i] = math::batchnorm_apply(xp[i], mean_t, inv_std_t, sc_t, b_t);
     }
-    // Running variance: unbiased, as PyTorch (biased when there is one element).
-    const double unbiased = m > 1 ? var * static_cast<double>(m) / static_cast<double>(m - 1) : var;
+    // Running variance: unbiased, as PyTorch (biased when there is one element), or the
+    // population variance as ONNX's text says (unbiased_running_var=0, `oxtrain run`).
+    const double update = unbiased && m > 1 ? var * static_cast<double>(m) / static_cast<double>(m - 1) : var;
     if (mean_out) mean_out[c] = static_cast<T>(momentum * rm + (1.0 - momentum) * mean);
-    if (var_out) var_out[c] = static_cast<T>(momentum * rv + (1.0 - momentum) * unbiased);
+    if (var_out) var_out[c] = static_cast<T>(momentum * rv + (1.0 - momentum) * update);
     if (saved_mean) saved_mean[c] = mean_t;
     if (saved_inv_std) saved_inv_std[c] = inv_std_t;
   }
@@ -170,10 +171,11 @@ KernelFactory training_factory() {
     if (!n.output(0)) throw Error(n.describe() + ": output Y is missing");
     const double eps = n.attr_float("epsilon", 1e-5f);
     const double momentum = n.attr_float("momentum", 0.9f);
+    const bool unbiased = n.attr_int("unbiased_running_var", 1) != 0;
     return dispatch_float(dt, n.describe(), [&](auto tag) {
       using T = decltype(tag);
       return make_kernel(
-          [eps, momentum](const KernelArgs& a) { batchnorm_training<T>(a, eps, momentum); });
+          [eps, momentum, unbiased](const KernelArgs& a) { batchnorm_training<T>(a, eps, momentum, unbiased); });
     });
   };
 }

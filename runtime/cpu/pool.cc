@@ -115,7 +115,7 @@ graph::Shape check_max_pool_grad(const graph::Node& node) {
   return x_shape;
 }
 
-Pool2d check_max_pool_grad_from_input(const graph::Node& node, int64_t opset, Device device) {
+void check_max_pool_grad_from_input_values(const graph::Node& node) {
   const graph::Value* dy = cpu::required(node, 0);
   const graph::Value* x = cpu::required(node, 1);
   const graph::Value* dx = cpu::required(node, 0, true);
@@ -124,6 +124,12 @@ Pool2d check_max_pool_grad_from_input(const graph::Node& node, int64_t opset, De
                 ", " + graph::dtype_name(x->dtype) + ", " + graph::dtype_name(dx->dtype));
   if (dx->shape != x->shape)
     throw Error(node.describe() + ": dX " + join(dx->shape) + " must have X's shape " + join(x->shape));
+}
+
+Pool2d check_max_pool_grad_from_input(const graph::Node& node, int64_t opset, Device device) {
+  check_max_pool_grad_from_input_values(node);
+  const graph::Value* dy = node.input(0);
+  const graph::Value* x = node.input(1);
   Pool2d g = pool_window_2d(node, x->shape, pool_ceil_mode(node, opset), device);
   check_pooled_shape(node, g, dy->shape);
   return g;
@@ -399,18 +405,26 @@ int64_t avg_divisor_nd(const std::vector<const PoolTaps*>& win, bool include_pad
   return d;
 }
 
+// A window's maximum and its position, as math::max_window picks in 2-D (the first real
+// element seeds it; ties keep the first; NaN wins); -inf at -1 for a window without elements.
+template <typename T>
+math::MaxPick<T> window_max_nd(const PoolNd& g, const T* plane, const std::vector<const PoolTaps*>& win) {
+  math::MaxPick<T> m{math::pool_lowest<T>(), -1, false};
+  bool first = true;
+  for_each_tap(g, win, [&](int64_t at) {
+    if (first) m = {plane[at], at, math::pool_is_nan(plane[at])}, first = false;
+    else math::max_pick(m, plane[at], at);
+  });
+  return m;
+}
+
 template <typename T>
 void max_pool_nd(const PoolNd& g, int64_t batch_planes, const T* x, T* y, int64_t* indices, bool column_major) {
 #pragma omp parallel for schedule(static) if (batch_planes * g.out_plane * 4 >= kParallelMin)
   for (int64_t pl = 0; pl < batch_planes; ++pl) {
     const T* xp = x + pl * g.in_plane;
     for_each_window(g, [&](int64_t o, const std::vector<const PoolTaps*>& win) {
-      math::MaxPick<T> m{math::pool_lowest<T>(), -1, false};
-      bool first = true;
-      for_each_tap(g, win, [&](int64_t at) {
-        if (first) m = {xp[at], at, math::pool_is_nan(xp[at])}, first = false;
-        else math::max_pick(m, xp[at], at);
-      });
+      const math::MaxPick<T> m = window_max_nd(g, xp, win);
       y[pl * g.out_plane + o] = m.value;
       if (indices)
         indices[pl * g.out_plane + o] = m.at < 0 ? -1 : pl * g.in_plane + (column_major ? column_major_position(g, m.at) : m.at);
@@ -428,6 +442,22 @@ void avg_pool_nd(const PoolNd& g, int64_t batch_planes, bool include_pad, const 
       for_each_tap(g, win, [&](int64_t at) { sum += xp[at]; });
       const int64_t div = avg_divisor_nd(win, include_pad);
       y[pl * g.out_plane + o] = div > 0 ? sum / static_cast<T>(div) : T(0);
+    });
+  }
+}
+
+// MaxPoolGradFromInput: dX = 0, then each output's window finds its maximum in X again and
+// adds dY there, outputs in ascending order.
+template <typename T>
+void max_pool_grad_from_input_nd(const PoolNd& g, int64_t batch_planes, const T* dy, const T* x, T* dx) {
+#pragma omp parallel for schedule(static) if (batch_planes * g.out_plane * 4 >= kParallelMin)
+  for (int64_t pl = 0; pl < batch_planes; ++pl) {
+    T* dxp = dx + pl * g.in_plane;
+    std::fill(dxp, dxp + g.in_plane, T(0));
+    const T* xp = x + pl * g.in_plane;
+    for_each_window(g, [&](int64_t o, const std::vector<const PoolTaps*>& win) {
+      const math::MaxPick<T> m = window_max_nd(g, xp, win);
+      if (m.at >= 0) dxp[m.at] += dy[pl * g.out_plane + o];
     });
   }
 }
@@ -510,6 +540,17 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
 
   registry.add(graph::kOxtrainDomain, "MaxPoolGradFromInput", Device::cpu, [](const KernelInit& init) {
     const graph::Node& n = init.node;
+    if (required(n, 1)->shape.size() > 4) {
+      math::check_max_pool_grad_from_input_values(n);
+      const PoolNd g = pool_nd(n, init.opset, n.input(1)->shape, n.input(0)->shape);
+      return by_dtype(n.input(1)->dtype, [g](auto zero) {
+        using T = decltype(zero);
+        return make_kernel([g](const KernelArgs& a) {
+          const graph::Shape& s = a.inputs[1].shape;
+          max_pool_grad_from_input_nd<T>(g, s[0] * s[1], a.inputs[0].as<T>(), a.inputs[1].as<T>(), a.outputs[0].as<T>());
+        });
+      });
+    }
     const PoolPlan plan = pool_plan(math::check_max_pool_grad_from_input(n, init.opset, Device::cpu));
     return by_dtype(n.input(1)->dtype, [plan](auto zero) {
       using T = decltype(zero);

@@ -152,6 +152,10 @@ GraphRecipe training_recipe(const graph::Node& n) {
   for (size_t i = 1; i < 5; ++i) check_output(n, i, s.channel, DType::f32);
   const float eps = n.attr_float("epsilon", 1e-5f);
   const float momentum = n.attr_float("momentum", 0.9f);
+  if (n.attr_int("unbiased_running_var", 1) == 0)
+    throw Error(n.describe() + ": cuDNN updates the running variance with the unbiased batch variance; ONNX's "
+                "population-variance update (training-mode BatchNormalization in `oxtrain run`) runs on the CPU "
+                "(--device cpu)");
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;

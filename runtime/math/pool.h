@@ -306,6 +306,8 @@ graph::Shape check_max_pool_grad(const graph::Node& node);
 // of X's shape; returns X's window (the node carries MaxPool's attributes) after checking that
 // it pools X to dY's shape.
 Pool2d check_max_pool_grad_from_input(const graph::Node& node, int64_t opset, Device device);
+// Its types and dX's shape only (the CPU's pooling over three or more axes has its own window).
+void check_max_pool_grad_from_input_values(const graph::Node& node);
 
 // GlobalAveragePool and its gradient: `x` [N, C, spatial...] (rank 3 or more) and the pooled
 // [N, C, 1, ...] = `pooled`; the planes and the elements of each.
