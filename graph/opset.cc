@@ -94,6 +94,11 @@ int64_t onnx_op_version(const std::string& op_type, int64_t opset) {
   return version;
 }
 
+std::vector<int64_t> onnx_op_versions(const std::string& op_type) {
+  const OnnxOp* op = find_onnx_op(op_type);
+  return op ? op->versions : std::vector<int64_t>{};
+}
+
 std::vector<int64_t> implemented_op_versions(const std::string& op_type) {
   std::set<int64_t> versions;
   if (!find_schema("", op_type)) return {};

@@ -27,6 +27,9 @@ constexpr int64_t kMaxOpset = 28;  // the newest in graph/onnx_op_versions.inc (
 // The version of ai.onnx's `op_type` that `opset` means: the newest at or before it; 0 when the
 // op did not exist at that opset or is not an ai.onnx op.
 int64_t onnx_op_version(const std::string& op_type, int64_t opset);
+// Every version ONNX defined of `op_type` (its since_versions, oldest first; empty for ops
+// that are not ai.onnx's).
+std::vector<int64_t> onnx_op_versions(const std::string& op_type);
 // The versions of `op_type` oxtrain implements, oldest first (empty for ops it lacks).
 std::vector<int64_t> implemented_op_versions(const std::string& op_type);
 
