@@ -370,48 +370,15 @@ OXTRAIN_HD uint8_t logic(Logic l, uint8_t a, uint8_t b) {
 // Float to integer truncates toward zero; NaN gives 0 and values beyond the target's range
 // saturate (C++ leaves both undefined, PyTorch's CPU and CUDA disagree there). Between
 // integers the value wraps, as a C++ conversion; everything else is C++'s conversion.
+// An integer type's range, and its ends as doubles (compared in double: every end of a type up
+// to 32 bits is exact there; int64's and uint64's tops round up to 2^63 and 2^64, which no
+// in-range value reaches).
 template <typename T>
-struct IntRange;
-template <>
-struct IntRange<int64_t> {
-  static constexpr double lo = -9223372036854775808.0, hi = 9223372036854775807.0;
-  static constexpr int64_t min = INT64_MIN, max = INT64_MAX;
-};
-template <>
-struct IntRange<int32_t> {
-  static constexpr double lo = -2147483648.0, hi = 2147483647.0;
-  static constexpr int32_t min = INT32_MIN, max = INT32_MAX;
-};
-template <>
-struct IntRange<int8_t> {
-  static constexpr double lo = -128.0, hi = 127.0;
-  static constexpr int8_t min = INT8_MIN, max = INT8_MAX;
-};
-template <>
-struct IntRange<uint8_t> {
-  static constexpr double lo = 0.0, hi = 255.0;
-  static constexpr uint8_t min = 0, max = 255;
-};
-template <>
-struct IntRange<int16_t> {
-  static constexpr double lo = -32768.0, hi = 32767.0;
-  static constexpr int16_t min = INT16_MIN, max = INT16_MAX;
-};
-template <>
-struct IntRange<uint16_t> {
-  static constexpr double lo = 0.0, hi = 65535.0;
-  static constexpr uint16_t min = 0, max = UINT16_MAX;
-};
-template <>
-struct IntRange<uint32_t> {
-  static constexpr double lo = 0.0, hi = 4294967295.0;
-  static constexpr uint32_t min = 0, max = UINT32_MAX;
-};
-// The top (2^64 - 1) rounds to 2^64 in double, which no in-range value reaches.
-template <>
-struct IntRange<uint64_t> {
-  static constexpr double lo = 0.0, hi = 18446744073709551615.0;
-  static constexpr uint64_t min = 0, max = UINT64_MAX;
+struct IntRange {
+  using U = std::make_unsigned_t<T>;
+  static constexpr T max = static_cast<T>(static_cast<U>(~U(0)) >> (std::is_signed_v<T> ? 1 : 0));
+  static constexpr T min = std::is_signed_v<T> ? static_cast<T>(-max - 1) : T(0);
+  static constexpr double lo = static_cast<double>(min), hi = static_cast<double>(max);
 };
 
 template <typename To, typename From>
@@ -420,8 +387,6 @@ OXTRAIN_HD To convert(From x) {
   constexpr bool to_float = To(0.5) != To(0);
   if constexpr (from_float && !to_float) {
     if (is_nan(x)) return To(0);
-    // Compared in double: every bound of an int32 or uint8 is exact there, and int64's
-    // top (2^63 - 1) rounds to 2^63, which no in-range value reaches.
     const double v = static_cast<double>(x);
     if (v <= IntRange<To>::lo) return IntRange<To>::min;
     if (v >= IntRange<To>::hi) return IntRange<To>::max;
