@@ -36,7 +36,8 @@ const std::vector<OnnxOp>& onnx_ops() {
 }
 
 // Versions newer than kFullOpsetMax that oxtrain implements, reviewed against the ONNX
-// specification (scripts/onnx_op_versions.py lists them when onnx grows):
+// specification (OpVersions.EveryNewerVersionOfASupportedOpIsReviewed lists those not yet
+// reviewed when an op is added or scripts/onnx_op_versions.py brings a newer table):
 //   22  bfloat16 added to AveragePool, Conv, GlobalAveragePool, HardSigmoid, HardSwish, MaxPool
 //       and the random ops, and float8 to Dropout: types only.
 //   23, 24, 25  float4e2m1, float8e8m0, int2/uint2 added to the movement ops, Constant,
@@ -133,7 +134,9 @@ void check_op_versions(const Graph& g) {
     for (const Node* n : entry.second) names.push_back(quote_name(n->name, 60));
     const std::vector<int64_t> implemented = implemented_op_versions(op);
     for (int64_t v : implemented) versions.push_back(std::to_string(v));
-    if (entry.first == 0) {
+    if (implemented.empty()) {  // a schema without ONNX versions: the table is older than the op
+      items.push_back(op + " (" + join_limited(names, 60) + "): not in oxtrain's table of ONNX versions");
+    } else if (entry.first == 0) {
       needed = std::max(needed, implemented.front());
       items.push_back(op + " (" + join_limited(names, 60) + "): " + op + " exists only from opset " +
                       std::to_string(implemented.front()));
@@ -143,12 +146,14 @@ void check_op_versions(const Graph& g) {
                       ", oxtrain implements versions " + join_limited(versions));
     }
   }
-  std::string advice = convertible ? ". Convert the model to an opset from " + std::to_string(kFullOpsetMin) + " to " +
-                                         std::to_string(kFullOpsetMax) +
-                                         " with onnx.version_converter.convert_version(model, " +
-                                         std::to_string(kFullOpsetMax) + ")"
-                                   : ". The file is not valid ONNX: its opset import must be " +
-                                         std::to_string(needed) + " or newer for these ops";
+  std::string advice;
+  if (convertible)
+    advice = ". Convert the model to an opset from " + std::to_string(kFullOpsetMin) + " to " +
+             std::to_string(kFullOpsetMax) + " with onnx.version_converter.convert_version(model, " +
+             std::to_string(kFullOpsetMax) + ")";
+  else if (needed > 0)
+    advice = ". The file is not valid ONNX: its opset import must be " + std::to_string(needed) +
+             " or newer for these ops";
   throw Error("the model imports opset " + std::to_string(opset) +
               " of ai.onnx, and oxtrain does not implement these ops as that opset defines them: " +
               join_limited(items, 2 * kMaxMessageLine, "; ") + advice);
