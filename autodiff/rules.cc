@@ -121,20 +121,16 @@ Grads batchnorm_relu_training_rule(GradContext& c) {
 
 Grads relu_rule(GradContext& c) { return {c.emit1("ReluGrad", kOx, {c.dY(), c.out(0)})}; }
 
-// A 2-D (or 3-D and more: CPU only) MaxPool's gradient finds each window's maximum in X again
-// (MaxPoolGradFromInput): backward keeps X, usually alive for another reason or recomputed,
-// instead of int64 Indices, four times the size of a float32 X. 1-D scatters through the
-// Indices.
+// MaxPool's gradient finds each window's maximum in X again (MaxPoolGradFromInput; 3-D and
+// more on the CPU only): backward keeps X, usually alive for another reason or recomputed,
+// instead of int64 Indices, four times the size of a float32 X, which exporters do not write
+// (oxtrain.MaxPoolGrad, which scatters through Indices, stays for graphs that carry them).
 Grads maxpool_rule(GradContext& c) {
   // The window travels with the gradient node, so its kernel knows which outputs can cover an
   // input element without looking at the forward node.
   auto a = c.copy_attrs({"auto_pad", "ceil_mode", "kernel_shape", "pads", "strides", "dilations"});
   if (c.opset() < 10) a.erase("ceil_mode");
-  if (c.in(0)->shape.size() >= 4)
-    return {c.emit1("MaxPoolGradFromInput", kOx, {c.dY(), c.in(0)}, a)};
-  if (!c.out(1)) throw Error(c.node().describe() + ": MaxPool needs its Indices output for a gradient");
-  a["input_shape"] = ints(c.in(0)->shape);
-  return {c.emit1("MaxPoolGrad", kOx, {c.dY(), c.out(1)}, a)};
+  return {c.emit1("MaxPoolGradFromInput", kOx, {c.dY(), c.in(0)}, a)};
 }
 
 Grads avgpool_rule(GradContext& c) {

@@ -313,7 +313,7 @@ void global_avg_pool_grad(int64_t planes, int64_t size, const T* dy, T* dx) {
 // row-major order, so ties, NaN, padding and the divisor behave as in 2-D.
 
 struct PoolNd {
-  int64_t planes = 0, in_plane = 1, out_plane = 1;
+  int64_t in_plane = 1, out_plane = 1;
   std::vector<math::PoolAxis> axes;
   std::vector<std::vector<PoolTaps>> taps;  // per axis, per output coordinate
 };
@@ -327,7 +327,6 @@ PoolNd pool_nd(const graph::Node& node, int64_t opset, const graph::Shape& x, co
     throw Error(node.describe() + ": kernel_shape " + cpu::join(kernel) + " does not fit input " + cpu::join(x));
   const graph::WindowGeometry wg = graph::window_geometry(node, x, kernel, math::pool_ceil_mode(node, opset));
   PoolNd g;
-  g.planes = x[0] * x[1];
   graph::Shape expect{x[0], x[1]};
   for (size_t k = 0; k < kernel.size(); ++k) {
     const math::PoolAxis a{x[k + 2], wg.output[k], kernel[k], wg.strides[k], wg.dilations[k], wg.pads_begin[k], wg.pads_end[k]};
