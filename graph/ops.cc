@@ -624,7 +624,7 @@ void fold_cast(Node& n, const InferContext&) {
     throw Error(n.describe() + ": cannot fold a cast to ONNX type " + std::to_string(to_onnx));
   Tensor& o = out_data(n, 0, to, x.shape);
   const bool saturate = n.attr_int("saturate", 1) != 0;
-  const std::string round_mode = n.has_attr("round_mode") ? n.attr_string("round_mode", "") : "up";
+  const std::string round_mode = cast_round_mode(n);
   int64_t count = x.numel();
   for (int64_t i = 0; i < count; ++i) {
     double v;
@@ -749,6 +749,7 @@ void infer_cast(Node& n, const InferContext&) {
   DType to = dtype_from_onnx(static_cast<int>(n.attr_int("to", 0)));
   if (to == DType::undefined)
     throw Error(n.describe() + ": unsupported target type " + std::to_string(n.attr_int("to", 0)));
+  cast_round_mode(n);
   set_out(n, 0, to, in_shape(n, 0));
 }
 
@@ -1079,6 +1080,13 @@ std::vector<OpSchema>& registry() {
 }
 
 }  // namespace detail
+
+std::string cast_round_mode(const Node& node) {
+  const std::string mode = node.has_attr("round_mode") ? node.attr_string("round_mode", "") : "up";
+  if (mode != "up" && mode != "down" && mode != "nearest")
+    throw Error(node.describe() + ": round_mode '" + escape_name(mode) + "' must be up, down or nearest");
+  return mode;
+}
 
 using namespace detail;
 

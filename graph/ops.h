@@ -134,6 +134,10 @@ struct SliceGeometry {
 };
 SliceGeometry slice_geometry(const Node& node, const Shape& input, int64_t opset);
 
+// Cast's (and CastLike's) round_mode, which only a cast to float8e8m0 uses: "up" (the
+// default), "down" or "nearest"; throws naming the node for anything else.
+std::string cast_round_mode(const Node& node);
+
 // Numpy-style multidirectional broadcast; throws Error naming `node` on a mismatch.
 Shape broadcast_shapes(const Node& node, const Shape& a, const Shape& b);
 

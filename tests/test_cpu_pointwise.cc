@@ -365,6 +365,29 @@ TEST(CpuPointwise, CastWiderIntegerTypes) {
   EXPECT_TRUE(same(run1("Cast", {top}, DType::i32, {1}), {-1}));
 }
 
+// Narrow targets: float8 E4M3FN saturates by default (saturate=0: overflow is NaN); E8M0 rounds
+// the exponent by round_mode; an unknown round_mode is refused naming the node.
+TEST(CpuPointwise, CastToNarrowTypesHonoursSaturateAndRoundMode) {
+  Tensor f = filled(DType::f32, {3}, {1.1, 500, -0.25});
+  Tensor sat = run1("Cast", {f}, DType::f8e4m3fn, {3});
+  EXPECT_EQ(std::vector<uint8_t>(sat.data<uint8_t>(), sat.data<uint8_t>() + 3), (std::vector<uint8_t>{0x39, 0x7E, 0xA8}));
+  Tensor nan = run1("Cast", {f}, DType::f8e4m3fn, {3}, {{"saturate", Attribute{int64_t{0}}}});
+  EXPECT_EQ(nan.data<uint8_t>()[1], 0x7F);
+  Tensor up = run1("Cast", {f}, DType::f8e8m0, {3});
+  Tensor down = run1("Cast", {f}, DType::f8e8m0, {3}, {{"round_mode", Attribute{std::string("down")}}});
+  EXPECT_EQ(up.data<uint8_t>()[0], 128);    // 1.1 -> 2
+  EXPECT_EQ(down.data<uint8_t>()[0], 127);  // 1.1 -> 1
+  // Back to float32: exact.
+  EXPECT_TRUE(same(run1("Cast", {sat}, DType::f32, {3}), {1.125, 448, -0.25}));
+  try {
+    run1("Cast", {f}, DType::f8e8m0, {3}, {{"round_mode", Attribute{std::string("sideways")}}});
+    FAIL() << "an unknown round_mode was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("round_mode 'sideways' must be up, down or nearest"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(CpuPointwise, WiderIntegerArithmeticWrapsAndComparesUnsigned) {
   // uint64: 2^64 - 1 + 2 wraps to 1, and compares above every int64-range value.
   Tensor a(DType::u64, {2}), b(DType::u64, {2});

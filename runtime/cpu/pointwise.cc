@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "graph/ops.h"
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/math/pointwise.h"
@@ -535,9 +536,7 @@ void cast_loop(const KernelArgs& a, F f) {
 std::unique_ptr<Kernel> narrow_cast_kernel(const Node& n, DType from, DType to) {
   const std::string what = n.describe();
   const bool saturate = n.attr_int("saturate", 1) != 0;
-  const std::string round_mode = n.attr_string("round_mode", "up");
-  if (round_mode != "up" && round_mode != "down" && round_mode != "nearest")
-    throw Error(what + ": round_mode '" + round_mode + "' must be up, down or nearest");
+  const std::string round_mode = graph::cast_round_mode(n);
   std::function<double(const void*, int64_t)> read;
   if (graph::is_narrow(from)) {
     read = [from](const void* p, int64_t i) { return graph::narrow_value(from, static_cast<const uint8_t*>(p)[i]); };
