@@ -231,10 +231,13 @@ Model load_model(const TrainArgs& a, int64_t classes, bool log) {
     graph::prepare(m.forward, io);
     m.source = a.arch;
   }
+  // Images come as RGB [batch, 3, H, W]; fixed tensors (--input-tensors) may be any
+  // [batch, ...] the model takes (video clips [batch, 3, T, H, W], say), checked later.
   const graph::Value* in = m.forward.inputs.at(0);
-  if (in->shape.size() != 4 || in->shape[1] != 3)
+  if (a.input_tensors.empty() ? in->shape.size() != 4 || in->shape[1] != 3 : in->shape.empty())
     throw Error("model input '" + in->name + "' has shape " + in->shape_string() +
-                "; oxtrain train feeds RGB images [batch, 3, H, W]");
+                "; oxtrain train feeds RGB images [batch, 3, H, W]" +
+                (a.input_tensors.empty() ? "; other inputs come with --input-tensors" : ""));
   return m;
 }
 

@@ -32,18 +32,21 @@ struct ConvParams {
   bool bias = false;
 };
 
-// The geometry, derived here independently of graph/ops.cc.
+// The geometry, derived here independently of graph/ops.cc, for 1, 2 or 3 spatial axes.
 struct RefGeom {
-  int64_t s[2], d[2], pb[2], pe[2], out[2];
+  int64_t s[3], d[3], pb[3], pe[3], out[3];
 };
+
+size_t spatial_rank(const ConvParams& p) { return p.x.size() - 2; }
 
 RefGeom ref_geometry(const ConvParams& p) {
   RefGeom g;
-  for (int i = 0; i < 2; ++i) {
+  const size_t r = spatial_rank(p);
+  for (size_t i = 0; i < r; ++i) {
     g.s[i] = p.strides.empty() ? 1 : p.strides[i];
     g.d[i] = p.dilations.empty() ? 1 : p.dilations[i];
     g.pb[i] = p.pads.empty() ? 0 : p.pads[i];
-    g.pe[i] = p.pads.empty() ? 0 : p.pads[i + 2];
+    g.pe[i] = p.pads.empty() ? 0 : p.pads[i + r];
     int64_t in = p.x[i + 2], eff = (p.w[i + 2] - 1) * g.d[i] + 1;
     if (p.auto_pad == "SAME_UPPER" || p.auto_pad == "SAME_LOWER") {
       int64_t out = (in + g.s[i] - 1) / g.s[i];
@@ -60,7 +63,9 @@ RefGeom ref_geometry(const ConvParams& p) {
 
 Shape out_shape(const ConvParams& p) {
   RefGeom g = ref_geometry(p);
-  return {p.x[0], p.w[0], g.out[0], g.out[1]};
+  Shape y{p.x[0], p.w[0]};
+  for (size_t i = 0; i < spatial_rank(p); ++i) y.push_back(g.out[i]);
+  return y;
 }
 
 // Reference values plus, per element, the sum of |terms| (the scale of rounding errors).
@@ -77,38 +82,53 @@ struct ConvRef {
   Ref y, dx, dw;
 };
 
-// Y = conv(X, W) + B, dX = conv_transpose(dY, W), dW = corr(dY, X), all in double.
+int64_t product(const int64_t* d, size_t n) {
+  int64_t p = 1;
+  for (size_t i = 0; i < n; ++i) p *= d[i];
+  return p;
+}
+
+// Y = conv(X, W) + B, dX = conv_transpose(dY, W), dW = corr(dY, X), all in double. Output
+// pixels and kernel taps are enumerated as flat indices over the spatial axes.
 ConvRef reference(const ConvParams& p, const Tensor& x, const Tensor& w, const Tensor* b,
                   const Tensor& dy) {
   RefGeom g = ref_geometry(p);
-  const int64_t N = p.x[0], C = p.x[1], H = p.x[2], W = p.x[3];
-  const int64_t M = p.w[0], Cg = p.w[1], kH = p.w[2], kW = p.w[3];
-  const int64_t oH = g.out[0], oW = g.out[1], Mg = M / p.group;
-  ConvRef r{Ref(N * M * oH * oW), Ref(N * C * H * W), Ref(M * Cg * kH * kW)};
+  const size_t r = spatial_rank(p);
+  const int64_t N = p.x[0], C = p.x[1], M = p.w[0], Cg = p.w[1], Mg = M / p.group;
+  const int64_t in_px = product(p.x.data() + 2, r), taps = product(p.w.data() + 2, r);
+  const int64_t out_px = product(g.out, r);
+  ConvRef r_{Ref(N * M * out_px), Ref(N * C * in_px), Ref(M * Cg * taps)};
   for (int64_t n = 0; n < N; ++n)
     for (int64_t m = 0; m < M; ++m)
-      for (int64_t oh = 0; oh < oH; ++oh)
-        for (int64_t ow = 0; ow < oW; ++ow) {
-          const int64_t yi = ((n * M + m) * oH + oh) * oW + ow;
-          if (b) r.y.add(yi, element(*b, m));
-          const double gy = element(dy, yi);
-          for (int64_t cl = 0; cl < Cg; ++cl) {
-            const int64_t c = (m / Mg) * Cg + cl;
-            for (int64_t kh = 0; kh < kH; ++kh)
-              for (int64_t kw = 0; kw < kW; ++kw) {
-                const int64_t ih = oh * g.s[0] - g.pb[0] + kh * g.d[0];
-                const int64_t iw = ow * g.s[1] - g.pb[1] + kw * g.d[1];
-                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-                const int64_t xi = ((n * C + c) * H + ih) * W + iw;
-                const int64_t wi = ((m * Cg + cl) * kH + kh) * kW + kw;
-                const double xv = element(x, xi), wv = element(w, wi);
-                r.y.add(yi, xv * wv);
-                r.dx.add(xi, gy * wv);
-                r.dw.add(wi, gy * xv);
-              }
+      for (int64_t o = 0; o < out_px; ++o) {
+        const int64_t yi = (n * M + m) * out_px + o;
+        if (b) r_.y.add(yi, element(*b, m));
+        const double gy = element(dy, yi);
+        for (int64_t cl = 0; cl < Cg; ++cl) {
+          const int64_t c = (m / Mg) * Cg + cl;
+          for (int64_t t = 0; t < taps; ++t) {
+            // Split o and t into per-axis coordinates (last axis fastest).
+            int64_t xi_sp = 0, oo = o, tt = t, stride_in = 1;
+            bool inside = true;
+            for (size_t i = r; i-- > 0;) {
+              const int64_t oc = oo % g.out[i], k = tt % p.w[i + 2];
+              oo /= g.out[i], tt /= p.w[i + 2];
+              const int64_t ic = oc * g.s[i] - g.pb[i] + k * g.d[i];
+              if (ic < 0 || ic >= p.x[i + 2]) inside = false;
+              xi_sp += ic * stride_in;
+              stride_in *= p.x[i + 2];
+            }
+            if (!inside) continue;
+            const int64_t xi = (n * C + c) * in_px + xi_sp;
+            const int64_t wi = (m * Cg + cl) * taps + t;
+            const double xv = element(x, xi), wv = element(w, wi);
+            r_.y.add(yi, xv * wv);
+            r_.dx.add(xi, gy * wv);
+            r_.dw.add(wi, gy * xv);
           }
         }
-  return r;
+      }
+  return r_;
 }
 
 // NaN-aware: a non-finite result where a number is expected fails.
@@ -132,7 +152,7 @@ void set_conv_attrs(KernelCase& k, const ConvParams& p) {
   if (!p.dilations.empty()) k.set_attr("dilations", Attribute{p.dilations});
   if (!p.auto_pad.empty()) k.set_attr("auto_pad", Attribute{p.auto_pad});
   k.set_attr("group", Attribute{p.group});
-  k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{p.w[2], p.w[3]}});
+  k.set_attr("kernel_shape", Attribute{std::vector<int64_t>(p.w.begin() + 2, p.w.end())});
 }
 
 Tensor run_conv(const ConvParams& p, const Tensor& x, const Tensor& w, const Tensor* b) {
@@ -196,6 +216,26 @@ const std::vector<ConvParams>& cases() {
       {"one sample 1x1 direct", {1, 4, 33, 32}, {5, 4, 1, 1}, {}, {}, {}, 1, "", true},
       {"one sample small", {1, 5, 7, 7}, {5, 5, 3, 3}, {2, 2}, {0, 1, 1, 0}, {2, 1}, 1, "",
        false},
+      // 1-D: [N, C, L] with [M, C / group, k].
+      {"1-D stride 2 group 2", {3, 4, 13}, {6, 2, 3}, {2}, {1, 0}, {}, 2, "", true},
+      {"1-D dilation 3 SAME_LOWER", {2, 3, 11}, {4, 3, 4}, {}, {}, {3}, 1, "SAME_LOWER", false},
+      // 3-D: [N, C, D, H, W] with [M, C / group, kD, kH, kW].
+      {"3-D 3x3x3 pad 1 bias", {2, 3, 5, 6, 7}, {4, 3, 3, 3, 3}, {}, {1, 1, 1, 1, 1, 1}, {}, 1,
+       "", true},
+      {"3-D strides (2,1,2) asym pads", {2, 2, 7, 5, 8}, {5, 2, 3, 2, 3}, {2, 1, 2},
+       {1, 0, 2, 0, 1, 1}, {}, 1, "", false},
+      {"3-D dilation (2,1,1) group 2", {3, 4, 8, 5, 5}, {6, 2, 2, 3, 3}, {}, {1, 1, 1, 1, 1, 1},
+       {2, 1, 1}, 2, "", true},
+      {"3-D depthwise stride 2", {2, 3, 6, 7, 6}, {3, 1, 3, 3, 3}, {2, 2, 2}, {1, 1, 1, 1, 1, 1},
+       {}, 3, "", false},
+      {"3-D (3,1,1) temporal", {2, 4, 6, 5, 4}, {5, 4, 3, 1, 1}, {}, {1, 0, 0, 1, 0, 0}, {}, 1, "",
+       true},
+      {"3-D 1x1x1 chunked", {5, 6, 3, 4, 5}, {4, 6, 1, 1, 1}, {}, {}, {}, 1, "", true},
+      {"3-D 1x1x1 direct", {2, 3, 8, 8, 8}, {5, 3, 1, 1, 1}, {}, {}, {}, 1, "", false},
+      {"3-D SAME_UPPER stride 2", {2, 3, 5, 7, 6}, {4, 3, 3, 2, 3}, {2, 2, 2}, {}, {}, 1,
+       "SAME_UPPER", true},
+      {"3-D kernel as deep as input", {2, 2, 3, 5, 5}, {3, 2, 3, 3, 3}, {}, {0, 1, 1, 0, 1, 1}, {},
+       1, "", true},
   };
   return all;
 }
@@ -310,17 +350,37 @@ TEST(CpuConv, OverwritesOutputs) {
   }
 }
 
-TEST(CpuConv, RejectsThreeD) {
-  KernelCase three_d("Conv", "",
-                     {Tensor(DType::f32, {1, 2, 5, 5, 5}), Tensor(DType::f32, {3, 2, 3, 3, 3})},
-                     {{DType::f32, {1, 3, 3, 3, 3}}});
+TEST(CpuConv, RejectsFourSpatialAxes) {
+  KernelCase four_d("Conv", "",
+                    {Tensor(DType::f32, {1, 2, 3, 5, 5, 5}), Tensor(DType::f32, {3, 2, 1, 3, 3, 3})},
+                    {{DType::f32, {1, 3, 3, 3, 3, 3}}});
   try {
-    three_d.run();
-    FAIL() << "a 3-D convolution was accepted";
+    four_d.run();
+    FAIL() << "a 4-D convolution was accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("Conv 'test_Conv'"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("only 1-D and 2-D convolution"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("only 1-D, 2-D and 3-D convolution"), std::string::npos)
+        << e.what();
   }
+}
+
+// A 2-D convolution is the 3-D one of a single plane: the same values, bit for bit, in all
+// three kernels.
+TEST(CpuConv, TwoDimensionalIsOnePlane) {
+  const ConvParams p2{"", {3, 4, 9, 10}, {6, 2, 3, 3}, {2, 1}, {1, 0, 1, 2}, {1, 2}, 2, "", true};
+  const ConvParams p3{"", {3, 4, 1, 9, 10}, {6, 2, 1, 3, 3}, {1, 2, 1}, {0, 1, 0, 0, 1, 2},
+                      {1, 1, 2}, 2, "", true};
+  Tensor x = random_tensor(DType::f32, p2.x, 11), w = random_tensor(DType::f32, p2.w, 12);
+  Tensor b = random_tensor(DType::f32, {6}, 13), dy = random_tensor(DType::f32, out_shape(p2), 14);
+  Tensor x3 = x, w3 = w, dy3 = dy;
+  x3.shape = p3.x, w3.shape = p3.w, dy3.shape = out_shape(p3);
+  EXPECT_EQ(run_conv(p2, x, w, &b).bytes, run_conv(p3, x3, w3, &b).bytes);
+  EXPECT_EQ(run_grad_data(p2, dy, w).bytes, run_grad_data(p3, dy3, w3).bytes);
+  EXPECT_EQ(run_grad_filter(p2, dy, x).bytes, run_grad_filter(p3, dy3, x3).bytes);
+  double sum = 0;
+  Tensor y = run_conv(p3, x3, w3, &b);
+  for (int64_t i = 0; i < y.numel(); ++i) sum += std::fabs(element(y, i));
+  EXPECT_GT(sum, 1.0);  // it computed something
 }
 
 // A 1-D convolution is the 2-D one of a single row: the same values, bit for bit.

@@ -41,9 +41,13 @@ int64_t out_dim(int64_t in, int64_t k, int64_t s, int64_t pb, int64_t pe, int64_
   return (in + pb + pe - d * (k - 1) - 1) / s + 1;
 }
 
+// 1, 2 or 3 spatial axes; pads = [begins..., ends...].
 Shape out_shape(const ConvCase& c) {
-  return {c.x[0], c.w[0], out_dim(c.x[2], c.w[2], c.strides[0], c.pads[0], c.pads[2], c.dilations[0]),
-          out_dim(c.x[3], c.w[3], c.strides[1], c.pads[1], c.pads[3], c.dilations[1])};
+  const size_t r = c.x.size() - 2;
+  Shape y{c.x[0], c.w[0]};
+  for (size_t i = 0; i < r; ++i)
+    y.push_back(out_dim(c.x[i + 2], c.w[i + 2], c.strides[i], c.pads[i], c.pads[i + r], c.dilations[i]));
+  return y;
 }
 
 const std::vector<ConvCase>& cases() {
@@ -53,6 +57,10 @@ const std::vector<ConvCase>& cases() {
       {"depthwise 3x3 dilation 2", {5, 8, 11, 13}, {8, 1, 3, 3}, {1, 1}, {2, 2, 2, 2}, {2, 2}, 8, false},
       {"1x1", {5, 7, 11, 13}, {16, 7, 1, 1}, {1, 1}, {0, 0, 0, 0}, {1, 1}, 1, false},
       {"5x3 stride 3x1 no pad", {3, 4, 17, 9}, {5, 4, 5, 3}, {3, 1}, {0, 0, 0, 0}, {1, 1}, 1, true},
+      {"1-D stride 2 group 2 bias", {4, 6, 29}, {8, 3, 5}, {2}, {2, 1}, {1}, 2, true},
+      {"3-D 3x3x3 pad 1 bias", {3, 5, 6, 9, 8}, {6, 5, 3, 3, 3}, {1, 1, 1}, {1, 1, 1, 1, 1, 1}, {1, 1, 1}, 1, true},
+      {"3-D strides (1,2,2) asymmetric pads group 2", {3, 4, 7, 11, 10}, {6, 2, 3, 1, 3}, {1, 2, 2},
+       {1, 0, 1, 0, 0, 2}, {1, 1, 2}, 2, false},
   };
   return all;
 }
@@ -62,7 +70,7 @@ void set_attrs(KernelCase& k, const ConvCase& c) {
   k.set_attr("pads", Attribute{c.pads});
   k.set_attr("dilations", Attribute{c.dilations});
   k.set_attr("group", Attribute{c.group});
-  k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{c.w[2], c.w[3]}});
+  k.set_attr("kernel_shape", Attribute{std::vector<int64_t>(c.w.begin() + 2, c.w.end())});
 }
 
 KernelCase forward_case(const ConvCase& c, uint64_t seed) {

@@ -31,6 +31,11 @@ TEST(Gradients, Conv) {
       {"1-D pad 1", {2, 3, 9}, {4, 3, 3}, {{"pads", iv({1, 1})}}, true},
       {"1-D stride 2, dilation 2, groups 3", {2, 6, 11}, {3, 2, 3},
        {{"strides", iv({2})}, {"dilations", iv({2})}, {"group", i1(3)}, {"pads", iv({2, 0})}}, false},
+      // 3-D: [N, C, D, H, W] with [M, C / group, kD, kH, kW].
+      {"3-D pad 1", {2, 2, 4, 5, 3}, {3, 2, 3, 3, 2}, {{"pads", iv({1, 1, 0, 1, 1, 1})}}, true},
+      {"3-D strides (2,1,2), dilation (1,2,1), groups 2", {1, 4, 5, 6, 5}, {4, 2, 2, 2, 3},
+       {{"strides", iv({2, 1, 2})}, {"dilations", iv({1, 2, 1})}, {"group", i1(2)},
+        {"pads", iv({0, 1, 1, 1, 0, 1})}}, false},
   };
   uint64_t seed = 1;
   for (const auto& v : variants) {

@@ -342,6 +342,43 @@ TEST(HardeningTrain, InputTensorsSetTheBatchAndTheModelTheClasses) {
   EXPECT_EQ(agree.exit_code, 0) << agree.err;
 }
 
+// Fixed tensors may be any [batch, ...] the model takes: video clips [N, 3, T, H, W] train a
+// 3-D convolutional model. Without them the model must take RGB images, and the error says so.
+TEST(HardeningTrain, InputTensorsMayBeClips) {
+  test::ScopedTempDir tmp;
+  test::ModelBuilder b;
+  b.input("clips", {-1, 3, 4, 6, 6});
+  b.initializer("conv.weight", {4, 3, 3, 3, 3}, 0.05f);
+  b.initializer("conv.bias", {4}, 0.0f);
+  b.initializer("fc.weight", {5, 4}, 0.2f);
+  b.initializer("fc.bias", {5}, 0.0f);
+  auto& conv = b.node("Conv", {"clips", "conv.weight", "conv.bias"}, {"c"}, "conv3d");
+  test::set_ints(conv, "pads", {1, 1, 1, 1, 1, 1});
+  b.node("Relu", {"c"}, {"r"}, "relu");
+  b.node("GlobalAveragePool", {"r"}, {"p"}, "pool");
+  b.node("Flatten", {"p"}, {"f"}, "flatten");
+  auto& fc = b.node("Gemm", {"f", "fc.weight", "fc.bias"}, {"y"}, "fc");
+  test::set_int(fc, "transB", 1);
+  b.output("y");
+  const std::string model = tmp.path + "/clips.onnx";
+  b.save(model);
+  std::string x(2 * 3 * 4 * 6 * 6 * 4, '\0');
+  auto* xf = reinterpret_cast<float*>(x.data());
+  for (size_t i = 0; i < x.size() / 4; ++i) xf[i] = static_cast<float>((i * 37) % 11) / 11.0f - 0.5f;
+  write_tensor_file(tmp.path + "/x.pb", onnx::TensorProto::FLOAT, {2, 3, 4, 6, 6}, x);
+  write_tensor_file(tmp.path + "/y.pb", onnx::TensorProto::INT64, {2}, int64_bytes({1, 3}));
+  auto r = run("train --model " + model + " --input-tensors " + tmp.path + "/x.pb," + tmp.path +
+               "/y.pb --steps 2 -p 1 --threads 1 --device cpu --checkpoint-dir " + tmp.path);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find(", batch 2, 2 steps"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("nan"), std::string::npos) << r.out;
+
+  auto refused = run("train --model " + model + " --synthetic --steps 1 --threads 1 --checkpoint-dir " + tmp.path);
+  EXPECT_EQ(test::clean_error_problem(refused), "");
+  EXPECT_EQ(error_line(refused), "oxtrain: error: model input 'clips' has shape [N,3,4,6,6]; oxtrain train "
+                                 "feeds RGB images [batch, 3, H, W]; other inputs come with --input-tensors");
+}
+
 // Every flag is checked before any work, naming the flag and its range.
 TEST(HardeningTrain, FlagsAreCheckedUpFront) {
   test::ScopedTempDir tmp;

@@ -1,10 +1,12 @@
-// 2-D convolution on the CPU: Conv, oxtrain.ConvGradData and oxtrain.ConvGradFilter, for
-// float32 and float64.
+// Convolution on the CPU (1-D, 2-D and 3-D): Conv, oxtrain.ConvGradData and
+// oxtrain.ConvGradFilter, for float32 and float64.
 //
 // All three are im2col + GEMM (OpenBLAS through cblas). The column matrix holds, for a chunk
-// of `nb` samples, one row per (input channel, kh, kw) and one column per (sample, output
-// pixel): col[(c*kH + kh)*kW + kw][j*P + p], P = oH*oW. Rows of group g are the contiguous
-// block [g*K, (g+1)*K), K = C/group*kH*kW, so each group is one GEMM:
+// of `nb` samples, one row per (input channel, kd, kh, kw) and one column per (sample, output
+// pixel): col[((c*kD + kd)*kH + kh)*kW + kw][j*P + p], P = oD*oH*oW. A 2-D convolution is the
+// 3-D one with D = kD = oD = 1 and a 1-D one also has H = kH = oH = 1, so all three run the
+// same loops. Rows of group g are the contiguous block [g*K, (g+1)*K), K = C/group*kD*kH*kW,
+// so each group is one GEMM:
 //   forward      Y_g  [Mg x nb*P] = W_g [Mg x K] * col_g [K x nb*P]
 //   grad data    col_g[K x nb*P]  = W_g^T * dY_g, then col2im adds the columns back into dX
 //   grad filter  dW_g [Mg x K]   += dY_g [Mg x nb*P] * col_g^T   (chunks in sample order)
@@ -82,34 +84,41 @@ constexpr int64_t kMaxColumnBytes = int64_t{64} << 20;
 constexpr int64_t kParallelMin = 1 << 14;
 
 struct ConvGeom {
-  int64_t N = 0, C = 0, H = 0, W = 0;  // input
-  int64_t M = 0, G = 1;                // output channels, groups
-  int64_t kH = 1, kW = 1, sH = 1, sW = 1, dH = 1, dW = 1;
-  int64_t pT = 0, pL = 0;  // leading pads (trailing ones only shape the output)
-  int64_t oH = 0, oW = 0;
+  int64_t N = 0, C = 0, D = 1, H = 0, W = 0;  // input
+  int64_t M = 0, G = 1;                       // output channels, groups
+  int64_t kD = 1, kH = 1, kW = 1, sD = 1, sH = 1, sW = 1, dD = 1, dH = 1, dW = 1;
+  int64_t pF = 0, pT = 0, pL = 0;  // leading pads (trailing ones only shape the output)
+  int64_t oD = 1, oH = 0, oW = 0;
   int64_t nb = 1;          // samples per chunk
   bool pointwise = false;  // 1x1, stride 1, no padding: col == X
 
   int64_t Cg() const { return C / G; }
   int64_t Mg() const { return M / G; }
-  int64_t K() const { return Cg() * kH * kW; }   // GEMM depth per group
-  int64_t rows() const { return C * kH * kW; }   // column-matrix rows, all groups
-  int64_t P() const { return oH * oW; }
+  int64_t taps() const { return kD * kH * kW; }
+  int64_t K() const { return Cg() * taps(); }   // GEMM depth per group
+  int64_t rows() const { return C * taps(); }   // column-matrix rows, all groups
+  int64_t P() const { return oD * oH * oW; }
+  int64_t in_sample() const { return C * D * H * W; }
 };
 
-// Shapes: x = [N,C,H,W], w = [M,C/group,kH,kW]; y (the conv output) is checked against the
-// geometry. A 1-D convolution (x = [N,C,L], w = [M,C/group,k]) is the 2-D one with H = 1.
+// Shapes: x = [N,C,(D,)(H,)W], w = [M,C/group,(kD,)(kH,)kW] with 1, 2 or 3 spatial axes; y
+// (the conv output) is checked against the geometry. The missing leading spatial axes are
+// size 1 with no window, so a 1-D convolution is the 2-D one of a single row and a 2-D one the
+// 3-D one of a single plane.
 ConvGeom conv_geometry(const graph::Node& node, const graph::Shape& x, const graph::Shape& w,
                        const graph::Shape& y, size_t elem_size) {
-  const bool one_d = x.size() == 3 && w.size() == 3;
-  if (!(x.size() == 4 && w.size() == 4) && !one_d)
-    throw Error(node.describe() + ": only 1-D and 2-D convolution is supported on the CPU (input " +
-                join(x) + ", weight " + join(w) + ")");
+  if (x.size() != w.size() || x.size() < 3 || x.size() > 5)
+    throw Error(node.describe() + ": only 1-D, 2-D and 3-D convolution is supported on the CPU "
+                "(input " + join(x) + ", weight " + join(w) + ")");
   for (int64_t d : x)
     if (d < 0) throw Error(node.describe() + ": input shape " + join(x) + " is not known");
+  const size_t missing = 5 - x.size();  // leading spatial axes to add
+  graph::Shape x3 = x, w3 = w;
+  x3.insert(x3.begin() + 2, missing, 1);
+  w3.insert(w3.begin() + 2, missing, 1);
   ConvGeom g;
-  g.N = x[0], g.C = x[1], g.H = one_d ? 1 : x[2], g.W = x.back();
-  g.M = w[0], g.kH = one_d ? 1 : w[2], g.kW = w.back();
+  g.N = x3[0], g.C = x3[1], g.D = x3[2], g.H = x3[3], g.W = x3[4];
+  g.M = w3[0], g.kD = w3[2], g.kH = w3[3], g.kW = w3[4];
   g.G = node.attr_int("group", 1);
   if (g.G < 1 || g.C != w[1] * g.G || g.M % g.G != 0)
     throw Error(node.describe() + ": input " + join(x) + " and weight " + join(w) +
@@ -119,27 +128,30 @@ ConvGeom conv_geometry(const graph::Node& node, const graph::Shape& x, const gra
     throw Error(node.describe() + ": kernel_shape " + join(node.attr_ints("kernel_shape")) +
                 " disagrees with weight shape " + join(w));
   graph::WindowGeometry wg = graph::window_geometry(node, x, kernel, false);
-  if (one_d) {  // the height axis: one row, no window
-    for (auto* v : {&wg.strides, &wg.dilations, &wg.output}) v->insert(v->begin(), 1);
-    for (auto* v : {&wg.pads_begin, &wg.pads_end}) v->insert(v->begin(), 0);
-  }
-  g.sH = wg.strides[0], g.sW = wg.strides[1];
-  g.dH = wg.dilations[0], g.dW = wg.dilations[1];
-  g.pT = wg.pads_begin[0], g.pL = wg.pads_begin[1];
-  g.oH = wg.output[0], g.oW = wg.output[1];
-  graph::Shape expect = one_d ? graph::Shape{g.N, g.M, g.oW} : graph::Shape{g.N, g.M, g.oH, g.oW};
+  for (auto* v : {&wg.strides, &wg.dilations, &wg.output}) v->insert(v->begin(), missing, 1);
+  for (auto* v : {&wg.pads_begin, &wg.pads_end}) v->insert(v->begin(), missing, 0);
+  g.sD = wg.strides[0], g.sH = wg.strides[1], g.sW = wg.strides[2];
+  g.dD = wg.dilations[0], g.dH = wg.dilations[1], g.dW = wg.dilations[2];
+  g.pF = wg.pads_begin[0], g.pT = wg.pads_begin[1], g.pL = wg.pads_begin[2];
+  g.oD = wg.output[0], g.oH = wg.output[1], g.oW = wg.output[2];
+  graph::Shape expect{g.N, g.M};
+  expect.insert(expect.end(), wg.output.begin() + static_cast<std::ptrdiff_t>(missing),
+                wg.output.end());
   if (y != expect)
     throw Error(node.describe() + ": output shape " + join(y) + " does not match " +
                 join(expect) + " computed from input " + join(x) + " and weight " + join(w));
-  g.pointwise = g.kH == 1 && g.kW == 1 && g.sH == 1 && g.sW == 1 && g.pT == 0 && g.pL == 0 &&
-                wg.pads_end[0] == 0 && wg.pads_end[1] == 0;
+  g.pointwise = g.taps() == 1 && g.sD == 1 && g.sH == 1 && g.sW == 1 &&
+                std::all_of(wg.pads_begin.begin(), wg.pads_begin.end(),
+                            [](int64_t p) { return p == 0; }) &&
+                std::all_of(wg.pads_end.begin(), wg.pads_end.end(),
+                            [](int64_t p) { return p == 0; });
   int64_t P = g.P();
   g.nb = P > 0 ? std::clamp<int64_t>((kTargetColumns + P - 1) / P, 1, std::max<int64_t>(g.N, 1))
                : 1;
   while (g.nb > 1 && g.rows() * g.nb * P * static_cast<int64_t>(elem_size) > kMaxColumnBytes)
     --g.nb;
   // BLAS takes 32-bit sizes.
-  int64_t big = std::max({g.rows() * g.nb * P, g.M * g.nb * P, g.M * g.K(), g.C * g.H * g.W});
+  int64_t big = std::max({g.rows() * g.nb * P, g.M * g.nb * P, g.M * g.K(), g.in_sample()});
   if (big > std::numeric_limits<int32_t>::max())
     throw Error(node.describe() + ": tensors too large for the CPU convolution");
   return g;
@@ -163,58 +175,74 @@ inline Range valid_range(int64_t off, int64_t s, int64_t n, int64_t out) {
 // x: the chunk's first sample; col: rows() x ld; fills the columns of `count` samples.
 template <typename T>
 void im2col(const ConvGeom& g, const T* x, int64_t count, T* col, int64_t ld) {
-  const int64_t P = g.P(), HW = g.H * g.W;
+  const int64_t P = g.P(), HW = g.H * g.W, S = g.oH * g.oW;  // S: one output plane
   for (int64_t j = 0; j < count; ++j)
     for (int64_t c = 0; c < g.C; ++c) {
-      const T* xc = x + (j * g.C + c) * HW;
-      for (int64_t kh = 0; kh < g.kH; ++kh) {
-        const Range rh = valid_range(kh * g.dH - g.pT, g.sH, g.H, g.oH);
-        for (int64_t kw = 0; kw < g.kW; ++kw) {
-          T* row = col + ((c * g.kH + kh) * g.kW + kw) * ld + j * P;
-          const int64_t offw = kw * g.dW - g.pL;
-          const Range rw = valid_range(offw, g.sW, g.W, g.oW);
-          std::fill(row, row + rh.lo * g.oW, T(0));
-          for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-            T* dst = row + oh * g.oW;
-            const T* src = xc + (oh * g.sH + kh * g.dH - g.pT) * g.W + offw;
-            std::fill(dst, dst + rw.lo, T(0));
-            if (g.sW == 1) {
-              std::memcpy(dst + rw.lo, src + rw.lo, (rw.hi - rw.lo) * sizeof(T));
-            } else {
-              const int64_t s = g.sW;
-              for (int64_t ow = rw.lo; ow < rw.hi; ++ow) dst[ow] = src[ow * s];
+      const T* xc = x + (j * g.C + c) * g.D * HW;
+      for (int64_t kd = 0; kd < g.kD; ++kd) {
+        const Range rd = valid_range(kd * g.dD - g.pF, g.sD, g.D, g.oD);
+        for (int64_t kh = 0; kh < g.kH; ++kh) {
+          const Range rh = valid_range(kh * g.dH - g.pT, g.sH, g.H, g.oH);
+          for (int64_t kw = 0; kw < g.kW; ++kw) {
+            T* row = col + (((c * g.kD + kd) * g.kH + kh) * g.kW + kw) * ld + j * P;
+            const int64_t offw = kw * g.dW - g.pL;
+            const Range rw = valid_range(offw, g.sW, g.W, g.oW);
+            std::fill(row, row + rd.lo * S, T(0));
+            for (int64_t od = rd.lo; od < rd.hi; ++od) {
+              T* plane = row + od * S;
+              const T* xd = xc + (od * g.sD + kd * g.dD - g.pF) * HW;
+              std::fill(plane, plane + rh.lo * g.oW, T(0));
+              for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
+                T* dst = plane + oh * g.oW;
+                const T* src = xd + (oh * g.sH + kh * g.dH - g.pT) * g.W + offw;
+                std::fill(dst, dst + rw.lo, T(0));
+                if (g.sW == 1) {
+                  std::memcpy(dst + rw.lo, src + rw.lo, (rw.hi - rw.lo) * sizeof(T));
+                } else {
+                  const int64_t s = g.sW;
+                  for (int64_t ow = rw.lo; ow < rw.hi; ++ow) dst[ow] = src[ow * s];
+                }
+                std::fill(dst + rw.hi, dst + g.oW, T(0));
+              }
+              std::fill(plane + rh.hi * g.oW, plane + S, T(0));
             }
-            std::fill(dst + rw.hi, dst + g.oW, T(0));
+            std::fill(row + rd.hi * S, row + P, T(0));
           }
-          std::fill(row + rh.hi * g.oW, row + P, T(0));
         }
       }
     }
 }
 
 // dx: the chunk's first sample, written (=) for `count` samples from col (rows() x ld). Each
-// input pixel sums its kernel taps in (kh, kw, oh, ow) order.
+// input pixel sums its kernel taps in (kd, kh, kw, od, oh, ow) order.
 template <typename T>
 void col2im(const ConvGeom& g, const T* col, int64_t ld, int64_t count, T* dx) {
-  const int64_t P = g.P(), HW = g.H * g.W;
+  const int64_t P = g.P(), HW = g.H * g.W, S = g.oH * g.oW;
   for (int64_t j = 0; j < count; ++j)
     for (int64_t c = 0; c < g.C; ++c) {
-      T* xc = dx + (j * g.C + c) * HW;
-      std::fill(xc, xc + HW, T(0));
-      for (int64_t kh = 0; kh < g.kH; ++kh) {
-        const Range rh = valid_range(kh * g.dH - g.pT, g.sH, g.H, g.oH);
-        for (int64_t kw = 0; kw < g.kW; ++kw) {
-          const T* row = col + ((c * g.kH + kh) * g.kW + kw) * ld + j * P;
-          const int64_t offw = kw * g.dW - g.pL;
-          const Range rw = valid_range(offw, g.sW, g.W, g.oW);
-          for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-            const T* src = row + oh * g.oW;
-            T* dst = xc + (oh * g.sH + kh * g.dH - g.pT) * g.W + offw;
-            if (g.sW == 1) {
-              for (int64_t ow = rw.lo; ow < rw.hi; ++ow) dst[ow] += src[ow];
-            } else {
-              const int64_t s = g.sW;
-              for (int64_t ow = rw.lo; ow < rw.hi; ++ow) dst[ow * s] += src[ow];
+      T* xc = dx + (j * g.C + c) * g.D * HW;
+      std::fill(xc, xc + g.D * HW, T(0));
+      for (int64_t kd = 0; kd < g.kD; ++kd) {
+        const Range rd = valid_range(kd * g.dD - g.pF, g.sD, g.D, g.oD);
+        for (int64_t kh = 0; kh < g.kH; ++kh) {
+          const Range rh = valid_range(kh * g.dH - g.pT, g.sH, g.H, g.oH);
+          for (int64_t kw = 0; kw < g.kW; ++kw) {
+            const T* row = col + (((c * g.kD + kd) * g.kH + kh) * g.kW + kw) * ld + j * P;
+            const int64_t offw = kw * g.dW - g.pL;
+            const Range rw = valid_range(offw, g.sW, g.W, g.oW);
+            for (int64_t od = rd.lo; od < rd.hi; ++od) {
+              const T* plane = row + od * S;
+              T* xd = xc + (od * g.sD + kd * g.dD - g.pF) * HW;
+              for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
+                const T* src = plane + oh * g.oW;
+                T* dst = xd + (oh * g.sH + kh * g.dH - g.pT) * g.W + offw;
+                if (g.sW == 1) {
+                  for (int64_t ow = rw.lo; ow < rw.hi; ++ow) dst[ow] += src[ow];
+                } else {
+                  const int64_t s = g.sW;
+                  for (int64_t ow = rw.lo; ow < rw.hi; ++ow) dst[ow * s] += src[ow];
+                }
+              }
             }
           }
         }
@@ -381,7 +409,7 @@ class ConvKernel : public Kernel {
         args.inputs.size() > 2 && args.inputs[2].present() ? args.inputs[2].as<T>() : nullptr;
     T* y = args.outputs[0].as<T>();
     const int64_t P = g.P(), Mg = g.Mg(), Cg = g.Cg(), K = g.K();
-    const int64_t in_sample = g.C * g.H * g.W, out_sample = g.M * P;
+    const int64_t in_sample = g.in_sample(), out_sample = g.M * P;
     if (N == 0 || P == 0 || g.M == 0) return;
     if (K == 0) {  // no input channels: the bias alone
       fill_bias(y, bias, N);
@@ -438,7 +466,7 @@ class ConvGradDataKernel : public Kernel {
     const T* w = args.inputs[1].as<T>();
     T* dx = args.outputs[0].as<T>();
     const int64_t P = g.P(), Mg = g.Mg(), Cg = g.Cg(), K = g.K();
-    const int64_t in_sample = g.C * g.H * g.W, out_sample = g.M * P;
+    const int64_t in_sample = g.in_sample(), out_sample = g.M * P;
     if (P == 0 || g.M == 0 || K == 0) {
       std::fill(dx, dx + N * in_sample, T(0));
       return;
@@ -483,7 +511,7 @@ class ConvGradFilterKernel : public Kernel {
     const T* x = args.inputs[1].as<T>();
     T* dw = args.outputs[0].as<T>();
     const int64_t P = g.P(), Mg = g.Mg(), K = g.K();
-    const int64_t in_sample = g.C * g.H * g.W, out_sample = g.M * P, size = g.M * K;
+    const int64_t in_sample = g.in_sample(), out_sample = g.M * P, size = g.M * K;
     if (N == 0 || P == 0 || g.M == 0 || K == 0) {
       std::fill(dw, dw + size, T(0));
       return;

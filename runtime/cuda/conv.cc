@@ -1,4 +1,4 @@
-// 2-D convolution on the GPU through cuDNN's graph API (cudnn-frontend): Conv (with its bias
+// Convolution on the GPU through cuDNN's graph API (cudnn-frontend), 1-D, 2-D and 3-D: Conv (with its bias
 // added by a pointwise node fused into the same cuDNN graph), oxtrain.ConvGradData (cuDNN's
 // dgrad) and oxtrain.ConvGradFilter (wgrad). NCHW activations, or NHWC on a channels-last node
 // (graph::to_channels_last: the same dims, channels-last strides, filters KRSC), any group, pads (asymmetric too),
@@ -43,12 +43,13 @@ DType common_type(const graph::Node& node, std::initializer_list<const graph::Va
   return dt;
 }
 
-// Checks x = [N,C,H,W], w = [M,C/group,kH,kW] and y against the node's attributes, as the CPU
-// kernel does.
+// Checks x = [N,C,(D,)(H,)W], w = [M,C/group,(kD,)(kH,)kW] and y against the node's
+// attributes, as the CPU kernel does. cuDNN convolves 2-D and 3-D tensors; a 1-D convolution
+// is given to it as the 2-D one of a single row (the same bytes).
 ConvShapes conv_shapes(const graph::Node& node, const graph::Shape& x, const graph::Shape& w,
                        const graph::Shape& y) {
-  if (x.size() != 4 || w.size() != 4)
-    throw Error(node.describe() + ": only 2-D convolution is supported on CUDA (input " +
+  if (x.size() != w.size() || x.size() < 3 || x.size() > 5)
+    throw Error(node.describe() + ": only 1-D, 2-D and 3-D convolution is supported on CUDA (input " +
                 join(x) + ", weight " + join(w) + ")");
   for (int64_t d : x)
     if (d <= 0) throw Error(node.describe() + ": input shape " + join(x) + " is not known or empty");
@@ -58,19 +59,25 @@ ConvShapes conv_shapes(const graph::Node& node, const graph::Shape& x, const gra
   if (s.group < 1 || x[1] != w[1] * s.group || w[0] % s.group != 0)
     throw Error(node.describe() + ": input " + join(x) + " and weight " + join(w) +
                 " do not fit group=" + std::to_string(s.group));
-  std::vector<int64_t> kernel{w[2], w[3]};
+  std::vector<int64_t> kernel(w.begin() + 2, w.end());
   if (node.has_attr("kernel_shape") && node.attr_ints("kernel_shape") != kernel)
     throw Error(node.describe() + ": kernel_shape " + join(node.attr_ints("kernel_shape")) +
                 " disagrees with weight shape " + join(w));
   graph::WindowGeometry wg = graph::window_geometry(node, x, kernel, false);
   s.strides = wg.strides, s.dilations = wg.dilations;
   s.pads_begin = wg.pads_begin, s.pads_end = wg.pads_end;
-  graph::Shape expect{x[0], w[0], wg.output[0], wg.output[1]};
+  graph::Shape expect{x[0], w[0]};
+  expect.insert(expect.end(), wg.output.begin(), wg.output.end());
   if (y != expect)
     throw Error(node.describe() + ": output shape " + join(y) + " does not match " +
                 join(expect) + " computed from input " + join(x) + " and weight " + join(w));
   for (int64_t d : y)
     if (d <= 0) throw Error(node.describe() + ": empty output " + join(y));
+  if (x.size() == 3) {  // one row: H = kH = oH = 1, no window on that axis
+    for (graph::Shape* dims : {&s.x, &s.w, &s.y}) dims->insert(dims->begin() + 2, 1);
+    for (auto* v : {&s.strides, &s.dilations}) v->insert(v->begin(), 1);
+    for (auto* v : {&s.pads_begin, &s.pads_end}) v->insert(v->begin(), 0);
+  }
   return s;
 }
 
@@ -120,8 +127,10 @@ GraphRecipe forward_recipe(const graph::Node& n) {
   r.bindings.push_back({X, false, 0, bytes(s.x)});
   r.bindings.push_back({W, false, 1, bytes(s.w)});
   if (b) {
-    // Y = conv + B, B broadcast as [1, M, 1, 1]: one fused cuDNN graph.
-    TensorPtr B = packed_tensor(g, "B", {1, s.w[0], 1, 1}, type);
+    // Y = conv + B, B broadcast as [1, M, 1, ...]: one fused cuDNN graph.
+    std::vector<int64_t> bias_dims(s.y.size(), 1);
+    bias_dims[1] = s.w[0];
+    TensorPtr B = packed_tensor(g, "B", bias_dims, type);
     TensorPtr sum = g.pointwise(
         Y, B,
         fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::ADD).set_compute_data_type(
