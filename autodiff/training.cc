@@ -187,18 +187,24 @@ std::vector<Value*> insert_allreduce(Graph& g, const std::vector<Value*>& grads,
   if (options.bucket_bytes < 1 || options.last_bucket_bytes < 0)
     throw Error("bucket sizes must be positive: bucket " + std::to_string(options.bucket_bytes) + " bytes, last " +
                 std::to_string(options.last_bucket_bytes));
+  // A gradient value two parameters share (Add(x, y) passes dY to both) is reduced once:
+  // twice would sum a sum.
+  std::vector<Value*> distinct;
+  std::unordered_map<const Value*, size_t> slot;
+  for (Value* v : grads)
+    if (slot.emplace(v, distinct.size()).second) distinct.push_back(v);
   std::vector<int64_t> bytes;
-  for (const Value* v : grads) bytes.push_back(v->bytes());
+  for (const Value* v : distinct) bytes.push_back(v->bytes());
   std::unordered_map<const Node*, size_t> position;
   for (size_t i = 0; i < g.nodes().size(); ++i) position[g.nodes()[i].get()] = i;
-  std::vector<Value*> reduced(grads.size(), nullptr);
+  std::vector<Value*> reduced_distinct(distinct.size(), nullptr);
   int index = 0;
   for (const auto& bucket : plan_buckets(bytes, options.bucket_bytes, options.last_bucket_bytes)) {
     std::vector<Value*> ins, outs;
     std::vector<std::string> names;
     const Node* last = nullptr;
     for (size_t k : bucket) {
-      Value* grad = grads[k];
+      Value* grad = distinct[k];
       ins.push_back(grad);
       names.push_back(grad->name);
       outs.push_back(g.add_value(g.unique_name("allreduce/" + grad->name)));
@@ -209,10 +215,12 @@ std::vector<Value*> insert_allreduce(Graph& g, const std::vector<Value*>& grads,
     n->attrs["average"].value = int64_t{1};
     infer_node(g, *n);
     if (last) g.move_after(n, last);
-    for (size_t j = 0; j < bucket.size(); ++j) reduced[bucket[j]] = outs[j];
+    for (size_t j = 0; j < bucket.size(); ++j) reduced_distinct[bucket[j]] = outs[j];
     result.allreduce_nodes.push_back(name);
     result.buckets.push_back(std::move(names));
   }
+  std::vector<Value*> reduced;
+  for (const Value* v : grads) reduced.push_back(reduced_distinct[slot.at(v)]);
   return reduced;
 }
 

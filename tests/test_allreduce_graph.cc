@@ -3,6 +3,7 @@
 // last gradient exists; alone (no communicator) the step is exactly the single-process step.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -147,8 +148,10 @@ TEST(AllReduceGraph, AloneTheStepIsTheSingleProcessStep) {
 namespace {
 
 // Conv(3->6, 3x3) -> Relu -> Conv(6->4, 3x3, stride 2) -> Relu -> GlobalAveragePool -> Gemm(4->5):
-// no batch norm, so data parallelism is exactly the combined batch. Random weights.
-Graph no_bn_model(int64_t batch) {
+// no batch norm, so data parallelism is exactly the combined batch. Random weights. With
+// `shared_gradient`, the logits also get shift.p + shift.q (two [5] parameters): both have the very same
+// gradient value.
+Graph no_bn_model(int64_t batch, bool shared_gradient = false) {
   test::ModelBuilder b;
   b.input("input", {-1, 3, 8, 8});
   b.initializer("c1.w", {6, 3, 3, 3}, 0);
@@ -157,6 +160,10 @@ Graph no_bn_model(int64_t batch) {
   b.initializer("c2.b", {4}, 0);
   b.initializer("fc.w", {5, 4}, 0);
   b.initializer("fc.b", {5}, 0);
+  if (shared_gradient) {
+    b.initializer("shift.p", {5}, 0);
+    b.initializer("shift.q", {5}, 0);
+  }
   Rng rng(21);
   for (auto& t : *b.graph().mutable_initializer()) {
     std::string raw(t.raw_data().size(), '\0');
@@ -172,8 +179,12 @@ Graph no_bn_model(int64_t batch) {
   b.node("Relu", {"c"}, {"rc"}, "r2");
   b.node("GlobalAveragePool", {"rc"}, {"p"}, "pool");
   b.node("Flatten", {"p"}, {"f"}, "flatten");
-  auto& fc = b.node("Gemm", {"f", "fc.w", "fc.b"}, {"y"}, "fc");
+  auto& fc = b.node("Gemm", {"f", "fc.w", "fc.b"}, {shared_gradient ? "z" : "y"}, "fc");
   test::set_int(fc, "transB", 1);
+  if (shared_gradient) {
+    b.node("Add", {"shift.p", "shift.q"}, {"pq"}, "p_plus_q");
+    b.node("Add", {"z", "pq"}, {"y"}, "shift");
+  }
   b.output("y");
   std::string path = test::temp_dir() + "/no_bn.onnx";
   b.save(path);
@@ -261,9 +272,10 @@ std::vector<Weights> train_ranks(const std::function<Graph(int64_t)>& make, int 
 // and bit for bit the same on every rank.
 TEST(DataParallelGloo, RanksTrainLikeOneProcessWithTheCombinedBatch) {
   const int64_t global = 8, size = 8, classes = 5;
-  std::vector<Weights> single = train_ranks(no_bn_model, 1, global, size, classes, 3);
+  auto model = [](int64_t batch) { return no_bn_model(batch); };
+  std::vector<Weights> single = train_ranks(model, 1, global, size, classes, 3);
   for (int world : {2, 4}) {
-    std::vector<Weights> ranks = train_ranks(no_bn_model, world, global, size, classes, 3);
+    std::vector<Weights> ranks = train_ranks(model, world, global, size, classes, 3);
     ASSERT_EQ(ranks.size(), static_cast<size_t>(world));
     ASSERT_EQ(ranks[0].size(), single[0].size());
     for (const auto& [name, want] : single[0]) {
@@ -273,6 +285,34 @@ TEST(DataParallelGloo, RanksTrainLikeOneProcessWithTheCombinedBatch) {
             << name << ": rank " << r << " differs from rank 0 at world " << world;
     }
   }
+}
+
+// Two parameters with one gradient value (Add(p, q) passes the same gradient to both): the
+// value is reduced once, in one bucket, and both parameters' updates read the reduced value.
+// Reduced twice, the sum of a sum would be world times too large.
+TEST(DataParallelGloo, AGradientTwoParametersShareIsReducedOnce) {
+  autodiff::TrainingOptions o;
+  o.allreduce = true;
+  o.bucket_bytes = 1;  // a bucket per gradient
+  o.last_bucket_bytes = 0;
+  autodiff::TrainingGraph tg = autodiff::build_training_graph(no_bn_model(4, true), o);
+  std::map<std::string, std::string> grad_of;
+  for (const auto& [v, d] : tg.gradients) grad_of[v] = d;
+  ASSERT_EQ(grad_of.at("shift.p"), grad_of.at("shift.q"));
+  size_t reduced = 0;
+  for (const auto& bucket : tg.buckets) {
+    reduced += bucket.size();
+    EXPECT_EQ(std::set<std::string>(bucket.begin(), bucket.end()).size(), bucket.size());
+  }
+  EXPECT_EQ(reduced, tg.gradients.size() - 1);  // p and q: one reduction
+  EXPECT_EQ(std::count(tg.buckets.begin(), tg.buckets.end(), std::vector<std::string>{grad_of.at("shift.p")}), 1);
+
+  auto model = [](int64_t batch) { return no_bn_model(batch, true); };
+  const int64_t global = 8, size = 8, classes = 5;
+  std::vector<Weights> single = train_ranks(model, 1, global, size, classes, 3);
+  std::vector<Weights> ranks = train_ranks(model, 2, global, size, classes, 3);
+  for (const auto& [name, want] : single[0])
+    EXPECT_LE(test::max_relative_difference(ranks[0].at(name), want), 1e-5) << name;
 }
 
 // With batch norm each rank normalises its own share (as PyTorch DDP does without SyncBN), so
