@@ -46,7 +46,10 @@ class DeviceRuntime {
   virtual void copy_on_device(void* dst, const void* src, size_t bytes) = 0;
   // Zero-fills device memory, ordered on the compute stream.
   virtual void zero(void* dst, size_t bytes) = 0;
-  // Waits until the compute stream has finished (counted).
+  // Waits until the compute stream has finished (counted). With a communicator whose
+  // collectives run on the device (NCCL), the wait is bounded: a collective that failed, or
+  // one that has not finished within the communicator's timeout (a peer gone), ends it with an
+  // Error after stopping the collectives, instead of a hang.
   virtual void synchronize() = 0;
   // Device memory free now and in all, for out-of-memory messages; 0 when unknown.
   virtual int64_t free_memory() const = 0;
@@ -67,11 +70,14 @@ class DeviceRuntime {
   virtual bool stages_inputs() const { return false; }
 
   // CUDA graphs: what is queued on the compute stream between begin_capture() and
-  // end_capture() is recorded, not run (in global capture mode, so an allocation or a host
-  // wait in between fails loudly); replay() runs the recording.
+  // end_capture() is recorded, not run (an allocation or a host wait in between, from the
+  // capturing thread, fails loudly; other threads, such as NCCL's, may go on); replay() runs
+  // the recording. abort_capture() ends a capture whose step failed and drops the recording,
+  // so nothing half-recorded is ever replayed.
   virtual bool can_capture() const { return false; }
   virtual void begin_capture() {}
   virtual void end_capture() {}
+  virtual void abort_capture() noexcept {}
   virtual void replay() {}
 
  protected:

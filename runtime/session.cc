@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -325,10 +326,7 @@ void Session::run() {
     try {
       run_step();
     } catch (...) {
-      try {
-        runtime_->end_capture();
-      } catch (const Error&) {
-      }
+      runtime_->abort_capture();
       throw;
     }
     runtime_->end_capture();
@@ -343,7 +341,14 @@ void Session::run() {
 Tensor Session::fetch(const std::string& name) const {
   const Value* v = compiled_.graph.value(name);
   Tensor t(v->dtype, v->shape);
-  if (!t.bytes.empty()) runtime_->copy_to_host(t.bytes.data(), address(v), t.bytes.size());
+  if (t.bytes.empty()) return t;
+  const void* from = address(v);
+  if (std::find(staged_.begin(), staged_.end(), v) != staged_.end()) {
+    // Fed since the last step: still in its staging buffer, where the next step takes it.
+    runtime_->join_staged();
+    from = arenas_[arena_index(Arena::none)] + compiled_.plan.at(v).offset;
+  }
+  runtime_->copy_to_host(t.bytes.data(), from, t.bytes.size());
   return t;
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "graph/zoo.h"
@@ -105,6 +106,29 @@ bool gpu_available(std::string* why) {
                                              << d << " (relative to the largest value), bound " << rtol;
     } else if (got.bytes != want[i].bytes) {
       return ::testing::AssertionFailure() << c.node().describe() << " output " << i << ": CUDA and CPU differ";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult cuda_bitwise_matches_cpu(KernelCase& c, int64_t opset, NanBits nan) {
+  c.run(opset, runtime::Device::cpu);
+  std::vector<Tensor> want;
+  for (size_t i = 0; i < c.node().outputs.size(); ++i) want.push_back(c.output(i));
+  c.run(opset, runtime::Device::cuda);
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (want[i].dtype == DType::undefined) continue;
+    const Tensor& got = c.output(i);
+    if (got.bytes.size() != want[i].bytes.size())
+      return ::testing::AssertionFailure() << c.node().describe() << " output " << i << ": sizes differ";
+    const size_t elem = graph::dtype_size(want[i].dtype);
+    for (size_t b = 0; b < got.bytes.size(); b += elem) {
+      if (std::memcmp(got.bytes.data() + b, want[i].bytes.data() + b, elem) == 0) continue;
+      const auto at = static_cast<int64_t>(b / elem);
+      if (nan == NanBits::any && std::isnan(element(got, at)) && std::isnan(element(want[i], at))) continue;
+      return ::testing::AssertionFailure() << c.node().describe() << " output " << i << ": element " << at
+                                           << " is " << element(got, at) << " on CUDA, " << element(want[i], at)
+                                           << " on the CPU";
     }
   }
   return ::testing::AssertionSuccess();

@@ -58,6 +58,16 @@ bool gpu_available(std::string* why = nullptr);
 ::testing::AssertionResult cuda_matches_cpu(KernelCase& c, double rtol, int64_t opset = 17,
                                             runtime::Precision precision = runtime::Precision::fp32);
 
+// What a bitwise comparison makes of NaN: `exact` compares its bits too (ops that only select
+// or copy values keep the payload and sign); `any` lets any NaN match any NaN (arithmetic on
+// NaN gives the device's own: x86 keeps the operand's payload, NVIDIA GPUs one canonical NaN).
+enum class NanBits { exact, any };
+// Runs `c` on the CPU, then on the GPU: every output must be the same bytes (the sign of zero
+// and infinities included, which cuda_matches_cpu does not look at). Call after
+// OXTRAIN_REQUIRE_GPU().
+::testing::AssertionResult cuda_bitwise_matches_cpu(KernelCase& c, int64_t opset = 17,
+                                                    NanBits nan = NanBits::exact);
+
 // Deterministic test data in [lo, hi).
 graph::Tensor random_tensor(graph::DType dtype, graph::Shape shape, uint64_t seed,
                             double lo = -1.0, double hi = 1.0);

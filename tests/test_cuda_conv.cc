@@ -277,7 +277,7 @@ void expect_supported(KernelCase& k, const std::string& what) {
   EXPECT_GE(tf32.supported, 1) << what << " tf32: " << tf32.failure;
   // TF32 tensor-core engines exist for these convolutions on sm_90: strict mode must drop them.
   EXPECT_LT(strict.allowed, tf32.allowed) << what;
-  EXPECT_EQ(tf32.allowed, tf32.configs) << what;
+  EXPECT_LE(tf32.allowed, tf32.configs) << what;  // nondeterministic engines are left out
 }
 
 TEST(CudnnDeviceless, ResnetConvolutionsHaveH100Plans) {

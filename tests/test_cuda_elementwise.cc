@@ -24,6 +24,7 @@ using graph::Attribute;
 using graph::DType;
 using graph::Shape;
 using graph::Tensor;
+using test::cuda_bitwise_matches_cpu;
 using test::cuda_matches_cpu;
 using test::KernelCase;
 using test::random_tensor;
@@ -37,28 +38,6 @@ namespace {
 // element, which is off by a whole term.
 constexpr double kReductionTolerance = 1e-6;
 
-// Runs `c` on the CPU, then on the GPU: every output must be the same bytes.
-::testing::AssertionResult cuda_bitwise_matches_cpu(KernelCase& c, int64_t opset = 17) {
-  c.run(opset, runtime::Device::cpu);
-  std::vector<Tensor> want;
-  for (size_t i = 0; i < c.node().outputs.size(); ++i) want.push_back(c.output(i));
-  c.run(opset, runtime::Device::cuda);
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (want[i].dtype == DType::undefined) continue;
-    const Tensor& got = c.output(i);
-    if (got.bytes.size() != want[i].bytes.size())
-      return ::testing::AssertionFailure() << "output " << i << ": sizes differ";
-    const size_t elem = graph::dtype_size(want[i].dtype);
-    for (size_t b = 0; b < got.bytes.size(); b += elem) {
-      if (std::memcmp(got.bytes.data() + b, want[i].bytes.data() + b, elem) != 0)
-        return ::testing::AssertionFailure()
-               << c.node().describe() << " output " << i << " element " << b / elem
-               << ": CUDA " << test::element(got, static_cast<int64_t>(b / elem)) << ", CPU "
-               << test::element(want[i], static_cast<int64_t>(b / elem));
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
 
 // Runs the node's CUDA kernel with output o in input alias[o]'s buffer (alias[o] < 0: its own
 // buffer); the results are then in those inputs (or the outputs).

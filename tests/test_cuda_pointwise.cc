@@ -36,23 +36,6 @@ constexpr double kMathTolerance = 4e-6;
 
 const Shape kOdd{5, 7, 11, 13};
 
-::testing::AssertionResult bitwise(KernelCase& c, int64_t opset = 17) {
-  c.run(opset, runtime::Device::cpu);
-  std::vector<Tensor> want;
-  for (size_t i = 0; i < c.node().outputs.size(); ++i) want.push_back(c.output(i));
-  c.run(opset, runtime::Device::cuda);
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (want[i].dtype == DType::undefined) continue;
-    if (c.output(i).bytes != want[i].bytes) {
-      const size_t es = graph::dtype_size(want[i].dtype);
-      for (size_t b = 0; b < want[i].bytes.size(); b += es)
-        if (std::memcmp(c.output(i).bytes.data() + b, want[i].bytes.data() + b, es) != 0)
-          return ::testing::AssertionFailure() << c.node().describe() << " output " << i << " element "
-                                               << b / es << " differs";
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
 
 void make_constant(KernelCase& kc, size_t i) {
   graph::Value* v = kc.node().input(i);
@@ -96,7 +79,7 @@ TEST(CudaPointwise, UnaryOpsMatchCpu) {
   for (const U& u : cases) {
     KernelCase c(u.op, "", {random_tensor(DType::f32, kOdd, seed++, u.lo, u.hi)}, {{DType::f32, kOdd}});
     for (const auto& [k, v] : u.attrs) c.set_attr(k, v);
-    if (u.exact) EXPECT_TRUE(bitwise(c, u.opset)) << u.op;
+    if (u.exact) EXPECT_TRUE(test::cuda_bitwise_matches_cpu(c, u.opset)) << u.op;
     else EXPECT_TRUE(cuda_matches_cpu(c, kMathTolerance, u.opset)) << u.op;
   }
   // Clip with constant inputs (opset 13).
@@ -104,7 +87,12 @@ TEST(CudaPointwise, UnaryOpsMatchCpu) {
                   {{DType::f32, kOdd}});
   make_constant(clip, 1);
   make_constant(clip, 2);
-  EXPECT_TRUE(bitwise(clip, 13));
+  EXPECT_TRUE(test::cuda_bitwise_matches_cpu(clip, 13));
+  // Only a max (torch.clamp(x, max=...)): the omitted min is no bound; a bound shaped [1].
+  KernelCase clamp_max("Clip", "", {random_tensor(DType::f32, kOdd, 51, -2, 8), Tensor(), Tensor::from_float({3}, {1})},
+                       {{DType::f32, kOdd}});
+  make_constant(clamp_max, 2);
+  EXPECT_TRUE(test::cuda_bitwise_matches_cpu(clamp_max, 13));
 }
 
 TEST(CudaPointwise, GradientOpsMatchCpu) {
@@ -132,7 +120,7 @@ TEST(CudaPointwise, GradientOpsMatchCpu) {
                  {{DType::f32, kOdd}});
     seed += 2;
     for (const auto& [k, v] : g.attrs) c.set_attr(k, v);
-    if (g.exact) EXPECT_TRUE(bitwise(c, 1)) << g.op;
+    if (g.exact) EXPECT_TRUE(test::cuda_bitwise_matches_cpu(c, 1)) << g.op;
     else EXPECT_TRUE(cuda_matches_cpu(c, kMathTolerance, 1)) << g.op;
   }
   KernelCase clip("ClipGrad", "oxtrain",
@@ -141,7 +129,7 @@ TEST(CudaPointwise, GradientOpsMatchCpu) {
                   {{DType::f32, kOdd}});
   make_constant(clip, 2);
   make_constant(clip, 3);
-  EXPECT_TRUE(bitwise(clip, 1));
+  EXPECT_TRUE(test::cuda_bitwise_matches_cpu(clip, 1));
 }
 
 TEST(CudaPointwise, BroadcastingBinaryOpsMatchCpu) {
@@ -158,6 +146,27 @@ TEST(CudaPointwise, BroadcastingBinaryOpsMatchCpu) {
     make_constant(c, 1);
     EXPECT_TRUE(cuda_matches_cpu(c, kMathTolerance));
   }
+  // A trained one-element exponent (GeM pooling's p): its data is the initial value, the
+  // buffer holds the current one, and both kernels must read the buffer.
+  {
+    KernelCase c("Pow", "", {random_tensor(DType::f32, kOdd, 31, 0.1, 3), Tensor::from_float({3}, {1})},
+                 {{DType::f32, kOdd}});
+    graph::Value* e = c.node().input(1);
+    e->data = std::make_shared<Tensor>(Tensor::from_float({2}, {1}));
+    e->role = graph::Role::Parameter;
+    EXPECT_TRUE(cuda_matches_cpu(c, kMathTolerance));
+    for (int64_t wrt : {0, 1}) {
+      KernelCase g("PowGrad", "oxtrain",
+                   {random_tensor(DType::f32, kOdd, 32), random_tensor(DType::f32, kOdd, 33, 0.1, 3),
+                    Tensor::from_float({3}, {1})},
+                   {{DType::f32, kOdd}});
+      g.set_attr("wrt", Attribute{wrt});
+      graph::Value* ge = g.node().input(2);
+      ge->data = std::make_shared<Tensor>(Tensor::from_float({2}, {1}));
+      ge->role = graph::Role::Parameter;
+      EXPECT_TRUE(cuda_matches_cpu(g, kMathTolerance, 1)) << "trained exponent, wrt " << wrt;
+    }
+  }
   for (int64_t wrt : {0, 1}) {
     KernelCase c("PowGrad", "oxtrain",
                  {random_tensor(DType::f32, kOdd, 4), random_tensor(DType::f32, a, 5, 0.1, 3),
@@ -170,18 +179,18 @@ TEST(CudaPointwise, BroadcastingBinaryOpsMatchCpu) {
     KernelCase f("Mod", "", {random_tensor(DType::f32, a, 7, -9, 9), random_tensor(DType::f32, b, 8, 0.5, 3)},
                  {{DType::f32, kOdd}});
     f.set_attr("fmod", Attribute{fmod});
-    EXPECT_TRUE(bitwise(f)) << "float fmod " << fmod;
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(f)) << "float fmod " << fmod;
     Tensor ia(DType::i64, a), ib(DType::i64, b);
     for (int64_t i = 0; i < ia.numel(); ++i) ia.data<int64_t>()[i] = (i * 37) % 41 - 20;
     for (int64_t i = 0; i < ib.numel(); ++i) ib.data<int64_t>()[i] = (i % 2 ? -1 : 1) * (i + 2);
     KernelCase m("Mod", "", {ia, ib}, {{DType::i64, kOdd}});
     m.set_attr("fmod", Attribute{fmod});
-    EXPECT_TRUE(bitwise(m)) << "int64 fmod " << fmod;
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(m)) << "int64 fmod " << fmod;
   }
   for (const char* op : {"Max", "Min"}) {
     KernelCase c(op, "", {random_tensor(DType::f32, a, 9), random_tensor(DType::f32, b, 10), random_tensor(DType::f32, kOdd, 11)},
                  {{DType::f32, kOdd}});
-    EXPECT_TRUE(bitwise(c)) << op;
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(c)) << op;
   }
   for (const char* mode : {"max", "min"}) {
     // Values on a coarse grid so that ties happen.
@@ -193,7 +202,7 @@ TEST(CudaPointwise, BroadcastingBinaryOpsMatchCpu) {
     KernelCase c("MaxMinGrad", "oxtrain", {random_tensor(DType::f32, kOdd, 12), grid(a, 13), grid(b, 14), grid(kOdd, 15)},
                  {{DType::f32, kOdd}, {DType::f32, kOdd}, {DType::f32, kOdd}});
     c.set_attr("mode", Attribute{std::string(mode)});
-    EXPECT_TRUE(bitwise(c, 1)) << mode;
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(c, 1)) << mode;
   }
 }
 
@@ -207,21 +216,21 @@ TEST(CudaPointwise, ComparisonsLogicWhereCastMatchCpu) {
   for (int64_t i = 0; i < ib.numel(); ++i) ib.data<int64_t>()[i] = i % 4;
   for (const char* op : {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}) {
     KernelCase f(op, "", {fa, fb}, {{DType::boolean, kOdd}});
-    EXPECT_TRUE(bitwise(f)) << op << " float32";
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(f)) << op << " float32";
     KernelCase i(op, "", {ia, ib}, {{DType::boolean, kOdd}});
-    EXPECT_TRUE(bitwise(i)) << op << " int64";
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(i)) << op << " int64";
   }
   for (const char* op : {"And", "Or", "Xor"}) {
     KernelCase c(op, "", {bools(a, 3), bools(b, 4)}, {{DType::boolean, kOdd}});
-    EXPECT_TRUE(bitwise(c)) << op;
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(c)) << op;
   }
   KernelCase n("Not", "", {bools(kOdd, 5)}, {{DType::boolean, kOdd}});
-  EXPECT_TRUE(bitwise(n));
+  EXPECT_TRUE(test::cuda_bitwise_matches_cpu(n));
   KernelCase wf("Where", "", {bools(a, 6), random_tensor(DType::f32, b, 7), random_tensor(DType::f32, kOdd, 8)},
                 {{DType::f32, kOdd}});
-  EXPECT_TRUE(bitwise(wf));
-  KernelCase wi("Where", "", {bools(b, 9), ia, ib}, {{DType::i64, {7, 5, 11, 13}}});
-  EXPECT_TRUE(bitwise(wi));
+  EXPECT_TRUE(test::cuda_bitwise_matches_cpu(wf));
+  KernelCase wi("Where", "", {bools(b, 9), ia, ib}, {{DType::i64, kOdd}});
+  EXPECT_TRUE(test::cuda_bitwise_matches_cpu(wi));
   // Cast: float32 with NaN, out-of-range and fractional values to every type, and back.
   Tensor f = random_tensor(DType::f32, kOdd, 10, -300, 300);
   f.data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
@@ -230,11 +239,11 @@ TEST(CudaPointwise, ComparisonsLogicWhereCastMatchCpu) {
   for (DType to : {DType::i64, DType::i32, DType::i8, DType::u8, DType::boolean, DType::f32}) {
     KernelCase c("Cast", "", {f}, {{to, kOdd}});
     c.set_attr("to", Attribute{int64_t{graph::dtype_to_onnx(to)}});
-    EXPECT_TRUE(bitwise(c)) << "float32 to " << graph::dtype_name(to);
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(c)) << "float32 to " << graph::dtype_name(to);
   }
   for (const Tensor& src : {ia, bools(a, 11)}) {
     KernelCase c("Cast", "", {src}, {{DType::f32, a}});
     c.set_attr("to", Attribute{int64_t{1}});
-    EXPECT_TRUE(bitwise(c)) << graph::dtype_name(src.dtype) << " to float32";
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(c)) << graph::dtype_name(src.dtype) << " to float32";
   }
 }

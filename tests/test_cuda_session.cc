@@ -93,6 +93,20 @@ TEST(CudaSession, GraphReplayIsBitIdenticalToEagerExecution) {
   }
 }
 
+// A value fed since the last step is fetched as fed, on the GPU as on the CPU (it still waits
+// in its staging buffer there), and the step then reads the same images.
+TEST(CudaSession, FetchAfterFeedGivesTheFedValue) {
+  OXTRAIN_REQUIRE_GPU();
+  Trainer t = make_trainer(runtime::Device::cuda, true);
+  feed_step(t, 0);
+  t.session->run();
+  feed_step(t, 1);
+  const Tensor fed = test::random_tensor(DType::f32, {4, 3, 64, 64}, 101);
+  EXPECT_EQ(t.session->fetch("input").bytes, fed.bytes);
+  t.session->run();
+  EXPECT_EQ(t.session->fetch("input").bytes, fed.bytes);
+}
+
 // After warm-up (one eager step, one captured), a step allocates nothing and never waits for
 // the device on the host; fetching a value afterwards does wait, and is counted.
 TEST(CudaSession, StepsNeitherAllocateNorWaitForTheDevice) {

@@ -18,6 +18,7 @@
 #define OXTRAIN_CUDNN_FRONTEND
 #include "runtime/cuda/cudnn_common.h"
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,14 @@ void check_output(const graph::Node& n, size_t i, const std::vector<int64_t>& nu
 }
 
 int64_t float_bytes(const std::vector<int64_t>& dims) { return graph::shape_numel(dims) * 4; }
+
+// A float's exact value for a plan-cache key (std::to_string's six decimals would give 1e-5
+// and 1.001e-5 one key, and so one graph with the first one's epsilon baked in).
+std::string exact_text(float v) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%a", static_cast<double>(v));
+  return text;
+}
 
 // Binds output i of the node, or scratch space where the node omits it.
 void bind_output(GraphRecipe& r, const graph::Node& n, size_t i, const TensorPtr& t,
@@ -172,7 +181,7 @@ GraphRecipe training_recipe(const graph::Node& n) {
   attributes.set_compute_data_type(fe::DataType_t::FLOAT);
   auto [Y, mean, inv_std, next_mean, next_var] = g.batchnorm(X, scale, bias, attributes);
   r.signature = "BatchNormTraining " + std::string(s.channels_last ? "nhwc " : "") + graph::dtype_name(s.data) + " x" + dims_text(s.x) + " eps " +
-                std::to_string(eps) + " momentum " + std::to_string(momentum);
+                exact_text(eps) + " momentum " + exact_text(momentum);
   r.bindings.push_back({X, false, 0, s.data_bytes()});
   r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
   r.bindings.push_back({bias, false, 2, float_bytes(s.channel)});

@@ -47,16 +47,20 @@ void bind_libraries() {
   });
 }
 
-// The numerical notes an fp32-strict plan must not carry: TF32 tensor cores, inputs converted
-// down, reductions in reduced precision, and the FFT and Winograd transforms (exact in
-// arithmetic, not in float32 rounding).
-const std::vector<fe::NumericalNote_t>& strict_excluded_notes() {
-  static const std::vector<fe::NumericalNote_t> notes = {
-      fe::NumericalNote_t::TENSOR_CORE,         fe::NumericalNote_t::DOWN_CONVERT_INPUTS,
-      fe::NumericalNote_t::REDUCED_PRECISION_REDUCTION, fe::NumericalNote_t::FFT,
-      fe::NumericalNote_t::WINOGRAD,            fe::NumericalNote_t::WINOGRAD_TILE_4x4,
-      fe::NumericalNote_t::WINOGRAD_TILE_6x6,   fe::NumericalNote_t::WINOGRAD_TILE_13x13};
-  return notes;
+// The numerical notes a plan must not carry. In every precision: nondeterministic engines
+// (atomic reductions in another order each run), so a step gives the same bits run to run and
+// a replayed CUDA graph the bits of the eager step. In fp32-strict also TF32 tensor cores,
+// inputs converted down, reductions in reduced precision, and the FFT and Winograd transforms
+// (exact in arithmetic, not in float32 rounding).
+const std::vector<fe::NumericalNote_t>& excluded_notes(Precision precision) {
+  static const std::vector<fe::NumericalNote_t> any = {fe::NumericalNote_t::NONDETERMINISTIC};
+  static const std::vector<fe::NumericalNote_t> strict = {
+      fe::NumericalNote_t::NONDETERMINISTIC,    fe::NumericalNote_t::TENSOR_CORE,
+      fe::NumericalNote_t::DOWN_CONVERT_INPUTS, fe::NumericalNote_t::REDUCED_PRECISION_REDUCTION,
+      fe::NumericalNote_t::FFT,                 fe::NumericalNote_t::WINOGRAD,
+      fe::NumericalNote_t::WINOGRAD_TILE_4x4,   fe::NumericalNote_t::WINOGRAD_TILE_6x6,
+      fe::NumericalNote_t::WINOGRAD_TILE_13x13};
+  return precision == Precision::fp32 ? strict : any;
 }
 
 void check_fe(fe::error_t status, const char* what, const std::string& where) {
@@ -75,7 +79,7 @@ int64_t prepare_plans(fe::graph::Graph& graph, cudnnHandle_t handle, Precision p
            "operation graph", where);
   check_fe(graph.create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}),
            "heuristics query", where);
-  if (precision == Precision::fp32) graph.deselect_numeric_notes(strict_excluded_notes());
+  graph.deselect_numeric_notes(excluded_notes(precision));
   return graph.get_execution_plan_count();
 }
 
@@ -447,7 +451,7 @@ DevicelessSupport deviceless_support(const graph::Node& node, Precision precisio
     return support;
   }
   support.configs = static_cast<int>(graph.get_execution_plan_count());
-  if (precision == Precision::fp32) graph.deselect_numeric_notes(strict_excluded_notes());
+  graph.deselect_numeric_notes(excluded_notes(precision));
   for (int64_t i = 0; i < support.configs; ++i) {
     fe::error_t status = graph.build_plan_at_index(i);
     if (status.get_message() != "Deselecting execution plan") ++support.allowed;

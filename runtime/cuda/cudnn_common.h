@@ -53,7 +53,7 @@ DevicelessTarget h100_target();
 
 struct DevicelessSupport {
   int configs = 0;          // engine configurations the heuristics offered
-  int allowed = 0;          // of those, the ones the precision allows
+  int allowed = 0;          // of those, the ones the precision allows (deterministic ones only)
   int supported = 0;        // of those, the ones whose plan cuDNN built
   std::string first_engine; // tag of the first supported plan
   std::string failure;      // why none is supported (when supported == 0)

@@ -1,14 +1,17 @@
 // The CUDA DeviceRuntime: one device, one compute stream, cuDNN and cuBLASLt handles bound to
 // it. Arenas come from cudaMalloc (one per arena, at allocate time, never during a step).
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include "graph/inspect.h"
 #include "runtime/cuda/context.h"
 #include "runtime/device_runtime.h"
+#include "runtime/dist/communicator.h"
 
 namespace oxtrain::runtime {
 namespace {
@@ -124,7 +127,23 @@ class CudaRuntime : public DeviceRuntime {
   }
   void synchronize() override {
     ++counters_.synchronizations;
-    cuda::check(cudaStreamSynchronize(cuda_.stream), "cudaStreamSynchronize", "waiting for the GPU");
+    dist::Communicator* comm = context_.communicator;
+    if (!comm || !comm->collectives_on_device()) {
+      cuda::check(cudaStreamSynchronize(cuda_.stream), "cudaStreamSynchronize", "waiting for the GPU");
+      return;
+    }
+    // The step's collectives run on the device: poll, so a failed or stuck one (a peer gone)
+    // ends in an Error, not a wait without end. Sleeps stay short: a step takes milliseconds.
+    const auto start = std::chrono::steady_clock::now();
+    auto sleep = std::chrono::microseconds(2);
+    for (;;) {
+      cudaError_t err = cudaStreamQuery(cuda_.stream);
+      if (err == cudaSuccess) return;
+      if (err != cudaErrorNotReady) cuda::check(err, "cudaStreamQuery", "waiting for the GPU");
+      comm->check_while_waiting(std::chrono::steady_clock::now() - start, "waiting for the GPU");
+      std::this_thread::sleep_for(sleep);
+      sleep = std::min(sleep * 2, std::chrono::microseconds(200));
+    }
   }
   int64_t free_memory() const override {
     size_t free = 0, total = 0;
@@ -183,18 +202,28 @@ class CudaRuntime : public DeviceRuntime {
   }
 
   bool can_capture() const override { return true; }
+  // Thread-local capture: an unsafe call (allocation, host wait) from this thread still fails
+  // the capture, while NCCL's own thread may set up connections meanwhile (NCCL's guidance
+  // for collectives captured with a non-blocking communicator).
   void begin_capture() override {
     if (exec_) throw Error("device cuda: the step was already captured");
-    cuda::check(cudaStreamBeginCapture(cuda_.stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture",
+    cuda::check(cudaStreamBeginCapture(cuda_.stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture",
                 "capturing the step as a CUDA graph");
   }
   void end_capture() override {
     cudaGraph_t graph = nullptr;
     cuda::check(cudaStreamEndCapture(cuda_.stream, &graph), "cudaStreamEndCapture",
                 "capturing the step as a CUDA graph (a kernel allocated, synchronised or used another stream)");
-    cudaError_t err = cudaGraphInstantiate(&exec_, graph, 0);
+    cudaGraphExec_t exec = nullptr;
+    cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     cuda::check(err, "cudaGraphInstantiate", "capturing the step as a CUDA graph");
+    exec_ = exec;
+  }
+  void abort_capture() noexcept override {
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamEndCapture(cuda_.stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+    cudaGetLastError();  // an invalidated capture's error is the step's, already thrown
   }
   void replay() override {
     if (!exec_) throw Error("device cuda: no captured step to replay");

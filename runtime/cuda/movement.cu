@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -94,9 +95,22 @@ void copy_block(const Blocks& b, size_t k, void* whole, void* part, bool to_whol
   const size_t pitch = static_cast<size_t>(b.total * b.inner) * b.es;
   uint8_t* w = static_cast<uint8_t*>(whole) + static_cast<size_t>(b.offsets[k] * b.inner) * b.es;
   const size_t height = static_cast<size_t>(b.outer);
+  auto* p = static_cast<uint8_t*>(part);
+  // A single row, or rows wider than a 2-D copy's pitch may be (2^31 - 1 bytes on current
+  // GPUs): plain copies, one per row.
+  if (height == 1 || pitch > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    for (size_t r = 0; r < height; ++r) {
+      uint8_t* wr = w + r * pitch;
+      uint8_t* pr = p + r * width;
+      cuda::check(cudaMemcpyAsync(to_whole ? wr : pr, to_whole ? pr : wr, width, cudaMemcpyDeviceToDevice,
+                                  ctx.stream),
+                  "cudaMemcpyAsync", where);
+    }
+    return;
+  }
   cudaError_t status =
-      to_whole ? cudaMemcpy2DAsync(w, pitch, part, width, width, height, cudaMemcpyDeviceToDevice, ctx.stream)
-               : cudaMemcpy2DAsync(part, width, w, pitch, width, height, cudaMemcpyDeviceToDevice, ctx.stream);
+      to_whole ? cudaMemcpy2DAsync(w, pitch, p, width, width, height, cudaMemcpyDeviceToDevice, ctx.stream)
+               : cudaMemcpy2DAsync(p, width, w, pitch, width, height, cudaMemcpyDeviceToDevice, ctx.stream);
   cuda::check(status, "cudaMemcpy2DAsync", where);
 }
 

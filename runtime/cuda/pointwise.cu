@@ -269,7 +269,9 @@ std::unique_ptr<Kernel> unary_f32(const Node& n, Op op) {
   const std::string what = n.describe();
   require_f32(n, input_value(n, 0));
   require_f32(n, output_value(n, 0));
-  const Layout l = node_layout(n);
+  // Only X is read (Clip's bounds are fixed here), so only X shapes the launch: a bound may be
+  // omitted or shaped [1].
+  const Layout l = make_layout(n, known_shape(n, output_value(n, 0)), {known_shape(n, input_value(n, 0))});
   return make_kernel([what, l, op](const KernelArgs& a) {
     launch_map(l, UnaryF<float, float, Op>{a.inputs[0].as<float>(), a.outputs[0].as<float>(), op}, a, what);
   });
@@ -350,13 +352,19 @@ std::unique_ptr<Kernel> binary_same_type(const Node& n, Op op) {
   }
 }
 
+// A one-element value fixed for the run. A parameter's initial data is no such thing: the
+// kernel reads its buffer each step.
+bool fixed_scalar(const graph::Value& v) {
+  return v.role == graph::Role::Constant && v.has_data() && v.data->numel() == 1;
+}
+
 KernelFactory pow_factory() {
   return [](const KernelInit& init) -> std::unique_ptr<Kernel> {
     const Node& n = init.node;
     const std::string what = n.describe();
     require_f32(n, input_value(n, 0));
     const graph::Value& b = input_value(n, 1);
-    if (b.dtype != DType::f32 || (b.has_data() && b.data->numel() == 1)) {
+    if (b.dtype != DType::f32 || fixed_scalar(b)) {
       // A constant scalar exponent, of any number type: passed by value.
       const float e = static_cast<float>(constant_scalar(n, 1, 0, "exponent"));
       const Layout l = make_layout(n, known_shape(n, output_value(n, 0)), {known_shape(n, input_value(n, 0))});
@@ -382,7 +390,7 @@ KernelFactory pow_grad_factory() {
     require_f32(n, input_value(n, 1));
     const bool exponent = n.attr_int("wrt", 0) != 0;
     const graph::Value& b = input_value(n, 2);
-    const bool scalar = b.dtype != DType::f32 || (b.has_data() && b.data->numel() == 1);
+    const bool scalar = b.dtype != DType::f32 || fixed_scalar(b);
     const float e = scalar ? static_cast<float>(constant_scalar(n, 2, 0, "exponent")) : 0.0f;
     std::vector<graph::Shape> shapes{known_shape(n, input_value(n, 0)), known_shape(n, input_value(n, 1))};
     if (!scalar) shapes.push_back(known_shape(n, b));

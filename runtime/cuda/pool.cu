@@ -162,9 +162,12 @@ std::optional<Pool2d> max_grad_window(const KernelInit& init, const graph::Shape
                                       const graph::Shape& dy) {
   const graph::Node& n = init.node;
   if (x.size() != 4) return std::nullopt;
+  const graph::Node* fwd = n.input(1)->producer;
+  // The gather compares each Indices entry with row-major positions; column-major Indices
+  // (MaxPool storage_order=1) take the scatter, which puts each gradient where it points.
+  if (fwd && fwd->op_type == "MaxPool" && fwd->attr_int("storage_order", 0) != 0) return std::nullopt;
   if (n.has_attr("kernel_shape")) return node_window(init, x, dy);
   // Indices (int64, checked) made by a MaxPool are its output 1, over an input of our shape.
-  const graph::Node* fwd = n.input(1)->producer;
   if (!fwd || fwd->op_type != "MaxPool" || !(fwd->domain.empty() || fwd->domain == "ai.onnx") ||
       !fwd->input(0) || fwd->input(0)->shape != x || !fwd->has_attr("kernel_shape") ||
       fwd->attr_int("storage_order", 0) != 0)

@@ -7,6 +7,7 @@
 // the collective, this rank and, where known, the peer; the communicator cannot be used after.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -36,6 +37,17 @@ class Communicator {
   // In place: every rank gets rank `root`'s bytes.
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
   virtual void barrier() = 0;
+
+  // Whether collectives may still be running on the device after the call that issued them
+  // returned (NCCL's, enqueued by kernels into the step), so a host wait for the device must
+  // watch them: check_while_waiting(), called between polls, throws (after stopping them)
+  // when one failed or the wait has lasted `waited` beyond the timeout. Gloo's collectives
+  // are done when their calls return.
+  virtual bool collectives_on_device() const { return false; }
+  virtual void check_while_waiting(std::chrono::steady_clock::duration waited, const std::string& where) {
+    (void)waited;
+    (void)where;
+  }
 
  protected:
   explicit Communicator(const CommOptions& options) : options_(options) {}

@@ -37,23 +37,15 @@ class Backoff {
   int spins_ = 0;
 };
 
-// Makes `device` current for a scope and restores the one before.
-class DeviceScope {
- public:
-  DeviceScope(int device, const std::string& where) {
-    cuda::check(cudaGetDevice(&saved_), "cudaGetDevice", where);
-    if (saved_ != device) cuda::check(cudaSetDevice(device), "cudaSetDevice", where);
-  }
-  ~DeviceScope() {
-    int now = -1;
-    if (cudaGetDevice(&now) == cudaSuccess && now != saved_) cudaSetDevice(saved_);
-  }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int saved_ = 0;
-};
+// Makes `device` this thread's current GPU, and leaves it so: a rank runs on its one GPU.
+// (Restoring the device before would make GPU 0 current again in a process that never chose
+// it, which creates a context there: hundreds of megabytes on GPU 0 per rank of a node, and
+// an error on a GPU in exclusive-process mode.)
+void use_device(int device, const std::string& where) {
+  int now = -1;
+  cuda::check(cudaGetDevice(&now), "cudaGetDevice", where);
+  if (now != device) cuda::check(cudaSetDevice(device), "cudaSetDevice", where);
+}
 
 std::string ms_text(milliseconds ms) { return std::to_string(ms.count()) + " ms"; }
 
@@ -77,7 +69,7 @@ NcclCommunicator::NcclCommunicator(Store& store, const CommOptions& options, int
     throw Error(at + ": GPU " + std::to_string(cuda_device) + " does not exist (" + std::to_string(count) +
                 " visible); give each rank of a node its own GPU (its local rank)");
 
-  DeviceScope scope(device_, at);
+  use_device(device_, at);
   try {
     int least = 0, greatest = 0;
     cuda::check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange", at);
@@ -99,7 +91,7 @@ NcclCommunicator::NcclCommunicator(Store& store, const CommOptions& options, int
 
 NcclCommunicator::~NcclCommunicator() {
   try {
-    DeviceScope scope(device_, where("destroy"));
+    use_device(device_, where("destroy"));
     if (comm_ && failure_.empty()) {
       // The documented end of a non-blocking communicator: finalise (flushes what was issued and
       // waits until every rank is quiescent), then destroy the local resources.
@@ -228,6 +220,24 @@ void NcclCommunicator::check_usable(const std::string& at) {
   if (r != ncclSuccess) fail(at, "ncclCommGetAsyncError failed: " + nccl_message(r));
   if (state != ncclSuccess && state != ncclInProgress)
     fail(at, "an earlier collective failed: " + nccl_message(state));
+}
+
+void NcclCommunicator::check_while_waiting(Clock::duration waited, const std::string& context) {
+  const std::string at = context + ": " + where("allreduce");
+  std::string what = failure_;
+  if (what.empty() && comm_) {
+    ncclResult_t state = ncclSuccess;
+    ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
+    if (r != ncclSuccess) state = r;
+    if (state != ncclSuccess && state != ncclInProgress) what = "NCCL reported: " + nccl_message(state);
+  }
+  if (what.empty() && waited >= options_.timeout)
+    what = "the step's all-reduces did not finish within " + ms_text(options_.timeout) +
+           "; a peer may have stopped or never reached them";
+  if (what.empty()) return;
+  failure_ = what;
+  abort_now();
+  fail(at, what);
 }
 
 void NcclCommunicator::enqueue_allreduce(const std::vector<DeviceSpan>& spans, bool average, const std::string& node) {

@@ -79,6 +79,11 @@ class NcclCommunicator : public Communicator {
   // Throws the Error of an earlier failure, or of an asynchronous one NCCL reports now (host
   // only: no CUDA call, so it may run inside a capture).
   void check_usable(const std::string& where);
+  // While the host waits for a step whose collectives this communicator enqueued: on an
+  // asynchronous NCCL error, or once `waited` reaches the timeout, aborts the communicator
+  // (its kernels stop, so the wait ends) and throws the Error of the header comment.
+  bool collectives_on_device() const override { return true; }
+  void check_while_waiting(std::chrono::steady_clock::duration waited, const std::string& where) override;
 
  private:
   void connect(Store& store);
