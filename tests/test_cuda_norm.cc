@@ -1,7 +1,9 @@
-// CUDA (cuDNN) batch normalisation against the CPU kernels: BatchNormalization (inference),
-// oxtrain.BatchNormTraining (Y, running mean and unbiased running variance, saved mean and
-// inverse standard deviation; omitted outputs) and oxtrain.BatchNormGrad, on odd shapes; and,
-// where the CUDA driver is present, plan support on an H100 from serialized device properties.
+// CUDA batch normalisation against the CPU kernels: BatchNormalization (inference, own
+// kernel), oxtrain.BatchNormTraining (Y, running mean and unbiased running variance, saved mean
+// and inverse standard deviation; omitted outputs) and oxtrain.BatchNormGrad, on odd shapes,
+// both on cuDNN and on the own kernels that run what cuDNN has no engine for (which one runs
+// is checked without a GPU); and, where the CUDA driver is present, plan support on an H100
+// from serialized device properties.
 #include <gtest/gtest.h>
 
 #include <dlfcn.h>
@@ -62,11 +64,13 @@ Inputs inputs(const Shape& shape, uint64_t seed) {
           random_tensor(DType::f32, {c}, seed + 4, 0.5, 2)};
 }
 
-KernelCase training_case(const Shape& shape, uint64_t seed, bool running, bool saved) {
+// X and Y of type `dt` (float32, or half with float32 statistics).
+KernelCase training_case(const Shape& shape, uint64_t seed, bool running, bool saved, DType dt = DType::f32) {
   Inputs in = inputs(shape, seed);
+  if (dt != DType::f32) in.x = random_tensor(dt, shape, seed, -2, 3);
   const Shape c{shape[1]};
   KernelCase k("BatchNormTraining", "oxtrain", {in.x, in.scale, in.bias, in.mean, in.var},
-               {{DType::f32, shape}, running ? OutputSpec{DType::f32, c} : kNone,
+               {{dt, shape}, running ? OutputSpec{DType::f32, c} : kNone,
                 running ? OutputSpec{DType::f32, c} : kNone, saved ? OutputSpec{DType::f32, c} : kNone,
                 saved ? OutputSpec{DType::f32, c} : kNone});
   k.set_attr("epsilon", Attribute{1e-5f});
@@ -74,14 +78,15 @@ KernelCase training_case(const Shape& shape, uint64_t seed, bool running, bool s
   return k;
 }
 
-KernelCase grad_case(const Shape& shape, uint64_t seed, bool dx) {
+// dY, X and dX of type `dt`.
+KernelCase grad_case(const Shape& shape, uint64_t seed, bool dx, DType dt = DType::f32) {
   const int64_t c = shape[1];
   KernelCase k("BatchNormGrad", "oxtrain",
-               {random_tensor(DType::f32, shape, seed), random_tensor(DType::f32, shape, seed + 1, -2, 3),
+               {random_tensor(dt, shape, seed), random_tensor(dt, shape, seed + 1, -2, 3),
                 random_tensor(DType::f32, {c}, seed + 2, 0.5, 1.5),
                 random_tensor(DType::f32, {c}, seed + 3, 0, 1),
                 random_tensor(DType::f32, {c}, seed + 4, 0.5, 2)},
-               {dx ? OutputSpec{DType::f32, shape} : kNone, {DType::f32, {c}}, {DType::f32, {c}}});
+               {dx ? OutputSpec{dt, shape} : kNone, {DType::f32, {c}}, {DType::f32, {c}}});
   return k;
 }
 
@@ -96,14 +101,43 @@ TEST(CudaNorm, InferenceMatchesCpu) {
   }
 }
 
+// Shapes for both paths: 7 and 5 channels (rows of 28 and 20 bytes) and one element per
+// channel run on the own kernels; 8 and 16 channels on cuDNN.
+const std::vector<Shape>& training_shapes() {
+  static const std::vector<Shape> shapes = {Shape{5, 7, 11, 13}, Shape{6, 5},  Shape{3, 4, 1, 1},
+                                            Shape{1, 8, 1, 1},   Shape{5, 8, 11, 13}, Shape{6, 16},
+                                            Shape{2, 16, 3, 4, 5}};
+  return shapes;
+}
+
 TEST(CudaNorm, TrainingMatchesCpu) {
   OXTRAIN_REQUIRE_GPU();
   // Y, running mean, running variance (unbiased, momentum on the previous value), saved mean,
   // saved inverse standard deviation.
-  for (const Shape& shape : {Shape{5, 7, 11, 13}, Shape{6, 5}, Shape{3, 4, 1, 1}}) {
+  for (const Shape& shape : training_shapes()) {
     KernelCase k = training_case(shape, 41, true, true);
     EXPECT_TRUE(cuda_matches_cpu(k, kForwardTolerance)) << text(shape);
   }
+  // ONNX's population-variance running update (`oxtrain run`): the own kernel.
+  KernelCase population = training_case({5, 8, 11, 13}, 42, true, true);
+  population.set_attr("unbiased_running_var", Attribute{int64_t{0}});
+  EXPECT_TRUE(cuda_matches_cpu(population, kForwardTolerance));
+}
+
+// Half X, Y, dY and dX with float32 statistics, on both paths: the GPU widens, computes in
+// float32 and rounds as the CPU's emulation of half does; statistics summed in another order
+// move a value by at most a rounding step of the half result.
+TEST(CudaNorm, HalfMatchesCpuOnBothPaths) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType h : {DType::f16, DType::bf16})
+    for (const Shape& shape : {Shape{4, 12, 5, 7}, Shape{4, 16, 5, 7}}) {  // own kernel, cuDNN
+      SCOPED_TRACE(std::string(graph::dtype_name(h)) + " " + text(shape));
+      const double tolerance = h == DType::f16 ? 2e-3 : 1.6e-2;  // two ulps of the largest value
+      KernelCase t = training_case(shape, 43, true, true, h);
+      EXPECT_TRUE(cuda_matches_cpu(t, tolerance));
+      KernelCase g = grad_case(shape, 45, true, h);
+      EXPECT_TRUE(cuda_matches_cpu(g, tolerance));
+    }
 }
 
 TEST(CudaNorm, TrainingWithOmittedOutputsMatchesCpu) {
@@ -116,7 +150,7 @@ TEST(CudaNorm, TrainingWithOmittedOutputsMatchesCpu) {
 
 TEST(CudaNorm, GradMatchesCpu) {
   OXTRAIN_REQUIRE_GPU();
-  for (const Shape& shape : {Shape{5, 7, 11, 13}, Shape{6, 5}}) {
+  for (const Shape& shape : training_shapes()) {
     KernelCase k = grad_case(shape, 61, true);
     EXPECT_TRUE(cuda_matches_cpu(k, kBackwardTolerance)) << text(shape);
   }
@@ -126,6 +160,31 @@ TEST(CudaNorm, GradMatchesCpu) {
 }
 
 #ifdef OXTRAIN_HAVE_CUDA
+// Which nodes run on cuDNN and which on the own kernels, decided without a device: cuDNN
+// where each channel's row of X is a multiple of 16 bytes and a channel has more than one
+// element, and the running variance is PyTorch's unbiased one.
+TEST(CudaNorm, CudnnRunsWhatItHasEnginesFor) {
+  struct Case {
+    Shape shape;
+    DType dtype;
+    bool cudnn;
+  };
+  const Case cases[] = {
+      {{5, 64, 56, 56}, DType::f32, true}, {{5, 7, 11, 13}, DType::f32, false}, {{6, 5}, DType::f32, false},
+      {{6, 16}, DType::f32, true},         {{1, 8, 1, 1}, DType::f32, false},   {{2, 8, 1, 1}, DType::f32, true},
+      {{4, 12, 5, 7}, DType::f32, true},   {{4, 12, 5, 7}, DType::bf16, false}, {{4, 16, 5, 7}, DType::f16, true},
+  };
+  for (const Case& c : cases) {
+    KernelCase t = training_case(c.shape, 1, true, true, c.dtype);
+    EXPECT_EQ(runtime::cudnn::batchnorm_uses_cudnn(t.node()), c.cudnn) << "training " << text(c.shape);
+    KernelCase g = grad_case(c.shape, 2, true, c.dtype);
+    EXPECT_EQ(runtime::cudnn::batchnorm_uses_cudnn(g.node()), c.cudnn) << "grad " << text(c.shape);
+  }
+  KernelCase population = training_case({5, 64, 56, 56}, 3, true, true);
+  population.set_attr("unbiased_running_var", Attribute{int64_t{0}});
+  EXPECT_FALSE(runtime::cudnn::batchnorm_uses_cudnn(population.node()));
+}
+
 TEST(CudaNorm, RefusesFloat64) {
   const runtime::KernelFactory* factory =
       runtime::KernelRegistry::global().find("oxtrain", "BatchNormTraining", runtime::Device::cuda);
@@ -162,10 +221,7 @@ TEST(CudnnDeviceless, ResnetBatchNormHasH100Plans) {
   const Shape shape{5, 64, 56, 56};
   KernelCase training = training_case(shape, 1, true, true);
   KernelCase grad = grad_case(shape, 2, true);
-  Inputs in = inputs(shape, 3);
-  KernelCase inference("BatchNormalization", "", {in.x, in.scale, in.bias, in.mean, in.var},
-                       {{DType::f32, shape}});
-  for (KernelCase* k : {&training, &grad, &inference})
+  for (KernelCase* k : {&training, &grad})
     for (Precision p : {Precision::fp32, Precision::tf32}) {
       const auto support = runtime::cudnn::deviceless_support(k->node(), p, target);
       EXPECT_GE(support.supported, 1)

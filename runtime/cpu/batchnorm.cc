@@ -78,13 +78,12 @@ void batchnorm_inference(const KernelArgs& a, double eps) {
 #pragma omp parallel for schedule(static) if (planes * g.spatial >= kParallelMin && planes > 1)
   for (int64_t p = 0; p < planes; ++p) {
     const int64_t c = p % g.channels;
-    const T k = static_cast<T>(static_cast<double>(scale[c]) /
-                               std::sqrt(static_cast<double>(var[c]) + eps));
+    const T k = math::batchnorm_inference_factor(scale[c], var[c], eps);
     const T m = mean[c], b = bias[c];
     const T* xp = x + p * g.spatial;
     T* yp = y + p * g.spatial;
 #pragma omp simd
-    for (int64_t i = 0; i < g.spatial; ++i) yp[i] = (xp[i] - m) * k + b;
+    for (int64_t i = 0; i < g.spatial; ++i) yp[i] = math::batchnorm_inference(xp[i], m, k, b);
   }
 }
 
@@ -155,9 +154,8 @@ void batchnorm_training(const KernelArgs& a, double eps, double momentum, bool u
     }
     // Running variance: unbiased, as PyTorch (biased when there is one element), or the
     // population variance as ONNX's text says (unbiased_running_var=0, `oxtrain run`).
-    const double update = unbiased && m > 1 ? var * static_cast<double>(m) / static_cast<double>(m - 1) : var;
-    if (mean_out) mean_out[c] = static_cast<T>(momentum * rm + (1.0 - momentum) * mean);
-    if (var_out) var_out[c] = static_cast<T>(momentum * rv + (1.0 - momentum) * update);
+    if (mean_out) mean_out[c] = static_cast<T>(math::batchnorm_running_mean(rm, mean, momentum));
+    if (var_out) var_out[c] = static_cast<T>(math::batchnorm_running_var(rv, var, m, momentum, unbiased));
     if (saved_mean) saved_mean[c] = mean_t;
     if (saved_inv_std) saved_inv_std[c] = inv_std_t;
   }
@@ -265,11 +263,9 @@ void batchnorm_grad(const KernelArgs& a) {
         const T* xp = x + off;
         T* dxp = dx + off;
 #pragma omp simd
-        for (int64_t i = 0; i < g.spatial; ++i) {
-          const double xhat = (static_cast<double>(xp[i]) - mean) * inv_std;
-          dxp[i] = static_cast<T>(k * (md * static_cast<double>(dyp[i]) - sum_dy -
-                                       xhat * sum_dy_xhat));
-        }
+        for (int64_t i = 0; i < g.spatial; ++i)
+          dxp[i] = static_cast<T>(math::batchnorm_grad_input(dyp[i], xp[i], mean, inv_std, k, md, sum_dy,
+                                                             sum_dy_xhat));
       }
     }
     if (dscale) dscale[c] = static_cast<T>(sum_dy_xhat);

@@ -1,20 +1,21 @@
-// Batch normalisation on the GPU through cuDNN's graph API (cudnn-frontend), with the
-// semantics of runtime/cpu/batchnorm.cc; X (and Y, dY, dX) float32, float16 or bfloat16 of any
-// rank >= 2 viewed as [N, C, S, 1] (S = the product of the spatial dims; on a channels-last
-// node X is stored [N, H, W, C], the same dims with channels-last strides), the per-channel
-// tensors float32, arithmetic in float32. Every output is written (=).
-//  - BatchNormalization (inference): Y = (X - mean) * (scale * rsqrt(var + eps)) + B as one
-//    graph of pointwise nodes, the per-channel tensors broadcast as [1, C, 1, 1].
-//  - oxtrain.BatchNormTraining: cuDNN's batchnorm node. Its outputs are the CPU kernel's: Y,
-//    the running mean and variance, the batch mean and the inverse standard deviation
-//    1/sqrt(var + eps) (cuDNN's "inverse variance" output holds exactly that). cuDNN updates
-//    the running statistics as next = (1 - m) * prev + m * batch with the unbiased batch
-//    variance, as PyTorch does; ONNX's momentum weighs the previous value, so m = 1 - momentum.
-//    The running-stat outputs may share the inputs' buffers (cuDNN reads a channel's statistic
-//    before writing it).
+// Batch normalisation on the GPU, with the semantics of runtime/cpu/batchnorm.cc; X (and Y,
+// dY, dX) float32, float16 or bfloat16 of any rank >= 2 viewed as [N, C, S, 1] (S = the product
+// of the spatial dims; on a channels-last node X is stored [N, H, W, C], the same dims with
+// channels-last strides), the per-channel tensors float32, arithmetic in float32. Every output
+// is written (=).
+//  - BatchNormalization (inference): the own kernel of runtime/cuda/batchnorm_own.h (cuDNN's
+//    graph API has no engine for it over NCHW tensors).
+//  - oxtrain.BatchNormTraining: cuDNN's batchnorm node through its graph API (cudnn-frontend).
+//    Its outputs are the CPU kernel's: Y, the running mean and variance, the batch mean and the
+//    inverse standard deviation 1/sqrt(var + eps) (cuDNN's "inverse variance" output holds
+//    exactly that). cuDNN updates the running statistics as next = (1 - m) * prev + m * batch
+//    with the unbiased batch variance, as PyTorch does; ONNX's momentum weighs the previous
+//    value, so m = 1 - momentum. The running-stat outputs may share the inputs' buffers (cuDNN
+//    reads a channel's statistic before writing it).
 //  - oxtrain.BatchNormGrad: cuDNN's batchnorm backward node from the saved mean and inverse
 //    standard deviation: dX, dScale = sum(dY * xhat), dBias = sum(dY).
-// Outputs a node omits go to scratch space in the kernel's workspace.
+// Where cuDNN has no engine for a training or gradient node (cudnn_takes below) the own
+// kernels run it instead. Outputs a cuDNN node omits go to scratch space in its workspace.
 #define OXTRAIN_CUDNN_FRONTEND
 #include "runtime/cuda/cudnn_common.h"
 
@@ -24,6 +25,7 @@
 
 #include "graph/ops.h"
 #include "runtime/cpu/node_checks.h"
+#include "runtime/cuda/batchnorm_own.h"
 #include "runtime/cuda/kernels.h"
 
 namespace oxtrain::runtime {
@@ -109,12 +111,16 @@ void bind_output(GraphRecipe& r, const graph::Node& n, size_t i, const TensorPtr
   r.signature += b.scratch ? " -" : " +";
 }
 
-fe::graph::Pointwise_attributes pointwise(fe::PointwiseMode_t mode) {
-  return fe::graph::Pointwise_attributes().set_mode(mode).set_compute_data_type(
-      fe::DataType_t::FLOAT);
+// Which batch norms cuDNN's engines take: each channel's row of X a multiple of 16 bytes
+// (C * element size; the heuristics of cuDNN 9.19 offer no engine otherwise on sm_80 and
+// sm_90), and more than one element per channel (the unbiased variance divides by m - 1).
+bool cudnn_takes(const NormShapes& s) {
+  return s.channels * static_cast<int64_t>(graph::dtype_size(s.data)) % 16 == 0 && s.x[0] * s.x[2] > 1;
 }
 
-GraphRecipe inference_recipe(const graph::Node& n) {
+cuda::BatchNormView view_of(const NormShapes& s) { return {s.data, s.x[0], s.channels, s.x[2], s.channels_last}; }
+
+NormShapes inference_shapes(const graph::Node& n) {
   int present = 0;
   for (const graph::Value* v : n.outputs) present += v != nullptr;
   if (n.attr_int("training_mode", 0) != 0 || present > 1)
@@ -125,46 +131,51 @@ GraphRecipe inference_recipe(const graph::Node& n) {
   NormShapes s = norm_shapes(n, 0, 1, 4, names);
   if (!n.output(0)) throw Error(n.describe() + ": output Y is missing");
   check_output(n, 0, s.x, s.data);
-  const float eps = n.attr_float("epsilon", 1e-5f);
-  GraphRecipe r;
-  r.graph = new_float_graph();
-  fe::graph::Graph& g = *r.graph;
-  TensorPtr X = packed_tensor(g, "X", s.x, s.type, s.channels_last);
-  TensorPtr scale = packed_tensor(g, "scale", s.channel);
-  TensorPtr bias = packed_tensor(g, "B", s.channel);
-  TensorPtr mean = packed_tensor(g, "mean", s.channel);
-  TensorPtr var = packed_tensor(g, "var", s.channel);
-  TensorPtr epsilon = g.tensor(eps);
-  TensorPtr k = g.pointwise(
-      g.pointwise(g.pointwise(var, epsilon, pointwise(fe::PointwiseMode_t::ADD)),
-                  pointwise(fe::PointwiseMode_t::RSQRT)),
-      scale, pointwise(fe::PointwiseMode_t::MUL));
-  TensorPtr centred = g.pointwise(X, mean, pointwise(fe::PointwiseMode_t::SUB));
-  TensorPtr scaled = g.pointwise(centred, k, pointwise(fe::PointwiseMode_t::MUL));
-  TensorPtr Y = g.pointwise(scaled, bias, pointwise(fe::PointwiseMode_t::ADD));
-  r.signature = "BatchNormalization " + std::string(s.channels_last ? "nhwc " : "") + graph::dtype_name(s.data) + " x" + dims_text(s.x) + " eps " +
-                std::to_string(eps);
-  r.bindings.push_back({X, false, 0, s.data_bytes()});
-  r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
-  r.bindings.push_back({bias, false, 2, float_bytes(s.channel)});
-  r.bindings.push_back({mean, false, 3, float_bytes(s.channel)});
-  r.bindings.push_back({var, false, 4, float_bytes(s.channel)});
-  bind_output(r, n, 0, Y, s.x, s.data, s.channels_last);
-  return r;
+  return s;
+}
+
+struct TrainingNode {
+  NormShapes s;
+  float eps = 1e-5f, momentum = 0.9f;
+  bool unbiased = true;
+};
+
+TrainingNode training_node(const graph::Node& n) {
+  static const char* const names[] = {"X", "scale", "B", "running_mean", "running_var"};
+  TrainingNode t;
+  t.s = norm_shapes(n, 0, 1, 4, names);
+  if (!n.output(0)) throw Error(n.describe() + ": output Y is missing");
+  check_output(n, 0, t.s.x, t.s.data);
+  for (size_t i = 1; i < 5; ++i) check_output(n, i, t.s.channel, DType::f32);
+  t.eps = n.attr_float("epsilon", 1e-5f);
+  t.momentum = n.attr_float("momentum", 0.9f);
+  t.unbiased = n.attr_int("unbiased_running_var", 1) != 0;
+  return t;
+}
+
+NormShapes grad_shapes(const graph::Node& n) {
+  // Inputs: dY, X, scale, saved_mean, saved_inv_std.
+  static const char* const names[] = {"dY", "X", "scale", "saved_mean", "saved_inv_std"};
+  NormShapes s = norm_shapes(n, 1, 2, 4, names);
+  const graph::Value* dy = n.input(0);
+  const graph::Value* x = n.input(1);
+  if (!dy || dy->dtype != x->dtype || dy->shape != x->shape)
+    throw Error(n.describe() + ": dY " + (dy ? dy->shape_string() + " " + graph::dtype_name(dy->dtype) : std::string("(missing)")) +
+                " must have X's type and shape, " + graph::dtype_name(x->dtype) + " " + x->shape_string());
+  check_output(n, 0, s.x, s.data);
+  check_output(n, 1, s.channel, DType::f32);
+  check_output(n, 2, s.channel, DType::f32);
+  return s;
 }
 
 GraphRecipe training_recipe(const graph::Node& n) {
-  static const char* const names[] = {"X", "scale", "B", "running_mean", "running_var"};
-  NormShapes s = norm_shapes(n, 0, 1, 4, names);
-  if (!n.output(0)) throw Error(n.describe() + ": output Y is missing");
-  check_output(n, 0, s.x, s.data);
-  for (size_t i = 1; i < 5; ++i) check_output(n, i, s.channel, DType::f32);
-  const float eps = n.attr_float("epsilon", 1e-5f);
-  const float momentum = n.attr_float("momentum", 0.9f);
-  if (n.attr_int("unbiased_running_var", 1) == 0)
-    throw Error(n.describe() + ": cuDNN updates the running variance with the unbiased batch variance; ONNX's "
-                "population-variance update (training-mode BatchNormalization in `oxtrain run`) runs on the CPU "
-                "(--device cpu)");
+  const TrainingNode t = training_node(n);
+  const NormShapes& s = t.s;
+  const float eps = t.eps, momentum = t.momentum;
+  if (!t.unbiased || !cudnn_takes(s))
+    throw Error(n.describe() + ": cuDNN has no engine for this batch norm (" + std::to_string(s.channels) + " " +
+                graph::dtype_name(s.data) + " channels of " + std::to_string(s.x[0] * s.x[2]) + " elements" +
+                (t.unbiased ? "" : ", population-variance update") + "); it runs on the own kernel");
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
@@ -196,17 +207,10 @@ GraphRecipe training_recipe(const graph::Node& n) {
 }
 
 GraphRecipe grad_recipe(const graph::Node& n) {
-  // Inputs: dY, X, scale, saved_mean, saved_inv_std.
-  static const char* const names[] = {"dY", "X", "scale", "saved_mean", "saved_inv_std"};
-  NormShapes s = norm_shapes(n, 1, 2, 4, names);
-  const graph::Value* dy = n.input(0);
-  const graph::Value* x = n.input(1);
-  if (!dy || dy->dtype != x->dtype || dy->shape != x->shape)
-    throw Error(n.describe() + ": dY " + (dy ? dy->shape_string() + " " + graph::dtype_name(dy->dtype) : std::string("(missing)")) +
-                " must have X's type and shape, " + graph::dtype_name(x->dtype) + " " + x->shape_string());
-  check_output(n, 0, s.x, s.data);
-  check_output(n, 1, s.channel, DType::f32);
-  check_output(n, 2, s.channel, DType::f32);
+  const NormShapes s = grad_shapes(n);
+  if (!cudnn_takes(s))
+    throw Error(n.describe() + ": cuDNN has no engine for this batch-norm gradient (" + std::to_string(s.channels) +
+                " " + graph::dtype_name(s.data) + " channels); it runs on the own kernel");
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
@@ -233,22 +237,50 @@ GraphRecipe grad_recipe(const graph::Node& n) {
 }  // namespace
 
 GraphRecipe batchnorm_recipe(const graph::Node& node) {
-  if (node.op_type == "BatchNormalization") return inference_recipe(node);
   if (node.op_type == "BatchNormTraining") return training_recipe(node);
   if (node.op_type == "BatchNormGrad") return grad_recipe(node);
-  throw Error(node.describe() + ": not a batch normalisation");
+  throw Error(node.describe() + ": not a cuDNN batch normalisation (BatchNormTraining or BatchNormGrad)");
+}
+
+bool batchnorm_uses_cudnn(const graph::Node& node) {
+  if (node.op_type == "BatchNormTraining") {
+    const TrainingNode t = training_node(node);
+    return t.unbiased && cudnn_takes(t.s);
+  }
+  if (node.op_type == "BatchNormGrad") return cudnn_takes(grad_shapes(node));
+  return false;
 }
 
 }  // namespace cudnn
 
 void register_cuda_norm_kernels(KernelRegistry& registry) {
-  auto factory = [](const KernelInit& init) {
+  registry.add("", "BatchNormalization", Device::cuda, [](const KernelInit& init) {
     const std::string where = init.node.describe();
-    return cudnn::make_cudnn_kernel(cudnn::batchnorm_recipe(init.node), init, where);
-  };
-  registry.add("", "BatchNormalization", Device::cuda, factory);
-  registry.add("oxtrain", "BatchNormTraining", Device::cuda, factory);
-  registry.add("oxtrain", "BatchNormGrad", Device::cuda, factory);
+    const cuda::BatchNormView v = cudnn::view_of(cudnn::inference_shapes(init.node));
+    const double eps = init.node.attr_float("epsilon", 1e-5f);
+    return make_kernel([v, eps, where](const KernelArgs& a) {
+      cuda::batchnorm_inference(v, a, eps, cuda::context_of(a, where), where);
+    });
+  });
+  registry.add("oxtrain", "BatchNormTraining", Device::cuda, [](const KernelInit& init) {
+    const std::string where = init.node.describe();
+    if (cudnn::batchnorm_uses_cudnn(init.node))
+      return cudnn::make_cudnn_kernel(cudnn::training_recipe(init.node), init, where);
+    const cudnn::TrainingNode t = cudnn::training_node(init.node);
+    const cuda::BatchNormView v = cudnn::view_of(t.s);
+    const double eps = t.eps, momentum = t.momentum;
+    const bool unbiased = t.unbiased;
+    return make_kernel([v, eps, momentum, unbiased, where](const KernelArgs& a) {
+      cuda::batchnorm_training(v, a, eps, momentum, unbiased, cuda::context_of(a, where), where);
+    });
+  });
+  registry.add("oxtrain", "BatchNormGrad", Device::cuda, [](const KernelInit& init) {
+    const std::string where = init.node.describe();
+    if (cudnn::batchnorm_uses_cudnn(init.node))
+      return cudnn::make_cudnn_kernel(cudnn::grad_recipe(init.node), init, where);
+    const cuda::BatchNormView v = cudnn::view_of(cudnn::grad_shapes(init.node));
+    return make_kernel([v, where](const KernelArgs& a) { cuda::batchnorm_grad(v, a, cuda::context_of(a, where), where); });
+  });
 }
 
 }  // namespace oxtrain::runtime

@@ -428,8 +428,7 @@ DevicelessSupport deviceless_support(const graph::Node& node, Precision precisio
   GraphRecipe recipe;
   if (node.op_type == "Conv" || node.op_type == "ConvGradData" || node.op_type == "ConvGradFilter")
     recipe = conv_recipe(node);
-  else if (node.op_type == "BatchNormalization" || node.op_type == "BatchNormTraining" ||
-           node.op_type == "BatchNormGrad")
+  else if (node.op_type == "BatchNormTraining" || node.op_type == "BatchNormGrad")
     recipe = batchnorm_recipe(node);
   else
     throw Error(where + ": not a cuDNN-backed op");

@@ -58,8 +58,12 @@ struct DevicelessSupport {
   std::string first_engine; // tag of the first supported plan
   std::string failure;      // why none is supported (when supported == 0)
 };
+// Whether a BatchNormTraining or BatchNormGrad node runs on cuDNN (else on the own kernels of
+// runtime/cuda/batchnorm_own.h); checks the node as its kernel factory does.
+bool batchnorm_uses_cudnn(const graph::Node& node);
+
 // Builds the cuDNN graph the CUDA kernel of `node` (Conv, ConvGradData, ConvGradFilter,
-// BatchNormalization, BatchNormTraining, BatchNormGrad) would build and counts the plans cuDNN
+// BatchNormTraining, BatchNormGrad) would build and counts the plans cuDNN
 // can build for `target` in `precision`. Throws Error for other ops or graphs cuDNN rejects
 // before the heuristics.
 DevicelessSupport deviceless_support(const graph::Node& node, Precision precision,

@@ -242,6 +242,38 @@ OXTRAIN_HD T reduce_extreme_at(const T* x, const ExtremePlan& p, int64_t j) {
   return acc;
 }
 
+// BatchNormalization with given statistics (inference), on the CPU and the GPU alike: the
+// per-channel factor k = scale / sqrt(var + eps) in double, rounded to T, then
+// y = (x - mean) * k + bias in T.
+template <typename T>
+OXTRAIN_HD T batchnorm_inference_factor(T scale, T var, double eps) {
+  return static_cast<T>(static_cast<double>(scale) / ::sqrt(static_cast<double>(var) + eps));
+}
+template <typename T>
+OXTRAIN_HD T batchnorm_inference(T x, T mean, T k, T bias) {
+  return (x - mean) * k + bias;
+}
+
+// The running statistics a training step leaves, from the batch's mean and (population)
+// variance over m elements, ONNX's momentum weighing the previous value: the variance update
+// is unbiased, as PyTorch's (biased when m is 1), unless `unbiased` is false (ONNX's text).
+OXTRAIN_HD double batchnorm_running_mean(double previous, double mean, double momentum) {
+  return momentum * previous + (1.0 - momentum) * mean;
+}
+OXTRAIN_HD double batchnorm_running_var(double previous, double var, int64_t m, double momentum,
+                                               bool unbiased) {
+  const double update = unbiased && m > 1 ? var * static_cast<double>(m) / static_cast<double>(m - 1) : var;
+  return momentum * previous + (1.0 - momentum) * update;
+}
+
+// dX of batch norm from the channel's sums (sum of dY and of dY * xhat over m elements):
+// k * (m * dy - sum_dy - xhat * sum_dy_xhat), k = scale * inv_std / m.
+OXTRAIN_HD double batchnorm_grad_input(double dy, double x, double mean, double inv_std, double k, double m,
+                                              double sum_dy, double sum_dy_xhat) {
+  const double xhat = (x - mean) * inv_std;
+  return k * (m * dy - sum_dy - xhat * sum_dy_xhat);
+}
+
 // Batch norm's output from the statistics it stored (oxtrain.BatchNormTraining's saved mean
 // and inverse std, in the statistics' type U): y = T((x - mean) * (inv_std * scale) + bias),
 // in double. The training kernel writes its output with this function, and

@@ -1,0 +1,233 @@
+// The own batch-norm kernels of runtime/cuda/batchnorm_own.h.
+#include "runtime/cuda/batchnorm_own.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "base/half.h"
+#include "runtime/math/normalization.h"
+
+namespace oxtrain::runtime::cuda {
+namespace {
+
+constexpr int kThreads = 256;  // per block: one block per channel for the sums
+
+// Where element j of channel c lies, j in [0, batch * spatial): sample j / spatial, position
+// j % spatial.
+struct ChannelIndex {
+  int64_t channels, spatial;
+  bool channels_last;
+  __device__ int64_t operator()(int64_t c, int64_t j) const {
+    return channels_last ? j * channels + c : (j / spatial * channels + c) * spatial + j % spatial;
+  }
+};
+
+template <int kKind>  // 0 float32, 1 float16, 2 bfloat16
+__device__ float load(const void* p, int64_t i) {
+  if constexpr (kKind == 0) return static_cast<const float*>(p)[i];
+  else return half_to_float(static_cast<const uint16_t*>(p)[i], kKind == 2);
+}
+template <int kKind>
+__device__ void store(void* p, int64_t i, float v) {
+  if constexpr (kKind == 0) static_cast<float*>(p)[i] = v;
+  else static_cast<uint16_t*>(p)[i] = float_to_half(v, kKind == 2);
+}
+
+// The block's sum of `v` in a fixed tree; every thread of the block calls it and gets the sum.
+__device__ double block_sum(double v, double* shared) {
+  __syncthreads();  // the previous call's result has been read
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (static_cast<int>(threadIdx.x) < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+    __syncthreads();
+  }
+  return shared[0];
+}
+
+struct InferenceParams {
+  const void* x;
+  void* y;
+  const float *scale, *bias, *mean, *var;
+  double eps;
+  int64_t total, spatial, channels;
+  bool channels_last;
+};
+
+template <int kKind>
+__global__ void inference_kernel(InferenceParams p) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = p.channels_last ? i % p.channels : (i / p.spatial) % p.channels;
+    const float k = math::batchnorm_inference_factor(p.scale[c], p.var[c], p.eps);
+    store<kKind>(p.y, i, math::batchnorm_inference(load<kKind>(p.x, i), p.mean[c], k, p.bias[c]));
+  }
+}
+
+struct TrainingParams {
+  const void* x;
+  void* y;
+  const float *scale, *bias, *run_mean, *run_var;
+  float *mean_out, *var_out, *saved_mean, *saved_inv_std;  // each may be null
+  double eps, momentum;
+  bool unbiased;
+  int64_t m;  // elements per channel
+  ChannelIndex at;
+};
+
+// One block per channel: mean, then the sum of squared deviations (two passes, as the CPU),
+// then Y from the statistics as stored (math::batchnorm_apply), then the per-channel outputs.
+template <int kKind>
+__global__ void training_kernel(TrainingParams p) {
+  __shared__ double shared[kThreads];
+  const int64_t c = blockIdx.x;
+  // Every per-channel input is read before the first barrier: the running-stat outputs may
+  // share their buffers, and only thread 0 writes them, after the sums.
+  const double sc = p.scale[c], b = p.bias[c], rm = p.run_mean[c], rv = p.run_var[c];
+  double part = 0;
+  for (int64_t j = threadIdx.x; j < p.m; j += kThreads) part += load<kKind>(p.x, p.at(c, j));
+  const double mean = p.m > 0 ? block_sum(part, shared) / static_cast<double>(p.m) : 0.0;
+  part = 0;
+  for (int64_t j = threadIdx.x; j < p.m; j += kThreads) {
+    const double d = static_cast<double>(load<kKind>(p.x, p.at(c, j))) - mean;
+    part += d * d;
+  }
+  const double sq = block_sum(part, shared);
+  const double var = p.m > 0 ? sq / static_cast<double>(p.m) : 0.0;
+  const double inv_std = 1.0 / ::sqrt(var + p.eps);
+  const float mean_t = static_cast<float>(mean), inv_std_t = static_cast<float>(inv_std);
+  const float sc_t = static_cast<float>(sc), b_t = static_cast<float>(b);
+  for (int64_t j = threadIdx.x; j < p.m; j += kThreads) {
+    const int64_t i = p.at(c, j);
+    store<kKind>(p.y, i, math::batchnorm_apply(load<kKind>(p.x, i), mean_t, inv_std_t, sc_t, b_t));
+  }
+  if (threadIdx.x != 0) return;
+  if (p.mean_out) p.mean_out[c] = static_cast<float>(math::batchnorm_running_mean(rm, mean, p.momentum));
+  if (p.var_out) p.var_out[c] = static_cast<float>(math::batchnorm_running_var(rv, var, p.m, p.momentum, p.unbiased));
+  if (p.saved_mean) p.saved_mean[c] = mean_t;
+  if (p.saved_inv_std) p.saved_inv_std[c] = inv_std_t;
+}
+
+struct GradParams {
+  const void *dy, *x;
+  const float *scale, *mean, *inv_std;
+  void* dx;                     // may be null
+  float *dscale, *dbias;        // each may be null
+  int64_t m;
+  ChannelIndex at;
+};
+
+// One block per channel: sum(dY) and sum(dY * (x - mean)) in one pass, then dX.
+template <int kKind>
+__global__ void grad_kernel(GradParams p) {
+  __shared__ double shared[kThreads];
+  const int64_t c = blockIdx.x;
+  const double mean = p.mean[c], inv_std = p.inv_std[c], sc = p.scale[c];
+  double part_dy = 0, part_dy_xc = 0;
+  for (int64_t j = threadIdx.x; j < p.m; j += kThreads) {
+    const int64_t i = p.at(c, j);
+    const double d = load<kKind>(p.dy, i);
+    part_dy += d;
+    part_dy_xc += d * (static_cast<double>(load<kKind>(p.x, i)) - mean);
+  }
+  const double sum_dy = block_sum(part_dy, shared);
+  const double sum_dy_xhat = block_sum(part_dy_xc, shared) * inv_std;
+  if (p.dx) {
+    const double md = static_cast<double>(p.m);
+    const double k = p.m > 0 ? sc * inv_std / md : 0.0;
+    for (int64_t j = threadIdx.x; j < p.m; j += kThreads) {
+      const int64_t i = p.at(c, j);
+      store<kKind>(p.dx, i,
+                   static_cast<float>(math::batchnorm_grad_input(load<kKind>(p.dy, i), load<kKind>(p.x, i), mean,
+                                                                 inv_std, k, md, sum_dy, sum_dy_xhat)));
+    }
+  }
+  if (threadIdx.x != 0) return;
+  if (p.dscale) p.dscale[c] = static_cast<float>(sum_dy_xhat);
+  if (p.dbias) p.dbias[c] = static_cast<float>(sum_dy);
+}
+
+int kind_of(graph::DType dt) { return dt == graph::DType::f32 ? 0 : dt == graph::DType::f16 ? 1 : 2; }
+
+float* optional_out(const KernelArgs& a, size_t i) {
+  return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].as<float>() : nullptr;
+}
+
+ChannelIndex index_of(const BatchNormView& v) { return {v.channels, v.spatial, v.channels_last}; }
+
+// A launch over the channels that fits the grid's x limit (2^31 - 1 blocks).
+void check_channels(const BatchNormView& v, const std::string& where) {
+  if (v.channels > 0x7fffffff) throw Error(where + ": too many channels for the batch-norm kernel");
+}
+
+}  // namespace
+
+void batchnorm_inference(const BatchNormView& v, const KernelArgs& a, double eps, const CudaContext& ctx,
+                         const std::string& where) {
+  const int64_t total = v.batch * v.channels * v.spatial;
+  if (total <= 0) return;
+  InferenceParams p{a.inputs[0].data,        a.outputs[0].data,       a.inputs[1].as<float>(),
+                    a.inputs[2].as<float>(), a.inputs[3].as<float>(), a.inputs[4].as<float>(),
+                    eps,                     total,                   v.spatial,
+                    v.channels,              v.channels_last};
+  const Launch g = launch_for(total, ctx);
+  switch (kind_of(v.data)) {
+    case 0: inference_kernel<0><<<g.blocks, g.threads, 0, ctx.stream>>>(p); break;
+    case 1: inference_kernel<1><<<g.blocks, g.threads, 0, ctx.stream>>>(p); break;
+    default: inference_kernel<2><<<g.blocks, g.threads, 0, ctx.stream>>>(p); break;
+  }
+  check(cudaGetLastError(), "batch-norm inference kernel launch", where);
+}
+
+void batchnorm_training(const BatchNormView& v, const KernelArgs& a, double eps, double momentum, bool unbiased,
+                        const CudaContext& ctx, const std::string& where) {
+  if (v.channels <= 0) return;
+  check_channels(v, where);
+  TrainingParams p{a.inputs[0].data,
+                   a.outputs[0].data,
+                   a.inputs[1].as<float>(),
+                   a.inputs[2].as<float>(),
+                   a.inputs[3].as<float>(),
+                   a.inputs[4].as<float>(),
+                   optional_out(a, 1),
+                   optional_out(a, 2),
+                   optional_out(a, 3),
+                   optional_out(a, 4),
+                   eps,
+                   momentum,
+                   unbiased,
+                   v.batch * v.spatial,
+                   index_of(v)};
+  const auto blocks = static_cast<unsigned>(v.channels);
+  switch (kind_of(v.data)) {
+    case 0: training_kernel<0><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
+    case 1: training_kernel<1><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
+    default: training_kernel<2><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
+  }
+  check(cudaGetLastError(), "batch-norm training kernel launch", where);
+}
+
+void batchnorm_grad(const BatchNormView& v, const KernelArgs& a, const CudaContext& ctx, const std::string& where) {
+  if (v.channels <= 0) return;
+  check_channels(v, where);
+  GradParams p{a.inputs[0].data,
+               a.inputs[1].data,
+               a.inputs[2].as<float>(),
+               a.inputs[3].as<float>(),
+               a.inputs[4].as<float>(),
+               !a.outputs.empty() && a.outputs[0].present() ? a.outputs[0].data : nullptr,
+               optional_out(a, 1),
+               optional_out(a, 2),
+               v.batch * v.spatial,
+               index_of(v)};
+  const auto blocks = static_cast<unsigned>(v.channels);
+  switch (kind_of(v.data)) {
+    case 0: grad_kernel<0><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
+    case 1: grad_kernel<1><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
+    default: grad_kernel<2><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
+  }
+  check(cudaGetLastError(), "batch-norm gradient kernel launch", where);
+}
+
+}  // namespace oxtrain::runtime::cuda

@@ -1,0 +1,40 @@
+// Batch normalisation by the project's own CUDA kernels (runtime/cuda/batchnorm_own.cu), with
+// the arithmetic of the CPU kernels (runtime/cpu/batchnorm.cc, runtime/math/normalization.h):
+//  - BatchNormalization (inference), always: cuDNN's graph API has no engine for that chain of
+//    pointwise nodes over NCHW tensors, nor one without tensor cores for NHWC;
+//  - oxtrain.BatchNormTraining and oxtrain.BatchNormGrad where cuDNN has no engine: a channel
+//    count whose row of X is not a multiple of 16 bytes (C = 3, 5, 7 in float32; C not a
+//    multiple of 8 in half), one element per channel (cuDNN's unbiased variance would divide
+//    by zero), or ONNX's population-variance running update (`oxtrain run`).
+// X (and Y, dY, dX) float32, float16 or bfloat16 [N, C, ...] (or channels-last [N, H, W, C]);
+// the per-channel tensors float32. Half values are widened, computed in float32 and rounded to
+// nearest even, as the CPU's half emulation does. One block per channel sums in double in a
+// fixed order, so results are the same from run to run and agree with the CPU's to rounding.
+// Runtime/cuda/batchnorm.cc checks the node and chooses between cuDNN and these.
+#pragma once
+
+#include <string>
+
+#include "graph/ir.h"
+#include "runtime/cuda/context.h"
+#include "runtime/kernel.h"
+
+namespace oxtrain::runtime::cuda {
+
+struct BatchNormView {
+  graph::DType data = graph::DType::f32;  // X's type
+  int64_t batch = 0, channels = 0, spatial = 0;
+  bool channels_last = false;
+};
+
+// Inputs X, scale, B, mean, var; output Y.
+void batchnorm_inference(const BatchNormView& v, const KernelArgs& a, double eps, const CudaContext& ctx,
+                         const std::string& where);
+// Inputs X, scale, B, running mean, running var; outputs Y and (each optional) the next running
+// mean and variance, the batch mean and inverse standard deviation.
+void batchnorm_training(const BatchNormView& v, const KernelArgs& a, double eps, double momentum, bool unbiased,
+                        const CudaContext& ctx, const std::string& where);
+// Inputs dY, X, scale, saved mean, saved inverse std; outputs (each optional) dX, dScale, dB.
+void batchnorm_grad(const BatchNormView& v, const KernelArgs& a, const CudaContext& ctx, const std::string& where);
+
+}  // namespace oxtrain::runtime::cuda
