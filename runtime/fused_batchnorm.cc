@@ -27,7 +27,7 @@ struct InnerKernel {
     for (size_t i = 0; i < ins.size(); ++i) in.push_back(copy(ins[i], "in", i));
     for (size_t i = 0; i < outs.size(); ++i) out.push_back(copy(outs[i], "out", i));
     graph::Node* n = graph.add_node(op, in, out, init.node.name, graph::kOxtrainDomain);
-    for (const char* key : {"epsilon", "momentum", graph::kChannelsLast})
+    for (const char* key : {"epsilon", "momentum", "unbiased_running_var", graph::kChannelsLast})
       if (init.node.has_attr(key)) n->attrs[key] = init.node.attrs.at(key);
     const KernelFactory* f = KernelRegistry::global().find(graph::kOxtrainDomain, op, init.device);
     if (!f) throw Error(init.node.describe() + ": no oxtrain." + op + " kernel on " + device_name(init.device));

@@ -716,3 +716,102 @@ TEST(CpuPool, MaxPoolGradGatherMatchesScatterBitwise) {  // and MaxPoolGradFromI
         EXPECT_GT(total, 0.0);
       }
 }
+
+// The GPU's 3-D pooling (runtime/math/pool.h's Pool3d functions, one output or one input
+// element at a time) against the CPU's N-D kernels, bit for bit: values and Indices in both
+// storage orders, averages with and without padding counted, and both gradients, over windows
+// with real depth, ties, NaN, dilation, ceil_mode, SAME padding and padding-only windows.
+TEST(CpuPool, ThreeDimensionalWindowMathMatchesTheKernelsBitwise) {
+  namespace math = runtime::math;
+  struct Case {
+    PoolParams p;
+    Shape out;
+  };
+  const Case cases[] = {
+      {{"3x3x3 stride 2 pad 1", {2, 3, 7, 9, 8}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1, 1, 1, 1}, {}, "", 0}, {2, 3, 4, 5, 4}},
+      {{"1x3x3 stride (1,2,2)", {2, 2, 5, 9, 9}, {1, 3, 3}, {1, 2, 2}, {0, 1, 1, 0, 1, 1}, {}, "", 0}, {2, 2, 5, 5, 5}},
+      {{"2x2x2 dilation (2,1,2) ceil", {2, 2, 8, 6, 9}, {2, 2, 2}, {2, 2, 1}, {1, 0, 1, 1, 0, 0}, {2, 1, 2}, "", 1},
+       {2, 2, 5, 3, 8}},
+      {{"padding as wide as the window", {1, 2, 3, 4, 5}, {2, 2, 2}, {1, 1, 1}, {2, 2, 2, 2, 2, 2}, {}, "", 0},
+       {1, 2, 6, 7, 8}},
+      {{"SAME_UPPER", {2, 2, 6, 7, 5}, {3, 2, 3}, {2, 2, 2}, {}, {}, "SAME_UPPER", 0}, {2, 2, 3, 4, 3}},
+  };
+  auto same_bytes = [](const Tensor& a, const Tensor& b) {
+    return a.bytes.size() == b.bytes.size() && std::memcmp(a.bytes.data(), b.bytes.data(), a.bytes.size()) == 0;
+  };
+  uint64_t seed = 1300;
+  for (const Case& c : cases)
+    for (bool ties : {false, true}) {
+      const PoolParams& p = c.p;
+      SCOPED_TRACE(p.label + (ties ? ", ties and NaN" : ""));
+      Tensor x = ties ? tie_heavy(DType::f32, p.x, ++seed) : random_tensor(DType::f32, p.x, ++seed);
+      if (ties)
+        for (int64_t i = 3; i < x.numel(); i += 41) set_element(x, i, std::nan(""));
+      Tensor dy = random_tensor(DType::f32, c.out, ++seed);
+      const float* xf = x.data<float>();
+      const float* dyf = dy.data<float>();
+      for (int64_t order : {0, 1}) {
+        KernelCase k("MaxPool", "", {x}, {{DType::f32, c.out}, {DType::i64, c.out}});
+        set_pool_attrs(k, p);
+        k.set_attr("storage_order", Attribute{order});
+        k.run();
+        const math::Pool3d g = math::pool_geometry_3d(k.node(), p.x, c.out, p.ceil_mode != 0);
+        Tensor y(DType::f32, c.out), indices(DType::i64, c.out);
+        int64_t i = 0;
+        for (int64_t pl = 0; pl < g.planes; ++pl)
+          for (int64_t o0 = 0; o0 < g.axes[0].out; ++o0)
+            for (int64_t o1 = 0; o1 < g.axes[1].out; ++o1)
+              for (int64_t o2 = 0; o2 < g.axes[2].out; ++o2, ++i) {
+                const math::MaxPick<float> m =
+                    math::max_window_3d(g, xf + pl * g.in_plane(), math::pool_window_3d(g, o0, o1, o2));
+                y.data<float>()[i] = m.value;
+                indices.data<int64_t>()[i] = math::max_pool_index_3d(g, pl, m.at, order != 0);
+              }
+        EXPECT_TRUE(same_bytes(y, k.output(0))) << "MaxPool Y, storage_order " << order;
+        EXPECT_TRUE(same_bytes(indices, k.output(1))) << "MaxPool Indices, storage_order " << order;
+      }
+      {
+        KernelCase k("MaxPoolGradFromInput", "oxtrain", {dy, x}, {{DType::f32, p.x}});
+        set_pool_attrs(k, p);
+        k.run();
+        const math::Pool3d g = math::pool_geometry_3d(k.node(), p.x, c.out, p.ceil_mode != 0);
+        Tensor dx(DType::f32, p.x);
+        for (int64_t i = 0; i < dx.numel(); ++i) {
+          const int64_t pl = i / g.in_plane();
+          dx.data<float>()[i] = math::max_pool_grad_from_input_at_3d(g, dyf + pl * g.out_plane(),
+                                                                     xf + pl * g.in_plane(), i % g.in_plane());
+        }
+        EXPECT_TRUE(same_bytes(dx, k.output(0))) << "MaxPoolGradFromInput";
+        double total = 0;
+        for (int64_t i = 0; i < dx.numel(); ++i) total += std::fabs(element(dx, i));
+        EXPECT_GT(total, 0.0);
+      }
+      for (bool include_pad : {false, true}) {
+        KernelCase f("AveragePool", "", {x}, {{DType::f32, c.out}});
+        set_pool_attrs(f, p);
+        f.set_attr("count_include_pad", Attribute{int64_t{include_pad}});
+        f.run();
+        const math::Pool3d g = math::pool_geometry_3d(f.node(), p.x, c.out, p.ceil_mode != 0);
+        Tensor y(DType::f32, c.out);
+        int64_t i = 0;
+        for (int64_t pl = 0; pl < g.planes; ++pl)
+          for (int64_t o0 = 0; o0 < g.axes[0].out; ++o0)
+            for (int64_t o1 = 0; o1 < g.axes[1].out; ++o1)
+              for (int64_t o2 = 0; o2 < g.axes[2].out; ++o2, ++i)
+                y.data<float>()[i] = math::avg_window_3d(g, xf + pl * g.in_plane(), math::pool_window_3d(g, o0, o1, o2),
+                                                         include_pad);
+        EXPECT_TRUE(same_bytes(y, f.output(0))) << "AveragePool, count_include_pad " << include_pad;
+        KernelCase b("AveragePoolGrad", "oxtrain", {dy}, {{DType::f32, p.x}});
+        set_pool_attrs(b, p);
+        b.set_attr("count_include_pad", Attribute{int64_t{include_pad}});
+        b.set_attr("input_shape", Attribute{p.x});
+        b.run();
+        Tensor dx(DType::f32, p.x);
+        for (int64_t j = 0; j < dx.numel(); ++j) {
+          const int64_t pl = j / g.in_plane();
+          dx.data<float>()[j] = math::avg_pool_grad_at_3d(g, include_pad, dyf + pl * g.out_plane(), j % g.in_plane());
+        }
+        EXPECT_TRUE(same_bytes(dx, b.output(0))) << "AveragePoolGrad, count_include_pad " << include_pad;
+      }
+    }
+}

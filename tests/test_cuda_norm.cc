@@ -102,7 +102,8 @@ TEST(CudaNorm, InferenceMatchesCpu) {
 }
 
 // Shapes for both paths: 7 and 5 channels (rows of 28 and 20 bytes) and one element per
-// channel run on the own kernels; 8 and 16 channels on cuDNN.
+// channel ([1, 8, 1, 1]) run on the own kernels; 4 channels with 3 elements each, 8 and 16
+// channels on cuDNN.
 const std::vector<Shape>& training_shapes() {
   static const std::vector<Shape> shapes = {Shape{5, 7, 11, 13}, Shape{6, 5},  Shape{3, 4, 1, 1},
                                             Shape{1, 8, 1, 1},   Shape{5, 8, 11, 13}, Shape{6, 16},

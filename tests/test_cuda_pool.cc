@@ -371,11 +371,11 @@ TEST(CudaPool, RejectsWhatItCannotDo) {
     expect_refused(k, "storage_order=2 must be 0 (row-major) or 1 (column-major)");
   }
   {
-    KernelCase k("MaxPool", "", {random_tensor(DType::f32, {1, 2, 6, 6, 6}, 3)},
-                 {{DType::f32, {1, 2, 3, 3, 3}}});
-    k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2, 2}});
-    k.set_attr("strides", Attribute{std::vector<int64_t>{2, 2, 2}});
-    expect_refused(k, "only 1-D and 2-D pooling");
+    KernelCase k("MaxPool", "", {random_tensor(DType::f32, {1, 2, 2, 6, 6, 6}, 3)},
+                 {{DType::f32, {1, 2, 1, 3, 3, 3}}});
+    k.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2, 2, 2}});
+    k.set_attr("strides", Attribute{std::vector<int64_t>{2, 2, 2, 2}});
+    expect_refused(k, "only 1-D, 2-D and 3-D pooling");
   }
   {
     KernelCase k("GlobalAveragePoolGrad", "oxtrain", {random_tensor(DType::f64, {2, 3, 1, 1}, 5)},
@@ -383,4 +383,51 @@ TEST(CudaPool, RejectsWhatItCannotDo) {
     k.set_attr("input_shape", Attribute{p.x});
     expect_refused(k, "takes float32, got float64");
   }
+}
+
+// 3-D pooling ([N, C, D, H, W]): every op and gradient, bit for bit the CPU's (both run the
+// window arithmetic tests/test_cpu_pool.cc checks against the CPU's N-D kernels), with ties,
+// NaN, dilation, ceil_mode and padding-only windows.
+TEST(CudaPool, ThreeDimensionalMatchesCpuExactly) {
+  OXTRAIN_REQUIRE_GPU();
+  struct Case {
+    PoolParams p;
+    Shape out;
+  };
+  const Case cases[] = {
+      {{"3x3x3 stride 2 pad 1", {2, 3, 7, 9, 8}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1, 1, 1, 1}, {}, "", 0}, {2, 3, 4, 5, 4}},
+      {{"2x2x2 dilation (2,1,2) ceil", {2, 2, 8, 6, 9}, {2, 2, 2}, {2, 2, 1}, {1, 0, 1, 1, 0, 0}, {2, 1, 2}, "", 1},
+       {2, 2, 5, 3, 8}},
+      {{"padding as wide as the window", {1, 2, 3, 4, 5}, {2, 2, 2}, {1, 1, 1}, {2, 2, 2, 2, 2, 2}, {}, "", 0},
+       {1, 2, 6, 7, 8}},
+  };
+  uint64_t seed = 3100;
+  for (const Case& c : cases)
+    for (bool ties : {false, true}) {
+      SCOPED_TRACE(c.p.label + (ties ? ", ties and NaN" : ""));
+      Tensor x = ties ? tie_heavy(c.p.x, ++seed) : random_tensor(DType::f32, c.p.x, ++seed);
+      if (ties)
+        for (int64_t i = 3; i < x.numel(); i += 41) set_element(x, i, std::nan(""));
+      const Tensor dy = random_tensor(DType::f32, c.out, ++seed);
+      for (int64_t order : {0, 1}) {
+        KernelCase k("MaxPool", "", {x}, {{DType::f32, c.out}, {DType::i64, c.out}});
+        set_pool_attrs(k, c.p);
+        k.set_attr("storage_order", Attribute{order});
+        EXPECT_TRUE(cuda_bitwise_matches_cpu(k)) << "storage_order " << order;
+      }
+      KernelCase from_input("MaxPoolGradFromInput", "oxtrain", {dy, x}, {{DType::f32, c.p.x}});
+      set_pool_attrs(from_input, c.p);
+      EXPECT_TRUE(cuda_bitwise_matches_cpu(from_input));
+      for (int64_t include_pad : {0, 1}) {
+        KernelCase f("AveragePool", "", {x}, {{DType::f32, c.out}});
+        set_pool_attrs(f, c.p);
+        f.set_attr("count_include_pad", Attribute{include_pad});
+        EXPECT_TRUE(cuda_bitwise_matches_cpu(f, 17, test::NanBits::any)) << "count_include_pad " << include_pad;
+        KernelCase b("AveragePoolGrad", "oxtrain", {dy}, {{DType::f32, c.p.x}});
+        set_pool_attrs(b, c.p);
+        b.set_attr("count_include_pad", Attribute{include_pad});
+        b.set_attr("input_shape", Attribute{c.p.x});
+        EXPECT_TRUE(cuda_bitwise_matches_cpu(b)) << "count_include_pad " << include_pad;
+      }
+    }
 }

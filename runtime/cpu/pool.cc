@@ -45,8 +45,12 @@ bool pool_ceil_mode(const graph::Node& node, int64_t opset) {
 Pool2d pool_window_2d(const graph::Node& node, const graph::Shape& x, bool ceil_mode,
                       Device device) {
   if (x.size() != 4 && x.size() != 3)
-    throw Error(node.describe() + ": only 1-D and 2-D pooling ([N,C,L] or [N,C,H,W] input) is supported on " +
-                on_device(device) + " (input " + join(x) + ")");
+    throw Error(node.describe() + (device == Device::cuda
+                                       ? ": only 1-D, 2-D and 3-D pooling ([N,C,L], [N,C,H,W] or [N,C,D,H,W] input) "
+                                         "is supported on CUDA (input "
+                                       : ": only 1-D and 2-D pooling ([N,C,L] or [N,C,H,W] input) is supported on " +
+                                             std::string(on_device(device)) + " (input ") +
+                join(x) + ")");
   for (int64_t d : x)
     if (d < 0) throw Error(node.describe() + ": input shape " + join(x) + " is not known");
   if (!node.has_attr("kernel_shape"))
@@ -67,6 +71,28 @@ Pool2d pool_window_2d(const graph::Node& node, const graph::Shape& x, bool ceil_
     *axes[i] = {x[k + 2],          wg.output[k],     kernel[k],      wg.strides[k],
                 wg.dilations[k], wg.pads_begin[k], wg.pads_end[k]};
   }
+  return g;
+}
+
+Pool3d pool_geometry_3d(const graph::Node& node, const graph::Shape& x, const graph::Shape& y, bool ceil_mode) {
+  if (x.size() != 5) throw Error(node.describe() + ": input " + join(x) + " is not [N, C, D, H, W]");
+  for (int64_t d : x)
+    if (d < 0) throw Error(node.describe() + ": input shape " + join(x) + " is not known");
+  if (!node.has_attr("kernel_shape")) throw Error(node.describe() + ": attribute kernel_shape is required");
+  const std::vector<int64_t> kernel = node.attr_ints("kernel_shape");
+  if (kernel.size() != 3)
+    throw Error(node.describe() + ": kernel_shape " + join(kernel) + " does not fit input " + join(x));
+  const graph::WindowGeometry wg = graph::window_geometry(node, x, kernel, ceil_mode);
+  Pool3d g;
+  g.planes = x[0] * x[1];
+  graph::Shape expect{x[0], x[1]};
+  for (size_t k = 0; k < 3; ++k) {
+    g.axes[k] = {x[k + 2], wg.output[k], kernel[k], wg.strides[k], wg.dilations[k], wg.pads_begin[k], wg.pads_end[k]};
+    expect.push_back(wg.output[k]);
+  }
+  if (y != expect)
+    throw Error(node.describe() + ": pooled shape " + join(y) + " does not match " + join(expect) +
+                " computed from input " + join(x));
   return g;
 }
 

@@ -262,10 +262,14 @@ void register_cuda_norm_kernels(KernelRegistry& registry) {
       cuda::batchnorm_inference(v, a, eps, cuda::context_of(a, where), where);
     });
   });
+  // A node cuDNN should take but for which this cuDNN builds no plan on this GPU (another
+  // version or architecture than the rule was measured on) runs on the own kernel too.
   registry.add("oxtrain", "BatchNormTraining", Device::cuda, [](const KernelInit& init) {
     const std::string where = init.node.describe();
-    if (cudnn::batchnorm_uses_cudnn(init.node))
-      return cudnn::make_cudnn_kernel(cudnn::training_recipe(init.node), init, where);
+    if (cudnn::batchnorm_uses_cudnn(init.node)) try {
+        return cudnn::make_cudnn_kernel(cudnn::training_recipe(init.node), init, where);
+      } catch (const Error&) {
+      }
     const cudnn::TrainingNode t = cudnn::training_node(init.node);
     const cuda::BatchNormView v = cudnn::view_of(t.s);
     const double eps = t.eps, momentum = t.momentum;
@@ -276,8 +280,10 @@ void register_cuda_norm_kernels(KernelRegistry& registry) {
   });
   registry.add("oxtrain", "BatchNormGrad", Device::cuda, [](const KernelInit& init) {
     const std::string where = init.node.describe();
-    if (cudnn::batchnorm_uses_cudnn(init.node))
-      return cudnn::make_cudnn_kernel(cudnn::grad_recipe(init.node), init, where);
+    if (cudnn::batchnorm_uses_cudnn(init.node)) try {
+        return cudnn::make_cudnn_kernel(cudnn::grad_recipe(init.node), init, where);
+      } catch (const Error&) {
+      }
     const cuda::BatchNormView v = cudnn::view_of(cudnn::grad_shapes(init.node));
     return make_kernel([v, where](const KernelArgs& a) { cuda::batchnorm_grad(v, a, cuda::context_of(a, where), where); });
   });

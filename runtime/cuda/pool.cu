@@ -1,5 +1,5 @@
-// CUDA pooling, float32: MaxPool (with its optional Indices), AveragePool, GlobalAveragePool
-// and their gradients oxtrain.MaxPoolGrad, oxtrain.MaxPoolGradFromInput,
+// CUDA pooling, float32, 1-D to 3-D: MaxPool (with its optional Indices), AveragePool,
+// GlobalAveragePool and their gradients oxtrain.MaxPoolGrad, oxtrain.MaxPoolGradFromInput,
 // oxtrain.AveragePoolGrad, oxtrain.GlobalAveragePoolGrad; the twins of runtime/cpu/pool.cc. Every kernel writes (=)
 // its outputs, all of them; the gradients included (none accumulates into dX).
 //
@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <initializer_list>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -138,6 +139,50 @@ __global__ void global_avg_pool_grad_kernel(int64_t count, int64_t size, const f
 }
 
 // ---------------------------------------------------------------------------------------
+// 3-D pooling ([N, C, D, H, W]): the same schemes, with runtime/math/pool.h's Pool3d functions.
+
+__global__ void max_pool_3d_kernel(const math::Pool3d g, int64_t count, const float* x, float* y, int64_t* indices,
+                                   bool column_major) {
+  const int64_t in_plane = g.in_plane();
+  for (int64_t i = thread_index(); i < count; i += thread_count()) {
+    const int64_t o2 = i % g.axes[2].out, r = i / g.axes[2].out;
+    const int64_t o1 = r % g.axes[1].out, r2 = r / g.axes[1].out;
+    const int64_t o0 = r2 % g.axes[0].out, plane = r2 / g.axes[0].out;
+    const math::MaxPick<float> m = math::max_window_3d(g, x + plane * in_plane, math::pool_window_3d(g, o0, o1, o2));
+    y[i] = m.value;
+    if (indices) indices[i] = math::max_pool_index_3d(g, plane, m.at, column_major);
+  }
+}
+
+__global__ void avg_pool_3d_kernel(const math::Pool3d g, bool include_pad, int64_t count, const float* x, float* y) {
+  const int64_t in_plane = g.in_plane();
+  for (int64_t i = thread_index(); i < count; i += thread_count()) {
+    const int64_t o2 = i % g.axes[2].out, r = i / g.axes[2].out;
+    const int64_t o1 = r % g.axes[1].out, r2 = r / g.axes[1].out;
+    const int64_t o0 = r2 % g.axes[0].out, plane = r2 / g.axes[0].out;
+    y[i] = math::avg_window_3d(g, x + plane * in_plane, math::pool_window_3d(g, o0, o1, o2), include_pad);
+  }
+}
+
+__global__ void max_pool_grad_from_input_3d_kernel(const math::Pool3d g, int64_t count, const float* dy,
+                                                   const float* x, float* dx) {
+  const int64_t in_plane = g.in_plane(), out_plane = g.out_plane();
+  for (int64_t i = thread_index(); i < count; i += thread_count()) {
+    const int64_t plane = i / in_plane;
+    dx[i] = math::max_pool_grad_from_input_at_3d(g, dy + plane * out_plane, x + plane * in_plane, i % in_plane);
+  }
+}
+
+__global__ void avg_pool_grad_3d_kernel(const math::Pool3d g, bool include_pad, int64_t count, const float* dy,
+                                        float* dx) {
+  const int64_t in_plane = g.in_plane(), out_plane = g.out_plane();
+  for (int64_t i = thread_index(); i < count; i += thread_count()) {
+    const int64_t plane = i / in_plane;
+    dx[i] = math::avg_pool_grad_at_3d(g, include_pad, dy + plane * out_plane, i % in_plane);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Factories.
 
 void require_float32(const graph::Node& node, std::initializer_list<const graph::Value*> values) {
@@ -184,6 +229,57 @@ std::optional<Pool2d> max_grad_window(const KernelInit& init, const graph::Shape
 const float* in_f32(const KernelArgs& a, size_t i) { return a.inputs[i].as<const float>(); }
 float* out_f32(const KernelArgs& a, size_t i) { return a.outputs[i].as<float>(); }
 
+// A 3-D pooling's geometry at the batch it runs with (the node's may be another).
+math::Pool3d at_batch(math::Pool3d g, const graph::Shape& s) {
+  g.planes = s[0] * s[1];
+  return g;
+}
+
+// The 3-D forms of MaxPool, AveragePool, AveragePoolGrad and MaxPoolGradFromInput: `in`, `out`
+// are the indices of the input and output whose planes the kernel walks.
+std::unique_ptr<Kernel> max_pool_3d(const math::Pool3d g, bool column_major, const std::string& where) {
+  return make_kernel([g, column_major, where](const KernelArgs& a) {
+    const CudaContext& ctx = cuda::context_of(a, where);
+    const math::Pool3d run = at_batch(g, a.inputs[0].shape);
+    const int64_t count = run.planes * run.out_plane();
+    if (count == 0) return;
+    int64_t* indices = a.outputs.size() > 1 && a.outputs[1].present() ? a.outputs[1].as<int64_t>() : nullptr;
+    const cuda::Launch l = cuda::launch_for(count, ctx);
+    max_pool_3d_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, count, in_f32(a, 0), out_f32(a, 0), indices,
+                                                               column_major);
+    cuda::check(cudaGetLastError(), "max_pool_3d_kernel launch", where);
+  });
+}
+
+std::unique_ptr<Kernel> avg_pool_3d(const math::Pool3d g, bool include_pad, bool grad, const std::string& where) {
+  return make_kernel([g, include_pad, grad, where](const KernelArgs& a) {
+    const CudaContext& ctx = cuda::context_of(a, where);
+    const math::Pool3d run = at_batch(g, a.inputs[0].shape);
+    const int64_t count = run.planes * (grad ? run.in_plane() : run.out_plane());
+    if (count == 0) return;
+    const cuda::Launch l = cuda::launch_for(count, ctx);
+    if (grad)
+      avg_pool_grad_3d_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, include_pad, count, in_f32(a, 0),
+                                                                      out_f32(a, 0));
+    else
+      avg_pool_3d_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, include_pad, count, in_f32(a, 0), out_f32(a, 0));
+    cuda::check(cudaGetLastError(), grad ? "avg_pool_grad_3d_kernel launch" : "avg_pool_3d_kernel launch", where);
+  });
+}
+
+std::unique_ptr<Kernel> max_pool_grad_from_input_3d(const math::Pool3d g, const std::string& where) {
+  return make_kernel([g, where](const KernelArgs& a) {
+    const CudaContext& ctx = cuda::context_of(a, where);
+    const math::Pool3d run = at_batch(g, a.inputs[1].shape);
+    const int64_t count = run.planes * run.in_plane();
+    if (count == 0) return;
+    const cuda::Launch l = cuda::launch_for(count, ctx);
+    max_pool_grad_from_input_3d_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, count, in_f32(a, 0), in_f32(a, 1),
+                                                                                out_f32(a, 0));
+    cuda::check(cudaGetLastError(), "max_pool_grad_from_input_3d_kernel launch", where);
+  });
+}
+
 }  // namespace
 
 void register_cuda_pool_kernels(KernelRegistry& registry) {
@@ -193,6 +289,9 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
     const graph::Value* y = required(n, 0, true);
     require_float32(n, {x, y});
     const bool column_major = math::check_max_pool_outputs(n);
+    if (x->shape.size() == 5)
+      return max_pool_3d(math::pool_geometry_3d(n, x->shape, y->shape, math::pool_ceil_mode(n, init.opset)),
+                         column_major, n.describe());
     const Pool2d g = node_window(init, x->shape, y->shape);
     const std::string where = n.describe();
     return make_kernel([g, where, column_major](const KernelArgs& a) {
@@ -251,6 +350,12 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
   registry.add(graph::kOxtrainDomain, "MaxPoolGradFromInput", Device::cuda, [](const KernelInit& init) {
     const graph::Node& n = init.node;
     require_float32(n, {required(n, 0), required(n, 1), required(n, 0, true)});
+    if (n.input(1)->shape.size() == 5) {
+      math::check_max_pool_grad_from_input_values(n);
+      return max_pool_grad_from_input_3d(
+          math::pool_geometry_3d(n, n.input(1)->shape, n.input(0)->shape, math::pool_ceil_mode(n, init.opset)),
+          n.describe());
+    }
     const Pool2d g = math::check_max_pool_grad_from_input(n, init.opset, Device::cuda);
     const std::string where = n.describe();
     return make_kernel([g, where](const KernelArgs& a) {
@@ -271,8 +376,11 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
     const graph::Value* x = required(n, 0);
     const graph::Value* y = required(n, 0, true);
     require_float32(n, {x, y});
-    const Pool2d g = node_window(init, x->shape, y->shape);
     const bool include_pad = n.attr_int("count_include_pad", 0) != 0;
+    if (x->shape.size() == 5)
+      return avg_pool_3d(math::pool_geometry_3d(n, x->shape, y->shape, math::pool_ceil_mode(n, init.opset)),
+                         include_pad, false, n.describe());
+    const Pool2d g = node_window(init, x->shape, y->shape);
     const std::string where = n.describe();
     return make_kernel([g, include_pad, where](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, where);
@@ -293,8 +401,13 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
                  const graph::Value* dy = required(n, 0);
                  const graph::Value* dx = required(n, 0, true);
                  require_float32(n, {dy, dx});
-                 const Pool2d g = node_window(init, grad_input_shape(n, dx), dy->shape);
                  const bool include_pad = n.attr_int("count_include_pad", 0) != 0;
+                 const graph::Shape x_shape = grad_input_shape(n, dx);
+                 if (x_shape.size() == 5)
+                   return avg_pool_3d(
+                       math::pool_geometry_3d(n, x_shape, dy->shape, math::pool_ceil_mode(n, init.opset)),
+                       include_pad, true, n.describe());
+                 const Pool2d g = node_window(init, x_shape, dy->shape);
                  const std::string where = n.describe();
                  return make_kernel([g, include_pad, where](const KernelArgs& a) {
                    const CudaContext& ctx = cuda::context_of(a, where);

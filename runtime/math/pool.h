@@ -280,6 +280,129 @@ OXTRAIN_HD T global_mean_grad(T dy, int64_t size) {
 }
 
 // ---------------------------------------------------------------------------------------
+// 3-D pooling ([N, C, D, H, W], video models) one output or one input element at a time, for
+// the GPU's kernels: the arithmetic of the CPU's N-D kernels (runtime/cpu/pool.cc) with three
+// axes. Windows are read in row-major order (the first real element seeds a maximum, ties keep
+// the first, NaN wins; sums in that order), gradients add in ascending output order from 0,
+// so both devices give the same bits; tests/test_cpu_pool.cc checks these functions against
+// the CPU's kernels.
+
+struct Pool3d {
+  int64_t planes = 0;  // batch * channels
+  PoolAxis axes[3];    // depth, height, width
+
+  OXTRAIN_HD int64_t in_plane() const { return axes[0].in * axes[1].in * axes[2].in; }
+  OXTRAIN_HD int64_t out_plane() const { return axes[0].out * axes[1].out * axes[2].out; }
+};
+
+// The window of output (o0, o1, o2): f(position in the plane) for each real element, in
+// row-major order; `count` is the AveragePool divisor.
+struct Window3d {
+  PoolTaps t[3];
+};
+
+OXTRAIN_HD Window3d pool_window_3d(const Pool3d& g, int64_t o0, int64_t o1, int64_t o2) {
+  return {{pool_taps(g.axes[0], o0), pool_taps(g.axes[1], o1), pool_taps(g.axes[2], o2)}};
+}
+
+template <typename F>
+OXTRAIN_HD void for_window_3d(const Pool3d& g, const Window3d& w, F&& f) {
+  for (int64_t k0 = w.t[0].k_lo; k0 < w.t[0].k_hi; ++k0) {
+    const int64_t p0 = w.t[0].start + k0 * g.axes[0].dilation;
+    for (int64_t k1 = w.t[1].k_lo; k1 < w.t[1].k_hi; ++k1) {
+      const int64_t p1 = p0 * g.axes[1].in + w.t[1].start + k1 * g.axes[1].dilation;
+      for (int64_t k2 = w.t[2].k_lo; k2 < w.t[2].k_hi; ++k2)
+        f(p1 * g.axes[2].in + w.t[2].start + k2 * g.axes[2].dilation);
+    }
+  }
+}
+
+template <typename T>
+OXTRAIN_HD MaxPick<T> max_window_3d(const Pool3d& g, const T* plane, const Window3d& w) {
+  MaxPick<T> m{pool_lowest<T>(), -1, false};
+  bool first = true;
+  for_window_3d(g, w, [&](int64_t at) {
+    if (first) {
+      m = {plane[at], at, pool_is_nan(plane[at])};
+      first = false;
+    } else {
+      max_pick(m, plane[at], at);
+    }
+  });
+  return m;
+}
+
+OXTRAIN_HD int64_t avg_divisor_3d(const Window3d& w, bool include_pad) {
+  int64_t d = 1;
+  for (int k = 0; k < 3; ++k) d *= include_pad ? w.t[k].span : w.t[k].k_hi - w.t[k].k_lo;
+  return d;
+}
+
+template <typename T>
+OXTRAIN_HD T avg_window_3d(const Pool3d& g, const T* plane, const Window3d& w, bool include_pad) {
+  T sum = 0;
+  for_window_3d(g, w, [&](int64_t at) { sum += plane[at]; });
+  const int64_t div = avg_divisor_3d(w, include_pad);
+  return div > 0 ? sum / static_cast<T>(div) : T(0);
+}
+
+// MaxPool's Indices entry for the maximum at `at` (row-major in the plane) of plane `plane`:
+// flattened over the whole tensor, row-major or column-major (the first axis innermost);
+// -1 for an empty window.
+OXTRAIN_HD int64_t max_pool_index_3d(const Pool3d& g, int64_t plane, int64_t at, bool column_major) {
+  if (at < 0) return -1;
+  int64_t within = at;
+  if (column_major) {
+    const int64_t c2 = at % g.axes[2].in, rest = at / g.axes[2].in;
+    const int64_t c1 = rest % g.axes[1].in, c0 = rest / g.axes[1].in;
+    within = c0 + (c1 + c2 * g.axes[1].in) * g.axes[0].in;
+  }
+  return plane * g.in_plane() + within;
+}
+
+// Calls add(o0, o1, o2) for each output whose window holds input (x0, x1, x2), in ascending
+// output order.
+template <typename F>
+OXTRAIN_HD void for_covering_outputs_3d(const Pool3d& g, int64_t x0, int64_t x1, int64_t x2, F&& add) {
+  const PoolRange r0 = pool_cover(g.axes[0], x0), r1 = pool_cover(g.axes[1], x1), r2 = pool_cover(g.axes[2], x2);
+  for (int64_t o0 = r0.lo; o0 < r0.hi; ++o0) {
+    if (!pool_tap_lands(g.axes[0], o0, x0)) continue;
+    for (int64_t o1 = r1.lo; o1 < r1.hi; ++o1) {
+      if (!pool_tap_lands(g.axes[1], o1, x1)) continue;
+      for (int64_t o2 = r2.lo; o2 < r2.hi; ++o2)
+        if (pool_tap_lands(g.axes[2], o2, x2)) add(o0, o1, o2);
+    }
+  }
+}
+
+// dX of input element `at` (row-major in its plane) for oxtrain.MaxPoolGradFromInput: dY over
+// the covering outputs whose window's maximum over X lies there.
+template <typename T>
+OXTRAIN_HD T max_pool_grad_from_input_at_3d(const Pool3d& g, const T* dy_plane, const T* x_plane, int64_t at) {
+  const int64_t x2 = at % g.axes[2].in, rest = at / g.axes[2].in;
+  const int64_t x1 = rest % g.axes[1].in, x0 = rest / g.axes[1].in;
+  T sum = 0;
+  for_covering_outputs_3d(g, x0, x1, x2, [&](int64_t o0, int64_t o1, int64_t o2) {
+    if (max_window_3d(g, x_plane, pool_window_3d(g, o0, o1, o2)).at == at)
+      sum += dy_plane[(o0 * g.axes[1].out + o1) * g.axes[2].out + o2];
+  });
+  return sum;
+}
+
+// dX of input element `at` for oxtrain.AveragePoolGrad: dY / divisor over the covering outputs.
+template <typename T>
+OXTRAIN_HD T avg_pool_grad_at_3d(const Pool3d& g, bool include_pad, const T* dy_plane, int64_t at) {
+  const int64_t x2 = at % g.axes[2].in, rest = at / g.axes[2].in;
+  const int64_t x1 = rest % g.axes[1].in, x0 = rest / g.axes[1].in;
+  T sum = 0;
+  for_covering_outputs_3d(g, x0, x1, x2, [&](int64_t o0, int64_t o1, int64_t o2) {
+    const int64_t div = avg_divisor_3d(pool_window_3d(g, o0, o1, o2), include_pad);
+    if (div > 0) sum += dy_plane[(o0 * g.axes[1].out + o1) * g.axes[2].out + o2] / static_cast<T>(div);
+  });
+  return sum;
+}
+
+// ---------------------------------------------------------------------------------------
 // Host side: reading a pooling node (defined in runtime/cpu/pool.cc). Errors name the node and
 // what `device`'s kernels lack.
 
@@ -293,6 +416,10 @@ Pool2d pool_window_2d(const graph::Node& node, const graph::Shape& x, bool ceil_
 
 // Throws unless `y` is the pooled shape [N, C, oH, oW] of `g` ([N, C, oW] for 1-D).
 void check_pooled_shape(const graph::Node& node, const Pool2d& g, const graph::Shape& y);
+
+// The window of a 3-D pooling `node` over `x` ([N, C, D, H, W], known), checked to pool it to
+// `y`.
+Pool3d pool_geometry_3d(const graph::Node& node, const graph::Shape& x, const graph::Shape& y, bool ceil_mode);
 
 // MaxPool: storage_order 0 or 1 and, where present, Indices int64 of Y's shape. Returns whether
 // the Indices are column-major (storage_order 1).
