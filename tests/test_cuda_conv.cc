@@ -5,12 +5,16 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "autodiff/training.h"
 #include "graph/ir.h"
+#include "graph/ops.h"
 #include "runtime/device_runtime.h"
 #include "runtime/kernel.h"
+#include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 #ifdef OXTRAIN_HAVE_CUDA
 #include "runtime/cuda/context.h"
@@ -311,6 +315,46 @@ TEST(CudnnDeviceless, TestShapesHaveStrictH100Plans) {
       const auto support = runtime::cudnn::deviceless_support(k->node(), Precision::fp32, target);
       EXPECT_GE(support.supported, 1) << c.label << " " << k->node().op_type << ": " << support.failure;
     }
+  }
+}
+
+// Every convolution of ResNet-50's training graph at batch 128 (forward, data and filter
+// gradients), as `train` builds it in each precision, has a plan on an H100: fp32 strict and
+// TF32 over NCHW, bf16 and fp16 channels-last (the stem's 3-channel NHWC input included, and
+// KRSC filters). A shape without one would stop training there at compile time.
+TEST(CudnnDeviceless, ResNet50TrainingConvolutionsHaveH100Plans) {
+  const auto target = runtime::cudnn::h100_target();
+  struct Config {
+    const char* name;
+    DType half;
+    bool channels_last;
+    Precision precision;
+  };
+  const Config configs[] = {{"fp32", DType::undefined, false, Precision::fp32},
+                            {"tf32", DType::undefined, false, Precision::tf32},
+                            {"bf16 channels-last", DType::bf16, true, Precision::tf32},
+                            {"fp16 channels-last", DType::f16, true, Precision::tf32}};
+  for (const Config& c : configs) {
+    autodiff::TrainingOptions o;
+    o.half = c.half;
+    o.fuse_batchnorm_relu = true;
+    o.recompute_batchnorm_relu = true;
+    o.channels_last = c.channels_last;
+    autodiff::TrainingGraph tg = autodiff::build_training_graph(test::zoo_at_batch("resnet50", 128, 224, 1000, 1), o);
+    std::set<std::string> seen;
+    for (const auto& n : tg.graph.nodes()) {
+      if (n->op_type != "Conv" && n->op_type != "ConvGradData" && n->op_type != "ConvGradFilter") continue;
+      std::string key = n->op_type;
+      for (const graph::Value* v : n->inputs) key += v ? " " + v->shape_string() + graph::dtype_name(v->dtype) : " -";
+      for (const char* a : {"strides", "pads", "dilations"})
+        if (n->has_attr(a))
+          for (int64_t v : n->attr_ints(a)) key += std::string(" ") + a + std::to_string(v);
+      key += " group" + std::to_string(n->attr_int("group", 1)) + " nhwc" + std::to_string(n->attr_int(graph::kChannelsLast, 0));
+      if (!seen.insert(key).second) continue;
+      const auto support = runtime::cudnn::deviceless_support(*n, c.precision, target);
+      EXPECT_GE(support.supported, 1) << c.name << ": " << n->describe() << " (" << key << "): " << support.failure;
+    }
+    EXPECT_GT(seen.size(), 30u) << c.name;  // ResNet-50 has 20 distinct convolutions, each with its gradients
   }
 }
 #endif  // OXTRAIN_HAVE_CUDA
