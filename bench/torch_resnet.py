@@ -87,7 +87,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--cpu", action="store_true", help="time on the CPU (fp32 only)")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    if not args.cpu and not torch.cuda.is_available():
+        # A GPU run that quietly fell back to the CPU would take minutes and compare nothing.
+        raise SystemExit("torch_resnet.py: PyTorch sees no GPU (torch.cuda.is_available() is False); "
+                         "give --cpu to time on the CPU")
+    device = torch.device("cpu" if args.cpu else "cuda")
     if device.type == "cuda":
         configs = args.config or ["fp32_nchw", "tf32_nhwc", "amp_fp16_nhwc", "amp_bf16_nhwc"]
     else:

@@ -25,6 +25,9 @@ namespace {
 
 // Candidate plans timed per graph, and executions per timing.
 constexpr int kMaxMeasured = 8;
+// Runtime-compiled engines (NVRTC; batch norm has only those) take seconds each to build, in
+// every process: the heuristics' first one that builds is taken, untimed against others.
+constexpr int kMaxRuntimeCompiled = 1;
 constexpr int kRepeats = 3;
 constexpr int64_t kAlign = 256;
 
@@ -92,12 +95,14 @@ bool runtime_compiled(const fe::graph::Graph& graph, int64_t index) {
 
 // Builds up to kMaxMeasured plans in the heuristics' order, precompiled engines first
 // (runtime-compiled ones take seconds each and are built only when no precompiled one
-// supports the graph). Returns their indices; `failure` says why the first one failed.
+// supports the graph, then only kMaxRuntimeCompiled of them). Returns their indices; `failure`
+// says why the first one failed.
 std::vector<int64_t> build_candidates(fe::graph::Graph& graph, int64_t count,
                                       std::string& failure) {
   std::vector<int64_t> built;
   for (int pass = 0; pass < 2 && built.empty(); ++pass)
-    for (int64_t i = 0; i < count && static_cast<int>(built.size()) < kMaxMeasured; ++i) {
+    for (int64_t i = 0; i < count && static_cast<int>(built.size()) < (pass == 0 ? kMaxMeasured : kMaxRuntimeCompiled);
+         ++i) {
       if (runtime_compiled(graph, i) != (pass == 1)) continue;
       fe::error_t status = graph.build_plan_at_index(i);
       if (status.is_good())
