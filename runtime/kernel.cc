@@ -89,8 +89,11 @@ const KernelRegistry& KernelRegistry::global() {
     // float16 and bfloat16 for the kernels that compute only float32 (runtime/cuda/half_emulation.cu).
     r.wrap(Device::cuda, cuda::with_half_emulation);
     register_cuda_fused_kernels(r);
-    // cuDNN's convolutions and batch norms, and BatchNormApply, take channels-last as it is.
+    // cuDNN's convolutions and batch norms, BatchNormApply and 2-D max pooling take channels-last
+    // as it is.
     OpNames native = layout_transparent_ops();
+    native.insert({"", "MaxPool"});
+    native.insert({graph::kOxtrainDomain, "MaxPoolGradFromInput"});
     for (const char* op : {"ConvGradData", "ConvGradFilter", "BatchNormTraining", "BatchNormGrad", "BatchNormApply"})
       native.insert({graph::kOxtrainDomain, op});
     native.insert({graph::kOxtrainDomain, "NormalizeImages"});

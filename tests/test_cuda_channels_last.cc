@@ -4,6 +4,7 @@
 // the emulated pooling. Skips with a message where no GPU is at hand.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -95,8 +96,53 @@ TEST(CudaChannelsLast, BatchNormsMatchCpu) {
   }
 }
 
-// Pooling has no channels-last kernel on the GPU yet: the emulation's transposes around the
-// channels-first one, exact.
+// 2-D max pooling runs channels-last and in half natively on the GPU (MaxPool and its gradient
+// from the input), the CPU through its emulation (transposes; half widened, computed in
+// float32, rounded): the same bits, ties and NaN included. Global average pooling is still
+// emulated on the GPU.
+TEST(CudaChannelsLast, MaxPoolingMatchesCpuExactlyInEveryLayoutAndType) {
+  OXTRAIN_REQUIRE_GPU();
+  struct Case {
+    const char* label;
+    Shape x, y;
+    std::vector<int64_t> kernel, strides, pads, dilations;
+    int64_t ceil_mode;
+  };
+  const Case cases[] = {
+      {"stem 3x3 stride 2 pad 1", {5, 7, 11, 13}, {5, 7, 6, 7}, {3, 3}, {2, 2}, {1, 1, 1, 1}, {1, 1}, 0},
+      {"2x2 dilation 2 ceil", {2, 9, 10, 9}, {2, 9, 5, 5}, {2, 2}, {2, 2}, {0, 1, 0, 0}, {2, 2}, 1},
+  };
+  uint64_t seed = 70;
+  for (const Case& c : cases)
+    for (DType dt : {DType::f32, DType::f16, DType::bf16})
+      for (bool channels_last : {false, true}) {
+        SCOPED_TRACE(std::string(c.label) + " " + dtype_name(dt) + (channels_last ? " channels-last" : ""));
+        const Shape xs = channels_last ? nhwc(c.x) : c.x, ys = channels_last ? nhwc(c.y) : c.y;
+        // Ties (whole numbers) and a few NaN: the first maximum and the first NaN win.
+        Tensor x = random_tensor(DType::f32, xs, ++seed, -3, 3);
+        for (int64_t i = 0; i < x.numel(); ++i) test::set_element(x, i, std::floor(test::element(x, i)));
+        for (int64_t i = 5; i < x.numel(); i += 53) test::set_element(x, i, std::nan(""));
+        Tensor xt = dt == DType::f32 ? x : test::random_tensor(dt, xs, seed, -3, 3);
+        for (int64_t i = 0; i < xt.numel(); ++i) test::set_element(xt, i, test::element(x, i));
+        auto window_of = [&](KernelCase& k) {
+          k.set_attr("kernel_shape", Attribute{c.kernel});
+          k.set_attr("strides", Attribute{c.strides});
+          k.set_attr("pads", Attribute{c.pads});
+          k.set_attr("dilations", Attribute{c.dilations});
+          k.set_attr("ceil_mode", Attribute{c.ceil_mode});
+          if (channels_last) k.set_attr(kChannelsLast, Attribute{int64_t{1}});
+        };
+        KernelCase pool("MaxPool", "", {xt}, {{dt, ys}});
+        window_of(pool);
+        EXPECT_TRUE(test::cuda_bitwise_matches_cpu(pool)) << "MaxPool";
+        KernelCase grad("MaxPoolGradFromInput", "oxtrain", {random_tensor(dt, ys, ++seed), xt}, {{dt, xs}});
+        window_of(grad);
+        EXPECT_TRUE(test::cuda_bitwise_matches_cpu(grad)) << "MaxPoolGradFromInput";
+      }
+}
+
+// Global average pooling has no channels-last kernel on the GPU yet: the emulation's transposes
+// around the channels-first one, exact.
 TEST(CudaChannelsLast, EmulatedPoolingMatchesCpuExactly) {
   OXTRAIN_REQUIRE_GPU();
   const Shape x{5, 7, 11, 13}, y{5, 7, 6, 7};
@@ -130,3 +176,40 @@ TEST(CudaChannelsLast, ResNetStepMatchesThePlainGraphOnTheCpu) {
   for (const std::string& name : cpu_run.states)
     EXPECT_LE(test::max_relative_difference(gpu_run.session->fetch(name), cpu_run.session->fetch(name)), 1e-4) << name;
 }
+
+#ifdef OXTRAIN_HAVE_CUDA
+// Without a device: 2-D max pooling in half and channels-last reaches the pooling kernels as it
+// is (no workspace: nothing transposed or widened around them), while forms they lack (1-D in
+// half, global average pooling channels-last) still go through the emulations.
+TEST(CudaChannelsLast, MaxPoolingIsNativeInHalfAndChannelsLast) {
+  auto workspace = [](KernelCase& k) {
+    const runtime::KernelFactory* f = runtime::KernelRegistry::global().find(
+        k.node().domain, k.node().op_type, runtime::Device::cuda);
+    EXPECT_NE(f, nullptr);
+    return (*f)(runtime::KernelInit{k.node(), 17, runtime::Device::cuda, nullptr, Precision::tf32})->workspace_bytes();
+  };
+  const Shape x{4, 8, 10, 12}, y{4, 8, 5, 6};
+  for (DType dt : {DType::f32, DType::bf16, DType::f16})
+    for (bool channels_last : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + (channels_last ? " channels-last" : ""));
+      const Shape xs = channels_last ? nhwc(x) : x, ys = channels_last ? nhwc(y) : y;
+      KernelCase pool("MaxPool", "", {random_tensor(dt, xs, 1)}, {{dt, ys}});
+      pool.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
+      pool.set_attr("strides", Attribute{std::vector<int64_t>{2, 2}});
+      if (channels_last) pool.set_attr(kChannelsLast, Attribute{int64_t{1}});
+      EXPECT_EQ(workspace(pool), 0u);
+      KernelCase grad("MaxPoolGradFromInput", "oxtrain", {random_tensor(dt, ys, 2), random_tensor(dt, xs, 3)}, {{dt, xs}});
+      grad.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
+      grad.set_attr("strides", Attribute{std::vector<int64_t>{2, 2}});
+      if (channels_last) grad.set_attr(kChannelsLast, Attribute{int64_t{1}});
+      EXPECT_EQ(workspace(grad), 0u);
+    }
+  KernelCase one_d("MaxPool", "", {random_tensor(DType::bf16, {4, 8, 12}, 4)}, {{DType::bf16, {4, 8, 6}}});
+  one_d.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2}});
+  one_d.set_attr("strides", Attribute{std::vector<int64_t>{2}});
+  EXPECT_GT(workspace(one_d), 0u);  // widened to float32 and back
+  KernelCase gap("GlobalAveragePool", "", {random_tensor(DType::f32, nhwc(x), 5)}, {{DType::f32, Shape{4, 1, 1, 8}}});
+  gap.set_attr(kChannelsLast, Attribute{int64_t{1}});
+  EXPECT_GT(workspace(gap), 0u);  // transposed around the channels-first kernel
+}
+#endif  // OXTRAIN_HAVE_CUDA

@@ -165,6 +165,15 @@ const std::set<std::pair<std::string, std::string>>& native_half_ops() {
   return ops;
 }
 
+// Nodes whose CUDA kernels take half values as they are in some forms only: 2-D max pooling
+// (MaxPool and its gradient from the input over [N, C, H, W] values, either layout).
+bool native_half_node(const Node& n) {
+  const bool onnx = n.domain.empty() || n.domain == "ai.onnx";
+  if (onnx && n.op_type == "MaxPool") return n.input(0) && n.input(0)->shape.size() == 4;
+  if (n.domain == "oxtrain" && n.op_type == "MaxPoolGradFromInput") return n.input(1) && n.input(1)->shape.size() == 4;
+  return false;
+}
+
 }  // namespace
 
 namespace cuda {
@@ -173,7 +182,7 @@ KernelFactory with_half_emulation(const std::string& domain, const std::string& 
   const bool native = native_half_ops().count({domain == "ai.onnx" ? "" : domain, op_type}) != 0;
   const bool cast = (domain.empty() || domain == "ai.onnx") && op_type == "Cast";
   return [float_factory = std::move(float_factory), native, cast](const KernelInit& init) -> std::unique_ptr<Kernel> {
-    if (native || !cpu::has_half_values(init.node)) return float_factory(init);
+    if (native || native_half_node(init.node) || !cpu::has_half_values(init.node)) return float_factory(init);
     const Node& n = init.node;
     if (cast && n.input(0) && n.output(0)) {
       const DType from = n.input(0)->dtype, to = n.output(0)->dtype;

@@ -27,6 +27,7 @@
 #include <optional>
 #include <string>
 
+#include "base/half.h"
 #include "graph/ops.h"
 #include "runtime/cpu/node_checks.h"
 #include "runtime/cuda/context.h"
@@ -49,17 +50,48 @@ __device__ __forceinline__ int64_t thread_count() {
   return static_cast<int64_t>(gridDim.x) * blockDim.x;
 }
 
-// Output i of [planes, oH, oW] -> its window's maximum and position.
-__global__ void max_pool_kernel(const Pool2d g, int64_t count, const float* x, float* y,
-                                int64_t* indices, bool column_major) {
-  const int64_t in_plane = g.in_plane();
+// Element i of a float32 (kKind 0), float16 (1) or bfloat16 (2) buffer as float32, and a
+// float32 stored back rounded to nearest even: the CPU's emulation of half, so a max (a
+// selection) and a gradient's float32 sum round as there.
+template <int kKind>
+__device__ __forceinline__ float load_as_float(const void* p, int64_t i) {
+  if constexpr (kKind == 0) return static_cast<const float*>(p)[i];
+  else return half_to_float(static_cast<const uint16_t*>(p)[i], kKind == 2);
+}
+template <int kKind>
+__device__ __forceinline__ void store_float(void* p, int64_t i, float v) {
+  if constexpr (kKind == 0) static_cast<float*>(p)[i] = v;
+  else static_cast<uint16_t*>(p)[i] = float_to_half(v, kKind == 2);
+}
+
+// Output i of [N, C, oH, oW] (kNhwc: [N, oH, oW, C]) -> its window's maximum and position.
+// Indices, where wanted, are written in [N, C, oH, oW] order either way.
+template <int kKind, bool kNhwc>
+__global__ void max_pool_kernel(const Pool2d g, int64_t count, const void* x, void* y, int64_t* indices,
+                                bool column_major) {
+  const int64_t in_plane = g.in_plane(), C = g.channels;
   for (int64_t i = thread_index(); i < count; i += thread_count()) {
-    const int64_t ow = i % g.cols.out, rest = i / g.cols.out;
-    const int64_t oh = rest % g.rows.out, plane = rest / g.rows.out;
-    const math::MaxPick<float> m =
-        math::max_window(x + plane * in_plane, g.cols.in, math::pool_window(g, oh, ow));
-    y[i] = m.value;
-    if (indices) indices[i] = math::max_pool_index(g, plane, m.at, column_major);
+    int64_t n, c, oh, ow;
+    if constexpr (kNhwc) {
+      c = i % C;
+      const int64_t pixel = i / C;
+      ow = pixel % g.cols.out;
+      oh = pixel / g.cols.out % g.rows.out;
+      n = pixel / g.cols.out / g.rows.out;
+    } else {
+      ow = i % g.cols.out;
+      const int64_t rest = i / g.cols.out;
+      oh = rest % g.rows.out;
+      c = rest / g.rows.out % C;
+      n = rest / g.rows.out / C;
+    }
+    const int64_t plane = n * C + c;
+    const int64_t base = kNhwc ? n * in_plane * C + c : plane * in_plane, step = kNhwc ? C : 1;
+    const math::MaxPick<float> m = math::max_window_at<float>(
+        [&](int64_t at) { return load_as_float<kKind>(x, base + at * step); }, g.cols.in, math::pool_window(g, oh, ow));
+    store_float<kKind>(y, i, m.value);
+    if (indices)
+      indices[(plane * g.rows.out + oh) * g.cols.out + ow] = math::max_pool_index(g, plane, m.at, column_major);
   }
 }
 
@@ -76,16 +108,65 @@ __global__ void max_pool_grad_gather_kernel(const Pool2d g, int64_t count, const
   }
 }
 
-// MaxPoolGradFromInput: one thread per input element, finding the windows' maxima in X again.
-__global__ void max_pool_grad_from_input_kernel(const Pool2d g, int64_t count, const float* dy, const float* x,
-                                                float* dx) {
-  const int64_t out_plane = g.out_plane(), in_plane = g.in_plane();
+// MaxPoolGradFromInput: one thread per input element of [N, C, H, W] (kNhwc: [N, H, W, C]),
+// finding the windows' maxima in X again.
+template <int kKind, bool kNhwc>
+__global__ void max_pool_grad_from_input_kernel(const Pool2d g, int64_t count, const void* dy, const void* x,
+                                                void* dx) {
+  const int64_t out_plane = g.out_plane(), in_plane = g.in_plane(), C = g.channels;
   for (int64_t i = thread_index(); i < count; i += thread_count()) {
-    const int64_t w = i % g.cols.in, rest = i / g.cols.in;
-    const int64_t h = rest % g.rows.in, plane = rest / g.rows.in;
-    dx[i] = math::max_pool_grad_from_input_at(g, dy + plane * out_plane, x + plane * in_plane, h, w);
+    int64_t n, c, h, w;
+    if constexpr (kNhwc) {
+      c = i % C;
+      const int64_t pixel = i / C;
+      w = pixel % g.cols.in;
+      h = pixel / g.cols.in % g.rows.in;
+      n = pixel / g.cols.in / g.rows.in;
+    } else {
+      w = i % g.cols.in;
+      const int64_t rest = i / g.cols.in;
+      h = rest % g.rows.in;
+      c = rest / g.rows.in % C;
+      n = rest / g.rows.in / C;
+    }
+    const int64_t plane = n * C + c, step = kNhwc ? C : 1;
+    const int64_t x_base = kNhwc ? n * in_plane * C + c : plane * in_plane;
+    const int64_t dy_base = kNhwc ? n * out_plane * C + c : plane * out_plane;
+    store_float<kKind>(dx, i,
+                       math::max_pool_grad_from_input_with<float>(
+                           g, [&](int64_t o) { return load_as_float<kKind>(dy, dy_base + o * step); },
+                           [&](int64_t at) { return load_as_float<kKind>(x, x_base + at * step); }, h, w));
   }
 }
+
+// Launches one of the four forms of a templated pooling kernel for `dtype` and the layout.
+template <template <int, bool> class Launcher, typename... Args>
+void launch_typed(DType dtype, bool nhwc, Args&&... args) {
+  const int kind = dtype == DType::f32 ? 0 : dtype == DType::f16 ? 1 : 2;
+  switch (kind * 2 + (nhwc ? 1 : 0)) {
+    case 0: Launcher<0, false>::run(args...); break;
+    case 1: Launcher<0, true>::run(args...); break;
+    case 2: Launcher<1, false>::run(args...); break;
+    case 3: Launcher<1, true>::run(args...); break;
+    case 4: Launcher<2, false>::run(args...); break;
+    default: Launcher<2, true>::run(args...); break;
+  }
+}
+
+template <int kKind, bool kNhwc>
+struct MaxPoolLaunch {
+  static void run(const cuda::Launch& l, cudaStream_t stream, const Pool2d& g, int64_t count, const void* x, void* y,
+                  int64_t* indices, bool column_major) {
+    max_pool_kernel<kKind, kNhwc><<<l.blocks, l.threads, 0, stream>>>(g, count, x, y, indices, column_major);
+  }
+};
+template <int kKind, bool kNhwc>
+struct MaxPoolGradFromInputLaunch {
+  static void run(const cuda::Launch& l, cudaStream_t stream, const Pool2d& g, int64_t count, const void* dy,
+                  const void* x, void* dx) {
+    max_pool_grad_from_input_kernel<kKind, kNhwc><<<l.blocks, l.threads, 0, stream>>>(g, count, dy, x, dx);
+  }
+};
 
 // One thread per plane; dX holds zeros before.
 __global__ void max_pool_grad_scatter_kernel(int64_t planes, int64_t in_plane, int64_t out_plane,
@@ -192,6 +273,27 @@ void require_float32(const graph::Node& node, std::initializer_list<const graph:
                   graph::dtype_name(v->dtype) + " '" + v->name + "'");
 }
 
+// 2-D max pooling's one element type: float32, or float16 / bfloat16 for [N, C, H, W] (and
+// channels-last) values, computed as the CPU's emulation of half does.
+DType pool2d_type(const graph::Node& node, std::initializer_list<const graph::Value*> values) {
+  const graph::Value* first = *values.begin();
+  const DType dt = first->dtype;
+  for (const graph::Value* v : values)
+    if (v && v->dtype != dt)
+      throw Error(node.describe() + ": the CUDA kernel takes one element type, got " + graph::dtype_name(dt) + " and " +
+                  graph::dtype_name(v->dtype) + " '" + v->name + "'");
+  if (dt == DType::f32) return dt;
+  if ((dt == DType::f16 || dt == DType::bf16) && first->shape.size() == 4) return dt;
+  throw Error(node.describe() + ": the CUDA kernel takes float32 (or float16 and bfloat16 for 2-D pooling), got " +
+              graph::dtype_name(dt) + " '" + first->name + "'");
+}
+
+// An activation's [N, C, H, W] dims: its shape, or on a channels-last node its [N, H, W, C]
+// shape read channels-first (graph::to_channels_last).
+graph::Shape logical_shape(const graph::Node& n, const graph::Shape& shape) {
+  return graph::is_channels_last(n) && shape.size() == 4 ? graph::to_channels_first_shape(shape) : shape;
+}
+
 // The window of MaxPool / AveragePool / AveragePoolGrad over input `x`, pooled `y`.
 Pool2d node_window(const KernelInit& init, const graph::Shape& x, const graph::Shape& y) {
   Pool2d g = math::pool_window_2d(init.node, x, math::pool_ceil_mode(init.node, init.opset),
@@ -287,14 +389,19 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
     const graph::Node& n = init.node;
     const graph::Value* x = required(n, 0);
     const graph::Value* y = required(n, 0, true);
-    require_float32(n, {x, y});
     const bool column_major = math::check_max_pool_outputs(n);
-    if (x->shape.size() == 5)
+    if (x->shape.size() == 5) {
+      require_float32(n, {x, y});
       return max_pool_3d(math::pool_geometry_3d(n, x->shape, y->shape, math::pool_ceil_mode(n, init.opset)),
                          column_major, n.describe());
-    const Pool2d g = node_window(init, x->shape, y->shape);
+    }
+    const DType dt = pool2d_type(n, {x, y});
+    const bool nhwc = graph::is_channels_last(n) && x->shape.size() == 4;
+    if (nhwc && n.output(1))
+      throw Error(n.describe() + ": a channels-last MaxPool with Indices is not supported on CUDA");
+    const Pool2d g = node_window(init, logical_shape(n, x->shape), logical_shape(n, y->shape));
     const std::string where = n.describe();
-    return make_kernel([g, where, column_major](const KernelArgs& a) {
+    return make_kernel([g, where, column_major, dt, nhwc](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, where);
       Pool2d run = g;
       run.batch = a.inputs[0].shape[0];
@@ -304,8 +411,8 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
                              ? a.outputs[1].as<int64_t>()
                              : nullptr;
       const cuda::Launch l = cuda::launch_for(count, ctx);
-      max_pool_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, count, in_f32(a, 0),
-                                                              out_f32(a, 0), indices, column_major);
+      launch_typed<MaxPoolLaunch>(dt, nhwc, l, ctx.stream, run, count, a.inputs[0].data, a.outputs[0].data, indices,
+                                  column_major);
       cuda::check(cudaGetLastError(), "max_pool_kernel launch", where);
     });
   });
@@ -349,24 +456,26 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
 
   registry.add(graph::kOxtrainDomain, "MaxPoolGradFromInput", Device::cuda, [](const KernelInit& init) {
     const graph::Node& n = init.node;
-    require_float32(n, {required(n, 0), required(n, 1), required(n, 0, true)});
+    math::check_max_pool_grad_from_input_values(n);
     if (n.input(1)->shape.size() == 5) {
-      math::check_max_pool_grad_from_input_values(n);
+      require_float32(n, {n.input(0), n.input(1), n.output(0)});
       return max_pool_grad_from_input_3d(
           math::pool_geometry_3d(n, n.input(1)->shape, n.input(0)->shape, math::pool_ceil_mode(n, init.opset)),
           n.describe());
     }
-    const Pool2d g = math::check_max_pool_grad_from_input(n, init.opset, Device::cuda);
+    const DType dt = pool2d_type(n, {n.input(0), n.input(1), n.output(0)});
+    const bool nhwc = graph::is_channels_last(n) && n.input(1)->shape.size() == 4;
+    const Pool2d g = node_window(init, logical_shape(n, n.input(1)->shape), logical_shape(n, n.input(0)->shape));
     const std::string where = n.describe();
-    return make_kernel([g, where](const KernelArgs& a) {
+    return make_kernel([g, where, dt, nhwc](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, where);
       Pool2d run = g;
       run.batch = a.inputs[1].shape[0];
       const int64_t count = run.planes() * run.in_plane();
       if (count == 0) return;
       const cuda::Launch l = cuda::launch_for(count, ctx);
-      max_pool_grad_from_input_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, count, in_f32(a, 0), in_f32(a, 1),
-                                                                              out_f32(a, 0));
+      launch_typed<MaxPoolGradFromInputLaunch>(dt, nhwc, l, ctx.stream, run, count, a.inputs[0].data, a.inputs[1].data,
+                                               a.outputs[0].data);
       cuda::check(cudaGetLastError(), "max_pool_grad_from_input_kernel launch", where);
     });
   });

@@ -133,8 +133,10 @@ OXTRAIN_HD void max_pick(MaxPick<T>& m, T v, int64_t at) {
 // The maximum of one output's window over `plane` (`width` columns). The first real element
 // seeds it; a window that holds no input element (padding as wide as the window) gives -inf
 // at position -1.
-template <typename T>
-OXTRAIN_HD MaxPick<T> max_window(const T* plane, int64_t width, const PoolWindow& win) {
+// `load(at)` gives the plane's element at position at = h * width + w as T (the GPU's
+// channels-last and half kernels read through it; max_window below reads a plain plane).
+template <typename T, typename Load>
+OXTRAIN_HD MaxPick<T> max_window_at(Load&& load, int64_t width, const PoolWindow& win) {
   const PoolTaps& r = win.row;
   const PoolTaps& c = win.col;
   MaxPick<T> m{pool_lowest<T>(), -1, false};
@@ -142,16 +144,20 @@ OXTRAIN_HD MaxPick<T> max_window(const T* plane, int64_t width, const PoolWindow
   const int64_t h0 = r.start + r.k_lo * win.row_dilation;
   const int64_t w0 = c.start + c.k_lo * win.col_dilation;
   m.at = h0 * width + w0;
-  m.value = plane[m.at];
+  m.value = load(m.at);
   m.nan = pool_is_nan(m.value);
   for (int64_t kh = r.k_lo; kh < r.k_hi; ++kh) {
     const int64_t row = (r.start + kh * win.row_dilation) * width;
     for (int64_t kw = c.k_lo; kw < c.k_hi; ++kw) {
       const int64_t at = row + c.start + kw * win.col_dilation;
-      max_pick(m, plane[at], at);
+      max_pick(m, load(at), at);
     }
   }
   return m;
+}
+template <typename T>
+OXTRAIN_HD MaxPick<T> max_window(const T* plane, int64_t width, const PoolWindow& win) {
+  return max_window_at<T>([plane](int64_t at) { return plane[at]; }, width, win);
 }
 
 // MaxPool's Indices entry for the maximum at `at` (h * W + w) of plane `plane`: the position
@@ -194,14 +200,20 @@ OXTRAIN_HD T max_pool_grad_at(const Pool2d& g, const T* dy_plane, const int64_t*
 // summed over the outputs whose window holds (h, w) and whose maximum over X (max_window,
 // MaxPool's own pick, ties and NaN alike) lies there, in ascending output order from 0: the
 // order of the CPU's scatter (runtime/cpu/pool.cc), so both give the same bits.
-template <typename T>
-OXTRAIN_HD T max_pool_grad_from_input_at(const Pool2d& g, const T* dy_plane, const T* x_plane, int64_t h, int64_t w) {
+// With loaders: x_load(h * W + w) and dy_load(oh * oW + ow) give one plane's elements as T.
+template <typename T, typename XLoad, typename DyLoad>
+OXTRAIN_HD T max_pool_grad_from_input_with(const Pool2d& g, DyLoad&& dy_load, XLoad&& x_load, int64_t h, int64_t w) {
   const int64_t target = h * g.cols.in + w;
   T sum = 0;
   for_covering_outputs(g, h, w, [&](int64_t oh, int64_t ow) {
-    if (max_window(x_plane, g.cols.in, pool_window(g, oh, ow)).at == target) sum += dy_plane[oh * g.cols.out + ow];
+    if (max_window_at<T>(x_load, g.cols.in, pool_window(g, oh, ow)).at == target) sum += dy_load(oh * g.cols.out + ow);
   });
   return sum;
+}
+template <typename T>
+OXTRAIN_HD T max_pool_grad_from_input_at(const Pool2d& g, const T* dy_plane, const T* x_plane, int64_t h, int64_t w) {
+  return max_pool_grad_from_input_with<T>(
+      g, [dy_plane](int64_t o) { return dy_plane[o]; }, [x_plane](int64_t at) { return x_plane[at]; }, h, w);
 }
 
 // One plane of MaxPoolGrad as a scatter (the CPU's, and the GPU's where the window is not
