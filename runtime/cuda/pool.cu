@@ -64,6 +64,21 @@ __device__ __forceinline__ void store_float(void* p, int64_t i, float v) {
   else static_cast<uint16_t*>(p)[i] = float_to_half(v, kKind == 2);
 }
 
+// Element i of an [N, C, H, W] tensor, or (kNhwc) of an [N, H, W, C] one.
+struct Element {
+  int64_t n, c, h, w;
+};
+template <bool kNhwc>
+__device__ __forceinline__ Element element_at(int64_t i, int64_t C, int64_t H, int64_t W) {
+  if constexpr (kNhwc) {
+    const int64_t pixel = i / C;
+    return {pixel / W / H, i % C, pixel / W % H, pixel % W};
+  } else {
+    const int64_t rest = i / W;
+    return {rest / H / C, rest / H % C, rest % H, i % W};
+  }
+}
+
 // Output i of [N, C, oH, oW] (kNhwc: [N, oH, oW, C]) -> its window's maximum and position.
 // Indices, where wanted, are written in [N, C, oH, oW] order either way.
 template <int kKind, bool kNhwc>
@@ -71,20 +86,8 @@ __global__ void max_pool_kernel(const Pool2d g, int64_t count, const void* x, vo
                                 bool column_major) {
   const int64_t in_plane = g.in_plane(), C = g.channels;
   for (int64_t i = thread_index(); i < count; i += thread_count()) {
-    int64_t n, c, oh, ow;
-    if constexpr (kNhwc) {
-      c = i % C;
-      const int64_t pixel = i / C;
-      ow = pixel % g.cols.out;
-      oh = pixel / g.cols.out % g.rows.out;
-      n = pixel / g.cols.out / g.rows.out;
-    } else {
-      ow = i % g.cols.out;
-      const int64_t rest = i / g.cols.out;
-      oh = rest % g.rows.out;
-      c = rest / g.rows.out % C;
-      n = rest / g.rows.out / C;
-    }
+    const Element e = element_at<kNhwc>(i, C, g.rows.out, g.cols.out);
+    const int64_t n = e.n, c = e.c, oh = e.h, ow = e.w;
     const int64_t plane = n * C + c;
     const int64_t base = kNhwc ? n * in_plane * C + c : plane * in_plane, step = kNhwc ? C : 1;
     const math::MaxPick<float> m = math::max_window_at<float>(
@@ -115,20 +118,8 @@ __global__ void max_pool_grad_from_input_kernel(const Pool2d g, int64_t count, c
                                                 void* dx) {
   const int64_t out_plane = g.out_plane(), in_plane = g.in_plane(), C = g.channels;
   for (int64_t i = thread_index(); i < count; i += thread_count()) {
-    int64_t n, c, h, w;
-    if constexpr (kNhwc) {
-      c = i % C;
-      const int64_t pixel = i / C;
-      w = pixel % g.cols.in;
-      h = pixel / g.cols.in % g.rows.in;
-      n = pixel / g.cols.in / g.rows.in;
-    } else {
-      w = i % g.cols.in;
-      const int64_t rest = i / g.cols.in;
-      h = rest % g.rows.in;
-      c = rest / g.rows.in % C;
-      n = rest / g.rows.in / C;
-    }
+    const Element e = element_at<kNhwc>(i, C, g.rows.in, g.cols.in);
+    const int64_t n = e.n, c = e.c, h = e.h, w = e.w;
     const int64_t plane = n * C + c, step = kNhwc ? C : 1;
     const int64_t x_base = kNhwc ? n * in_plane * C + c : plane * in_plane;
     const int64_t dy_base = kNhwc ? n * out_plane * C + c : plane * out_plane;
