@@ -135,14 +135,18 @@ TEST(CudaChannelsLast, MaxPoolingMatchesCpuExactlyInEveryLayoutAndType) {
         KernelCase pool("MaxPool", "", {xt}, {{dt, ys}});
         window_of(pool);
         EXPECT_TRUE(test::cuda_bitwise_matches_cpu(pool)) << "MaxPool";
+        // With Indices: they stay channels-first ([N, C, oH, oW]) in either layout.
+        KernelCase indexed("MaxPool", "", {xt}, {{dt, ys}, {DType::i64, c.y}});
+        window_of(indexed);
+        EXPECT_TRUE(test::cuda_bitwise_matches_cpu(indexed)) << "MaxPool with Indices";
         KernelCase grad("MaxPoolGradFromInput", "oxtrain", {random_tensor(dt, ys, ++seed), xt}, {{dt, xs}});
         window_of(grad);
         EXPECT_TRUE(test::cuda_bitwise_matches_cpu(grad)) << "MaxPoolGradFromInput";
       }
 }
 
-// Global average pooling has no channels-last kernel on the GPU yet: the emulation's transposes
-// around the channels-first one, exact.
+// MaxPool takes channels-last as it is on the GPU; global average pooling has no channels-last
+// kernel there yet: the emulation's transposes around the channels-first one. Both exact.
 TEST(CudaChannelsLast, EmulatedPoolingMatchesCpuExactly) {
   OXTRAIN_REQUIRE_GPU();
   const Shape x{5, 7, 11, 13}, y{5, 7, 6, 7};

@@ -106,17 +106,19 @@ void check_pooled_shape(const graph::Node& node, const Pool2d& g, const graph::S
 }
 
 bool check_max_pool_outputs(const graph::Node& node) {
+  return check_max_pool_outputs(node, cpu::required(node, 0, true)->shape);
+}
+
+bool check_max_pool_outputs(const graph::Node& node, const graph::Shape& y) {
   const int64_t order = node.attr_int("storage_order", 0);
   if (order != 0 && order != 1)
     throw Error(node.describe() + ": storage_order=" + std::to_string(order) + " must be 0 (row-major) or 1 (column-major)");
-  const graph::Value* y = cpu::required(node, 0, true);
   if (const graph::Value* idx = node.output(1)) {
     if (idx->dtype != DType::i64)
       throw Error(node.describe() + ": Indices '" + idx->name + "' must be int64, got " +
                   graph::dtype_name(idx->dtype));
-    if (idx->shape != y->shape)
-      throw Error(node.describe() + ": Indices shape " + join(idx->shape) +
-                  " differs from the output's " + join(y->shape));
+    if (idx->shape != y)
+      throw Error(node.describe() + ": Indices shape " + join(idx->shape) + " differs from the output's " + join(y));
   }
   return order == 1;
 }

@@ -275,8 +275,8 @@ DType pool2d_type(const graph::Node& node, std::initializer_list<const graph::Va
                   graph::dtype_name(v->dtype) + " '" + v->name + "'");
   if (dt == DType::f32) return dt;
   if ((dt == DType::f16 || dt == DType::bf16) && first->shape.size() == 4) return dt;
-  throw Error(node.describe() + ": the CUDA kernel takes float32 (or float16 and bfloat16 for 2-D pooling), got " +
-              graph::dtype_name(dt) + " '" + first->name + "'");
+  throw Error(node.describe() + ": the CUDA kernel takes float32, got " + graph::dtype_name(dt) + " '" + first->name +
+              "' (float16 and bfloat16 too for 2-D pooling)");
 }
 
 // An activation's [N, C, H, W] dims: its shape, or on a channels-last node its [N, H, W, C]
@@ -380,7 +380,7 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
     const graph::Node& n = init.node;
     const graph::Value* x = required(n, 0);
     const graph::Value* y = required(n, 0, true);
-    const bool column_major = math::check_max_pool_outputs(n);
+    const bool column_major = math::check_max_pool_outputs(n, logical_shape(n, y->shape));
     if (x->shape.size() == 5) {
       require_float32(n, {x, y});
       return max_pool_3d(math::pool_geometry_3d(n, x->shape, y->shape, math::pool_ceil_mode(n, init.opset)),
@@ -388,8 +388,6 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
     }
     const DType dt = pool2d_type(n, {x, y});
     const bool nhwc = graph::is_channels_last(n) && x->shape.size() == 4;
-    if (nhwc && n.output(1))
-      throw Error(n.describe() + ": a channels-last MaxPool with Indices is not supported on CUDA");
     const Pool2d g = node_window(init, logical_shape(n, x->shape), logical_shape(n, y->shape));
     const std::string where = n.describe();
     return make_kernel([g, where, column_major, dt, nhwc](const KernelArgs& a) {

@@ -436,6 +436,9 @@ Pool3d pool_geometry_3d(const graph::Node& node, const graph::Shape& x, const gr
 // MaxPool: storage_order 0 or 1 and, where present, Indices int64 of Y's shape. Returns whether
 // the Indices are column-major (storage_order 1).
 bool check_max_pool_outputs(const graph::Node& node);
+// The same, Indices checked against `y` (Y's [N, C, oH, oW] shape where it is stored
+// channels-last: Indices stay channels-first).
+bool check_max_pool_outputs(const graph::Node& node, const graph::Shape& y);
 
 // MaxPoolGrad (dY, Indices) -> dX: Indices int64 of dY's shape, dX of input_shape, dY of rank
 // and batch and channels that fit it. Returns input_shape.
