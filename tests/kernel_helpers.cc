@@ -90,12 +90,17 @@ bool gpu_available(std::string* why) {
   return true;
 }
 
-::testing::AssertionResult cuda_matches_cpu(KernelCase& c, double rtol, int64_t opset,
-                                            runtime::Precision precision) {
+std::vector<Tensor> run_cpu_then_cuda(KernelCase& c, int64_t opset, runtime::Precision precision) {
   c.run(opset, runtime::Device::cpu);
   std::vector<Tensor> want;
   for (size_t i = 0; i < c.node().outputs.size(); ++i) want.push_back(c.output(i));
   c.run(opset, runtime::Device::cuda, precision);
+  return want;
+}
+
+::testing::AssertionResult cuda_matches_cpu(KernelCase& c, double rtol, int64_t opset,
+                                            runtime::Precision precision) {
+  const std::vector<Tensor> want = run_cpu_then_cuda(c, opset, precision);
   for (size_t i = 0; i < want.size(); ++i) {
     const Tensor& got = c.output(i);
     if (want[i].dtype == DType::undefined) continue;
@@ -112,10 +117,7 @@ bool gpu_available(std::string* why) {
 }
 
 ::testing::AssertionResult cuda_bitwise_matches_cpu(KernelCase& c, int64_t opset, NanBits nan) {
-  c.run(opset, runtime::Device::cpu);
-  std::vector<Tensor> want;
-  for (size_t i = 0; i < c.node().outputs.size(); ++i) want.push_back(c.output(i));
-  c.run(opset, runtime::Device::cuda);
+  const std::vector<Tensor> want = run_cpu_then_cuda(c, opset);
   for (size_t i = 0; i < want.size(); ++i) {
     if (want[i].dtype == DType::undefined) continue;
     const Tensor& got = c.output(i);

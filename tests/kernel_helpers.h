@@ -52,6 +52,11 @@ bool gpu_available(std::string* why = nullptr);
       GTEST_SKIP() << "CUDA test skipped: " << why_no_gpu;                  \
   } while (0)
 
+// Runs `c` on the CPU and returns its outputs, then runs it on the GPU (whose outputs are then
+// c.output(i)). Call after OXTRAIN_REQUIRE_GPU().
+std::vector<graph::Tensor> run_cpu_then_cuda(KernelCase& c, int64_t opset = 17,
+                                             runtime::Precision precision = runtime::Precision::fp32);
+
 // Runs `c` on the CPU, then on the GPU, and checks every output of the GPU run against the CPU
 // run: floats within `rtol` of the largest CPU magnitude (NaN-aware), integers exactly.
 // Call after OXTRAIN_REQUIRE_GPU().

@@ -75,10 +75,7 @@ Shape positions_of(const Shape& scores) {
 // Runs the case on the CPU, then on the GPU; outputs must agree within rtol of the largest CPU
 // magnitude, where NaN must meet NaN (cuda_matches_cpu refuses any NaN).
 ::testing::AssertionResult agree_with_nans(KernelCase& c, double rtol, int64_t opset = 17) {
-  c.run(opset, runtime::Device::cpu);
-  std::vector<Tensor> want;
-  for (size_t i = 0; i < c.node().outputs.size(); ++i) want.push_back(c.output(i));
-  c.run(opset, runtime::Device::cuda);
+  const std::vector<Tensor> want = test::run_cpu_then_cuda(c, opset);
   for (size_t o = 0; o < want.size(); ++o) {
     if (want[o].dtype == DType::undefined) continue;
     double scale = 0;
