@@ -153,6 +153,9 @@ TrainingNode training_node(const graph::Node& n) {
   return t;
 }
 
+// cuDNN's batchnorm node updates the running variance with the unbiased batch variance only.
+bool uses_cudnn(const TrainingNode& t) { return t.unbiased && cudnn_takes(t.s); }
+
 NormShapes grad_shapes(const graph::Node& n) {
   // Inputs: dY, X, scale, saved_mean, saved_inv_std.
   static const char* const names[] = {"dY", "X", "scale", "saved_mean", "saved_inv_std"};
@@ -172,7 +175,7 @@ GraphRecipe training_recipe(const graph::Node& n) {
   const TrainingNode t = training_node(n);
   const NormShapes& s = t.s;
   const float eps = t.eps, momentum = t.momentum;
-  if (!t.unbiased || !cudnn_takes(s))
+  if (!uses_cudnn(t))
     throw Error(n.describe() + ": cuDNN has no engine for this batch norm (" + std::to_string(s.channels) + " " +
                 graph::dtype_name(s.data) + " channels of " + std::to_string(s.x[0] * s.x[2]) + " elements" +
                 (t.unbiased ? "" : ", population-variance update") + "); it runs on the own kernel");
@@ -244,8 +247,7 @@ GraphRecipe batchnorm_recipe(const graph::Node& node) {
 
 bool batchnorm_uses_cudnn(const graph::Node& node) {
   if (node.op_type == "BatchNormTraining") {
-    const TrainingNode t = training_node(node);
-    return t.unbiased && cudnn_takes(t.s);
+    return uses_cudnn(training_node(node));
   }
   if (node.op_type == "BatchNormGrad") return cudnn_takes(grad_shapes(node));
   return false;
@@ -266,11 +268,11 @@ void register_cuda_norm_kernels(KernelRegistry& registry) {
   // version or architecture than the rule was measured on) runs on the own kernel too.
   registry.add("oxtrain", "BatchNormTraining", Device::cuda, [](const KernelInit& init) {
     const std::string where = init.node.describe();
-    if (cudnn::batchnorm_uses_cudnn(init.node)) try {
+    const cudnn::TrainingNode t = cudnn::training_node(init.node);
+    if (cudnn::uses_cudnn(t)) try {
         return cudnn::make_cudnn_kernel(cudnn::training_recipe(init.node), init, where);
       } catch (const Error&) {
       }
-    const cudnn::TrainingNode t = cudnn::training_node(init.node);
     const cuda::BatchNormView v = cudnn::view_of(t.s);
     const double eps = t.eps, momentum = t.momentum;
     const bool unbiased = t.unbiased;
@@ -280,11 +282,12 @@ void register_cuda_norm_kernels(KernelRegistry& registry) {
   });
   registry.add("oxtrain", "BatchNormGrad", Device::cuda, [](const KernelInit& init) {
     const std::string where = init.node.describe();
-    if (cudnn::batchnorm_uses_cudnn(init.node)) try {
+    const cudnn::NormShapes s = cudnn::grad_shapes(init.node);
+    if (cudnn::cudnn_takes(s)) try {
         return cudnn::make_cudnn_kernel(cudnn::grad_recipe(init.node), init, where);
       } catch (const Error&) {
       }
-    const cuda::BatchNormView v = cudnn::view_of(cudnn::grad_shapes(init.node));
+    const cuda::BatchNormView v = cudnn::view_of(s);
     return make_kernel([v, where](const KernelArgs& a) { cuda::batchnorm_grad(v, a, cuda::context_of(a, where), where); });
   });
 }
