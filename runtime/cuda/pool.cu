@@ -1,7 +1,9 @@
-// CUDA pooling, float32, 1-D to 3-D: MaxPool (with its optional Indices), AveragePool,
+// CUDA pooling, 1-D to 3-D: MaxPool (with its optional Indices), AveragePool,
 // GlobalAveragePool and their gradients oxtrain.MaxPoolGrad, oxtrain.MaxPoolGradFromInput,
-// oxtrain.AveragePoolGrad, oxtrain.GlobalAveragePoolGrad; the twins of runtime/cpu/pool.cc. Every kernel writes (=)
-// its outputs, all of them; the gradients included (none accumulates into dX).
+// oxtrain.AveragePoolGrad, oxtrain.GlobalAveragePoolGrad; the twins of runtime/cpu/pool.cc.
+// float32; 2-D MaxPool and MaxPoolGradFromInput also float16 and bfloat16, and channels-last
+// ([N, H, W, C]) as stored. Every kernel writes (=) its outputs, all of them; the gradients
+// included (none accumulates into dX).
 //
 // These are our own kernels on purpose. cuDNN's graph API has forward pooling (resample), but
 // no max-pool backward that takes our Indices (flattened over the whole [N,C,H,W] tensor), and
