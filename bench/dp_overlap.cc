@@ -90,18 +90,21 @@ double run_rank(const Args& a, int rank, int world, bool overlap, int port) {
   return times[times.size() / 2];
 }
 
-// Runs every rank as a process; returns rank 0's median step seconds.
-double run_job(const Args& a, bool overlap, int port) {
+// Runs `ranks` ranks, each as a process (a job of one rank: alone, without communication);
+// returns rank 0's median step seconds. Every measurement runs in forked children, never in
+// this process: libgomp's thread pool does not survive fork(), so a child forked after this
+// process had run a parallel region would wait forever for workers it does not have.
+double run_job(const Args& a, int ranks, bool overlap, int port) {
   int pipe_fds[2];
   if (::pipe(pipe_fds) != 0) return -1;
   std::vector<pid_t> pids;
-  for (int rank = 0; rank < a.ranks; ++rank) {
+  for (int rank = 0; rank < ranks; ++rank) {
     pid_t pid = ::fork();
     if (pid == 0) {
       ::close(pipe_fds[0]);
       double t = -1;
       try {
-        t = run_rank(a, rank, a.ranks, overlap, port);
+        t = run_rank(a, rank, ranks, overlap, port);
       } catch (const std::exception& e) {
         std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
         ::_exit(2);
@@ -134,10 +137,10 @@ int main(int argc, char** argv) {
   app.add_option("--bucket-mb", a.bucket_mb, "bucket size")->capture_default_str();
   app.add_option("--port", a.port, "first loopback port for the store")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  double alone = run_rank(a, 0, 1, true, 0);
-  double serial = run_job(a, false, a.port);
-  double overlap = run_job(a, true, a.port + 1);
-  if (serial < 0 || overlap < 0) {
+  double alone = run_job(a, 1, true, 0);
+  double serial = run_job(a, a.ranks, false, a.port);
+  double overlap = run_job(a, a.ranks, true, a.port + 1);
+  if (alone < 0 || serial < 0 || overlap < 0) {
     std::fprintf(stderr, "oxtrain_dp_overlap: a rank failed\n");
     return 1;
   }

@@ -28,7 +28,7 @@ if ! grep -q 'OXTRAIN_HAVE_CUDA=1' build-gpu/runtime/CMakeFiles/oxtrain_runtime.
   exit 2
 fi
 out=.gpu
-programs=(build-gpu/oxtrain build-gpu/tests/oxtrain_tests build-gpu/oxtrain_step_bench)
+programs=(build-gpu/oxtrain build-gpu/tests/oxtrain_tests build-gpu/oxtrain_step_bench build-gpu/oxtrain_dp_overlap)
 skip='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|librt\.|libpthread\.|libstdc\+\+|libgcc_s|libcuda\.|libcudnn|libnccl|libcublas|libcudart|libnvjpeg|libnvrtc|libnvJitLink)'
 rm -rf "$out" && mkdir -p "$out/bin" "$out/lib"
 for program in "${programs[@]}"; do

@@ -2,7 +2,8 @@
 // NCCL (its collectives leave the data bit for bit as it was, ncclAvg included), the kernel
 // without a communicator (a copy, as the CPU kernel), and AllReduce nodes run by a Session over
 // NCCL through an eager step, the captured step and replays, with the outputs contiguous (one
-// NCCL call), out of order (one NCCL group) and in buffers apart from the inputs (copied first).
+// NCCL call), out of order (one NCCL group) and in buffers apart from the inputs (copied first);
+// a small ResNet trained as a job of one rank over NCCL, bit for bit as without one.
 // Without a GPU: the factory's refusals (float64, a Gloo communicator), checked before any CUDA
 // call. The GPU tests skip, with one message, where no GPU is at hand.
 #include <gtest/gtest.h>
@@ -14,13 +15,16 @@
 #include <string>
 #include <vector>
 
+#include "autodiff/training.h"
 #include "base/error.h"
 #include "graph/ir.h"
+#include "graph/onnx_io.h"
 #include "graph/ops.h"
 #include "runtime/dist/communicator.h"
 #include "runtime/dist/store.h"
 #include "runtime/kernel.h"
 #include "runtime/session.h"
+#include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 
 #ifdef OXTRAIN_HAVE_CUDA
@@ -332,6 +336,54 @@ TEST(CudaCollective, PlannerKeepsABucketOneSliceInPlace) {
     }
     previous_end = g + s.graph().value("g" + k)->bytes();
   }
+}
+
+// One GPU as a job of one rank over NCCL (DDP on one GPU, as main.py's
+// --multiprocessing-distributed runs it) trains a small ResNet to the very bits of the same
+// training without a communicator: the bucketed AllReduce nodes run on NCCL's stream beside
+// backward, through the eager step, the capture and replays, and the average over one rank is
+// the gradient itself. Both sessions live in this process, so they share cuDNN's plans.
+TEST(CudaCollective, NcclJobOfOneTrainsAResNetLikeOneProcess) {
+  OXTRAIN_REQUIRE_GPU();
+  auto store = runtime::dist::make_memory_store();
+  auto comm = runtime::dist::make_nccl_communicator(*store, alone(), 0);
+  struct Run {
+    autodiff::TrainingGraph tg;
+    std::unique_ptr<runtime::Session> session;
+  };
+  auto start = [&](bool job) {
+    autodiff::TrainingOptions to;
+    to.allreduce = job;
+    to.bucket_bytes = 1 << 20;  // resnet18's 45 MB of gradients in many buckets
+    to.last_bucket_bytes = 1 << 18;
+    Run r{autodiff::build_training_graph(test::zoo_at_batch("resnet18", 4, 64, 10, 3), to), nullptr};
+    runtime::SessionOptions so;
+    so.device = runtime::Device::cuda;
+    so.precision = runtime::Precision::tf32;
+    so.communicator = job ? comm.get() : nullptr;
+    for (const auto& [v, d] : r.tg.gradients) so.gradients.push_back(d);
+    r.session = std::make_unique<runtime::Session>(copy_graph(r.tg.graph), so);
+    return r;
+  };
+  Run alone_run = start(false), job_run = start(true);
+  EXPECT_TRUE(alone_run.tg.allreduce_nodes.empty());
+  EXPECT_GE(job_run.tg.allreduce_nodes.size(), 10u);
+  for (int64_t step = 0; step < 4; ++step)
+    for (Run* r : {&alone_run, &job_run}) {
+      r->session->feed("input", test::random_tensor(DType::f32, {4, 3, 64, 64}, 300 + static_cast<uint64_t>(step)));
+      r->session->feed(r->tg.labels, Tensor::from_int64({3, 7, 0, 9}, {4}));
+      r->session->feed(r->tg.learning_rate, Tensor::from_float({0.1f}, {}));
+      r->session->feed(r->tg.step, Tensor::from_int64({step}, {}));
+      r->session->run();
+    }
+  EXPECT_TRUE(job_run.session->replaying_graph());
+  size_t compared = 0;
+  for (const auto& [state, next] : alone_run.session->graph().updates) {
+    Tensor a = alone_run.session->fetch(state->name), b = job_run.session->fetch(state->name);
+    EXPECT_EQ(a.bytes, b.bytes) << state->name << " differs after 4 steps";
+    ++compared;
+  }
+  EXPECT_GT(compared, 100u);  // weights, momenta and batch-norm statistics
 }
 
 #endif  // OXTRAIN_HAVE_CUDA

@@ -81,7 +81,14 @@ TEST(DistLaunchEnv, EverySourceGivesItsRanksAndStore) {
       {"flags win over the environment", url_flags("tcp://h:5", 2, 1), kTorchrun,
        Expected{1, 2, 0, 1, "h", 5, false, "flags"}},
       {"flags of one process", url_flags("tcp://h:5", 1, 0), kTorchrun, std::nullopt},
-      {"multiprocessing of one worker", mp_flags("tcp://h:5", 1, 0, 1, 0), {}, std::nullopt},
+      // As main.py: --multiprocessing-distributed makes one worker a job (DDP on one GPU).
+      {"multiprocessing of one worker", mp_flags("tcp://h:5", 1, 0, 1, 0), kTorchrun,
+       Expected{0, 1, 0, 1, "h", 5, true, "flags"}},
+      {"multiprocessing of one worker without a url", [] {
+         DistFlags f = mp_flags("tcp://h:5", 1, 0, 1, 0);
+         f.dist_url.reset();
+         return f;
+       }(), {}, std::nullopt},
       {"main.py's -1 defaults read the environment", [] {
          DistFlags f;
          f.world_size = -1;

@@ -78,6 +78,26 @@ TEST(DataParallelCli, MultiprocessingDistributedStartsTheNodesWorkers) {
   EXPECT_NE(r.out.find("1 node x 2 CPUs, batch 8, 2 steps"), std::string::npos) << r.out;
 }
 
+// As main.py (DDP on one GPU): --multiprocessing-distributed with one worker is a job of one
+// rank, its gradients reduced through the communicator; summed over one rank and divided by a
+// world of one, they are the gradients, so the model is bit for bit the one process's.
+TEST(DataParallelCli, AJobOfOneWorkerReducesAndTrainsLikeOneProcess) {
+  JobFiles s = make_job_files();
+  std::string single = s.dir + "/single", mp = s.dir + "/mp1";
+  for (const auto& d : {single, mp}) ::mkdir(d.c_str(), 0755);
+  auto one = test::run_oxtrain_limited(train_flags(s, single), 120);
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_EQ(one.out.find("rank 0 of 1"), std::string::npos) << one.out;
+  auto job = test::run_oxtrain_limited(
+      train_flags(s, mp) + " --multiprocessing-distributed --nproc-per-node 1 --world-size 1 --rank 0" + loopback_url(),
+      120);
+  ASSERT_EQ(job.exit_code, 0) << job.err;
+  EXPECT_NE(job.out.find("rank 0 of 1 (local 0 of 1)"), std::string::npos) << job.out;
+  EXPECT_NE(job.out.find("1 node x 1 CPU, batch 4, 3 steps"), std::string::npos) << job.out;
+  graph::Graph a = graph::import_onnx(single + "/m.onnx"), b = graph::import_onnx(mp + "/m.onnx");
+  EXPECT_EQ(test::graph_difference(a, b), "");
+}
+
 // A rank that never comes: the others stop within the timeout with one line naming it.
 TEST(DataParallelCli, AMissingRankEndsTheJobWithinTheTimeout) {
   JobFiles s = make_job_files();

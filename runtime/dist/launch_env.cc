@@ -281,7 +281,9 @@ std::optional<DistConfig> from_flags(const DistFlags& flags, const Environment& 
     throw Error("--world-size " + std::to_string(world_flag) + (flags.multiprocessing_distributed ? " nodes" : "") +
                 " needs --dist-url tcp://HOST:PORT: the address of rank 0's host and a free port there");
   }
-  if (c.world_size == 1) return std::nullopt;  // one process: no store
+  // One process is a job only where main.py makes it one: --multiprocessing-distributed (DDP
+  // then runs on the one GPU), with a --dist-url for its store.
+  if (c.world_size == 1 && !(flags.multiprocessing_distributed && flags.dist_url)) return std::nullopt;
   c.store_host = where.host;
   c.store_port = where.port;
   return c;
@@ -380,7 +382,7 @@ std::optional<DistConfig> dist_config(const DistFlags& flags, const Environment&
   bool flags_given = flags.dist_url || (flags.world_size && *flags.world_size != -1) ||
                      (flags.rank && *flags.rank != -1) || flags.multiprocessing_distributed;
   std::optional<DistConfig> c = flags_given ? from_flags(flags, env) : from_environment(env);
-  if (!c || c->world_size == 1) return std::nullopt;  // one process: no store
+  if (!c || (c->world_size == 1 && !flags.multiprocessing_distributed)) return std::nullopt;  // one process alone
   c->host_store = c->rank == 0;
   return c;
 }

@@ -26,8 +26,10 @@
 //     srun's block distribution rank 0 runs there), port MASTER_PORT if set, else
 //     kDefaultStorePort (29500, torchrun's default). Run through srun: a batch script's own
 //     process also sees SLURM_PROCID and SLURM_NTASKS.
-// Nothing found: std::nullopt, a single process. A job of one process (world 1) is also
-// std::nullopt: it needs no store.
+// Nothing found: std::nullopt, a single process. A world of one process is also std::nullopt
+// (no store, no collectives), except as main.py has it: --multiprocessing-distributed with a
+// --dist-url makes even one worker a job (main.py then runs DDP on its one GPU), so a one-GPU
+// run of the DLPerf benchmark reduces its gradients over NCCL as PyTorch's does.
 //
 // Every inconsistency is an Error naming the flag or variable and its value: a rank outside
 // [0, world), a world below 1, a local rank outside [0, local world), a --dist-url that is not
