@@ -65,6 +65,7 @@ struct TrainArgs {
   int64_t num_classes = 0;
   bool num_classes_given = false;  // an explicit --num-classes 0 is refused
   bool batch_size_given = false, image_size_given = false;
+  bool seed_given = false;  // as main.py: a seeded run is a reproducible one (cuDNN plans not timed)
   std::string lr_schedule = "step";
   int world_size = 1, rank = 0;
   bool world_size_given = false, rank_given = false;
@@ -356,7 +357,15 @@ void TrainRun::build_sessions() {
     so.communicator = job_->comm.get();
     if (so.device == runtime::Device::cuda) so.device_index = job_->config.local_rank;  // a GPU per process
   }
-  if (so.device == runtime::Device::cuda) set_activity("compiling the step for the GPU");
+  // As main.py, which turns cudnn.benchmark off for a seeded run: with --seed every cuDNN plan
+  // is the heuristics' first that runs, not the fastest measured, so the run repeats bit for bit.
+  so.measure_plans = !a_.seed_given;
+  if (so.device == runtime::Device::cuda) {
+    set_activity("compiling the step for the GPU");
+    if (a_.seed_given && logs())
+      std::fprintf(stderr, "oxtrain: warning: --seed: cuDNN plans are the heuristics' first choice rather than the "
+                           "fastest measured, so the run repeats bit for bit; this can be slower\n");
+  }
   if (!a_.evaluate) {
     graph::Graph copy = graph::copy_graph(model_.forward, {a_.batch_size, true});
     if (train_->gives_pixels()) input_name_ = graph::normalize_images_input(copy, imagenet_mean(), imagenet_std());
@@ -820,7 +829,8 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_option("-j,--workers", a->workers, "data loading threads (0: in the training thread)")->capture_default_str();
   cmd->add_option("--resume", a->resume, "checkpoint to resume from");
   cmd->add_flag("-e,--evaluate", a->evaluate, "evaluate on DATA/val only");
-  cmd->add_option("--seed", a->seed, "seed of initialisation, shuffling, augmentation and the random ops (Dropout masks, stochastic depth)")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "seed of initialisation, shuffling, augmentation and the random ops (Dropout masks, stochastic depth); given, "
+                  "as main.py's, it also makes GPU runs repeat bit for bit (cuDNN plans not chosen by timing)")->capture_default_str();
   cmd->add_flag("--synthetic", a->synthetic, "train on one random batch made once (no data loading)");
   cmd->add_option("--device", a->device, "cpu, cuda, or auto: cuda where a GPU is visible")->capture_default_str();
   cmd->add_option("--precision", a->precision, kPrecisionHelp)->capture_default_str();
@@ -859,6 +869,7 @@ Subcommand add_train_command(CLI::App& app) {
     a->image_size_given = cmd->count("--image-size") > 0;
     a->world_size_given = cmd->count("--world-size") > 0;
     a->rank_given = cmd->count("--rank") > 0;
+    a->seed_given = cmd->count("--seed") > 0;
     if (a->multiprocessing_distributed) {
       int workers = a->nproc_per_node;
       if (workers == 0) {

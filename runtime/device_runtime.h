@@ -30,6 +30,8 @@ class DeviceRuntime {
   const ExecContext& context() const { return context_; }
   // The communicator collective kernels use (null: this process alone); set before compiling.
   void set_communicator(dist::Communicator* communicator) { context_.communicator = communicator; }
+  // ExecContext::measure_plans; set before compiling.
+  void set_measure_plans(bool measure) { context_.measure_plans = measure; }
   const DeviceCounters& counters() const { return counters_; }
   // "cpu" or "NVIDIA H200 (cuda:0)".
   virtual std::string description() const = 0;

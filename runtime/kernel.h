@@ -48,6 +48,11 @@ struct ExecContext {
   Device device = Device::cpu;
   CudaContext* cuda = nullptr;
   dist::Communicator* communicator = nullptr;
+  // How kernels with library plans (cuDNN) choose one at compile time: true times the
+  // candidates and keeps the fastest, which timing noise may make another plan in the next
+  // run; false takes the heuristics' first that runs, the same plan every run, so a seeded run
+  // repeats bit for bit (PyTorch's cudnn.benchmark = False).
+  bool measure_plans = true;
 };
 
 // A typed view of a buffer the runtime owns.

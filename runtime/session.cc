@@ -143,6 +143,7 @@ Session::Session(graph::Graph graph, const SessionOptions& options) : options_(o
   if (options_.device == Device::cpu) set_cpu_threads(options_.threads);
   runtime_ = DeviceRuntime::create(options_.device, options_.precision, options_.device_index);
   runtime_->set_communicator(options_.communicator);
+  runtime_->set_measure_plans(options_.measure_plans);
   // A plan that cannot fit even without kernel workspaces is refused before compiling, which
   // on a GPU measures library plans on buffers of the step's sizes.
   check_types_known(graph);

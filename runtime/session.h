@@ -40,6 +40,9 @@ struct SessionOptions {
   bool profile = false;
   // CUDA: capture the step as a CUDA graph after one eager step and replay it.
   bool cuda_graph = true;
+  // CUDA: choose each cuDNN plan by timing the candidates (the fastest), or take the
+  // heuristics' first that runs (the same plans every run: ExecContext::measure_plans).
+  bool measure_plans = true;
   // Data parallel: the job's communicator, for AllReduce nodes (null: this process alone,
   // where an AllReduce passes its input through). Not owned; must outlive the Session.
   dist::Communicator* communicator = nullptr;

@@ -213,6 +213,28 @@ TEST(CudaConv, ReportsChosenPlan) {
   EXPECT_NE(planned->describe().find(plan.engine), std::string::npos) << planned->describe();
 }
 
+// Unmeasured (a seeded run: ExecContext::measure_plans off), the kernel keeps the heuristics'
+// first plan that runs and times nothing.
+TEST(CudaConv, UnmeasuredPlanIsTheHeuristicsFirstThatRuns) {
+  OXTRAIN_REQUIRE_GPU();
+  KernelCase k = forward_case(cases()[1], 13);
+  auto rt = runtime::DeviceRuntime::create(runtime::Device::cuda, Precision::fp32);
+  rt->set_measure_plans(false);
+  EXPECT_FALSE(rt->context().measure_plans);
+  const runtime::KernelFactory* factory = runtime::KernelRegistry::global().find("", "Conv", runtime::Device::cuda);
+  auto kernel = (*factory)(runtime::KernelInit{k.node(), 17, runtime::Device::cuda, &rt->context(), Precision::fp32});
+  auto* planned = dynamic_cast<runtime::cudnn::PlannedKernel*>(kernel.get());
+  ASSERT_NE(planned, nullptr);
+  const runtime::cudnn::ChosenPlan& plan = planned->chosen_plan();
+  EXPECT_FALSE(plan.engine.empty());
+  EXPECT_EQ(plan.measured, 0);
+  EXPECT_EQ(plan.ms, 0.0);
+  EXPECT_NE(planned->describe().find("the heuristics' first that runs"), std::string::npos) << planned->describe();
+  rt->set_measure_plans(true);  // the same node measured is compiled apart from the unmeasured one
+  auto timed = (*factory)(runtime::KernelInit{k.node(), 17, runtime::Device::cuda, &rt->context(), Precision::fp32});
+  EXPECT_GE(dynamic_cast<runtime::cudnn::PlannedKernel*>(timed.get())->chosen_plan().measured, 1);
+}
+
 // Without a device (planning only) the factory still makes a kernel; it has no plan, reports
 // no workspace and refuses to run.
 TEST(CudaConv, WithoutDeviceHasNoPlanAndRefusesToRun) {

@@ -158,9 +158,10 @@ class Events {
   cudaEvent_t start = nullptr, stop = nullptr;
 };
 
-// Times each built plan on zero-filled buffers on the context's stream; returns the fastest.
+// Times each built plan on zero-filled buffers on the context's stream and returns the fastest;
+// without `measure`, returns the first built plan (in the heuristics' order) that executes.
 std::shared_ptr<CompiledGraph> compile(GraphRecipe recipe, const CudaContext& ctx,
-                                       Precision precision, const std::string& where) {
+                                       Precision precision, bool measure, const std::string& where) {
   fe::graph::Graph& graph = *recipe.graph;
   const int64_t count = prepare_plans(graph, ctx.cudnn, precision, where);
   std::string failure;
@@ -200,6 +201,10 @@ std::shared_ptr<CompiledGraph> compile(GraphRecipe recipe, const CudaContext& ct
       if (run_failure.empty()) run_failure = plan_name(graph, i) + ": " + status.get_message();
       continue;
     }
+    if (!measure) {  // the heuristics' first plan that runs
+      best = i;
+      break;
+    }
     cuda::check(cudaEventRecord(events.start, ctx.stream), "cudaEventRecord", where);
     for (int r = 0; r < kRepeats && status.is_good(); ++r)
       status = graph.execute_plan_at_index(ctx.cudnn, pack, ws_buffer, i);
@@ -223,7 +228,7 @@ std::shared_ptr<CompiledGraph> compile(GraphRecipe recipe, const CudaContext& ct
   compiled->plan_index = best;
   compiled->chosen.engine = plan_name(graph, best);
   compiled->chosen.workspace = workspace[best];
-  compiled->chosen.ms = best_ms;
+  compiled->chosen.ms = measure ? best_ms : 0;
   compiled->chosen.measured = measured;
   return compiled;
 }
@@ -258,6 +263,7 @@ std::string PlannedKernel::describe() const {
   std::ostringstream s;
   s << "cuDNN " << p.engine << " (workspace " << p.workspace << " B";
   if (p.measured > 0) s << ", " << p.ms << " ms, fastest of " << p.measured;
+  else s << ", the heuristics' first that runs";
   s << ")";
   return s.str();
 }
@@ -376,9 +382,11 @@ std::unique_ptr<Kernel> make_cudnn_kernel(GraphRecipe recipe, const KernelInit& 
     const int64_t total = place_scratch(recipe.bindings, 0, offsets);
     return std::make_unique<CudnnKernel>(nullptr, total, where);
   }
+  const bool measure = init.context->measure_plans;
   const std::string key = recipe.signature + "|" + precision_name(init.precision) + "|device " +
                           std::to_string(ctx->device) + "|sm " +
-                          std::to_string(ctx->compute_major * 10 + ctx->compute_minor);
+                          std::to_string(ctx->compute_major * 10 + ctx->compute_minor) +
+                          (measure ? "|fastest" : "|first");
   std::shared_ptr<const CompiledGraph> compiled;
   {
     // One compile at a time: plans are built and timed on the device.
@@ -389,7 +397,7 @@ std::unique_ptr<Kernel> make_cudnn_kernel(GraphRecipe recipe, const KernelInit& 
     } else {
       std::shared_ptr<CompiledGraph> fresh;
       try {
-        fresh = compile(std::move(recipe), *ctx, init.precision, where);
+        fresh = compile(std::move(recipe), *ctx, init.precision, measure, where);
       } catch (const Error&) {
         throw;
       } catch (const std::exception& e) {

@@ -4,7 +4,8 @@
 //
 // A cuDNN kernel builds one cuDNN graph for its node at compile time, asks the heuristics for
 // engine configurations (modes A and FALLBACK), drops the configurations its precision forbids,
-// builds the plans, times each on scratch buffers on the kernel's stream and keeps the fastest.
+// builds the plans, times each on scratch buffers on the kernel's stream and keeps the fastest
+// (or, without ExecContext::measure_plans, keeps the first in the heuristics' order that runs).
 // Identical graphs (same op, shapes, attributes, precision and device) share one compiled plan
 // through a process-wide cache. At run time the kernel only fills the variant pack with the
 // step's pointers and executes the chosen plan on the context's cuDNN handle (bound to its
