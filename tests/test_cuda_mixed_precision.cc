@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include "tests/kernel_helpers.h"
 
@@ -89,6 +90,31 @@ TEST(CudaMixedPrecision, CastsAndEmulatedOpsMatchCpuExactly) {
     pool.set_attr("strides", Attribute{std::vector<int64_t>{2, 2}});
     EXPECT_TRUE(test::cuda_matches_cpu(pool, 0));
   }
+}
+
+// NonFinite over many inputs, as ResNet-50's 161 gradients: the kernel checks them in batches
+// of inputs per launch; an overflow in any input of any batch is found, and nothing else.
+TEST(CudaMixedPrecision, NonFiniteFindsAnOverflowInAnyBatchOfManyInputs) {
+  OXTRAIN_REQUIRE_GPU();
+  const DType types[] = {DType::f32, DType::f16, DType::bf16};
+  std::vector<Tensor> inputs;
+  for (int64_t i = 0; i < 200; ++i)
+    inputs.push_back(test::random_tensor(types[i % 3], {(i * 37) % 3001 + 1}, 40 + static_cast<uint64_t>(i)));
+  auto found_with = [&](int64_t bad_input, float value) {
+    std::vector<Tensor> xs = inputs;
+    if (bad_input >= 0) {
+      Tensor& t = xs[static_cast<size_t>(bad_input)];
+      t.data<float>()[t.numel() - 1] = value;  // the last element: the end of the stride
+    }
+    test::KernelCase k("NonFinite", "oxtrain", std::move(xs), {{DType::f32, {}}});
+    EXPECT_TRUE(test::cuda_matches_cpu(k, 0)) << "bad input " << bad_input;
+    k.run(17, runtime::Device::cuda);
+    return k.output(0).data<float>()[0];
+  };
+  EXPECT_EQ(found_with(-1, 0.0f), 0.0f);
+  EXPECT_EQ(found_with(0, INFINITY), 1.0f);    // the first launch
+  EXPECT_EQ(found_with(99, -INFINITY), 1.0f);  // the second
+  EXPECT_EQ(found_with(198, NAN), 1.0f);       // the third, its last but one input
 }
 
 TEST(CudaMixedPrecision, LossScalingKernelsMatchCpu) {
