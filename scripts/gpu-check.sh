@@ -108,7 +108,7 @@ overlap_limit=$((deadline - $(date +%s) - 60))
 overlap_pid=
 if [ "$overlap_limit" -ge 30 ]; then
   timeout --kill-after=5 "$overlap_limit" oxtrain_dp_overlap --ranks 2 --arch resnet18 --image-size 64 \
-    --batch-size 8 --threads 2 --iters 10 >"$logs/dp-overlap.log" 2>&1 &
+    --batch-size 8 --threads 2 --iters 20 >"$logs/dp-overlap.log" 2>&1 &
   overlap_pid=$!
 fi
 phase cuda-tests 180 oxtrain_tests --gtest_filter='*Cuda*:Cudnn*'
@@ -237,7 +237,7 @@ row "tf32 NCHW vs PyTorch channels-last" "$oxtrain_tf32_img" "$oxtrain_tf32_ms" 
 row "strict fp32 vs PyTorch strict fp32" "$oxtrain_fp32_img" "$oxtrain_fp32_ms" "$oxtrain_fp32_mem" strict_fp32_nchw
 row "bf16 NHWC vs PyTorch AMP bf16 NHWC" "$oxtrain_bf16_nhwc_img" "$oxtrain_bf16_nhwc_ms" "$oxtrain_bf16_nhwc_mem" amp_bf16_nhwc
 row "bf16 NCHW vs AMP bf16 NHWC" "$oxtrain_bf16_img" "$oxtrain_bf16_ms" "$oxtrain_bf16_mem" amp_bf16_nhwc
-row "bf16 NHWC --no-recompute vs AMP bf16" "$oxtrain_bf16_kept_img" "$oxtrain_bf16_kept_ms" "$oxtrain_bf16_kept_mem" amp_bf16_nhwc
+row "bf16 NHWC no-recompute vs AMP bf16" "$oxtrain_bf16_kept_img" "$oxtrain_bf16_kept_ms" "$oxtrain_bf16_kept_mem" amp_bf16_nhwc
 row "fp16 NHWC vs PyTorch AMP fp16 NHWC" "$oxtrain_fp16_nhwc_img" "$oxtrain_fp16_nhwc_ms" "$oxtrain_fp16_nhwc_mem" amp_fp16_nhwc
 row "fp16 NCHW vs AMP fp16 NHWC" "$oxtrain_fp16_img" "$oxtrain_fp16_ms" "$oxtrain_fp16_mem" amp_fp16_nhwc
 row "b256 bf16 NHWC vs PyTorch AMP bf16" "$oxtrain_bf16_b256_img" "$oxtrain_bf16_b256_ms" "$oxtrain_bf16_b256_mem" \

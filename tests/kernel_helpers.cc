@@ -51,7 +51,15 @@ void KernelCase::run(int64_t opset, runtime::Device device, runtime::Precision p
   if (!factory) throw Error(std::string("no ") + device_name(device) + " kernel for " + node_->describe());
   std::unique_ptr<DeviceRuntime> rt = DeviceRuntime::create(device, precision);
   std::unique_ptr<Kernel> kernel = (*factory)(KernelInit{*node_, opset, device, &rt->context(), precision});
-  std::vector<void*> buffers;
+  // Released however run() ends: a kernel that throws (a test of its refusal) leaks nothing.
+  struct Buffers {
+    DeviceRuntime& rt;
+    std::vector<void*> list;
+    ~Buffers() {
+      for (void* p : list) rt.release(p);
+    }
+    void push_back(void* p) { list.push_back(p); }
+  } buffers{*rt, {}};
   auto place = [&](Tensor& t, bool copy_in) -> void* {
     if (t.dtype == DType::undefined) return nullptr;
     void* p = rt->allocate(static_cast<int64_t>(t.bytes.size()), "a test tensor");
@@ -74,7 +82,6 @@ void KernelCase::run(int64_t opset, runtime::Device device, runtime::Precision p
     if (args.outputs[i].present() && !outputs_[i].bytes.empty())
       rt->copy_to_host(outputs_[i].bytes.data(), args.outputs[i].data, outputs_[i].bytes.size());
   rt->synchronize();
-  for (void* p : buffers) rt->release(p);
 }
 
 bool gpu_available(std::string* why) {
