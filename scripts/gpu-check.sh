@@ -74,6 +74,18 @@ phase() {  # phase NAME SECONDS COMMAND... : runs with a limit (cut to the deadl
 python_phase() {  # as phase, with the machine's own library path for PyTorch
   LD_LIBRARY_PATH=$system_library_path phase "$@"
 }
+# A failed GPU run once more with every launch waited for (CUDA_LAUNCH_BLOCKING=1): an
+# asynchronous CUDA error is then reported by the check after the launch that caused it, which
+# names the node. Only the first failure is diagnosed (its time is the benchmarks').
+diagnosed=0
+diagnose() {  # NAME COMMAND...
+  local name=$1
+  shift
+  [ "$diagnosed" = 1 ] && return 0
+  diagnosed=1
+  CUDA_LAUNCH_BLOCKING=1 phase "$name-blocking" 60 "$@"
+  notes+=("$name again with CUDA_LAUNCH_BLOCKING=1: $(grep -m1 -i 'error' "$logs/$name-blocking.log" | cut -c1-240)")
+}
 
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$logs/gpu.txt" 2>&1
@@ -91,11 +103,17 @@ echo "gpu-check: $gpu" >&2
   ldd "$box/bin/oxtrain" | grep -E 'not found|cudnn|nccl|cublas|cudart' || true
 } >"$logs/preflight-libraries.log" 2>&1
 preflight_ok=1
-phase preflight 90 oxtrain train --synthetic -a resnet18 --image-size 32 --num-classes 10 -b 8 --steps 2 -p 1 \
-  --device cuda --checkpoint-dir "$box/ck" || {
+preflight=(oxtrain train --synthetic -a resnet18 --image-size 32 --num-classes 10 -b 8 --steps 2 -p 1
+  --device cuda --checkpoint-dir "$box/ck")
+phase preflight 90 "${preflight[@]}" || {
+  preflight_rc=$?
   preflight_ok=0
   notes+=("preflight: a resnet18 step on the GPU failed: $(grep -m1 -i 'error' "$logs/preflight.log" | cut -c1-240)")
   notes+=("preflight: $(grep -m3 -E '=> not found|libcudnn[^ ]* =>' "$logs/preflight-libraries.log" | tr '\n' ' ' | cut -c1-240)")
+  # Not worth a second look where there is no GPU to run on at all.
+  if [ "$preflight_rc" != 124 ] && [ "$preflight_rc" != 137 ] && ! grep -q 'no NVIDIA driver\|no GPU' "$logs/preflight.log"; then
+    diagnose preflight "${preflight[@]}"
+  fi
 }
 
 # 1. The CUDA tests (every kernel against its CPU twin, the session tests, NCCL, cuDNN's plans).
@@ -159,6 +177,11 @@ bench_oxtrain() {  # NAME PRECISION BATCH DATA [FLAGS...]: sets ${NAME_}img, _ms
     [ "$unit" = Mi ] && mem=$(awk -v m="$mem" 'BEGIN { printf "%.2f", m / 1024 }')
   elif [ "$rc" != 125 ]; then
     notes+=("$name: no summary line: $(grep -m1 -i 'error' "$logs/$name.log" | cut -c1-200)")
+    if [ "$rc" != 124 ] && [ "$rc" != 137 ]; then
+      diagnose "$name" oxtrain train "${data_args[@]}" -a resnet50 -b "$batch" --steps 3 -p 1 --device cuda \
+        --precision "$precision" --checkpoint-dir "$box/ck" "$@"
+      rm -f "$box/ck"/*.oxt
+    fi
   fi
   printf -v "${var}_img" '%s' "${img:--}"
   printf -v "${var}_ms" '%s' "${ms:--}"
