@@ -2,6 +2,7 @@
 // it. Arenas come from cudaMalloc (one per arena, at allocate time, never during a step).
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -201,7 +202,12 @@ class CudaRuntime : public DeviceRuntime {
     if (consumed_) cuda::check(cudaEventRecord(consumed_, cuda_.stream), "cudaEventRecord", "releasing staged inputs");
   }
 
-  bool can_capture() const override { return true; }
+  // Not with CUDA_LAUNCH_BLOCKING=1 (every launch waited for, to find which kernel fails): a
+  // capture cannot wait, so such a run goes eagerly, kernel by kernel.
+  bool can_capture() const override {
+    const char* blocking = std::getenv("CUDA_LAUNCH_BLOCKING");
+    return !(blocking && std::strcmp(blocking, "1") == 0);
+  }
   // Thread-local capture: an unsafe call (allocation, host wait) from this thread still fails
   // the capture, while NCCL's own thread may set up connections meanwhile (NCCL's guidance
   // for collectives captured with a non-blocking communicator).
