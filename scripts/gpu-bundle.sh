@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs oxtrain's programs (built with CUDA) and the shared libraries a GPU machine lacks into one
-# xz archive small enough to carry there: the bundle folder is ~55 MB (OpenBLAS alone 36 MB),
-# the archive ~10 MB.
+# xz archive small enough to carry there: the bundle folder is ~113 MB (OpenBLAS alone 36 MB),
+# the archive ~20 MB.
 #
 #   scripts/gpu-bundle.sh [ARCHIVE]          default: .gpu.tar.xz (git-ignored)
 #
