@@ -18,7 +18,6 @@
 #include "autodiff/training.h"
 #include "base/error.h"
 #include "graph/ir.h"
-#include "graph/onnx_io.h"
 #include "graph/ops.h"
 #include "runtime/dist/communicator.h"
 #include "runtime/dist/store.h"
@@ -347,43 +346,27 @@ TEST(CudaCollective, NcclJobOfOneTrainsAResNetLikeOneProcess) {
   OXTRAIN_REQUIRE_GPU();
   auto store = runtime::dist::make_memory_store();
   auto comm = runtime::dist::make_nccl_communicator(*store, alone(), 0);
-  struct Run {
-    autodiff::TrainingGraph tg;
-    std::unique_ptr<runtime::Session> session;
-  };
   auto start = [&](bool job) {
     autodiff::TrainingOptions to;
     to.allreduce = job;
     to.bucket_bytes = 1 << 20;  // resnet18's 45 MB of gradients in many buckets
     to.last_bucket_bytes = 1 << 18;
-    Run r{autodiff::build_training_graph(test::zoo_at_batch("resnet18", 4, 64, 10, 3), to), nullptr};
     runtime::SessionOptions so;
     so.device = runtime::Device::cuda;
     so.precision = runtime::Precision::tf32;
     so.communicator = job ? comm.get() : nullptr;
-    for (const auto& [v, d] : r.tg.gradients) so.gradients.push_back(d);
-    r.session = std::make_unique<runtime::Session>(copy_graph(r.tg.graph), so);
-    return r;
+    return test::make_training_run(test::zoo_at_batch("resnet18", 4, 64, 10, 3), to, so);
   };
-  Run alone_run = start(false), job_run = start(true);
+  test::TrainingRun alone_run = start(false), job_run = start(true);
   EXPECT_TRUE(alone_run.tg.allreduce_nodes.empty());
   EXPECT_GE(job_run.tg.allreduce_nodes.size(), 10u);
   for (int64_t step = 0; step < 4; ++step)
-    for (Run* r : {&alone_run, &job_run}) {
-      r->session->feed("input", test::random_tensor(DType::f32, {4, 3, 64, 64}, 300 + static_cast<uint64_t>(step)));
-      r->session->feed(r->tg.labels, Tensor::from_int64({3, 7, 0, 9}, {4}));
-      r->session->feed(r->tg.learning_rate, Tensor::from_float({0.1f}, {}));
-      r->session->feed(r->tg.step, Tensor::from_int64({step}, {}));
-      r->session->run();
-    }
+    for (test::TrainingRun* r : {&alone_run, &job_run})
+      test::run_training_step(*r, 300 + static_cast<uint64_t>(step), {3, 7, 0, 9}, 0.1f, step);
   EXPECT_TRUE(job_run.session->replaying_graph());
-  size_t compared = 0;
-  for (const auto& [state, next] : alone_run.session->graph().updates) {
-    Tensor a = alone_run.session->fetch(state->name), b = job_run.session->fetch(state->name);
-    EXPECT_EQ(a.bytes, b.bytes) << state->name << " differs after 4 steps";
-    ++compared;
-  }
-  EXPECT_GT(compared, 100u);  // weights, momenta and batch-norm statistics
+  ASSERT_EQ(alone_run.states, job_run.states);
+  EXPECT_GT(alone_run.states.size(), 100u);  // weights, momenta and batch-norm statistics
+  EXPECT_EQ(test::differing_states(alone_run, job_run), 0) << "of " << alone_run.states.size() << " after 4 steps";
 }
 
 #endif  // OXTRAIN_HAVE_CUDA

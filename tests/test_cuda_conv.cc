@@ -195,13 +195,18 @@ TEST(CudaConv, OverwritesOutput) {
 }
 
 #ifdef OXTRAIN_HAVE_CUDA
+// The CUDA Conv kernel of `k`, compiled in strict fp32 on `rt`'s context.
+std::unique_ptr<runtime::Kernel> cuda_conv_kernel(KernelCase& k, runtime::DeviceRuntime& rt) {
+  return (*runtime::KernelRegistry::global().find("", "Conv", runtime::Device::cuda))(
+      runtime::KernelInit{k.node(), 17, runtime::Device::cuda, &rt.context(), Precision::fp32});
+}
+
 // The kernel reports the plan it measured and the workspace that plan needs.
 TEST(CudaConv, ReportsChosenPlan) {
   OXTRAIN_REQUIRE_GPU();
   KernelCase k = forward_case(cases()[0], 9);
   auto rt = runtime::DeviceRuntime::create(runtime::Device::cuda, Precision::fp32);
-  auto kernel = (*runtime::KernelRegistry::global().find("", "Conv", runtime::Device::cuda))(
-      runtime::KernelInit{k.node(), 17, runtime::Device::cuda, &rt->context(), Precision::fp32});
+  auto kernel = cuda_conv_kernel(k, *rt);
   auto* planned = dynamic_cast<runtime::cudnn::PlannedKernel*>(kernel.get());
   ASSERT_NE(planned, nullptr);
   const runtime::cudnn::ChosenPlan& plan = planned->chosen_plan();
@@ -221,8 +226,7 @@ TEST(CudaConv, UnmeasuredPlanIsTheHeuristicsFirstThatRuns) {
   auto rt = runtime::DeviceRuntime::create(runtime::Device::cuda, Precision::fp32);
   rt->set_measure_plans(false);
   EXPECT_FALSE(rt->context().measure_plans);
-  const runtime::KernelFactory* factory = runtime::KernelRegistry::global().find("", "Conv", runtime::Device::cuda);
-  auto kernel = (*factory)(runtime::KernelInit{k.node(), 17, runtime::Device::cuda, &rt->context(), Precision::fp32});
+  auto kernel = cuda_conv_kernel(k, *rt);
   auto* planned = dynamic_cast<runtime::cudnn::PlannedKernel*>(kernel.get());
   ASSERT_NE(planned, nullptr);
   const runtime::cudnn::ChosenPlan& plan = planned->chosen_plan();
@@ -231,8 +235,10 @@ TEST(CudaConv, UnmeasuredPlanIsTheHeuristicsFirstThatRuns) {
   EXPECT_EQ(plan.ms, 0.0);
   EXPECT_NE(planned->describe().find("the heuristics' first that runs"), std::string::npos) << planned->describe();
   rt->set_measure_plans(true);  // the same node measured is compiled apart from the unmeasured one
-  auto timed = (*factory)(runtime::KernelInit{k.node(), 17, runtime::Device::cuda, &rt->context(), Precision::fp32});
-  EXPECT_GE(dynamic_cast<runtime::cudnn::PlannedKernel*>(timed.get())->chosen_plan().measured, 1);
+  auto timed = cuda_conv_kernel(k, *rt);
+  auto* timed_plan = dynamic_cast<runtime::cudnn::PlannedKernel*>(timed.get());
+  ASSERT_NE(timed_plan, nullptr);
+  EXPECT_GE(timed_plan->chosen_plan().measured, 1);
 }
 
 // Without a device (planning only) the factory still makes a kernel; it has no plan, reports
