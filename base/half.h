@@ -71,4 +71,31 @@ OXTRAIN_HALF_HD float fp16_to_float(uint16_t h) {
 OXTRAIN_HALF_HD float half_to_float(uint16_t h, bool bf16) { return bf16 ? bf16_to_float(h) : fp16_to_float(h); }
 OXTRAIN_HALF_HD uint16_t float_to_half(float f, bool bf16) { return bf16 ? float_to_bf16(f) : float_to_fp16(f); }
 
+// Element i of a buffer of float32 (kind 0), float16 (1) or bfloat16 (2) as float32, and a
+// float32 stored into one, rounded as above: kernels that take all three through one body
+// compute in float32 and round once, as the CPU's emulation of half does.
+template <int kKind>
+OXTRAIN_HALF_HD float load_float(const void* p, int64_t i) {
+  if constexpr (kKind == 0) return static_cast<const float*>(p)[i];
+  else return half_to_float(static_cast<const uint16_t*>(p)[i], kKind == 2);
+}
+template <int kKind>
+OXTRAIN_HALF_HD void store_float(void* p, int64_t i, float v) {
+  if constexpr (kKind == 0) static_cast<float*>(p)[i] = v;
+  else static_cast<uint16_t*>(p)[i] = float_to_half(v, kKind == 2);
+}
+
+// Four half values as one 8-byte load gives them: two 32-bit words, element 0 in the low half
+// of `lo` (little-endian, as the GPU and the hosts oxtrain runs on).
+OXTRAIN_HALF_HD void unpack_halves(uint32_t lo, uint32_t hi, bool bf16, float v[4]) {
+  v[0] = half_to_float(static_cast<uint16_t>(lo & 0xffffu), bf16);
+  v[1] = half_to_float(static_cast<uint16_t>(lo >> 16), bf16);
+  v[2] = half_to_float(static_cast<uint16_t>(hi & 0xffffu), bf16);
+  v[3] = half_to_float(static_cast<uint16_t>(hi >> 16), bf16);
+}
+OXTRAIN_HALF_HD void pack_halves(const float v[4], bool bf16, uint32_t& lo, uint32_t& hi) {
+  lo = static_cast<uint32_t>(float_to_half(v[0], bf16)) | (static_cast<uint32_t>(float_to_half(v[1], bf16)) << 16);
+  hi = static_cast<uint32_t>(float_to_half(v[2], bf16)) | (static_cast<uint32_t>(float_to_half(v[3], bf16)) << 16);
+}
+
 }  // namespace oxtrain

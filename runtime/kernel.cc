@@ -23,6 +23,12 @@ std::string key(const std::string& domain, const std::string& op_type, Device de
   std::string d = domain == "ai.onnx" ? "" : domain;
   return d + "|" + op_type + "|" + device_name(device);
 }
+
+// The CUDA ops whose channels-last nodes run through the layout emulation.
+[[maybe_unused]] OpNames& cuda_layout_emulated_ops() {
+  static OpNames ops;
+  return ops;
+}
 }  // namespace
 
 void KernelRegistry::add(const std::string& domain, const std::string& op_type, Device device,
@@ -89,21 +95,36 @@ const KernelRegistry& KernelRegistry::global() {
     // float16 and bfloat16 for the kernels that compute only float32 (runtime/cuda/half_emulation.cu).
     r.wrap(Device::cuda, cuda::with_half_emulation);
     register_cuda_fused_kernels(r);
-    // cuDNN's convolutions and batch norms, BatchNormApply and 2-D max pooling take channels-last
+    // cuDNN's convolutions and batch norms, BatchNormApply and 2-D pooling take channels-last
     // as it is.
     OpNames native = layout_transparent_ops();
-    native.insert({"", "MaxPool"});
-    native.insert({graph::kOxtrainDomain, "MaxPoolGradFromInput"});
+    for (const char* op : {"MaxPool", "AveragePool", "GlobalAveragePool"}) native.insert({"", op});
+    for (const char* op : {"MaxPoolGradFromInput", "AveragePoolGrad", "GlobalAveragePoolGrad"})
+      native.insert({graph::kOxtrainDomain, op});
     for (const char* op : {"ConvGradData", "ConvGradFilter", "BatchNormTraining", "BatchNormGrad", "BatchNormApply"})
       native.insert({graph::kOxtrainDomain, op});
     native.insert({graph::kOxtrainDomain, "NormalizeImages"});
     native.insert({"", "Conv"});
     native.insert({"", "BatchNormalization"});
-    r.wrap(Device::cuda, layout_emulation(std::move(native)));
+    r.wrap(Device::cuda, layout_emulation(std::move(native), &cuda_layout_emulated_ops()));
 #endif
     return r;
   }();
   return registry;
+}
+
+std::string cuda_emulation(const graph::Node& node) {
+  std::string out;
+#ifdef OXTRAIN_HAVE_CUDA
+  KernelRegistry::global();  // the wrappers have seen every op
+  if (cuda::half_emulated(node)) out = "half widened to float32";
+  if (graph::is_channels_last(node) &&
+      cuda_layout_emulated_ops().count({node.domain == "ai.onnx" ? "" : node.domain, node.op_type}))
+    out += std::string(out.empty() ? "" : ", ") + "channels-first between transposes";
+#else
+  (void)node;
+#endif
+  return out;
 }
 
 namespace {

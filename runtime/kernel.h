@@ -123,6 +123,12 @@ class KernelRegistry {
   std::map<std::string, KernelFactory> factories_;
 };
 
+// How the CUDA kernel of `node` takes it where not as it is: "half widened to float32"
+// (runtime/cuda/half_emulation.cu), "channels-first between transposes"
+// (runtime/layout_emulation.h), both, or empty (also in builds without CUDA). Such nodes cost
+// conversion passes and workspace; `oxtrain graph --training --device cuda` lists them.
+std::string cuda_emulation(const graph::Node& node);
+
 // A kernel from a lambda, for kernels without state or workspace.
 std::unique_ptr<Kernel> make_kernel(std::function<void(const KernelArgs&)> run,
                                     size_t workspace_bytes = 0);

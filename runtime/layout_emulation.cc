@@ -124,13 +124,14 @@ class LayoutEmulationKernel final : public Kernel {
 
 }  // namespace
 
-KernelRegistry::Wrapper layout_emulation(OpNames native) {
-  return [native = std::move(native)](const std::string& domain, const std::string& op_type,
-                                      KernelFactory factory) -> KernelFactory {
+KernelRegistry::Wrapper layout_emulation(OpNames native, OpNames* wrapped) {
+  return [native = std::move(native), wrapped](const std::string& domain, const std::string& op_type,
+                                               KernelFactory factory) -> KernelFactory {
     const graph::OpSchema* schema = graph::find_schema(domain, op_type);
     if (!schema || !schema->layout.channels_last_form() ||
         native.count({domain == "ai.onnx" ? "" : domain, op_type}))
       return factory;
+    if (wrapped) wrapped->insert({domain == "ai.onnx" ? "" : domain, op_type});
     const graph::LayoutSlots slots = schema->layout;
     return [factory = std::move(factory), slots](const KernelInit& init) -> std::unique_ptr<Kernel> {
       if (!graph::is_channels_last(init.node)) return factory(init);

@@ -19,8 +19,9 @@ namespace oxtrain::runtime {
 // for ops in `native` (whose kernels take channels-last nodes as they are) and for nodes
 // without the attribute; else the emulation around it. The transposes are the device's
 // Transpose kernels.
+// `wrapped`, where given, collects the ops the wrapper put the emulation around.
 using OpNames = std::set<std::pair<std::string, std::string>>;  // (domain, op type); "" is ai.onnx
-KernelRegistry::Wrapper layout_emulation(OpNames native);
+KernelRegistry::Wrapper layout_emulation(OpNames native, OpNames* wrapped = nullptr);
 
 // The fused batch norms (runtime/fused_batchnorm.h): their inner kernels see the attribute.
 const OpNames& layout_transparent_ops();

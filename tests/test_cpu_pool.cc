@@ -11,7 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "base/half.h"
 #include "graph/ir.h"
+#include "graph/ops.h"
 #include "runtime/math/pool.h"
 #include "tests/kernel_helpers.h"
 
@@ -714,6 +716,131 @@ TEST(CpuPool, MaxPoolGradGatherMatchesScatterBitwise) {  // and MaxPoolGradFromI
         double total = 0;
         for (int64_t i = 0; i < dx.numel(); ++i) total += std::fabs(element(dx, i));
         EXPECT_GT(total, 0.0);
+      }
+}
+
+// The GPU's 2-D pooling kernels take channels-first and channels-last, float32 and half, as
+// stored: one element per thread through runtime/math/pool.h's element functions (which
+// element a thread is, where its planes lie, the window arithmetic), widening half on load and
+// rounding on store. Run here on the host, those bodies give the CPU kernels' bits; the CPU
+// sees channels-last through transposes and half through its float32 emulation. Every op of
+// the GPU's 2-D pooling: MaxPool (values and Indices, ties, NaN), MaxPoolGradFromInput,
+// AveragePool with and without the padding counted, AveragePoolGrad, GlobalAveragePool and its
+// gradient.
+TEST(CpuPool, GpuKernelBodiesMatchTheKernelsInEveryLayoutAndTypeBitwise) {
+  namespace math = runtime::math;
+  const PoolParams cases[] = {
+      {"stem 3x3 stride 2 pad 1", {5, 7, 11, 13}, {3, 3}, {2, 2}, {1, 1, 1, 1}, {}, "", 0},
+      {"3x3 stride 2 pad 1 ceil", {2, 3, 12, 14}, {3, 3}, {2, 2}, {1, 1, 1, 1}, {}, "", 1},
+      {"3x2 stride (2,1) dilation (2,1) asym pads", {2, 4, 12, 11}, {3, 2}, {2, 1}, {2, 0, 1, 1}, {2, 1}, "", 0},
+      {"whole plane", {3, 5, 7, 7}, {7, 7}, {}, {}, {}, "", 0},
+  };
+  auto load = [](const Tensor& t) {
+    return [&t](int64_t j) -> float {
+      if (t.dtype == DType::f32) return t.data<float>()[j];
+      return half_to_float(t.data<uint16_t>()[j], t.dtype == DType::bf16);
+    };
+  };
+  auto store = [](Tensor& t, int64_t i, float v) {
+    if (t.dtype == DType::f32) t.data<float>()[i] = v;
+    else t.data<uint16_t>()[i] = float_to_half(v, t.dtype == DType::bf16);
+  };
+  auto same_bits = [](const Tensor& a, const Tensor& b) {
+    return a.bytes.size() == b.bytes.size() && std::memcmp(a.bytes.data(), b.bytes.data(), a.bytes.size()) == 0;
+  };
+  uint64_t seed = 900;
+  for (const PoolParams& p : cases)
+    for (DType dt : {DType::f32, DType::f16, DType::bf16})
+      for (bool nhwc : {false, true}) {
+        SCOPED_TRACE(p.label + " " + graph::dtype_name(dt) + (nhwc ? " channels-last" : ""));
+        const Shape y_logical = pooled_shape(p);
+        const Shape xs = nhwc ? graph::to_channels_last_shape(p.x) : p.x;
+        const Shape ys = nhwc ? graph::to_channels_last_shape(y_logical) : y_logical;
+        const Shape pooled{p.x[0], p.x[1], 1, 1};
+        const Shape gs = nhwc ? graph::to_channels_last_shape(pooled) : pooled;
+        auto layout = [&](KernelCase& k) {
+          set_pool_attrs(k, p);
+          if (nhwc) k.set_attr(graph::kChannelsLast, Attribute{int64_t{1}});
+        };
+        Tensor x = tie_heavy(dt, xs, ++seed);
+        for (int64_t i = 3; i < x.numel(); i += 41) set_element(x, i, kNaN);
+        const Tensor smooth = random_tensor(dt, xs, ++seed);
+        const Tensor dy = random_tensor(dt, ys, ++seed);
+        const Tensor dg = random_tensor(dt, gs, ++seed);
+
+        KernelCase cpu_for_window("MaxPool", "", {random_tensor(DType::f32, p.x, 1)}, {{DType::f32, y_logical}});
+        set_pool_attrs(cpu_for_window, p);
+        const math::Pool2d g = [&] {
+          math::Pool2d r = math::pool_window_2d(cpu_for_window.node(), p.x, p.ceil_mode != 0, runtime::Device::cpu);
+          r.batch = p.x[0];
+          return r;
+        }();
+        ASSERT_EQ(g.rows.out, y_logical[2]);
+        ASSERT_EQ(g.cols.out, y_logical[3]);
+
+        // MaxPool, with Indices ([N, C, oH, oW] in either layout).
+        KernelCase max_pool("MaxPool", "", {x}, {{dt, ys}, {DType::i64, y_logical}});
+        layout(max_pool);
+        max_pool.run();
+        Tensor y(dt, ys), indices(DType::i64, y_logical);
+        for (int64_t i = 0; i < y.numel(); ++i) {
+          math::PoolElement e;
+          const math::MaxPick<float> m = math::max_pool_output_at<float>(g, nhwc, i, load(x), e);
+          store(y, i, m.value);
+          const int64_t plane = e.n * g.channels + e.c;
+          indices.data<int64_t>()[(plane * g.rows.out + e.h) * g.cols.out + e.w] =
+              math::max_pool_index(g, plane, m.at, false);
+        }
+        EXPECT_TRUE(same_bits(y, max_pool.output(0))) << "MaxPool";
+        EXPECT_TRUE(same_bits(indices, max_pool.output(1))) << "MaxPool Indices";
+
+        KernelCase max_grad("MaxPoolGradFromInput", "oxtrain", {dy, x}, {{dt, xs}});
+        layout(max_grad);
+        max_grad.run();
+        Tensor dx(dt, xs);
+        for (int64_t i = 0; i < dx.numel(); ++i)
+          store(dx, i, math::max_pool_grad_from_input_element<float>(g, nhwc, i, load(dy), load(x)));
+        EXPECT_TRUE(same_bits(dx, max_grad.output(0))) << "MaxPoolGradFromInput";
+
+        for (int64_t include_pad : {0, 1}) {
+          SCOPED_TRACE(include_pad ? "count_include_pad" : "padding not counted");
+          KernelCase avg("AveragePool", "", {smooth}, {{dt, ys}});
+          layout(avg);
+          avg.set_attr("count_include_pad", Attribute{include_pad});
+          avg.run();
+          Tensor ya(dt, ys);
+          for (int64_t i = 0; i < ya.numel(); ++i)
+            store(ya, i, math::avg_pool_output_at<float>(g, include_pad != 0, nhwc, i, load(smooth)));
+          EXPECT_TRUE(same_bits(ya, avg.output(0))) << "AveragePool";
+
+          KernelCase avg_grad("AveragePoolGrad", "oxtrain", {dy}, {{dt, xs}});
+          layout(avg_grad);
+          avg_grad.set_attr("count_include_pad", Attribute{include_pad});
+          avg_grad.set_attr("input_shape", Attribute{std::vector<int64_t>(p.x)});
+          avg_grad.run();
+          Tensor da(dt, xs);
+          for (int64_t i = 0; i < da.numel(); ++i)
+            store(da, i, math::avg_pool_grad_element<float>(g, include_pad != 0, nhwc, i, load(dy)));
+          EXPECT_TRUE(same_bits(da, avg_grad.output(0))) << "AveragePoolGrad";
+        }
+
+        const int64_t C = p.x[1], size = p.x[2] * p.x[3];
+        KernelCase gap("GlobalAveragePool", "", {smooth}, {{dt, gs}});
+        if (nhwc) gap.set_attr(graph::kChannelsLast, Attribute{int64_t{1}});
+        gap.run();
+        Tensor yg(dt, gs);
+        for (int64_t o = 0; o < yg.numel(); ++o)
+          store(yg, o, math::global_mean_output_at<float>(C, size, nhwc, o, load(smooth)));
+        EXPECT_TRUE(same_bits(yg, gap.output(0))) << "GlobalAveragePool";
+
+        KernelCase gap_grad("GlobalAveragePoolGrad", "oxtrain", {dg}, {{dt, xs}});
+        if (nhwc) gap_grad.set_attr(graph::kChannelsLast, Attribute{int64_t{1}});
+        gap_grad.set_attr("input_shape", Attribute{std::vector<int64_t>(p.x)});
+        gap_grad.run();
+        Tensor dgx(dt, xs);
+        for (int64_t i = 0; i < dgx.numel(); ++i)
+          store(dgx, i, math::global_mean_grad(load(dg)(math::global_mean_grad_source(C, size, nhwc, i)), size));
+        EXPECT_TRUE(same_bits(dgx, gap_grad.output(0))) << "GlobalAveragePoolGrad";
       }
 }
 

@@ -1,7 +1,7 @@
 // Channels-last nodes on the GPU against the CPU, which runs them through the layout emulation
 // (runtime/layout_emulation.h): cuDNN's convolutions and batch norms with channels-last
 // strides, BatchNormApply's channel index, the fused batch norms passing the attribute on, and
-// the emulated pooling. Skips with a message where no GPU is at hand.
+// the pooling kernels' own channels-last forms. Skips with a message where no GPU is at hand.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -96,11 +96,12 @@ TEST(CudaChannelsLast, BatchNormsMatchCpu) {
   }
 }
 
-// 2-D max pooling runs channels-last and in half natively on the GPU (MaxPool and its gradient
-// from the input), the CPU through its emulation (transposes; half widened, computed in
-// float32, rounded): the same bits, ties and NaN included. Global average pooling is still
-// emulated on the GPU.
-TEST(CudaChannelsLast, MaxPoolingMatchesCpuExactlyInEveryLayoutAndType) {
+// 2-D pooling runs channels-last and in half natively on the GPU (MaxPool, AveragePool, global
+// average pooling and their gradients), the CPU through its emulations (transposes; half
+// widened, computed in float32, rounded): the same bits, ties and NaN included. Only
+// channels-first global average pooling sums a plane in another order (a warp's lanes, in
+// double), so its means may round one unit apart.
+TEST(CudaChannelsLast, PoolingMatchesCpuExactlyInEveryLayoutAndType) {
   OXTRAIN_REQUIRE_GPU();
   struct Case {
     const char* label;
@@ -124,13 +125,16 @@ TEST(CudaChannelsLast, MaxPoolingMatchesCpuExactlyInEveryLayoutAndType) {
         for (int64_t i = 5; i < x.numel(); i += 53) test::set_element(x, i, std::nan(""));
         Tensor xt = dt == DType::f32 ? x : test::random_tensor(dt, xs, seed, -3, 3);
         for (int64_t i = 0; i < xt.numel(); ++i) test::set_element(xt, i, test::element(x, i));
+        auto layout = [&](KernelCase& k) {
+          if (channels_last) k.set_attr(kChannelsLast, Attribute{int64_t{1}});
+        };
         auto window_of = [&](KernelCase& k) {
           k.set_attr("kernel_shape", Attribute{c.kernel});
           k.set_attr("strides", Attribute{c.strides});
           k.set_attr("pads", Attribute{c.pads});
           k.set_attr("dilations", Attribute{c.dilations});
           k.set_attr("ceil_mode", Attribute{c.ceil_mode});
-          if (channels_last) k.set_attr(kChannelsLast, Attribute{int64_t{1}});
+          layout(k);
         };
         KernelCase pool("MaxPool", "", {xt}, {{dt, ys}});
         window_of(pool);
@@ -139,25 +143,35 @@ TEST(CudaChannelsLast, MaxPoolingMatchesCpuExactlyInEveryLayoutAndType) {
         KernelCase indexed("MaxPool", "", {xt}, {{dt, ys}, {DType::i64, c.y}});
         window_of(indexed);
         EXPECT_TRUE(test::cuda_bitwise_matches_cpu(indexed)) << "MaxPool with Indices";
-        KernelCase grad("MaxPoolGradFromInput", "oxtrain", {random_tensor(dt, ys, ++seed), xt}, {{dt, xs}});
+        const Tensor dy = random_tensor(dt, ys, ++seed);
+        KernelCase grad("MaxPoolGradFromInput", "oxtrain", {dy, xt}, {{dt, xs}});
         window_of(grad);
         EXPECT_TRUE(test::cuda_bitwise_matches_cpu(grad)) << "MaxPoolGradFromInput";
-      }
-}
 
-// MaxPool takes channels-last as it is on the GPU; global average pooling has no channels-last
-// kernel there yet: the emulation's transposes around the channels-first one. Both exact.
-TEST(CudaChannelsLast, EmulatedPoolingMatchesCpuExactly) {
-  OXTRAIN_REQUIRE_GPU();
-  const Shape x{5, 7, 11, 13}, y{5, 7, 6, 7};
-  KernelCase pool("MaxPool", "", {random_tensor(DType::f32, nhwc(x), 21)}, {{DType::f32, nhwc(y)}});
-  window(pool);
-  pool.set_attr(kChannelsLast, Attribute{int64_t{1}});
-  EXPECT_TRUE(test::cuda_matches_cpu(pool, 0));
-  KernelCase gap("GlobalAveragePool", "", {random_tensor(DType::f32, nhwc(x), 22)},
-                 {{DType::f32, Shape{5, 1, 1, 7}}});
-  gap.set_attr(kChannelsLast, Attribute{int64_t{1}});
-  EXPECT_TRUE(test::cuda_matches_cpu(gap, 1e-6));
+        const Tensor smooth = random_tensor(dt, xs, ++seed);
+        for (int64_t include_pad : {0, 1}) {
+          KernelCase avg("AveragePool", "", {smooth}, {{dt, ys}});
+          window_of(avg);
+          avg.set_attr("count_include_pad", Attribute{include_pad});
+          EXPECT_TRUE(test::cuda_bitwise_matches_cpu(avg)) << "AveragePool, count_include_pad " << include_pad;
+          KernelCase avg_grad("AveragePoolGrad", "oxtrain", {dy}, {{dt, xs}});
+          window_of(avg_grad);
+          avg_grad.set_attr("count_include_pad", Attribute{include_pad});
+          avg_grad.set_attr("input_shape", Attribute{std::vector<int64_t>(c.x)});
+          EXPECT_TRUE(test::cuda_bitwise_matches_cpu(avg_grad)) << "AveragePoolGrad, count_include_pad " << include_pad;
+        }
+
+        const Shape pooled{c.x[0], c.x[1], 1, 1};
+        const Shape gs = channels_last ? nhwc(pooled) : pooled;
+        KernelCase gap("GlobalAveragePool", "", {smooth}, {{dt, gs}});
+        layout(gap);
+        if (channels_last) EXPECT_TRUE(test::cuda_bitwise_matches_cpu(gap)) << "GlobalAveragePool";
+        else EXPECT_TRUE(test::cuda_matches_cpu(gap, tolerance(dt))) << "GlobalAveragePool";
+        KernelCase gap_grad("GlobalAveragePoolGrad", "oxtrain", {random_tensor(dt, gs, ++seed)}, {{dt, xs}});
+        layout(gap_grad);
+        gap_grad.set_attr("input_shape", Attribute{std::vector<int64_t>(c.x)});
+        EXPECT_TRUE(test::cuda_bitwise_matches_cpu(gap_grad)) << "GlobalAveragePoolGrad";
+      }
 }
 
 // A whole ResNet-18 step on the GPU with everything this runtime does to the graph (fused
@@ -182,38 +196,57 @@ TEST(CudaChannelsLast, ResNetStepMatchesThePlainGraphOnTheCpu) {
 }
 
 #ifdef OXTRAIN_HAVE_CUDA
-// Without a device: 2-D max pooling in half and channels-last reaches the pooling kernels as it
-// is (no workspace: nothing transposed or widened around them), while forms they lack (1-D in
-// half, global average pooling channels-last) still go through the emulations.
-TEST(CudaChannelsLast, MaxPoolingIsNativeInHalfAndChannelsLast) {
+// Without a device: 2-D pooling in half and channels-last reaches the pooling kernels as it is
+// (no workspace: nothing transposed or widened around them), while forms they lack (1-D in half,
+// a pooling whose input and output types differ) still go through the emulations.
+TEST(CudaChannelsLast, PoolingIsNativeInHalfAndChannelsLast) {
   auto workspace = [](KernelCase& k) {
     const runtime::KernelFactory* f = runtime::KernelRegistry::global().find(
         k.node().domain, k.node().op_type, runtime::Device::cuda);
     EXPECT_NE(f, nullptr);
     return (*f)(runtime::KernelInit{k.node(), 17, runtime::Device::cuda, nullptr, Precision::tf32})->workspace_bytes();
   };
-  const Shape x{4, 8, 10, 12}, y{4, 8, 5, 6};
+  auto pool_window = [](KernelCase& k, bool channels_last, std::vector<int64_t> kernel) {
+    k.set_attr("kernel_shape", Attribute{kernel});
+    k.set_attr("strides", Attribute{kernel});
+    if (channels_last) k.set_attr(kChannelsLast, Attribute{int64_t{1}});
+  };
+  const Shape x{4, 8, 10, 12}, y{4, 8, 5, 6}, pooled{4, 8, 1, 1};
   for (DType dt : {DType::f32, DType::bf16, DType::f16})
     for (bool channels_last : {false, true}) {
       SCOPED_TRACE(std::string(dtype_name(dt)) + (channels_last ? " channels-last" : ""));
       const Shape xs = channels_last ? nhwc(x) : x, ys = channels_last ? nhwc(y) : y;
-      KernelCase pool("MaxPool", "", {random_tensor(dt, xs, 1)}, {{dt, ys}});
-      pool.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
-      pool.set_attr("strides", Attribute{std::vector<int64_t>{2, 2}});
-      if (channels_last) pool.set_attr(kChannelsLast, Attribute{int64_t{1}});
-      EXPECT_EQ(workspace(pool), 0u);
-      KernelCase grad("MaxPoolGradFromInput", "oxtrain", {random_tensor(dt, ys, 2), random_tensor(dt, xs, 3)}, {{dt, xs}});
-      grad.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
-      grad.set_attr("strides", Attribute{std::vector<int64_t>{2, 2}});
-      if (channels_last) grad.set_attr(kChannelsLast, Attribute{int64_t{1}});
-      EXPECT_EQ(workspace(grad), 0u);
+      const Shape gs = channels_last ? nhwc(pooled) : pooled;
+      for (const char* op : {"MaxPool", "AveragePool"}) {
+        KernelCase pool(op, "", {random_tensor(dt, xs, 1)}, {{dt, ys}});
+        pool_window(pool, channels_last, {2, 2});
+        EXPECT_EQ(workspace(pool), 0u) << op;
+      }
+      KernelCase max_grad("MaxPoolGradFromInput", "oxtrain", {random_tensor(dt, ys, 2), random_tensor(dt, xs, 3)},
+                          {{dt, xs}});
+      pool_window(max_grad, channels_last, {2, 2});
+      EXPECT_EQ(workspace(max_grad), 0u) << "MaxPoolGradFromInput";
+      KernelCase avg_grad("AveragePoolGrad", "oxtrain", {random_tensor(dt, ys, 4)}, {{dt, xs}});
+      pool_window(avg_grad, channels_last, {2, 2});
+      avg_grad.set_attr("input_shape", Attribute{std::vector<int64_t>(x)});
+      EXPECT_EQ(workspace(avg_grad), 0u) << "AveragePoolGrad";
+      KernelCase gap("GlobalAveragePool", "", {random_tensor(dt, xs, 5)}, {{dt, gs}});
+      if (channels_last) gap.set_attr(kChannelsLast, Attribute{int64_t{1}});
+      EXPECT_EQ(workspace(gap), 0u) << "GlobalAveragePool";
+      KernelCase gap_grad("GlobalAveragePoolGrad", "oxtrain", {random_tensor(dt, gs, 6)}, {{dt, xs}});
+      if (channels_last) gap_grad.set_attr(kChannelsLast, Attribute{int64_t{1}});
+      gap_grad.set_attr("input_shape", Attribute{std::vector<int64_t>(x)});
+      EXPECT_EQ(workspace(gap_grad), 0u) << "GlobalAveragePoolGrad";
     }
-  KernelCase one_d("MaxPool", "", {random_tensor(DType::bf16, {4, 8, 12}, 4)}, {{DType::bf16, {4, 8, 6}}});
-  one_d.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2}});
-  one_d.set_attr("strides", Attribute{std::vector<int64_t>{2}});
-  EXPECT_GT(workspace(one_d), 0u);  // widened to float32 and back
-  KernelCase gap("GlobalAveragePool", "", {random_tensor(DType::f32, nhwc(x), 5)}, {{DType::f32, Shape{4, 1, 1, 8}}});
-  gap.set_attr(kChannelsLast, Attribute{int64_t{1}});
-  EXPECT_GT(workspace(gap), 0u);  // transposed around the channels-first kernel
+  for (const char* op : {"MaxPool", "AveragePool"}) {
+    KernelCase one_d(op, "", {random_tensor(DType::bf16, {4, 8, 12}, 4)}, {{DType::bf16, {4, 8, 6}}});
+    pool_window(one_d, false, {2});
+    EXPECT_GT(workspace(one_d), 0u) << op << " 1-D: widened to float32 and back";
+  }
+  // Global average pooling at rank 3 in half is native; with a float32 output it is not.
+  KernelCase rank3("GlobalAveragePool", "", {random_tensor(DType::f16, {4, 8, 12}, 7)}, {{DType::f16, {4, 8, 1}}});
+  EXPECT_EQ(workspace(rank3), 0u);
+  KernelCase mixed("GlobalAveragePool", "", {random_tensor(DType::f16, {4, 8, 12}, 7)}, {{DType::f32, {4, 8, 1}}});
+  EXPECT_GT(workspace(mixed), 0u);
 }
 #endif  // OXTRAIN_HAVE_CUDA

@@ -416,6 +416,89 @@ TEST(CudaElementwise, ReduceMeanGradIsExact) {
   }
 }
 
+// float16 and bfloat16 natively: every operand widened on load, the op in float32, the result
+// rounded once on store, as the CPU's emulation of half computes it (widened copies, the
+// float32 kernel, rounded outputs): the same bits, in both the four-at-a-time path (a multiple
+// of 4 elements) and the one-at-a-time path, broadcasting, and a Sum whose running float32
+// total crosses launches. Reductions differ from the CPU only in their double sums' order: at
+// most one unit in the last place of the half result.
+TEST(CudaElementwise, HalfIsTheCpuEmulationBitForBit) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType h : {DType::f16, DType::bf16}) {
+    SCOPED_TRACE(graph::dtype_name(h));
+    uint64_t seed = 500;
+    for (const Shape& s : {Shape{64, 32, 20, 20}, Shape{5, 7, 11, 13}, Shape{3}}) {
+      SCOPED_TRACE(graph::shape_str(s));
+      const Tensor a = random_tensor(h, s, ++seed, -3.0, 3.0);
+      const Tensor b = random_tensor(h, s, ++seed, 0.25, 2.0);
+      for (const char* op : {"Add", "Sub", "Mul", "Div"}) {
+        KernelCase kc(op, "", {a, b}, {{h, s}});
+        EXPECT_TRUE(cuda_bitwise_matches_cpu(kc)) << op;
+      }
+      KernelCase relu("Relu", "", {a}, {{h, s}});
+      EXPECT_TRUE(cuda_bitwise_matches_cpu(relu)) << "Relu";
+      KernelCase neg("Neg", "", {a}, {{h, s}});
+      EXPECT_TRUE(cuda_bitwise_matches_cpu(neg)) << "Neg";
+      KernelCase relu_grad("ReluGrad", "oxtrain", {b, a}, {{h, s}});
+      EXPECT_TRUE(cuda_bitwise_matches_cpu(relu_grad)) << "ReluGrad";
+      // The residual join's gradient: two same-shape terms; and three.
+      KernelCase sum2("Sum", "", {a, b}, {{h, s}});
+      EXPECT_TRUE(cuda_bitwise_matches_cpu(sum2)) << "Sum of 2";
+      KernelCase sum3("Sum", "", {a, b, random_tensor(h, s, ++seed)}, {{h, s}});
+      EXPECT_TRUE(cuda_bitwise_matches_cpu(sum3)) << "Sum of 3";
+    }
+    // Broadcasting: a per-channel bias, both sides broadcast.
+    const Shape big{5, 7, 11, 13};
+    for (const char* op : {"Add", "Mul"}) {
+      KernelCase bias(op, "", {random_tensor(h, big, ++seed), random_tensor(h, {7, 1, 1}, ++seed)}, {{h, big}});
+      EXPECT_TRUE(cuda_bitwise_matches_cpu(bias)) << op << " per channel";
+      KernelCase both(op, "", {random_tensor(h, {5, 1, 11, 1}, ++seed), random_tensor(h, {7, 1, 13}, ++seed)},
+                      {{h, big}});
+      EXPECT_TRUE(cuda_bitwise_matches_cpu(both)) << op << " both broadcast";
+    }
+    // 20 terms of mixed magnitudes, some broadcast: two launches, the running sum kept in
+    // float32 between them and rounded once, as the CPU's emulation does (rounding it to half
+    // between launches would show here).
+    std::vector<Tensor> many;
+    for (int i = 0; i < 20; ++i) {
+      const Shape s = i % 7 == 3 ? Shape{7, 1, 13} : big;
+      const double scale = i % 3 == 0 ? 100.0 : 1e-2;
+      many.push_back(random_tensor(h, s, ++seed, -scale, scale));
+    }
+    KernelCase lots("Sum", "", many, {{h, big}});
+    EXPECT_TRUE(cuda_bitwise_matches_cpu(lots)) << "Sum of 20";
+    std::vector<Tensor> flat_many;
+    for (int i = 0; i < 20; ++i) flat_many.push_back(random_tensor(h, {64, 32, 20, 20}, ++seed, -10.0, 10.0));
+    KernelCase flat_lots("Sum", "", flat_many, {{h, {64, 32, 20, 20}}});
+    EXPECT_TRUE(cuda_bitwise_matches_cpu(flat_lots)) << "Sum of 20, four at a time";
+
+    // Reductions and ReduceMean's gradient.
+    const double ulp = h == DType::bf16 ? 1.0 / 128 : 1.0 / 1024;
+    const Tensor x = random_tensor(h, big, ++seed, 0.5, 1.5);  // one sign: the bound is relative to each output
+    KernelCase sum_to("ReduceSumTo", "oxtrain", {x}, {{h, {7, 1, 1}}});
+    sum_to.set_attr("shape", Attribute{std::vector<int64_t>{7, 1, 1}});
+    EXPECT_TRUE(cuda_matches_cpu(sum_to, ulp)) << "ReduceSumTo";
+    KernelCase sum_rows("ReduceSumTo", "oxtrain", {x}, {{h, {13}}});
+    sum_rows.set_attr("shape", Attribute{std::vector<int64_t>{13}});
+    EXPECT_TRUE(cuda_matches_cpu(sum_rows, ulp)) << "ReduceSumTo, inner dim kept";
+    KernelCase mean("ReduceMean", "", {x}, {{h, {5, 1, 11, 1}}});
+    mean.set_attr("axes", Attribute{std::vector<int64_t>{1, 3}});
+    EXPECT_TRUE(cuda_matches_cpu(mean, ulp)) << "ReduceMean";
+    KernelCase mean_grad("ReduceMeanGrad", "oxtrain", {random_tensor(h, {5, 1, 11, 1}, ++seed)}, {{h, big}});
+    mean_grad.set_attr("axes", Attribute{std::vector<int64_t>{1, 3}});
+    mean_grad.set_attr("input_shape", Attribute{big});
+    EXPECT_TRUE(cuda_bitwise_matches_cpu(mean_grad)) << "ReduceMeanGrad";
+
+    // Moved by element size: a transpose as the channels-last pass writes them, a reshape.
+    KernelCase to_last("Transpose", "", {random_tensor(h, big, ++seed)}, {{h, {5, 11, 13, 7}}});
+    to_last.set_attr("perm", Attribute{std::vector<int64_t>{0, 2, 3, 1}});
+    EXPECT_TRUE(cuda_bitwise_matches_cpu(to_last)) << "Transpose";
+    KernelCase reshape("Reshape", "", {random_tensor(h, big, ++seed), Tensor::from_int64({35, 143}, {2})},
+                       {{h, {35, 143}}});
+    EXPECT_TRUE(cuda_bitwise_matches_cpu(reshape)) << "Reshape";
+  }
+}
+
 TEST(CudaElementwise, RefusesWhatItCannotDo) {
   OXTRAIN_REQUIRE_GPU();
   // float64: the CUDA kernels take float32.

@@ -4,8 +4,16 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
+#include <string>
 #include <vector>
 
+#include "autodiff/training.h"
+#include "graph/ops.h"
+#include "graph/passes.h"
+#include "runtime/cpu/half_emulation.h"
+#include "runtime/kernel.h"
+#include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
@@ -197,3 +205,39 @@ TEST(CudaMixedPrecision, RecomputedBatchNormMatchesCpuExactly) {
     EXPECT_TRUE(test::cuda_matches_cpu(relu, 0));
   }
 }
+
+#ifdef OXTRAIN_HAVE_CUDA
+// Without a device: which nodes of ResNet-50's training step, as `oxtrain train` builds it
+// (uint8 images normalised in the graph, fused batch norms recomputed in backward), take the
+// GPU's conversion passes instead of running in half and channels-last as they are. In every
+// precision and layout only the classifier's three matrix products do (cuBLASLt runs float32
+// here); a graph pass that brings in an op without a native form shows up as a new entry.
+TEST(CudaMixedPrecision, ResNet50RunsEveryNodeNativelyButTheClassifier) {
+  for (DType half : {DType::undefined, DType::bf16, DType::f16})
+    for (bool channels_last : {false, true}) {
+      SCOPED_TRACE(std::string(half == DType::undefined ? "float32" : dtype_name(half)) +
+                   (channels_last ? " channels-last" : ""));
+      Graph forward = test::zoo_at_batch("resnet50", 2, 64, 10, 3);
+      normalize_images_input(forward, {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f});
+      autodiff::TrainingOptions to;
+      to.half = half;
+      to.fuse_batchnorm_relu = to.recompute_batchnorm_relu = true;
+      to.channels_last = channels_last;
+      autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(forward), to);
+      std::map<std::string, int> emulated;
+      int half_nodes = 0, channels_last_nodes = 0;
+      for (const auto& n : tg.graph.nodes()) {
+        const std::string how = runtime::cuda_emulation(*n);
+        if (!how.empty()) ++emulated[n->op_type + ": " + how];
+        half_nodes += runtime::cpu::has_half_values(*n);
+        channels_last_nodes += is_channels_last(*n);
+      }
+      // The graph does hold what the kernels must take as it is.
+      EXPECT_GT(half_nodes, half == DType::undefined ? -1 : 500);
+      EXPECT_GT(channels_last_nodes, channels_last ? 300 : -1);
+      std::map<std::string, int> expected;
+      if (half != DType::undefined) expected["Gemm: half widened to float32"] = 3;
+      EXPECT_EQ(emulated, expected);
+    }
+}
+#endif  // OXTRAIN_HAVE_CUDA

@@ -131,6 +131,40 @@ TEST(HalfConversion, WideningIsExactAndNaNStaysNaN) {
   EXPECT_EQ(bf16_to_float(float_to_bf16(1.01171875f)), 1.015625f);  // tie to even: up
 }
 
+// The GPU's element-wise kernels move four halves per 8-byte load (base/half.h's
+// unpack_halves / pack_halves): element k of a buffer is value k, read through the buffer's
+// own bytes, and packing rounds each value as store_float does.
+TEST(HalfConversion, FourHalvesPerVectorLoadKeepTheirOrder) {
+  for (DType half : kHalves) {
+    SCOPED_TRACE(dtype_name(half));
+    const bool bf16 = half == DType::bf16;
+    const float values[8] = {1.0f, -2.5f, 3.25f, 0.0f, -0.0f, 65504.0f, 1.0f / 3, -7.75f};
+    uint16_t buffer[8];
+    for (int k = 0; k < 8; ++k) {
+      if (bf16) store_float<2>(buffer, k, values[k]);
+      else store_float<1>(buffer, k, values[k]);
+    }
+    for (int q = 0; q < 2; ++q) {
+      uint32_t words[2];
+      std::memcpy(words, buffer + 4 * q, sizeof words);  // what one 8-byte load gives
+      float got[4];
+      unpack_halves(words[0], words[1], bf16, got);
+      for (int j = 0; j < 4; ++j) {
+        const float want = bf16 ? load_float<2>(buffer, 4 * q + j) : load_float<1>(buffer, 4 * q + j);
+        EXPECT_EQ(float_bits(got[j]), float_bits(want)) << "element " << 4 * q + j;
+      }
+      uint32_t lo = 0, hi = 0;
+      const float unrounded[4] = {values[4 * q], values[4 * q + 1], values[4 * q + 2], values[4 * q + 3]};
+      pack_halves(unrounded, bf16, lo, hi);
+      EXPECT_EQ(lo, words[0]);
+      EXPECT_EQ(hi, words[1]);
+    }
+    // The order is not symmetric: swapping any two elements would show.
+    EXPECT_NE(buffer[0], buffer[1]);
+    EXPECT_NE(buffer[2], buffer[3]);
+  }
+}
+
 // A half node runs its float32 kernel on the widened inputs and rounds the outputs: the
 // same bits as doing that by hand.
 TEST(HalfEmulation, ConvInHalfIsTheFloat32ConvRounded) {

@@ -318,14 +318,10 @@ void avg_pool_grad(const Pool2d& g, int64_t batch, bool include_pad, const T* dy
 // GlobalAveragePool: any rank >= 3, the spatial dims flattened.
 
 template <typename T>
-void global_avg_pool(int64_t planes, int64_t size, const T* x, T* y) {
+void global_avg_pool(int64_t planes, int64_t channels, int64_t size, const T* x, T* y) {
 #pragma omp parallel for schedule(static) if (planes * size >= kParallelMin)
-  for (int64_t pl = 0; pl < planes; ++pl) {
-    const T* xp = x + pl * size;
-    double sum = 0;
-    for (int64_t i = 0; i < size; ++i) sum += xp[i];
-    y[pl] = math::global_mean<T>(sum, size);
-  }
+  for (int64_t pl = 0; pl < planes; ++pl)
+    y[pl] = math::global_mean_output_at<T>(channels, size, false, pl, [x](int64_t j) { return x[j]; });
 }
 
 template <typename T>
@@ -652,7 +648,7 @@ void register_cpu_pool_kernels(KernelRegistry& registry) {
       using T = decltype(zero);
       return make_kernel([size](const KernelArgs& a) {
         const graph::Shape& s = a.inputs[0].shape;
-        global_avg_pool<T>(s[0] * s[1], size, a.inputs[0].as<T>(), a.outputs[0].as<T>());
+        global_avg_pool<T>(s[0] * s[1], s[1], size, a.inputs[0].as<T>(), a.outputs[0].as<T>());
       });
     });
   });

@@ -23,17 +23,6 @@ struct ChannelIndex {
   }
 };
 
-template <int kKind>  // 0 float32, 1 float16, 2 bfloat16
-__device__ float load(const void* p, int64_t i) {
-  if constexpr (kKind == 0) return static_cast<const float*>(p)[i];
-  else return half_to_float(static_cast<const uint16_t*>(p)[i], kKind == 2);
-}
-template <int kKind>
-__device__ void store(void* p, int64_t i, float v) {
-  if constexpr (kKind == 0) static_cast<float*>(p)[i] = v;
-  else static_cast<uint16_t*>(p)[i] = float_to_half(v, kKind == 2);
-}
-
 // The block's sum of `v` in a fixed tree; every thread of the block calls it and gets the sum.
 __device__ double block_sum(double v, double* shared) {
   __syncthreads();  // the previous call's result has been read
@@ -61,7 +50,7 @@ __global__ void inference_kernel(InferenceParams p) {
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t c = p.channels_last ? i % p.channels : (i / p.spatial) % p.channels;
     const float k = math::batchnorm_inference_factor(p.scale[c], p.var[c], p.eps);
-    store<kKind>(p.y, i, math::batchnorm_inference(load<kKind>(p.x, i), p.mean[c], k, p.bias[c]));
+    store_float<kKind>(p.y, i, math::batchnorm_inference(load_float<kKind>(p.x, i), p.mean[c], k, p.bias[c]));
   }
 }
 
@@ -86,11 +75,11 @@ __global__ void training_kernel(TrainingParams p) {
   // share their buffers, and only thread 0 writes them, after the sums.
   const double sc = p.scale[c], b = p.bias[c], rm = p.run_mean[c], rv = p.run_var[c];
   double part = 0;
-  for (int64_t j = threadIdx.x; j < p.m; j += kThreads) part += load<kKind>(p.x, p.at(c, j));
+  for (int64_t j = threadIdx.x; j < p.m; j += kThreads) part += load_float<kKind>(p.x, p.at(c, j));
   const double mean = p.m > 0 ? block_sum(part, shared) / static_cast<double>(p.m) : 0.0;
   part = 0;
   for (int64_t j = threadIdx.x; j < p.m; j += kThreads) {
-    const double d = static_cast<double>(load<kKind>(p.x, p.at(c, j))) - mean;
+    const double d = static_cast<double>(load_float<kKind>(p.x, p.at(c, j))) - mean;
     part += d * d;
   }
   const double sq = block_sum(part, shared);
@@ -100,7 +89,7 @@ __global__ void training_kernel(TrainingParams p) {
   const float sc_t = static_cast<float>(sc), b_t = static_cast<float>(b);
   for (int64_t j = threadIdx.x; j < p.m; j += kThreads) {
     const int64_t i = p.at(c, j);
-    store<kKind>(p.y, i, math::batchnorm_apply(load<kKind>(p.x, i), mean_t, inv_std_t, sc_t, b_t));
+    store_float<kKind>(p.y, i, math::batchnorm_apply(load_float<kKind>(p.x, i), mean_t, inv_std_t, sc_t, b_t));
   }
   if (threadIdx.x != 0) return;
   if (p.mean_out) p.mean_out[c] = static_cast<float>(math::batchnorm_running_mean(rm, mean, p.momentum));
@@ -127,9 +116,9 @@ __global__ void grad_kernel(GradParams p) {
   double part_dy = 0, part_dy_xc = 0;
   for (int64_t j = threadIdx.x; j < p.m; j += kThreads) {
     const int64_t i = p.at(c, j);
-    const double d = load<kKind>(p.dy, i);
+    const double d = load_float<kKind>(p.dy, i);
     part_dy += d;
-    part_dy_xc += d * (static_cast<double>(load<kKind>(p.x, i)) - mean);
+    part_dy_xc += d * (static_cast<double>(load_float<kKind>(p.x, i)) - mean);
   }
   const double sum_dy = block_sum(part_dy, shared);
   const double sum_dy_xhat = block_sum(part_dy_xc, shared) * inv_std;
@@ -138,9 +127,9 @@ __global__ void grad_kernel(GradParams p) {
     const double k = p.m > 0 ? sc * inv_std / md : 0.0;
     for (int64_t j = threadIdx.x; j < p.m; j += kThreads) {
       const int64_t i = p.at(c, j);
-      store<kKind>(p.dx, i,
-                   static_cast<float>(math::batchnorm_grad_input(load<kKind>(p.dy, i), load<kKind>(p.x, i), mean,
-                                                                 inv_std, k, md, sum_dy, sum_dy_xhat)));
+      const double g = math::batchnorm_grad_input(load_float<kKind>(p.dy, i), load_float<kKind>(p.x, i), mean,
+                                                  inv_std, k, md, sum_dy, sum_dy_xhat);
+      store_float<kKind>(p.dx, i, static_cast<float>(g));
     }
   }
   if (threadIdx.x != 0) return;

@@ -5,8 +5,11 @@
 //
 // The per-element math (runtime/math/elementwise.h) and the broadcast index math
 // (runtime/math/broadcast.h) are the CPU kernels' own, so the element-wise ops give the CPU's
-// results bit for bit. Shapes, strides and axes are fixed when the kernel is made; a step only
-// launches on the context's stream.
+// results bit for bit. The arithmetic takes float32, float16 and bfloat16 (every operand of one
+// type): half is widened on load, computed in float32 and rounded once on store, as the CPU's
+// emulation of half computes it, so mixed precision costs no conversion passes. Copies and
+// Transpose move elements of any size. Shapes, strides and axes are fixed when the kernel is
+// made; a step only launches on the context's stream.
 //
 // Element-wise kernels read element i of every input before writing element i of the output,
 // so the output may share a same-shape input's buffer. Copies are one cudaMemcpyAsync on the
@@ -22,11 +25,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "base/half.h"
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/kernels.h"
 #include "runtime/math/broadcast.h"
@@ -42,16 +47,27 @@ using math::StridedPlan;
 // ---------------------------------------------------------------------------------------
 // Compile-time checks
 
-void require_f32(const Node& n, const graph::Value& v) {
-  if (v.dtype != DType::f32)
-    throw Error(n.describe() + ": the CUDA kernel takes float32, got " +
-                graph::dtype_name(v.dtype) + " '" + v.name + "'");
+// The element kinds of base/half.h's load_float / store_float: 0 float32, 1 float16, 2 bfloat16.
+int kind_of(DType dt) { return dt == DType::f32 ? 0 : dt == DType::f16 ? 1 : dt == DType::bf16 ? 2 : -1; }
+
+// The arithmetic kernels' one element type, shared by every operand: float32, or float16 /
+// bfloat16 computed in float32 and rounded once, as the CPU's emulation of half does.
+int arithmetic_kind(const Node& n, std::initializer_list<const graph::Value*> values) {
+  const graph::Value& first = **values.begin();
+  for (const graph::Value* v : values)
+    if (kind_of(v->dtype) < 0 || v->dtype != first.dtype)
+      throw Error(n.describe() + ": the CUDA kernel takes float32, float16 or bfloat16 operands of one type, got " +
+                  graph::dtype_name(v->dtype) + " '" + v->name + "'" +
+                  (v->dtype != first.dtype
+                       ? std::string(" beside ") + graph::dtype_name(first.dtype) + " '" + first.name + "'"
+                       : std::string()));
+  return kind_of(first.dtype);
 }
 
 // Copies and Transpose move elements of any type the CUDA runtime holds (not float64).
 void require_movable(const Node& n, const graph::Value& v) {
   if (v.dtype == DType::f64 || v.dtype == DType::undefined)
-    throw Error(n.describe() + ": the CUDA kernel takes float32 or integer tensors, got " +
+    throw Error(n.describe() + ": the CUDA kernel takes float32, half or integer tensors, got " +
                 graph::dtype_name(v.dtype) + " '" + v.name + "'");
 }
 
@@ -62,104 +78,141 @@ void check_numel(const TensorView& t, int64_t numel, const std::string& where, c
                 " elements at run time, " + std::to_string(numel) + " when compiled");
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 void check_launch(const char* kernel, const std::string& where) {
   cuda::check(cudaGetLastError(), kernel, where);
 }
 
-// ---------------------------------------------------------------------------------------
-// Element-wise kernels, grid-stride over the output.
-
-template <typename Op>
-__global__ void unary_kernel(float* y, const float* x, int64_t n, Op op) {
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
-    y[i] = op(x[i]);
-}
-
-template <typename Op>
-__global__ void unary4_kernel(float4* y, const float4* x, int64_t n4, Op op) {
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
-       i += stride) {
-    float4 v = x[i];
-    v.x = op(v.x);
-    v.y = op(v.y);
-    v.z = op(v.z);
-    v.w = op(v.w);
-    y[i] = v;
+// Calls Launcher<kind>::run(args...) for a kind known only at run time.
+template <template <int> class Launcher, typename... Args>
+void by_kind(int kind, Args&&... args) {
+  switch (kind) {
+    case 0: Launcher<0>::run(args...); break;
+    case 1: Launcher<1>::run(args...); break;
+    default: Launcher<2>::run(args...); break;
   }
 }
 
-template <typename Op>
-__global__ void binary_flat_kernel(float* y, const float* a, const float* b, int64_t n, Op op) {
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
-    y[i] = op(a[i], b[i]);
+// ---------------------------------------------------------------------------------------
+// Element-wise kernels, grid-stride over the output. Where every operand is contiguous,
+// 16-byte aligned and the count a multiple of 4, each thread moves four elements with one
+// vector load per operand (float4, or four halves in 8 bytes).
+
+// Four elements q * 4 ... q * 4 + 3 of a buffer of kKind as float32, and back.
+template <int kKind>
+__device__ __forceinline__ void load4(const void* p, int64_t q, float v[4]) {
+  if constexpr (kKind == 0) {
+    const float4 t = static_cast<const float4*>(p)[q];
+    v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+  } else {
+    const uint2 t = static_cast<const uint2*>(p)[q];
+    unpack_halves(t.x, t.y, kKind == 2, v);
+  }
+}
+template <int kKind>
+__device__ __forceinline__ void store4(void* p, int64_t q, const float v[4]) {
+  if constexpr (kKind == 0) {
+    static_cast<float4*>(p)[q] = make_float4(v[0], v[1], v[2], v[3]);
+  } else {
+    uint2 t;
+    pack_halves(v, kKind == 2, t.x, t.y);
+    static_cast<uint2*>(p)[q] = t;
+  }
 }
 
-template <typename Op>
-__global__ void binary4_kernel(float4* y, const float4* a, const float4* b, int64_t n4, Op op) {
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
-       i += stride) {
-    const float4 u = a[i], v = b[i];
-    float4 r;
-    r.x = op(u.x, v.x);
-    r.y = op(u.y, v.y);
-    r.z = op(u.z, v.z);
-    r.w = op(u.w, v.w);
-    y[i] = r;
+// Whether n elements at each of `ptrs` can go four at a time.
+bool vectorizable(int64_t n, std::initializer_list<const void*> ptrs) {
+  if (n % 4 != 0) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+__device__ __forceinline__ int64_t first_thread() {
+  return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+}
+__device__ __forceinline__ int64_t all_threads() { return static_cast<int64_t>(blockDim.x) * gridDim.x; }
+
+template <int kKind, typename Op>
+__global__ void unary_kernel(void* y, const void* x, int64_t n, Op op) {
+  for (int64_t i = first_thread(); i < n; i += all_threads()) store_float<kKind>(y, i, op(load_float<kKind>(x, i)));
+}
+
+template <int kKind, typename Op>
+__global__ void unary4_kernel(void* y, const void* x, int64_t n4, Op op) {
+  for (int64_t q = first_thread(); q < n4; q += all_threads()) {
+    float v[4];
+    load4<kKind>(x, q, v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = op(v[j]);
+    store4<kKind>(y, q, v);
+  }
+}
+
+template <int kKind, typename Op>
+__global__ void binary_flat_kernel(void* y, const void* a, const void* b, int64_t n, Op op) {
+  for (int64_t i = first_thread(); i < n; i += all_threads())
+    store_float<kKind>(y, i, op(load_float<kKind>(a, i), load_float<kKind>(b, i)));
+}
+
+template <int kKind, typename Op>
+__global__ void binary4_kernel(void* y, const void* a, const void* b, int64_t n4, Op op) {
+  for (int64_t q = first_thread(); q < n4; q += all_threads()) {
+    float u[4], v[4];
+    load4<kKind>(a, q, u);
+    load4<kKind>(b, q, v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) u[j] = op(u[j], v[j]);
+    store4<kKind>(y, q, u);
   }
 }
 
 // Index types: uint32_t where every offset fits (faster division), else int64_t.
-template <typename Op, typename I>
-__global__ void binary_broadcast_kernel(float* y, const float* a, const float* b, I n,
-                                        StridedIndex<2, I> p, Op op) {
+template <int kKind, typename Op, typename I>
+__global__ void binary_broadcast_kernel(void* y, const void* a, const void* b, I n, StridedIndex<2, I> p, Op op) {
   const I stride = static_cast<I>(blockDim.x) * gridDim.x;
   for (I i = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; i < n; i += stride) {
     I off[2];
     math::strided_offsets(p, i, 2, off);
-    y[i] = op(a[off[0]], b[off[1]]);
+    store_float<kKind>(y, i, op(load_float<kKind>(a, off[0]), load_float<kKind>(b, off[1])));
   }
 }
 
-// Runs y = op(x) on n contiguous floats.
-template <typename Op>
-void launch_unary(float* y, const float* x, int64_t n, Op op, const CudaContext& ctx,
+// y = op(x) on n contiguous elements.
+template <int kKind>
+struct UnaryLaunch {
+  template <typename Op>
+  static void run(void* y, const void* x, int64_t n, Op op, const CudaContext& ctx, const std::string& where) {
+    if (n <= 0) return;
+    if (vectorizable(n, {x, y})) {
+      cuda::Launch l = cuda::launch_for(n / 4, ctx);
+      unary4_kernel<kKind><<<l.blocks, l.threads, 0, ctx.stream>>>(y, x, n / 4, op);
+      check_launch("unary4_kernel launch", where);
+    } else {
+      cuda::Launch l = cuda::launch_for(n, ctx);
+      unary_kernel<kKind><<<l.blocks, l.threads, 0, ctx.stream>>>(y, x, n, op);
+      check_launch("unary_kernel launch", where);
+    }
+  }
+};
+
+// y = op(a, b) on n contiguous elements of each.
+template <int kKind>
+struct BinaryFlatLaunch {
+  template <typename Op>
+  static void run(void* y, const void* a, const void* b, int64_t n, Op op, const CudaContext& ctx,
                   const std::string& where) {
-  if (n <= 0) return;
-  if (n % 4 == 0 && aligned16(x) && aligned16(y)) {
-    cuda::Launch l = cuda::launch_for(n / 4, ctx);
-    unary4_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(
-        reinterpret_cast<float4*>(y), reinterpret_cast<const float4*>(x), n / 4, op);
-    check_launch("unary4_kernel launch", where);
-  } else {
-    cuda::Launch l = cuda::launch_for(n, ctx);
-    unary_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(y, x, n, op);
-    check_launch("unary_kernel launch", where);
+    if (n <= 0) return;
+    if (vectorizable(n, {a, b, y})) {
+      cuda::Launch l = cuda::launch_for(n / 4, ctx);
+      binary4_kernel<kKind><<<l.blocks, l.threads, 0, ctx.stream>>>(y, a, b, n / 4, op);
+      check_launch("binary4_kernel launch", where);
+    } else {
+      cuda::Launch l = cuda::launch_for(n, ctx);
+      binary_flat_kernel<kKind><<<l.blocks, l.threads, 0, ctx.stream>>>(y, a, b, n, op);
+      check_launch("binary_flat_kernel launch", where);
+    }
   }
-}
-
-// Runs y = op(a, b) on n contiguous floats of each.
-template <typename Op>
-void launch_binary_flat(float* y, const float* a, const float* b, int64_t n, Op op,
-                        const CudaContext& ctx, const std::string& where) {
-  if (n <= 0) return;
-  if (n % 4 == 0 && aligned16(a) && aligned16(b) && aligned16(y)) {
-    cuda::Launch l = cuda::launch_for(n / 4, ctx);
-    binary4_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(
-        reinterpret_cast<float4*>(y), reinterpret_cast<const float4*>(a),
-        reinterpret_cast<const float4*>(b), n / 4, op);
-    check_launch("binary4_kernel launch", where);
-  } else {
-    cuda::Launch l = cuda::launch_for(n, ctx);
-    binary_flat_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(y, a, b, n, op);
-    check_launch("binary_flat_kernel launch", where);
-  }
-}
+};
 
 template <typename Op>
 KernelFactory unary_factory(Op op) {
@@ -168,16 +221,15 @@ KernelFactory unary_factory(Op op) {
     const std::string what = n.describe();
     const graph::Value& x = input_value(n, 0);
     const graph::Value& y = output_value(n, 0);
-    require_f32(n, x);
-    require_f32(n, y);
+    const int kind = arithmetic_kind(n, {&x, &y});
     const int64_t numel = graph::shape_numel(known_shape(n, x));
     if (graph::shape_numel(known_shape(n, y)) != numel)
       throw Error(what + ": output " + y.shape_string() + " and input " + x.shape_string() +
                   " differ in element count");
-    return make_kernel([op, what, numel](const KernelArgs& a) {
+    return make_kernel([op, what, numel, kind](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, what);
       check_numel(a.outputs[0], numel, what, "the output");
-      launch_unary(a.outputs[0].as<float>(), a.inputs[0].as<float>(), numel, op, ctx, what);
+      by_kind<UnaryLaunch>(kind, a.outputs[0].data, a.inputs[0].data, numel, op, ctx, what);
     });
   };
 }
@@ -189,16 +241,16 @@ KernelFactory relu_grad_factory() {
     const graph::Value& dy = input_value(n, 0);
     const graph::Value& y = input_value(n, 1);
     const graph::Value& dx = output_value(n, 0);
-    for (const graph::Value* v : {&dy, &y, &dx}) require_f32(n, *v);
+    const int kind = arithmetic_kind(n, {&dy, &y, &dx});
     if (known_shape(n, dy) != known_shape(n, y) || known_shape(n, dx) != dy.shape)
       throw Error(what + ": dY " + dy.shape_string() + ", Y " + y.shape_string() + " and dX " +
                   dx.shape_string() + " differ in shape");
     const int64_t numel = graph::shape_numel(dy.shape);
-    return make_kernel([what, numel](const KernelArgs& a) {
+    return make_kernel([what, numel, kind](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, what);
       check_numel(a.outputs[0], numel, what, "dX");
-      launch_binary_flat(a.outputs[0].as<float>(), a.inputs[0].as<float>(),
-                         a.inputs[1].as<float>(), numel, math::ReluGrad{}, ctx, what);
+      by_kind<BinaryFlatLaunch>(kind, a.outputs[0].data, a.inputs[0].data, a.inputs[1].data, numel,
+                                math::ReluGrad{}, ctx, what);
     });
   };
 }
@@ -212,6 +264,26 @@ struct BinaryLayout {
   StridedIndex<2, int64_t> index64_strides;
 };
 
+template <int kKind>
+struct BinaryLaunch {
+  template <typename Op>
+  static void run(const BinaryLayout& l, void* y, const void* a, const void* b, Op op, const CudaContext& ctx,
+                  const std::string& what) {
+    if (l.numel <= 0) return;
+    if (l.flat) {
+      BinaryFlatLaunch<kKind>::run(y, a, b, l.numel, op, ctx, what);
+      return;
+    }
+    cuda::Launch g = cuda::launch_for(l.numel, ctx);
+    if (l.index32)
+      binary_broadcast_kernel<kKind><<<g.blocks, g.threads, 0, ctx.stream>>>(
+          y, a, b, static_cast<uint32_t>(l.numel), l.index32_strides, op);
+    else
+      binary_broadcast_kernel<kKind><<<g.blocks, g.threads, 0, ctx.stream>>>(y, a, b, l.numel, l.index64_strides, op);
+    check_launch("binary_broadcast_kernel launch", what);
+  }
+};
+
 template <typename Op>
 KernelFactory binary_factory(Op op) {
   return [op](const KernelInit& init) {
@@ -220,7 +292,7 @@ KernelFactory binary_factory(Op op) {
     const graph::Value& a = input_value(n, 0);
     const graph::Value& b = input_value(n, 1);
     const graph::Value& y = output_value(n, 0);
-    for (const graph::Value* v : {&a, &b, &y}) require_f32(n, *v);
+    const int kind = arithmetic_kind(n, {&a, &b, &y});
     StridedPlan plan =
         math::make_broadcast_plan(known_shape(n, y), {known_shape(n, a), known_shape(n, b)}, what);
     BinaryLayout l;
@@ -233,54 +305,64 @@ KernelFactory binary_factory(Op op) {
       else
         l.index64_strides = math::strided_index<2, int64_t>(plan, {0, 1}, what);
     }
-    return make_kernel([op, what, l](const KernelArgs& args) {
+    return make_kernel([op, what, l, kind](const KernelArgs& args) {
       const CudaContext& ctx = cuda::context_of(args, what);
       check_numel(args.outputs[0], l.numel, what, "the output");
-      float* py = args.outputs[0].as<float>();
-      const float* pa = args.inputs[0].as<float>();
-      const float* pb = args.inputs[1].as<float>();
-      if (l.numel <= 0) return;
-      if (l.flat) {
-        launch_binary_flat(py, pa, pb, l.numel, op, ctx, what);
-      } else if (l.index32) {
-        cuda::Launch g = cuda::launch_for(l.numel, ctx);
-        binary_broadcast_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(
-            py, pa, pb, static_cast<uint32_t>(l.numel), l.index32_strides, op);
-        check_launch("binary_broadcast_kernel launch", what);
-      } else {
-        cuda::Launch g = cuda::launch_for(l.numel, ctx);
-        binary_broadcast_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(
-            py, pa, pb, l.numel, l.index64_strides, op);
-        check_launch("binary_broadcast_kernel launch", what);
-      }
+      by_kind<BinaryLaunch>(kind, l, args.outputs[0].data, args.inputs[0].data, args.inputs[1].data, op, ctx, what);
     });
   };
 }
 
 // ---------------------------------------------------------------------------------------
-// Sum: y = ((in0 + in1) + in2) + ..., per element, as the CPU adds. One launch adds up to
-// kSumOperands operands; with more inputs the running sum goes through the workspace (operand
-// 0 of the next launch), and only the last launch writes y, so y may share any same-shape
-// input's buffer.
+// Sum: y = ((in0 + in1) + in2) + ..., per element in float32, as the CPU adds (and rounded
+// once at the end for half). One launch adds up to kSumOperands operands; with more inputs the
+// running sum goes through the workspace in float32 (operand 0 of the next launch), and only
+// the last launch writes y, so y may share any same-shape input's buffer.
 
 constexpr int kSumOperands = 16;
 
 struct SumPointers {
-  const float* in[kSumOperands];
+  const void* in[kSumOperands];
+  unsigned float32_mask;  // operands held as float32 (the running sum) whatever the kind
 };
 
-template <typename I>
-__global__ void sum_kernel(float* y, SumPointers ops, int count, I n,
-                           StridedIndex<kSumOperands, I> p) {
+template <int kKind>
+__device__ __forceinline__ float sum_operand(const SumPointers& ops, int k, int64_t at) {
+  return (ops.float32_mask >> k) & 1u ? static_cast<const float*>(ops.in[k])[at] : load_float<kKind>(ops.in[k], at);
+}
+
+template <int kKind, typename I>
+__global__ void sum_kernel(void* y, bool y_float32, SumPointers ops, int count, I n, StridedIndex<kSumOperands, I> p) {
   const I stride = static_cast<I>(blockDim.x) * gridDim.x;
   for (I i = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; i < n; i += stride) {
     I off[kSumOperands];
     math::strided_offsets(p, i, count, off);
-    float acc = ops.in[0][off[0]];
+    float acc = sum_operand<kKind>(ops, 0, off[0]);
 #pragma unroll
     for (int k = 1; k < kSumOperands; ++k)
-      if (k < count) acc = math::add(acc, ops.in[k][off[k]]);
-    y[i] = acc;
+      if (k < count) acc = math::add(acc, sum_operand<kKind>(ops, k, off[k]));
+    if (y_float32) static_cast<float*>(y)[i] = acc;
+    else store_float<kKind>(y, i, acc);
+  }
+}
+
+// Every operand of y's shape: four elements per thread.
+template <int kKind>
+__global__ void sum4_kernel(void* y, bool y_float32, SumPointers ops, int count, int64_t n4) {
+  for (int64_t q = first_thread(); q < n4; q += all_threads()) {
+    float acc[4], v[4];
+    if (ops.float32_mask & 1u) load4<0>(ops.in[0], q, acc);
+    else load4<kKind>(ops.in[0], q, acc);
+#pragma unroll
+    for (int k = 1; k < kSumOperands; ++k)
+      if (k < count) {
+        if ((ops.float32_mask >> k) & 1u) load4<0>(ops.in[k], q, v);
+        else load4<kKind>(ops.in[k], q, v);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[j] = math::add(acc[j], v[j]);
+      }
+    if (y_float32) store4<0>(y, q, acc);
+    else store4<kKind>(y, q, acc);
   }
 }
 
@@ -291,22 +373,49 @@ struct SumLaunch {
   StridedIndex<kSumOperands, int64_t> index64;
 };
 
+template <int kKind>
+struct SumKernelLaunch {
+  static void run(const SumLaunch& s, const SumPointers& ptrs, void* out, int64_t numel, bool flat, bool index32,
+                  const CudaContext& ctx, const std::string& what) {
+    const int count = static_cast<int>(s.operands.size());
+    bool vector = flat && numel % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+    for (int k = 0; k < count; ++k) vector = vector && reinterpret_cast<uintptr_t>(ptrs.in[k]) % 16 == 0;
+    if (vector) {
+      cuda::Launch g = cuda::launch_for(numel / 4, ctx);
+      sum4_kernel<kKind><<<g.blocks, g.threads, 0, ctx.stream>>>(out, s.to_workspace, ptrs, count, numel / 4);
+      check_launch("sum4_kernel launch", what);
+      return;
+    }
+    cuda::Launch g = cuda::launch_for(numel, ctx);
+    if (index32)
+      sum_kernel<kKind><<<g.blocks, g.threads, 0, ctx.stream>>>(out, s.to_workspace, ptrs, count,
+                                                                static_cast<uint32_t>(numel), s.index32);
+    else
+      sum_kernel<kKind><<<g.blocks, g.threads, 0, ctx.stream>>>(out, s.to_workspace, ptrs, count, numel, s.index64);
+    check_launch("sum_kernel launch", what);
+  }
+};
+
 KernelFactory sum_factory() {
   return [](const KernelInit& init) {
     const Node& n = init.node;
     const std::string what = n.describe();
     if (n.inputs.empty()) throw Error(what + ": needs at least one input");
     const graph::Value& y = output_value(n, 0);
-    require_f32(n, y);
+    std::vector<const graph::Value*> values{&y};
     // Operand 0 of the plan is the running sum (the output's shape), then the inputs.
     std::vector<graph::Shape> shapes{known_shape(n, y)};
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       const graph::Value& v = input_value(n, i);
-      require_f32(n, v);
+      values.push_back(&v);
       shapes.push_back(known_shape(n, v));
     }
+    int kind = 0;
+    for (const graph::Value* v : values) kind = arithmetic_kind(n, {values.front(), v});
     const StridedPlan plan = math::make_broadcast_plan(y.shape, shapes, what);
     const bool index32 = math::fits_32_bits(plan);
+    bool flat = plan.rank() == 1;
+    for (size_t k = 0; flat && k < shapes.size(); ++k) flat = plan.inner_stride(k) == 1;
     const int inputs = static_cast<int>(n.inputs.size());
     std::vector<SumLaunch> launches;
     for (int next = 0; next < inputs;) {
@@ -327,25 +436,20 @@ KernelFactory sum_factory() {
     const size_t workspace =
         launches.size() > 1 ? static_cast<size_t>(numel) * sizeof(float) : 0;
     return make_kernel(
-        [what, launches, numel, index32](const KernelArgs& a) {
+        [what, launches, numel, index32, flat, kind](const KernelArgs& a) {
           const CudaContext& ctx = cuda::context_of(a, what);
           check_numel(a.outputs[0], numel, what, "the output");
           if (numel <= 0) return;
           float* running = static_cast<float*>(a.workspace);
           for (const SumLaunch& s : launches) {
             SumPointers ptrs{};
-            for (size_t k = 0; k < s.operands.size(); ++k)
-              ptrs.in[k] = s.operands[k] < 0 ? running : a.inputs[s.operands[k]].as<float>();
-            float* out = s.to_workspace ? running : a.outputs[0].as<float>();
-            const int count = static_cast<int>(s.operands.size());
-            cuda::Launch g = cuda::launch_for(numel, ctx);
-            if (index32)
-              sum_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(
-                  out, ptrs, count, static_cast<uint32_t>(numel), s.index32);
-            else
-              sum_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(out, ptrs, count, numel,
-                                                                 s.index64);
-            check_launch("sum_kernel launch", what);
+            for (size_t k = 0; k < s.operands.size(); ++k) {
+              const bool is_running = s.operands[k] < 0;
+              ptrs.in[k] = is_running ? static_cast<const void*>(running) : a.inputs[s.operands[k]].data;
+              if (is_running) ptrs.float32_mask |= 1u << k;
+            }
+            void* out = s.to_workspace ? static_cast<void*>(running) : a.outputs[0].data;
+            by_kind<SumKernelLaunch>(kind, s, ptrs, out, numel, flat, index32, ctx, what);
           }
         },
         workspace);
@@ -537,8 +641,8 @@ __device__ __forceinline__ int64_t offset1(const StridedIndex<1, int64_t>& p, in
 // Grid: (output groups, segments), blocks of kReduceThreads threads in groups of kLanes, one
 // output per group. With segments > 1, block (b, s) writes output j's sum to
 // partials[j * segments + s]; with one segment, y[j] = scaled sum.
-template <int kLanes>
-__global__ void reduce_inner_kernel(float* y, double* partials, const float* x, ReduceIndex r) {
+template <int kLanes, int kKind>
+__global__ void reduce_inner_kernel(void* y, double* partials, const void* x, ReduceIndex r) {
   constexpr int kGroups = kReduceThreads / kLanes;
   __shared__ double partial[kReduceThreads];
   const int lane = static_cast<int>(threadIdx.x) % kLanes;
@@ -554,7 +658,7 @@ __global__ void reduce_inner_kernel(float* y, double* partials, const float* x, 
     double acc = 0;
     int64_t q = begin + lane;
     if (j < r.ny && q < end) {
-      const float* xj = x + offset1(r.kept, j);
+      const int64_t xj = offset1(r.kept, j);
       // Walk (row, col) = (q / inner, q % inner) by steps of kLanes without dividing.
       int64_t row = q / r.inner, col = q % r.inner;
       const int64_t row_step = kLanes / r.inner, col_step = kLanes % r.inner;
@@ -564,7 +668,7 @@ __global__ void reduce_inner_kernel(float* y, double* partials, const float* x, 
           row_base = offset1(r.reduced, row);
           based_row = row;
         }
-        acc += static_cast<double>(xj[row_base + col]);
+        acc += static_cast<double>(load_float<kKind>(x, xj + row_base + col));
         col += col_step;
         row += row_step;
         if (col >= r.inner) {
@@ -585,24 +689,26 @@ __global__ void reduce_inner_kernel(float* y, double* partials, const float* x, 
       if (r.segments > 1)
         partials[j * r.segments + blockIdx.y] = mine[0];
       else
-        y[j] = math::scaled_sum<float>(mine[0], r.scale);
+        store_float<kKind>(y, j, math::scaled_sum<float>(mine[0], r.scale));
     }
     __syncthreads();  // partial[] is reused by the next outputs
   }
 }
 
-__global__ void reduce_segments_kernel(float* y, const double* partials, ReduceIndex r) {
+template <int kKind>
+__global__ void reduce_segments_kernel(void* y, const double* partials, ReduceIndex r) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < r.ny;
        j += stride) {
     double acc = 0;
     for (int64_t s = 0; s < r.segments; ++s) acc += partials[j * r.segments + s];
-    y[j] = math::scaled_sum<float>(acc, r.scale);
+    store_float<kKind>(y, j, math::scaled_sum<float>(acc, r.scale));
   }
 }
 
 // Grid: outer * column tiles blocks (grid-stride); block (kKeptColumns, kKeptRows).
-__global__ void reduce_kept_kernel(float* y, const float* x, ReduceIndex r) {
+template <int kKind>
+__global__ void reduce_kept_kernel(void* y, const void* x, ReduceIndex r) {
   __shared__ double partial[kKeptRows][kKeptColumns + 1];
   const int64_t tiles = (r.inner + kKeptColumns - 1) / kKeptColumns;
   const int64_t outer = r.ny / r.inner;
@@ -611,9 +717,9 @@ __global__ void reduce_kept_kernel(float* y, const float* x, ReduceIndex r) {
     const int64_t c = (u % tiles) * kKeptColumns + threadIdx.x;
     double acc = 0;
     if (c < r.inner) {
-      const float* xo = x + offset1(r.kept, o) + c;
+      const int64_t xo = offset1(r.kept, o) + c;
       for (int64_t row = threadIdx.y; row < r.rows; row += kKeptRows)
-        acc += static_cast<double>(xo[offset1(r.reduced, row)]);
+        acc += static_cast<double>(load_float<kKind>(x, xo + offset1(r.reduced, row)));
     }
     partial[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
@@ -624,25 +730,25 @@ __global__ void reduce_kept_kernel(float* y, const float* x, ReduceIndex r) {
       __syncthreads();
     }
     if (threadIdx.y == 0 && c < r.inner)
-      y[o * r.inner + c] = math::scaled_sum<float>(partial[0][threadIdx.x], r.scale);
+      store_float<kKind>(y, o * r.inner + c, math::scaled_sum<float>(partial[0][threadIdx.x], r.scale));
     __syncthreads();
   }
 }
 
 // y[i] = scaled_sum(x[i], scale) (nothing reduced), or scaled_sum(0, scale) with x null
 // (nothing to reduce).
-__global__ void reduce_copy_kernel(float* y, const float* x, int64_t n, double scale) {
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
-    y[i] = math::scaled_sum<float>(x ? static_cast<double>(x[i]) : 0.0, scale);
+template <int kKind>
+__global__ void reduce_copy_kernel(void* y, const void* x, int64_t n, double scale) {
+  for (int64_t i = first_thread(); i < n; i += all_threads())
+    store_float<kKind>(y, i, math::scaled_sum<float>(x ? static_cast<double>(load_float<kKind>(x, i)) : 0.0, scale));
 }
 
 // A reduction of x (shape xs) to y (shape ys, same rank, each dim xs's or 1) times scale,
 // planned at compile time.
 class Reduction {
  public:
-  Reduction(const graph::Shape& xs, const graph::Shape& ys, double scale, const std::string& what)
-      : plan_(math::make_reduce_plan(xs, ys)), what_(what) {
+  Reduction(const graph::Shape& xs, const graph::Shape& ys, double scale, int kind, const std::string& what)
+      : plan_(math::make_reduce_plan(xs, ys)), kind_(kind), what_(what) {
     r_.ny = plan_.ny;
     r_.scale = scale;
     r_.inner = plan_.inner;
@@ -668,22 +774,33 @@ class Reduction {
   int64_t input_numel() const { return plan_.nx; }
   int64_t output_numel() const { return plan_.ny; }
 
-  void run(const float* x, float* y, void* workspace, const CudaContext& ctx) const {
+  void run(const void* x, void* y, void* workspace, const CudaContext& ctx) const {
+    switch (kind_) {
+      case 0: run_kind<0>(x, y, workspace, ctx); break;
+      case 1: run_kind<1>(x, y, workspace, ctx); break;
+      default: run_kind<2>(x, y, workspace, ctx); break;
+    }
+  }
+
+ private:
+  template <int kKind>
+  void run_kind(const void* x, void* y, void* workspace, const CudaContext& ctx) const {
     switch (plan_.kind) {
       case math::ReduceKind::nothing:
         return;
       case math::ReduceKind::fill:
       case math::ReduceKind::copy: {
-        const float* src = plan_.kind == math::ReduceKind::copy ? x : nullptr;
+        const void* src = plan_.kind == math::ReduceKind::copy ? x : nullptr;
         if (src && r_.scale == 1.0) {
+          const size_t element = kKind == 0 ? sizeof(float) : sizeof(uint16_t);
           if (src != y)
-            cuda::check(cudaMemcpyAsync(y, src, static_cast<size_t>(r_.ny) * sizeof(float),
-                                        cudaMemcpyDeviceToDevice, ctx.stream),
+            cuda::check(cudaMemcpyAsync(y, src, static_cast<size_t>(r_.ny) * element, cudaMemcpyDeviceToDevice,
+                                        ctx.stream),
                         "cudaMemcpyAsync", what_);
           return;
         }
         cuda::Launch g = cuda::launch_for(r_.ny, ctx);
-        reduce_copy_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(y, src, r_.ny, r_.scale);
+        reduce_copy_kernel<kKind><<<g.blocks, g.threads, 0, ctx.stream>>>(y, src, r_.ny, r_.scale);
         check_launch("reduce_copy_kernel launch", what_);
         return;
       }
@@ -695,14 +812,13 @@ class Reduction {
         dim3 grid(blocks, static_cast<unsigned>(r_.segments));
         double* partials = static_cast<double*>(workspace);
         if (warp_per_output_)
-          reduce_inner_kernel<kWarp><<<grid, kReduceThreads, 0, ctx.stream>>>(y, partials, x, r_);
+          reduce_inner_kernel<kWarp, kKind><<<grid, kReduceThreads, 0, ctx.stream>>>(y, partials, x, r_);
         else
-          reduce_inner_kernel<kReduceThreads>
-              <<<grid, kReduceThreads, 0, ctx.stream>>>(y, partials, x, r_);
+          reduce_inner_kernel<kReduceThreads, kKind><<<grid, kReduceThreads, 0, ctx.stream>>>(y, partials, x, r_);
         check_launch("reduce_inner_kernel launch", what_);
         if (r_.segments > 1) {
           cuda::Launch g = cuda::launch_for(r_.ny, ctx);
-          reduce_segments_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(y, partials, r_);
+          reduce_segments_kernel<kKind><<<g.blocks, g.threads, 0, ctx.stream>>>(y, partials, r_);
           check_launch("reduce_segments_kernel launch", what_);
         }
         return;
@@ -712,15 +828,15 @@ class Reduction {
         const int64_t blocks = (r_.ny / r_.inner) * tiles;
         const unsigned grid = static_cast<unsigned>(
             std::min<int64_t>(blocks, std::numeric_limits<int32_t>::max()));
-        reduce_kept_kernel<<<grid, dim3(kKeptColumns, kKeptRows), 0, ctx.stream>>>(y, x, r_);
+        reduce_kept_kernel<kKind><<<grid, dim3(kKeptColumns, kKeptRows), 0, ctx.stream>>>(y, x, r_);
         check_launch("reduce_kept_kernel launch", what_);
         return;
       }
     }
   }
 
- private:
   math::ReducePlan plan_;
+  int kind_ = 0;
   ReduceIndex r_;
   bool warp_per_output_ = false;
   std::string what_;
@@ -734,7 +850,7 @@ std::unique_ptr<Kernel> reduction_kernel(std::shared_ptr<const Reduction> red,
         const CudaContext& ctx = cuda::context_of(a, what);
         check_numel(a.inputs[0], red->input_numel(), what, "the input");
         check_numel(a.outputs[0], red->output_numel(), what, "the output");
-        red->run(a.inputs[0].as<float>(), a.outputs[0].as<float>(), a.workspace, ctx);
+        red->run(a.inputs[0].data, a.outputs[0].data, a.workspace, ctx);
       },
       workspace);
 }
@@ -761,13 +877,12 @@ KernelFactory reduce_sum_to_factory() {
     const std::string what = n.describe();
     const graph::Value& x = input_value(n, 0);
     const graph::Value& y = output_value(n, 0);
-    require_f32(n, x);
-    require_f32(n, y);
+    const int kind = arithmetic_kind(n, {&x, &y});
     if (n.has_attr("shape") && n.attr_ints("shape") != known_shape(n, y))
       throw Error(what + ": attribute shape " + graph::shape_str(n.attr_ints("shape")) +
                   " disagrees with the output " + y.shape_string());
     const graph::Shape ys = aligned_target(known_shape(n, x), known_shape(n, y), what);
-    return reduction_kernel(std::make_shared<const Reduction>(x.shape, ys, 1.0, what), what);
+    return reduction_kernel(std::make_shared<const Reduction>(x.shape, ys, 1.0, kind, what), what);
   };
 }
 
@@ -777,8 +892,7 @@ KernelFactory reduce_mean_factory() {
     const std::string what = n.describe();
     const graph::Value& x = input_value(n, 0);
     const graph::Value& y = output_value(n, 0);
-    require_f32(n, x);
-    require_f32(n, y);
+    const int kind = arithmetic_kind(n, {&x, &y});
     const graph::Shape& xs = known_shape(n, x);
     // Before opset 18 the axes are an attribute; from 18 an optional input, a constant of
     // the graph.
@@ -813,22 +927,34 @@ KernelFactory reduce_mean_factory() {
     // The mean of nothing is NaN, as numpy's (and the CPU kernel's).
     const double scale = count > 0 ? 1.0 / static_cast<double>(count)
                                    : std::numeric_limits<double>::quiet_NaN();
-    return reduction_kernel(std::make_shared<const Reduction>(xs, ys, scale, what), what);
+    return reduction_kernel(std::make_shared<const Reduction>(xs, ys, scale, kind, what), what);
   };
 }
 
 // ReduceMeanGrad: dX[i] = dY[broadcast offset of i] * (kept / total), the float product the
 // CPU computes.
-template <typename I>
-__global__ void broadcast_scale_kernel(float* y, const float* x, I n, StridedIndex<1, I> p,
-                                       float k) {
+template <int kKind, typename I>
+__global__ void broadcast_scale_kernel(void* y, const void* x, I n, StridedIndex<1, I> p, float k) {
   const I stride = static_cast<I>(blockDim.x) * gridDim.x;
   for (I i = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; i < n; i += stride) {
     I off[1];
     math::strided_offsets(p, i, 1, off);
-    y[i] = math::multiply(x[off[0]], k);
+    store_float<kKind>(y, i, math::multiply(load_float<kKind>(x, off[0]), k));
   }
 }
+
+template <int kKind>
+struct BroadcastScaleLaunch {
+  static void run(void* y, const void* x, int64_t total, bool index32, const StridedIndex<1, uint32_t>& s32,
+                  const StridedIndex<1, int64_t>& s64, float k, const CudaContext& ctx, const std::string& what) {
+    cuda::Launch g = cuda::launch_for(total, ctx);
+    if (index32)
+      broadcast_scale_kernel<kKind><<<g.blocks, g.threads, 0, ctx.stream>>>(y, x, static_cast<uint32_t>(total), s32, k);
+    else
+      broadcast_scale_kernel<kKind><<<g.blocks, g.threads, 0, ctx.stream>>>(y, x, total, s64, k);
+    check_launch("broadcast_scale_kernel launch", what);
+  }
+};
 
 KernelFactory reduce_mean_grad_factory() {
   return [](const KernelInit& init) {
@@ -836,8 +962,7 @@ KernelFactory reduce_mean_grad_factory() {
     const std::string what = n.describe();
     const graph::Value& dy = input_value(n, 0);
     const graph::Value& dx = output_value(n, 0);
-    require_f32(n, dy);
-    require_f32(n, dx);
+    const int kind = arithmetic_kind(n, {&dy, &dx});
     graph::Shape in_shape = n.attr_ints("input_shape");
     if (!n.has_attr("input_shape")) in_shape = known_shape(n, dx);
     if (known_shape(n, dx) != in_shape)
@@ -874,15 +999,7 @@ KernelFactory reduce_mean_grad_factory() {
       check_numel(a.inputs[0], dy_numel, what, "dY");
       check_numel(a.outputs[0], total, what, "dX");
       if (total <= 0) return;
-      float* px = a.outputs[0].as<float>();
-      const float* pdy = a.inputs[0].as<float>();
-      cuda::Launch g = cuda::launch_for(total, ctx);
-      if (index32)
-        broadcast_scale_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(
-            px, pdy, static_cast<uint32_t>(total), s32, k);
-      else
-        broadcast_scale_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(px, pdy, total, s64, k);
-      check_launch("broadcast_scale_kernel launch", what);
+      by_kind<BroadcastScaleLaunch>(kind, a.outputs[0].data, a.inputs[0].data, total, index32, s32, s64, k, ctx, what);
     });
   };
 }

@@ -2,12 +2,14 @@
 // twin (runtime/cpu/half_emulation.h) runs on float32 copies of the half inputs, made in the
 // kernel's own workspace (so the static memory plan covers them), and each half output is
 // rounded from float32 into place, all on the compute stream. The rounding is base/half.h's,
-// the same as the CPU reference. Kernels that handle half themselves (cuDNN's convolutions and
-// batch norm, NonFinite) and Cast between float32 and half (one conversion kernel) are not
-// wrapped.
+// the same as the CPU reference. Kernels that handle half themselves are not wrapped: cuDNN's
+// convolutions and batch norm, the fused batch norms, NonFinite, the element-wise arithmetic,
+// reductions, copies and movement ops, pooling (native_half_node) and Cast between float32 and
+// half (one conversion kernel).
 //
 // This makes every op run in mixed precision; it costs a conversion pass per half value and
-// use, so the element-wise ops that matter for speed get native half kernels in time.
+// use. cuda::half_emulated names the nodes that still take it (`oxtrain graph --training
+// --device cuda` lists them; for ResNet-50 only the classifier's three matrix products).
 #include <cuda_runtime.h>
 
 #include <set>
@@ -165,31 +167,79 @@ const std::set<std::pair<std::string, std::string>>& native_half_ops() {
   return ops;
 }
 
-// Nodes whose CUDA kernels take half values as they are in some forms only: 2-D max pooling
-// (MaxPool and its gradient from the input over [N, C, H, W] values, either layout).
+// Nodes whose CUDA kernels take half values as they are where every floating value of the node
+// has one type: the element-wise arithmetic and reductions (runtime/cuda/elementwise.cu), the
+// copies and movement ops (moved by element size), and pooling (runtime/cuda/pool.cu): 2-D max
+// and average pooling and their gradients, global average pooling at any rank.
 bool native_half_node(const Node& n) {
-  const bool onnx = n.domain.empty() || n.domain == "ai.onnx";
-  if (onnx && n.op_type == "MaxPool") return n.input(0) && n.input(0)->shape.size() == 4;
-  if (n.domain == "oxtrain" && n.op_type == "MaxPoolGradFromInput") return n.input(1) && n.input(1)->shape.size() == 4;
-  return false;
+  static const std::set<std::pair<std::string, std::string>> same_type = {
+      {"", "Neg"},       {"", "Relu"},         {"oxtrain", "ReluGrad"},   {"", "Add"},
+      {"", "Sub"},       {"", "Mul"},          {"", "Div"},               {"", "Sum"},
+      {"", "ReduceMean"}, {"oxtrain", "ReduceSumTo"}, {"oxtrain", "ReduceMeanGrad"},
+      {"", "Identity"},  {"", "Flatten"},      {"", "Reshape"},           {"", "Dropout"},
+      {"", "Transpose"}, {"", "Concat"},       {"", "Split"},             {"", "Slice"},
+      {"", "Squeeze"},   {"", "Unsqueeze"},    {"", "Expand"},            {"", "Gather"},
+      {"", "GatherND"},  {"oxtrain", "SliceGrad"},
+  };
+  const std::string domain = n.domain == "ai.onnx" ? "" : n.domain;
+  const graph::Value* first = nullptr;
+  for (const auto* list : {&n.inputs, &n.outputs})
+    for (const graph::Value* v : *list) {
+      if (!v || !graph::is_float(v->dtype)) continue;
+      if (first && v->dtype != first->dtype) return false;
+      first = first ? first : v;
+    }
+  if (same_type.count({domain, n.op_type})) return true;
+  auto rank4 = [](const graph::Value* v) { return v && v->shape.size() == 4; };
+  if (domain.empty() && (n.op_type == "MaxPool" || n.op_type == "AveragePool")) return rank4(n.input(0));
+  if (domain == "oxtrain" && n.op_type == "MaxPoolGradFromInput") return rank4(n.input(1));
+  if (domain == "oxtrain" && n.op_type == "AveragePoolGrad") return rank4(n.input(0));
+  return (domain.empty() && n.op_type == "GlobalAveragePool") ||
+         (domain == "oxtrain" && n.op_type == "GlobalAveragePoolGrad");
 }
 
 }  // namespace
 
 namespace cuda {
 
+namespace {
+
+// The ops with_half_emulation wrapped (all registered before it, but the native ones).
+std::set<std::pair<std::string, std::string>>& wrapped_ops() {
+  static std::set<std::pair<std::string, std::string>> ops;
+  return ops;
+}
+
+bool is_cast(const Node& n) { return (n.domain.empty() || n.domain == "ai.onnx") && n.op_type == "Cast"; }
+
+// A Cast between float32 and half, or between the halves: one conversion kernel.
+bool half_cast(const Node& n) {
+  if (!is_cast(n) || !n.input(0) || !n.output(0)) return false;
+  const DType from = n.input(0)->dtype, to = n.output(0)->dtype;
+  return (is_half(from) || is_half(to)) && (is_half(from) || from == DType::f32) && (is_half(to) || to == DType::f32);
+}
+
+// Whether a node of a wrapped op goes through DeviceHalfEmulation.
+bool emulated_in_float32(const Node& n) {
+  return !native_half_node(n) && cpu::has_half_values(n) && !half_cast(n);
+}
+
+}  // namespace
+
 KernelFactory with_half_emulation(const std::string& domain, const std::string& op_type, KernelFactory float_factory) {
-  const bool native = native_half_ops().count({domain == "ai.onnx" ? "" : domain, op_type}) != 0;
-  const bool cast = (domain.empty() || domain == "ai.onnx") && op_type == "Cast";
-  return [float_factory = std::move(float_factory), native, cast](const KernelInit& init) -> std::unique_ptr<Kernel> {
-    if (native || native_half_node(init.node) || !cpu::has_half_values(init.node)) return float_factory(init);
+  if (native_half_ops().count({domain == "ai.onnx" ? "" : domain, op_type}) != 0) return float_factory;
+  wrapped_ops().insert({domain == "ai.onnx" ? "" : domain, op_type});
+  return [float_factory = std::move(float_factory)](const KernelInit& init) -> std::unique_ptr<Kernel> {
     const Node& n = init.node;
-    if (cast && n.input(0) && n.output(0)) {
-      const DType from = n.input(0)->dtype, to = n.output(0)->dtype;
-      if ((is_half(from) || from == DType::f32) && (is_half(to) || to == DType::f32)) return half_cast_kernel(n);
-    }
+    if (half_cast(n)) return half_cast_kernel(n);
+    if (!emulated_in_float32(n)) return float_factory(init);
     return std::make_unique<DeviceHalfEmulation>(init, float_factory);
   };
+}
+
+bool half_emulated(const Node& n) {
+  KernelRegistry::global();  // the wrapper has seen every op
+  return wrapped_ops().count({n.domain == "ai.onnx" ? "" : n.domain, n.op_type}) != 0 && emulated_in_float32(n);
 }
 
 }  // namespace cuda

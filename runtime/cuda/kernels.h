@@ -47,6 +47,8 @@ namespace cuda {
 // half_emulation.cu: `float_factory` with half values handled for kernels that compute only
 // float32 (float32 copies in the kernel's workspace, outputs rounded); Cast to and from half.
 KernelFactory with_half_emulation(const std::string& domain, const std::string& op_type, KernelFactory float_factory);
+// Whether the node's CUDA kernel runs through that emulation (not the kernel's own half path).
+bool half_emulated(const graph::Node& n);
 }  // namespace cuda
 
 }  // namespace oxtrain::runtime

@@ -39,7 +39,6 @@
 namespace oxtrain::runtime {
 namespace {
 
-using cpu::grad_input_shape;
 using cpu::required;
 using math::Pool2d;
 
@@ -52,51 +51,25 @@ __device__ __forceinline__ int64_t thread_count() {
   return static_cast<int64_t>(gridDim.x) * blockDim.x;
 }
 
-// Element i of a float32 (kKind 0), float16 (1) or bfloat16 (2) buffer as float32, and a
-// float32 stored back rounded to nearest even: the CPU's emulation of half, so a max (a
-// selection) and a gradient's float32 sum round as there.
+// A loader for runtime/math/pool.h's element functions: element j of a buffer of kKind.
 template <int kKind>
-__device__ __forceinline__ float load_as_float(const void* p, int64_t i) {
-  if constexpr (kKind == 0) return static_cast<const float*>(p)[i];
-  else return half_to_float(static_cast<const uint16_t*>(p)[i], kKind == 2);
-}
-template <int kKind>
-__device__ __forceinline__ void store_float(void* p, int64_t i, float v) {
-  if constexpr (kKind == 0) static_cast<float*>(p)[i] = v;
-  else static_cast<uint16_t*>(p)[i] = float_to_half(v, kKind == 2);
-}
-
-// Element i of an [N, C, H, W] tensor, or (kNhwc) of an [N, H, W, C] one.
-struct Element {
-  int64_t n, c, h, w;
+struct Loader {
+  const void* p;
+  __device__ __forceinline__ float operator()(int64_t j) const { return load_float<kKind>(p, j); }
 };
-template <bool kNhwc>
-__device__ __forceinline__ Element element_at(int64_t i, int64_t C, int64_t H, int64_t W) {
-  if constexpr (kNhwc) {
-    const int64_t pixel = i / C;
-    return {pixel / W / H, i % C, pixel / W % H, pixel % W};
-  } else {
-    const int64_t rest = i / W;
-    return {rest / H / C, rest / H % C, rest % H, i % W};
-  }
-}
 
 // Output i of [N, C, oH, oW] (kNhwc: [N, oH, oW, C]) -> its window's maximum and position.
 // Indices, where wanted, are written in [N, C, oH, oW] order either way.
 template <int kKind, bool kNhwc>
 __global__ void max_pool_kernel(const Pool2d g, int64_t count, const void* x, void* y, int64_t* indices,
                                 bool column_major) {
-  const int64_t in_plane = g.in_plane(), C = g.channels;
   for (int64_t i = thread_index(); i < count; i += thread_count()) {
-    const Element e = element_at<kNhwc>(i, C, g.rows.out, g.cols.out);
-    const int64_t n = e.n, c = e.c, oh = e.h, ow = e.w;
-    const int64_t plane = n * C + c;
-    const int64_t base = kNhwc ? n * in_plane * C + c : plane * in_plane, step = kNhwc ? C : 1;
-    const math::MaxPick<float> m = math::max_window_at<float>(
-        [&](int64_t at) { return load_as_float<kKind>(x, base + at * step); }, g.cols.in, math::pool_window(g, oh, ow));
+    math::PoolElement e;
+    const math::MaxPick<float> m = math::max_pool_output_at<float>(g, kNhwc, i, Loader<kKind>{x}, e);
     store_float<kKind>(y, i, m.value);
+    const int64_t plane = e.n * g.channels + e.c;
     if (indices)
-      indices[(plane * g.rows.out + oh) * g.cols.out + ow] = math::max_pool_index(g, plane, m.at, column_major);
+      indices[(plane * g.rows.out + e.h) * g.cols.out + e.w] = math::max_pool_index(g, plane, m.at, column_major);
   }
 }
 
@@ -118,18 +91,55 @@ __global__ void max_pool_grad_gather_kernel(const Pool2d g, int64_t count, const
 template <int kKind, bool kNhwc>
 __global__ void max_pool_grad_from_input_kernel(const Pool2d g, int64_t count, const void* dy, const void* x,
                                                 void* dx) {
-  const int64_t out_plane = g.out_plane(), in_plane = g.in_plane(), C = g.channels;
-  for (int64_t i = thread_index(); i < count; i += thread_count()) {
-    const Element e = element_at<kNhwc>(i, C, g.rows.in, g.cols.in);
-    const int64_t n = e.n, c = e.c, h = e.h, w = e.w;
-    const int64_t plane = n * C + c, step = kNhwc ? C : 1;
-    const int64_t x_base = kNhwc ? n * in_plane * C + c : plane * in_plane;
-    const int64_t dy_base = kNhwc ? n * out_plane * C + c : plane * out_plane;
+  for (int64_t i = thread_index(); i < count; i += thread_count())
     store_float<kKind>(dx, i,
-                       math::max_pool_grad_from_input_with<float>(
-                           g, [&](int64_t o) { return load_as_float<kKind>(dy, dy_base + o * step); },
-                           [&](int64_t at) { return load_as_float<kKind>(x, x_base + at * step); }, h, w));
+                       math::max_pool_grad_from_input_element<float>(g, kNhwc, i, Loader<kKind>{dy}, Loader<kKind>{x}));
+}
+
+// AveragePool: one thread per output element; its gradient one per input element, gathering.
+template <int kKind, bool kNhwc>
+__global__ void avg_pool_kernel(const Pool2d g, bool include_pad, int64_t count, const void* x, void* y) {
+  for (int64_t i = thread_index(); i < count; i += thread_count())
+    store_float<kKind>(y, i, math::avg_pool_output_at<float>(g, include_pad, kNhwc, i, Loader<kKind>{x}));
+}
+
+template <int kKind, bool kNhwc>
+__global__ void avg_pool_grad_kernel(const Pool2d g, bool include_pad, int64_t count, const void* dy, void* dx) {
+  for (int64_t i = thread_index(); i < count; i += thread_count())
+    store_float<kKind>(dx, i, math::avg_pool_grad_element<float>(g, include_pad, kNhwc, i, Loader<kKind>{dy}));
+}
+
+// GlobalAveragePool channels-first: one warp per plane (blockDim.x a multiple of 32): every
+// lane of a warp takes the same planes, so the full-mask shuffles are uniform.
+template <int kKind>
+__global__ void global_avg_pool_kernel(int64_t planes, int64_t size, const void* x, void* y) {
+  const unsigned lane = threadIdx.x % kWarp;
+  const int64_t warps = thread_count() / kWarp;
+  for (int64_t p = thread_index() / kWarp; p < planes; p += warps) {
+    const int64_t base = p * size;
+    double sum = 0;
+    for (int64_t j = lane; j < size; j += kWarp) sum += load_float<kKind>(x, base + j);
+    for (unsigned offset = kWarp / 2; offset > 0; offset /= 2)
+      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (lane == 0) store_float<kKind>(y, p, math::global_mean<float>(sum, size));
   }
+}
+
+// Channels-last: one thread per (n, c), the lanes of a warp on neighbouring channels (loads
+// coalesced), each summing its plane in order as the CPU does.
+template <int kKind>
+__global__ void global_avg_pool_nhwc_kernel(int64_t count, int64_t channels, int64_t size, const void* x, void* y) {
+  for (int64_t o = thread_index(); o < count; o += thread_count())
+    store_float<kKind>(y, o, math::global_mean_output_at<float>(channels, size, true, o, Loader<kKind>{x}));
+}
+
+template <int kKind, bool kNhwc>
+__global__ void global_avg_pool_grad_kernel(int64_t count, int64_t channels, int64_t size, const void* dy,
+                                            void* dx) {
+  for (int64_t i = thread_index(); i < count; i += thread_count())
+    store_float<kKind>(
+        dx, i,
+        math::global_mean_grad(load_float<kKind>(dy, math::global_mean_grad_source(channels, size, kNhwc, i)), size));
 }
 
 // Launches one of the four forms of a templated pooling kernel for `dtype` and the layout.
@@ -161,6 +171,36 @@ struct MaxPoolGradFromInputLaunch {
   }
 };
 
+template <int kKind, bool kNhwc>
+struct AvgPoolLaunch {
+  static void run(const cuda::Launch& l, cudaStream_t stream, bool grad, const Pool2d& g, bool include_pad,
+                  int64_t count, const void* in, void* out) {
+    if (grad)
+      avg_pool_grad_kernel<kKind, kNhwc><<<l.blocks, l.threads, 0, stream>>>(g, include_pad, count, in, out);
+    else
+      avg_pool_kernel<kKind, kNhwc><<<l.blocks, l.threads, 0, stream>>>(g, include_pad, count, in, out);
+  }
+};
+template <int kKind, bool kNhwc>
+struct GlobalAvgPoolLaunch {
+  static void run(const CudaContext& ctx, int64_t planes, int64_t channels, int64_t size, const void* x, void* y) {
+    if (kNhwc) {
+      const cuda::Launch l = cuda::launch_for(planes, ctx);
+      global_avg_pool_nhwc_kernel<kKind><<<l.blocks, l.threads, 0, ctx.stream>>>(planes, channels, size, x, y);
+    } else {
+      const cuda::Launch l = cuda::launch_for(planes * kWarp, ctx);
+      global_avg_pool_kernel<kKind><<<l.blocks, l.threads, 0, ctx.stream>>>(planes, size, x, y);
+    }
+  }
+};
+template <int kKind, bool kNhwc>
+struct GlobalAvgPoolGradLaunch {
+  static void run(const cuda::Launch& l, cudaStream_t stream, int64_t count, int64_t channels, int64_t size,
+                  const void* dy, void* dx) {
+    global_avg_pool_grad_kernel<kKind, kNhwc><<<l.blocks, l.threads, 0, stream>>>(count, channels, size, dy, dx);
+  }
+};
+
 // One thread per plane; dX holds zeros before.
 __global__ void max_pool_grad_scatter_kernel(int64_t planes, int64_t in_plane, int64_t out_plane,
                                              const float* dy, const int64_t* indices,
@@ -168,48 +208,6 @@ __global__ void max_pool_grad_scatter_kernel(int64_t planes, int64_t in_plane, i
   for (int64_t p = thread_index(); p < planes; p += thread_count())
     math::max_pool_grad_scatter(math::MaxGradPlane{p * in_plane, in_plane, out_plane},
                                 dy + p * out_plane, indices + p * out_plane, dx + p * in_plane);
-}
-
-__global__ void avg_pool_kernel(const Pool2d g, bool include_pad, int64_t count, const float* x,
-                                float* y) {
-  const int64_t in_plane = g.in_plane();
-  for (int64_t i = thread_index(); i < count; i += thread_count()) {
-    const int64_t ow = i % g.cols.out, rest = i / g.cols.out;
-    const int64_t oh = rest % g.rows.out, plane = rest / g.rows.out;
-    y[i] = math::avg_window(x + plane * in_plane, g.cols.in, math::pool_window(g, oh, ow),
-                            include_pad);
-  }
-}
-
-__global__ void avg_pool_grad_kernel(const Pool2d g, bool include_pad, int64_t count,
-                                     const float* dy, float* dx) {
-  const int64_t out_plane = g.out_plane();
-  for (int64_t i = thread_index(); i < count; i += thread_count()) {
-    const int64_t w = i % g.cols.in, rest = i / g.cols.in;
-    const int64_t h = rest % g.rows.in, plane = rest / g.rows.in;
-    dx[i] = math::avg_pool_grad_at(g, include_pad, dy + plane * out_plane, h, w);
-  }
-}
-
-// One warp per plane (blockDim.x a multiple of 32): every lane of a warp takes the same planes,
-// so the full-mask shuffles are uniform.
-__global__ void global_avg_pool_kernel(int64_t planes, int64_t size, const float* x, float* y) {
-  const unsigned lane = threadIdx.x % kWarp;
-  const int64_t warps = thread_count() / kWarp;
-  for (int64_t p = thread_index() / kWarp; p < planes; p += warps) {
-    const float* xp = x + p * size;
-    double sum = 0;
-    for (int64_t j = lane; j < size; j += kWarp) sum += xp[j];
-    for (unsigned offset = kWarp / 2; offset > 0; offset /= 2)
-      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (lane == 0) y[p] = math::global_mean<float>(sum, size);
-  }
-}
-
-__global__ void global_avg_pool_grad_kernel(int64_t count, int64_t size, const float* dy,
-                                            float* dx) {
-  for (int64_t i = thread_index(); i < count; i += thread_count())
-    dx[i] = math::global_mean_grad(dy[i / size], size);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -266,9 +264,10 @@ void require_float32(const graph::Node& node, std::initializer_list<const graph:
                   graph::dtype_name(v->dtype) + " '" + v->name + "'");
 }
 
-// 2-D max pooling's one element type: float32, or float16 / bfloat16 for [N, C, H, W] (and
-// channels-last) values, computed as the CPU's emulation of half does.
-DType pool2d_type(const graph::Node& node, std::initializer_list<const graph::Value*> values) {
+// 2-D pooling's one element type: float32, or float16 / bfloat16 for [N, C, H, W] (and
+// channels-last) values, computed as the CPU's emulation of half does. Global average pooling
+// (`any_rank`) takes half at every rank.
+DType pool2d_type(const graph::Node& node, std::initializer_list<const graph::Value*> values, bool any_rank = false) {
   const graph::Value* first = *values.begin();
   const DType dt = first->dtype;
   for (const graph::Value* v : values)
@@ -276,7 +275,7 @@ DType pool2d_type(const graph::Node& node, std::initializer_list<const graph::Va
       throw Error(node.describe() + ": the CUDA kernel takes one element type, got " + graph::dtype_name(dt) + " and " +
                   graph::dtype_name(v->dtype) + " '" + v->name + "'");
   if (dt == DType::f32) return dt;
-  if ((dt == DType::f16 || dt == DType::bf16) && first->shape.size() == 4) return dt;
+  if ((dt == DType::f16 || dt == DType::bf16) && (any_rank || first->shape.size() == 4)) return dt;
   throw Error(node.describe() + ": the CUDA kernel takes float32, got " + graph::dtype_name(dt) + " '" + first->name +
               "' (float16 and bfloat16 too for 2-D pooling)");
 }
@@ -285,6 +284,17 @@ DType pool2d_type(const graph::Node& node, std::initializer_list<const graph::Va
 // shape read channels-first (graph::to_channels_last).
 graph::Shape logical_shape(const graph::Node& n, const graph::Shape& shape) {
   return graph::is_channels_last(n) && shape.size() == 4 ? graph::to_channels_first_shape(shape) : shape;
+}
+
+// A gradient's input_shape attribute ([N, C, H, W] on channels-last nodes too), checked
+// against dX as stored.
+graph::Shape logical_grad_input_shape(const graph::Node& n, const graph::Value* dx) {
+  const graph::Shape x_shape = cpu::shape_attr(n, "input_shape");
+  if (logical_shape(n, dx->shape) != x_shape)
+    throw Error(n.describe() + ": output shape " + cpu::join(dx->shape) + " differs from input_shape " +
+                cpu::join(x_shape) +
+                (graph::is_channels_last(n) ? " (channels-last)" : ""));
+  return x_shape;
 }
 
 // The window of MaxPool / AveragePool / AveragePoolGrad over input `x`, pooled `y`.
@@ -471,96 +481,80 @@ void register_cuda_pool_kernels(KernelRegistry& registry) {
     });
   });
 
-  registry.add("", "AveragePool", Device::cuda, [](const KernelInit& init) {
+  // AveragePool and its gradient: `grad` picks which, the input and output of the kernel.
+  auto avg_pool = [](const KernelInit& init, bool grad) -> std::unique_ptr<Kernel> {
     const graph::Node& n = init.node;
-    const graph::Value* x = required(n, 0);
-    const graph::Value* y = required(n, 0, true);
-    require_float32(n, {x, y});
+    const graph::Value* in = required(n, 0);
+    const graph::Value* out = required(n, 0, true);
     const bool include_pad = n.attr_int("count_include_pad", 0) != 0;
-    if (x->shape.size() == 5)
-      return avg_pool_3d(math::pool_geometry_3d(n, x->shape, y->shape, math::pool_ceil_mode(n, init.opset)),
-                         include_pad, false, n.describe());
-    const Pool2d g = node_window(init, x->shape, y->shape);
+    const graph::Shape x_shape = grad ? logical_grad_input_shape(n, out) : logical_shape(n, in->shape);
+    const graph::Shape y_shape = logical_shape(n, grad ? in->shape : out->shape);
+    if (x_shape.size() == 5) {
+      require_float32(n, {in, out});
+      return avg_pool_3d(math::pool_geometry_3d(n, x_shape, y_shape, math::pool_ceil_mode(n, init.opset)), include_pad,
+                         grad, n.describe());
+    }
+    const DType dt = pool2d_type(n, {in, out});
+    const bool nhwc = graph::is_channels_last(n) && x_shape.size() == 4;
+    const Pool2d g = node_window(init, x_shape, y_shape);
     const std::string where = n.describe();
-    return make_kernel([g, include_pad, where](const KernelArgs& a) {
+    return make_kernel([g, include_pad, grad, dt, nhwc, where](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, where);
       Pool2d run = g;
       run.batch = a.inputs[0].shape[0];
-      const int64_t count = run.planes() * run.out_plane();
+      const int64_t count = run.planes() * (grad ? run.in_plane() : run.out_plane());
       if (count == 0) return;
       const cuda::Launch l = cuda::launch_for(count, ctx);
-      avg_pool_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(run, include_pad, count,
-                                                              in_f32(a, 0), out_f32(a, 0));
-      cuda::check(cudaGetLastError(), "avg_pool_kernel launch", where);
+      launch_typed<AvgPoolLaunch>(dt, nhwc, l, ctx.stream, grad, run, include_pad, count, a.inputs[0].data,
+                                  a.outputs[0].data);
+      cuda::check(cudaGetLastError(), grad ? "avg_pool_grad_kernel launch" : "avg_pool_kernel launch", where);
     });
-  });
-
+  };
+  registry.add("", "AveragePool", Device::cuda, [avg_pool](const KernelInit& init) { return avg_pool(init, false); });
   registry.add(graph::kOxtrainDomain, "AveragePoolGrad", Device::cuda,
-               [](const KernelInit& init) {
-                 const graph::Node& n = init.node;
-                 const graph::Value* dy = required(n, 0);
-                 const graph::Value* dx = required(n, 0, true);
-                 require_float32(n, {dy, dx});
-                 const bool include_pad = n.attr_int("count_include_pad", 0) != 0;
-                 const graph::Shape x_shape = grad_input_shape(n, dx);
-                 if (x_shape.size() == 5)
-                   return avg_pool_3d(
-                       math::pool_geometry_3d(n, x_shape, dy->shape, math::pool_ceil_mode(n, init.opset)),
-                       include_pad, true, n.describe());
-                 const Pool2d g = node_window(init, x_shape, dy->shape);
-                 const std::string where = n.describe();
-                 return make_kernel([g, include_pad, where](const KernelArgs& a) {
-                   const CudaContext& ctx = cuda::context_of(a, where);
-                   Pool2d run = g;
-                   run.batch = a.inputs[0].shape[0];
-                   const int64_t count = run.planes() * run.in_plane();
-                   if (count == 0) return;
-                   const cuda::Launch l = cuda::launch_for(count, ctx);
-                   avg_pool_grad_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(
-                       run, include_pad, count, in_f32(a, 0), out_f32(a, 0));
-                   cuda::check(cudaGetLastError(), "avg_pool_grad_kernel launch", where);
-                 });
-               });
+               [avg_pool](const KernelInit& init) { return avg_pool(init, true); });
 
+  // Global average pooling and its gradient, any rank channels-first, rank 4 channels-last:
+  // the planes of [N, C, ...] or [N, H, W, C], the pooled values [N, C] as both store them.
   registry.add("", "GlobalAveragePool", Device::cuda, [](const KernelInit& init) {
     const graph::Node& n = init.node;
     const graph::Value* x = required(n, 0);
     const graph::Value* y = required(n, 0, true);
-    require_float32(n, {x, y});
-    const int64_t size = math::global_pool_planes(n, x->shape, y->shape, "output shape").size;
+    const DType dt = pool2d_type(n, {x, y}, true);
+    const bool nhwc = graph::is_channels_last(n) && x->shape.size() == 4;
+    const int64_t size =
+        math::global_pool_planes(n, logical_shape(n, x->shape), logical_shape(n, y->shape), "output shape").size;
     const std::string where = n.describe();
-    return make_kernel([size, where](const KernelArgs& a) {
+    return make_kernel([size, dt, nhwc, where](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, where);
       const graph::Shape& s = a.inputs[0].shape;
-      const int64_t planes = s[0] * s[1];
+      const int64_t channels = nhwc ? s[3] : s[1], planes = s[0] * channels;
       if (planes == 0) return;
-      const cuda::Launch l = cuda::launch_for(planes * kWarp, ctx);
-      global_avg_pool_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(planes, size, in_f32(a, 0),
-                                                                     out_f32(a, 0));
+      launch_typed<GlobalAvgPoolLaunch>(dt, nhwc, ctx, planes, channels, size, a.inputs[0].data, a.outputs[0].data);
       cuda::check(cudaGetLastError(), "global_avg_pool_kernel launch", where);
     });
   });
 
-  registry.add(graph::kOxtrainDomain, "GlobalAveragePoolGrad", Device::cuda,
-               [](const KernelInit& init) {
-                 const graph::Node& n = init.node;
-                 const graph::Value* dy = required(n, 0);
-                 const graph::Value* dx = required(n, 0, true);
-                 require_float32(n, {dy, dx});
-                 const int64_t size =
-                     math::global_pool_planes(n, grad_input_shape(n, dx), dy->shape, "dY").size;
-                 const std::string where = n.describe();
-                 return make_kernel([size, where](const KernelArgs& a) {
-                   const CudaContext& ctx = cuda::context_of(a, where);
-                   const graph::Shape& s = a.inputs[0].shape;
-                   const int64_t count = s[0] * s[1] * size;
-                   if (count == 0) return;
-                   const cuda::Launch l = cuda::launch_for(count, ctx);
-                   global_avg_pool_grad_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(
-                       count, size, in_f32(a, 0), out_f32(a, 0));
-                   cuda::check(cudaGetLastError(), "global_avg_pool_grad_kernel launch", where);
-                 });
-               });
+  registry.add(graph::kOxtrainDomain, "GlobalAveragePoolGrad", Device::cuda, [](const KernelInit& init) {
+    const graph::Node& n = init.node;
+    const graph::Value* dy = required(n, 0);
+    const graph::Value* dx = required(n, 0, true);
+    const DType dt = pool2d_type(n, {dy, dx}, true);
+    const bool nhwc = graph::is_channels_last(n) && dx->shape.size() == 4;
+    const int64_t size =
+        math::global_pool_planes(n, logical_grad_input_shape(n, dx), logical_shape(n, dy->shape), "dY").size;
+    const std::string where = n.describe();
+    return make_kernel([size, dt, nhwc, where](const KernelArgs& a) {
+      const CudaContext& ctx = cuda::context_of(a, where);
+      const graph::Shape& s = a.inputs[0].shape;
+      const int64_t channels = nhwc ? s[3] : s[1], count = s[0] * channels * size;
+      if (count == 0) return;
+      const cuda::Launch l = cuda::launch_for(count, ctx);
+      launch_typed<GlobalAvgPoolGradLaunch>(dt, nhwc, l, ctx.stream, count, channels, size, a.inputs[0].data,
+                                            a.outputs[0].data);
+      cuda::check(cudaGetLastError(), "global_avg_pool_grad_kernel launch", where);
+    });
+  });
 }
 
 }  // namespace oxtrain::runtime

@@ -250,31 +250,39 @@ OXTRAIN_HD int64_t avg_divisor(const PoolTaps& r, const PoolTaps& c, bool includ
 }
 
 // The average of one output's window, summed in row-major order; 0 for a window without
-// elements.
-template <typename T>
-OXTRAIN_HD T avg_window(const T* plane, int64_t width, const PoolWindow& win, bool include_pad) {
+// elements. `load(at)` gives the plane's element at position at = h * width + w as T.
+template <typename T, typename Load>
+OXTRAIN_HD T avg_window_at(Load&& load, int64_t width, const PoolWindow& win, bool include_pad) {
   const PoolTaps& r = win.row;
   const PoolTaps& c = win.col;
   T sum = 0;
   for (int64_t kh = r.k_lo; kh < r.k_hi; ++kh) {
     const int64_t row = (r.start + kh * win.row_dilation) * width;
-    for (int64_t kw = c.k_lo; kw < c.k_hi; ++kw) sum += plane[row + c.start + kw * win.col_dilation];
+    for (int64_t kw = c.k_lo; kw < c.k_hi; ++kw) sum += load(row + c.start + kw * win.col_dilation);
   }
   const int64_t div = avg_divisor(r, c, include_pad);
   return div > 0 ? sum / static_cast<T>(div) : T(0);
 }
+template <typename T>
+OXTRAIN_HD T avg_window(const T* plane, int64_t width, const PoolWindow& win, bool include_pad) {
+  return avg_window_at<T>([plane](int64_t at) { return plane[at]; }, width, win, include_pad);
+}
 
 // dX of input (h, w): dY / divisor summed over the outputs whose window holds it, in ascending
-// output order from 0.
-template <typename T>
-OXTRAIN_HD T avg_pool_grad_at(const Pool2d& g, bool include_pad, const T* dy_plane, int64_t h,
-                              int64_t w) {
+// output order from 0. `dy_load(oh * oW + ow)` gives the plane's dY as T.
+template <typename T, typename DyLoad>
+OXTRAIN_HD T avg_pool_grad_with(const Pool2d& g, bool include_pad, DyLoad&& dy_load, int64_t h, int64_t w) {
   T sum = 0;
   for_covering_outputs(g, h, w, [&](int64_t oh, int64_t ow) {
     const int64_t div = avg_divisor(pool_taps(g.rows, oh), pool_taps(g.cols, ow), include_pad);
-    if (div > 0) sum += dy_plane[oh * g.cols.out + ow] / static_cast<T>(div);
+    if (div > 0) sum += dy_load(oh * g.cols.out + ow) / static_cast<T>(div);
   });
   return sum;
+}
+template <typename T>
+OXTRAIN_HD T avg_pool_grad_at(const Pool2d& g, bool include_pad, const T* dy_plane, int64_t h,
+                              int64_t w) {
+  return avg_pool_grad_with<T>(g, include_pad, [dy_plane](int64_t o) { return dy_plane[o]; }, h, w);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -289,6 +297,86 @@ OXTRAIN_HD T global_mean(double sum, int64_t size) {
 template <typename T>
 OXTRAIN_HD T global_mean_grad(T dy, int64_t size) {
   return dy / static_cast<T>(size);
+}
+
+// ---------------------------------------------------------------------------------------
+// 2-D pooling one element at a time, in either layout: the bodies of the GPU's kernels, which
+// take channels-first [N, C, H, W] and channels-last [N, H, W, C] tensors as they are stored.
+// `load(j)` reads element j of the tensor as stored (the GPU widens half there); the CPU suite
+// runs these on the host against the CPU's kernels (which see channels-last through
+// transposes), so their index arithmetic is checked without a GPU.
+
+// Element i of a tensor of C channels and H x W planes: its (n, c, h, w).
+struct PoolElement {
+  int64_t n, c, h, w;
+};
+OXTRAIN_HD PoolElement pool_element(int64_t i, bool nhwc, int64_t C, int64_t H, int64_t W) {
+  if (nhwc) {
+    const int64_t pixel = i / C;
+    return {pixel / W / H, i % C, pixel / W % H, pixel % W};
+  }
+  const int64_t rest = i / W;
+  return {rest / H / C, rest / H % C, rest % H, i % W};
+}
+
+// Where plane (n, c) of a tensor with `plane` elements per channel lies: its element at
+// (h * W + w) is element base + at * step of the tensor.
+struct PlaneAccess {
+  int64_t base, step;
+  OXTRAIN_HD int64_t operator()(int64_t at) const { return base + at * step; }
+};
+OXTRAIN_HD PlaneAccess plane_access(bool nhwc, int64_t n, int64_t c, int64_t C, int64_t plane) {
+  return nhwc ? PlaneAccess{n * plane * C + c, C} : PlaneAccess{(n * C + c) * plane, 1};
+}
+
+// MaxPool's output i ([N, C, oH, oW] or [N, oH, oW, C]): its window's maximum over x, and the
+// element it is (`at` in its plane; Indices come from max_pool_index with plane n * C + c).
+template <typename T, typename Load>
+OXTRAIN_HD MaxPick<T> max_pool_output_at(const Pool2d& g, bool nhwc, int64_t i, Load&& x, PoolElement& e) {
+  e = pool_element(i, nhwc, g.channels, g.rows.out, g.cols.out);
+  const PlaneAccess p = plane_access(nhwc, e.n, e.c, g.channels, g.in_plane());
+  return max_window_at<T>([&](int64_t at) { return x(p(at)); }, g.cols.in, pool_window(g, e.h, e.w));
+}
+
+// MaxPoolGradFromInput's dX element i.
+template <typename T, typename DyLoad, typename XLoad>
+OXTRAIN_HD T max_pool_grad_from_input_element(const Pool2d& g, bool nhwc, int64_t i, DyLoad&& dy, XLoad&& x) {
+  const PoolElement e = pool_element(i, nhwc, g.channels, g.rows.in, g.cols.in);
+  const PlaneAccess px = plane_access(nhwc, e.n, e.c, g.channels, g.in_plane());
+  const PlaneAccess pdy = plane_access(nhwc, e.n, e.c, g.channels, g.out_plane());
+  return max_pool_grad_from_input_with<T>(
+      g, [&](int64_t o) { return dy(pdy(o)); }, [&](int64_t at) { return x(px(at)); }, e.h, e.w);
+}
+
+// AveragePool's output i.
+template <typename T, typename Load>
+OXTRAIN_HD T avg_pool_output_at(const Pool2d& g, bool include_pad, bool nhwc, int64_t i, Load&& x) {
+  const PoolElement e = pool_element(i, nhwc, g.channels, g.rows.out, g.cols.out);
+  const PlaneAccess p = plane_access(nhwc, e.n, e.c, g.channels, g.in_plane());
+  return avg_window_at<T>([&](int64_t at) { return x(p(at)); }, g.cols.in, pool_window(g, e.h, e.w), include_pad);
+}
+
+// AveragePoolGrad's dX element i.
+template <typename T, typename Load>
+OXTRAIN_HD T avg_pool_grad_element(const Pool2d& g, bool include_pad, bool nhwc, int64_t i, Load&& dy) {
+  const PoolElement e = pool_element(i, nhwc, g.channels, g.rows.in, g.cols.in);
+  const PlaneAccess p = plane_access(nhwc, e.n, e.c, g.channels, g.out_plane());
+  return avg_pool_grad_with<T>(g, include_pad, [&](int64_t o) { return dy(p(o)); }, e.h, e.w);
+}
+
+// GlobalAveragePool's output o (of [N, C], as both layouts store it) over planes of `size`:
+// summed in double in the plane's order, as the CPU kernel does, so the means are its bits.
+template <typename T, typename Load>
+OXTRAIN_HD T global_mean_output_at(int64_t channels, int64_t size, bool nhwc, int64_t o, Load&& x) {
+  const PlaneAccess p = plane_access(nhwc, o / channels, o % channels, channels, size);
+  double sum = 0;
+  for (int64_t j = 0; j < size; ++j) sum += static_cast<double>(x(p(j)));
+  return global_mean<T>(sum, size);
+}
+
+// The dY element (of [N, C]) that GlobalAveragePoolGrad's dX element i takes.
+OXTRAIN_HD int64_t global_mean_grad_source(int64_t channels, int64_t size, bool nhwc, int64_t i) {
+  return nhwc ? i / (size * channels) * channels + i % channels : i / size;
 }
 
 // ---------------------------------------------------------------------------------------
