@@ -195,6 +195,13 @@ double run_step(Trainer& t, int64_t k) {
 
 }  // namespace
 
+graph::Graph fixture_model(const std::string& dir) {
+  const std::string src = dir + "/";
+  json m = json::parse(std::ifstream(src + "manifest.json"));
+  ScopedTempDir tmp;
+  return load_model(m, src, tmp.path);
+}
+
 void check_model(const std::string& dir, const std::string& name) {
   const std::string src = dir + "/";
   ASSERT_TRUE(fs::exists(src + "manifest.json"))

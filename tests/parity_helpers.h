@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <string>
 
+#include "graph/ir.h"
+
 namespace oxtrain::test::parity {
 
 // The fixture generator: splitmix64's finaliser over (stream << 40) + i + 1.
@@ -27,5 +29,8 @@ void fill_uniform(float* out, int64_t n, uint64_t stream, double center, double 
 // statistics, forward-only), "all" (every tensor of the float32 digest file) or "loss".
 // A failure names `name` and the stage (import, training graph, session, step) that failed.
 void check_model(const std::string& dir, const std::string& name);
+
+// The fixture folder `dir`'s model, imported with its generated weights (float32, as exported).
+graph::Graph fixture_model(const std::string& dir);
 
 }  // namespace oxtrain::test::parity

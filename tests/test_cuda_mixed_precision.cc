@@ -15,6 +15,7 @@
 #include "runtime/kernel.h"
 #include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
+#include "tests/parity_helpers.h"
 
 using namespace oxtrain;
 using namespace oxtrain::graph;
@@ -239,5 +240,29 @@ TEST(CudaMixedPrecision, ResNet50RunsEveryNodeNativelyButTheClassifier) {
       if (half != DType::undefined) expected["Gemm: half widened to float32"] = 3;
       EXPECT_EQ(emulated, expected);
     }
+}
+
+// The same for the other families' fixture models (MobileNetV2's ReLU6 as Clip, EfficientNet's
+// Sigmoid and Dropout, DenseNet's Concat, a ViT's Gather, Softmax and LayerNorm): in half only
+// the matrix products run through the conversion passes.
+TEST(CudaMixedPrecision, FixtureModelsRunNativelyButTheirMatrixProducts) {
+  for (const char* name : {"mobilenet_v2", "efficientnet_b0", "densenet121", "vit"}) {
+    SCOPED_TRACE(name);
+    Graph forward = test::parity::fixture_model(std::string(OXTRAIN_FIXTURES) + "/parity_models/" + name);
+    autodiff::TrainingOptions to;
+    to.half = DType::bf16;
+    to.fuse_batchnorm_relu = to.recompute_batchnorm_relu = true;
+    to.channels_last = true;
+    autodiff::TrainingGraph tg = autodiff::build_training_graph(std::move(forward), to);
+    int half_nodes = 0;
+    std::map<std::string, int> emulated;
+    for (const auto& n : tg.graph.nodes()) {
+      half_nodes += runtime::cpu::has_half_values(*n);
+      if (!runtime::cuda_emulation(*n).empty()) ++emulated[n->op_type];
+    }
+    EXPECT_GT(half_nodes, 20);
+    for (const auto& [op, count] : emulated)
+      EXPECT_TRUE(op == "Gemm" || op == "MatMul") << op << " (" << count << " nodes) runs emulated";
+  }
 }
 #endif  // OXTRAIN_HAVE_CUDA

@@ -142,11 +142,25 @@ TEST(CudaMovement, GatherGatherNDAndGatherGrad) {
   for (int64_t r = 0; r < 7; ++r)
     for (int64_t j = 0; j < 40; ++j)
       if (read[j] == r) order.push_back(j);
-  KernelCase grad("GatherGrad", "oxtrain", {random_tensor(DType::f32, {5, 40, 11, 13}, 53), ints(order), ints(row_start)},
-                  {{DType::f32, kOdd}});
-  grad.set_attr("input_shape", Attribute{std::vector<int64_t>(kOdd)});
-  grad.set_attr("axis", Attribute{int64_t{1}});
-  make_constant(grad, 1);
-  make_constant(grad, 2);
-  EXPECT_TRUE(cuda_matches_cpu(grad, 0));
+  // In half too: the terms added in float32, the sum rounded once, as the CPU's emulation.
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    KernelCase grad("GatherGrad", "oxtrain", {random_tensor(dt, {5, 40, 11, 13}, 53), ints(order), ints(row_start)},
+                    {{dt, kOdd}});
+    grad.set_attr("input_shape", Attribute{std::vector<int64_t>(kOdd)});
+    grad.set_attr("axis", Attribute{int64_t{1}});
+    make_constant(grad, 1);
+    make_constant(grad, 2);
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(grad)) << graph::dtype_name(dt);
+  }
+  // Moved by element size in half: a gather and a slice as ViT's class token takes them.
+  for (DType h : {DType::f16, DType::bf16}) {
+    KernelCase take("Gather", "", {random_tensor(h, kOdd, 54), Tensor::from_int64({0}, {})}, {{h, {5, 11, 13}}});
+    take.set_attr("axis", Attribute{int64_t{1}});
+    make_constant(take, 1);
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(take)) << graph::dtype_name(h);
+    KernelCase cat("Concat", "", {random_tensor(h, {5, 2, 11, 13}, 55), random_tensor(h, {5, 5, 11, 13}, 56)},
+                   {{h, kOdd}});
+    cat.set_attr("axis", Attribute{int64_t{1}});
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(cat)) << graph::dtype_name(h);
+  }
 }

@@ -132,6 +132,73 @@ TEST(CudaPointwise, GradientOpsMatchCpu) {
   EXPECT_TRUE(test::cuda_bitwise_matches_cpu(clip, 1));
 }
 
+// float16 and bfloat16: widened on load, computed in float32, rounded once on store, as the
+// CPU's emulation of half: exact ops give its bits. Where CUDA's math library and the CPU's
+// libm differ by a few float32 ulps, rounding to half mostly hides it, but a value near a
+// rounding boundary may still round one half ulp apart: the bound is that ulp of the largest
+// output (a wrong formula is off by far more).
+TEST(CudaPointwise, HalfActivationsAndGradientsMatchCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  struct U {
+    const char* op;
+    const char* domain;
+    double lo, hi;
+    bool exact;
+    int inputs;
+    std::map<std::string, Attribute> attrs;
+  };
+  const U cases[] = {
+      {"Sigmoid", "", -8, 8, false, 1, {}},
+      {"Tanh", "", -4, 4, false, 1, {}},
+      {"Erf", "", -3, 3, false, 1, {}},
+      {"Exp", "", -5, 5, false, 1, {}},
+      {"Gelu", "", -5, 5, false, 1, {}},
+      {"HardSwish", "", -5, 5, false, 1, {}},
+      {"HardSigmoid", "", -5, 5, false, 1, {{"alpha", Attribute{1.0f / 6}}, {"beta", Attribute{0.5f}}}},
+      {"Abs", "", -3, 3, true, 1, {}},
+      {"Max", "", -3, 3, true, 3, {}},
+      {"Min", "", -3, 3, true, 2, {}},
+      {"SigmoidGrad", "oxtrain", 0, 1, true, 2, {}},
+      {"TanhGrad", "oxtrain", -1, 1, false, 2, {}},
+      {"GeluGrad", "oxtrain", -5, 5, false, 2, {}},
+      {"HardSwishGrad", "oxtrain", -5, 5, false, 2, {}},
+      {"HardSigmoidGrad", "oxtrain", -5, 5, false, 2, {{"alpha", Attribute{1.0f / 6}}, {"beta", Attribute{0.5f}}}},
+  };
+  for (DType h : {DType::f16, DType::bf16}) {
+    SCOPED_TRACE(graph::dtype_name(h));
+    const double ulp = h == DType::bf16 ? 1.0 / 128 : 1.0 / 1024;
+    uint64_t seed = 300;
+    for (const U& u : cases) {
+      // A gradient op's dY in [-2, 2), then the value it saved in [lo, hi).
+      const bool gradient = *u.domain != '\0';
+      std::vector<Tensor> ins;
+      for (int i = 0; i < u.inputs; ++i)
+        ins.push_back(gradient && i == 0 ? random_tensor(h, kOdd, ++seed, -2, 2)
+                                         : random_tensor(h, kOdd, ++seed, u.lo, u.hi));
+      KernelCase c(u.op, u.domain, ins, {{h, kOdd}});
+      for (const auto& [k, v] : u.attrs) c.set_attr(k, v);
+      const int64_t opset = gradient ? 1 : u.op == std::string("Gelu") ? 20 : 17;
+      if (u.exact) EXPECT_TRUE(test::cuda_bitwise_matches_cpu(c, opset)) << u.op;
+      else EXPECT_TRUE(cuda_matches_cpu(c, ulp, opset)) << u.op;
+    }
+    // MobileNet's ReLU6: Clip with constant bounds of float32 (as exported) or of the half type.
+    for (DType bound : {DType::f32, h}) {
+      Tensor lo = random_tensor(bound, {}, 1), hi = random_tensor(bound, {}, 2);
+      test::set_element(lo, 0, 0.0);
+      test::set_element(hi, 0, 6.0);
+      KernelCase clip("Clip", "", {random_tensor(h, kOdd, ++seed, -2, 8), lo, hi}, {{h, kOdd}});
+      make_constant(clip, 1);
+      make_constant(clip, 2);
+      EXPECT_TRUE(test::cuda_bitwise_matches_cpu(clip, 13)) << "Clip, bounds " << graph::dtype_name(bound);
+      KernelCase grad("ClipGrad", "oxtrain",
+                      {random_tensor(h, kOdd, ++seed), random_tensor(h, kOdd, ++seed, -2, 8), lo, hi}, {{h, kOdd}});
+      make_constant(grad, 2);
+      make_constant(grad, 3);
+      EXPECT_TRUE(test::cuda_bitwise_matches_cpu(grad, 1)) << "ClipGrad, bounds " << graph::dtype_name(bound);
+    }
+  }
+}
+
 TEST(CudaPointwise, BroadcastingBinaryOpsMatchCpu) {
   OXTRAIN_REQUIRE_GPU();
   const Shape a{5, 1, 11, 13}, b{7, 1, 1};

@@ -68,6 +68,30 @@ TEST(CudaRandom, DropoutGradMatchesCpu) {
   }
 }
 
+// Dropout in half: the same mask as in float32 (the generator does not see the type), the
+// kept values scaled in float32 and rounded once, as the CPU's emulation of half.
+TEST(CudaRandom, HalfDropoutMatchesCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType h : {DType::f16, DType::bf16}) {
+    KernelCase fwd("DropoutTraining", "oxtrain", {random_tensor(h, kOdd, 3, -3, 3), step_tensor(5)},
+                   {{h, kOdd}, {DType::boolean, kOdd}});
+    fwd.set_attr("ratio", Attribute{0.1f});
+    fwd.set_attr("key", Attribute{int64_t{77}});
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(fwd)) << graph::dtype_name(h);
+    KernelCase f32("DropoutTraining", "oxtrain", {random_tensor(DType::f32, kOdd, 3, -3, 3), step_tensor(5)},
+                   {{DType::f32, kOdd}, {DType::boolean, kOdd}});
+    f32.set_attr("ratio", Attribute{0.1f});
+    f32.set_attr("key", Attribute{int64_t{77}});
+    fwd.run(17, runtime::Device::cuda);
+    f32.run();
+    EXPECT_EQ(fwd.output(1).bytes, f32.output(1).bytes) << graph::dtype_name(h);
+    Tensor mask = fwd.output(1);
+    KernelCase grad("DropoutGrad", "oxtrain", {random_tensor(h, kOdd, 4, -3, 3), mask}, {{h, kOdd}});
+    grad.set_attr("ratio", Attribute{0.1f});
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(grad)) << graph::dtype_name(h);
+  }
+}
+
 TEST(CudaRandom, UniformAndNormalMatchCpu) {
   OXTRAIN_REQUIRE_GPU();
   std::vector<int64_t> shape(kOdd.begin(), kOdd.end());

@@ -3,13 +3,14 @@
 // kernel's own workspace (so the static memory plan covers them), and each half output is
 // rounded from float32 into place, all on the compute stream. The rounding is base/half.h's,
 // the same as the CPU reference. Kernels that handle half themselves are not wrapped: cuDNN's
-// convolutions and batch norm, the fused batch norms, NonFinite, the element-wise arithmetic,
-// reductions, copies and movement ops, pooling (native_half_node) and Cast between float32 and
-// half (one conversion kernel).
+// convolutions and batch norm, the fused batch norms, NonFinite, and (native_half_node) the
+// element-wise arithmetic, reductions, activations, dropout, copies and movement ops, pooling;
+// Cast between float32 and half is one conversion kernel.
 //
 // This makes every op run in mixed precision; it costs a conversion pass per half value and
 // use. cuda::half_emulated names the nodes that still take it (`oxtrain graph --training
-// --device cuda` lists them; for ResNet-50 only the classifier's three matrix products).
+// --device cuda` lists them): the matrix products, which for ResNet-50 are the classifier's
+// three.
 #include <cuda_runtime.h>
 
 #include <set>
@@ -169,26 +170,42 @@ const std::set<std::pair<std::string, std::string>>& native_half_ops() {
 
 // Nodes whose CUDA kernels take half values as they are where every floating value of the node
 // has one type: the element-wise arithmetic and reductions (runtime/cuda/elementwise.cu), the
-// copies and movement ops (moved by element size), and pooling (runtime/cuda/pool.cu): 2-D max
-// and average pooling and their gradients, global average pooling at any rank.
+// activations and their gradients (runtime/cuda/pointwise.cu), the copies and movement ops
+// (moved by element size), and pooling (runtime/cuda/pool.cu): 2-D max and average pooling and
+// their gradients, global average pooling at any rank. Clip's bounds are constants the kernel
+// reads when it is made, of any type.
 bool native_half_node(const Node& n) {
   static const std::set<std::pair<std::string, std::string>> same_type = {
-      {"", "Neg"},       {"", "Relu"},         {"oxtrain", "ReluGrad"},   {"", "Add"},
-      {"", "Sub"},       {"", "Mul"},          {"", "Div"},               {"", "Sum"},
-      {"", "ReduceMean"}, {"oxtrain", "ReduceSumTo"}, {"oxtrain", "ReduceMeanGrad"},
-      {"", "Identity"},  {"", "Flatten"},      {"", "Reshape"},           {"", "Dropout"},
-      {"", "Transpose"}, {"", "Concat"},       {"", "Split"},             {"", "Slice"},
-      {"", "Squeeze"},   {"", "Unsqueeze"},    {"", "Expand"},            {"", "Gather"},
-      {"", "GatherND"},  {"oxtrain", "SliceGrad"},
+      {"", "Neg"}, {"", "Relu"}, {"oxtrain", "ReluGrad"}, {"", "Add"}, {"", "Sub"}, {"", "Mul"}, {"", "Div"},
+      {"", "Sum"}, {"", "ReduceMean"}, {"oxtrain", "ReduceSumTo"}, {"oxtrain", "ReduceMeanGrad"},
+      // activations and element-wise math
+      {"", "Sigmoid"}, {"", "Tanh"}, {"", "HardSwish"}, {"", "HardSigmoid"}, {"", "Erf"}, {"", "Gelu"},
+      {"", "Sqrt"}, {"", "Exp"}, {"", "Log"}, {"", "Reciprocal"}, {"", "Floor"}, {"", "Ceil"}, {"", "Abs"},
+      {"", "Sign"}, {"", "Clip"}, {"", "Max"}, {"", "Min"}, {"", "Where"},
+      {"oxtrain", "SigmoidGrad"}, {"oxtrain", "TanhGrad"}, {"oxtrain", "SqrtGrad"}, {"oxtrain", "ErfGrad"},
+      {"oxtrain", "HardSwishGrad"}, {"oxtrain", "HardSigmoidGrad"}, {"oxtrain", "GeluGrad"}, {"oxtrain", "ClipGrad"},
+      // moved by element size
+      {"", "Identity"}, {"", "Flatten"}, {"", "Reshape"}, {"", "Dropout"}, {"", "Transpose"}, {"", "Concat"},
+      {"", "Split"}, {"", "Slice"}, {"", "Squeeze"}, {"", "Unsqueeze"}, {"", "Expand"}, {"", "Gather"},
+      {"", "GatherND"}, {"oxtrain", "SliceGrad"}, {"oxtrain", "GatherGrad"},
+      // runtime/cuda/random.cu
+      {"oxtrain", "DropoutTraining"}, {"oxtrain", "DropoutGrad"},
   };
   const std::string domain = n.domain == "ai.onnx" ? "" : n.domain;
+  // Inputs from this one on are Clip's constant bounds, not operands.
+  const size_t bounds = domain.empty() && n.op_type == "Clip"              ? 1
+                        : domain == "oxtrain" && n.op_type == "ClipGrad" ? 2
+                                                                          : n.inputs.size();
   const graph::Value* first = nullptr;
-  for (const auto* list : {&n.inputs, &n.outputs})
-    for (const graph::Value* v : *list) {
-      if (!v || !graph::is_float(v->dtype)) continue;
-      if (first && v->dtype != first->dtype) return false;
-      first = first ? first : v;
-    }
+  auto one_type = [&](const graph::Value* v) {
+    if (!v || !graph::is_float(v->dtype)) return true;
+    first = first ? first : v;
+    return v->dtype == first->dtype;
+  };
+  for (size_t i = 0; i < n.inputs.size() && i < bounds; ++i)
+    if (!one_type(n.input(i))) return false;
+  for (const graph::Value* v : n.outputs)
+    if (!one_type(v)) return false;
   if (same_type.count({domain, n.op_type})) return true;
   auto rank4 = [](const graph::Value* v) { return v && v->shape.size() == 4; };
   if (domain.empty() && (n.op_type == "MaxPool" || n.op_type == "AveragePool")) return rank4(n.input(0));

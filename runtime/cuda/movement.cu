@@ -2,8 +2,9 @@
 // Slice, Squeeze, Unsqueeze, Expand, Gather, GatherND and the gradient ops oxtrain.SliceGrad
 // and oxtrain.GatherGrad. Every kernel writes (=) its outputs.
 //
-// Data moves by element size, for float32 and the integer and bool types (not float64, which
-// the CUDA runtime does not hold); GatherGrad adds float32. Concat and Split are one 2-D copy
+// Data moves by element size, for float32, float16, bfloat16 and the integer and bool types
+// (not float64, which the CUDA runtime does not hold); GatherGrad adds in float32 (its half
+// sums rounded once, as the CPU's emulation of half). Concat and Split are one 2-D copy
 // per part on the stream (cudaMemcpy2DAsync); Slice, Expand and the gathers read each output
 // element from the offset the shared index math gives (runtime/math/broadcast.h,
 // runtime/math/movement.h); SliceGrad zeroes dX and writes dY's elements to distinct places.
@@ -18,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "base/half.h"
 #include "graph/ops.h"
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/kernels.h"
@@ -35,7 +37,7 @@ using math::StridedPlan;
 size_t movable_size(const Node& n, const graph::Value& v) {
   const size_t es = graph::dtype_size(v.dtype);
   if (v.dtype == DType::f64 || v.dtype == DType::undefined || (es != 1 && es != 2 && es != 4 && es != 8))
-    throw Error(n.describe() + ": the CUDA kernel moves float32, integer or bool tensors, got " +
+    throw Error(n.describe() + ": the CUDA kernel moves float32, half, integer or bool tensors, got " +
                 graph::dtype_name(v.dtype) + " '" + v.name + "'");
   return es;
 }
@@ -426,11 +428,14 @@ KernelFactory gather_factory(bool nd) {
 // ---------------------------------------------------------------------------------------
 // GatherGrad: one thread per dX element, its terms added in the listed order.
 
-__global__ void gather_grad_kernel(float* dx, const float* dy, const int64_t* order, const int64_t* row_start,
+template <int kKind>  // float32, float16, bfloat16: added in float32, rounded once
+__global__ void gather_grad_kernel(void* dx, const void* dy, const int64_t* order, const int64_t* row_start,
                                    int64_t n, math::GatherLayout g) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
-    dx[i] = math::gather_grad_element(dy, order, row_start, i, g);
+    store_float<kKind>(dx, i,
+                       math::gather_grad_element_with<float>([dy](int64_t j) { return load_float<kKind>(dy, j); },
+                                                             order, row_start, i, g));
 }
 
 KernelFactory gather_grad_factory() {
@@ -442,8 +447,10 @@ KernelFactory gather_grad_factory() {
     const graph::Value& row_start = input_value(n, 2);
     const graph::Value& dx = output_value(n, 0);
     same_type(n, dy, dx);
-    if (dx.dtype != DType::f32)
-      throw Error(what + ": the CUDA kernel takes float32, got " + graph::dtype_name(dx.dtype) + " '" + dx.name + "'");
+    if (dx.dtype != DType::f32 && dx.dtype != DType::f16 && dx.dtype != DType::bf16)
+      throw Error(what + ": the CUDA kernel takes float32, float16 or bfloat16, got " + graph::dtype_name(dx.dtype) +
+                  " '" + dx.name + "'");
+    const int kind = dx.dtype == DType::f32 ? 0 : dx.dtype == DType::f16 ? 1 : 2;
     const graph::Shape& xs = known_shape(n, dx);
     const int64_t axis = n.attr_int("axis", 0), count = n.attr_int("count", 1);
     const int64_t rank = static_cast<int64_t>(xs.size());
@@ -465,14 +472,21 @@ KernelFactory gather_grad_factory() {
       throw Error(what + ": order " + order.shape_string() + " and row_start " + row_start.shape_string() +
                   " do not describe dY " + dy.shape_string() + " gathered from dX " + dx.shape_string());
     const int64_t numel = graph::shape_numel(xs);
-    return make_kernel([g, numel, what](const KernelArgs& a) {
+    return make_kernel([g, numel, what, kind](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, what);
       check_numel(a.outputs[0], numel, what, "dX");
       if (numel <= 0) return;
       cuda::Launch l = cuda::launch_for(numel, ctx);
-      gather_grad_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(a.outputs[0].as<float>(), a.inputs[0].as<float>(),
-                                                                 a.inputs[1].as<int64_t>(), a.inputs[2].as<int64_t>(),
-                                                                 numel, g);
+      void* dx = a.outputs[0].data;
+      const void* dy = a.inputs[0].data;
+      const int64_t* order = a.inputs[1].as<int64_t>();
+      const int64_t* starts = a.inputs[2].as<int64_t>();
+      if (kind == 0)
+        gather_grad_kernel<0><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, order, starts, numel, g);
+      else if (kind == 1)
+        gather_grad_kernel<1><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, order, starts, numel, g);
+      else
+        gather_grad_kernel<2><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, order, starts, numel, g);
       check_launch("gather_grad_kernel launch", what);
     });
   };

@@ -5,7 +5,10 @@
 //
 // Types: float32 math (Mod and the comparisons also on int64 and int32, the comparisons on
 // bool; Where moves elements of any size; Cast converts between float32, int64, int32, int8,
-// uint8 and bool). Pow's exponent is a float32 tensor or a constant scalar of any number type.
+// uint8 and bool). The activations, their gradients and Max/Min also take float16 and bfloat16,
+// widened on load, computed in float32 and rounded once on store, as the CPU's emulation of
+// half computes them. Pow's exponent is a float32 tensor or a constant scalar of any number
+// type.
 //
 // The per-element math is runtime/math/pointwise.h, the CPU kernels' own; transcendental
 // functions come from CUDA's math library and may differ from the CPU's libm by a few ulps.
@@ -23,6 +26,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "base/half.h"
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/kernels.h"
 #include "runtime/math/broadcast.h"
@@ -53,6 +57,27 @@ void require_type(const Node& n, const graph::Value& v, std::initializer_list<DT
 
 void require_f32(const Node& n, const graph::Value& v) { require_type(n, v, {DType::f32}, "float32"); }
 
+// The float math's one element type, shared by `values`: 0 float32, 1 float16, 2 bfloat16
+// (base/half.h's load_float / store_float).
+int float_kind(const Node& n, std::initializer_list<const graph::Value*> values) {
+  const DType dt = (*values.begin())->dtype;
+  for (const graph::Value* v : values) {
+    require_type(n, *v, {DType::f32, DType::f16, DType::bf16}, "float32, float16 or bfloat16");
+    if (v->dtype != dt)
+      throw Error(n.describe() + ": the CUDA kernel takes operands of one type, got " + graph::dtype_name(dt) +
+                  " and " + graph::dtype_name(v->dtype) + " '" + v->name + "'");
+  }
+  return dt == DType::f32 ? 0 : dt == DType::f16 ? 1 : 2;
+}
+
+// Calls make(std::integral_constant<int, kind>{}) for a kind known only at compile time.
+template <typename F>
+std::unique_ptr<Kernel> by_kind(int kind, F&& make) {
+  if (kind == 0) return make(std::integral_constant<int, 0>{});
+  if (kind == 1) return make(std::integral_constant<int, 1>{});
+  return make(std::integral_constant<int, 2>{});
+}
+
 void check_numel(const TensorView& t, int64_t numel, const std::string& where, const char* role) {
   if (t.numel() != numel)
     throw Error(where + ": " + role + " has " + std::to_string(t.numel()) +
@@ -76,6 +101,7 @@ double constant_scalar(const Node& n, size_t i, double fallback, const char* wha
   const graph::Tensor& t = *v->data;
   if (t.dtype == DType::f32) return t.data<float>()[0];
   if (t.dtype == DType::f64) return t.data<double>()[0];
+  if (t.dtype == DType::f16 || t.dtype == DType::bf16) return half_to_float(t.data<uint16_t>()[0], t.dtype == DType::bf16);
   return static_cast<double>(t.to_int64().at(0));
 }
 
@@ -160,6 +186,30 @@ struct BinaryF {
   __device__ void operator()(I i, const I (&off)[kOperands]) const { y[i] = op(a[off[0]], b[off[1]]); }
 };
 
+// The float math on elements of kKind (float32, float16, bfloat16), computed in float32.
+template <int kKind, typename Op>
+struct FloatUnaryF {
+  const void* x;
+  void* y;
+  Op op;
+  template <typename I>
+  __device__ void operator()(I i, const I (&off)[kOperands]) const {
+    store_float<kKind>(y, i, op(load_float<kKind>(x, off[0])));
+  }
+};
+
+template <int kKind, typename Op>
+struct FloatPairF {
+  const void* a;
+  const void* b;
+  void* y;
+  Op op;
+  template <typename I>
+  __device__ void operator()(I i, const I (&off)[kOperands]) const {
+    store_float<kKind>(y, i, op(load_float<kKind>(a, off[0]), load_float<kKind>(b, off[1])));
+  }
+};
+
 struct PowScalarF {
   const float* a;
   float e;
@@ -183,19 +233,19 @@ struct PowGradF {
   }
 };
 
-template <typename Op>
+template <int kKind, typename Op>
 struct VariadicF {
-  const float* x[kOperands];
+  const void* x[kOperands];
   int count;
-  float* y;
+  void* y;
   Op op;
   template <typename I>
   __device__ void operator()(I i, const I (&off)[kOperands]) const {
-    float acc = x[0][off[0]];
+    float acc = load_float<kKind>(x[0], off[0]);
 #pragma unroll
     for (int k = 1; k < kOperands; ++k)
-      if (k < count) acc = op(acc, x[k][off[k]]);
-    y[i] = acc;
+      if (k < count) acc = op(acc, load_float<kKind>(x[k], off[k]));
+    store_float<kKind>(y, i, acc);
   }
 };
 
@@ -263,17 +313,18 @@ struct ToBoolOp {
 // ---------------------------------------------------------------------------------------
 // Factories
 
-// Float32 unary op (also: a unary op with parameters fixed here).
+// Float unary op (also: a unary op with parameters fixed here).
 template <typename Op>
 std::unique_ptr<Kernel> unary_f32(const Node& n, Op op) {
   const std::string what = n.describe();
-  require_f32(n, input_value(n, 0));
-  require_f32(n, output_value(n, 0));
+  const int kind = float_kind(n, {&input_value(n, 0), &output_value(n, 0)});
   // Only X is read (Clip's bounds are fixed here), so only X shapes the launch: a bound may be
   // omitted or shaped [1].
   const Layout l = make_layout(n, known_shape(n, output_value(n, 0)), {known_shape(n, input_value(n, 0))});
-  return make_kernel([what, l, op](const KernelArgs& a) {
-    launch_map(l, UnaryF<float, float, Op>{a.inputs[0].as<float>(), a.outputs[0].as<float>(), op}, a, what);
+  return by_kind(kind, [&](auto k) {
+    return make_kernel([what, l, op](const KernelArgs& a) {
+      launch_map(l, FloatUnaryF<decltype(k)::value, Op>{a.inputs[0].data, a.outputs[0].data, op}, a, what);
+    });
   });
 }
 
@@ -297,22 +348,21 @@ std::string gelu_approximation(const Node& n) {
   return a;
 }
 
-// dX = op(dY, saved), all float32 of one shape.
+// dX = op(dY, saved), all of one float type and shape.
 template <typename Op>
 std::unique_ptr<Kernel> pair_f32(const Node& n, Op op) {
   const std::string what = n.describe();
-  for (const graph::Value* v : {&input_value(n, 0), &input_value(n, 1), &output_value(n, 0)})
-    require_f32(n, *v);
+  const int kind = float_kind(n, {&input_value(n, 0), &input_value(n, 1), &output_value(n, 0)});
   if (known_shape(n, input_value(n, 0)) != known_shape(n, input_value(n, 1)))
     throw Error(what + ": dY " + input_value(n, 0).shape_string() + " and '" + input_value(n, 1).name +
                 "' " + input_value(n, 1).shape_string() + " differ in shape");
   const Layout l = make_layout(n, known_shape(n, output_value(n, 0)),
                                {input_value(n, 0).shape, input_value(n, 1).shape});
-  return make_kernel([what, l, op](const KernelArgs& a) {
-    launch_map(l,
-               BinaryF<float, float, float, Op>{a.inputs[0].as<float>(), a.inputs[1].as<float>(),
-                                                a.outputs[0].as<float>(), op},
-               a, what);
+  return by_kind(kind, [&](auto k) {
+    return make_kernel([what, l, op](const KernelArgs& a) {
+      launch_map(l, FloatPairF<decltype(k)::value, Op>{a.inputs[0].data, a.inputs[1].data, a.outputs[0].data, op}, a,
+                 what);
+    });
   });
 }
 
@@ -448,15 +498,18 @@ KernelFactory variadic_factory(Op op) {
     const Node& n = init.node;
     const std::string what = n.describe();
     if (n.inputs.empty()) throw Error(what + ": needs at least one input");
-    for (size_t i = 0; i < n.inputs.size(); ++i) require_f32(n, input_value(n, i));
+    int kind = 0;
+    for (size_t i = 0; i < n.inputs.size(); ++i) kind = float_kind(n, {&output_value(n, 0), &input_value(n, i)});
     const Layout l = node_layout(n);
-    return make_kernel([what, l, op](const KernelArgs& a) {
-      VariadicF<Op> f{};
-      for (size_t k = 0; k < a.inputs.size(); ++k) f.x[k] = a.inputs[k].as<float>();
-      f.count = static_cast<int>(a.inputs.size());
-      f.y = a.outputs[0].as<float>();
-      f.op = op;
-      launch_map(l, f, a, what);
+    return by_kind(kind, [&](auto k) {
+      return make_kernel([what, l, op](const KernelArgs& a) {
+        VariadicF<decltype(k)::value, Op> f{};
+        for (size_t j = 0; j < a.inputs.size(); ++j) f.x[j] = a.inputs[j].data;
+        f.count = static_cast<int>(a.inputs.size());
+        f.y = a.outputs[0].data;
+        f.op = op;
+        launch_map(l, f, a, what);
+      });
     });
   };
 }

@@ -1,4 +1,5 @@
-// CUDA kernels of the random family, the twins of runtime/cpu/random.cc (float32; the design
+// CUDA kernels of the random family, the twins of runtime/cpu/random.cc (float32, and float16 /
+// bfloat16 for DropoutTraining and DropoutGrad, computed in float32 and rounded once; the design
 // is in autodiff/rules_random.cc, the generator in runtime/math/random.h, whose functions both
 // files call, so the GPU draws the CPU's bits):
 //   Dropout (ONNX, any mode)    the identity, mask all true (inference)
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <string>
 
+#include "base/half.h"
 #include "graph/random.h"
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/kernels.h"
@@ -74,7 +76,8 @@ __global__ void fill_ones_kernel(float* y, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) y[i] = 1.0f;
 }
 
-__global__ void dropout_training_kernel(float* y, uint8_t* mask, const float* x, const int64_t* step,
+template <int kKind>
+__global__ void dropout_training_kernel(void* y, uint8_t* mask, const void* x, const int64_t* step,
                                         int64_t n, uint64_t key, float ratio, float scale) {
   const int64_t blocks = (n + 3) / 4;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
@@ -86,16 +89,26 @@ __global__ void dropout_training_kernel(float* y, uint8_t* mask, const float* x,
       const int64_t i = b * 4 + lane;
       if (i >= n) break;
       const bool keep = math::dropout_keep(w, lane, ratio);
-      y[i] = math::dropout_apply(x[i], keep, scale);
+      store_float<kKind>(y, i, math::dropout_apply(load_float<kKind>(x, i), keep, scale));
       if (mask) mask[i] = keep;
     }
   }
 }
 
-__global__ void dropout_grad_kernel(float* dx, const float* dy, const uint8_t* mask, int64_t n, float scale) {
+template <int kKind>
+__global__ void dropout_grad_kernel(void* dx, const void* dy, const uint8_t* mask, int64_t n, float scale) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
-    dx[i] = math::dropout_apply(dy[i], mask[i] != 0, scale);
+    store_float<kKind>(dx, i, math::dropout_apply(load_float<kKind>(dy, i), mask[i] != 0, scale));
+}
+
+// Dropout's data: float32 (kind 0), float16 (1) or bfloat16 (2), one type for `a` and `b`.
+int dropout_kind(const Node& n, const graph::Value& a, const graph::Value& b) {
+  if (a.dtype != b.dtype || (a.dtype != DType::f32 && a.dtype != DType::f16 && a.dtype != DType::bf16))
+    throw Error(n.describe() + ": the CUDA kernel takes float32, float16 or bfloat16 of one type, got " +
+                graph::dtype_name(a.dtype) + " '" + a.name + "' and " + graph::dtype_name(b.dtype) + " '" + b.name +
+                "'");
+  return a.dtype == DType::f32 ? 0 : a.dtype == DType::f16 ? 1 : 2;
 }
 
 // step == nullptr: step 0.
@@ -164,8 +177,7 @@ KernelFactory dropout_training_factory() {
     const std::string what = n.describe();
     const graph::Value& x = input_value(n, 0);
     const graph::Value& y = output_value(n, 0);
-    require_f32(n, x);
-    require_f32(n, y);
+    const int kind = dropout_kind(n, x, y);
     require_step(n, 1);
     require_same_count(n, x, y);
     if (const graph::Value* m = n.output(1)) {
@@ -176,14 +188,20 @@ KernelFactory dropout_training_factory() {
     const float ratio = ratio_of(n);
     const float scale = static_cast<float>(math::dropout_scale(ratio));
     const uint64_t key = key_of(n);
-    return make_kernel([what, numel, ratio, scale, key](const KernelArgs& a) {
+    return make_kernel([what, numel, ratio, scale, key, kind](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, what);
       if (numel == 0) return;
       uint8_t* mask = a.outputs.size() > 1 && a.outputs[1].present() ? a.outputs[1].as<uint8_t>() : nullptr;
       cuda::Launch l = cuda::launch_for((numel + 3) / 4, ctx);
-      dropout_training_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(
-          a.outputs[0].as<float>(), mask, a.inputs[0].as<float>(), a.inputs[1].as<int64_t>(), numel, key, ratio,
-          scale);
+      void* y = a.outputs[0].data;
+      const void* x = a.inputs[0].data;
+      const int64_t* step = a.inputs[1].as<int64_t>();
+      if (kind == 0)
+        dropout_training_kernel<0><<<l.blocks, l.threads, 0, ctx.stream>>>(y, mask, x, step, numel, key, ratio, scale);
+      else if (kind == 1)
+        dropout_training_kernel<1><<<l.blocks, l.threads, 0, ctx.stream>>>(y, mask, x, step, numel, key, ratio, scale);
+      else
+        dropout_training_kernel<2><<<l.blocks, l.threads, 0, ctx.stream>>>(y, mask, x, step, numel, key, ratio, scale);
       check_launch("dropout_training_kernel launch", what);
     });
   };
@@ -196,19 +214,25 @@ KernelFactory dropout_grad_factory() {
     const graph::Value& dy = input_value(n, 0);
     const graph::Value& mask = input_value(n, 1);
     const graph::Value& dx = output_value(n, 0);
-    require_f32(n, dy);
-    require_f32(n, dx);
+    const int kind = dropout_kind(n, dy, dx);
     if (mask.dtype != DType::boolean) throw Error(what + ": the mask input must be bool");
     require_same_count(n, dy, mask);
     require_same_count(n, dy, dx);
     const int64_t numel = known_numel(n, dy);
     const float scale = static_cast<float>(math::dropout_scale(ratio_of(n)));
-    return make_kernel([what, numel, scale](const KernelArgs& a) {
+    return make_kernel([what, numel, scale, kind](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, what);
       if (numel == 0) return;
       cuda::Launch l = cuda::launch_for(numel, ctx);
-      dropout_grad_kernel<<<l.blocks, l.threads, 0, ctx.stream>>>(a.outputs[0].as<float>(), a.inputs[0].as<float>(),
-                                                                   a.inputs[1].as<uint8_t>(), numel, scale);
+      void* dx = a.outputs[0].data;
+      const void* dy = a.inputs[0].data;
+      const uint8_t* mask = a.inputs[1].as<uint8_t>();
+      if (kind == 0)
+        dropout_grad_kernel<0><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, mask, numel, scale);
+      else if (kind == 1)
+        dropout_grad_kernel<1><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, mask, numel, scale);
+      else
+        dropout_grad_kernel<2><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, mask, numel, scale);
       check_launch("dropout_grad_kernel launch", what);
     });
   };

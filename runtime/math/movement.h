@@ -48,18 +48,24 @@ OXTRAIN_HD int64_t gather_source(const Index* indices, int64_t flat, const Gathe
 
 // dX element `flat` of GatherGrad ([outer, rows, inner]): the sum of the dY elements
 // ([outer, J, inner]) gathered from it, added in the order `order[row_start[r]..row_start[r+1])`
-// starting from 0. One IEEE addition at a time, the same on both devices.
-template <typename T>
-OXTRAIN_HD T gather_grad_element(const T* dy, const int64_t* order, const int64_t* row_start,
-                                 int64_t flat, const GatherLayout& g) {
+// starting from 0. One IEEE addition at a time, the same on both devices. `dy(j)` gives dY's
+// element j as T.
+template <typename T, typename DyLoad>
+OXTRAIN_HD T gather_grad_element_with(DyLoad&& dy, const int64_t* order, const int64_t* row_start, int64_t flat,
+                                      const GatherLayout& g) {
   const int64_t k = flat % g.inner;
   const int64_t rest = flat / g.inner;
   const int64_t r = rest % g.rows;
   const int64_t o = rest / g.rows;
   T acc = T(0);
-  const T* base = dy + o * g.entries * g.inner + k;
-  for (int64_t t = row_start[r]; t < row_start[r + 1]; ++t) acc = acc + base[order[t] * g.inner];
+  const int64_t base = o * g.entries * g.inner + k;
+  for (int64_t t = row_start[r]; t < row_start[r + 1]; ++t) acc = acc + dy(base + order[t] * g.inner);
   return acc;
+}
+template <typename T>
+OXTRAIN_HD T gather_grad_element(const T* dy, const int64_t* order, const int64_t* row_start,
+                                 int64_t flat, const GatherLayout& g) {
+  return gather_grad_element_with<T>([dy](int64_t j) { return dy[j]; }, order, row_start, flat, g);
 }
 
 }  // namespace oxtrain::runtime::math
