@@ -94,6 +94,14 @@ class Kernel {
   virtual void wait() {}
 };
 
+// Thrown by a factory whose device library has no way to compute the node as it is (no
+// algorithm for its types, shapes and alignment), as opposed to a node that is wrong: a
+// wrapper may then fall back to another form (runtime/cuda/half_emulation.cu does).
+class KernelUnsupported : public Error {
+ public:
+  using Error::Error;
+};
+
 // What a factory sees at compile time.
 struct KernelInit {
   const Node& node;    // attributes; node.inputs/outputs carry shapes and dtypes

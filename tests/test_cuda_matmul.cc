@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/kernel.h"
 #include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
@@ -200,6 +201,41 @@ TEST(CudaMatmul, Tf32WithinItsPrecision) {
   }
 }
 
+// float16 and bfloat16 operands: cuBLASLt multiplies them exactly in float32 and sums in
+// float32, as the CPU's emulation of half does on widened copies, each in its own order, and
+// both round the sum once to half. Outputs (non-negative data in [0, 1)) may then round one
+// unit of the half type apart, 2^-8 (bfloat16) or 2^-11 (float16) of the largest; the bound
+// allows two. A wrong transpose, bias or batch offset is off by O(1).
+TEST(CudaMatmul, HalfOperandsSumInFloat32) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType h : {DType::bf16, DType::f16}) {
+    SCOPED_TRACE(graph::dtype_name(h));
+    const double tolerance = h == DType::bf16 ? 2.0 / 256 : 2.0 / 2048;
+    const GemmShape s;
+    uint64_t seed = 500;
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb)
+        for (int c = 0; c < 3; ++c) {  // no C, a bias [N] (the epilogue), a full C with beta 2
+          const Shape cs = c == 1 ? Shape{s.n} : Shape{s.m, s.n};
+          std::vector<Tensor> ins{random_tensor(h, ta ? Shape{s.k, s.m} : Shape{s.m, s.k}, ++seed, 0.0),
+                                  random_tensor(h, tb ? Shape{s.n, s.k} : Shape{s.k, s.n}, ++seed, 0.0)};
+          if (c > 0) ins.push_back(random_tensor(h, cs, ++seed, 0.0));
+          KernelCase kc("Gemm", "", ins, {{h, {s.m, s.n}}});
+          kc.set_attr("transA", Attribute{int64_t{ta}});
+          kc.set_attr("transB", Attribute{int64_t{tb}});
+          kc.set_attr("beta", Attribute{c == 2 ? 2.0f : 1.0f});
+          EXPECT_TRUE(cuda_matches_cpu(kc, tolerance, 17, Precision::tf32))
+              << "transA " << ta << " transB " << tb << " C " << c;
+        }
+    for (const MatMulShapes& c : kMatMulCases) {
+      KernelCase kc("MatMul", "", {random_tensor(h, c.a, ++seed, 0.0), random_tensor(h, c.b, ++seed, 0.0)},
+                    {{h, c.y}});
+      EXPECT_TRUE(cuda_matches_cpu(kc, tolerance, 17, Precision::tf32))
+          << graph::shape_str(c.a) << " x " << graph::shape_str(c.b) << ": " << c.what;
+    }
+  }
+}
+
 // Compile-time checks: these need the CUDA factories but no GPU (a graph planned without a
 // device compiles its kernels with a null context), so they run wherever CUDA is built.
 TEST(CudaMatmulCompile, RefusesWhatCublasLtCannotDo) {
@@ -228,11 +264,25 @@ TEST(CudaMatmulCompile, RefusesWhatCublasLtCannotDo) {
   }
   {
     KernelCase kc("Gemm", "", {Tensor(DType::f64, {2, 3}), Tensor(DType::f64, {3, 4})}, {{DType::f64, {2, 4}}});
-    EXPECT_NE(refusal(kc, "Gemm").find("takes float32, got float64"), std::string::npos) << refusal(kc, "Gemm");
+    EXPECT_NE(refusal(kc, "Gemm").find("takes float32, float16 or bfloat16, got float64"), std::string::npos)
+        << refusal(kc, "Gemm");
   }
   {
     KernelCase kc("MatMul", "", {Tensor(DType::f64, {2, 3}), Tensor(DType::f64, {3, 4})}, {{DType::f64, {2, 4}}});
-    EXPECT_NE(refusal(kc, "MatMul").find("takes float32, got float64"), std::string::npos) << refusal(kc, "MatMul");
+    EXPECT_NE(refusal(kc, "MatMul").find("takes float32, float16 or bfloat16, got float64"), std::string::npos)
+        << refusal(kc, "MatMul");
+  }
+  {
+    // cuBLASLt takes half operands of one type; a float32 bias beside bfloat16 A and B (the
+    // graph's mixed-precision pass casts it) goes to the half emulation instead, and compiles.
+    KernelCase kc("Gemm", "", {Tensor(DType::bf16, {2, 3}), Tensor(DType::bf16, {3, 4}), Tensor(DType::f32, {4})},
+                  {{DType::bf16, {2, 4}}});
+    EXPECT_EQ(refusal(kc, "Gemm"), "");
+    EXPECT_EQ(runtime::cuda_emulation(kc.node()), "half widened to float32");
+    KernelCase native("Gemm", "", {Tensor(DType::bf16, {2, 3}), Tensor(DType::bf16, {3, 4}), Tensor(DType::bf16, {4})},
+                      {{DType::bf16, {2, 4}}});
+    EXPECT_EQ(refusal(native, "Gemm"), "");
+    EXPECT_EQ(runtime::cuda_emulation(native.node()), "");
   }
   {
     KernelCase kc("MatMul", "", {Tensor(DType::f32, {2, 3}), Tensor(DType::f32, {4, 5})}, {{DType::f32, {2, 5}}});

@@ -1,4 +1,6 @@
-// Gemm and MatMul on the GPU through cuBLASLt, float32. Both write (=) their output.
+// Gemm and MatMul on the GPU through cuBLASLt, float32, float16 or bfloat16 (every operand of
+// one type; half accumulates in float32 and is rounded once, as the CPU's emulation of half
+// computes it, up to the order of the sums). Both write (=) their output.
 //
 // Semantics are those of the CPU kernels (runtime/cpu/matmul.cc): Gemm is
 // Y = alpha * op(A) * op(B) + beta * C with C broadcast to [M, N]; MatMul is numpy's matmul
@@ -61,6 +63,7 @@ std::string number_text(float v) {
 // Matrices are stored tightly (leading dimension = stored row count).
 
 struct LtProduct {
+  DType dtype = DType::f32;  // of every operand
   bool trans_a = false, trans_b = false;
   int64_t m = 0, n = 0, k = 0;
   int64_t batch = 1;
@@ -71,10 +74,10 @@ struct LtProduct {
   uint32_t align_a = kBufferAlignment, align_b = kBufferAlignment, align_cd = kBufferAlignment;
 };
 
-// Byte alignment of a buffer pointer plus `offset` elements of float.
-uint32_t alignment_at(int64_t offset) {
+// Byte alignment of a buffer pointer plus `offset` elements of `element` bytes.
+uint32_t alignment_at(int64_t offset, size_t element) {
   if (offset == 0) return kBufferAlignment;
-  uint64_t bytes = static_cast<uint64_t>(offset) * sizeof(float);
+  uint64_t bytes = static_cast<uint64_t>(offset) * element;
   return static_cast<uint32_t>(std::min<uint64_t>(kBufferAlignment, bytes & (~bytes + 1)));
 }
 
@@ -93,13 +96,19 @@ void set_attr(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, co
   cuda::check(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(value)), what, where);
 }
 
+cudaDataType_t cuda_type(DType dt) {
+  return dt == DType::f16 ? CUDA_R_16F : dt == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
 // The descriptors and the algorithm of one LtProduct, made at compile time on a device.
 class LtPlan {
  public:
   LtPlan(const LtProduct& p, Precision precision, const CudaContext& ctx, const std::string& where)
       : product_(p), precision_(precision), where_(where) {
-    const cublasComputeType_t compute =
-        precision == Precision::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    // Half operands: products exact in float32, sums in float32 (TF32 is a float32 input's).
+    const cublasComputeType_t compute = precision == Precision::tf32 && p.dtype == DType::f32
+                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                            : CUBLAS_COMPUTE_32F;
     cublasLtMatmulDesc_t desc = nullptr;
     cuda::check(cublasLtMatmulDescCreate(&desc, compute, CUDA_R_32F), "cublasLtMatmulDescCreate", where);
     desc_.reset(desc);
@@ -112,7 +121,7 @@ class LtPlan {
     if (p.bias) {
       const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       set_attr(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue, "cublasLt bias epilogue", where);
-      const cudaDataType_t bias_type = CUDA_R_32F;
+      const cudaDataType_t bias_type = cuda_type(p.dtype);
       set_attr(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, bias_type, "cublasLt bias type", where);
       // The heuristic does not read the bias but judges its alignment from the pointer's
       // value: give it an address exactly as aligned as the buffers run() will pass.
@@ -140,9 +149,12 @@ class LtPlan {
     int found = 0;
     cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt, desc, a_.get(), b_.get(), d_.get(),
                                                            d_.get(), pref, 1, &result, &found);
-    if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0))
-      throw Error(where + ": cuBLASLt has no algorithm for this product (" + summary() +
-                  "); run the model with --device cpu");
+    // No algorithm; for half operands any refusal of the heuristic counts as that (a type
+    // combination this cuBLASLt lacks), so the node falls back to float32 on widened copies.
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0) ||
+        (p.dtype != DType::f32 && (status != CUBLAS_STATUS_SUCCESS || result.state != CUBLAS_STATUS_SUCCESS)))
+      throw KernelUnsupported(where + ": cuBLASLt has no algorithm for this product (" + summary() +
+                              "); run the model with --device cpu");
     cuda::check(status, "cublasLtMatmulAlgoGetHeuristic", where);
     cuda::check(result.state, "cublasLtMatmulAlgoGetHeuristic", where);
     algo_ = result.algo;
@@ -160,10 +172,10 @@ class LtPlan {
 
   // Pointers of the buffers (cuBLASLt's names): a = the node's B, b = the node's A.
   struct Operands {
-    const float* a = nullptr;
-    const float* b = nullptr;
-    const float* c = nullptr;  // read only with beta != 0
-    float* d = nullptr;
+    const void* a = nullptr;
+    const void* b = nullptr;
+    const void* c = nullptr;  // read only with beta != 0
+    void* d = nullptr;
   };
 
   void set_bias(const void* bias) {
@@ -182,7 +194,13 @@ class LtPlan {
   // "cuBLASLt algorithm 21 tile 18, tf32, workspace 4.0 MiB".
   std::string describe() const {
     return "cuBLASLt algorithm " + std::to_string(algo_id_) + " tile " + std::to_string(tile_id_) + ", " +
-           precision_name(precision_) + ", workspace " + graph::human_bytes(static_cast<int64_t>(workspace_));
+           arithmetic() + ", workspace " + graph::human_bytes(static_cast<int64_t>(workspace_));
+  }
+
+  // "tf32", "fp32" or "bfloat16 summed in float32".
+  std::string arithmetic() const {
+    if (product_.dtype == DType::f32) return precision_name(precision_);
+    return std::string(graph::dtype_name(product_.dtype)) + " summed in float32";
   }
 
   // The product's shape in cuBLASLt's terms, for messages.
@@ -192,15 +210,15 @@ class LtPlan {
                     std::to_string(p.k) + (p.trans_a ? ", A transposed" : "") + (p.trans_b ? ", B transposed" : "");
     if (p.batch > 1) s += ", batch " + std::to_string(p.batch);
     if (p.bias) s += ", bias epilogue";
-    return s + ", " + precision_name(precision_);
+    return s + ", " + arithmetic();
   }
 
  private:
   Layout layout(int64_t rows, int64_t cols, int64_t batch_stride, const char* which) {
     cublasLtMatrixLayout_t l = nullptr;
     const std::string what = std::string("cublasLtMatrixLayoutCreate (") + which + ")";
-    cuda::check(cublasLtMatrixLayoutCreate(&l, CUDA_R_32F, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols),
-                                           rows),
+    cuda::check(cublasLtMatrixLayoutCreate(&l, cuda_type(product_.dtype), static_cast<uint64_t>(rows),
+                                           static_cast<uint64_t>(cols), rows),
                 what.c_str(), where_);
     Layout owned(l);
     if (product_.batch > 1) {
@@ -274,7 +292,7 @@ class CudaMatmulKernel final : public Kernel {
     const CudaContext& ctx = cuda::context_of(args, where_);
     check_shapes(args);
     if (spec_.empty_output) return;
-    float* y = args.outputs[0].as<float>();
+    char* y = static_cast<char*>(args.outputs[0].data);
     if (spec_.zero_fill) {
       cuda::check(cudaMemsetAsync(y, 0, args.outputs[0].bytes(), ctx.stream), "cudaMemsetAsync", where_);
       return;
@@ -285,9 +303,10 @@ class CudaMatmulKernel final : public Kernel {
     if (args.workspace_bytes < plan_->workspace_bytes())
       throw Error(where_ + ": cuBLASLt needs a workspace of " + std::to_string(plan_->workspace_bytes()) +
                   " bytes, got " + std::to_string(args.workspace_bytes));
-    const float* a = args.inputs[0].as<float>();
-    const float* b = args.inputs[1].as<float>();
-    const float* c = spec_.c_input >= 0 ? args.inputs[spec_.c_input].as<float>() : y;
+    const char* a = static_cast<const char*>(args.inputs[0].data);
+    const char* b = static_cast<const char*>(args.inputs[1].data);
+    const char* c = spec_.c_input >= 0 ? static_cast<const char*>(args.inputs[spec_.c_input].data) : y;
+    const int64_t e = static_cast<int64_t>(graph::dtype_size(spec_.product.dtype));
     if (spec_.bias_input >= 0) {
       const void* bias = args.inputs[spec_.bias_input].data;
       check_alignment(bias, kBufferAlignment, "the bias C");
@@ -299,7 +318,7 @@ class CudaMatmulKernel final : public Kernel {
     check_alignment(c, kBufferAlignment, "C");
     check_alignment(y, kBufferAlignment, "Y");
     for (const CallOffsets& off : spec_.calls)
-      plan_->run(ctx, LtPlan::Operands{b + off.b, a + off.a, c + off.d, y + off.d}, args.workspace,
+      plan_->run(ctx, LtPlan::Operands{b + off.b * e, a + off.a * e, c + off.d * e, y + off.d * e}, args.workspace,
                  args.workspace_bytes);
   }
 
@@ -333,12 +352,21 @@ class CudaMatmulKernel final : public Kernel {
 // ---------------------------------------------------------------------------------------
 // Compile-time checks shared by Gemm and MatMul.
 
+// Every operand of a product has A's type: float32, float16 or bfloat16.
+void check_type(const Node& n, const graph::Value& v, const char* role) {
+  const DType dt = n.input(0) ? n.input(0)->dtype : v.dtype;
+  if (v.dtype != DType::f32 && v.dtype != DType::f16 && v.dtype != DType::bf16)
+    throw Error(n.describe() + ": the CUDA kernel takes float32, float16 or bfloat16, got " +
+                graph::dtype_name(v.dtype) + " " + role + " '" + v.name + "'");
+  if (v.dtype != dt)
+    throw Error(n.describe() + ": the CUDA kernel takes operands of one type, got " + graph::dtype_name(v.dtype) +
+                " " + role + " '" + v.name + "' beside " + graph::dtype_name(dt) + " A");
+}
+
 const graph::Value& float_input(const Node& n, size_t i, const char* role) {
   const graph::Value* v = n.input(i);
   if (!v) throw Error(n.describe() + ": input " + std::to_string(i) + " (" + role + ") is missing");
-  if (v->dtype != DType::f32)
-    throw Error(n.describe() + ": the CUDA kernel takes float32, got " + graph::dtype_name(v->dtype) + " " + role +
-                " '" + v->name + "'");
+  check_type(n, *v, role);
   if (!v->rank_known || graph::shape_numel(v->shape) < 0)
     throw Error(n.describe() + ": " + role + " '" + v->name + "' has shape " + v->shape_string() +
                 "; the CUDA kernel needs every shape known when the graph is compiled");
@@ -348,9 +376,7 @@ const graph::Value& float_input(const Node& n, size_t i, const char* role) {
 const graph::Value& float_output(const Node& n) {
   const graph::Value* y = n.output(0);
   if (!y) throw Error(n.describe() + ": output 0 is missing");
-  if (y->dtype != DType::f32)
-    throw Error(n.describe() + ": the CUDA kernel takes float32, got " + graph::dtype_name(y->dtype) + " output '" +
-                y->name + "'");
+  check_type(n, *y, "output");
   return *y;
 }
 
@@ -386,6 +412,7 @@ MatmulSpec gemm_spec(const Node& n) {
 
   MatmulSpec spec;
   spec.op = "Gemm";
+  spec.product.dtype = a.dtype;
   spec.input_shapes = {a.shape, b.shape};
   spec.output_shape = y.shape;
   const graph::Value* c = n.input(2);
@@ -477,6 +504,7 @@ MatmulSpec matmul_spec(const Node& n) {
 
   MatmulSpec spec;
   spec.op = "MatMul";
+  spec.product.dtype = av.dtype;
   spec.input_shapes = {av.shape, bv.shape};
   spec.output_shape = yv.shape;
   if (graph::shape_numel(yv.shape) == 0) {
@@ -542,10 +570,11 @@ MatmulSpec matmul_spec(const Node& n) {
         next.push_back({o.a + i * d.a * m * k, o.b + i * d.b * k * nn, o.d + i * d.y * m * nn});
     spec.calls = std::move(next);
   }
+  const size_t element = graph::dtype_size(av.dtype);
   for (const CallOffsets& o : spec.calls) {
-    p.align_b = std::min(p.align_b, alignment_at(o.a));
-    p.align_a = std::min(p.align_a, alignment_at(o.b));
-    p.align_cd = std::min(p.align_cd, alignment_at(o.d));
+    p.align_b = std::min(p.align_b, alignment_at(o.a, element));
+    p.align_a = std::min(p.align_a, alignment_at(o.b, element));
+    p.align_cd = std::min(p.align_cd, alignment_at(o.d, element));
   }
   return spec;
 }
