@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/device_runtime.h"
 #include "runtime/kernel.h"
 #include "tests/kernel_helpers.h"
 
@@ -233,6 +234,18 @@ TEST(CudaMatmul, HalfOperandsSumInFloat32) {
       EXPECT_TRUE(cuda_matches_cpu(kc, tolerance, 17, Precision::tf32))
           << graph::shape_str(c.a) << " x " << graph::shape_str(c.b) << ": " << c.what;
     }
+    // And it is cuBLASLt's half form that ran, not the fallback to float32 on widened copies
+    // (which would pass the comparisons above as well).
+    KernelCase linear("Gemm", "",
+                      {random_tensor(h, {s.m, s.k}, 1), random_tensor(h, {s.n, s.k}, 2), random_tensor(h, {s.n}, 3)},
+                      {{h, {s.m, s.n}}});
+    linear.set_attr("transB", Attribute{int64_t{1}});
+    std::unique_ptr<runtime::DeviceRuntime> rt = runtime::DeviceRuntime::create(runtime::Device::cuda, Precision::tf32);
+    const std::string chosen = (*cuda_factory("Gemm"))(runtime::KernelInit{linear.node(), 17, runtime::Device::cuda,
+                                                                          &rt->context(), Precision::tf32})
+                                   ->describe();
+    EXPECT_NE(chosen.find("summed in float32"), std::string::npos) << chosen;
+    EXPECT_EQ(chosen.find("widened"), std::string::npos) << chosen;
   }
 }
 

@@ -13,6 +13,9 @@
 #include "graph/passes.h"
 #include "runtime/cpu/half_emulation.h"
 #include "runtime/kernel.h"
+#ifdef OXTRAIN_HAVE_CUDA
+#include "runtime/cuda/kernels.h"
+#endif
 #include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 #include "tests/parity_helpers.h"
@@ -74,7 +77,9 @@ TEST(CudaMixedPrecision, HalfBatchNormMatchesCpu) {
   }
 }
 
-// Conversions and the ops the GPU runs through its half emulation round exactly as the CPU.
+// Conversions, ops with native half kernels, and ops the GPU runs through its half emulation
+// (widened copies, the float32 kernel, rounded outputs: 1-D pooling, Pow, MaxMinGrad) round
+// exactly as the CPU.
 TEST(CudaMixedPrecision, CastsAndEmulatedOpsMatchCpuExactly) {
   OXTRAIN_REQUIRE_GPU();
   for (DType h : kHalves) {
@@ -98,6 +103,16 @@ TEST(CudaMixedPrecision, CastsAndEmulatedOpsMatchCpuExactly) {
     pool.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
     pool.set_attr("strides", Attribute{std::vector<int64_t>{2, 2}});
     EXPECT_TRUE(test::cuda_matches_cpu(pool, 0));
+    // Emulated (runtime::cuda_emulation says so), yet the same bits.
+    test::KernelCase pool1d("MaxPool", "", {test::random_tensor(h, {4, 8, 12}, 4)}, {{h, {4, 8, 6}}});
+    pool1d.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2}});
+    pool1d.set_attr("strides", Attribute{std::vector<int64_t>{2}});
+    EXPECT_EQ(runtime::cuda_emulation(pool1d.node()), "half widened to float32");
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(pool1d)) << "1-D MaxPool";
+    test::KernelCase grad("MaxMinGrad", "oxtrain", {b, a, test::random_tensor(h, a.shape, 5)},
+                          {{h, a.shape}, {h, a.shape}});
+    EXPECT_EQ(runtime::cuda_emulation(grad.node()), "half widened to float32");
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(grad)) << "MaxMinGrad";
   }
 }
 
@@ -238,6 +253,29 @@ TEST(CudaMixedPrecision, ResNet50RunsEveryNodeNatively) {
       EXPECT_GT(channels_last_nodes, channels_last ? 300 : -1);
       EXPECT_EQ(emulated, (std::map<std::string, int>{}));
     }
+}
+
+// A half form the device's library has no algorithm for (KernelUnsupported, as cuBLASLt's
+// heuristic may answer) falls back to the float32 kernel on widened copies instead of failing
+// the run; any other error from the factory still ends the compile.
+TEST(CudaMixedPrecision, AHalfFormTheLibraryLacksFallsBackToWidenedCopies) {
+  int float_kernels = 0;
+  runtime::KernelFactory lacks_half = [&](const runtime::KernelInit& init) -> std::unique_ptr<runtime::Kernel> {
+    if (runtime::cpu::has_half_values(init.node)) throw runtime::KernelUnsupported("no algorithm for half");
+    ++float_kernels;
+    return runtime::make_kernel([](const runtime::KernelArgs&) {});
+  };
+  test::KernelCase gemm("Gemm", "", {Tensor(DType::bf16, {2, 3}), Tensor(DType::bf16, {3, 4})},
+                        {{DType::bf16, {2, 4}}});
+  const runtime::KernelInit init{gemm.node(), 17, runtime::Device::cuda, nullptr, runtime::Precision::tf32};
+  auto kernel = runtime::cuda::with_half_emulation("", "Gemm", lacks_half)(init);
+  EXPECT_EQ(float_kernels, 1);  // the float32 twin was made
+  EXPECT_NE(kernel->describe().find("float32 kernel on widened half values"), std::string::npos) << kernel->describe();
+  EXPECT_GE(kernel->workspace_bytes(), size_t{(2 * 3 + 3 * 4 + 2 * 4) * 4});  // the widened copies
+  runtime::KernelFactory broken = [](const runtime::KernelInit&) -> std::unique_ptr<runtime::Kernel> {
+    throw Error("a wrong node");
+  };
+  EXPECT_THROW(runtime::cuda::with_half_emulation("", "Gemm", broken)(init), Error);
 }
 
 // The same for the other families' fixture models in bf16 channels-last: MobileNetV2's ReLU6

@@ -173,7 +173,7 @@ const std::set<std::pair<std::string, std::string>>& native_half_ops() {
 // activations and their gradients (runtime/cuda/pointwise.cu), the copies and movement ops
 // (moved by element size), and pooling (runtime/cuda/pool.cu): 2-D max and average pooling and
 // their gradients, global average pooling at any rank. Clip's bounds are constants the kernel
-// reads when it is made, of any type.
+// reads when it is made, of any type; Dropout's ratio is not read at all.
 bool native_half_node(const Node& n) {
   static const std::set<std::pair<std::string, std::string>> same_type = {
       {"", "Neg"}, {"", "Relu"}, {"oxtrain", "ReluGrad"}, {"", "Add"}, {"", "Sub"}, {"", "Mul"}, {"", "Div"},
@@ -194,10 +194,11 @@ bool native_half_node(const Node& n) {
       {"", "Gemm"}, {"", "MatMul"},
   };
   const std::string domain = n.domain == "ai.onnx" ? "" : n.domain;
-  // Inputs from this one on are Clip's constant bounds, not operands.
-  const size_t bounds = domain.empty() && n.op_type == "Clip"              ? 1
-                        : domain == "oxtrain" && n.op_type == "ClipGrad" ? 2
-                                                                          : n.inputs.size();
+  // Inputs from this one on are not operands: Clip's constant bounds, Dropout's ratio and mode
+  // (its kernel copies X).
+  const size_t bounds = domain.empty() && (n.op_type == "Clip" || n.op_type == "Dropout") ? 1
+                        : domain == "oxtrain" && n.op_type == "ClipGrad"                  ? 2
+                                                                                          : n.inputs.size();
   const graph::Value* first = nullptr;
   auto one_type = [&](const graph::Value* v) {
     if (!v || !graph::is_float(v->dtype)) return true;
