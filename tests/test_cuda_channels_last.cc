@@ -196,9 +196,9 @@ TEST(CudaChannelsLast, ResNetStepMatchesThePlainGraphOnTheCpu) {
 }
 
 #ifdef OXTRAIN_HAVE_CUDA
-// Without a device: 2-D pooling in half and channels-last reaches the pooling kernels as it is
-// (no workspace: nothing transposed or widened around them), while forms they lack (1-D in half,
-// a pooling whose input and output types differ) still go through the emulations.
+// Without a device: 1-D and 2-D pooling in half and channels-last reaches the pooling kernels as
+// it is (no workspace: nothing transposed or widened around them), while forms they lack (3-D
+// in half, a pooling whose input and output types differ) still go through the emulations.
 TEST(CudaChannelsLast, PoolingIsNativeInHalfAndChannelsLast) {
   auto workspace = [](KernelCase& k) {
     const runtime::KernelFactory* f = runtime::KernelRegistry::global().find(
@@ -241,7 +241,10 @@ TEST(CudaChannelsLast, PoolingIsNativeInHalfAndChannelsLast) {
   for (const char* op : {"MaxPool", "AveragePool"}) {
     KernelCase one_d(op, "", {random_tensor(DType::bf16, {4, 8, 12}, 4)}, {{DType::bf16, {4, 8, 6}}});
     pool_window(one_d, false, {2});
-    EXPECT_GT(workspace(one_d), 0u) << op << " 1-D: widened to float32 and back";
+    EXPECT_EQ(workspace(one_d), 0u) << op << " 1-D: one row of the 2-D kernel";
+    KernelCase three_d(op, "", {random_tensor(DType::bf16, {2, 3, 4, 6, 6}, 4)}, {{DType::bf16, {2, 3, 2, 3, 3}}});
+    pool_window(three_d, false, {2, 2, 2});
+    EXPECT_GT(workspace(three_d), 0u) << op << " 3-D: widened to float32 and back";
   }
   // Global average pooling at rank 3 in half is native; with a float32 output it is not.
   KernelCase rank3("GlobalAveragePool", "", {random_tensor(DType::f16, {4, 8, 12}, 7)}, {{DType::f16, {4, 8, 1}}});

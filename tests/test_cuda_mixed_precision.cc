@@ -78,8 +78,8 @@ TEST(CudaMixedPrecision, HalfBatchNormMatchesCpu) {
 }
 
 // Conversions, ops with native half kernels, and ops the GPU runs through its half emulation
-// (widened copies, the float32 kernel, rounded outputs: 1-D pooling, Pow, MaxMinGrad) round
-// exactly as the CPU.
+// (widened copies, the float32 kernel, rounded outputs: 3-D pooling, MaxMinGrad) round exactly
+// as the CPU.
 TEST(CudaMixedPrecision, CastsAndEmulatedOpsMatchCpuExactly) {
   OXTRAIN_REQUIRE_GPU();
   for (DType h : kHalves) {
@@ -103,12 +103,20 @@ TEST(CudaMixedPrecision, CastsAndEmulatedOpsMatchCpuExactly) {
     pool.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2}});
     pool.set_attr("strides", Attribute{std::vector<int64_t>{2, 2}});
     EXPECT_TRUE(test::cuda_matches_cpu(pool, 0));
+    // 1-D pooling: one row of the 2-D kernel, in half as it is.
+    for (const char* op : {"MaxPool", "AveragePool"}) {
+      test::KernelCase pool1d(op, "", {test::random_tensor(h, {4, 8, 13}, 4)}, {{h, {4, 8, 6}}});
+      pool1d.set_attr("kernel_shape", Attribute{std::vector<int64_t>{3}});
+      pool1d.set_attr("strides", Attribute{std::vector<int64_t>{2}});
+      EXPECT_EQ(runtime::cuda_emulation(pool1d.node()), "");
+      EXPECT_TRUE(test::cuda_bitwise_matches_cpu(pool1d)) << "1-D " << op;
+    }
     // Emulated (runtime::cuda_emulation says so), yet the same bits.
-    test::KernelCase pool1d("MaxPool", "", {test::random_tensor(h, {4, 8, 12}, 4)}, {{h, {4, 8, 6}}});
-    pool1d.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2}});
-    pool1d.set_attr("strides", Attribute{std::vector<int64_t>{2}});
-    EXPECT_EQ(runtime::cuda_emulation(pool1d.node()), "half widened to float32");
-    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(pool1d)) << "1-D MaxPool";
+    test::KernelCase pool3d("MaxPool", "", {test::random_tensor(h, {2, 3, 4, 6, 6}, 4)}, {{h, {2, 3, 2, 3, 3}}});
+    pool3d.set_attr("kernel_shape", Attribute{std::vector<int64_t>{2, 2, 2}});
+    pool3d.set_attr("strides", Attribute{std::vector<int64_t>{2, 2, 2}});
+    EXPECT_EQ(runtime::cuda_emulation(pool3d.node()), "half widened to float32");
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(pool3d)) << "3-D MaxPool";
     test::KernelCase grad("MaxMinGrad", "oxtrain", {b, a, test::random_tensor(h, a.shape, 5)},
                           {{h, a.shape}, {h, a.shape}});
     EXPECT_EQ(runtime::cuda_emulation(grad.node()), "half widened to float32");

@@ -171,8 +171,8 @@ const std::set<std::pair<std::string, std::string>>& native_half_ops() {
 // Nodes whose CUDA kernels take half values as they are where every floating value of the node
 // has one type: the element-wise arithmetic and reductions (runtime/cuda/elementwise.cu), the
 // activations and their gradients (runtime/cuda/pointwise.cu), the copies and movement ops
-// (moved by element size), and pooling (runtime/cuda/pool.cu): 2-D max and average pooling and
-// their gradients, global average pooling at any rank. Clip's bounds are constants the kernel
+// (moved by element size), and pooling (runtime/cuda/pool.cu): 1-D and 2-D max and average
+// pooling and their gradients, global average pooling at any rank. Clip's bounds are constants the kernel
 // reads when it is made, of any type; Dropout's ratio is not read at all.
 bool native_half_node(const Node& n) {
   static const std::set<std::pair<std::string, std::string>> same_type = {
@@ -210,10 +210,11 @@ bool native_half_node(const Node& n) {
   for (const graph::Value* v : n.outputs)
     if (!one_type(v)) return false;
   if (same_type.count({domain, n.op_type})) return true;
-  auto rank4 = [](const graph::Value* v) { return v && v->shape.size() == 4; };
-  if (domain.empty() && (n.op_type == "MaxPool" || n.op_type == "AveragePool")) return rank4(n.input(0));
-  if (domain == "oxtrain" && n.op_type == "MaxPoolGradFromInput") return rank4(n.input(1));
-  if (domain == "oxtrain" && n.op_type == "AveragePoolGrad") return rank4(n.input(0));
+  // 1-D pooling is 2-D pooling of one row; 3-D pooling computes float32 only.
+  auto planar = [](const graph::Value* v) { return v && (v->shape.size() == 3 || v->shape.size() == 4); };
+  if (domain.empty() && (n.op_type == "MaxPool" || n.op_type == "AveragePool")) return planar(n.input(0));
+  if (domain == "oxtrain" && n.op_type == "MaxPoolGradFromInput") return planar(n.input(1));
+  if (domain == "oxtrain" && n.op_type == "AveragePoolGrad") return planar(n.input(0));
   return (domain.empty() && n.op_type == "GlobalAveragePool") ||
          (domain == "oxtrain" && n.op_type == "GlobalAveragePoolGrad");
 }

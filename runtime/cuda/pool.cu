@@ -1,8 +1,8 @@
 // CUDA pooling, 1-D to 3-D: MaxPool (with its optional Indices), AveragePool,
 // GlobalAveragePool and their gradients oxtrain.MaxPoolGrad, oxtrain.MaxPoolGradFromInput,
 // oxtrain.AveragePoolGrad, oxtrain.GlobalAveragePoolGrad; the twins of runtime/cpu/pool.cc.
-// float32; 2-D MaxPool and MaxPoolGradFromInput also float16 and bfloat16, and channels-last
-// ([N, H, W, C]) as stored. Every kernel writes (=) its outputs, all of them; the gradients
+// float32; 1-D and 2-D pooling and global average pooling also float16 and bfloat16, and 2-D
+// pooling channels-last ([N, H, W, C]) as stored. Every kernel writes (=) its outputs, all of them; the gradients
 // included (none accumulates into dX).
 //
 // These are our own kernels on purpose. cuDNN's graph API has forward pooling (resample), but
@@ -264,9 +264,9 @@ void require_float32(const graph::Node& node, std::initializer_list<const graph:
                   graph::dtype_name(v->dtype) + " '" + v->name + "'");
 }
 
-// 2-D pooling's one element type: float32, or float16 / bfloat16 for [N, C, H, W] (and
-// channels-last) values, computed as the CPU's emulation of half does. Global average pooling
-// (`any_rank`) takes half at every rank.
+// 1-D and 2-D pooling's one element type: float32, or float16 / bfloat16 for [N, C, L] and
+// [N, C, H, W] (and channels-last) values, computed as the CPU's emulation of half does. Global
+// average pooling (`any_rank`) takes half at every rank.
 DType pool2d_type(const graph::Node& node, std::initializer_list<const graph::Value*> values, bool any_rank = false) {
   const graph::Value* first = *values.begin();
   const DType dt = first->dtype;
@@ -275,9 +275,10 @@ DType pool2d_type(const graph::Node& node, std::initializer_list<const graph::Va
       throw Error(node.describe() + ": the CUDA kernel takes one element type, got " + graph::dtype_name(dt) + " and " +
                   graph::dtype_name(v->dtype) + " '" + v->name + "'");
   if (dt == DType::f32) return dt;
-  if ((dt == DType::f16 || dt == DType::bf16) && (any_rank || first->shape.size() == 4)) return dt;
+  const size_t rank = first->shape.size();
+  if ((dt == DType::f16 || dt == DType::bf16) && (any_rank || rank == 3 || rank == 4)) return dt;
   throw Error(node.describe() + ": the CUDA kernel takes float32, got " + graph::dtype_name(dt) + " '" + first->name +
-              "' (float16 and bfloat16 too for 2-D pooling)");
+              "' (float16 and bfloat16 too for 1-D and 2-D pooling)");
 }
 
 // An activation's [N, C, H, W] dims: its shape, or on a channels-last node its [N, H, W, C]
