@@ -171,9 +171,10 @@ const std::set<std::pair<std::string, std::string>>& native_half_ops() {
 // Nodes whose CUDA kernels take half values as they are where every floating value of the node
 // has one type: the element-wise arithmetic and reductions (runtime/cuda/elementwise.cu), the
 // activations and their gradients (runtime/cuda/pointwise.cu), the copies and movement ops
-// (moved by element size), and pooling (runtime/cuda/pool.cu): 1-D and 2-D max and average
-// pooling and their gradients, global average pooling at any rank. Clip's bounds are constants the kernel
-// reads when it is made, of any type; Dropout's ratio is not read at all.
+// (moved by element size), cuBLASLt's matrix products, dropout, and pooling
+// (runtime/cuda/pool.cu): 1-D and 2-D max and average pooling and their gradients, global
+// average pooling at any rank. Clip's bounds are constants the kernel reads when it is made, of
+// any type; Dropout's ratio is not read at all.
 bool native_half_node(const Node& n) {
   static const std::set<std::pair<std::string, std::string>> same_type = {
       {"", "Neg"}, {"", "Relu"}, {"oxtrain", "ReluGrad"}, {"", "Add"}, {"", "Sub"}, {"", "Mul"}, {"", "Div"},
