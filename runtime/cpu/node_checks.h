@@ -89,13 +89,16 @@ inline std::vector<int64_t> shape_attr(const graph::Node& node, const std::strin
 }
 
 // The attribute `input_shape` of a gradient op (ConvGradData, MaxPoolGrad, ...), checked
-// against the shape of its output `dx`, the gradient of that input.
-inline graph::Shape grad_input_shape(const graph::Node& node, const graph::Value* dx) {
+// against the shape of its output `dx`, the gradient of that input (`dx_shape`: dX's shape
+// as the op sees it, e.g. [N, C, H, W] for a channels-last dX stored [N, H, W, C]).
+inline graph::Shape grad_input_shape(const graph::Node& node, const graph::Value* dx, const graph::Shape& dx_shape) {
   graph::Shape x_shape = shape_attr(node, "input_shape");
-  if (dx->shape != x_shape)
-    throw Error(node.describe() + ": output shape " + join(dx->shape) +
-                " differs from input_shape " + join(x_shape));
+  if (dx_shape != x_shape)
+    throw Error(node.describe() + ": output shape " + join(dx->shape) + " differs from input_shape " + join(x_shape));
   return x_shape;
+}
+inline graph::Shape grad_input_shape(const graph::Node& node, const graph::Value* dx) {
+  return grad_input_shape(node, dx, dx->shape);
 }
 
 }  // namespace oxtrain::runtime::cpu

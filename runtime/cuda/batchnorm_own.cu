@@ -137,8 +137,6 @@ __global__ void grad_kernel(GradParams p) {
   if (p.dbias) p.dbias[c] = static_cast<float>(sum_dy);
 }
 
-int kind_of(graph::DType dt) { return dt == graph::DType::f32 ? 0 : dt == graph::DType::f16 ? 1 : 2; }
-
 float* optional_out(const KernelArgs& a, size_t i) {
   return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].as<float>() : nullptr;
 }
@@ -161,11 +159,9 @@ void batchnorm_inference(const BatchNormView& v, const KernelArgs& a, double eps
                     eps,                     total,                   v.spatial,
                     v.channels,              v.channels_last};
   const Launch g = launch_for(total, ctx);
-  switch (kind_of(v.data)) {
-    case 0: inference_kernel<0><<<g.blocks, g.threads, 0, ctx.stream>>>(p); break;
-    case 1: inference_kernel<1><<<g.blocks, g.threads, 0, ctx.stream>>>(p); break;
-    default: inference_kernel<2><<<g.blocks, g.threads, 0, ctx.stream>>>(p); break;
-  }
+  with_float_kind(float_kind(v.data), [&](auto k) {
+    inference_kernel<decltype(k)::value><<<g.blocks, g.threads, 0, ctx.stream>>>(p);
+  });
   check(cudaGetLastError(), "batch-norm inference kernel launch", where);
 }
 
@@ -189,11 +185,9 @@ void batchnorm_training(const BatchNormView& v, const KernelArgs& a, double eps,
                    v.batch * v.spatial,
                    index_of(v)};
   const auto blocks = static_cast<unsigned>(v.channels);
-  switch (kind_of(v.data)) {
-    case 0: training_kernel<0><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
-    case 1: training_kernel<1><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
-    default: training_kernel<2><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
-  }
+  with_float_kind(float_kind(v.data), [&](auto k) {
+    training_kernel<decltype(k)::value><<<blocks, kThreads, 0, ctx.stream>>>(p);
+  });
   check(cudaGetLastError(), "batch-norm training kernel launch", where);
 }
 
@@ -211,11 +205,9 @@ void batchnorm_grad(const BatchNormView& v, const KernelArgs& a, const CudaConte
                v.batch * v.spatial,
                index_of(v)};
   const auto blocks = static_cast<unsigned>(v.channels);
-  switch (kind_of(v.data)) {
-    case 0: grad_kernel<0><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
-    case 1: grad_kernel<1><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
-    default: grad_kernel<2><<<blocks, kThreads, 0, ctx.stream>>>(p); break;
-  }
+  with_float_kind(float_kind(v.data), [&](auto k) {
+    grad_kernel<decltype(k)::value><<<blocks, kThreads, 0, ctx.stream>>>(p);
+  });
   check(cudaGetLastError(), "batch-norm gradient kernel launch", where);
 }
 

@@ -8,6 +8,7 @@
 #include <cudnn.h>
 
 #include <string>
+#include <type_traits>
 
 #include "base/error.h"
 #include "runtime/kernel.h"
@@ -41,6 +42,21 @@ struct Launch {
   unsigned threads = 256;
 };
 Launch launch_for(int64_t count, const CudaContext& ctx, unsigned threads = 256);
+
+// The element kinds of base/half.h's load_float / store_float, which kernels taking float32
+// and half through one body are templated on: 0 float32, 1 float16, 2 bfloat16; -1 otherwise.
+inline int float_kind(graph::DType dt) {
+  return dt == graph::DType::f32 ? 0 : dt == graph::DType::f16 ? 1 : dt == graph::DType::bf16 ? 2 : -1;
+}
+
+// Calls f(std::integral_constant<int, kind>{}) for a kind (0, 1 or 2) known only at run time,
+// and returns what f returns.
+template <typename F>
+decltype(auto) with_float_kind(int kind, F&& f) {
+  if (kind == 1) return f(std::integral_constant<int, 1>{});
+  if (kind == 2) return f(std::integral_constant<int, 2>{});
+  return f(std::integral_constant<int, 0>{});
+}
 
 }  // namespace cuda
 }  // namespace oxtrain::runtime

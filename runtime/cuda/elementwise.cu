@@ -47,21 +47,18 @@ using math::StridedPlan;
 // ---------------------------------------------------------------------------------------
 // Compile-time checks
 
-// The element kinds of base/half.h's load_float / store_float: 0 float32, 1 float16, 2 bfloat16.
-int kind_of(DType dt) { return dt == DType::f32 ? 0 : dt == DType::f16 ? 1 : dt == DType::bf16 ? 2 : -1; }
-
 // The arithmetic kernels' one element type, shared by every operand: float32, or float16 /
 // bfloat16 computed in float32 and rounded once, as the CPU's emulation of half does.
 int arithmetic_kind(const Node& n, std::initializer_list<const graph::Value*> values) {
   const graph::Value& first = **values.begin();
   for (const graph::Value* v : values)
-    if (kind_of(v->dtype) < 0 || v->dtype != first.dtype)
+    if (cuda::float_kind(v->dtype) < 0 || v->dtype != first.dtype)
       throw Error(n.describe() + ": the CUDA kernel takes float32, float16 or bfloat16 operands of one type, got " +
                   graph::dtype_name(v->dtype) + " '" + v->name + "'" +
                   (v->dtype != first.dtype
                        ? std::string(" beside ") + graph::dtype_name(first.dtype) + " '" + first.name + "'"
                        : std::string()));
-  return kind_of(first.dtype);
+  return cuda::float_kind(first.dtype);
 }
 
 // Copies and Transpose move elements of any type the CUDA runtime holds (not float64).
@@ -85,11 +82,7 @@ void check_launch(const char* kernel, const std::string& where) {
 // Calls Launcher<kind>::run(args...) for a kind known only at run time.
 template <template <int> class Launcher, typename... Args>
 void by_kind(int kind, Args&&... args) {
-  switch (kind) {
-    case 0: Launcher<0>::run(args...); break;
-    case 1: Launcher<1>::run(args...); break;
-    default: Launcher<2>::run(args...); break;
-  }
+  cuda::with_float_kind(kind, [&](auto k) { Launcher<decltype(k)::value>::run(args...); });
 }
 
 // ---------------------------------------------------------------------------------------

@@ -450,7 +450,7 @@ KernelFactory gather_grad_factory() {
     if (dx.dtype != DType::f32 && dx.dtype != DType::f16 && dx.dtype != DType::bf16)
       throw Error(what + ": the CUDA kernel takes float32, float16 or bfloat16, got " + graph::dtype_name(dx.dtype) +
                   " '" + dx.name + "'");
-    const int kind = dx.dtype == DType::f32 ? 0 : dx.dtype == DType::f16 ? 1 : 2;
+    const int kind = cuda::float_kind(dx.dtype);
     const graph::Shape& xs = known_shape(n, dx);
     const int64_t axis = n.attr_int("axis", 0), count = n.attr_int("count", 1);
     const int64_t rank = static_cast<int64_t>(xs.size());
@@ -481,12 +481,9 @@ KernelFactory gather_grad_factory() {
       const void* dy = a.inputs[0].data;
       const int64_t* order = a.inputs[1].as<int64_t>();
       const int64_t* starts = a.inputs[2].as<int64_t>();
-      if (kind == 0)
-        gather_grad_kernel<0><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, order, starts, numel, g);
-      else if (kind == 1)
-        gather_grad_kernel<1><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, order, starts, numel, g);
-      else
-        gather_grad_kernel<2><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, order, starts, numel, g);
+      cuda::with_float_kind(kind, [&](auto k) {
+        gather_grad_kernel<decltype(k)::value><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, order, starts, numel, g);
+      });
       check_launch("gather_grad_kernel launch", what);
     });
   };

@@ -67,15 +67,7 @@ int float_kind(const Node& n, std::initializer_list<const graph::Value*> values)
       throw Error(n.describe() + ": the CUDA kernel takes operands of one type, got " + graph::dtype_name(dt) +
                   " and " + graph::dtype_name(v->dtype) + " '" + v->name + "'");
   }
-  return dt == DType::f32 ? 0 : dt == DType::f16 ? 1 : 2;
-}
-
-// Calls make(std::integral_constant<int, kind>{}) for a kind known only at compile time.
-template <typename F>
-std::unique_ptr<Kernel> by_kind(int kind, F&& make) {
-  if (kind == 0) return make(std::integral_constant<int, 0>{});
-  if (kind == 1) return make(std::integral_constant<int, 1>{});
-  return make(std::integral_constant<int, 2>{});
+  return cuda::float_kind(dt);
 }
 
 void check_numel(const TensorView& t, int64_t numel, const std::string& where, const char* role) {
@@ -321,7 +313,7 @@ std::unique_ptr<Kernel> unary_f32(const Node& n, Op op) {
   // Only X is read (Clip's bounds are fixed here), so only X shapes the launch: a bound may be
   // omitted or shaped [1].
   const Layout l = make_layout(n, known_shape(n, output_value(n, 0)), {known_shape(n, input_value(n, 0))});
-  return by_kind(kind, [&](auto k) {
+  return cuda::with_float_kind(kind, [&](auto k) {
     return make_kernel([what, l, op](const KernelArgs& a) {
       launch_map(l, FloatUnaryF<decltype(k)::value, Op>{a.inputs[0].data, a.outputs[0].data, op}, a, what);
     });
@@ -358,7 +350,7 @@ std::unique_ptr<Kernel> pair_f32(const Node& n, Op op) {
                 "' " + input_value(n, 1).shape_string() + " differ in shape");
   const Layout l = make_layout(n, known_shape(n, output_value(n, 0)),
                                {input_value(n, 0).shape, input_value(n, 1).shape});
-  return by_kind(kind, [&](auto k) {
+  return cuda::with_float_kind(kind, [&](auto k) {
     return make_kernel([what, l, op](const KernelArgs& a) {
       launch_map(l, FloatPairF<decltype(k)::value, Op>{a.inputs[0].data, a.inputs[1].data, a.outputs[0].data, op}, a,
                  what);
@@ -501,7 +493,7 @@ KernelFactory variadic_factory(Op op) {
     int kind = 0;
     for (size_t i = 0; i < n.inputs.size(); ++i) kind = float_kind(n, {&output_value(n, 0), &input_value(n, i)});
     const Layout l = node_layout(n);
-    return by_kind(kind, [&](auto k) {
+    return cuda::with_float_kind(kind, [&](auto k) {
       return make_kernel([what, l, op](const KernelArgs& a) {
         VariadicF<decltype(k)::value, Op> f{};
         for (size_t j = 0; j < a.inputs.size(); ++j) f.x[j] = a.inputs[j].data;

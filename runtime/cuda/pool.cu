@@ -145,15 +145,10 @@ __global__ void global_avg_pool_grad_kernel(int64_t count, int64_t channels, int
 // Launches one of the four forms of a templated pooling kernel for `dtype` and the layout.
 template <template <int, bool> class Launcher, typename... Args>
 void launch_typed(DType dtype, bool nhwc, Args&&... args) {
-  const int kind = dtype == DType::f32 ? 0 : dtype == DType::f16 ? 1 : 2;
-  switch (kind * 2 + (nhwc ? 1 : 0)) {
-    case 0: Launcher<0, false>::run(args...); break;
-    case 1: Launcher<0, true>::run(args...); break;
-    case 2: Launcher<1, false>::run(args...); break;
-    case 3: Launcher<1, true>::run(args...); break;
-    case 4: Launcher<2, false>::run(args...); break;
-    default: Launcher<2, true>::run(args...); break;
-  }
+  cuda::with_float_kind(cuda::float_kind(dtype), [&](auto k) {
+    if (nhwc) Launcher<decltype(k)::value, true>::run(args...);
+    else Launcher<decltype(k)::value, false>::run(args...);
+  });
 }
 
 template <int kKind, bool kNhwc>
@@ -290,12 +285,7 @@ graph::Shape logical_shape(const graph::Node& n, const graph::Shape& shape) {
 // A gradient's input_shape attribute ([N, C, H, W] on channels-last nodes too), checked
 // against dX as stored.
 graph::Shape logical_grad_input_shape(const graph::Node& n, const graph::Value* dx) {
-  const graph::Shape x_shape = cpu::shape_attr(n, "input_shape");
-  if (logical_shape(n, dx->shape) != x_shape)
-    throw Error(n.describe() + ": output shape " + cpu::join(dx->shape) + " differs from input_shape " +
-                cpu::join(x_shape) +
-                (graph::is_channels_last(n) ? " (channels-last)" : ""));
-  return x_shape;
+  return cpu::grad_input_shape(n, dx, logical_shape(n, dx->shape));
 }
 
 // The window of MaxPool / AveragePool / AveragePoolGrad over input `x`, pooled `y`.

@@ -108,7 +108,7 @@ int dropout_kind(const Node& n, const graph::Value& a, const graph::Value& b) {
     throw Error(n.describe() + ": the CUDA kernel takes float32, float16 or bfloat16 of one type, got " +
                 graph::dtype_name(a.dtype) + " '" + a.name + "' and " + graph::dtype_name(b.dtype) + " '" + b.name +
                 "'");
-  return a.dtype == DType::f32 ? 0 : a.dtype == DType::f16 ? 1 : 2;
+  return cuda::float_kind(a.dtype);
 }
 
 // step == nullptr: step 0.
@@ -196,12 +196,10 @@ KernelFactory dropout_training_factory() {
       void* y = a.outputs[0].data;
       const void* x = a.inputs[0].data;
       const int64_t* step = a.inputs[1].as<int64_t>();
-      if (kind == 0)
-        dropout_training_kernel<0><<<l.blocks, l.threads, 0, ctx.stream>>>(y, mask, x, step, numel, key, ratio, scale);
-      else if (kind == 1)
-        dropout_training_kernel<1><<<l.blocks, l.threads, 0, ctx.stream>>>(y, mask, x, step, numel, key, ratio, scale);
-      else
-        dropout_training_kernel<2><<<l.blocks, l.threads, 0, ctx.stream>>>(y, mask, x, step, numel, key, ratio, scale);
+      cuda::with_float_kind(kind, [&](auto k) {
+        dropout_training_kernel<decltype(k)::value>
+            <<<l.blocks, l.threads, 0, ctx.stream>>>(y, mask, x, step, numel, key, ratio, scale);
+      });
       check_launch("dropout_training_kernel launch", what);
     });
   };
@@ -227,12 +225,9 @@ KernelFactory dropout_grad_factory() {
       void* dx = a.outputs[0].data;
       const void* dy = a.inputs[0].data;
       const uint8_t* mask = a.inputs[1].as<uint8_t>();
-      if (kind == 0)
-        dropout_grad_kernel<0><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, mask, numel, scale);
-      else if (kind == 1)
-        dropout_grad_kernel<1><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, mask, numel, scale);
-      else
-        dropout_grad_kernel<2><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, mask, numel, scale);
+      cuda::with_float_kind(kind, [&](auto k) {
+        dropout_grad_kernel<decltype(k)::value><<<l.blocks, l.threads, 0, ctx.stream>>>(dx, dy, mask, numel, scale);
+      });
       check_launch("dropout_grad_kernel launch", what);
     });
   };
