@@ -501,6 +501,7 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
     for (const auto& [value, grad] : result.gradients) gradients.insert(grad);
     result.channels_last = graph::to_channels_last(g, gradients);
   }
+  if (options.fuse_cast_transpose) result.cast_transposes = graph::fuse_cast_transpose(g);
   result.graph = std::move(g);
   return result;
 }

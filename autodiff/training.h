@@ -67,6 +67,10 @@ struct TrainingOptions {
   // Store activations channels-last between the ops that have that form (graph::to_channels_last),
   // so cuDNN runs its tensor-core kernels without transposing. Applied to the finished graph.
   bool channels_last = false;
+  // Fuse each Cast and Transpose in a row into one oxtrain.CastTranspose
+  // (graph::fuse_cast_transpose): with mixed precision and channels-last, a filter's half copy
+  // and its gradient each take one pass instead of two. Exact.
+  bool fuse_cast_transpose = true;
   float initial_loss_scale = 65536.0f;
   float loss_scale_growth = 2.0f;
   float loss_scale_backoff = 0.5f;
@@ -96,6 +100,7 @@ struct TrainingGraph {
   int64_t forward_nodes = 0, backward_nodes = 0, optimizer_nodes = 0;
   int64_t recomputed_values = 0;  // TrainingOptions::recompute_batchnorm_relu
   graph::ChannelsLastReport channels_last;  // TrainingOptions::channels_last
+  int64_t cast_transposes = 0;              // TrainingOptions::fuse_cast_transpose
 };
 
 TrainingGraph build_training_graph(graph::Graph forward, const TrainingOptions& options = {});

@@ -110,7 +110,11 @@ DeviceReport compile_for_device(const GraphArgs& args, const autodiff::TrainingG
     r.note = "no GPU here (" + why + "): cuDNN and cuBLASLt choose their plans on the GPU, so workspaces are "
              "upper bounds or unknown";
   }
-  if (so.device == runtime::Device::cuda) r.device += std::string(", ") + runtime::precision_name(so.precision);
+  if (so.device == runtime::Device::cuda) {
+    const bool mixed = args.precision == "bf16" || args.precision == "fp16";
+    r.device += std::string(", ") + (mixed ? args.precision + " with float32 math in " : std::string()) +
+                runtime::precision_name(so.precision);
+  }
   r.compiled = runtime::compile_graph(graph::copy_graph(tg.graph), so, device ? &device->context() : nullptr);
   return r;
 }
@@ -168,7 +172,7 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
   // What mixed precision and the fusions made of the graph.
   int64_t casts = 0, fused = 0, half_values = 0;
   for (const auto& n : tg.graph.nodes()) {
-    casts += n->op_type == "Cast";
+    casts += n->op_type == "Cast" || n->op_type == "CastTranspose";
     fused += n->op_type == "BatchNormReluTraining";
     for (const graph::Value* v : n->outputs)
       half_values += v && (v->dtype == graph::DType::f16 || v->dtype == graph::DType::bf16);
@@ -196,7 +200,8 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     j["recomputed_values"] = tg.recomputed_values;
     j["channels_last"] = {{"nodes", tg.channels_last.nodes},
                           {"values", tg.channels_last.values},
-                          {"transposes", tg.channels_last.transposes}};
+                          {"transposes", tg.channels_last.transposes},
+                          {"fused_with_casts", tg.cast_transposes}};
     j["loss_scaling"] = !tg.loss_scale.empty();
     if (!bucket_bytes.empty()) j["allreduce_bucket_bytes"] = bucket_bytes;
     if (!scaling.empty()) j["scaling"] = nlohmann::json::parse(scaling);
@@ -235,7 +240,10 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
                 << (tg.loss_scale.empty() ? "" : ", dynamic loss scaling") << "\n";
     if (args.channels_last)
       std::cout << "layout       channels-last: " << tg.channels_last.nodes << " nodes, " << tg.channels_last.values
-                << " activations, " << tg.channels_last.transposes << " transposes at the borders\n";
+                << " activations, " << tg.channels_last.transposes << " transposes at the borders"
+                << (tg.cast_transposes > 0 ? " (" + std::to_string(tg.cast_transposes) + " of them one kernel with a cast)"
+                                           : std::string())
+                << "\n";
     std::cout << "parameters   " << human_bytes(plan.parameter_bytes) << ", gradients "
               << human_bytes(plan.gradient_bytes) << " (one contiguous arena), state "
               << human_bytes(plan.state_bytes) << " (momentum, BN statistics)\n"

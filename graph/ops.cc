@@ -798,6 +798,20 @@ void infer_transpose(Node& n, const InferContext&) {
   set_out(n, 0, in(n, 0).dtype, out);
 }
 
+// oxtrain.CastTranspose(X) -> Y = Transpose(Cast(X, to), perm), between float32, float16 and
+// bfloat16: one pass where mixed precision and channels-last put a Cast and a Transpose in a
+// row (a parameter's half filter made [K, R, S, C], its gradient made [K, C, R, S] float32;
+// graph/passes.h fuse_cast_transpose).
+void infer_cast_transpose(Node& n, const InferContext& ctx) {
+  const DType to = dtype_from_onnx(static_cast<int>(n.attr_int("to", 0)));
+  auto castable = [](DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; };
+  if (!castable(in(n, 0).dtype) || !castable(to))
+    throw Error(n.describe() + ": converts between float32, float16 and bfloat16, not " + dtype_name(in(n, 0).dtype) +
+                " to " + dtype_name(to));
+  infer_transpose(n, ctx);
+  set_out(n, 0, to, n.output(0)->shape);
+}
+
 void infer_reduce_sum_to(Node& n, const InferContext&) {
   Shape target = n.attr_ints("shape");
   const Shape& x = in_shape(n, 0);
@@ -1062,6 +1076,7 @@ std::vector<OpSchema>& registry() {
         {kOxtrainDomain, "LogSoftmaxGrad", same_as_input, nullptr},
         {kOxtrainDomain, "SoftmaxCrossEntropyLossGrad", infer_like_input1, nullptr},
         {kOxtrainDomain, "ReduceSumTo", infer_reduce_sum_to, nullptr},
+        {kOxtrainDomain, "CastTranspose", infer_cast_transpose, nullptr},
         {kOxtrainDomain, "AllReduce", infer_all_reduce, nullptr, {}, false, {}, all_reduce_facts},
     };
     // The families' schemas; one with a core entry's domain and op type replaces it.

@@ -269,6 +269,60 @@ ChannelsLastReport to_channels_last(Graph& g, const std::set<std::string>& keep_
   return report;
 }
 
+int fuse_cast_transpose(Graph& g) {
+  auto core = [](const Node* n, const char* op) {
+    return n && (n->domain.empty() || n->domain == "ai.onnx") && n->op_type == op && n->inputs.size() == 1 &&
+           n->outputs.size() == 1 && n->input(0) && n->output(0);
+  };
+  auto castable = [](DType t) { return t == DType::f32 || is_half(t); };
+  auto plain_cast = [&](const Node* n) {
+    return core(n, "Cast") && castable(n->input(0)->dtype) && castable(n->output(0)->dtype);
+  };
+  // The value between the two: read by the second node only, not a graph output.
+  auto private_link = [&](const Value* v) {
+    return v->consumers.size() == 1 && std::find(g.outputs.begin(), g.outputs.end(), v) == g.outputs.end();
+  };
+  std::vector<Node*> order;
+  for (const auto& n : g.nodes()) order.push_back(n.get());
+  std::set<const Node*> doomed;
+  int fused = 0;
+  for (Node* t : order) {
+    if (!core(t, "Transpose") || doomed.count(t)) continue;
+    Node* first = nullptr;
+    Node* second = nullptr;
+    if (Node* c = t->input(0)->producer; plain_cast(c) && !doomed.count(c) && private_link(t->input(0))) {
+      first = c, second = t;
+    } else if (Node* r = private_link(t->output(0)) ? t->output(0)->consumers[0] : nullptr;
+               plain_cast(r) && !doomed.count(r)) {
+      first = t, second = r;
+    } else {
+      continue;
+    }
+    std::vector<int64_t> perm = t->attr_ints("perm");
+    if (perm.empty())
+      for (int64_t d = static_cast<int64_t>(t->input(0)->shape.size()) - 1; d >= 0; --d) perm.push_back(d);
+    Value* source = first->input(0);
+    Value* result = second->output(0);
+    g.set_output(second, 0, nullptr);
+    Node* f = g.add_node("CastTranspose", {source}, {}, g.unique_name(result->name), kOxtrainDomain);
+    g.set_output(f, 0, result);
+    f->attrs["perm"].value = perm;
+    f->attrs["to"].value = int64_t{dtype_to_onnx(result->dtype)};
+    g.move_before(f, second);
+    doomed.insert(first);
+    doomed.insert(second);
+    ++fused;
+  }
+  if (fused == 0) return 0;
+  g.remove_nodes_if([&](const Node& n) { return doomed.count(&n) != 0; });
+  g.prune_values();
+  if (g.opset(kOxtrainDomain) == 0) g.opsets.push_back({kOxtrainDomain, 1});
+  for (const auto& n : g.nodes())
+    if (n->op_type == "CastTranspose" && n->domain == kOxtrainDomain)
+      find_schema(kOxtrainDomain, "CastTranspose")->infer(*n, InferContext{g, g.opset(kOxtrainDomain)});
+  return fused;
+}
+
 std::string normalize_images_input(Graph& g, const std::vector<float>& mean, const std::vector<float>& std) {
   if (g.inputs.empty()) throw Error("the model has no inputs to feed images to");
   Value* x = g.inputs[0];

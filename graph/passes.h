@@ -45,6 +45,14 @@ struct ChannelsLastReport {
 };
 ChannelsLastReport to_channels_last(Graph& graph, const std::set<std::string>& keep_channels_first = {});
 
+// A Cast and a Transpose in a row, either way round, with float32, float16 or bfloat16 on both
+// sides and nothing else reading the value between them, become one oxtrain.CastTranspose:
+// one pass over the elements instead of two, with the same result bit for bit (a transpose
+// only moves elements). Under mixed precision and channels-last these are each filter's half
+// [K, R, S, C] copy and its gradient's way back to float32 [K, C, R, S]. Returns how many
+// pairs were fused.
+int fuse_cast_transpose(Graph& graph);
+
 // The model's first input, float32 images [N, C, H, W], fed instead as the loader's uint8
 // pixels [N, H, W, C] through an oxtrain.NormalizeImages node ((x / 255 - mean) / std per
 // channel) at the head of the schedule: a quarter of the bytes to copy, and on the GPU the

@@ -39,14 +39,31 @@ test::TrainingRun make_run(bool channels_last, DType half) {
 // images into the first convolution, the pooled features into Flatten, and their gradient
 // back into the pooling's gradient. The filters do too: each convolution's half copy of its
 // weights (53), the copy cast again for the data gradient (52: the first convolution has
-// none), and each filter gradient back to the parameter's layout for momentum (53).
+// none), and each filter gradient back to the parameter's layout for momentum (53). Every one
+// of those that meets a cast (the images' and the filters' casts to bfloat16, the filter
+// gradients' casts back to float32) is one CastTranspose node with it.
 TEST(ChannelsLast, ResNet50GraphIsChannelsLastBetweenItsBorders) {
   autodiff::TrainingGraph tg = autodiff::build_training_graph(test::zoo_at_batch("resnet50", 2, 64), options(true, DType::bf16));
   EXPECT_EQ(tg.channels_last.transposes, 3 + 53 + 52 + 53);
-  int activations = 0;
-  for (const auto& n : tg.graph.nodes())
-    if (n->op_type == "Transpose") activations += n->input(0)->shape[0] == 2;  // the batch, not K
+  EXPECT_EQ(tg.cast_transposes, 1 + 53 + 52 + 53);
+  int activations = 0, casts = 0, cast_transposes = 0, filters_to_half = 0, gradients_to_float = 0;
+  for (const auto& n : tg.graph.nodes()) {
+    const bool fused = n->op_type == "CastTranspose";
+    if (n->op_type == "Transpose" || fused) activations += n->input(0)->shape[0] == 2;  // the batch, not K
+    casts += n->op_type == "Cast";
+    cast_transposes += fused;
+    if (!fused) continue;
+    filters_to_half += n->input(0)->role == Role::Parameter && n->output(0)->dtype == DType::bf16;
+    gradients_to_float += n->input(0)->dtype == DType::bf16 && n->output(0)->dtype == DType::f32 &&
+                          n->output(0)->name.rfind("grad/", 0) == 0;
+  }
   EXPECT_EQ(activations, 3);
+  EXPECT_EQ(cast_transposes, tg.cast_transposes);
+  EXPECT_EQ(filters_to_half, 53 + 52);
+  EXPECT_EQ(gradients_to_float, 53);
+  // Left as Casts: the classifier's weight (twice: cast again for backward, as the filters) and
+  // bias and their gradients, the logits to float32 and the loss gradient back to half.
+  EXPECT_EQ(casts, 7);
   // Every parameter's gradient keeps the parameter's shape (the gradient arena, momentum).
   for (const auto& [param, grad] : tg.gradients) EXPECT_EQ(tg.graph.value(grad)->shape, tg.graph.value(param)->shape);
   std::map<std::string, int> last, first;
@@ -65,7 +82,7 @@ TEST(ChannelsLast, ResNet50GraphIsChannelsLastBetweenItsBorders) {
   EXPECT_EQ(last["MaxPoolGradFromInput"], 1);
   EXPECT_EQ(last["GlobalAveragePool"], 1);
   int64_t transposes = 0;
-  for (const auto& n : tg.graph.nodes()) transposes += n->op_type == "Transpose";
+  for (const auto& n : tg.graph.nodes()) transposes += n->op_type == "Transpose" || n->op_type == "CastTranspose";
   EXPECT_EQ(transposes, tg.channels_last.transposes);
   // conv1's output at 64x64: [2, 64, 32, 32] channels-first, stored [2, 32, 32, 64].
   const Value* conv1 = nullptr;
@@ -90,6 +107,8 @@ TEST(ChannelsLast, TrainsBitIdenticalToChannelsFirst) {
     test::TrainingRun last = make_run(true, half);
     ASSERT_EQ(first.states, last.states);
     EXPECT_GT(last.tg.channels_last.nodes, 50);
+    // In half, the filters' casts and transposes run fused, and still compute the same bits.
+    EXPECT_EQ(last.tg.cast_transposes > 0, half != DType::undefined);
     for (int64_t s = 0; s < 3; ++s) {
       for (auto* r : {&first, &last}) test::run_training_step(*r, 300 + static_cast<uint64_t>(s), {2, 7, 7, 0}, 0.05f, s);
       EXPECT_EQ(first.session->fetch(first.tg.loss).bytes, last.session->fetch(last.tg.loss).bytes) << "step " << s;

@@ -354,6 +354,57 @@ TEST(CpuElementwise, Transpose) {
 
 namespace {
 
+// Values where a cast to half decides something: NaN, infinities, signed zeros, float16's
+// overflow edge (65504 stays, 65520 rounds to infinity), subnormals of both halves, and ties
+// between two halves (1 + 2^-11 and 1 + 2^-8: float16's and bfloat16's midpoints above 1).
+Tensor with_cast_edges(Tensor x) {
+  const double edges[] = {std::numeric_limits<double>::quiet_NaN(), INFINITY, -INFINITY, 0.0, -0.0, 65504.0, 65520.0,
+                          -70000.0, 3e-8, -6e-5, 1e-39, 1.0 + 1.0 / 2048, 1.0 + 1.0 / 256, 1.0 + 3.0 / 256};
+  for (size_t i = 0; i < std::size(edges) && static_cast<int64_t>(i) < x.numel(); ++i)
+    test::set_element(x, static_cast<int64_t>(i) * 7 % x.numel(), edges[i]);
+  return x;
+}
+
+}  // namespace
+
+// oxtrain.CastTranspose is Cast then Transpose, bit for bit, between every pair of float32,
+// float16 and bfloat16 (the CPU converts through its half emulation, rounding once).
+TEST(CpuElementwise, CastTransposeIsCastThenTranspose) {
+  const Shape s{6, 3, 5, 7};
+  const std::vector<std::vector<int64_t>> perms = {{0, 2, 3, 1}, {0, 3, 1, 2}, {3, 2, 1, 0}, {}};
+  int checked = 0;
+  for (DType from : {DType::f32, DType::f16, DType::bf16})
+    for (DType to : {DType::f32, DType::f16, DType::bf16})
+      for (const auto& p : perms) {
+        SCOPED_TRACE(std::string(graph::dtype_name(from)) + " to " + graph::dtype_name(to) + " perm " +
+                     graph::shape_str(p));
+        Tensor x = with_cast_edges(random_tensor(from, s, 18, -3e4, 3e4));
+        std::vector<int64_t> perm = p.empty() ? std::vector<int64_t>{3, 2, 1, 0} : p;
+        Shape out(4);
+        for (size_t d = 0; d < 4; ++d) out[d] = s[perm[d]];
+        test::KernelCase cast("Cast", "", {x}, {{to, s}});
+        cast.set_attr("to", Attribute{int64_t{graph::dtype_to_onnx(to)}});
+        cast.run();
+        test::KernelCase transpose("Transpose", "", {cast.output(0)}, {{to, out}});
+        if (!p.empty()) transpose.set_attr("perm", Attribute{p});
+        transpose.run();
+        test::KernelCase fused("CastTranspose", "oxtrain", {x}, {{to, out}});
+        fused.set_attr("to", Attribute{int64_t{graph::dtype_to_onnx(to)}});
+        if (!p.empty()) fused.set_attr("perm", Attribute{p});
+        fused.run();
+        ASSERT_EQ(fused.output(0).bytes, transpose.output(0).bytes);
+        ++checked;
+      }
+  EXPECT_EQ(checked, 36);
+  // Only float32 and the halves: an integer input is refused, naming the op.
+  test::KernelCase ints("CastTranspose", "oxtrain", {random_tensor(DType::i64, s, 19, -9, 9)}, {{DType::f32, s}});
+  ints.set_attr("to", Attribute{int64_t{graph::dtype_to_onnx(DType::f32)}});
+  ints.set_attr("perm", Attribute{std::vector<int64_t>{0, 1, 2, 3}});
+  EXPECT_THROW(ints.run(), Error);
+}
+
+namespace {
+
 // Reference reduction: sums x over the dims where `target` (same rank) is 1 and x is not.
 std::vector<double> reduce_reference(const Tensor& x, const Shape& target, double scale) {
   std::vector<double> out(static_cast<size_t>(graph::shape_numel(target)), 0.0);

@@ -301,6 +301,37 @@ TEST(CudaElementwise, Transpose) {
   EXPECT_TRUE(cuda_bitwise_matches_cpu(big));
 }
 
+// One kernel that converts while it transposes: the CPU's Cast then Transpose, bit for bit,
+// for a filter made [K, R, S, C] in half, its gradient made [K, C, R, S] in float32, and every
+// other pair of float32 and the halves (NaN compared by bits: the conversion keeps its payload's
+// quiet form on both devices, base/half.h). Large enough for many blocks, and one dimension of
+// size 1 that the permutation moves.
+TEST(CudaElementwise, CastTransposeConvertsAndTransposesInOnePass) {
+  OXTRAIN_REQUIRE_GPU();
+  struct Case {
+    Shape x;
+    std::vector<int64_t> perm;
+  };
+  const Case cases[] = {{{256, 64, 3, 3}, {0, 2, 3, 1}}, {{256, 3, 3, 64}, {0, 3, 1, 2}},
+                        {{64, 3, 7, 7}, {0, 2, 3, 1}},   {{5, 1, 7, 9}, {3, 2, 1, 0}}};
+  uint64_t seed = 63;
+  for (const Case& c : cases)
+    for (DType from : {DType::f32, DType::f16, DType::bf16})
+      for (DType to : {DType::f32, DType::f16, DType::bf16}) {
+        Tensor x = random_tensor(from, c.x, seed++, -7e4, 7e4);
+        test::set_element(x, 0, std::numeric_limits<double>::quiet_NaN());
+        test::set_element(x, 1, -INFINITY);
+        test::set_element(x, 2, -0.0);
+        Shape out(4);
+        for (size_t d = 0; d < 4; ++d) out[d] = c.x[c.perm[d]];
+        KernelCase kc("CastTranspose", "oxtrain", {x}, {{to, out}});
+        kc.set_attr("to", Attribute{int64_t{graph::dtype_to_onnx(to)}});
+        kc.set_attr("perm", Attribute{c.perm});
+        EXPECT_TRUE(cuda_bitwise_matches_cpu(kc)) << graph::dtype_name(from) << " to " << graph::dtype_name(to) << " "
+                                                  << graph::shape_str(c.x) << " by " << graph::shape_str(c.perm);
+      }
+}
+
 TEST(CudaElementwise, ReduceMean) {
   OXTRAIN_REQUIRE_GPU();
   struct Case {

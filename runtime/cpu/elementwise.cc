@@ -263,6 +263,20 @@ KernelFactory transpose_factory() {
   };
 }
 
+// oxtrain.CastTranspose between float32, float16 and bfloat16: half values reach this kernel
+// as float32 (runtime/cpu/half_emulation.h widens them exactly and rounds the output once, as
+// a Cast does), so what is left is the transpose.
+KernelFactory cast_transpose_factory() {
+  return [](const KernelInit& init) {
+    const Node& n = init.node;
+    const DType from = input_value(n, 0).dtype, to = output_value(n, 0).dtype;
+    if (from != to)
+      throw Error(n.describe() + ": the CPU kernel converts between float32 and half only through the half "
+                  "emulation, not " + graph::dtype_name(from) + " to " + graph::dtype_name(to));
+    return transpose_factory()(init);
+  };
+}
+
 // ---------------------------------------------------------------------------------------
 // Reductions. reduce_to sums x (shape xs) into y (shape ys of the same rank, every dim equal
 // to xs's or 1) and multiplies by scale, following math::make_reduce_plan:
@@ -477,6 +491,7 @@ void register_cpu_elementwise_kernels(KernelRegistry& registry) {
   registry.add("", "Reshape", cpu, copy_factory(false));
   registry.add("", "Dropout", cpu, copy_factory(true));
   registry.add("", "Transpose", cpu, transpose_factory());
+  registry.add("oxtrain", "CastTranspose", cpu, cast_transpose_factory());
   registry.add("", "ReduceMean", cpu, reduce_mean_factory());
   registry.add("oxtrain", "ReduceSumTo", cpu, reduce_sum_to_factory());
   registry.add("oxtrain", "ReduceMeanGrad", cpu, reduce_mean_grad_factory());

@@ -521,6 +521,56 @@ void launch_gather(void* y, const void* x, int64_t numel, bool index32,
   check_launch("gather_kernel launch", where);
 }
 
+// Where each element of a transposed output comes from, fixed when the kernel is made.
+struct TransposeGather {
+  bool contiguous = false;  // a permutation that moves only dims of size 1
+  bool index32 = false;
+  StridedIndex<1, uint32_t> s32;
+  StridedIndex<1, int64_t> s64;
+  int64_t numel = 0;
+};
+
+// Checks the node's perm (default: reversed axes) and output shape against input 0.
+TransposeGather transpose_gather(const Node& n, const std::string& what) {
+  const graph::Value& x = input_value(n, 0);
+  const graph::Value& y = output_value(n, 0);
+  const graph::Shape& xs = known_shape(n, x);
+  const int64_t rank = static_cast<int64_t>(xs.size());
+  std::vector<int64_t> perm;
+  if (n.has_attr("perm")) {
+    perm = n.attr_ints("perm");
+  } else {
+    for (int64_t d = rank - 1; d >= 0; --d) perm.push_back(d);
+  }
+  std::vector<bool> seen(static_cast<size_t>(rank), false);
+  bool ok = static_cast<int64_t>(perm.size()) == rank;
+  for (size_t i = 0; ok && i < perm.size(); ++i) {
+    ok = perm[i] >= 0 && perm[i] < rank && !seen[perm[i]];
+    if (ok) seen[perm[i]] = true;
+  }
+  if (!ok)
+    throw Error(what + ": perm " + graph::shape_str(perm) + " is not a permutation of the axes of " +
+                x.shape_string());
+  graph::Shape ys(perm.size());
+  for (size_t d = 0; d < perm.size(); ++d) ys[d] = xs[perm[d]];
+  if (known_shape(n, y) != ys)
+    throw Error(what + ": output " + y.shape_string() + " is not the input " + x.shape_string() +
+                " transposed by " + graph::shape_str(perm) + " (" + graph::shape_str(ys) + ")");
+  const std::vector<int64_t> xst = math::contiguous_strides(xs);
+  std::vector<int64_t> st(perm.size());
+  for (size_t d = 0; d < perm.size(); ++d) st[d] = xst[perm[d]];
+  const StridedPlan plan = math::make_strided_plan(ys, {st});
+  TransposeGather t;
+  t.contiguous = plan.rank() == 1 && plan.inner_stride(0) == 1;
+  t.index32 = math::fits_32_bits(plan);
+  if (t.index32)
+    t.s32 = math::strided_index<1, uint32_t>(plan, {0}, what);
+  else
+    t.s64 = math::strided_index<1, int64_t>(plan, {0}, what);
+  t.numel = plan.numel;
+  return t;
+}
+
 KernelFactory transpose_factory() {
   return [](const KernelInit& init) {
     const Node& n = init.node;
@@ -531,61 +581,77 @@ KernelFactory transpose_factory() {
     if (y.dtype != x.dtype)
       throw Error(what + ": output type " + graph::dtype_name(y.dtype) +
                   " differs from the input's " + graph::dtype_name(x.dtype));
-    const graph::Shape& xs = known_shape(n, x);
-    const int64_t rank = static_cast<int64_t>(xs.size());
-    std::vector<int64_t> perm;
-    if (n.has_attr("perm")) {
-      perm = n.attr_ints("perm");
-    } else {
-      for (int64_t d = rank - 1; d >= 0; --d) perm.push_back(d);
-    }
-    std::vector<bool> seen(static_cast<size_t>(rank), false);
-    bool ok = static_cast<int64_t>(perm.size()) == rank;
-    for (size_t i = 0; ok && i < perm.size(); ++i) {
-      ok = perm[i] >= 0 && perm[i] < rank && !seen[perm[i]];
-      if (ok) seen[perm[i]] = true;
-    }
-    if (!ok)
-      throw Error(what + ": perm " + graph::shape_str(perm) +
-                  " is not a permutation of the axes of " + x.shape_string());
-    graph::Shape ys(perm.size());
-    for (size_t d = 0; d < perm.size(); ++d) ys[d] = xs[perm[d]];
-    if (known_shape(n, y) != ys)
-      throw Error(what + ": output " + y.shape_string() + " is not the input " +
-                  x.shape_string() + " transposed by " + graph::shape_str(perm) + " (" +
-                  graph::shape_str(ys) + ")");
-    const std::vector<int64_t> xst = math::contiguous_strides(xs);
-    std::vector<int64_t> st(perm.size());
-    for (size_t d = 0; d < perm.size(); ++d) st[d] = xst[perm[d]];
-    const StridedPlan plan = math::make_strided_plan(ys, {st});
-    const bool contiguous = plan.rank() == 1 && plan.inner_stride(0) == 1;
-    const bool index32 = math::fits_32_bits(plan);
-    StridedIndex<1, uint32_t> s32;
-    StridedIndex<1, int64_t> s64;
-    if (index32)
-      s32 = math::strided_index<1, uint32_t>(plan, {0}, what);
-    else
-      s64 = math::strided_index<1, int64_t>(plan, {0}, what);
+    const TransposeGather t = transpose_gather(n, what);
     const size_t size = graph::dtype_size(x.dtype);
     if (size != 1 && size != 2 && size != 4 && size != 8)
       throw Error(what + ": cannot transpose elements of type " + graph::dtype_name(x.dtype));
-    const int64_t numel = plan.numel;
     return make_kernel([=](const KernelArgs& a) {
       const CudaContext& ctx = cuda::context_of(a, what);
-      check_numel(a.outputs[0], numel, what, "the output");
-      if (numel <= 0) return;
-      if (contiguous) {  // a permutation that moves only dims of size 1
+      check_numel(a.outputs[0], t.numel, what, "the output");
+      if (t.numel <= 0) return;
+      if (t.contiguous) {
         copy_on_stream(a.inputs[0], a.outputs[0], ctx, what);
         return;
       }
       void* py = a.outputs[0].data;
       const void* px = a.inputs[0].data;
       switch (size) {
-        case 1: launch_gather<uint8_t>(py, px, numel, index32, s32, s64, ctx, what); break;
-        case 2: launch_gather<uint16_t>(py, px, numel, index32, s32, s64, ctx, what); break;
-        case 4: launch_gather<uint32_t>(py, px, numel, index32, s32, s64, ctx, what); break;
-        default: launch_gather<uint64_t>(py, px, numel, index32, s32, s64, ctx, what); break;
+        case 1: launch_gather<uint8_t>(py, px, t.numel, t.index32, t.s32, t.s64, ctx, what); break;
+        case 2: launch_gather<uint16_t>(py, px, t.numel, t.index32, t.s32, t.s64, ctx, what); break;
+        case 4: launch_gather<uint32_t>(py, px, t.numel, t.index32, t.s32, t.s64, ctx, what); break;
+        default: launch_gather<uint64_t>(py, px, t.numel, t.index32, t.s32, t.s64, ctx, what); break;
       }
+    });
+  };
+}
+
+// oxtrain.CastTranspose: y[i] = x[offset of i] converted between float32, float16 and bfloat16
+// (base/half.h: widening exact, narrowing rounded to nearest even, as Cast), in one pass.
+template <int kIn, int kOut, typename I>
+__global__ void cast_gather_kernel(void* y, const void* x, I n, StridedIndex<1, I> p) {
+  const I stride = static_cast<I>(blockDim.x) * gridDim.x;
+  for (I i = blockIdx.x * static_cast<I>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    I off[1];
+    math::strided_offsets(p, i, 1, off);
+    store_float<kOut>(y, i, load_float<kIn>(x, off[0]));
+  }
+}
+
+template <int kIn>
+struct CastGather {
+  template <int kOut>
+  struct To {
+    static void run(void* y, const void* x, const TransposeGather& t, const CudaContext& ctx,
+                    const std::string& what) {
+      cuda::Launch g = cuda::launch_for(t.numel, ctx);
+      if (t.index32)
+        cast_gather_kernel<kIn, kOut><<<g.blocks, g.threads, 0, ctx.stream>>>(y, x, static_cast<uint32_t>(t.numel),
+                                                                             t.s32);
+      else
+        cast_gather_kernel<kIn, kOut><<<g.blocks, g.threads, 0, ctx.stream>>>(y, x, t.numel, t.s64);
+      check_launch("cast_gather_kernel launch", what);
+    }
+  };
+};
+
+KernelFactory cast_transpose_factory() {
+  return [](const KernelInit& init) {
+    const Node& n = init.node;
+    const std::string what = n.describe();
+    const int in_kind = cuda::float_kind(input_value(n, 0).dtype);
+    const int out_kind = cuda::float_kind(output_value(n, 0).dtype);
+    if (in_kind < 0 || out_kind < 0)
+      throw Error(what + ": converts between float32, float16 and bfloat16, not " +
+                  graph::dtype_name(input_value(n, 0).dtype) + " to " + graph::dtype_name(output_value(n, 0).dtype));
+    const TransposeGather t = transpose_gather(n, what);
+    return make_kernel([=](const KernelArgs& a) {
+      const CudaContext& ctx = cuda::context_of(a, what);
+      check_numel(a.outputs[0], t.numel, what, "the output");
+      if (t.numel <= 0) return;
+      cuda::with_float_kind(in_kind, [&](auto in) {
+        by_kind<CastGather<decltype(in)::value>::template To>(out_kind, a.outputs[0].data, a.inputs[0].data, t, ctx,
+                                                             what);
+      });
     });
   };
 }
@@ -1014,6 +1080,7 @@ void register_cuda_elementwise_kernels(KernelRegistry& registry) {
   registry.add("", "Reshape", cuda, copy_factory(false));
   registry.add("", "Dropout", cuda, copy_factory(true));
   registry.add("", "Transpose", cuda, transpose_factory());
+  registry.add("oxtrain", "CastTranspose", cuda, cast_transpose_factory());
   registry.add("", "ReduceMean", cuda, reduce_mean_factory());
   registry.add("oxtrain", "ReduceSumTo", cuda, reduce_sum_to_factory());
   registry.add("oxtrain", "ReduceMeanGrad", cuda, reduce_mean_grad_factory());

@@ -3,9 +3,9 @@
 // kernel's own workspace (so the static memory plan covers them), and each half output is
 // rounded from float32 into place, all on the compute stream. The rounding is base/half.h's,
 // the same as the CPU reference. Kernels that handle half themselves are not wrapped: cuDNN's
-// convolutions and batch norm, the fused batch norms, NonFinite, and (native_half_node) the
-// element-wise arithmetic, reductions, activations, dropout, copies and movement ops, pooling
-// and cuBLASLt's matrix products (emulated after all where cuBLASLt has no algorithm for the
+// convolutions and batch norm, the fused batch norms, NonFinite, CastTranspose, and
+// (native_half_node) the element-wise arithmetic, reductions, activations, dropout, copies and
+// movement ops, pooling and cuBLASLt's matrix products (emulated after all where cuBLASLt has no algorithm for the
 // half form: KernelUnsupported); Cast between float32 and half is one conversion kernel.
 //
 // This makes every op run in mixed precision; it costs a conversion pass per half value and
@@ -164,6 +164,7 @@ const std::set<std::pair<std::string, std::string>>& native_half_ops() {
       {"oxtrain", "BatchNormApply"},
       {"oxtrain", "NormalizeImages"},
       {"oxtrain", "NonFinite"},
+      {"oxtrain", "CastTranspose"},
   };
   return ops;
 }
