@@ -4,7 +4,9 @@
 //   oxtrain.BatchNormReluTraining: BatchNormTraining writes Y into Z's buffer, then
 //     Z = Relu(Y + R) in place (Y alone without R). Y is never stored elsewhere.
 //   oxtrain.BatchNormReluApply: the same with BatchNormApply (the output from the saved
-//     statistics): Z recomputed in backward, so it need not be kept from the forward.
+//     statistics): Z recomputed in backward, so it need not be kept from the forward. (The GPU
+//     does this one in a single pass instead, runtime/cuda/normalization.cu, with the same
+//     per-element math, math::batchnorm_relu_apply_element.)
 //   oxtrain.BatchNormReluGrad: dS = ReluGrad(dZ, Z) into dR's buffer (or the workspace when
 //     the residual takes no gradient), then BatchNormGrad(dS, X, ...).
 // A channels-last node passes the attribute on to its inner kernel; the element-wise pass does

@@ -223,10 +223,23 @@ TEST(CudaMixedPrecision, RecomputedBatchNormMatchesCpuExactly) {
     const std::vector<Tensor> ins = {x, per_channel[0], per_channel[1], per_channel[2], per_channel[3]};
     test::KernelCase apply("BatchNormApply", "oxtrain", ins, {{dt, x.shape}});
     EXPECT_TRUE(test::cuda_matches_cpu(apply, 0));
-    std::vector<Tensor> with_r = ins;
-    with_r.push_back(r);
-    test::KernelCase relu("BatchNormReluApply", "oxtrain", with_r, {{dt, x.shape}});
-    EXPECT_TRUE(test::cuda_matches_cpu(relu, 0));
+    // BatchNormReluApply is one pass on the GPU, two on the CPU (BatchNormApply, then Relu(Y +
+    // R) with Y rounded between): the same bits, signed zeros included, with and without the
+    // residual, channels-first and channels-last.
+    for (bool residual : {false, true})
+      for (bool channels_last : {false, true}) {
+        SCOPED_TRACE(std::string(residual ? "with R" : "without R") + (channels_last ? ", channels-last" : ""));
+        Tensor xl = x, rl = r;
+        if (channels_last) {
+          xl = test::random_tensor(dt, {5, 11, 13, 7}, 17, -2, 3);
+          rl = test::random_tensor(dt, xl.shape, 18);
+        }
+        std::vector<Tensor> relu_ins = {xl, per_channel[0], per_channel[1], per_channel[2], per_channel[3]};
+        if (residual) relu_ins.push_back(rl);
+        test::KernelCase relu("BatchNormReluApply", "oxtrain", relu_ins, {{dt, xl.shape}});
+        if (channels_last) relu.set_attr(kChannelsLast, Attribute{int64_t{1}});
+        EXPECT_TRUE(test::cuda_bitwise_matches_cpu(relu));
+      }
   }
 }
 
@@ -257,8 +270,12 @@ TEST(CudaMixedPrecision, ResNet50RunsEveryNodeNatively) {
         channels_last_nodes += is_channels_last(*n);
       }
       // The graph does hold what the kernels must take as it is.
-      if (half != DType::undefined) EXPECT_GT(half_nodes, 500);
-      if (channels_last) EXPECT_GT(channels_last_nodes, 300);
+      if (half != DType::undefined) {
+        EXPECT_GT(half_nodes, 500);
+      }
+      if (channels_last) {
+        EXPECT_GT(channels_last_nodes, 300);
+      }
       EXPECT_EQ(emulated, (std::map<std::string, int>{}));
     }
 }

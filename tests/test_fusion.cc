@@ -9,6 +9,7 @@
 #include "autodiff/training.h"
 #include "graph/onnx_io.h"
 #include "graph/zoo.h"
+#include "runtime/math/fused.h"
 #include "runtime/planner.h"
 #include "runtime/session.h"
 #include "tests/helpers.h"
@@ -158,4 +159,48 @@ TEST(Fusion, RecomputationOfAResNet) {
                 half == DType::undefined ? "float32" : dtype_name(half), kept / 1048576.0, recomputed / 1048576.0);
     EXPECT_LT(recomputed, kept * 7 / 10);
   }
+}
+
+// The GPU's single pass for oxtrain.BatchNormReluApply (runtime/cuda/normalization.cu) runs
+// math::batchnorm_relu_apply_element per element; here it runs on the host over every element
+// and must give the CPU kernel's bits (BatchNormApply, then Relu(Y + R) in a second pass), in
+// float32, float16 and bfloat16, with and without the residual. Negative inputs and residuals
+// make the ReLU clip, and values near zero give signed zeros.
+TEST(Fusion, BatchNormReluApplyInOnePassIsTheCpuKernel) {
+  const Shape shape{3, 5, 4, 6};
+  const int64_t channels = 5, spatial = 24;
+  for (DType dt : {DType::f32, DType::f16, DType::bf16})
+    for (bool residual : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + (residual ? " with R" : " without R"));
+      Tensor x = test::random_tensor(dt, shape, 21, -3, 3);
+      Tensor r = test::random_tensor(dt, shape, 22, -2, 2);
+      std::vector<Tensor> ins = {x};
+      for (uint64_t s = 23; s < 27; ++s) ins.push_back(test::random_tensor(DType::f32, {channels}, s, 0.5, 1.5));
+      if (residual) ins.push_back(r);
+      test::KernelCase cpu("BatchNormReluApply", "oxtrain", ins, {{dt, shape}});
+      cpu.run();
+      const float* scale = ins[1].data<float>();
+      const float* bias = ins[2].data<float>();
+      const float* mean = ins[3].data<float>();
+      const float* inv_std = ins[4].data<float>();
+      Tensor z(dt, shape);
+      int64_t clipped = 0;
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        const int64_t c = i / spatial % channels;
+        const void* rp = residual ? r.bytes.data() : nullptr;
+        if (dt == DType::f32)
+          runtime::math::batchnorm_relu_apply_element<0>(x.bytes.data(), rp, z.bytes.data(), i, mean[c], inv_std[c],
+                                                         scale[c], bias[c]);
+        else if (dt == DType::f16)
+          runtime::math::batchnorm_relu_apply_element<1>(x.bytes.data(), rp, z.bytes.data(), i, mean[c], inv_std[c],
+                                                         scale[c], bias[c]);
+        else
+          runtime::math::batchnorm_relu_apply_element<2>(x.bytes.data(), rp, z.bytes.data(), i, mean[c], inv_std[c],
+                                                         scale[c], bias[c]);
+        clipped += test::element(z, i) == 0;
+      }
+      EXPECT_GT(clipped, x.numel() / 10);
+      EXPECT_LT(clipped, x.numel() * 9 / 10);
+      EXPECT_EQ(z.bytes, cpu.output(0).bytes);
+    }
 }

@@ -80,7 +80,8 @@ FusedBatchNormPasses cuda_passes() {
 
 void register_cuda_fused_kernels(KernelRegistry& registry) {
   registry.add("oxtrain", "BatchNormReluTraining", Device::cuda, batchnorm_relu_training_factory(cuda_passes()));
-  registry.add("oxtrain", "BatchNormReluApply", Device::cuda, batchnorm_relu_apply_factory(cuda_passes()));
+  // Recomputed in backward from X, the saved statistics and R: one pass (normalization.cu).
+  registry.add("oxtrain", "BatchNormReluApply", Device::cuda, batchnorm_apply_kernel_factory(true));
   registry.add("oxtrain", "BatchNormReluGrad", Device::cuda, batchnorm_relu_grad_factory(cuda_passes()));
 }
 

@@ -39,9 +39,12 @@ void register_cuda_random_kernels(KernelRegistry& registry);
 // precision.cu: oxtrain.NonFinite, oxtrain.LossScaleUpdate (fp16's dynamic loss scaling)
 void register_cuda_precision_kernels(KernelRegistry& registry);
 void register_cuda_normalize_kernels(KernelRegistry& registry);  // oxtrain.NormalizeImages
-// fused.cu: oxtrain.BatchNormReluTraining, oxtrain.BatchNormReluGrad (native half; registered
-// after the half emulation)
+// fused.cu: oxtrain.BatchNormReluTraining, oxtrain.BatchNormReluApply, oxtrain.BatchNormReluGrad
+// (native half; registered after the half emulation)
 void register_cuda_fused_kernels(KernelRegistry& registry);
+// normalization.cu: oxtrain.BatchNormApply's kernel; with `relu`, oxtrain.BatchNormReluApply's,
+// which applies Relu(Y + R) in the same pass.
+KernelFactory batchnorm_apply_kernel_factory(bool relu);
 
 namespace cuda {
 // half_emulation.cu: `float_factory` with half values handled for kernels that compute only

@@ -30,6 +30,7 @@
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/kernels.h"
 #include "runtime/math/broadcast.h"
+#include "runtime/math/fused.h"
 #include "runtime/math/normalization.h"
 
 namespace oxtrain::runtime {
@@ -457,22 +458,30 @@ KernelFactory reduce_sum_grad_factory() {
 // ---------------------------------------------------------------------------------------
 // oxtrain.BatchNormApply: Y = batchnorm_apply(X) per channel of NCHW..., X float32, float16
 // or bfloat16 with float32 per-channel inputs (half values natively: widened, the float32
-// result rounded to nearest even, as the CPU's emulation of half does).
+// result rounded to nearest even, as the CPU's emulation of half does). With `relu`,
+// oxtrain.BatchNormReluApply in the same pass: Z = Relu(Y + R) (Y alone without R), Y rounded
+// to X's type before the addition and the sum after it, as the unfused BatchNormApply and Add
+// round their outputs (runtime/math/fused.h): the CPU's two passes' bits, one read of X (and R)
+// and one write, where two passes also wrote and read Y.
 
 struct BatchNormApplyParams {
   const void* x;
   void* y;
   const float *scale, *bias, *mean, *inv_std;
+  const void* residual;  // R, or null
   int64_t total, spatial, channels;
   bool channels_last;  // X stored [N, H, W, C]
 };
 
-template <int kKind>  // 0 float32, 1 float16, 2 bfloat16
+template <int kKind, bool kRelu>  // kind: 0 float32, 1 float16, 2 bfloat16
 __global__ void batchnorm_apply_kernel(BatchNormApplyParams p) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t c = p.channels_last ? i % p.channels : (i / p.spatial) % p.channels;
-    if constexpr (kKind == 0) {
+    if constexpr (kRelu) {
+      math::batchnorm_relu_apply_element<kKind>(p.x, p.residual, p.y, i, p.mean[c], p.inv_std[c], p.scale[c],
+                                                p.bias[c]);
+    } else if constexpr (kKind == 0) {
       static_cast<float*>(p.y)[i] =
           math::batchnorm_apply(static_cast<const float*>(p.x)[i], p.mean[c], p.inv_std[c], p.scale[c], p.bias[c]);
     } else {
@@ -483,12 +492,24 @@ __global__ void batchnorm_apply_kernel(BatchNormApplyParams p) {
   }
 }
 
-KernelFactory batchnorm_apply_factory() {
-  return [](const KernelInit& init) {
+template <int kKind>
+struct LaunchApply {
+  static void run(bool relu, const BatchNormApplyParams& p, const cuda::Launch& g, cudaStream_t stream) {
+    if (relu)
+      batchnorm_apply_kernel<kKind, true><<<g.blocks, g.threads, 0, stream>>>(p);
+    else
+      batchnorm_apply_kernel<kKind, false><<<g.blocks, g.threads, 0, stream>>>(p);
+  }
+};
+
+}  // namespace
+
+KernelFactory batchnorm_apply_kernel_factory(bool relu) {
+  return [relu](const KernelInit& init) {
     const Node& n = init.node;
     const std::string what = n.describe();
     const graph::Value* x = n.input(0);
-    if (!x || !n.output(0)) throw Error(what + ": X and Y are required");
+    if (!x || !n.output(0)) throw Error(what + (relu ? ": X and Z are required" : ": X and Y are required"));
     const DType dt = x->dtype;
     if (dt != DType::f32 && dt != DType::f16 && dt != DType::bf16)
       throw Error(what + ": X is " + graph::dtype_name(dt) + "; float32, float16 or bfloat16 on CUDA");
@@ -500,29 +521,36 @@ KernelFactory batchnorm_apply_factory() {
       if (!v || v->dtype != DType::f32 || v->shape != graph::Shape{channels})
         throw Error(what + ": input " + std::to_string(i) + " must be float32 [" + std::to_string(channels) + "]");
     }
-    if (n.output(0)->dtype != dt) throw Error(what + ": Y must be X's type");
+    if (n.inputs.size() > 5 && !relu) throw Error(what + ": has five inputs");
+    const graph::Value* r = relu && n.inputs.size() > 5 ? n.input(5) : nullptr;
+    if (r && (r->dtype != dt || r->shape != x->shape))
+      throw Error(what + ": the residual R is " + graph::dtype_name(r->dtype) + " " + graph::shape_str(r->shape) +
+                  ", not X's " + graph::dtype_name(dt) + " " + graph::shape_str(x->shape));
+    if (n.output(0)->dtype != dt) throw Error(what + (relu ? ": Z must be X's type" : ": Y must be X's type"));
     const int64_t total = x->numel();
     const int64_t spatial = channels > 0 ? total / std::max<int64_t>(1, x->shape[0] * channels) : 0;
+    const bool residual = r != nullptr;
     return make_kernel([=](const KernelArgs& a) {
       if (a.inputs[0].numel() != total) throw Error(what + ": run with other shapes than compiled");
       if (total <= 0) return;
       const CudaContext& ctx = cuda::context_of(a, what);
-      BatchNormApplyParams p{a.inputs[0].data, a.outputs[0].data, a.inputs[1].as<float>(), a.inputs[2].as<float>(),
-                             a.inputs[3].as<float>(), a.inputs[4].as<float>(), total, spatial, channels,
+      BatchNormApplyParams p{a.inputs[0].data,
+                             a.outputs[0].data,
+                             a.inputs[1].as<float>(),
+                             a.inputs[2].as<float>(),
+                             a.inputs[3].as<float>(),
+                             a.inputs[4].as<float>(),
+                             residual ? a.inputs[5].data : nullptr,
+                             total,
+                             spatial,
+                             channels,
                              channels_last};
       const cuda::Launch g = cuda::launch_for(total, ctx);
-      if (dt == DType::f32)
-        batchnorm_apply_kernel<0><<<g.blocks, g.threads, 0, ctx.stream>>>(p);
-      else if (dt == DType::f16)
-        batchnorm_apply_kernel<1><<<g.blocks, g.threads, 0, ctx.stream>>>(p);
-      else
-        batchnorm_apply_kernel<2><<<g.blocks, g.threads, 0, ctx.stream>>>(p);
+      cuda::with_float_kind(cuda::float_kind(dt), [&](auto k) { LaunchApply<decltype(k)::value>::run(relu, p, g, ctx.stream); });
       cuda::check(cudaGetLastError(), "batchnorm_apply_kernel launch", what);
     });
   };
 }
-
-}  // namespace
 
 // ---------------------------------------------------------------------------------------
 // ReduceMax / ReduceMin: one thread per output (runtime/math/normalization.h), float32.
@@ -568,7 +596,7 @@ void register_cuda_normalization_kernels(KernelRegistry& registry) {
   registry.add("oxtrain", "LayerNormalizationGrad", cuda, layer_norm_grad_factory());
   registry.add("", "ReduceSum", cuda, reduce_sum_factory());
   registry.add("oxtrain", "ReduceSumGrad", cuda, reduce_sum_grad_factory());
-  registry.add("oxtrain", "BatchNormApply", cuda, batchnorm_apply_factory());
+  registry.add("oxtrain", "BatchNormApply", cuda, batchnorm_apply_kernel_factory(false));
 }
 
 }  // namespace oxtrain::runtime
