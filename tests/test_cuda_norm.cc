@@ -2,16 +2,20 @@
 // kernel), oxtrain.BatchNormTraining (Y, running mean and unbiased running variance, saved mean
 // and inverse standard deviation; omitted outputs) and oxtrain.BatchNormGrad, on odd shapes,
 // both on cuDNN and on the own kernels that run what cuDNN has no engine for (which one runs
-// is checked without a GPU); and, where the CUDA driver is present, plan support on an H100
-// from serialized device properties.
+// is checked without a GPU); and plan support on an H100 from serialized device properties,
+// for the fused batch norms' cuDNN graphs also without a driver (under the toolkit's stub).
 #include <gtest/gtest.h>
 
 #include <dlfcn.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "graph/ir.h"
+#include "graph/ops.h"
 #include "runtime/kernel.h"
 #include "tests/kernel_helpers.h"
 #ifdef OXTRAIN_HAVE_CUDA
@@ -235,3 +239,113 @@ TEST(CudnnDeviceless, ResnetBatchNormHasH100Plans) {
 #endif  // OXTRAIN_HAVE_CUDA
 
 }  // namespace
+
+#ifdef OXTRAIN_HAVE_CUDA
+namespace {
+
+// The fused batch norms of a channels-last ResNet block in `dt`: [N, H, W, C] stored,
+// [N, C, H, W] seen.
+KernelCase fused_training_case(const Shape& nhwc, bool residual, DType dt) {
+  const Shape c{nhwc[3]};
+  std::vector<Tensor> ins = {random_tensor(dt, nhwc, 41, -2, 3), random_tensor(DType::f32, c, 42, 0.5, 1.5),
+                             random_tensor(DType::f32, c, 43), random_tensor(DType::f32, c, 44),
+                             random_tensor(DType::f32, c, 45, 0.5, 2)};
+  if (residual) ins.push_back(random_tensor(dt, nhwc, 46));
+  KernelCase k("BatchNormReluTraining", "oxtrain", ins,
+               {{dt, nhwc}, {DType::f32, c}, {DType::f32, c}, {DType::f32, c}, {DType::f32, c}});
+  k.set_attr("epsilon", Attribute{1e-5f});
+  k.set_attr("momentum", Attribute{0.9f});
+  k.set_attr(graph::kChannelsLast, Attribute{int64_t{1}});
+  return k;
+}
+
+KernelCase fused_grad_case(const Shape& nhwc, bool to_residual, DType dt) {
+  const Shape c{nhwc[3]};
+  std::vector<OutputSpec> outs = {{dt, nhwc}, {DType::f32, c}, {DType::f32, c}};
+  if (to_residual) outs.push_back({dt, nhwc});
+  KernelCase k("BatchNormReluGrad", "oxtrain",
+               {random_tensor(dt, nhwc, 51), random_tensor(dt, nhwc, 52, 0, 2), random_tensor(dt, nhwc, 53, -2, 3),
+                random_tensor(DType::f32, c, 54, 0.5, 1.5), random_tensor(DType::f32, c, 55),
+                random_tensor(DType::f32, c, 56, 0.5, 2)},
+               outs);
+  k.set_attr(graph::kChannelsLast, Attribute{int64_t{1}});
+  return k;
+}
+
+// Runs this test program again, for one test, with the CUDA toolkit's stub driver as
+// libcuda.so.1 and OXTRAIN_STUB_DRIVER set: cuDNN lists and compiles engines for another device
+// only with a driver loaded, and the stub lets it get as far as loading a compiled kernel.
+// Returns false (with `why`) where there is no stub to use.
+bool rerun_under_stub_driver(const std::string& test, std::string* output, int* status, std::string* why) {
+#ifdef OXTRAIN_CUDA_STUB_DRIVER
+  const std::string stub = OXTRAIN_CUDA_STUB_DRIVER;
+#else
+  const std::string stub;
+#endif
+  if (stub.empty() || access(stub.c_str(), R_OK) != 0) {
+    *why = "no CUDA driver here and no stub driver at '" + stub + "'";
+    return false;
+  }
+  char dir_template[] = "/tmp/oxtrain-stub-XXXXXX";
+  const char* dir = mkdtemp(dir_template);
+  if (!dir || symlink(stub.c_str(), (std::string(dir) + "/libcuda.so.1").c_str()) != 0) {
+    *why = "cannot make a directory with the stub driver";
+    return false;
+  }
+  const char* path = std::getenv("LD_LIBRARY_PATH");
+  const std::string command = "OXTRAIN_STUB_DRIVER=1 LD_LIBRARY_PATH='" + std::string(dir) +
+                              (path ? std::string(":") + path : std::string()) + "' /proc/" +
+                              std::to_string(getpid()) + "/exe --gtest_filter='" + test + "' 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096];
+  size_t n = 0;
+  while (pipe && (n = fread(buffer, 1, sizeof buffer, pipe)) > 0) output->append(buffer, n);
+  *status = pipe ? pclose(pipe) : -1;
+  unlink((std::string(dir) + "/libcuda.so.1").c_str());
+  rmdir(dir);
+  return true;
+}
+
+}  // namespace
+
+// The fused batch norms' cuDNN graphs (runtime/cuda/batchnorm.cc: batch norm + residual Add +
+// ReLU, and ReLU's gradient + batch norm's backward) for an H100, in bfloat16 and float16, with
+// and without the residual: cuDNN's heuristics must offer engines, and the first one's plan must
+// build (under the stub driver: compile, and fail only where it loads the kernel on a GPU). A
+// pattern cuDNN has no engine for (RELU_BWD(dZ, Z) instead of dZ * (Z > 0)) fails here.
+TEST(CudnnDeviceless, FusedBatchNormPatternsHaveH100Engines) {
+  if (test::gpu_available()) GTEST_SKIP() << "a GPU is here: the CUDA tests build these plans on it";
+  const bool stub = std::getenv("OXTRAIN_STUB_DRIVER") != nullptr;
+  std::string why;
+  if (!stub && !cuda_driver_present(&why)) {
+    std::string output;
+    int status = 0;
+    if (!rerun_under_stub_driver("CudnnDeviceless.FusedBatchNormPatternsHaveH100Engines", &output, &status, &why))
+      GTEST_SKIP() << why;
+    EXPECT_EQ(status, 0) << output;
+    EXPECT_NE(output.find("[  PASSED  ] 1 test"), std::string::npos) << output;
+    EXPECT_EQ(output.find("SKIPPED"), std::string::npos) << output;
+    return;
+  }
+  const auto target = runtime::cudnn::h100_target();
+  struct Case {
+    Shape nhwc;
+    DType dt;
+  };
+  const Case cases[] = {{{128, 56, 56, 64}, DType::bf16}, {{128, 56, 56, 64}, DType::f16}, {{128, 7, 7, 512}, DType::bf16}};
+  for (const Case& c : cases)
+    for (bool residual : {false, true}) {
+      KernelCase forward = fused_training_case(c.nhwc, residual, c.dt);
+      KernelCase backward = fused_grad_case(c.nhwc, residual, c.dt);
+      for (KernelCase* k : {&forward, &backward}) {
+        SCOPED_TRACE(k->node().op_type + " " + graph::dtype_name(c.dt) + " " + graph::shape_str(c.nhwc) +
+                     (residual ? " with the residual" : ""));
+        const auto support = runtime::cudnn::deviceless_support(k->node(), Precision::tf32, target, 1);
+        EXPECT_GE(support.configs, 1) << support.failure;
+        EXPECT_EQ(support.allowed, 1);
+        const bool loaded_only_on_a_gpu = stub && support.failure.find("cuLibraryLoadData") != std::string::npos;
+        EXPECT_TRUE(support.supported == 1 || loaded_only_on_a_gpu) << support.failure;
+      }
+    }
+}
+#endif

@@ -436,12 +436,13 @@ DevicelessTarget h100_target() {
 }
 
 DevicelessSupport deviceless_support(const graph::Node& node, Precision precision,
-                                     const DevicelessTarget& target) {
+                                     const DevicelessTarget& target, int max_builds) {
   const std::string where = node.describe();
   GraphRecipe recipe;
   if (node.op_type == "Conv" || node.op_type == "ConvGradData" || node.op_type == "ConvGradFilter")
     recipe = conv_recipe(node);
-  else if (node.op_type == "BatchNormTraining" || node.op_type == "BatchNormGrad")
+  else if (node.op_type == "BatchNormTraining" || node.op_type == "BatchNormGrad" ||
+           node.op_type == "BatchNormReluTraining" || node.op_type == "BatchNormReluGrad")
     recipe = batchnorm_recipe(node);
   else
     throw Error(where + ": not a cuDNN-backed op");
@@ -464,7 +465,7 @@ DevicelessSupport deviceless_support(const graph::Node& node, Precision precisio
   }
   support.configs = static_cast<int>(graph.get_execution_plan_count());
   graph.deselect_numeric_notes(excluded_notes(precision));
-  for (int64_t i = 0; i < support.configs; ++i) {
+  for (int64_t i = 0; i < support.configs && (max_builds < 0 || support.allowed < max_builds); ++i) {
     fe::error_t status = graph.build_plan_at_index(i);
     if (status.get_message() != "Deselecting execution plan") ++support.allowed;
     if (status.is_good()) {

@@ -63,12 +63,20 @@ struct DevicelessSupport {
 // runtime/cuda/batchnorm_own.h); checks the node as its kernel factory does.
 bool batchnorm_uses_cudnn(const graph::Node& node);
 
+// oxtrain.BatchNormReluTraining or oxtrain.BatchNormReluGrad as one cuDNN graph (batch norm with
+// the residual's addition and the ReLU, or the ReLU's gradient with batch norm's backward), where
+// cuDNN has an engine for that pattern (half, channels-last); null otherwise, and the composed
+// kernels of runtime/fused_batchnorm.h run the node.
+std::unique_ptr<Kernel> fused_batchnorm_kernel(const KernelInit& init);
+
 // Builds the cuDNN graph the CUDA kernel of `node` (Conv, ConvGradData, ConvGradFilter,
-// BatchNormTraining, BatchNormGrad) would build and counts the plans cuDNN
+// BatchNormTraining, BatchNormGrad, and the fused BatchNormReluTraining, BatchNormReluGrad) would build and counts the plans cuDNN
 // can build for `target` in `precision`. Throws Error for other ops or graphs cuDNN rejects
 // before the heuristics.
+// `max_builds` >= 0 stops after building that many allowed plans (the first is the one a
+// kernel runs without ExecContext::measure_plans); -1 builds every one.
 DevicelessSupport deviceless_support(const graph::Node& node, Precision precision,
-                                     const DevicelessTarget& target);
+                                     const DevicelessTarget& target, int max_builds = -1);
 
 }  // namespace oxtrain::runtime::cudnn
 

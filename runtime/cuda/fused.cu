@@ -6,6 +6,7 @@
 #include <string>
 
 #include "runtime/cuda/context.h"
+#include "runtime/cuda/cudnn_common.h"
 #include "runtime/cuda/kernels.h"
 #include "runtime/fused_batchnorm.h"
 #include "runtime/math/fused.h"
@@ -76,13 +77,23 @@ FusedBatchNormPasses cuda_passes() {
   return p;
 }
 
+// cuDNN's fused pattern where it has an engine for the node (cudnn::fused_batchnorm_kernel),
+// else `composed`.
+KernelFactory cudnn_fused_or(KernelFactory composed) {
+  return [composed = std::move(composed)](const KernelInit& init) -> std::unique_ptr<Kernel> {
+    if (std::unique_ptr<Kernel> fused = cudnn::fused_batchnorm_kernel(init)) return fused;
+    return composed(init);
+  };
+}
+
 }  // namespace
 
 void register_cuda_fused_kernels(KernelRegistry& registry) {
-  registry.add("oxtrain", "BatchNormReluTraining", Device::cuda, batchnorm_relu_training_factory(cuda_passes()));
+  registry.add("oxtrain", "BatchNormReluTraining", Device::cuda,
+               cudnn_fused_or(batchnorm_relu_training_factory(cuda_passes())));
   // Recomputed in backward from X, the saved statistics and R: one pass (normalization.cu).
   registry.add("oxtrain", "BatchNormReluApply", Device::cuda, batchnorm_apply_kernel_factory(true));
-  registry.add("oxtrain", "BatchNormReluGrad", Device::cuda, batchnorm_relu_grad_factory(cuda_passes()));
+  registry.add("oxtrain", "BatchNormReluGrad", Device::cuda, cudnn_fused_or(batchnorm_relu_grad_factory(cuda_passes())));
 }
 
 }  // namespace oxtrain::runtime
