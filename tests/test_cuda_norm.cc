@@ -219,22 +219,100 @@ bool cuda_driver_present(std::string* why) {
   return true;
 }
 
+// Runs this test program again, for one test, with the CUDA toolkit's stub driver as
+// libcuda.so.1 and OXTRAIN_STUB_DRIVER set: cuDNN lists and compiles engines for another device
+// only with a driver loaded, and the stub lets it get as far as loading a compiled kernel.
+// Returns false (with `why`) where there is no stub to use.
+bool rerun_under_stub_driver(const std::string& test, std::string* output, int* status, std::string* why) {
+#ifdef OXTRAIN_CUDA_STUB_DRIVER
+  const std::string stub = OXTRAIN_CUDA_STUB_DRIVER;
+#else
+  const std::string stub;
+#endif
+  if (stub.empty() || access(stub.c_str(), R_OK) != 0) {
+    *why = "no CUDA driver here and no stub driver at '" + stub + "'";
+    return false;
+  }
+  char dir_template[] = "/tmp/oxtrain-stub-XXXXXX";
+  const char* dir = mkdtemp(dir_template);
+  if (!dir || symlink(stub.c_str(), (std::string(dir) + "/libcuda.so.1").c_str()) != 0) {
+    *why = "cannot make a directory with the stub driver";
+    return false;
+  }
+  const char* path = std::getenv("LD_LIBRARY_PATH");
+  const std::string command = "OXTRAIN_STUB_DRIVER=1 LD_LIBRARY_PATH='" + std::string(dir) +
+                              (path ? std::string(":") + path : std::string()) + "' /proc/" +
+                              std::to_string(getpid()) + "/exe --gtest_filter='" + test + "' 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096];
+  size_t n = 0;
+  while (pipe && (n = fread(buffer, 1, sizeof buffer, pipe)) > 0) output->append(buffer, n);
+  *status = pipe ? pclose(pipe) : -1;
+  unlink((std::string(dir) + "/libcuda.so.1").c_str());
+  rmdir(dir);
+  return true;
+}
+
+// Where this process has no CUDA driver, runs `test` again under the stub driver and checks that
+// it passed there: kDone. kHere where the caller runs the checks itself (a driver is loaded, or
+// this is that rerun); kSkip (with `why`) where neither can be.
+enum class DevicelessRun { kHere, kDone, kSkip };
+DevicelessRun here_or_under_stub(const std::string& test, std::string* why) {
+  if (std::getenv("OXTRAIN_STUB_DRIVER") || cuda_driver_present(why)) return DevicelessRun::kHere;
+  std::string output;
+  int status = 0;
+  if (!rerun_under_stub_driver(test, &output, &status, why)) return DevicelessRun::kSkip;
+  EXPECT_EQ(status, 0) << output;
+  EXPECT_NE(output.find("[  PASSED  ] 1 test"), std::string::npos) << output;
+  EXPECT_EQ(output.find("SKIPPED"), std::string::npos) << output;
+  return DevicelessRun::kDone;
+}
+
+// cuDNN's heuristics offer the node an engine for an H100 in `precision`, and the first allowed
+// one builds: under the stub driver, it compiles and fails only where a GPU would load it.
+void expect_h100_engine(KernelCase& k, Precision precision) {
+  SCOPED_TRACE(k.node().op_type + " " + runtime::precision_name(precision));
+  const auto support = runtime::cudnn::deviceless_support(k.node(), precision, runtime::cudnn::h100_target(), 1);
+  EXPECT_GE(support.configs, 1) << support.failure;
+  EXPECT_EQ(support.allowed, 1);
+  const bool stub = std::getenv("OXTRAIN_STUB_DRIVER") != nullptr;
+  const bool loaded_only_on_a_gpu = stub && support.failure.find("cuLibraryLoadData") != std::string::npos;
+  EXPECT_TRUE(support.supported == 1 || loaded_only_on_a_gpu) << support.failure;
+}
+
+// ResNet's batch norms (channels-first float32 in both precisions, channels-last bfloat16) have
+// H100 engines. Their engines are compiled at run time (NVRTC), which cuDNN does only with a
+// driver loaded: without one the test runs again under the toolkit's stub driver.
 TEST(CudnnDeviceless, ResnetBatchNormHasH100Plans) {
-  std::string why;
-  if (!cuda_driver_present(&why)) GTEST_SKIP() << why;
-  // With a GPU the CudaNorm tests build these plans for real; building every runtime-compiled
-  // engine offered for an H100 as well would take minutes there.
+  // With a GPU the CudaNorm tests build these plans for real.
   if (test::gpu_available()) GTEST_SKIP() << "a GPU is here: CudaNorm.* build the plans on it";
-  const auto target = runtime::cudnn::h100_target();
+  std::string why;
+  const DevicelessRun run = here_or_under_stub("CudnnDeviceless.ResnetBatchNormHasH100Plans", &why);
+  if (run == DevicelessRun::kSkip) GTEST_SKIP() << why;
+  if (run == DevicelessRun::kDone) return;
   const Shape shape{5, 64, 56, 56};
   KernelCase training = training_case(shape, 1, true, true);
   KernelCase grad = grad_case(shape, 2, true);
   for (KernelCase* k : {&training, &grad})
-    for (Precision p : {Precision::fp32, Precision::tf32}) {
-      const auto support = runtime::cudnn::deviceless_support(k->node(), p, target);
-      EXPECT_GE(support.supported, 1)
-          << k->node().op_type << " " << runtime::precision_name(p) << ": " << support.failure;
-    }
+    for (Precision p : {Precision::fp32, Precision::tf32}) expect_h100_engine(*k, p);
+  // Channels-last bfloat16 (the downsample branches' batch norms, not fused with a ReLU).
+  const Shape nhwc{5, 56, 56, 64}, c{64};
+  KernelCase half_training("BatchNormTraining", "oxtrain",
+                           {random_tensor(DType::bf16, nhwc, 3), random_tensor(DType::f32, c, 4, 0.5, 1.5),
+                            random_tensor(DType::f32, c, 5), random_tensor(DType::f32, c, 6),
+                            random_tensor(DType::f32, c, 7, 0.5, 2)},
+                           {{DType::bf16, nhwc}, {DType::f32, c}, {DType::f32, c}, {DType::f32, c}, {DType::f32, c}});
+  half_training.set_attr("epsilon", Attribute{1e-5f});
+  half_training.set_attr("momentum", Attribute{0.9f});
+  KernelCase half_grad("BatchNormGrad", "oxtrain",
+                       {random_tensor(DType::bf16, nhwc, 8), random_tensor(DType::bf16, nhwc, 9),
+                        random_tensor(DType::f32, c, 10, 0.5, 1.5), random_tensor(DType::f32, c, 11),
+                        random_tensor(DType::f32, c, 12, 0.5, 2)},
+                       {{DType::bf16, nhwc}, {DType::f32, c}, {DType::f32, c}});
+  for (KernelCase* k : {&half_training, &half_grad}) {
+    k->set_attr(graph::kChannelsLast, Attribute{int64_t{1}});
+    expect_h100_engine(*k, Precision::tf32);
+  }
 }
 #endif  // OXTRAIN_HAVE_CUDA
 
@@ -272,40 +350,6 @@ KernelCase fused_grad_case(const Shape& nhwc, bool to_residual, DType dt) {
   return k;
 }
 
-// Runs this test program again, for one test, with the CUDA toolkit's stub driver as
-// libcuda.so.1 and OXTRAIN_STUB_DRIVER set: cuDNN lists and compiles engines for another device
-// only with a driver loaded, and the stub lets it get as far as loading a compiled kernel.
-// Returns false (with `why`) where there is no stub to use.
-bool rerun_under_stub_driver(const std::string& test, std::string* output, int* status, std::string* why) {
-#ifdef OXTRAIN_CUDA_STUB_DRIVER
-  const std::string stub = OXTRAIN_CUDA_STUB_DRIVER;
-#else
-  const std::string stub;
-#endif
-  if (stub.empty() || access(stub.c_str(), R_OK) != 0) {
-    *why = "no CUDA driver here and no stub driver at '" + stub + "'";
-    return false;
-  }
-  char dir_template[] = "/tmp/oxtrain-stub-XXXXXX";
-  const char* dir = mkdtemp(dir_template);
-  if (!dir || symlink(stub.c_str(), (std::string(dir) + "/libcuda.so.1").c_str()) != 0) {
-    *why = "cannot make a directory with the stub driver";
-    return false;
-  }
-  const char* path = std::getenv("LD_LIBRARY_PATH");
-  const std::string command = "OXTRAIN_STUB_DRIVER=1 LD_LIBRARY_PATH='" + std::string(dir) +
-                              (path ? std::string(":") + path : std::string()) + "' /proc/" +
-                              std::to_string(getpid()) + "/exe --gtest_filter='" + test + "' 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  char buffer[4096];
-  size_t n = 0;
-  while (pipe && (n = fread(buffer, 1, sizeof buffer, pipe)) > 0) output->append(buffer, n);
-  *status = pipe ? pclose(pipe) : -1;
-  unlink((std::string(dir) + "/libcuda.so.1").c_str());
-  rmdir(dir);
-  return true;
-}
-
 }  // namespace
 
 // The fused batch norms' cuDNN graphs (runtime/cuda/batchnorm.cc: batch norm + residual Add +
@@ -315,19 +359,10 @@ bool rerun_under_stub_driver(const std::string& test, std::string* output, int* 
 // pattern cuDNN has no engine for (RELU_BWD(dZ, Z) instead of dZ * (Z > 0)) fails here.
 TEST(CudnnDeviceless, FusedBatchNormPatternsHaveH100Engines) {
   if (test::gpu_available()) GTEST_SKIP() << "a GPU is here: the CUDA tests build these plans on it";
-  const bool stub = std::getenv("OXTRAIN_STUB_DRIVER") != nullptr;
   std::string why;
-  if (!stub && !cuda_driver_present(&why)) {
-    std::string output;
-    int status = 0;
-    if (!rerun_under_stub_driver("CudnnDeviceless.FusedBatchNormPatternsHaveH100Engines", &output, &status, &why))
-      GTEST_SKIP() << why;
-    EXPECT_EQ(status, 0) << output;
-    EXPECT_NE(output.find("[  PASSED  ] 1 test"), std::string::npos) << output;
-    EXPECT_EQ(output.find("SKIPPED"), std::string::npos) << output;
-    return;
-  }
-  const auto target = runtime::cudnn::h100_target();
+  const DevicelessRun run = here_or_under_stub("CudnnDeviceless.FusedBatchNormPatternsHaveH100Engines", &why);
+  if (run == DevicelessRun::kSkip) GTEST_SKIP() << why;
+  if (run == DevicelessRun::kDone) return;
   struct Case {
     Shape nhwc;
     DType dt;
@@ -335,17 +370,12 @@ TEST(CudnnDeviceless, FusedBatchNormPatternsHaveH100Engines) {
   const Case cases[] = {{{128, 56, 56, 64}, DType::bf16}, {{128, 56, 56, 64}, DType::f16}, {{128, 7, 7, 512}, DType::bf16}};
   for (const Case& c : cases)
     for (bool residual : {false, true}) {
+      SCOPED_TRACE(std::string(graph::dtype_name(c.dt)) + " " + graph::shape_str(c.nhwc) +
+                   (residual ? " with the residual" : ""));
       KernelCase forward = fused_training_case(c.nhwc, residual, c.dt);
       KernelCase backward = fused_grad_case(c.nhwc, residual, c.dt);
-      for (KernelCase* k : {&forward, &backward}) {
-        SCOPED_TRACE(k->node().op_type + " " + graph::dtype_name(c.dt) + " " + graph::shape_str(c.nhwc) +
-                     (residual ? " with the residual" : ""));
-        const auto support = runtime::cudnn::deviceless_support(k->node(), Precision::tf32, target, 1);
-        EXPECT_GE(support.configs, 1) << support.failure;
-        EXPECT_EQ(support.allowed, 1);
-        const bool loaded_only_on_a_gpu = stub && support.failure.find("cuLibraryLoadData") != std::string::npos;
-        EXPECT_TRUE(support.supported == 1 || loaded_only_on_a_gpu) << support.failure;
-      }
+      expect_h100_engine(forward, Precision::tf32);
+      expect_h100_engine(backward, Precision::tf32);
     }
 }
 #endif
