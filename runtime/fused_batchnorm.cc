@@ -50,7 +50,10 @@ class BatchNormReluKernel final : public Kernel {
     count_ = n.output(0)->numel();
   }
   size_t workspace_bytes() const override { return inner_.kernel->workspace_bytes(); }
-  std::string describe() const override { return inner_.kernel->describe(); }
+  std::string describe() const override {
+    const std::string inner = inner_.kernel->describe();
+    return (inner.empty() ? std::string("own kernel") : inner) + ", then Relu(Y + R) in a pass of its own";
+  }
   void run(const KernelArgs& args) override {
     KernelArgs a = args;
     a.inputs.resize(5);
@@ -92,7 +95,10 @@ class BatchNormReluGradKernel final : public Kernel {
     if (!n.output(3)) own_bytes_ = aligned(static_cast<size_t>(count_) * graph::dtype_size(dtype_));
   }
   size_t workspace_bytes() const override { return own_bytes_ + inner_.kernel->workspace_bytes(); }
-  std::string describe() const override { return inner_.kernel->describe(); }
+  std::string describe() const override {
+    const std::string inner = inner_.kernel->describe();
+    return "ReluGrad in a pass of its own, then " + (inner.empty() ? std::string("own kernel") : inner);
+  }
   void run(const KernelArgs& args) override {
     const bool to_residual = args.outputs.size() > 3 && args.outputs[3].present();
     void* ds = to_residual ? args.outputs[3].data : args.workspace;

@@ -195,6 +195,13 @@ python_phase pytorch 200 "$python" bench/torch_resnet.py --config fp32_nchw --co
 bench_oxtrain oxtrain-bf16 bf16 128 -
 bench_oxtrain oxtrain-fp16-nhwc fp16 128 - --channels-last
 bench_oxtrain oxtrain-fp32 fp32 128 -
+# What each kernel of the bf16 channels-last step chose on this GPU (cuDNN's engines, the fused
+# batch norms as one cuDNN graph or composed), and the device plan's arenas.
+kernels="not run"
+if [ "$preflight_ok" = 1 ] && phase zoo-export 30 oxtrain zoo resnet50 -o "$box/resnet50.onnx" &&
+  phase kernels 90 oxtrain graph "$box/resnet50.onnx" --training -b 128 --precision bf16 --channels-last --device cuda; then
+  kernels=$(grep -E '^  (arenas|BatchNorm)' "$logs/kernels.log" | sed 's/^  //' | cut -c1-150)
+fi
 # Real JPEGs (photo-sized, decoded and augmented by 16 loader threads) against the synthetic row;
 # the train folder alone, so no evaluation session is built.
 if phase make-dataset 60 oxtrain make-dataset "$box/data" --classes 10 --train-per-class 700 --val-per-class 1 \
@@ -274,6 +281,8 @@ row "b256 fp16 NHWC vs PyTorch AMP fp16" "$oxtrain_fp16_b256_img" "$oxtrain_fp16
   echo "CUDA tests: $passed passed, $failed failed, $skipped skipped"
   [ -s "$logs/failed-tests.txt" ] && cat "$logs/failed-tests.txt"
   echo "compute-sanitizer (resnet18 bf16 channels-last, 4 steps): $san"
+  echo "kernels of the bf16 channels-last step (oxtrain graph --device cuda; all in kernels.log):"
+  sed 's/^/  /' <<<"$kernels"
   echo "data-parallel overlap on the CPU (Gloo, 2 ranks x 2 threads, ResNet-18 64px b8; goal exposed_share < 0.2): $overlap"
   for n in "${notes[@]}"; do echo "note: $n"; done
   echo "phases: ${times[*]}"
