@@ -213,47 +213,53 @@ TEST(CudaMixedPrecision, FusedBatchNormReluMatchesCpu) {
 }
 
 #ifdef OXTRAIN_HAVE_CUDA
-// Channels-last half batch norms run as one cuDNN graph each (runtime/cuda/batchnorm.cc):
-// batch norm + residual + ReLU, and the ReLU's gradient + batch norm's backward, against the
-// CPU's composed kernels within half's rounding (cuDNN keeps Y in float32 where the CPU rounds
-// it before the residual). The kernels must be cuDNN's graphs, not the composed fallback, which
-// would pass the comparison as well.
+// The fused batch norms run as one cuDNN graph each (runtime/cuda/batchnorm.cc): batch norm +
+// residual + ReLU in either layout, and the ReLU's gradient + batch norm's backward
+// channels-last, against the CPU's composed kernels (in half within its rounding: cuDNN keeps Y
+// in float32 where the CPU rounds it before the residual). The kernels must be cuDNN's graphs,
+// not the composed fallback, which would pass the comparison as well; a channels-first
+// gradient is composed.
 TEST(CudaMixedPrecision, CudnnFusedBatchNormReluMatchesCpu) {
   OXTRAIN_REQUIRE_GPU();
-  std::unique_ptr<runtime::DeviceRuntime> rt = runtime::DeviceRuntime::create(runtime::Device::cuda, runtime::Precision::tf32);
+  std::unique_ptr<runtime::DeviceRuntime> rt =
+      runtime::DeviceRuntime::create(runtime::Device::cuda, runtime::Precision::tf32);
   auto cudnn_graph = [&](test::KernelCase& k) {
-    const runtime::KernelFactory* f = runtime::KernelRegistry::global().find("oxtrain", k.node().op_type, runtime::Device::cuda);
+    const runtime::KernelFactory* f =
+        runtime::KernelRegistry::global().find("oxtrain", k.node().op_type, runtime::Device::cuda);
     std::unique_ptr<runtime::Kernel> kernel =
         (*f)(runtime::KernelInit{k.node(), 1, runtime::Device::cuda, &rt->context(), runtime::Precision::tf32});
-    return ::testing::AssertionResult(dynamic_cast<const runtime::cudnn::PlannedKernel*>(kernel.get()) != nullptr)
-           << kernel->describe();
+    return dynamic_cast<const runtime::cudnn::PlannedKernel*>(kernel.get()) != nullptr;
   };
-  for (DType dt : {DType::bf16, DType::f16})
-    for (bool residual : {false, true}) {
-      SCOPED_TRACE(std::string(dtype_name(dt)) + (residual ? " with the residual" : ""));
-      const Shape nhwc{4, 6, 5, 16};
-      const Shape c{16};
-      std::vector<Tensor> ins = {test::random_tensor(dt, nhwc, 31, -2, 3),
-                                 test::random_tensor(DType::f32, c, 32, 0.5, 1.5), test::random_tensor(DType::f32, c, 33),
-                                 test::random_tensor(DType::f32, c, 34), test::random_tensor(DType::f32, c, 35, 0.5, 2)};
-      if (residual) ins.push_back(test::random_tensor(dt, nhwc, 36));
-      test::KernelCase fwd("BatchNormReluTraining", "oxtrain", ins,
-                           {{dt, nhwc}, {DType::f32, c}, {DType::f32, c}, {DType::f32, c}, {DType::f32, c}});
-      fwd.set_attr("epsilon", Attribute{1e-5f});
-      fwd.set_attr("momentum", Attribute{0.9f});
-      fwd.set_attr(kChannelsLast, Attribute{int64_t{1}});
-      EXPECT_TRUE(cudnn_graph(fwd));
-      EXPECT_TRUE(test::cuda_matches_cpu(fwd, half_tolerance(dt), 1, runtime::Precision::tf32));
-      fwd.run(1);
-      std::vector<test::OutputSpec> outs = {{dt, nhwc}, {DType::f32, c}, {DType::f32, c}};
-      if (residual) outs.push_back({dt, nhwc});
-      test::KernelCase grad("BatchNormReluGrad", "oxtrain",
-                            {test::random_tensor(dt, nhwc, 37), fwd.output(0), ins[0], ins[1], fwd.output(3), fwd.output(4)},
-                            outs);
-      grad.set_attr(kChannelsLast, Attribute{int64_t{1}});
-      EXPECT_TRUE(cudnn_graph(grad));
-      EXPECT_TRUE(test::cuda_matches_cpu(grad, half_tolerance(dt), 1, runtime::Precision::tf32));
-    }
+  for (DType dt : {DType::bf16, DType::f16, DType::f32})
+    for (bool channels_last : {true, false})
+      for (bool residual : {false, true}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + (channels_last ? " channels-last" : "") +
+                     (residual ? " with the residual" : ""));
+        const double tol = dt == DType::f32 ? 1e-5 : half_tolerance(dt);
+        const Shape x_shape = channels_last ? Shape{4, 6, 5, 16} : Shape{4, 16, 6, 5};
+        const Shape c{16};
+        std::vector<Tensor> ins = {test::random_tensor(dt, x_shape, 31, -2, 3),
+                                   test::random_tensor(DType::f32, c, 32, 0.5, 1.5),
+                                   test::random_tensor(DType::f32, c, 33), test::random_tensor(DType::f32, c, 34),
+                                   test::random_tensor(DType::f32, c, 35, 0.5, 2)};
+        if (residual) ins.push_back(test::random_tensor(dt, x_shape, 36));
+        test::KernelCase fwd("BatchNormReluTraining", "oxtrain", ins,
+                             {{dt, x_shape}, {DType::f32, c}, {DType::f32, c}, {DType::f32, c}, {DType::f32, c}});
+        fwd.set_attr("epsilon", Attribute{1e-5f});
+        fwd.set_attr("momentum", Attribute{0.9f});
+        if (channels_last) fwd.set_attr(kChannelsLast, Attribute{int64_t{1}});
+        EXPECT_TRUE(cudnn_graph(fwd));
+        EXPECT_TRUE(test::cuda_matches_cpu(fwd, tol, 1, runtime::Precision::tf32));
+        fwd.run(1);
+        std::vector<test::OutputSpec> outs = {{dt, x_shape}, {DType::f32, c}, {DType::f32, c}};
+        if (residual) outs.push_back({dt, x_shape});
+        test::KernelCase grad(
+            "BatchNormReluGrad", "oxtrain",
+            {test::random_tensor(dt, x_shape, 37), fwd.output(0), ins[0], ins[1], fwd.output(3), fwd.output(4)}, outs);
+        if (channels_last) grad.set_attr(kChannelsLast, Attribute{int64_t{1}});
+        EXPECT_EQ(cudnn_graph(grad), channels_last);
+        EXPECT_TRUE(test::cuda_matches_cpu(grad, tol, 1, runtime::Precision::tf32));
+      }
 }
 #endif
 

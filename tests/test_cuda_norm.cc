@@ -321,10 +321,10 @@ TEST(CudnnDeviceless, ResnetBatchNormHasH100Plans) {
 #ifdef OXTRAIN_HAVE_CUDA
 namespace {
 
-// The fused batch norms of a channels-last ResNet block in `dt`: [N, H, W, C] stored,
-// [N, C, H, W] seen.
-KernelCase fused_training_case(const Shape& nhwc, bool residual, DType dt) {
-  const Shape c{nhwc[3]};
+// The fused batch norms of a ResNet block in `dt`: channels-last, [N, H, W, C] stored and
+// [N, C, H, W] seen; else [N, C, H, W].
+KernelCase fused_training_case(const Shape& nhwc, bool residual, DType dt, bool channels_last = true) {
+  const Shape c{nhwc[channels_last ? 3 : 1]};
   std::vector<Tensor> ins = {random_tensor(dt, nhwc, 41, -2, 3), random_tensor(DType::f32, c, 42, 0.5, 1.5),
                              random_tensor(DType::f32, c, 43), random_tensor(DType::f32, c, 44),
                              random_tensor(DType::f32, c, 45, 0.5, 2)};
@@ -333,7 +333,7 @@ KernelCase fused_training_case(const Shape& nhwc, bool residual, DType dt) {
                {{dt, nhwc}, {DType::f32, c}, {DType::f32, c}, {DType::f32, c}, {DType::f32, c}});
   k.set_attr("epsilon", Attribute{1e-5f});
   k.set_attr("momentum", Attribute{0.9f});
-  k.set_attr(graph::kChannelsLast, Attribute{int64_t{1}});
+  if (channels_last) k.set_attr(graph::kChannelsLast, Attribute{int64_t{1}});
   return k;
 }
 
@@ -353,10 +353,12 @@ KernelCase fused_grad_case(const Shape& nhwc, bool to_residual, DType dt) {
 }  // namespace
 
 // The fused batch norms' cuDNN graphs (runtime/cuda/batchnorm.cc: batch norm + residual Add +
-// ReLU, and ReLU's gradient + batch norm's backward) for an H100, in bfloat16 and float16, with
-// and without the residual: cuDNN's heuristics must offer engines, and the first one's plan must
-// build (under the stub driver: compile, and fail only where it loads the kernel on a GPU). A
-// pattern cuDNN has no engine for (RELU_BWD(dZ, Z) instead of dZ * (Z > 0)) fails here.
+// ReLU, and ReLU's gradient + batch norm's backward) for an H100, with and without the
+// residual: channels-last in bfloat16, float16 and float32, and the forward channels-first
+// (cuDNN has no backward pattern there). cuDNN's heuristics must offer engines, and the first
+// one's plan must build (under the stub driver: compile, and fail only where it loads the kernel
+// on a GPU). A pattern cuDNN has no engine for (RELU_BWD(dZ, Z) instead of dZ * (Z > 0)) fails
+// here.
 TEST(CudnnDeviceless, FusedBatchNormPatternsHaveH100Engines) {
   if (test::gpu_available()) GTEST_SKIP() << "a GPU is here: the CUDA tests build these plans on it";
   std::string why;
@@ -364,18 +366,28 @@ TEST(CudnnDeviceless, FusedBatchNormPatternsHaveH100Engines) {
   if (run == DevicelessRun::kSkip) GTEST_SKIP() << why;
   if (run == DevicelessRun::kDone) return;
   struct Case {
-    Shape nhwc;
+    Shape x;  // as stored
     DType dt;
+    bool channels_last;
   };
-  const Case cases[] = {{{128, 56, 56, 64}, DType::bf16}, {{128, 56, 56, 64}, DType::f16}, {{128, 7, 7, 512}, DType::bf16}};
+  const Case cases[] = {{{128, 56, 56, 64}, DType::bf16, true},
+                        {{128, 56, 56, 64}, DType::f16, true},
+                        {{128, 7, 7, 512}, DType::bf16, true},
+                        {{128, 28, 28, 128}, DType::f32, true},
+                        {{128, 64, 56, 56}, DType::f32, false},
+                        {{128, 256, 14, 14}, DType::bf16, false}};
   for (const Case& c : cases)
     for (bool residual : {false, true}) {
-      SCOPED_TRACE(std::string(graph::dtype_name(c.dt)) + " " + graph::shape_str(c.nhwc) +
-                   (residual ? " with the residual" : ""));
-      KernelCase forward = fused_training_case(c.nhwc, residual, c.dt);
-      KernelCase backward = fused_grad_case(c.nhwc, residual, c.dt);
+      SCOPED_TRACE(std::string(graph::dtype_name(c.dt)) + " " + graph::shape_str(c.x) +
+                   (c.channels_last ? " channels-last" : "") + (residual ? " with the residual" : ""));
+      KernelCase forward = fused_training_case(c.x, residual, c.dt, c.channels_last);
       expect_h100_engine(forward, Precision::tf32);
+      if (!c.channels_last) continue;
+      KernelCase backward = fused_grad_case(c.x, residual, c.dt);
       expect_h100_engine(backward, Precision::tf32);
     }
+  // Strict float32 leaves them too.
+  KernelCase strict = fused_training_case({128, 64, 56, 56}, true, DType::f32, false);
+  expect_h100_engine(strict, Precision::fp32);
 }
 #endif

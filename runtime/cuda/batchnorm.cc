@@ -238,20 +238,21 @@ GraphRecipe grad_recipe(const graph::Node& n) {
 }
 
 // The fused batch norms as one cuDNN graph each, the patterns cuDNN's samples give for ResNet
-// blocks (half precision, channels-last):
+// blocks:
 //  oxtrain.BatchNormReluTraining(X, scale, B, running_mean, running_var[, R]) -> (Z, next mean,
 //    next var, saved mean, saved inverse std): batchnorm, then ADD R, then RELU_FWD; batch
-//    norm's output Y stays inside the engine (float32), so Z is one rounding of Relu(Y + R)
-//    where the unfused ops round Y and the sum.
+//    norm's output Y stays inside the engine (float32), so in half Z is one rounding of
+//    Relu(Y + R) where the unfused ops round Y and the sum.
 //  oxtrain.BatchNormReluGrad(dZ, Z, X, scale, saved_mean, saved_inv_std) -> (dX, dScale, dBias
 //    [, dR]): dS = dZ * (Z > 0) (written out as dR when the node has it), then batchnorm
 //    backward from dS.
-// Without a GPU, cuDNN 9.19 offers an H100 30 engine configurations for the first and 36 for the
-// second, in bfloat16 and float16, with and without the residual (CudnnDeviceless test).
-// One pass over the data fewer than the composed kernels of runtime/fused_batchnorm.h, which
-// run where cuDNN builds no plan for the pattern.
-bool fused_pattern_candidate(const NormShapes& s) {
-  return s.channels_last && (s.data == DType::f16 || s.data == DType::bf16) && cudnn_takes(s);
+// Without a GPU (CudnnDeviceless tests), cuDNN 9.19 offers an H100 engines for the first in
+// either layout (23 configurations in float32, 30 in bfloat16 and float16) and for the second
+// channels-last only (24 in float32, 36 in half; none channels-first), with and without the
+// residual. Each saves a pass over the data or two against the composed kernels of
+// runtime/fused_batchnorm.h, which run the rest and where cuDNN builds no plan.
+bool fused_pattern_candidate(const NormShapes& s, bool backward) {
+  return (s.channels_last || !backward) && cudnn_takes(s);
 }
 
 // Input i has X's type and shape.
@@ -269,7 +270,7 @@ GraphRecipe fused_training_recipe(const graph::Node& n) {
   const NormShapes& s = t.s;
   const bool residual = n.inputs.size() > 5 && n.input(5);
   if (residual) require_like_x(n, 5, "the residual R");
-  if (!uses_cudnn(t) || !fused_pattern_candidate(s))
+  if (!uses_cudnn(t) || !fused_pattern_candidate(s, false))
     throw Error(n.describe() + ": no fused cuDNN pattern for this batch norm; it runs as cuDNN's batch norm and "
                 "an element-wise pass");
   GraphRecipe r;
@@ -298,7 +299,7 @@ GraphRecipe fused_training_recipe(const graph::Node& n) {
   TensorPtr Z = g.pointwise(
       pre, fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::RELU_FWD).set_compute_data_type(
                fe::DataType_t::FLOAT));
-  r.signature = "BatchNormReluTraining nhwc " + std::string(graph::dtype_name(s.data)) + " x" + dims_text(s.x) +
+  r.signature = "BatchNormReluTraining " + std::string(s.channels_last ? "nhwc " : "") + graph::dtype_name(s.data) + " x" + dims_text(s.x) +
                 (residual ? " +R" : "") + " eps " + exact_text(t.eps) + " momentum " + exact_text(t.momentum);
   r.bindings.push_back({X, false, 0, s.data_bytes()});
   r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
@@ -328,9 +329,9 @@ NormShapes fused_grad_shapes(const graph::Node& n) {
 
 GraphRecipe fused_grad_recipe(const graph::Node& n) {
   const NormShapes s = fused_grad_shapes(n);
-  if (!fused_pattern_candidate(s))
-    throw Error(n.describe() + ": no fused cuDNN pattern for this batch-norm gradient; it runs as an element-wise "
-                "pass and cuDNN's batch-norm backward");
+  if (!fused_pattern_candidate(s, true))
+    throw Error(n.describe() + ": no fused cuDNN pattern for this batch-norm gradient (cuDNN has one for "
+                "channels-last only); it runs as an element-wise pass and cuDNN's batch-norm backward");
   const bool to_residual = n.outputs.size() > 3 && n.output(3);
   GraphRecipe r;
   r.graph = new_float_graph();
@@ -389,7 +390,7 @@ std::unique_ptr<Kernel> fused_batchnorm_kernel(const KernelInit& init) {
   const bool forward = n.op_type == "BatchNormReluTraining";
   if (!forward && n.op_type != "BatchNormReluGrad") return nullptr;
   const NormShapes s = forward ? training_node(n).s : fused_grad_shapes(n);
-  if (!fused_pattern_candidate(s) || (forward && !uses_cudnn(training_node(n)))) return nullptr;
+  if (!fused_pattern_candidate(s, !forward) || (forward && !uses_cudnn(training_node(n)))) return nullptr;
   try {
     return make_cudnn_kernel(forward ? fused_training_recipe(n) : fused_grad_recipe(n), init, n.describe());
   } catch (const Error&) {
