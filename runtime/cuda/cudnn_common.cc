@@ -254,6 +254,13 @@ std::map<std::string, std::shared_ptr<const CompiledGraph>>& cache() {
   static auto* c = new std::map<std::string, std::shared_ptr<const CompiledGraph>>;
   return *c;
 }
+// Graphs cuDNN built no plan for, with why: the next node with the same graph fails at once
+// instead of building every candidate again (a fused pattern cuDNN rejects on some GPU would
+// otherwise cost each of its nodes the whole search before the composed kernels take over).
+std::map<std::string, std::string>& failures() {
+  static auto* f = new std::map<std::string, std::string>;
+  return *f;
+}
 
 }  // namespace
 
@@ -392,15 +399,19 @@ std::unique_ptr<Kernel> make_cudnn_kernel(GraphRecipe recipe, const KernelInit& 
     // One compile at a time: plans are built and timed on the device.
     std::lock_guard<std::mutex> lock(cache_mutex());
     auto it = cache().find(key);
+    if (auto failed = failures().find(key); failed != failures().end())
+      throw Error(where + ": " + failed->second + " (as for an identical graph before)");
     if (it != cache().end()) {
       compiled = it->second;
     } else {
       std::shared_ptr<CompiledGraph> fresh;
       try {
         fresh = compile(std::move(recipe), *ctx, init.precision, measure, where);
-      } catch (const Error&) {
+      } catch (const Error& e) {
+        failures()[key] = e.what();
         throw;
       } catch (const std::exception& e) {
+        failures()[key] = std::string("cuDNN plan compilation failed: ") + e.what();
         throw Error(where + ": cuDNN plan compilation failed: " + e.what());
       }
       fresh->workspace_bytes =

@@ -7,7 +7,7 @@
 // builds the plans, times each on scratch buffers on the kernel's stream and keeps the fastest
 // (or, without ExecContext::measure_plans, keeps the first in the heuristics' order that runs).
 // Identical graphs (same op, shapes, attributes, precision and device) share one compiled plan
-// through a process-wide cache. At run time the kernel only fills the variant pack with the
+// (or one failure to build any) through a process-wide cache. At run time the kernel only fills the variant pack with the
 // step's pointers and executes the chosen plan on the context's cuDNN handle (bound to its
 // stream), with its workspace slice.
 //
