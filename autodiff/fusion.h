@@ -6,8 +6,11 @@
 // One node then writes the block's output, and backward computes ReluGrad, the residual's
 // gradient and BatchNormGrad in one node (oxtrain.BatchNormReluGrad): fewer nodes and fewer
 // passes over memory (the planner already let Relu and Add work in place, so the memory plan
-// stays the same). Only values nothing else reads are fused away, and the fused kernels round
-// where the unfused ops do, so the graph computes the same numbers bit for bit.
+// stays the same). Only values nothing else reads are fused away, and the CPU's fused kernels
+// round where the unfused ops do, so on the CPU the graph computes the same numbers bit for bit.
+// (On the GPU cuDNN runs each fused node as one graph where it can, runtime/cuda/batchnorm.cc:
+// batch norm's output stays float32 inside it, so in half it rounds once where the CPU rounds
+// twice.)
 #pragma once
 
 #include "graph/ir.h"

@@ -241,7 +241,7 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     if (args.channels_last)
       std::cout << "layout       channels-last: " << tg.channels_last.nodes << " nodes, " << tg.channels_last.values
                 << " activations, " << tg.channels_last.transposes << " transposes at the borders"
-                << (tg.cast_transposes > 0 ? " (" + std::to_string(tg.cast_transposes) + " of them one kernel with a cast)"
+                << (tg.cast_transposes > 0 ? "; " + std::to_string(tg.cast_transposes) + " casts run with a transpose as one kernel"
                                            : std::string())
                 << "\n";
     std::cout << "parameters   " << human_bytes(plan.parameter_bytes) << ", gradients "

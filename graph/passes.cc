@@ -298,15 +298,12 @@ int fuse_cast_transpose(Graph& g) {
     } else {
       continue;
     }
-    std::vector<int64_t> perm = t->attr_ints("perm");
-    if (perm.empty())
-      for (int64_t d = static_cast<int64_t>(t->input(0)->shape.size()) - 1; d >= 0; --d) perm.push_back(d);
     Value* source = first->input(0);
     Value* result = second->output(0);
     g.set_output(second, 0, nullptr);
     Node* f = g.add_node("CastTranspose", {source}, {}, g.unique_name(result->name), kOxtrainDomain);
     g.set_output(f, 0, result);
-    f->attrs["perm"].value = perm;
+    if (t->has_attr("perm")) f->attrs["perm"] = t->attrs.at("perm");  // absent: reversed, as Transpose
     f->attrs["to"].value = int64_t{dtype_to_onnx(result->dtype)};
     g.move_before(f, second);
     doomed.insert(first);

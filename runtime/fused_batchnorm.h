@@ -1,6 +1,9 @@
-// The kernels of the batch-norm fusions (autodiff/fusion.h), the same on every device: the
-// device's own batch-norm kernels do the statistics, and one element-wise pass per device
-// (runtime/cpu/fused.cc, runtime/cuda/fused.cu) does the rest.
+// The kernels of the batch-norm fusions (autodiff/fusion.h) composed of the device's own
+// batch-norm kernels, which do the statistics, and one element-wise pass per device
+// (runtime/cpu/fused.cc, runtime/cuda/fused.cu) for the rest. The CPU runs every fused node
+// this way; the GPU runs BatchNormReluTraining (any layout) and BatchNormReluGrad
+// (channels-last) as one cuDNN graph each where cuDNN builds a plan
+// (cudnn::fused_batchnorm_kernel), and this way elsewhere.
 //   oxtrain.BatchNormReluTraining: BatchNormTraining writes Y into Z's buffer, then
 //     Z = Relu(Y + R) in place (Y alone without R). Y is never stored elsewhere.
 //   oxtrain.BatchNormReluApply: the same with BatchNormApply (the output from the saved

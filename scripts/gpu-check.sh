@@ -197,10 +197,17 @@ bench_oxtrain oxtrain-fp16-nhwc fp16 128 - --channels-last
 bench_oxtrain oxtrain-fp32 fp32 128 -
 # What each kernel of the bf16 channels-last step chose on this GPU (cuDNN's engines, the fused
 # batch norms as one cuDNN graph or composed), and the device plan's arenas.
-kernels="not run"
-if [ "$preflight_ok" = 1 ] && phase zoo-export 30 oxtrain zoo resnet50 -o "$box/resnet50.onnx" &&
-  phase kernels 90 oxtrain graph "$box/resnet50.onnx" --training -b 128 --precision bf16 --channels-last --device cuda; then
-  kernels=$(grep -E '^  (arenas|BatchNorm)' "$logs/kernels.log" | sed 's/^  //' | cut -c1-150)
+kernels="not run (preflight failed)"
+if [ "$preflight_ok" = 1 ]; then
+  if ! phase zoo-export 30 oxtrain zoo resnet50 -o "$box/resnet50.onnx"; then
+    kernels="not run: exporting resnet50 failed (see zoo-export.log)"
+  elif phase kernels 90 oxtrain graph "$box/resnet50.onnx" --training -b 128 --precision bf16 --channels-last \
+    --device cuda; then
+    kernels=$(grep -E '^  (arenas|BatchNorm)' "$logs/kernels.log" | sed 's/^  //' | cut -c1-150)
+  else
+    kernels="failed: $(grep -m1 -i 'error' "$logs/kernels.log" | cut -c1-200) (see kernels.log)"
+  fi
+  rm -f "$box/resnet50.onnx"
 fi
 # Real JPEGs (photo-sized, decoded and augmented by 16 loader threads) against the synthetic row;
 # the train folder alone, so no evaluation session is built.

@@ -9,6 +9,7 @@
 
 #include "autodiff/training.h"
 #include "graph/ops.h"
+#include "graph/passes.h"
 #include "runtime/planner.h"
 #include "runtime/session.h"
 #include "tests/helpers.h"
@@ -180,4 +181,54 @@ TEST(ChannelsLast, EmulatedKernelsAreTheChannelsFirstOnesTransposed) {
     for (int64_t i = 0; i < first.output(0).numel(); ++i) nonzero += first.output(0).data<float>()[i] != 0.0f;
     EXPECT_GT(nonzero, first.output(0).numel() / 2);
   }
+}
+
+// graph::fuse_cast_transpose fuses a Cast and a Transpose either way round only where the value
+// between them has no other reader and is no graph output, keeps a Transpose's default perm
+// (absent: the axes reversed) and its place in the schedule.
+TEST(CastTransposeFusion, FusesOnlyPrivateLinks) {
+  Graph g;
+  g.opsets = {{"", 17}};
+  Value* x = g.add_value("x", DType::f32, {2, 3, 4}, Role::Input);
+  g.inputs.push_back(x);
+  auto cast = [&](Value* in, DType to, const std::string& name) {
+    Value* out = g.add_value(name);
+    Node* n = g.add_node("Cast", {in}, {out}, name);
+    n->attrs["to"].value = int64_t{dtype_to_onnx(to)};
+    return out;
+  };
+  auto transpose = [&](Value* in, std::vector<int64_t> perm, const std::string& name) {
+    Value* out = g.add_value(name);
+    Node* n = g.add_node("Transpose", {in}, {out}, name);
+    if (!perm.empty()) n->attrs["perm"].value = perm;
+    return out;
+  };
+  Value* y1 = transpose(cast(x, DType::bf16, "c1"), {}, "t1");          // fused, default perm
+  Value* c2 = cast(x, DType::f16, "c2");                                // read twice: kept
+  Value* y2 = transpose(c2, {1, 0, 2}, "t2");
+  Value* y3 = g.add_value("r3");
+  g.add_node("Relu", {c2}, {y3}, "r3");
+  Value* y4 = cast(transpose(x, {2, 1, 0}, "t4"), DType::bf16, "c4");  // fused, the other way round
+  Value* y5 = transpose(x, {0, 2, 1}, "t5");                            // a graph output: kept
+  Value* y6 = cast(y5, DType::bf16, "c6");
+  g.outputs = {y1, y2, y3, y4, y5, y6};
+  for (const auto& n : g.nodes()) find_schema(n->domain, n->op_type)->infer(*n, InferContext{g, 17});
+  EXPECT_EQ(fuse_cast_transpose(g), 2);
+  std::vector<std::string> ops;
+  for (const auto& n : g.nodes()) ops.push_back(n->op_type);
+  EXPECT_EQ(ops, (std::vector<std::string>{"CastTranspose", "Cast", "Transpose", "Relu", "CastTranspose", "Transpose",
+                                           "Cast"}));
+  const Node* first = y1->producer;
+  ASSERT_EQ(first->op_type, "CastTranspose");
+  EXPECT_FALSE(first->has_attr("perm"));
+  EXPECT_EQ(first->input(0), x);
+  EXPECT_EQ(y1->dtype, DType::bf16);
+  EXPECT_EQ(y1->shape, (Shape{4, 3, 2}));
+  const Node* second = y4->producer;
+  ASSERT_EQ(second->op_type, "CastTranspose");
+  EXPECT_EQ(second->attr_ints("perm"), (std::vector<int64_t>{2, 1, 0}));
+  EXPECT_EQ(y4->dtype, DType::bf16);
+  EXPECT_EQ(y4->shape, (Shape{4, 3, 2}));
+  EXPECT_EQ(y6->producer->op_type, "Cast");
+  EXPECT_EQ(g.find_value("c1"), nullptr);  // the fused-away link is gone
 }

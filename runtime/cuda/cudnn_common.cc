@@ -158,16 +158,28 @@ class Events {
   cudaEvent_t start = nullptr, stop = nullptr;
 };
 
+// cuDNN rejected the graph or built no plan for it: the same graph will fare no better, unlike
+// a failure to allocate or execute while measuring.
+class NoPlan : public Error {
+ public:
+  using Error::Error;
+};
+
 // Times each built plan on zero-filled buffers on the context's stream and returns the fastest;
 // without `measure`, returns the first built plan (in the heuristics' order) that executes.
 std::shared_ptr<CompiledGraph> compile(GraphRecipe recipe, const CudaContext& ctx,
                                        Precision precision, bool measure, const std::string& where) {
   fe::graph::Graph& graph = *recipe.graph;
-  const int64_t count = prepare_plans(graph, ctx.cudnn, precision, where);
+  int64_t count = 0;
+  try {
+    count = prepare_plans(graph, ctx.cudnn, precision, where);
+  } catch (const Error& e) {
+    throw NoPlan(e.what());
+  }
   std::string failure;
   std::vector<int64_t> built = build_candidates(graph, count, failure);
   if (built.empty())
-    throw Error(where + ": no cuDNN engine supports this graph in " +
+    throw NoPlan(where + ": no cuDNN engine supports this graph in " +
                 std::string(precision_name(precision)) + " precision (" +
                 std::to_string(count) + " configurations offered" +
                 (failure.empty() ? std::string() : "; first failure: " + failure.substr(0, 400)) +
@@ -254,9 +266,10 @@ std::map<std::string, std::shared_ptr<const CompiledGraph>>& cache() {
   static auto* c = new std::map<std::string, std::shared_ptr<const CompiledGraph>>;
   return *c;
 }
-// Graphs cuDNN built no plan for, with why: the next node with the same graph fails at once
-// instead of building every candidate again (a fused pattern cuDNN rejects on some GPU would
-// otherwise cost each of its nodes the whole search before the composed kernels take over).
+// Graphs cuDNN rejected or built no plan for (NoPlan), with why: the next node with the same
+// graph fails at once instead of building the candidates again (a fused pattern cuDNN rejects
+// on some GPU would otherwise cost each of its nodes the search before the composed kernels
+// take over). Failures to allocate or execute while measuring are not kept.
 std::map<std::string, std::string>& failures() {
   static auto* f = new std::map<std::string, std::string>;
   return *f;
@@ -407,11 +420,14 @@ std::unique_ptr<Kernel> make_cudnn_kernel(GraphRecipe recipe, const KernelInit& 
       std::shared_ptr<CompiledGraph> fresh;
       try {
         fresh = compile(std::move(recipe), *ctx, init.precision, measure, where);
-      } catch (const Error& e) {
-        failures()[key] = e.what();
+      } catch (const NoPlan& e) {
+        std::string why = e.what();
+        if (why.rfind(where + ": ", 0) == 0) why = why.substr(where.size() + 2);
+        failures()[key] = why;
+        throw;
+      } catch (const Error&) {
         throw;
       } catch (const std::exception& e) {
-        failures()[key] = std::string("cuDNN plan compilation failed: ") + e.what();
         throw Error(where + ": cuDNN plan compilation failed: " + e.what());
       }
       fresh->workspace_bytes =

@@ -7,7 +7,7 @@
 // builds the plans, times each on scratch buffers on the kernel's stream and keeps the fastest
 // (or, without ExecContext::measure_plans, keeps the first in the heuristics' order that runs).
 // Identical graphs (same op, shapes, attributes, precision and device) share one compiled plan
-// (or one failure to build any) through a process-wide cache. At run time the kernel only fills the variant pack with the
+// (or cuDNN's refusal to build any) through a process-wide cache. At run time the kernel only fills the variant pack with the
 // step's pointers and executes the chosen plan on the context's cuDNN handle (bound to its
 // stream), with its workspace slice.
 //
@@ -64,8 +64,8 @@ struct DevicelessSupport {
 bool batchnorm_uses_cudnn(const graph::Node& node);
 
 // oxtrain.BatchNormReluTraining or oxtrain.BatchNormReluGrad as one cuDNN graph (batch norm with
-// the residual's addition and the ReLU, or the ReLU's gradient with batch norm's backward), where
-// cuDNN has an engine for that pattern (half, channels-last); null otherwise, and the composed
+// the residual's addition and the ReLU, in any layout; the ReLU's gradient with batch norm's
+// backward, channels-last) where cuDNN builds a plan for it; null otherwise, and the composed
 // kernels of runtime/fused_batchnorm.h run the node.
 std::unique_ptr<Kernel> fused_batchnorm_kernel(const KernelInit& init);
 
@@ -73,8 +73,8 @@ std::unique_ptr<Kernel> fused_batchnorm_kernel(const KernelInit& init);
 // BatchNormTraining, BatchNormGrad, and the fused BatchNormReluTraining, BatchNormReluGrad) would build and counts the plans cuDNN
 // can build for `target` in `precision`. Throws Error for other ops or graphs cuDNN rejects
 // before the heuristics.
-// `max_builds` >= 0 stops after building that many allowed plans (the first is the one a
-// kernel runs without ExecContext::measure_plans); -1 builds every one.
+// `max_builds` >= 0 stops after trying to build that many allowed plans, in the heuristics'
+// order; -1 tries every one.
 DevicelessSupport deviceless_support(const graph::Node& node, Precision precision,
                                      const DevicelessTarget& target, int max_builds = -1);
 

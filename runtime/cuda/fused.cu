@@ -1,6 +1,9 @@
-// The GPU's element-wise passes of the batch-norm fusions (runtime/fused_batchnorm.h), twins of
-// runtime/cpu/fused.cc with the same per-element math (runtime/math/fused.h): float32, float16
-// and bfloat16, on the compute stream. cuDNN does the statistics (runtime/cuda/batchnorm.cc).
+// The GPU's batch-norm fusions: one cuDNN graph per node where cuDNN builds a plan
+// (cudnn::fused_batchnorm_kernel, runtime/cuda/batchnorm.cc), else the composed kernels of
+// runtime/fused_batchnorm.h with the element-wise passes here, twins of runtime/cpu/fused.cc with
+// the same per-element math (runtime/math/fused.h): float32, float16 and bfloat16, on the
+// compute stream, cuDNN doing the statistics. BatchNormReluApply is one own kernel
+// (runtime/cuda/normalization.cu).
 #include <cuda_runtime.h>
 
 #include <string>
