@@ -372,6 +372,31 @@ KernelCase fused_grad_case(const Shape& nhwc, bool to_residual, DType dt) {
 
 }  // namespace
 
+// Which kernel a fused batch norm gets, as `oxtrain graph --device cuda` reports it through
+// Kernel::describe() (without a GPU: compiled, no plan chosen): the forward is one cuDNN graph in
+// either layout, the gradient channels-last only; channels-first it is the ReluGrad pass, then
+// cuDNN's batch-norm backward.
+TEST(CudnnFused, KernelsSayWhichFormTheyRun) {
+  auto compiled = [](KernelCase& k) {
+    const runtime::KernelFactory* f =
+        runtime::KernelRegistry::global().find("oxtrain", k.node().op_type, runtime::Device::cuda);
+    return (*f)(runtime::KernelInit{k.node(), 1, runtime::Device::cuda, nullptr, Precision::tf32})->describe();
+  };
+  const std::string cudnn = "cuDNN: no plan chosen (compiled without a GPU)";
+  KernelCase forward_last = fused_training_case({8, 14, 14, 64}, true, DType::bf16);
+  KernelCase forward_first = fused_training_case({8, 64, 14, 14}, true, DType::f32, false);
+  KernelCase grad_last = fused_grad_case({8, 14, 14, 64}, true, DType::bf16);
+  EXPECT_EQ(compiled(forward_last), cudnn);
+  EXPECT_EQ(compiled(forward_first), cudnn);
+  EXPECT_EQ(compiled(grad_last), cudnn);
+  KernelCase grad_nchw("BatchNormReluGrad", "oxtrain",
+                       {random_tensor(DType::f32, {8, 64, 14, 14}, 57), random_tensor(DType::f32, {8, 64, 14, 14}, 58, 0, 2),
+                        random_tensor(DType::f32, {8, 64, 14, 14}, 59), random_tensor(DType::f32, {64}, 60, 0.5, 1.5),
+                        random_tensor(DType::f32, {64}, 61), random_tensor(DType::f32, {64}, 62, 0.5, 2)},
+                       {{DType::f32, {8, 64, 14, 14}}, {DType::f32, {64}}, {DType::f32, {64}}});
+  EXPECT_EQ(compiled(grad_nchw), "ReluGrad in a pass of its own, then " + cudnn);
+}
+
 // The fused batch norms' cuDNN graphs (runtime/cuda/batchnorm.cc: batch norm + residual Add +
 // ReLU, and ReLU's gradient + batch norm's backward) for an H100, with and without the
 // residual: channels-last in bfloat16, float16 and float32, and the forward channels-first

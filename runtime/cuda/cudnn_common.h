@@ -155,6 +155,8 @@ class CudnnKernel : public Kernel, public PlannedKernel {
   size_t workspace_bytes() const override { return static_cast<size_t>(workspace_bytes_); }
   void run(const KernelArgs& args) override;
   const ChosenPlan& chosen_plan() const override { return chosen_; }
+  // Through Kernel too (`oxtrain graph --device cuda`, kernels that wrap this one).
+  std::string describe() const override { return PlannedKernel::describe(); }
 
  private:
   std::shared_ptr<const CompiledGraph> compiled_;
