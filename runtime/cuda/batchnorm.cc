@@ -171,14 +171,12 @@ NormShapes grad_shapes(const graph::Node& n) {
   return s;
 }
 
-GraphRecipe training_recipe(const graph::Node& n) {
-  const TrainingNode t = training_node(n);
+// Batch norm's training graph over the node's inputs 0-4 (X, scale, B, running mean and
+// variance) and outputs 0-4 (Y, next running mean and variance, saved mean and inverse std);
+// with `relu`, the fused form: ADD R (input 5, where `residual`) and RELU_FWD after batch norm,
+// output 0 being Z.
+GraphRecipe training_graph(const graph::Node& n, const TrainingNode& t, bool relu, bool residual) {
   const NormShapes& s = t.s;
-  const float eps = t.eps, momentum = t.momentum;
-  if (!uses_cudnn(t))
-    throw Error(n.describe() + ": cuDNN has no engine for this batch norm (" + std::to_string(s.channels) + " " +
-                graph::dtype_name(s.data) + " channels of " + std::to_string(s.x[0] * s.x[2]) + " elements" +
-                (t.unbiased ? "" : ", population-variance update") + "); it runs on the own kernel");
   GraphRecipe r;
   r.graph = new_float_graph();
   fe::graph::Graph& g = *r.graph;
@@ -187,26 +185,70 @@ GraphRecipe training_recipe(const graph::Node& n) {
   TensorPtr bias = packed_tensor(g, "B", s.channel);
   TensorPtr running_mean = packed_tensor(g, "running_mean", s.channel);
   TensorPtr running_var = packed_tensor(g, "running_var", s.channel);
-  TensorPtr epsilon = g.tensor(eps);
-  TensorPtr cudnn_momentum = g.tensor(1.0f - momentum);
+  TensorPtr epsilon = g.tensor(t.eps);
+  TensorPtr cudnn_momentum = g.tensor(1.0f - t.momentum);
   auto attributes = fe::graph::Batchnorm_attributes()
                         .set_epsilon(epsilon)
                         .set_previous_running_stats(running_mean, running_var, cudnn_momentum);
   attributes.set_compute_data_type(fe::DataType_t::FLOAT);
   auto [Y, mean, inv_std, next_mean, next_var] = g.batchnorm(X, scale, bias, attributes);
-  r.signature = "BatchNormTraining " + std::string(s.channels_last ? "nhwc " : "") + graph::dtype_name(s.data) + " x" + dims_text(s.x) + " eps " +
-                exact_text(eps) + " momentum " + exact_text(momentum);
+  TensorPtr out = Y;
+  if (relu && residual) {
+    TensorPtr R = packed_tensor(g, "R", s.x, s.type, s.channels_last);
+    out = g.pointwise(out, R,
+                      fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::ADD).set_compute_data_type(
+                          fe::DataType_t::FLOAT));
+    r.bindings.push_back({R, false, 5, s.data_bytes()});
+  }
+  if (relu)
+    out = g.pointwise(
+        out, fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::RELU_FWD).set_compute_data_type(
+                 fe::DataType_t::FLOAT));
+  r.signature = std::string(relu ? "BatchNormReluTraining " : "BatchNormTraining ") + (s.channels_last ? "nhwc " : "") +
+                graph::dtype_name(s.data) + " x" + dims_text(s.x) + (residual ? " +R" : "") + " eps " +
+                exact_text(t.eps) + " momentum " + exact_text(t.momentum);
   r.bindings.push_back({X, false, 0, s.data_bytes()});
   r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
   r.bindings.push_back({bias, false, 2, float_bytes(s.channel)});
   r.bindings.push_back({running_mean, false, 3, float_bytes(s.channel)});
   r.bindings.push_back({running_var, false, 4, float_bytes(s.channel)});
-  bind_output(r, n, 0, Y, s.x, s.data, s.channels_last);
+  bind_output(r, n, 0, out, s.x, s.data, s.channels_last);
   bind_output(r, n, 1, next_mean, s.channel);
   bind_output(r, n, 2, next_var, s.channel);
   bind_output(r, n, 3, mean, s.channel);
   bind_output(r, n, 4, inv_std, s.channel);
   return r;
+}
+
+GraphRecipe training_recipe(const graph::Node& n) {
+  const TrainingNode t = training_node(n);
+  const NormShapes& s = t.s;
+  if (!uses_cudnn(t))
+    throw Error(n.describe() + ": cuDNN has no engine for this batch norm (" + std::to_string(s.channels) + " " +
+                graph::dtype_name(s.data) + " channels of " + std::to_string(s.x[0] * s.x[2]) + " elements" +
+                (t.unbiased ? "" : ", population-variance update") + "); it runs on the own kernel");
+  return training_graph(n, t, false, false);
+}
+
+// Batch norm's backward from `dy` (a tensor of r's graph) over X, scale, saved mean and inverse
+// std (the node's inputs x_index to x_index + 3) to the node's outputs 0-2 (dX, dScale, dB).
+void add_batchnorm_backward(GraphRecipe& r, const graph::Node& n, const NormShapes& s, const TensorPtr& dy,
+                            size_t x_index) {
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr X = packed_tensor(g, "X", s.x, s.type, s.channels_last);
+  TensorPtr scale = packed_tensor(g, "scale", s.channel);
+  TensorPtr mean = packed_tensor(g, "saved_mean", s.channel);
+  TensorPtr inv_std = packed_tensor(g, "saved_inv_std", s.channel);
+  auto attributes = fe::graph::Batchnorm_backward_attributes().set_saved_mean_and_inv_variance(mean, inv_std);
+  attributes.set_compute_data_type(fe::DataType_t::FLOAT);
+  auto [DX, dscale, dbias] = g.batchnorm_backward(dy, X, scale, attributes);
+  r.bindings.push_back({X, false, x_index, s.data_bytes()});
+  r.bindings.push_back({scale, false, x_index + 1, float_bytes(s.channel)});
+  r.bindings.push_back({mean, false, x_index + 2, float_bytes(s.channel)});
+  r.bindings.push_back({inv_std, false, x_index + 3, float_bytes(s.channel)});
+  bind_output(r, n, 0, DX, s.x, s.data, s.channels_last);
+  bind_output(r, n, 1, dscale, s.channel);
+  bind_output(r, n, 2, dbias, s.channel);
 }
 
 GraphRecipe grad_recipe(const graph::Node& n) {
@@ -216,24 +258,11 @@ GraphRecipe grad_recipe(const graph::Node& n) {
                 " " + graph::dtype_name(s.data) + " channels); it runs on the own kernel");
   GraphRecipe r;
   r.graph = new_float_graph();
-  fe::graph::Graph& g = *r.graph;
-  TensorPtr DY = packed_tensor(g, "DY", s.x, s.type, s.channels_last);
-  TensorPtr X = packed_tensor(g, "X", s.x, s.type, s.channels_last);
-  TensorPtr scale = packed_tensor(g, "scale", s.channel);
-  TensorPtr mean = packed_tensor(g, "saved_mean", s.channel);
-  TensorPtr inv_std = packed_tensor(g, "saved_inv_std", s.channel);
-  auto attributes = fe::graph::Batchnorm_backward_attributes().set_saved_mean_and_inv_variance(mean, inv_std);
-  attributes.set_compute_data_type(fe::DataType_t::FLOAT);
-  auto [DX, dscale, dbias] = g.batchnorm_backward(DY, X, scale, attributes);
-  r.signature = "BatchNormGrad " + std::string(s.channels_last ? "nhwc " : "") + graph::dtype_name(s.data) + " x" + dims_text(s.x);
+  TensorPtr DY = packed_tensor(*r.graph, "DY", s.x, s.type, s.channels_last);
   r.bindings.push_back({DY, false, 0, s.data_bytes()});
-  r.bindings.push_back({X, false, 1, s.data_bytes()});
-  r.bindings.push_back({scale, false, 2, float_bytes(s.channel)});
-  r.bindings.push_back({mean, false, 3, float_bytes(s.channel)});
-  r.bindings.push_back({inv_std, false, 4, float_bytes(s.channel)});
-  bind_output(r, n, 0, DX, s.x, s.data, s.channels_last);
-  bind_output(r, n, 1, dscale, s.channel);
-  bind_output(r, n, 2, dbias, s.channel);
+  add_batchnorm_backward(r, n, s, DY, 1);
+  r.signature = "BatchNormGrad " + std::string(s.channels_last ? "nhwc " : "") + graph::dtype_name(s.data) + " x" +
+                dims_text(s.x) + r.signature;
   return r;
 }
 
@@ -267,52 +296,12 @@ void require_like_x(const graph::Node& n, size_t i, const char* name) {
 
 GraphRecipe fused_training_recipe(const graph::Node& n) {
   const TrainingNode t = training_node(n);
-  const NormShapes& s = t.s;
   const bool residual = n.inputs.size() > 5 && n.input(5);
   if (residual) require_like_x(n, 5, "the residual R");
-  if (!uses_cudnn(t) || !fused_pattern_candidate(s, false))
+  if (!uses_cudnn(t) || !fused_pattern_candidate(t.s, false))
     throw Error(n.describe() + ": no fused cuDNN pattern for this batch norm; it runs as cuDNN's batch norm and "
                 "an element-wise pass");
-  GraphRecipe r;
-  r.graph = new_float_graph();
-  fe::graph::Graph& g = *r.graph;
-  TensorPtr X = packed_tensor(g, "X", s.x, s.type, s.channels_last);
-  TensorPtr scale = packed_tensor(g, "scale", s.channel);
-  TensorPtr bias = packed_tensor(g, "B", s.channel);
-  TensorPtr running_mean = packed_tensor(g, "running_mean", s.channel);
-  TensorPtr running_var = packed_tensor(g, "running_var", s.channel);
-  TensorPtr epsilon = g.tensor(t.eps);
-  TensorPtr cudnn_momentum = g.tensor(1.0f - t.momentum);
-  auto attributes = fe::graph::Batchnorm_attributes()
-                        .set_epsilon(epsilon)
-                        .set_previous_running_stats(running_mean, running_var, cudnn_momentum);
-  attributes.set_compute_data_type(fe::DataType_t::FLOAT);
-  auto [Y, mean, inv_std, next_mean, next_var] = g.batchnorm(X, scale, bias, attributes);
-  TensorPtr pre = Y;
-  TensorPtr R;
-  if (residual) {
-    R = packed_tensor(g, "R", s.x, s.type, s.channels_last);
-    pre = g.pointwise(Y, R,
-                      fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::ADD).set_compute_data_type(
-                          fe::DataType_t::FLOAT));
-  }
-  TensorPtr Z = g.pointwise(
-      pre, fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::RELU_FWD).set_compute_data_type(
-               fe::DataType_t::FLOAT));
-  r.signature = "BatchNormReluTraining " + std::string(s.channels_last ? "nhwc " : "") + graph::dtype_name(s.data) + " x" + dims_text(s.x) +
-                (residual ? " +R" : "") + " eps " + exact_text(t.eps) + " momentum " + exact_text(t.momentum);
-  r.bindings.push_back({X, false, 0, s.data_bytes()});
-  r.bindings.push_back({scale, false, 1, float_bytes(s.channel)});
-  r.bindings.push_back({bias, false, 2, float_bytes(s.channel)});
-  r.bindings.push_back({running_mean, false, 3, float_bytes(s.channel)});
-  r.bindings.push_back({running_var, false, 4, float_bytes(s.channel)});
-  if (residual) r.bindings.push_back({R, false, 5, s.data_bytes()});
-  bind_output(r, n, 0, Z, s.x, s.data, s.channels_last);
-  bind_output(r, n, 1, next_mean, s.channel);
-  bind_output(r, n, 2, next_var, s.channel);
-  bind_output(r, n, 3, mean, s.channel);
-  bind_output(r, n, 4, inv_std, s.channel);
-  return r;
+  return training_graph(n, t, true, residual);
 }
 
 NormShapes fused_grad_shapes(const graph::Node& n) {
@@ -338,10 +327,6 @@ GraphRecipe fused_grad_recipe(const graph::Node& n) {
   fe::graph::Graph& g = *r.graph;
   TensorPtr DZ = packed_tensor(g, "DZ", s.x, s.type, s.channels_last);
   TensorPtr Z = packed_tensor(g, "Z", s.x, s.type, s.channels_last);
-  TensorPtr X = packed_tensor(g, "X", s.x, s.type, s.channels_last);
-  TensorPtr scale = packed_tensor(g, "scale", s.channel);
-  TensorPtr mean = packed_tensor(g, "saved_mean", s.channel);
-  TensorPtr inv_std = packed_tensor(g, "saved_inv_std", s.channel);
   // dS = dZ * (Z > 0), as the sample "DBN Add Relu Graph" masks dY; cuDNN 9.19 offers no engine
   // for the same through RELU_BWD(dZ, Z) (its pattern wants the activation's input virtual).
   // Unlike ReluGrad's select, an infinite dZ where Z <= 0 gives NaN here, not 0.
@@ -355,21 +340,12 @@ GraphRecipe fused_grad_recipe(const graph::Node& n) {
       fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::MUL).set_compute_data_type(
           fe::DataType_t::FLOAT));
   DS->set_data_type(s.type);
-  auto attributes = fe::graph::Batchnorm_backward_attributes().set_saved_mean_and_inv_variance(mean, inv_std);
-  attributes.set_compute_data_type(fe::DataType_t::FLOAT);
-  auto [DX, dscale, dbias] = g.batchnorm_backward(DS, X, scale, attributes);
-  r.signature = "BatchNormReluGrad nhwc " + std::string(graph::dtype_name(s.data)) + " x" + dims_text(s.x) +
-                (to_residual ? " +dR" : "");
   r.bindings.push_back({DZ, false, 0, s.data_bytes()});
   r.bindings.push_back({Z, false, 1, s.data_bytes()});
-  r.bindings.push_back({X, false, 2, s.data_bytes()});
-  r.bindings.push_back({scale, false, 3, float_bytes(s.channel)});
-  r.bindings.push_back({mean, false, 4, float_bytes(s.channel)});
-  r.bindings.push_back({inv_std, false, 5, float_bytes(s.channel)});
-  bind_output(r, n, 0, DX, s.x, s.data, s.channels_last);
-  bind_output(r, n, 1, dscale, s.channel);
-  bind_output(r, n, 2, dbias, s.channel);
+  add_batchnorm_backward(r, n, s, DS, 2);
   if (to_residual) bind_output(r, n, 3, DS, s.x, s.data, s.channels_last);
+  r.signature = "BatchNormReluGrad nhwc " + std::string(graph::dtype_name(s.data)) + " x" + dims_text(s.x) +
+                (to_residual ? " +dR" : "") + r.signature;
   return r;
 }
 
