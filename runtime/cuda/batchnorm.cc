@@ -365,12 +365,12 @@ std::unique_ptr<Kernel> fused_batchnorm_kernel(const KernelInit& init) {
   const graph::Node& n = init.node;
   const bool forward = n.op_type == "BatchNormReluTraining";
   if (!forward && n.op_type != "BatchNormReluGrad") return nullptr;
-  const NormShapes s = forward ? training_node(n).s : fused_grad_shapes(n);
-  if (!fused_pattern_candidate(s, !forward) || (forward && !uses_cudnn(training_node(n)))) return nullptr;
   try {
     return make_cudnn_kernel(forward ? fused_training_recipe(n) : fused_grad_recipe(n), init, n.describe());
   } catch (const Error&) {
-    return nullptr;  // no plan for the pattern here: the composed kernels run it
+    // Not a fused pattern cuDNN has, or no plan for it here: the composed kernels run the node
+    // (and report what is wrong with it, if anything is).
+    return nullptr;
   }
 }
 

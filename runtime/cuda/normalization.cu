@@ -481,13 +481,9 @@ __global__ void batchnorm_apply_kernel(BatchNormApplyParams p) {
     if constexpr (kRelu) {
       math::batchnorm_relu_apply_element<kKind>(p.x, p.residual, p.y, i, p.mean[c], p.inv_std[c], p.scale[c],
                                                 p.bias[c]);
-    } else if constexpr (kKind == 0) {
-      static_cast<float*>(p.y)[i] =
-          math::batchnorm_apply(static_cast<const float*>(p.x)[i], p.mean[c], p.inv_std[c], p.scale[c], p.bias[c]);
     } else {
-      const float x = half_to_float(static_cast<const uint16_t*>(p.x)[i], kKind == 2);
-      static_cast<uint16_t*>(p.y)[i] =
-          float_to_half(math::batchnorm_apply(x, p.mean[c], p.inv_std[c], p.scale[c], p.bias[c]), kKind == 2);
+      store_float<kKind>(p.y, i,
+                         math::batchnorm_apply(load_float<kKind>(p.x, i), p.mean[c], p.inv_std[c], p.scale[c], p.bias[c]));
     }
   }
 }
