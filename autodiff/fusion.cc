@@ -173,4 +173,129 @@ int recompute_batchnorm_relu(graph::Graph& g, size_t forward_nodes) {
   return count;
 }
 
+
+ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
+  ConvBatchNormFusion report;
+  std::vector<Node*> batchnorms;
+  for (const auto& n : g.nodes())
+    if (n->domain == graph::kOxtrainDomain && (n->op_type == "BatchNormReluTraining" || n->op_type == "BatchNormTraining"))
+      batchnorms.push_back(n.get());
+  std::set<const Node*> doomed;
+  std::set<const Node*> stats_nodes;
+  struct Applied {
+    Node* finalize;
+    Node* apply;
+  };
+  std::vector<Applied> applied;
+  auto fresh = [&](const std::string& name) { return g.add_value(g.unique_name(name)); };
+  for (Node* bn : batchnorms) {
+    Value* y = bn->input(0);
+    Node* conv = y ? y->producer : nullptr;
+    if (!conv || conv->op_type != "Conv" || !conv->domain.empty() || conv->output(0) != y || conv->input(2) ||
+        is_output(g, y) || conv->attr_int("group", 1) != 1 || !conv->input(0) || conv->input(0)->shape.size() != 4 ||
+        !graph::shape_known(y->shape) || y->numel() == 0)
+      continue;
+    bool complete = true;
+    for (size_t i = 1; i < 5; ++i) complete = complete && bn->input(i);
+    if (!complete) continue;
+    const bool relu = bn->op_type == "BatchNormReluTraining";
+    const bool channels_last = graph::is_channels_last(*bn);
+    const int64_t channels = channels_last ? y->shape.back() : y->shape[1];
+    // The convolution, with the sums of its output.
+    Value* sum = fresh(bn->name + "/sum");
+    Value* sum_sq = fresh(bn->name + "/sum_sq");
+    g.set_output(conv, 0, nullptr);
+    Node* stats = g.add_node("ConvStats", {conv->input(0), conv->input(1)}, {}, g.unique_name(conv->name + "+stats"),
+                             graph::kOxtrainDomain);
+    g.set_output(stats, 0, y);
+    g.set_output(stats, 1, sum);
+    g.set_output(stats, 2, sum_sq);
+    stats->attrs = conv->attrs;
+    infer_node(g, *stats);
+    g.move_before(stats, conv);
+    stats_nodes.insert(stats);
+    // The batch norm's statistics from the sums, then its output from them.
+    std::vector<Value*> outs(5, nullptr);
+    for (size_t i = 0; i < 5; ++i) outs[i] = bn->output(i);
+    if (!outs[3]) outs[3] = fresh(bn->name + "/saved_mean");
+    if (!outs[4]) outs[4] = fresh(bn->name + "/saved_inv_std");
+    for (size_t i = 0; i < bn->outputs.size(); ++i) g.set_output(bn, i, nullptr);
+    Node* finalize = g.add_node("BatchNormFinalize", {sum, sum_sq, bn->input(1), bn->input(2), bn->input(3), bn->input(4)},
+                                {}, g.unique_name(bn->name + "/finalize"), graph::kOxtrainDomain);
+    for (size_t i = 0; i < 4; ++i) g.set_output(finalize, i, outs[i + 1]);
+    for (const char* key : {"epsilon", "momentum", "unbiased_running_var"})
+      if (bn->has_attr(key)) finalize->attrs[key] = bn->attrs.at(key);
+    finalize->attrs["count"].value = y->numel() / channels;
+    finalize->attrs["to"].value = int64_t{graph::dtype_to_onnx(y->dtype)};
+    infer_node(g, *finalize);
+    g.move_before(finalize, bn);
+    std::vector<Value*> apply_inputs = {y, bn->input(1), bn->input(2), outs[3], outs[4]};
+    if (relu && bn->input(5)) apply_inputs.push_back(bn->input(5));
+    Node* apply = g.add_node(relu ? "BatchNormReluApply" : "BatchNormApply", apply_inputs, {},
+                             g.unique_name(bn->name + "/apply"), graph::kOxtrainDomain);
+    if (outs[0]) g.set_output(apply, 0, outs[0]);
+    if (channels_last) apply->attrs[graph::kChannelsLast] = bn->attrs.at(graph::kChannelsLast);
+    infer_node(g, *apply);
+    g.move_before(apply, bn);
+    // The replaced nodes let go of their inputs, so the consumer lists below are the new graph's.
+    for (Node* old : {conv, bn})
+      for (size_t i = 0; i < old->inputs.size(); ++i) g.set_input(old, i, nullptr);
+    doomed.insert(conv);
+    doomed.insert(bn);
+    if (relu && apply_inputs.size() == 5 && outs[0]) applied.push_back({finalize, apply});
+    ++report.statistics;
+  }
+  // The prologues: Z = Relu(BN(Y)) read in the forward by one ConvStats alone.
+  for (const Applied& a : applied) {
+    Value* z = a.apply->output(0);
+    if (is_output(g, z) || z->consumers.size() != 1) continue;
+    Node* next = z->consumers[0];
+    if (!stats_nodes.count(next) || next->input(0) != z || next->input(2) || next->input(1) == z) continue;
+    Value* y = a.apply->input(0);
+    Value* mean = a.apply->input(3);
+    Value* inv_std = a.apply->input(4);
+    Node* finalize = a.finalize;
+    Value* scale = fresh(finalize->name + "/apply_scale");
+    Value* bias = fresh(finalize->name + "/apply_bias");
+    g.set_output(finalize, 4, scale);
+    g.set_output(finalize, 5, bias);
+    infer_node(g, *finalize);
+    g.set_input(next, 0, y);
+    g.set_input(next, 2, scale);
+    g.set_input(next, 3, bias);
+    infer_node(g, *next);
+    for (size_t i = 0; i < a.apply->inputs.size(); ++i) g.set_input(a.apply, i, nullptr);
+    doomed.insert(a.apply);
+    // Backward's copy of Z (oxtrain.BatchNormReluApply of the same Y and statistics) feeds the
+    // weight gradient of `next`: that reads Y through the prologue too.
+    const std::vector<Node*> readers = y->consumers;
+    for (Node* r : readers) {
+      if (r == a.apply || r->op_type != "BatchNormReluApply" || r->domain != graph::kOxtrainDomain || r->input(0) != y ||
+          r->input(5) || r->input(3) != mean || r->input(4) != inv_std || !r->output(0))
+        continue;
+      const std::vector<Node*> copies = r->output(0)->consumers;
+      for (Node* wgrad : copies) {
+        if (wgrad->op_type != "ConvGradFilter" || wgrad->domain != graph::kOxtrainDomain ||
+            wgrad->input(1) != r->output(0) || wgrad->input(0) == r->output(0) || !wgrad->output(0))
+          continue;
+        Value* dw = wgrad->output(0);
+        g.set_output(wgrad, 0, nullptr);
+        Node* fused = g.add_node("ConvGradFilterScaleBiasRelu", {wgrad->input(0), y, scale, bias}, {},
+                                 g.unique_name(wgrad->name + "+prologue"), graph::kOxtrainDomain);
+        g.set_output(fused, 0, dw);
+        fused->attrs = wgrad->attrs;
+        infer_node(g, *fused);
+        g.move_before(fused, wgrad);
+        for (size_t i = 0; i < wgrad->inputs.size(); ++i) g.set_input(wgrad, i, nullptr);
+        doomed.insert(wgrad);
+      }
+    }
+    ++report.prologues;
+  }
+  g.remove_nodes_if([&](const Node& n) { return doomed.count(&n) != 0; });
+  g.remove_dead_nodes();
+  g.prune_values();
+  return report;
+}
+
 }  // namespace oxtrain::autodiff

@@ -34,4 +34,27 @@ int fuse_batchnorm_relu(graph::Graph& graph);
 // Returns how many batch-norm outputs are recomputed.
 int recompute_batchnorm_relu(graph::Graph& graph, size_t forward_nodes);
 
+// Convolution with batch norm, on a finished training graph (after recomputation and
+// channels-last), in the way cuDNN's fused ResNet graphs run it:
+// - Statistics with the convolution: Conv(X, W) -> Y read only by a batch norm (fused with its
+//   ReLU or not) and by backward becomes oxtrain.ConvStats(X, W) -> (Y, sum, sum_sq); the batch
+//   norm becomes oxtrain.BatchNormFinalize (its statistics and running statistics from the
+//   sums) and oxtrain.BatchNormReluApply (or BatchNormApply) for its output. cuDNN computes the
+//   sums in the convolution's epilogue, so batch norm no longer reads Y for them.
+// - The normalisation in the next convolution's prologue: where such a batch norm's output
+//   Z = Relu(BN(Y)) (no residual) is read in the forward only by a convolution that itself
+//   became oxtrain.ConvStats, that one reads Y with the prologue Relu(Y * scale + bias)
+//   (BatchNormFinalize's affine form of BN, in the activations' type) and Z is never written;
+//   the weight gradient reads Y through the same prologue
+//   (oxtrain.ConvGradFilterScaleBiasRelu). Only with recomputation, where backward's copy of Z
+//   serves ReluGrad's mask alone.
+// Numbers: statistics from sums of Y and Y^2 (var = E[Y^2] - E[Y]^2, in double on the CPU),
+// and a prologue from the rounded affine form, so the fused graph computes what the unfused one
+// does to rounding, not bit for bit.
+struct ConvBatchNormFusion {
+  int statistics = 0;  // convolutions that compute their batch norm's sums
+  int prologues = 0;   // batch-norm outputs applied in the next convolution's prologue
+};
+ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& graph);
+
 }  // namespace oxtrain::autodiff

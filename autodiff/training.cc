@@ -502,6 +502,11 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
     result.channels_last = graph::to_channels_last(g, gradients);
   }
   if (options.fuse_cast_transpose) result.cast_transposes = graph::fuse_cast_transpose(g);
+  if (options.fuse_conv_batchnorm) {
+    const ConvBatchNormFusion fused = fuse_conv_batchnorm(g);
+    result.conv_statistics = fused.statistics;
+    result.conv_prologues = fused.prologues;
+  }
   result.graph = std::move(g);
   return result;
 }

@@ -71,6 +71,11 @@ struct TrainingOptions {
   // (graph::fuse_cast_transpose): with mixed precision and channels-last, a filter's half copy
   // and its gradient each take one pass instead of two. Exact.
   bool fuse_cast_transpose = true;
+  // Fuse convolutions with the batch norms after them (autodiff::fuse_conv_batchnorm): the
+  // statistics computed with the convolution, and a batch norm's output applied in the next
+  // convolution's prologue instead of being written (with recompute_batchnorm_relu). Equal to
+  // rounding, not bit for bit. cuDNN runs these as one graph each in float16 channels-last.
+  bool fuse_conv_batchnorm = false;
   float initial_loss_scale = 65536.0f;
   float loss_scale_growth = 2.0f;
   float loss_scale_backoff = 0.5f;
@@ -101,6 +106,8 @@ struct TrainingGraph {
   int64_t recomputed_values = 0;  // TrainingOptions::recompute_batchnorm_relu
   graph::ChannelsLastReport channels_last;  // TrainingOptions::channels_last
   int64_t cast_transposes = 0;              // TrainingOptions::fuse_cast_transpose
+  int64_t conv_statistics = 0;              // TrainingOptions::fuse_conv_batchnorm: ConvStats nodes
+  int64_t conv_prologues = 0;               // and batch-norm outputs applied in a prologue
 };
 
 TrainingGraph build_training_graph(graph::Graph forward, const TrainingOptions& options = {});

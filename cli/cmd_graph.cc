@@ -41,6 +41,7 @@ struct GraphArgs {
   std::string device;  // with --training: compile for this device and report its plan
   std::string precision = "tf32";
   bool no_recompute = false;
+  std::string conv_bn_fusion = "auto";
   bool channels_last = false;
   int world_size = 1;     // > 1: with AllReduce buckets
   double bucket_mb = 25;
@@ -121,7 +122,7 @@ DeviceReport compile_for_device(const GraphArgs& args, const autodiff::TrainingG
 
 int run_training_report(const GraphArgs& args, graph::Graph forward) {
   autodiff::TrainingOptions to;
-  apply_precision(to, parse_precision(args.precision), args.no_recompute);
+  apply_precision(to, parse_precision(args.precision), args.no_recompute, args.conv_bn_fusion);
   to.channels_last = args.channels_last;
   to.allreduce = args.world_size > 1 || args.simulate_step_ms > 0;
   to.bucket_bytes = static_cast<int64_t>(args.bucket_mb * 1e6);
@@ -173,7 +174,15 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
   int64_t casts = 0, fused = 0, half_values = 0;
   for (const auto& n : tg.graph.nodes()) {
     casts += n->op_type == "Cast" || n->op_type == "CastTranspose";
+    // A fused batch norm whose statistics come with its convolution is a BatchNormFinalize
+    // followed by a forward BatchNormReluApply, or applied in the next convolution's prologue.
     fused += n->op_type == "BatchNormReluTraining";
+    if (n->op_type == "BatchNormFinalize" && n->output(2)) {
+      bool relu = false;
+      for (const graph::Node* c : n->output(2)->consumers)
+        relu = relu || c->op_type == "BatchNormReluApply" || c->op_type == "BatchNormReluGrad";
+      fused += relu;
+    }
     for (const graph::Value* v : n->outputs)
       half_values += v && (v->dtype == graph::DType::f16 || v->dtype == graph::DType::bf16);
   }
@@ -198,6 +207,7 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     j["casts"] = casts;
     j["fused_batchnorm_relu"] = fused;
     j["recomputed_values"] = tg.recomputed_values;
+    j["conv_batchnorm"] = {{"statistics", tg.conv_statistics}, {"prologues", tg.conv_prologues}};
     j["channels_last"] = {{"nodes", tg.channels_last.nodes},
                           {"values", tg.channels_last.values},
                           {"transposes", tg.channels_last.transposes},
@@ -238,6 +248,9 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
                 << fused << " batch norms fused with their ReLU, " << tg.recomputed_values
                 << " of their outputs recomputed in backward"
                 << (tg.loss_scale.empty() ? "" : ", dynamic loss scaling") << "\n";
+    if (tg.conv_statistics > 0)
+      std::cout << "conv + BN    " << tg.conv_statistics << " convolutions compute their batch norm's statistics, "
+                << tg.conv_prologues << " batch-norm outputs applied in the next convolution's prologue\n";
     if (args.channels_last)
       std::cout << "layout       channels-last: " << tg.channels_last.nodes << " nodes, " << tg.channels_last.values
                 << " activations, " << tg.channels_last.transposes << " transposes at the borders"
@@ -317,6 +330,8 @@ Subcommand add_graph_command(CLI::App& app) {
   cmd->add_option("--precision", args->precision,
                   std::string("with --training: ") + kPrecisionHelp)->capture_default_str();
   cmd->add_flag("--no-recompute", args->no_recompute, std::string("with --training: ") + kNoRecomputeHelp);
+  cmd->add_option("--conv-bn-fusion", args->conv_bn_fusion, std::string("with --training: ") + kConvBnFusionHelp)
+      ->capture_default_str();
   cmd->add_flag("--channels-last", args->channels_last, std::string("with --training: ") + kChannelsLastHelp);
   cmd->add_option("--world-size", args->world_size, "with --training: ranks; above 1 the graph reduces gradients in buckets");
   cmd->add_option("--bucket-mb", args->bucket_mb, "with --world-size: gradient bucket size in MB")->capture_default_str();

@@ -55,6 +55,7 @@ struct TrainArgs {
   std::string device = "auto";
   std::string precision = "tf32";
   bool no_recompute = false;  // --no-recompute
+  std::string conv_bn_fusion = "auto";  // --conv-bn-fusion
   bool channels_last = false;
   std::string input_tensors;
   int64_t steps = 0;
@@ -375,7 +376,7 @@ void TrainRun::build_sessions() {
     to.allreduce = job_.has_value();
     to.bucket_bytes = static_cast<int64_t>(a_.bucket_mb * 1e6);
     to.random_seed = static_cast<uint64_t>(a_.seed);
-    apply_precision(to, precision, a_.no_recompute);
+    apply_precision(to, precision, a_.no_recompute, a_.conv_bn_fusion);
     to.channels_last = a_.channels_last;
     tg_ = autodiff::build_training_graph(std::move(copy), to);
     for (const auto& [v, d] : tg_.gradients) so.gradients.push_back(d);
@@ -835,6 +836,7 @@ Subcommand add_train_command(CLI::App& app) {
   cmd->add_option("--device", a->device, "cpu, cuda, or auto: cuda where a GPU is visible")->capture_default_str();
   cmd->add_option("--precision", a->precision, kPrecisionHelp)->capture_default_str();
   cmd->add_flag("--no-recompute", a->no_recompute, kNoRecomputeHelp);
+  cmd->add_option("--conv-bn-fusion", a->conv_bn_fusion, kConvBnFusionHelp)->capture_default_str();
   cmd->add_flag("--channels-last", a->channels_last, kChannelsLastHelp);
   cmd->add_option("--input-tensors", a->input_tensors, "IMAGES.pb,LABELS.pb: a fixed batch (ONNX TensorProto files)");
   cmd->add_option("--steps", a->steps, "stop after this many steps in total");

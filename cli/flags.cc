@@ -38,10 +38,14 @@ PrecisionChoice parse_precision(const std::string& value) {
   throw Error("--precision is fp32, tf32, bf16 or fp16, got '" + escape_name(value) + "'");
 }
 
-void apply_precision(autodiff::TrainingOptions& options, const PrecisionChoice& precision, bool no_recompute) {
+void apply_precision(autodiff::TrainingOptions& options, const PrecisionChoice& precision, bool no_recompute,
+                     const std::string& conv_bn_fusion) {
   options.half = precision.half;
   options.fuse_batchnorm_relu = true;
   options.recompute_batchnorm_relu = !no_recompute;
+  if (conv_bn_fusion == "auto") options.fuse_conv_batchnorm = precision.half == graph::DType::f16;
+  else if (conv_bn_fusion == "on" || conv_bn_fusion == "off") options.fuse_conv_batchnorm = conv_bn_fusion == "on";
+  else throw Error("--conv-bn-fusion is auto, on or off, got '" + escape_name(conv_bn_fusion) + "'");
 }
 
 }  // namespace oxtrain::cli

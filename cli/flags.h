@@ -41,7 +41,14 @@ inline constexpr const char* kPrecisionHelp =
 // What --precision and --no-recompute make of the training graph: the half type; batch norm
 // fused with its ReLU (in every precision: the same numbers, fewer passes), and the fused
 // outputs recomputed in backward unless `no_recompute`.
-void apply_precision(autodiff::TrainingOptions& options, const PrecisionChoice& precision, bool no_recompute);
+// `conv_bn_fusion` (--conv-bn-fusion): auto, on or off; auto fuses convolutions with their batch
+// norms (autodiff::fuse_conv_batchnorm) in fp16, where cuDNN has the fused engines.
+void apply_precision(autodiff::TrainingOptions& options, const PrecisionChoice& precision, bool no_recompute,
+                     const std::string& conv_bn_fusion = "auto");
+inline constexpr const char* kConvBnFusionHelp =
+    "auto, on or off: compute batch norm's statistics with the convolution before it, and apply a batch norm's "
+    "output in the next convolution's prologue instead of writing it (cuDNN's fused ResNet graphs; the same "
+    "numbers to rounding). auto: with --precision fp16, where cuDNN has these engines";
 inline constexpr const char* kChannelsLastHelp =
     "store activations channels-last (NHWC) between convolutions, batch norms and pooling, as PyTorch's "
     "channels_last memory format: cuDNN's tensor-core kernels without transposes";

@@ -915,6 +915,74 @@ void infer_batchnorm_relu_grad(Node& n, const InferContext&) {
   if (n.outputs.size() > 3) set_out(n, 3, in(n, 0).dtype, x);
 }
 
+// The convolution and batch-norm fusion (autodiff/fusion.h, fuse_conv_batchnorm):
+// oxtrain.ConvStats(X, W[, scale, bias]) -> (Y, sum, sum_sq): Y = Conv(P(X), W) with Conv's
+// attributes (no bias), P(X) = Relu(X * scale + bias) per input channel when scale and bias are
+// given ([C] of X's type; both or neither), else X; sum and sum_sq the per-output-channel sums of
+// Y and Y^2 over batch and positions, float32 [K] (float64 for a float64 X).
+void infer_conv_stats(Node& n, const InferContext& ctx) {
+  const Value* scale = n.input(2);
+  const Value* bias = n.input(3);
+  if (n.inputs.size() > 4 || (scale == nullptr) != (bias == nullptr))
+    throw Error(n.describe() + ": takes X, W and optionally both scale and bias");
+  // Conv's own rule on X and W alone (its input 2 would be a bias).
+  std::vector<Value*> extra(n.inputs.begin() + std::min<size_t>(2, n.inputs.size()), n.inputs.end());
+  n.inputs.resize(std::min<size_t>(2, n.inputs.size()));
+  struct Restore {
+    Node& n;
+    std::vector<Value*>& extra;
+    ~Restore() { n.inputs.insert(n.inputs.end(), extra.begin(), extra.end()); }
+  } restore{n, extra};
+  infer_conv(n, ctx);
+  const Shape& x = in_shape(n, 0);
+  for (const Value* v : {scale, bias})
+    if (v && (v->dtype != in(n, 0).dtype || v->shape != Shape{x[1]}))
+      throw Error(n.describe() + ": the prologue's '" + v->name + "' is " + dtype_name(v->dtype) + " " +
+                  join(v->shape) + ", expected " + dtype_name(in(n, 0).dtype) + " [" + std::to_string(x[1]) + "]");
+  const DType stats = in(n, 0).dtype == DType::f64 ? DType::f64 : DType::f32;
+  const int64_t k = in_shape(n, 1)[0];
+  set_out(n, 1, stats, Shape{k});
+  set_out(n, 2, stats, Shape{k});
+}
+
+// oxtrain.BatchNormFinalize(sum, sum_sq, scale, B, running_mean, running_var) -> (running_mean
+// next, running_var next, saved_mean, saved_inv_std[, apply_scale, apply_bias]): batch norm's
+// statistics from oxtrain.ConvStats's sums over `count` elements per channel (attributes
+// epsilon, momentum, unbiased_running_var as oxtrain.BatchNormTraining's), and the output's
+// per-channel affine form Y = X * apply_scale + apply_bias, of type `to` (the activations').
+void infer_batchnorm_finalize(Node& n, const InferContext&) {
+  if (n.inputs.size() != 6) throw Error(n.describe() + ": takes sum, sum_sq, scale, B, running_mean, running_var");
+  if (n.attr_int("count", 0) < 1) throw Error(n.describe() + ": attribute count (elements per channel) must be positive");
+  const Shape& c = in_shape(n, 0);
+  const DType t = in(n, 2).dtype;
+  if (c.size() != 1) throw Error(n.describe() + ": sum '" + in(n, 0).name + "' must be [C], got " + join(c));
+  for (size_t i = 1; i < 6; ++i)
+    if (in_shape(n, i) != c || (i >= 2 && in(n, i).dtype != t))
+      throw Error(n.describe() + ": input " + std::to_string(i) + " '" + in(n, i).name + "' is " +
+                  dtype_name(in(n, i).dtype) + " " + join(in_shape(n, i)) + ", expected " + join(c) +
+                  (i >= 2 ? std::string(" of ") + dtype_name(t) : std::string()));
+  for (size_t i = 0; i < 4; ++i) set_out(n, i, t, c);
+  const DType to = n.has_attr("to") ? dtype_from_onnx(static_cast<int>(n.attr_int("to", 0))) : t;
+  if (to != DType::f32 && to != DType::f64 && to != DType::f16 && to != DType::bf16)
+    throw Error(n.describe() + ": to must be a float type, got " + dtype_name(to));
+  set_out(n, 4, to, c);
+  set_out(n, 5, to, c);
+}
+
+// oxtrain.ConvGradFilterScaleBiasRelu(dY, X, scale, bias) -> dW: ConvGradFilter(dY, Relu(X *
+// scale + bias)) (attributes as ConvGradFilter's), the filter gradient of an oxtrain.ConvStats
+// with a prologue.
+void infer_conv_grad_filter_sbr(Node& n, const InferContext& ctx) {
+  if (n.inputs.size() != 4) throw Error(n.describe() + ": takes dY, X, scale and bias");
+  const Shape& x = in_shape(n, 1);
+  require_rank(n, 1, 3, "X");
+  for (size_t i = 2; i < 4; ++i)
+    if (in(n, i).dtype != in(n, 1).dtype || in_shape(n, i) != Shape{x[1]})
+      throw Error(n.describe() + ": the prologue's '" + in(n, i).name + "' is " + dtype_name(in(n, i).dtype) + " " +
+                  join(in_shape(n, i)) + ", expected " + dtype_name(in(n, 1).dtype) + " [" + std::to_string(x[1]) + "]");
+  shape_from_attr("filter_shape")(n, ctx);
+}
+
 // oxtrain.NonFinite(G1..Gn) -> found_inf: float32 scalar, 1 when any element of any input is
 // infinite or NaN, else 0.
 void infer_non_finite(Node& n, const InferContext&) {
@@ -977,6 +1045,8 @@ void set_layouts(std::vector<OpSchema>& r) {
   set("", {"Conv"}, {{0, 1}, {0}});
   set(kOxtrainDomain, {"ConvGradData"}, {{0, 1}, {0}});
   set(kOxtrainDomain, {"ConvGradFilter"}, {{0, 1}, {0}});
+  set(kOxtrainDomain, {"ConvStats"}, {{0, 1}, {0}});
+  set(kOxtrainDomain, {"ConvGradFilterScaleBiasRelu"}, {{0, 1}, {0}});
   set("", {"BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool"}, {{0}, {0}});
   set(kOxtrainDomain, {"BatchNormTraining", "BatchNormApply", "AveragePoolGrad", "GlobalAveragePoolGrad"}, {{0}, {0}});
   set(kOxtrainDomain, {"NormalizeImages"}, {{}, {0}});  // its pixels are always [N, H, W, C]
@@ -1067,6 +1137,10 @@ std::vector<OpSchema>& registry() {
         {kOxtrainDomain, "ReluGrad", same_as_input, nullptr, {}, false, {.shares_input = {{0, 0}, {0, 1}}}},
         {kOxtrainDomain, "ConvGradData", shape_from_attr("input_shape"), nullptr},
         {kOxtrainDomain, "ConvGradFilter", shape_from_attr("filter_shape"), nullptr},
+        {kOxtrainDomain, "ConvStats", infer_conv_stats, nullptr},
+        {kOxtrainDomain, "BatchNormFinalize", infer_batchnorm_finalize, nullptr, {}, false,
+         {.state = {4, 5}, .updates_input = {{0, 4}, {1, 5}}}},
+        {kOxtrainDomain, "ConvGradFilterScaleBiasRelu", infer_conv_grad_filter_sbr, nullptr},
         {kOxtrainDomain, "MaxPoolGrad", shape_from_attr("input_shape"), nullptr},
         {kOxtrainDomain, "MaxPoolGradFromInput", infer_like_input1, nullptr},
         {kOxtrainDomain, "AveragePoolGrad", shape_from_attr("input_shape"), nullptr},

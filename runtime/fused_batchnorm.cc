@@ -3,37 +3,16 @@
 #include <vector>
 
 #include "graph/ops.h"
+#include "runtime/inner_kernel.h"
 
 namespace oxtrain::runtime {
 namespace {
 
 constexpr size_t kAlign = 256;
 
-// A one-node graph of `op` over values shaped and typed like `like`'s (nullptr: omitted), and
-// the device's kernel for it.
-struct InnerKernel {
-  graph::Graph graph;
-  std::unique_ptr<Kernel> kernel;
-
-  InnerKernel(const KernelInit& init, const char* op, const std::vector<const graph::Value*>& ins,
-              const std::vector<const graph::Value*>& outs) {
-    auto copy = [&](const graph::Value* v, const char* prefix, size_t i) -> graph::Value* {
-      if (!v) return nullptr;
-      graph::Value* c = graph.add_value(prefix + std::to_string(i), v->dtype, v->shape, v->role);
-      c->rank_known = true;
-      return c;
-    };
-    std::vector<graph::Value*> in, out;
-    for (size_t i = 0; i < ins.size(); ++i) in.push_back(copy(ins[i], "in", i));
-    for (size_t i = 0; i < outs.size(); ++i) out.push_back(copy(outs[i], "out", i));
-    graph::Node* n = graph.add_node(op, in, out, init.node.name, graph::kOxtrainDomain);
-    for (const char* key : {"epsilon", "momentum", "unbiased_running_var", graph::kChannelsLast})
-      if (init.node.has_attr(key)) n->attrs[key] = init.node.attrs.at(key);
-    const KernelFactory* f = KernelRegistry::global().find(graph::kOxtrainDomain, op, init.device);
-    if (!f) throw Error(init.node.describe() + ": no oxtrain." + op + " kernel on " + device_name(init.device));
-    kernel = (*f)(KernelInit{*n, 1, init.device, init.context, init.precision});
-  }
-};
+// What the inner batch-norm nodes take from the fused one.
+constexpr std::initializer_list<const char*> kBatchNormAttributes = {"epsilon", "momentum", "unbiased_running_var",
+                                                                      graph::kChannelsLast};
 
 size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
@@ -42,7 +21,7 @@ size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 class BatchNormReluKernel final : public Kernel {
  public:
   BatchNormReluKernel(const KernelInit& init, FusedBatchNormPasses passes, const char* inner_op, size_t inner_outputs)
-      : passes_(std::move(passes)), inner_(init, inner_op, inputs(init.node), outputs(init.node, inner_outputs)) {
+      : passes_(std::move(passes)), inner_(init, graph::kOxtrainDomain, inner_op, inputs(init.node), outputs(init.node, inner_outputs), kBatchNormAttributes) {
     const graph::Node& n = init.node;
     if (!n.output(0)) throw Error(n.describe() + ": output Z is missing");
     residual_ = n.input(5) != nullptr;
@@ -83,9 +62,9 @@ class BatchNormReluGradKernel final : public Kernel {
   BatchNormReluGradKernel(const KernelInit& init, FusedBatchNormPasses passes)
       : passes_(std::move(passes)),
         // BatchNormGrad(dS, X, scale, saved_mean, saved_inv_std); dS is shaped like dZ.
-        inner_(init, "BatchNormGrad",
+        inner_(init, graph::kOxtrainDomain, "BatchNormGrad",
                {init.node.input(0), init.node.input(2), init.node.input(3), init.node.input(4), init.node.input(5)},
-               {init.node.output(0), init.node.output(1), init.node.output(2)}) {
+               {init.node.output(0), init.node.output(1), init.node.output(2)}, kBatchNormAttributes) {
     const graph::Node& n = init.node;
     for (size_t i = 0; i < 6; ++i)
       if (!n.input(i)) throw Error(n.describe() + ": input " + std::to_string(i) + " is missing");

@@ -57,6 +57,7 @@ const KernelRegistry& KernelRegistry::global() {
   static const KernelRegistry registry = [] {
     KernelRegistry r;
     register_cpu_conv_kernels(r);
+    register_cpu_conv_stats_kernels(r);
     register_cpu_pool_kernels(r);
     register_cpu_norm_kernels(r);
     register_cpu_elementwise_kernels(r);
