@@ -96,13 +96,15 @@ const KernelRegistry& KernelRegistry::global() {
     // float16 and bfloat16 for the kernels that compute only float32 (runtime/cuda/half_emulation.cu).
     r.wrap(Device::cuda, cuda::with_half_emulation);
     register_cuda_fused_kernels(r);
+    register_cuda_conv_stats_kernels(r);
     // cuDNN's convolutions and batch norms, BatchNormApply and 2-D pooling take channels-last
     // as it is.
     OpNames native = layout_transparent_ops();
     for (const char* op : {"MaxPool", "AveragePool", "GlobalAveragePool"}) native.insert({"", op});
     for (const char* op : {"MaxPoolGradFromInput", "AveragePoolGrad", "GlobalAveragePoolGrad"})
       native.insert({graph::kOxtrainDomain, op});
-    for (const char* op : {"ConvGradData", "ConvGradFilter", "BatchNormTraining", "BatchNormGrad", "BatchNormApply"})
+    for (const char* op : {"ConvGradData", "ConvGradFilter", "BatchNormTraining", "BatchNormGrad", "BatchNormApply",
+                           "ConvStats", "ConvGradFilterScaleBiasRelu"})
       native.insert({graph::kOxtrainDomain, op});
     native.insert({graph::kOxtrainDomain, "NormalizeImages"});
     native.insert({"", "Conv"});

@@ -194,6 +194,9 @@ python_phase pytorch 200 "$python" bench/torch_resnet.py --config fp32_nchw --co
   notes+=("pytorch: $(grep -v '^ ' "$logs/pytorch.log" | grep -v '^{' | tail -1 | cut -c1-200)")
 bench_oxtrain oxtrain-bf16 bf16 128 -
 bench_oxtrain oxtrain-fp16-nhwc fp16 128 - --channels-last
+# fp16 fuses each convolution with its batch norm (cuDNN's conv + genstats and scale-bias-ReLU
+# prologue graphs); the same step without that fusion, beside it.
+bench_oxtrain oxtrain-fp16-unfused fp16 128 - --channels-last --conv-bn-fusion off
 bench_oxtrain oxtrain-fp32 fp32 128 -
 # Real JPEGs (photo-sized, decoded and augmented by 16 loader threads) against the synthetic row;
 # the train folder alone, so no evaluation session is built.
@@ -215,19 +218,19 @@ python_phase pytorch-b256 100 "$python" bench/torch_resnet.py --batch-size 256 -
 bench_oxtrain oxtrain-bf16-kept bf16 128 - --channels-last --no-recompute
 bench_oxtrain oxtrain-fp16-b256 fp16 256 - --channels-last
 bench_oxtrain oxtrain-fp16 fp16 128 -
-# Last, with the time left: what each kernel of the bf16 channels-last step chose on this GPU
-# (cuDNN's engines, the fused batch norms as one cuDNN graph or composed), and the device plan's
-# arenas.
+# Last, with the time left: what each kernel of the fp16 channels-last step chose on this GPU
+# (cuDNN's engines, the convolutions fused with their batch norms and the fused batch norms as one
+# cuDNN graph or composed), and the device plan's arenas.
 kernels="not run (preflight failed)"
 if [ "$preflight_ok" = 1 ]; then
   phase zoo-export 30 oxtrain zoo resnet50 -o "$box/resnet50.onnx"
   rc=$?
   if [ "$rc" = 0 ]; then
-    phase kernels 90 oxtrain graph "$box/resnet50.onnx" --training -b 128 --precision bf16 --channels-last \
+    phase kernels 90 oxtrain graph "$box/resnet50.onnx" --training -b 128 --precision fp16 --channels-last \
       --device cuda
     rc=$?
     if [ "$rc" = 0 ]; then
-      kernels=$(grep -E '^  (arenas|BatchNorm)' "$logs/kernels.log" | sed 's/^  //' | cut -c1-150)
+      kernels=$(grep -E '^  (arenas|BatchNorm|ConvStats|ConvGradFilterScale)' "$logs/kernels.log" | sed 's/^  //' | cut -c1-150)
     elif [ "$rc" = 125 ]; then
       kernels="skipped: the run's time was spent"
     else
@@ -287,6 +290,7 @@ row "bf16 NHWC vs PyTorch AMP bf16 NHWC" "$oxtrain_bf16_nhwc_img" "$oxtrain_bf16
 row "bf16 NCHW vs AMP bf16 NHWC" "$oxtrain_bf16_img" "$oxtrain_bf16_ms" "$oxtrain_bf16_mem" amp_bf16_nhwc
 row "bf16 NHWC no-recompute vs AMP bf16" "$oxtrain_bf16_kept_img" "$oxtrain_bf16_kept_ms" "$oxtrain_bf16_kept_mem" amp_bf16_nhwc
 row "fp16 NHWC vs PyTorch AMP fp16 NHWC" "$oxtrain_fp16_nhwc_img" "$oxtrain_fp16_nhwc_ms" "$oxtrain_fp16_nhwc_mem" amp_fp16_nhwc
+row "fp16 NHWC no conv+BN fusion vs AMP" "$oxtrain_fp16_unfused_img" "$oxtrain_fp16_unfused_ms" "$oxtrain_fp16_unfused_mem" amp_fp16_nhwc
 row "fp16 NCHW vs AMP fp16 NHWC" "$oxtrain_fp16_img" "$oxtrain_fp16_ms" "$oxtrain_fp16_mem" amp_fp16_nhwc
 row "b256 bf16 NHWC vs PyTorch AMP bf16" "$oxtrain_bf16_b256_img" "$oxtrain_bf16_b256_ms" "$oxtrain_bf16_b256_mem" \
   amp_bf16_nhwc pytorch-b256
@@ -299,7 +303,7 @@ row "b256 fp16 NHWC vs PyTorch AMP fp16" "$oxtrain_fp16_b256_img" "$oxtrain_fp16
   echo "CUDA tests: $passed passed, $failed failed, $skipped skipped"
   [ -s "$logs/failed-tests.txt" ] && cat "$logs/failed-tests.txt"
   echo "compute-sanitizer (resnet18 bf16 channels-last, 4 steps): $san"
-  echo "kernels of the bf16 channels-last step (oxtrain graph --device cuda; all in kernels.log):"
+  echo "kernels of the fp16 channels-last step (oxtrain graph --device cuda; all in kernels.log):"
   sed 's/^/  /' <<<"$kernels"
   echo "data-parallel overlap on the CPU (Gloo, 2 ranks x 2 threads, ResNet-18 64px b8; goal exposed_share < 0.2): $overlap"
   for n in "${notes[@]}"; do echo "note: $n"; done

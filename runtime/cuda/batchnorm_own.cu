@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "base/half.h"
+#include "runtime/math/conv_batchnorm.h"
 #include "runtime/math/normalization.h"
 
 namespace oxtrain::runtime::cuda {
@@ -137,6 +138,74 @@ __global__ void grad_kernel(GradParams p) {
   if (p.dbias) p.dbias[c] = static_cast<float>(sum_dy);
 }
 
+struct PrologueParams {
+  const void *x, *scale, *bias;
+  void* p;
+  int64_t total, spatial, channels;
+  bool channels_last;
+};
+
+template <int kKind>
+__global__ void scale_bias_relu_kernel(PrologueParams p) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = p.channels_last ? i % p.channels : (i / p.spatial) % p.channels;
+    store_float<kKind>(p.p, i, math::scale_bias_relu(load_float<kKind>(p.x, i), load_float<kKind>(p.scale, c),
+                                                     load_float<kKind>(p.bias, c)));
+  }
+}
+
+struct SumsParams {
+  const void* y;
+  float *sum, *sum_sq;
+  int64_t m;
+  ChannelIndex at;
+};
+
+// One block per channel, both sums in one pass.
+template <int kKind>
+__global__ void channel_sums_kernel(SumsParams p) {
+  __shared__ double shared[kThreads];
+  const int64_t c = blockIdx.x;
+  double part = 0, part_sq = 0;
+  for (int64_t j = threadIdx.x; j < p.m; j += kThreads) {
+    const double v = load_float<kKind>(p.y, p.at(c, j));
+    part += v;
+    part_sq += v * v;
+  }
+  const double sum = block_sum(part, shared);
+  const double sum_sq = block_sum(part_sq, shared);
+  if (threadIdx.x != 0) return;
+  if (p.sum) p.sum[c] = static_cast<float>(sum);
+  if (p.sum_sq) p.sum_sq[c] = static_cast<float>(sum_sq);
+}
+
+struct FinalizeParams {
+  const float *sum, *sum_sq, *scale, *bias, *run_mean, *run_var;
+  float *mean_out, *var_out, *saved_mean, *saved_inv_std;  // each may be null
+  void *apply_scale, *apply_bias;                          // of the affine kind; each may be null
+  int64_t channels, count;
+  double eps, momentum;
+  bool unbiased;
+};
+
+// One thread per channel; every input of a channel is read before its outputs are written
+// (the running statistics' outputs may share their inputs' buffers).
+template <int kKind>
+__global__ void finalize_kernel(FinalizeParams p) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= p.channels) return;
+  const auto f = math::batchnorm_finalize<float>(p.sum[c], p.sum_sq[c], p.count, p.scale[c], p.bias[c], p.run_mean[c],
+                                                 p.run_var[c], p.eps, p.momentum, p.unbiased);
+  if (p.mean_out) p.mean_out[c] = f.running_mean;
+  if (p.var_out) p.var_out[c] = f.running_var;
+  if (p.saved_mean) p.saved_mean[c] = f.saved_mean;
+  if (p.saved_inv_std) p.saved_inv_std[c] = f.saved_inv_std;
+  // Rounded to float32 first, as the CPU's float32 kernel and its half emulation round.
+  if (p.apply_scale) store_float<kKind>(p.apply_scale, c, static_cast<float>(f.apply_scale));
+  if (p.apply_bias) store_float<kKind>(p.apply_bias, c, static_cast<float>(f.apply_bias));
+}
+
 float* optional_out(const KernelArgs& a, size_t i) {
   return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].as<float>() : nullptr;
 }
@@ -209,6 +278,46 @@ void batchnorm_grad(const BatchNormView& v, const KernelArgs& a, const CudaConte
     grad_kernel<decltype(k)::value><<<blocks, kThreads, 0, ctx.stream>>>(p);
   });
   check(cudaGetLastError(), "batch-norm gradient kernel launch", where);
+}
+
+void scale_bias_relu(const BatchNormView& v, const void* x, const void* scale, const void* bias, void* p,
+                     const CudaContext& ctx, const std::string& where) {
+  const int64_t total = v.batch * v.channels * v.spatial;
+  if (total <= 0) return;
+  PrologueParams params{x, scale, bias, p, total, v.spatial, v.channels, v.channels_last};
+  const Launch g = launch_for(total, ctx);
+  with_float_kind(float_kind(v.data), [&](auto k) {
+    scale_bias_relu_kernel<decltype(k)::value><<<g.blocks, g.threads, 0, ctx.stream>>>(params);
+  });
+  check(cudaGetLastError(), "prologue kernel launch", where);
+}
+
+void channel_sums(const BatchNormView& v, const void* y, float* sum, float* sum_sq, const CudaContext& ctx,
+                  const std::string& where) {
+  if (v.channels <= 0) return;
+  check_channels(v, where);
+  SumsParams p{y, sum, sum_sq, v.batch * v.spatial, index_of(v)};
+  const auto blocks = static_cast<unsigned>(v.channels);
+  with_float_kind(float_kind(v.data), [&](auto k) {
+    channel_sums_kernel<decltype(k)::value><<<blocks, kThreads, 0, ctx.stream>>>(p);
+  });
+  check(cudaGetLastError(), "channel sums kernel launch", where);
+}
+
+void batchnorm_finalize(const KernelArgs& a, int64_t channels, int64_t count, double eps, double momentum,
+                        bool unbiased, graph::DType affine, const CudaContext& ctx, const std::string& where) {
+  if (channels <= 0) return;
+  auto out = [&](size_t i) -> void* { return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].data : nullptr; };
+  FinalizeParams p{a.inputs[0].as<float>(), a.inputs[1].as<float>(), a.inputs[2].as<float>(), a.inputs[3].as<float>(),
+                   a.inputs[4].as<float>(), a.inputs[5].as<float>(), optional_out(a, 0), optional_out(a, 1),
+                   optional_out(a, 2),      optional_out(a, 3),      out(4),                  out(5),
+                   channels,                count,                   eps,                     momentum,
+                   unbiased};
+  const Launch g = launch_for(channels, ctx);
+  with_float_kind(float_kind(affine), [&](auto k) {
+    finalize_kernel<decltype(k)::value><<<g.blocks, g.threads, 0, ctx.stream>>>(p);
+  });
+  check(cudaGetLastError(), "batch-norm finalize kernel launch", where);
 }
 
 }  // namespace oxtrain::runtime::cuda

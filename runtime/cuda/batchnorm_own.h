@@ -37,4 +37,20 @@ void batchnorm_training(const BatchNormView& v, const KernelArgs& a, double eps,
 // Inputs dY, X, scale, saved mean, saved inverse std; outputs (each optional) dX, dScale, dB.
 void batchnorm_grad(const BatchNormView& v, const KernelArgs& a, const CudaContext& ctx, const std::string& where);
 
+// The convolution and batch-norm fusion's own kernels (autodiff::fuse_conv_batchnorm), with the
+// math of the CPU kernels (runtime/cpu/conv_stats.cc, runtime/math/conv_batchnorm.h), where
+// cuDNN runs no fused graph for the node:
+// p = Relu(x * scale + bias) per channel of x (of v's type; scale and bias too), the prologue.
+void scale_bias_relu(const BatchNormView& v, const void* x, const void* scale, const void* bias, void* p,
+                     const CudaContext& ctx, const std::string& where);
+// Each channel's sum and sum of squares of y (of v's type), into float32 sum and sum_sq (each
+// may be null); one block per channel sums in double in a fixed order.
+void channel_sums(const BatchNormView& v, const void* y, float* sum, float* sum_sq, const CudaContext& ctx,
+                  const std::string& where);
+// oxtrain.BatchNormFinalize over `channels`: inputs sum, sum_sq, scale, B, running mean and
+// var (float32); outputs (each optional) running mean and var, saved mean and inverse std
+// (float32), the affine form's scale and bias (of type `affine`).
+void batchnorm_finalize(const KernelArgs& a, int64_t channels, int64_t count, double eps, double momentum,
+                        bool unbiased, graph::DType affine, const CudaContext& ctx, const std::string& where);
+
 }  // namespace oxtrain::runtime::cuda

@@ -201,12 +201,107 @@ GraphRecipe grad_filter_recipe(const graph::Node& n) {
   return r;
 }
 
+// The prologue Relu(X * scale + bias) over X (dims [N, C, ...]) in the graph, scale and bias
+// [1, C, 1, 1] of X's type bound to the node's inputs `first` and `first + 1`; float32 inside.
+TensorPtr add_prologue(GraphRecipe& r, const graph::Node& n, const TensorPtr& x, const std::vector<int64_t>& x_dims,
+                       size_t first, DType dt, bool nhwc) {
+  fe::graph::Graph& g = *r.graph;
+  const fe::DataType_t type = fe_type(dt, n.describe());
+  std::vector<int64_t> channel(x_dims.size(), 1);
+  channel[1] = x_dims[1];
+  for (size_t i = first; i < first + 2; ++i)
+    if (!n.input(i) || n.input(i)->shape != graph::Shape{x_dims[1]})
+      throw Error(n.describe() + ": the prologue's input " + std::to_string(i) + " must be [" +
+                  std::to_string(x_dims[1]) + "]");
+  TensorPtr S = packed_tensor(g, "S", channel, type, nhwc);
+  TensorPtr B = packed_tensor(g, "B", channel, type, nhwc);
+  auto op = [](fe::PointwiseMode_t mode) {
+    return fe::graph::Pointwise_attributes().set_mode(mode).set_compute_data_type(fe::DataType_t::FLOAT);
+  };
+  TensorPtr scaled = g.pointwise(x, S, op(fe::PointwiseMode_t::MUL));
+  TensorPtr shifted = g.pointwise(scaled, B, op(fe::PointwiseMode_t::ADD));
+  TensorPtr p = g.pointwise(shifted, op(fe::PointwiseMode_t::RELU_FWD));
+  r.bindings.push_back({S, false, first, tensor_bytes(channel, dt)});
+  r.bindings.push_back({B, false, first + 1, tensor_bytes(channel, dt)});
+  return p;
+}
+
+// oxtrain.ConvStats as cuDNN's "conv + genstats" graph, with the scale-bias-ReLU prologue
+// when the node has one ("SBRCS" in cuDNN's samples).
+GraphRecipe conv_stats_recipe(const graph::Node& n) {
+  const graph::Value* x = cpu::required(n, 0);
+  const graph::Value* w = cpu::required(n, 1);
+  const graph::Value* y = cpu::required(n, 0, true);
+  const bool prologue = n.input(2) != nullptr;
+  const DType dt = common_type(n, {x, w, y, n.input(2), n.input(3)});
+  for (size_t i = 1; i < 3; ++i)
+    if (!n.output(i) || n.output(i)->dtype != DType::f32)
+      throw Error(n.describe() + ": the cuDNN graph writes both float32 sums");
+  const fe::DataType_t type = fe_type(dt, n.describe());
+  const bool nhwc = graph::is_channels_last(n);
+  ConvShapes s = conv_shapes(n, logical(n, x->shape), logical(n, w->shape), logical(n, y->shape));
+  if (s.group != 1) throw Error(n.describe() + ": cuDNN's conv + genstats graph takes group 1 only");
+  GraphRecipe r;
+  r.graph = new_float_graph();
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr X = packed_tensor(g, "X", s.x, type, nhwc);
+  r.bindings.push_back({X, false, 0, tensor_bytes(s.x, dt)});
+  TensorPtr in = prologue ? add_prologue(r, n, X, s.x, 2, dt, nhwc) : X;
+  TensorPtr W = packed_tensor(g, "W", s.w, type, nhwc);
+  r.bindings.push_back({W, false, 1, tensor_bytes(s.w, dt)});
+  TensorPtr Y = g.conv_fprop(in, W, window_attributes<fe::graph::Conv_fprop_attributes>(s));
+  set_packed(Y, s.y, type, nhwc);
+  Y->set_output(true);
+  r.bindings.push_back({Y, true, 0, tensor_bytes(s.y, dt)});
+  auto [SUM, SUM_SQ] = g.genstats(Y, fe::graph::Genstats_attributes().set_compute_data_type(fe::DataType_t::FLOAT));
+  std::vector<int64_t> channel(s.y.size(), 1);
+  channel[1] = s.y[1];
+  for (const TensorPtr& t : {SUM, SUM_SQ}) {
+    set_packed(t, channel, fe::DataType_t::FLOAT, nhwc);
+    t->set_output(true);
+  }
+  r.bindings.push_back({SUM, true, 1, tensor_bytes(channel, DType::f32)});
+  r.bindings.push_back({SUM_SQ, true, 2, tensor_bytes(channel, DType::f32)});
+  r.signature = signature(prologue ? "ScaleBiasReluConvStats" : "ConvStats", s, false, dt, nhwc);
+  return r;
+}
+
+// oxtrain.ConvGradFilterScaleBiasRelu as cuDNN's "scale-bias-relu-wgrad" graph.
+GraphRecipe grad_filter_sbr_recipe(const graph::Node& n) {
+  const graph::Value* dy = cpu::required(n, 0);
+  const graph::Value* x = cpu::required(n, 1);
+  const graph::Value* dw = cpu::required(n, 0, true);
+  const DType dt = common_type(n, {dy, x, dw, n.input(2), n.input(3)});
+  const fe::DataType_t type = fe_type(dt, n.describe());
+  const graph::Shape w_shape = cpu::shape_attr(n, "filter_shape");
+  const bool nhwc = graph::is_channels_last(n);
+  if (logical(n, dw->shape) != w_shape)
+    throw Error(n.describe() + ": output shape " + join(dw->shape) + " differs from filter_shape " + join(w_shape));
+  ConvShapes s = conv_shapes(n, logical(n, x->shape), w_shape, logical(n, dy->shape));
+  GraphRecipe r;
+  r.graph = new_float_graph();
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr DY = packed_tensor(g, "DY", s.y, type, nhwc);
+  TensorPtr X = packed_tensor(g, "X", s.x, type, nhwc);
+  r.bindings.push_back({DY, false, 0, tensor_bytes(s.y, dt)});
+  r.bindings.push_back({X, false, 1, tensor_bytes(s.x, dt)});
+  TensorPtr in = add_prologue(r, n, X, s.x, 2, dt, nhwc);
+  TensorPtr DW = g.conv_wgrad(DY, in, window_attributes<fe::graph::Conv_wgrad_attributes>(s));
+  set_packed(DW, s.w, type, nhwc);
+  DW->set_output(true);
+  r.bindings.push_back({DW, true, 0, tensor_bytes(s.w, dt)});
+  r.signature = signature("ScaleBiasReluConvGradFilter", s, false, dt, nhwc);
+  return r;
+}
+
 }  // namespace
 
 GraphRecipe conv_recipe(const graph::Node& node) {
   if (node.op_type == "Conv") return forward_recipe(node);
   if (node.op_type == "ConvGradData") return grad_data_recipe(node);
   if (node.op_type == "ConvGradFilter") return grad_filter_recipe(node);
+  if (node.op_type == "ConvStats") return conv_stats_recipe(node);
+  if (node.op_type == "ConvGradFilterScaleBiasRelu") return grad_filter_sbr_recipe(node);
   throw Error(node.describe() + ": not a convolution");
 }
 

@@ -69,8 +69,9 @@ bool batchnorm_uses_cudnn(const graph::Node& node);
 // kernels of runtime/fused_batchnorm.h run the node.
 std::unique_ptr<Kernel> fused_batchnorm_kernel(const KernelInit& init);
 
-// Builds the cuDNN graph the CUDA kernel of `node` (Conv, ConvGradData, ConvGradFilter,
-// BatchNormTraining, BatchNormGrad, and the fused BatchNormReluTraining, BatchNormReluGrad) would build and counts the plans cuDNN
+// Builds the cuDNN graph the CUDA kernel of `node` (Conv, ConvGradData, ConvGradFilter, the
+// fused ConvStats and ConvGradFilterScaleBiasRelu, BatchNormTraining, BatchNormGrad, and the
+// fused BatchNormReluTraining, BatchNormReluGrad) would build and counts the plans cuDNN
 // can build for `target` in `precision`. Throws Error for other ops or graphs cuDNN rejects
 // before the heuristics.
 // `max_builds` >= 0 stops after trying to build that many allowed plans, in the heuristics'
