@@ -292,6 +292,55 @@ ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
     }
     ++report.prologues;
   }
+  // Backward: ConvGradData into a fused batch norm's gradient (no residual) becomes the data
+  // gradient with the ReLU's mask and the weight gradients in one node, then batch norm's input
+  // gradient in one pass; the mask comes from Y, so Z's recomputed copy is no longer read there.
+  std::vector<Node*> grads;
+  for (const auto& n : g.nodes())
+    if (n->op_type == "BatchNormReluGrad" && n->domain == graph::kOxtrainDomain && !doomed.count(n.get()))
+      grads.push_back(n.get());
+  for (Node* grad : grads) {
+    Value* dz = grad->input(0);
+    Value* mean = grad->input(4);
+    Node* dgrad = dz ? dz->producer : nullptr;
+    Node* finalize = mean ? mean->producer : nullptr;
+    if (!dgrad || dgrad->op_type != "ConvGradData" || dgrad->domain != graph::kOxtrainDomain || dgrad->output(0) != dz ||
+        dz->consumers.size() != 1 || is_output(g, dz) || grad->output(3) || !finalize ||
+        finalize->op_type != "BatchNormFinalize" || finalize->output(2) != mean || !grad->input(2) || !grad->input(3) ||
+        !grad->input(5) || !graph::shape_known(dz->shape))
+      continue;
+    Value* y = grad->input(2);
+    Value* scale = grad->input(3);
+    Value* inv_std = grad->input(5);
+    Value* beta = finalize->input(3);
+    Value* dx = grad->output(0);
+    Value* dscale = grad->output(1);
+    Value* dbias = grad->output(2);
+    if (!dx || !dscale || !dbias) continue;
+    for (size_t i = 0; i < grad->outputs.size(); ++i) g.set_output(grad, i, nullptr);
+    Value* ds = g.add_value(g.unique_name(grad->name + "/dS"));
+    Node* weights = g.add_node("ConvGradDataReluBatchNormWeight",
+                               {dgrad->input(0), dgrad->input(1), y, scale, beta, mean, inv_std}, {},
+                               g.unique_name(dgrad->name + "+relu+bn"), graph::kOxtrainDomain);
+    g.set_output(weights, 0, ds);
+    g.set_output(weights, 1, dscale);
+    g.set_output(weights, 2, dbias);
+    weights->attrs = dgrad->attrs;
+    infer_node(g, *weights);
+    g.move_before(weights, dgrad);
+    Node* apply = g.add_node("BatchNormGradApply", {ds, y, scale, mean, inv_std, dscale, dbias}, {},
+                             g.unique_name(grad->name + "/apply"), graph::kOxtrainDomain);
+    g.set_output(apply, 0, dx);
+    if (graph::is_channels_last(*grad)) apply->attrs[graph::kChannelsLast] = grad->attrs.at(graph::kChannelsLast);
+    infer_node(g, *apply);
+    g.move_before(apply, grad);
+    for (Node* old : {dgrad, grad})
+      for (size_t i = 0; i < old->inputs.size(); ++i) g.set_input(old, i, nullptr);
+    g.set_output(dgrad, 0, nullptr);
+    doomed.insert(dgrad);
+    doomed.insert(grad);
+    ++report.gradients;
+  }
   g.remove_nodes_if([&](const Node& n) { return doomed.count(&n) != 0; });
   g.remove_dead_nodes();
   g.prune_values();

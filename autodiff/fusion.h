@@ -54,6 +54,7 @@ int recompute_batchnorm_relu(graph::Graph& graph, size_t forward_nodes);
 struct ConvBatchNormFusion {
   int statistics = 0;  // convolutions that compute their batch norm's sums
   int prologues = 0;   // batch-norm outputs applied in the next convolution's prologue
+  int gradients = 0;   // batch-norm gradients fused with the data gradient before them
 };
 ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& graph);
 

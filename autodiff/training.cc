@@ -503,9 +503,20 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
   }
   if (options.fuse_cast_transpose) result.cast_transposes = graph::fuse_cast_transpose(g);
   if (options.fuse_conv_batchnorm) {
+    // Recomputed outputs the fusion leaves nobody to read are no longer recomputed.
+    auto recomputations = [&] {
+      int64_t count = 0;
+      for (const auto& n : g.nodes())
+        count += n->op_type == "BatchNormReluApply" && n->name.size() > 10 &&
+                 n->name.compare(n->name.size() - 10, 10, "/recompute") == 0;
+      return count;
+    };
+    const int64_t before = recomputations();
     const ConvBatchNormFusion fused = fuse_conv_batchnorm(g);
+    result.recomputed_values -= before - recomputations();
     result.conv_statistics = fused.statistics;
     result.conv_prologues = fused.prologues;
+    result.conv_gradients = fused.gradients;
   }
   result.graph = std::move(g);
   return result;

@@ -108,6 +108,7 @@ struct TrainingGraph {
   int64_t cast_transposes = 0;              // TrainingOptions::fuse_cast_transpose
   int64_t conv_statistics = 0;              // TrainingOptions::fuse_conv_batchnorm: ConvStats nodes
   int64_t conv_prologues = 0;               // and batch-norm outputs applied in a prologue
+  int64_t conv_gradients = 0;               // and batch-norm gradients fused with a data gradient
 };
 
 TrainingGraph build_training_graph(graph::Graph forward, const TrainingOptions& options = {});

@@ -178,7 +178,7 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     // followed by a forward BatchNormReluApply, or applied in the next convolution's prologue.
     fused += n->op_type == "BatchNormReluTraining";
     if (n->op_type == "BatchNormFinalize" && n->output(2)) {
-      bool relu = false;
+      bool relu = n->output(4) != nullptr;  // applied in a prologue, with its ReLU
       for (const graph::Node* c : n->output(2)->consumers)
         relu = relu || c->op_type == "BatchNormReluApply" || c->op_type == "BatchNormReluGrad";
       fused += relu;
@@ -207,7 +207,9 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
     j["casts"] = casts;
     j["fused_batchnorm_relu"] = fused;
     j["recomputed_values"] = tg.recomputed_values;
-    j["conv_batchnorm"] = {{"statistics", tg.conv_statistics}, {"prologues", tg.conv_prologues}};
+    j["conv_batchnorm"] = {{"statistics", tg.conv_statistics},
+                           {"prologues", tg.conv_prologues},
+                           {"gradients", tg.conv_gradients}};
     j["channels_last"] = {{"nodes", tg.channels_last.nodes},
                           {"values", tg.channels_last.values},
                           {"transposes", tg.channels_last.transposes},
@@ -250,7 +252,8 @@ int run_training_report(const GraphArgs& args, graph::Graph forward) {
                 << (tg.loss_scale.empty() ? "" : ", dynamic loss scaling") << "\n";
     if (tg.conv_statistics > 0)
       std::cout << "conv + BN    " << tg.conv_statistics << " convolutions compute their batch norm's statistics, "
-                << tg.conv_prologues << " batch-norm outputs applied in the next convolution's prologue\n";
+                << tg.conv_prologues << " batch-norm outputs applied in the next convolution's prologue, "
+                << tg.conv_gradients << " batch-norm gradients computed with the data gradient before them\n";
     if (args.channels_last)
       std::cout << "layout       channels-last: " << tg.channels_last.nodes << " nodes, " << tg.channels_last.values
                 << " activations, " << tg.channels_last.transposes << " transposes at the borders"

@@ -983,6 +983,41 @@ void infer_conv_grad_filter_sbr(Node& n, const InferContext& ctx) {
   shape_from_attr("filter_shape")(n, ctx);
 }
 
+// oxtrain.ConvGradDataReluBatchNormWeight(dY, W, X, scale, B, saved_mean, saved_inv_std) ->
+// (dS, dScale, dB): the data gradient of the convolution that read Relu(BN(X)), through the
+// ReLU and into batch norm's weight gradients: dS = ConvGradData(dY, W) * (BN(X) > 0) with
+// BN(X) = (X - mean) * inv_std * scale + B, dScale = sum(dS * xhat), dB = sum(dS) per channel.
+// Attributes as ConvGradData's; dS is X's shape (input_shape) and dY's type.
+void infer_conv_grad_data_relu_bn(Node& n, const InferContext& ctx) {
+  if (n.inputs.size() != 7) throw Error(n.describe() + ": takes dY, W, X, scale, B, saved_mean, saved_inv_std");
+  shape_from_attr("input_shape")(n, ctx);
+  const Shape& x = in_shape(n, 2);
+  if (x != n.attr_ints("input_shape") || in(n, 2).dtype != in(n, 0).dtype)
+    throw Error(n.describe() + ": X '" + in(n, 2).name + "' is " + dtype_name(in(n, 2).dtype) + " " + join(x) +
+                ", expected " + dtype_name(in(n, 0).dtype) + " " + join(n.attr_ints("input_shape")));
+  const DType t = in(n, 3).dtype;
+  for (size_t i = 3; i < 7; ++i)
+    if (in(n, i).dtype != t || in_shape(n, i) != Shape{x[1]})
+      throw Error(n.describe() + ": input " + std::to_string(i) + " '" + in(n, i).name + "' is " + dtype_name(in(n, i).dtype) +
+                  " " + join(in_shape(n, i)) + ", expected " + dtype_name(t) + " [" + std::to_string(x[1]) + "]");
+  set_out(n, 1, t, Shape{x[1]});
+  set_out(n, 2, t, Shape{x[1]});
+}
+
+// oxtrain.BatchNormGradApply(dS, X, scale, saved_mean, saved_inv_std, dScale, dB) -> dX: batch
+// norm's input gradient from its weight gradients (the sums BatchNormGrad computes itself).
+void infer_batchnorm_grad_apply(Node& n, const InferContext&) {
+  if (n.inputs.size() != 7) throw Error(n.describe() + ": takes dS, X, scale, saved_mean, saved_inv_std, dScale, dB");
+  const Shape& x = in_shape(n, 1);
+  if (in_shape(n, 0) != x || in(n, 0).dtype != in(n, 1).dtype)
+    throw Error(n.describe() + ": dS and X must have one type and shape, got " + join(in_shape(n, 0)) + " and " + join(x));
+  for (size_t i = 2; i < 7; ++i)
+    if (in_shape(n, i) != Shape{x[1]} || in(n, i).dtype != in(n, 2).dtype)
+      throw Error(n.describe() + ": input " + std::to_string(i) + " '" + in(n, i).name + "' must be " +
+                  dtype_name(in(n, 2).dtype) + " [" + std::to_string(x[1]) + "]");
+  set_out(n, 0, in(n, 1).dtype, x);
+}
+
 // oxtrain.NonFinite(G1..Gn) -> found_inf: float32 scalar, 1 when any element of any input is
 // infinite or NaN, else 0.
 void infer_non_finite(Node& n, const InferContext&) {
@@ -1047,6 +1082,8 @@ void set_layouts(std::vector<OpSchema>& r) {
   set(kOxtrainDomain, {"ConvGradFilter"}, {{0, 1}, {0}});
   set(kOxtrainDomain, {"ConvStats"}, {{0, 1}, {0}});
   set(kOxtrainDomain, {"ConvGradFilterScaleBiasRelu"}, {{0, 1}, {0}});
+  set(kOxtrainDomain, {"ConvGradDataReluBatchNormWeight"}, {{0, 1, 2}, {0}});
+  set(kOxtrainDomain, {"BatchNormGradApply"}, {{0, 1}, {0}});
   set("", {"BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool"}, {{0}, {0}});
   set(kOxtrainDomain, {"BatchNormTraining", "BatchNormApply", "AveragePoolGrad", "GlobalAveragePoolGrad"}, {{0}, {0}});
   set(kOxtrainDomain, {"NormalizeImages"}, {{}, {0}});  // its pixels are always [N, H, W, C]
@@ -1141,6 +1178,8 @@ std::vector<OpSchema>& registry() {
         {kOxtrainDomain, "BatchNormFinalize", infer_batchnorm_finalize, nullptr, {}, false,
          {.state = {4, 5}, .updates_input = {{0, 4}, {1, 5}}}},
         {kOxtrainDomain, "ConvGradFilterScaleBiasRelu", infer_conv_grad_filter_sbr, nullptr},
+        {kOxtrainDomain, "ConvGradDataReluBatchNormWeight", infer_conv_grad_data_relu_bn, nullptr},
+        {kOxtrainDomain, "BatchNormGradApply", infer_batchnorm_grad_apply, nullptr},
         {kOxtrainDomain, "MaxPoolGrad", shape_from_attr("input_shape"), nullptr},
         {kOxtrainDomain, "MaxPoolGradFromInput", infer_like_input1, nullptr},
         {kOxtrainDomain, "AveragePoolGrad", shape_from_attr("input_shape"), nullptr},

@@ -112,6 +112,49 @@ TEST(ConvStats, GradFilterThroughThePrologueIsConvGradFilter) {
   }
 }
 
+// The data gradient through the ReLU into batch norm's weight gradients, and batch norm's input
+// gradient from those, against ConvGradData, the recomputed output's ReLU mask (ReluGrad) and
+// BatchNormGrad: the masked gradient bit for bit, the sums and dX to rounding.
+TEST(ConvStats, DataGradientThroughReluIntoBatchNormWeights) {
+  for (DType dt : test::kFloatTypes) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Shape xs{2, 5, 7, 9}, c{5};
+    const Tensor dy = test::random_tensor(dt, {2, 6, 4, 9}, 21);
+    const Tensor w = test::random_tensor(dt, {6, 5, 3, 3}, 22);
+    const Tensor x = test::random_tensor(dt, xs, 23, -1.0, 2.0);
+    const Tensor gamma = test::random_tensor(dt, c, 24, 0.5, 1.5);
+    const Tensor beta = test::random_tensor(dt, c, 25, -0.5, 0.5);
+    const Tensor mean = test::random_tensor(dt, c, 26, 0.0, 1.0);
+    const Tensor inv_std = test::random_tensor(dt, c, 27, 0.5, 2.0);
+    auto attrs = [&](test::KernelCase& k) {
+      conv_attrs(k);
+      k.set_attr("input_shape", Attribute{std::vector<int64_t>(xs.begin(), xs.end())});
+    };
+    test::KernelCase dgrad("ConvGradData", kOxtrainDomain, {dy, w}, {{dt, xs}});
+    attrs(dgrad);
+    dgrad.run();
+    test::KernelCase z("BatchNormReluApply", kOxtrainDomain, {x, gamma, beta, mean, inv_std}, {{dt, xs}});
+    z.run();
+    test::KernelCase relu_grad("ReluGrad", kOxtrainDomain, {dgrad.output(0), z.output(0)}, {{dt, xs}});
+    relu_grad.run();
+    test::KernelCase bn_grad("BatchNormGrad", kOxtrainDomain, {relu_grad.output(0), x, gamma, mean, inv_std},
+                             {{dt, xs}, {dt, c}, {dt, c}});
+    bn_grad.run();
+    test::KernelCase fused("ConvGradDataReluBatchNormWeight", kOxtrainDomain, {dy, w, x, gamma, beta, mean, inv_std},
+                           {{dt, xs}, {dt, c}, {dt, c}});
+    attrs(fused);
+    fused.run();
+    EXPECT_EQ(fused.output(0).bytes, relu_grad.output(0).bytes);
+    EXPECT_NE(fused.output(0).bytes, dgrad.output(0).bytes);  // the mask did clip
+    EXPECT_TRUE(test::close(fused.output(1), test::values(bn_grad.output(1)), test::tolerance(dt)));
+    EXPECT_TRUE(test::close(fused.output(2), test::values(bn_grad.output(2)), test::tolerance(dt)));
+    test::KernelCase apply("BatchNormGradApply", kOxtrainDomain,
+                           {fused.output(0), x, gamma, mean, inv_std, fused.output(1), fused.output(2)}, {{dt, xs}});
+    apply.run();
+    EXPECT_TRUE(test::close(apply.output(0), test::values(bn_grad.output(0)), test::tolerance(dt)));
+  }
+}
+
 // BatchNormFinalize from the sums gives BatchNormTraining's statistics and running statistics
 // (to the rounding of the sums), and its affine form gives BatchNormTraining's output. The
 // data's mean is several standard deviations away from zero, where E[x^2] - E[x]^2 cancels.
@@ -180,8 +223,9 @@ TEST(ConvStats, FinalizeRoundsTheAffineFormToTheActivationType) {
 // In a ResNet-50 every convolution computes its batch norm's statistics (53: 49 fused with a
 // ReLU, 4 on the downsample paths), and the 32 batch norms whose output only the next
 // convolution reads (bn1 and bn2 of each bottleneck) are applied in that convolution's
-// prologue, forward and in the weight gradient. Without recomputation backward reads those
-// outputs, so none is applied in a prologue.
+// prologue, forward and in the weight gradient; their gradients come with the data gradient
+// before them, so their outputs are neither written nor recomputed. Without recomputation
+// backward reads those outputs, so none is applied in a prologue.
 TEST(ConvBatchNormFusion, ResNet50Nodes) {
   autodiff::TrainingOptions o;
   o.fuse_batchnorm_relu = true;
@@ -192,6 +236,8 @@ TEST(ConvBatchNormFusion, ResNet50Nodes) {
   autodiff::TrainingGraph tg = autodiff::build_training_graph(test::zoo_at_batch("resnet50", 2, 32, 10, 5), o);
   EXPECT_EQ(tg.conv_statistics, 53);
   EXPECT_EQ(tg.conv_prologues, 32);
+  EXPECT_EQ(tg.conv_gradients, 32);
+  EXPECT_EQ(tg.recomputed_values, 49 - 32);
   auto counts = op_counts(tg.graph);
   EXPECT_EQ(counts["ConvStats"], 53);
   EXPECT_EQ(counts["BatchNormFinalize"], 53);
@@ -200,6 +246,10 @@ TEST(ConvBatchNormFusion, ResNet50Nodes) {
   EXPECT_EQ(counts["Conv"], 0);
   EXPECT_EQ(counts["BatchNormReluTraining"], 0);
   EXPECT_EQ(counts["BatchNormTraining"], 0);
+  EXPECT_EQ(counts["ConvGradDataReluBatchNormWeight"], 32);
+  EXPECT_EQ(counts["BatchNormGradApply"], 32);
+  EXPECT_EQ(counts["BatchNormReluGrad"], 17);  // the residual joins' and the stem's
+  EXPECT_EQ(counts["ConvGradData"], 52 - 32);
   int prologues = 0, forward_applies = 0;
   for (const auto& n : tg.graph.nodes()) {
     if (n->op_type == "ConvStats" && n->input(2)) {
@@ -218,6 +268,7 @@ TEST(ConvBatchNormFusion, ResNet50Nodes) {
   tg = autodiff::build_training_graph(test::zoo_at_batch("resnet50", 2, 32, 10, 5), o);
   EXPECT_EQ(tg.conv_statistics, 53);
   EXPECT_EQ(tg.conv_prologues, 0);
+  EXPECT_EQ(tg.conv_gradients, 32);
 }
 
 namespace {
@@ -270,6 +321,7 @@ TEST(ConvBatchNormFusion, TrainsAsTheUnfusedGraph) {
     test::TrainingRun fused = resnet18_run(true, c.half, c.channels_last, c.image);
     EXPECT_EQ(fused.tg.conv_statistics, 20);
     EXPECT_EQ(fused.tg.conv_prologues, 8);  // bn1 of each basic block
+    EXPECT_EQ(fused.tg.conv_gradients, 8);
     ASSERT_EQ(plain.states, fused.states);
     for (int64_t s = 0; s < 3; ++s) {
       test::run_training_step(plain, 100 + s, {1, 4, 9, 0}, 0.05f, s);

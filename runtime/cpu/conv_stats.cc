@@ -6,6 +6,10 @@
 //     CPU's Conv kernel on it, then each output channel's sum and sum of squares in double.
 //   oxtrain.ConvGradFilterScaleBiasRelu: the prologue, then the CPU's ConvGradFilter kernel.
 //   oxtrain.BatchNormFinalize: math::batchnorm_finalize per channel.
+//   oxtrain.ConvGradDataReluBatchNormWeight: the CPU's ConvGradData kernel into dS, then per
+//     channel the ReLU's mask from batch norm's output recomputed (math::batchnorm_apply) and
+//     the sums of dS and dS * (x - mean) in double, as BatchNormGrad sums them.
+//   oxtrain.BatchNormGradApply: math::batchnorm_grad_input from those sums.
 #include <string>
 
 #include "graph/ops.h"
@@ -155,6 +159,73 @@ void batchnorm_finalize(const KernelArgs& a, int64_t count, double eps, double m
   }
 }
 
+template <typename T>
+class ConvGradDataReluBnKernel final : public Kernel {
+ public:
+  explicit ConvGradDataReluBnKernel(const KernelInit& init)
+      : inner_(init, graph::kOxtrainDomain, "ConvGradData", {required(init.node, 0), required(init.node, 1)},
+               {required(init.node, 0, true)}) {}
+  size_t workspace_bytes() const override { return inner_.kernel->workspace_bytes(); }
+  std::string describe() const override {
+    return "the ConvGradData kernel, then the ReLU's mask and batch norm's weight gradients in a pass of their own";
+  }
+  void run(const KernelArgs& a) override {
+    KernelArgs inner = a;
+    inner.inputs.resize(2);
+    inner.outputs.resize(1);
+    inner_.kernel->run(inner);
+    const TensorView& xv = a.inputs[2];
+    const int64_t batch = xv.shape[0], channels = xv.shape[1];
+    const int64_t spatial = batch * channels > 0 ? xv.numel() / (batch * channels) : 0;
+    const T* x = xv.as<T>();
+    const T *scale = a.inputs[3].as<T>(), *bias = a.inputs[4].as<T>();
+    const T *mean = a.inputs[5].as<T>(), *inv_std = a.inputs[6].as<T>();
+    T* ds = a.outputs[0].as<T>();
+    T* dscale = a.outputs.size() > 1 && a.outputs[1].present() ? a.outputs[1].as<T>() : nullptr;
+    T* dbias = a.outputs.size() > 2 && a.outputs[2].present() ? a.outputs[2].as<T>() : nullptr;
+#pragma omp parallel for schedule(static) if (xv.numel() >= kParallelMin && channels > 1)
+    for (int64_t c = 0; c < channels; ++c) {
+      double sum = 0, sum_xc = 0;
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t off = (b * channels + c) * spatial;
+        for (int64_t i = 0; i < spatial; ++i) {
+          const T z = math::batchnorm_apply(x[off + i], mean[c], inv_std[c], scale[c], bias[c]);
+          const T d = z > T(0) ? ds[off + i] : T(0);
+          ds[off + i] = d;
+          sum += static_cast<double>(d);
+          sum_xc += static_cast<double>(d) * (static_cast<double>(x[off + i]) - static_cast<double>(mean[c]));
+        }
+      }
+      if (dscale) dscale[c] = static_cast<T>(sum_xc * static_cast<double>(inv_std[c]));
+      if (dbias) dbias[c] = static_cast<T>(sum);
+    }
+  }
+
+ private:
+  InnerKernel inner_;
+};
+
+template <typename T>
+void batchnorm_grad_apply(const KernelArgs& a) {
+  const TensorView& xv = a.inputs[1];
+  const int64_t batch = xv.shape[0], channels = xv.shape[1];
+  const int64_t spatial = batch * channels > 0 ? xv.numel() / (batch * channels) : 0;
+  const double m = static_cast<double>(batch * spatial);
+  const T *ds = a.inputs[0].as<T>(), *x = xv.as<T>();
+  const T *scale = a.inputs[2].as<T>(), *mean = a.inputs[3].as<T>(), *inv_std = a.inputs[4].as<T>();
+  const T *dscale = a.inputs[5].as<T>(), *dbias = a.inputs[6].as<T>();
+  T* dx = a.outputs[0].as<T>();
+  const int64_t planes = batch * channels;
+#pragma omp parallel for schedule(static) if (xv.numel() >= kParallelMin && planes > 1)
+  for (int64_t p = 0; p < planes; ++p) {
+    const int64_t c = p % channels;
+    const double mu = mean[c], is = inv_std[c];
+    const double k = m > 0 ? static_cast<double>(scale[c]) * is / m : 0.0;
+    for (int64_t i = p * spatial; i < (p + 1) * spatial; ++i)
+      dx[i] = static_cast<T>(math::batchnorm_grad_input(ds[i], x[i], mu, is, k, m, dbias[c], dscale[c]));
+  }
+}
+
 DType float_type(const Node& n, std::initializer_list<size_t> inputs) {
   const DType dt = required(n, *inputs.begin())->dtype;
   for (size_t i : inputs)
@@ -180,6 +251,20 @@ void register_cpu_conv_stats_kernels(KernelRegistry& r) {
             return std::make_unique<ConvGradFilterSbrKernel<decltype(tag)>>(init);
           });
         });
+  r.add(graph::kOxtrainDomain, "ConvGradDataReluBatchNormWeight", Device::cpu,
+        [](const KernelInit& init) -> std::unique_ptr<Kernel> {
+          const DType dt = float_type(init.node, {0, 1, 2, 3, 4, 5, 6});
+          return dispatch_float(dt, init.node.describe(), [&](auto tag) -> std::unique_ptr<Kernel> {
+            return std::make_unique<ConvGradDataReluBnKernel<decltype(tag)>>(init);
+          });
+        });
+  r.add(graph::kOxtrainDomain, "BatchNormGradApply", Device::cpu, [](const KernelInit& init) {
+    const DType dt = float_type(init.node, {0, 1, 2, 3, 4, 5, 6});
+    return dispatch_float(dt, init.node.describe(), [&](auto tag) {
+      using T = decltype(tag);
+      return make_kernel([](const KernelArgs& a) { batchnorm_grad_apply<T>(a); });
+    });
+  });
   r.add(graph::kOxtrainDomain, "BatchNormFinalize", Device::cpu, [](const KernelInit& init) {
     const Node& n = init.node;
     const DType dt = float_type(n, {0, 1, 2, 3, 4, 5});

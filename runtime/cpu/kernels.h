@@ -8,7 +8,8 @@ namespace oxtrain::runtime {
 
 // conv.cc: Conv, oxtrain.ConvGradData, oxtrain.ConvGradFilter
 void register_cpu_conv_kernels(KernelRegistry& registry);
-// conv_stats.cc: oxtrain.ConvStats, oxtrain.ConvGradFilterScaleBiasRelu, oxtrain.BatchNormFinalize
+// conv_stats.cc: oxtrain.ConvStats, oxtrain.ConvGradFilterScaleBiasRelu, oxtrain.BatchNormFinalize,
+// oxtrain.ConvGradDataReluBatchNormWeight, oxtrain.BatchNormGradApply
 void register_cpu_conv_stats_kernels(KernelRegistry& registry);
 // pool.cc: MaxPool, AveragePool, GlobalAveragePool and their oxtrain.*Grad ops
 void register_cpu_pool_kernels(KernelRegistry& registry);
