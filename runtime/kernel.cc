@@ -104,7 +104,8 @@ const KernelRegistry& KernelRegistry::global() {
     for (const char* op : {"MaxPoolGradFromInput", "AveragePoolGrad", "GlobalAveragePoolGrad"})
       native.insert({graph::kOxtrainDomain, op});
     for (const char* op : {"ConvGradData", "ConvGradFilter", "BatchNormTraining", "BatchNormGrad", "BatchNormApply",
-                           "ConvStats", "ConvGradFilterScaleBiasRelu"})
+                           "ConvStats", "ConvGradFilterScaleBiasRelu", "ConvGradDataReluBatchNormWeight",
+                           "BatchNormGradApply"})
       native.insert({graph::kOxtrainDomain, op});
     native.insert({graph::kOxtrainDomain, "NormalizeImages"});
     native.insert({"", "Conv"});

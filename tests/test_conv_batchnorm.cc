@@ -82,7 +82,9 @@ TEST(ConvStats, IsConvThenChannelSums) {
       EXPECT_TRUE(test::close(fused.output(1), sum, test::tolerance(dt)));
       EXPECT_TRUE(test::close(fused.output(2), sq, test::tolerance(dt)));
       // The prologue clips: some of its outputs are zero, so a missing ReLU would show.
-      if (with_prologue) EXPECT_NE(prologue_of(x, scale, bias).bytes, x.bytes);
+      if (with_prologue) {
+        EXPECT_NE(prologue_of(x, scale, bias).bytes, x.bytes);
+      }
     }
   }
 }

@@ -83,6 +83,32 @@ TEST(CudaConvStats, GradFilterThroughThePrologueMatchesCpu) {
   }
 }
 
+TEST(CudaConvStats, DataGradientThroughReluIntoBatchNormWeightsMatchesCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  for (const ConvCase& c : kCases) {
+    SCOPED_TRACE(std::string(dtype_name(c.dt)) + " x " + shape_str(c.x));
+    const Shape ch{channels(c)};
+    KernelCase k("ConvGradDataReluBatchNormWeight", kOxtrainDomain,
+                 {random_tensor(c.dt, c.y, 95), random_tensor(c.dt, c.w, 96, -0.3, 0.3), random_tensor(c.dt, c.x, 97, -1, 2),
+                  random_tensor(DType::f32, ch, 98, 0.5, 1.5), random_tensor(DType::f32, ch, 99, -0.5, 0.5),
+                  random_tensor(DType::f32, ch, 100, 0, 1), random_tensor(DType::f32, ch, 101, 0.5, 2)},
+                 {{c.dt, c.x}, {DType::f32, ch}, {DType::f32, ch}});
+    window(k, c);
+    const Shape logical = c.channels_last ? Shape{c.x[0], c.x[3], c.x[1], c.x[2]} : c.x;
+    k.set_attr("input_shape", Attribute{std::vector<int64_t>(logical.begin(), logical.end())});
+    EXPECT_TRUE(test::cuda_matches_cpu(k, rtol(c.dt)));
+    // Batch norm's input gradient from those, bit for bit the CPU's (the same dS fed to both).
+    KernelCase apply("BatchNormGradApply", kOxtrainDomain,
+                     {random_tensor(c.dt, c.x, 102), random_tensor(c.dt, c.x, 103, -1, 2),
+                      random_tensor(DType::f32, ch, 104, 0.5, 1.5), random_tensor(DType::f32, ch, 105, 0, 1),
+                      random_tensor(DType::f32, ch, 106, 0.5, 2), random_tensor(DType::f32, ch, 107, -3, 3),
+                      random_tensor(DType::f32, ch, 108, -3, 3)},
+                     {{c.dt, c.x}});
+    if (c.channels_last) apply.set_attr(kChannelsLast, Attribute{int64_t{1}});
+    EXPECT_TRUE(test::cuda_bitwise_matches_cpu(apply));
+  }
+}
+
 // On a GPU with cuDNN's fused engines (an H100 or H200 with cuDNN 9.19), ResNet's float16
 // channels-last convolutions run as one cuDNN graph each (a PlannedKernel), not composed: the
 // composed kernels would pass the comparisons above as well.
@@ -102,6 +128,37 @@ TEST(CudaConvStats, ResNetShapesRunAsOneCudnnGraph) {
                   kernel->describe().c_str());
       EXPECT_NE(dynamic_cast<const runtime::cudnn::PlannedKernel*>(kernel.get()), nullptr) << kernel->describe();
     }
+#endif
+}
+
+TEST(CudaConvStats, ResNetGradientsRunAsOneCudnnGraph) {
+  OXTRAIN_REQUIRE_GPU();
+#ifdef OXTRAIN_HAVE_CUDA
+  std::unique_ptr<runtime::DeviceRuntime> rt =
+      runtime::DeviceRuntime::create(runtime::Device::cuda, runtime::Precision::tf32);
+  const ConvCase& c = kCases[2];
+  const Shape ch{channels(c)};
+  KernelCase wgrad("ConvGradFilterScaleBiasRelu", kOxtrainDomain,
+                   {random_tensor(c.dt, c.y, 109), random_tensor(c.dt, c.x, 110), random_tensor(c.dt, ch, 111),
+                    random_tensor(c.dt, ch, 112)},
+                   {{c.dt, c.w}});
+  window(wgrad, c);
+  wgrad.set_attr("filter_shape", Attribute{std::vector<int64_t>{c.w[0], ch[0], c.w[1], c.w[2]}});
+  KernelCase dgrad("ConvGradDataReluBatchNormWeight", kOxtrainDomain,
+                   {random_tensor(c.dt, c.y, 113), random_tensor(c.dt, c.w, 114), random_tensor(c.dt, c.x, 115),
+                    random_tensor(DType::f32, ch, 116), random_tensor(DType::f32, ch, 117),
+                    random_tensor(DType::f32, ch, 118), random_tensor(DType::f32, ch, 119, 0.5, 2)},
+                   {{c.dt, c.x}, {DType::f32, ch}, {DType::f32, ch}});
+  window(dgrad, c);
+  dgrad.set_attr("input_shape", Attribute{std::vector<int64_t>{c.x[0], ch[0], c.x[1], c.x[2]}});
+  for (KernelCase* k : {&wgrad, &dgrad}) {
+    const runtime::KernelFactory* f =
+        runtime::KernelRegistry::global().find(kOxtrainDomain, k->node().op_type, runtime::Device::cuda);
+    std::unique_ptr<runtime::Kernel> kernel =
+        (*f)(runtime::KernelInit{k->node(), 1, runtime::Device::cuda, &rt->context(), runtime::Precision::tf32});
+    std::printf("%s: %s\n", k->node().op_type.c_str(), kernel->describe().c_str());
+    EXPECT_NE(dynamic_cast<const runtime::cudnn::PlannedKernel*>(kernel.get()), nullptr) << kernel->describe();
+  }
 #endif
 }
 

@@ -329,10 +329,10 @@ TEST(CudaMixedPrecision, ResNet50RunsEveryNodeNatively) {
       }
       // The graph does hold what the kernels must take as it is.
       if (half != DType::undefined) {
-        EXPECT_GT(half_nodes, 500);
+        EXPECT_GT(half_nodes, conv_bn ? 450 : 500);
       }
       if (channels_last) {
-        EXPECT_GT(channels_last_nodes, conv_bn ? 280 : 300);  // the fusion leaves fewer nodes
+        EXPECT_GT(channels_last_nodes, conv_bn ? 250 : 300);  // the fusion leaves fewer nodes
       }
       EXPECT_EQ(emulated, (std::map<std::string, int>{}));
     }

@@ -440,7 +440,8 @@ TEST(CudnnDeviceless, FusedBatchNormPatternsHaveH100Engines) {
 // The convolution and batch-norm fusion's cuDNN graphs (runtime/cuda/conv.cc) for ResNet-50's
 // convolutions at batch 128 on an H100, float16 channels-last: conv + genstats (a block's first
 // convolution, which reads the block's input), with the scale-bias-ReLU prologue (the second
-// and third), and the weight gradient through the prologue. Each must have an engine.
+// and third), the weight gradient through the prologue, and the data gradient through the ReLU
+// into batch norm's weight gradients. Each must have an engine.
 TEST(CudnnDeviceless, ConvBatchNormFusionHasH100Engines) {
   if (test::gpu_available()) GTEST_SKIP() << "a GPU is here: CudaConvStats.* build these plans on it";
   std::string why;
@@ -475,6 +476,15 @@ TEST(CudnnDeviceless, ConvBatchNormFusionHasH100Engines) {
       window(wgrad);
       wgrad.set_attr("filter_shape", Attribute{std::vector<int64_t>{v.k, v.c, v.r, v.r}});
       expect_h100_engine(wgrad, Precision::tf32);
+      // The data gradient through the ReLU into batch norm's weight gradients.
+      KernelCase dgrad("ConvGradDataReluBatchNormWeight", "oxtrain",
+                       {random_tensor(dt, y, 79), random_tensor(dt, w, 80), random_tensor(dt, x, 81),
+                        random_tensor(DType::f32, c, 82, 0.5, 1.5), random_tensor(DType::f32, c, 83),
+                        random_tensor(DType::f32, c, 84), random_tensor(DType::f32, c, 85, 0.5, 2)},
+                       {{dt, x}, {DType::f32, c}, {DType::f32, c}});
+      window(dgrad);
+      dgrad.set_attr("input_shape", Attribute{std::vector<int64_t>{128, v.c, v.h, v.h}});
+      expect_h100_engine(dgrad, Precision::tf32);
     }
   }
 }

@@ -206,6 +206,59 @@ __global__ void finalize_kernel(FinalizeParams p) {
   if (p.apply_bias) store_float<kKind>(p.apply_bias, c, static_cast<float>(f.apply_bias));
 }
 
+struct MaskParams {
+  const void* x;
+  void* ds;
+  const float *scale, *bias, *mean, *inv_std;
+  float *dscale, *dbias;
+  int64_t m;
+  ChannelIndex at;
+};
+
+// One block per channel: the mask in place and both sums in one pass.
+template <int kKind>
+__global__ void relu_mask_kernel(MaskParams p) {
+  __shared__ double shared[kThreads];
+  const int64_t c = blockIdx.x;
+  const float sc = p.scale[c], b = p.bias[c], mean = p.mean[c], inv_std = p.inv_std[c];
+  double part = 0, part_xc = 0;
+  for (int64_t j = threadIdx.x; j < p.m; j += kThreads) {
+    const int64_t i = p.at(c, j);
+    const float x = load_float<kKind>(p.x, i);
+    const float d = math::batchnorm_apply(x, mean, inv_std, sc, b) > 0.0f ? load_float<kKind>(p.ds, i) : 0.0f;
+    store_float<kKind>(p.ds, i, d);
+    part += d;
+    part_xc += static_cast<double>(d) * (static_cast<double>(x) - static_cast<double>(mean));
+  }
+  const double sum = block_sum(part, shared);
+  const double sum_xc = block_sum(part_xc, shared);
+  if (threadIdx.x != 0) return;
+  if (p.dscale) p.dscale[c] = static_cast<float>(sum_xc * static_cast<double>(inv_std));
+  if (p.dbias) p.dbias[c] = static_cast<float>(sum);
+}
+
+struct GradApplyParams {
+  const void *ds, *x;
+  void* dx;
+  const float *scale, *mean, *inv_std, *dscale, *dbias;
+  int64_t total, spatial, channels, m;
+  bool channels_last;
+};
+
+template <int kKind>
+__global__ void grad_apply_kernel(GradApplyParams p) {
+  const double md = static_cast<double>(p.m);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = p.channels_last ? i % p.channels : (i / p.spatial) % p.channels;
+    const double is = p.inv_std[c];
+    const double k = p.m > 0 ? static_cast<double>(p.scale[c]) * is / md : 0.0;
+    store_float<kKind>(p.dx, i,
+                       static_cast<float>(math::batchnorm_grad_input(load_float<kKind>(p.ds, i), load_float<kKind>(p.x, i),
+                                                                     p.mean[c], is, k, md, p.dbias[c], p.dscale[c])));
+  }
+}
+
 float* optional_out(const KernelArgs& a, size_t i) {
   return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].as<float>() : nullptr;
 }
@@ -302,6 +355,33 @@ void channel_sums(const BatchNormView& v, const void* y, float* sum, float* sum_
     channel_sums_kernel<decltype(k)::value><<<blocks, kThreads, 0, ctx.stream>>>(p);
   });
   check(cudaGetLastError(), "channel sums kernel launch", where);
+}
+
+void relu_mask_weight_grads(const BatchNormView& v, const void* x, void* ds, const float* scale, const float* bias,
+                            const float* mean, const float* inv_std, float* dscale, float* dbias, const CudaContext& ctx,
+                            const std::string& where) {
+  if (v.channels <= 0) return;
+  check_channels(v, where);
+  MaskParams p{x, ds, scale, bias, mean, inv_std, dscale, dbias, v.batch * v.spatial, index_of(v)};
+  const auto blocks = static_cast<unsigned>(v.channels);
+  with_float_kind(float_kind(v.data), [&](auto k) {
+    relu_mask_kernel<decltype(k)::value><<<blocks, kThreads, 0, ctx.stream>>>(p);
+  });
+  check(cudaGetLastError(), "ReLU mask kernel launch", where);
+}
+
+void batchnorm_grad_apply(const BatchNormView& v, const KernelArgs& a, const CudaContext& ctx, const std::string& where) {
+  const int64_t total = v.batch * v.channels * v.spatial;
+  if (total <= 0) return;
+  GradApplyParams p{a.inputs[0].data,        a.inputs[1].data,        a.outputs[0].data,       a.inputs[2].as<float>(),
+                    a.inputs[3].as<float>(), a.inputs[4].as<float>(), a.inputs[5].as<float>(), a.inputs[6].as<float>(),
+                    total,                   v.spatial,               v.channels,              v.batch * v.spatial,
+                    v.channels_last};
+  const Launch g = launch_for(total, ctx);
+  with_float_kind(float_kind(v.data), [&](auto k) {
+    grad_apply_kernel<decltype(k)::value><<<g.blocks, g.threads, 0, ctx.stream>>>(p);
+  });
+  check(cudaGetLastError(), "batch-norm gradient apply kernel launch", where);
 }
 
 void batchnorm_finalize(const KernelArgs& a, int64_t channels, int64_t count, double eps, double momentum,

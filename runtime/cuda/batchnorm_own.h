@@ -53,4 +53,15 @@ void channel_sums(const BatchNormView& v, const void* y, float* sum, float* sum_
 void batchnorm_finalize(const KernelArgs& a, int64_t channels, int64_t count, double eps, double momentum,
                         bool unbiased, graph::DType affine, const CudaContext& ctx, const std::string& where);
 
+// dS = dZ * (BN(x) > 0) in place (ds holds dZ on entry; BN(x) from the float32 statistics as
+// math::batchnorm_apply computes it), and per channel dScale = sum(dS * (x - mean)) * inv_std
+// and dB = sum(dS) (float32, each may be null): oxtrain.ConvGradDataReluBatchNormWeight after
+// its data gradient.
+void relu_mask_weight_grads(const BatchNormView& v, const void* x, void* ds, const float* scale, const float* bias,
+                            const float* mean, const float* inv_std, float* dscale, float* dbias, const CudaContext& ctx,
+                            const std::string& where);
+// oxtrain.BatchNormGradApply: inputs dS, X, scale, saved mean, saved inverse std, dScale, dB;
+// output dX (math::batchnorm_grad_input).
+void batchnorm_grad_apply(const BatchNormView& v, const KernelArgs& a, const CudaContext& ctx, const std::string& where);
+
 }  // namespace oxtrain::runtime::cuda

@@ -294,6 +294,73 @@ GraphRecipe grad_filter_sbr_recipe(const graph::Node& n) {
   return r;
 }
 
+// oxtrain.ConvGradDataReluBatchNormWeight as cuDNN's "Dgrad Drelu DBNweight" graph: the data
+// gradient, the ReLU's gradient against batch norm's output recomputed from X and the float32
+// statistics, then batch norm's weight gradients (dbn_weight). Its equivalent-scale outputs
+// (BatchNormGradApply computes those itself) go to scratch.
+GraphRecipe grad_data_relu_bn_recipe(const graph::Node& n) {
+  const graph::Value* dy = cpu::required(n, 0);
+  const graph::Value* w = cpu::required(n, 1);
+  const graph::Value* x = cpu::required(n, 2);
+  const graph::Value* ds = cpu::required(n, 0, true);
+  const DType dt = common_type(n, {dy, w, x, ds});
+  const fe::DataType_t type = fe_type(dt, n.describe());
+  const bool nhwc = graph::is_channels_last(n);
+  const graph::Shape x_shape = cpu::shape_attr(n, "input_shape");
+  if (logical(n, ds->shape) != x_shape || logical(n, x->shape) != x_shape)
+    throw Error(n.describe() + ": dS and X must be input_shape " + join(x_shape));
+  ConvShapes s = conv_shapes(n, x_shape, logical(n, w->shape), logical(n, dy->shape));
+  std::vector<int64_t> channel(s.x.size(), 1);
+  channel[1] = s.x[1];
+  for (size_t i = 3; i < 7; ++i)
+    if (!n.input(i) || n.input(i)->dtype != DType::f32 || n.input(i)->shape != graph::Shape{s.x[1]})
+      throw Error(n.describe() + ": input " + std::to_string(i) + " must be float32 [" + std::to_string(s.x[1]) + "]");
+  for (size_t i = 1; i < 3; ++i)
+    if (!n.output(i) || n.output(i)->dtype != DType::f32)
+      throw Error(n.describe() + ": the cuDNN graph writes both float32 weight gradients");
+  GraphRecipe r;
+  r.graph = new_float_graph();
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr DY = packed_tensor(g, "DY", s.y, type, nhwc);
+  TensorPtr W = packed_tensor(g, "W", s.w, type, nhwc);
+  TensorPtr X = packed_tensor(g, "X", s.x, type, nhwc);
+  r.bindings.push_back({DY, false, 0, tensor_bytes(s.y, dt)});
+  r.bindings.push_back({W, false, 1, tensor_bytes(s.w, dt)});
+  r.bindings.push_back({X, false, 2, tensor_bytes(s.x, dt)});
+  const char* names[] = {"", "", "", "scale", "B", "mean", "inv_std"};
+  TensorPtr per_channel[7];
+  for (size_t i = 3; i < 7; ++i) {
+    per_channel[i] = packed_tensor(g, names[i], channel, fe::DataType_t::FLOAT, nhwc);
+    r.bindings.push_back({per_channel[i], false, i, tensor_bytes(channel, DType::f32)});
+  }
+  TensorPtr dgrad = g.conv_dgrad(DY, W, window_attributes<fe::graph::Conv_dgrad_attributes>(s));
+  dgrad->set_dim(s.x);
+  auto op = [](fe::PointwiseMode_t mode) {
+    return fe::graph::Pointwise_attributes().set_mode(mode).set_compute_data_type(fe::DataType_t::FLOAT);
+  };
+  TensorPtr bn = g.pointwise(X, per_channel[5], op(fe::PointwiseMode_t::SUB));
+  bn = g.pointwise(bn, per_channel[6], op(fe::PointwiseMode_t::MUL));
+  bn = g.pointwise(bn, per_channel[3], op(fe::PointwiseMode_t::MUL));
+  bn = g.pointwise(bn, per_channel[4], op(fe::PointwiseMode_t::ADD));
+  TensorPtr DS = g.pointwise(dgrad, bn, op(fe::PointwiseMode_t::RELU_BWD));
+  set_packed(DS, s.x, type, nhwc);
+  DS->set_output(true);
+  r.bindings.push_back({DS, true, 0, tensor_bytes(s.x, dt)});
+  auto [dscale, dbias, eq_dy, eq_x, eq_bias] =
+      g.dbn_weight(DS, X, per_channel[5], per_channel[6], per_channel[3], fe::graph::DBN_weight_attributes());
+  size_t slot = 1;
+  for (const TensorPtr& t : {dscale, dbias, eq_dy, eq_x, eq_bias}) {
+    set_packed(t, channel, fe::DataType_t::FLOAT, nhwc);
+    t->set_output(true);
+    Binding b{t, true, slot, tensor_bytes(channel, DType::f32)};
+    b.scratch = slot > 2;
+    r.bindings.push_back(b);
+    ++slot;
+  }
+  r.signature = signature("ConvGradDataReluBatchNormWeight", s, false, dt, nhwc);
+  return r;
+}
+
 }  // namespace
 
 GraphRecipe conv_recipe(const graph::Node& node) {
@@ -302,6 +369,7 @@ GraphRecipe conv_recipe(const graph::Node& node) {
   if (node.op_type == "ConvGradFilter") return grad_filter_recipe(node);
   if (node.op_type == "ConvStats") return conv_stats_recipe(node);
   if (node.op_type == "ConvGradFilterScaleBiasRelu") return grad_filter_sbr_recipe(node);
+  if (node.op_type == "ConvGradDataReluBatchNormWeight") return grad_data_relu_bn_recipe(node);
   throw Error(node.describe() + ": not a convolution");
 }
 

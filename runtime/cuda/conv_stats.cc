@@ -4,7 +4,10 @@
 //     scale-bias-ReLU prologue "SBRCS", and "scale-bias-relu-wgrad"; cuDNN 9.19 has engines for
 //     these on an H100 in float16 channels-last, not in bfloat16), else composed: the prologue
 //     into the workspace (own kernel), cuDNN's plain convolution, the channel sums (own kernel);
-//   oxtrain.BatchNormFinalize: an own kernel, one thread per channel.
+//   oxtrain.ConvGradDataReluBatchNormWeight likewise ("Dgrad Drelu DBNweight"), else cuDNN's data
+//     gradient, then the ReLU's mask and the weight gradients (own kernel, one block per channel);
+//   oxtrain.BatchNormFinalize: an own kernel, one thread per channel;
+//   oxtrain.BatchNormGradApply: an own element-wise kernel.
 // The own kernels (runtime/cuda/batchnorm_own.h) share their math with the CPU's
 // (runtime/math/conv_batchnorm.h). Channels-last and half values are taken as they are.
 #define OXTRAIN_CUDNN_FRONTEND
@@ -130,6 +133,43 @@ class ComposedGradFilterSbr final : public Kernel {
   PrologueThen wgrad_;
 };
 
+class ComposedGradDataReluBn final : public Kernel {
+ public:
+  explicit ComposedGradDataReluBn(const KernelInit& init)
+      : where_(init.node.describe()),
+        x_(view_of(init.node, required(init.node, 2))),
+        dgrad_(init, graph::kOxtrainDomain, "ConvGradData", {&required(init.node, 0), &required(init.node, 1)},
+               {&required(init.node, 0, true)}) {
+    const graph::Node& n = init.node;
+    if (required(n, 0, true).dtype != x_.data || required(n, 0, true).numel() != required(n, 2).numel())
+      throw Error(where_ + ": dS must be X's type and size");
+    for (size_t i = 3; i < 7; ++i)
+      if (required(n, i).dtype != DType::f32 || required(n, i).numel() != x_.channels)
+        throw Error(where_ + ": input " + std::to_string(i) + " must be float32 [" + std::to_string(x_.channels) + "]");
+  }
+  size_t workspace_bytes() const override { return dgrad_.kernel->workspace_bytes(); }
+  std::string describe() const override {
+    const std::string inner = dgrad_.kernel->describe();
+    return "ConvGradData" + (inner.empty() ? std::string() : " (" + inner + ")") +
+           ", then the ReLU's mask and the weight gradients in a pass of their own";
+  }
+  void run(const KernelArgs& a) override {
+    KernelArgs inner = a;
+    inner.inputs.resize(2);
+    inner.outputs.resize(1);
+    dgrad_.kernel->run(inner);
+    auto out = [&](size_t i) { return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].as<float>() : nullptr; };
+    cuda::relu_mask_weight_grads(x_, a.inputs[2].data, a.outputs[0].data, a.inputs[3].as<float>(), a.inputs[4].as<float>(),
+                                 a.inputs[5].as<float>(), a.inputs[6].as<float>(), out(1), out(2),
+                                 cuda::context_of(a, where_), where_);
+  }
+
+ private:
+  std::string where_;
+  cuda::BatchNormView x_;
+  InnerKernel dgrad_;
+};
+
 // cuDNN's fused graph for the node where it builds a plan, else `Composed`.
 template <typename Composed>
 KernelFactory cudnn_graph_or() {
@@ -150,6 +190,22 @@ void register_cuda_conv_stats_kernels(KernelRegistry& registry) {
   registry.add(graph::kOxtrainDomain, "ConvStats", Device::cuda, cudnn_graph_or<ComposedConvStats>());
   registry.add(graph::kOxtrainDomain, "ConvGradFilterScaleBiasRelu", Device::cuda,
                cudnn_graph_or<ComposedGradFilterSbr>());
+  registry.add(graph::kOxtrainDomain, "ConvGradDataReluBatchNormWeight", Device::cuda,
+               cudnn_graph_or<ComposedGradDataReluBn>());
+  registry.add(graph::kOxtrainDomain, "BatchNormGradApply", Device::cuda, [](const KernelInit& init) {
+    const graph::Node& n = init.node;
+    const std::string where = n.describe();
+    const cuda::BatchNormView v = view_of(n, required(n, 1));
+    if (required(n, 0).dtype != v.data || required(n, 0).numel() != required(n, 1).numel() ||
+        required(n, 0, true).dtype != v.data || required(n, 0, true).numel() != required(n, 1).numel())
+      throw Error(where + ": dS, X and dX must have one type and size");
+    for (size_t i = 2; i < 7; ++i)
+      if (required(n, i).dtype != DType::f32 || required(n, i).numel() != v.channels)
+        throw Error(where + ": input " + std::to_string(i) + " must be float32 [" + std::to_string(v.channels) + "]");
+    return make_kernel([v, where](const KernelArgs& a) {
+      cuda::batchnorm_grad_apply(v, a, cuda::context_of(a, where), where);
+    });
+  });
   registry.add(graph::kOxtrainDomain, "BatchNormFinalize", Device::cuda, [](const KernelInit& init) {
     const graph::Node& n = init.node;
     const std::string where = n.describe();

@@ -467,7 +467,8 @@ DevicelessSupport deviceless_support(const graph::Node& node, Precision precisio
   const std::string where = node.describe();
   GraphRecipe recipe;
   if (node.op_type == "Conv" || node.op_type == "ConvGradData" || node.op_type == "ConvGradFilter" ||
-      node.op_type == "ConvStats" || node.op_type == "ConvGradFilterScaleBiasRelu")
+      node.op_type == "ConvStats" || node.op_type == "ConvGradFilterScaleBiasRelu" ||
+      node.op_type == "ConvGradDataReluBatchNormWeight")
     recipe = conv_recipe(node);
   else if (node.op_type == "BatchNormTraining" || node.op_type == "BatchNormGrad" ||
            node.op_type == "BatchNormReluTraining" || node.op_type == "BatchNormReluGrad")

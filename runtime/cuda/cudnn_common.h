@@ -70,7 +70,7 @@ bool batchnorm_uses_cudnn(const graph::Node& node);
 std::unique_ptr<Kernel> fused_batchnorm_kernel(const KernelInit& init);
 
 // Builds the cuDNN graph the CUDA kernel of `node` (Conv, ConvGradData, ConvGradFilter, the
-// fused ConvStats and ConvGradFilterScaleBiasRelu, BatchNormTraining, BatchNormGrad, and the
+// fused ConvStats, ConvGradFilterScaleBiasRelu and ConvGradDataReluBatchNormWeight, BatchNormTraining, BatchNormGrad, and the
 // fused BatchNormReluTraining, BatchNormReluGrad) would build and counts the plans cuDNN
 // can build for `target` in `precision`. Throws Error for other ops or graphs cuDNN rejects
 // before the heuristics.

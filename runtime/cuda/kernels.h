@@ -42,8 +42,10 @@ void register_cuda_normalize_kernels(KernelRegistry& registry);  // oxtrain.Norm
 // fused.cu: oxtrain.BatchNormReluTraining, oxtrain.BatchNormReluApply, oxtrain.BatchNormReluGrad
 // (native half; registered after the half emulation)
 void register_cuda_fused_kernels(KernelRegistry& registry);
-// conv_stats.cc: oxtrain.ConvStats, oxtrain.ConvGradFilterScaleBiasRelu (cuDNN's fused graphs, else
-// composed), oxtrain.BatchNormFinalize; registered after the half emulation (they take half values)
+// conv_stats.cc: oxtrain.ConvStats, oxtrain.ConvGradFilterScaleBiasRelu,
+// oxtrain.ConvGradDataReluBatchNormWeight (cuDNN's fused graphs, else composed),
+// oxtrain.BatchNormFinalize, oxtrain.BatchNormGradApply; registered after the half emulation
+// (they take half values)
 void register_cuda_conv_stats_kernels(KernelRegistry& registry);
 // normalization.cu: oxtrain.BatchNormApply's kernel; with `relu`, oxtrain.BatchNormReluApply's,
 // which applies Relu(Y + R) in the same pass.
