@@ -5,12 +5,15 @@
 // gives the CPU's bits. Skipped where no GPU is at hand.
 #include <gtest/gtest.h>
 
+#include "autodiff/training.h"
 #include "graph/ops.h"
 #include "runtime/device_runtime.h"
+#include "runtime/session.h"
 #include "runtime/kernel.h"
 #ifdef OXTRAIN_HAVE_CUDA
 #include "runtime/cuda/cudnn_common.h"
 #endif
+#include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 
 using namespace oxtrain;
@@ -54,6 +57,8 @@ const ConvCase kCases[] = {
     {{3, 11, 13, 5}, {7, 3, 3, 5}, {3, 6, 7, 7}, 1, 2, DType::f16, true},
     {{16, 28, 28, 64}, {64, 3, 3, 64}, {16, 28, 28, 64}, 1, 1, DType::f16, true},  // ResNet's: cuDNN's graphs
     {{16, 14, 14, 128}, {256, 1, 1, 128}, {16, 14, 14, 256}, 0, 1, DType::f16, true},
+    // Composed again (12 channels), with enough rows for the sums to run in 16 chunks.
+    {{16, 32, 32, 12}, {20, 3, 3, 12}, {16, 32, 32, 20}, 1, 1, DType::f16, true},
 };
 
 }  // namespace
@@ -176,5 +181,32 @@ TEST(CudaConvStats, FinalizeIsTheCpuKernelBitForBit) {
     k.set_attr("momentum", Attribute{0.9f});
     k.set_attr("to", Attribute{int64_t{dtype_to_onnx(affine)}});
     EXPECT_TRUE(test::cuda_bitwise_matches_cpu(k));
+  }
+}
+
+// A ResNet-18 step with the fusion on the GPU against the same graph on the CPU: strict float32
+// channels-first within CudaSession.OneResNetStepMatchesTheCpuInStrictFp32's limits, and float16
+// channels-last (cuDNN's fused graphs where the GPU has them) to float16 rounding of the loss.
+TEST(CudaConvStats, ResNetStepWithTheFusionMatchesTheCpu) {
+  OXTRAIN_REQUIRE_GPU();
+  for (DType half : {DType::undefined, DType::f16}) {
+    SCOPED_TRACE(half == DType::undefined ? "float32" : "float16 channels-last");
+    autodiff::TrainingOptions o;
+    o.fuse_batchnorm_relu = o.recompute_batchnorm_relu = o.fuse_conv_batchnorm = true;
+    o.half = half;
+    o.channels_last = half != DType::undefined;
+    runtime::SessionOptions gpu;
+    gpu.device = runtime::Device::cuda;
+    gpu.precision = half == DType::undefined ? runtime::Precision::fp32 : runtime::Precision::tf32;
+    test::TrainingRun cpu_run = test::make_training_run(test::zoo_at_batch("resnet18", 4, 64, 10, 3), o);
+    test::TrainingRun gpu_run = test::make_training_run(test::zoo_at_batch("resnet18", 4, 64, 10, 3), o, gpu);
+    EXPECT_EQ(gpu_run.tg.conv_gradients, 8);
+    for (auto* r : {&cpu_run, &gpu_run}) test::run_training_step(*r, 100, {3, 7, 0, 9}, 0.1f, 0);
+    const double loss = test::max_relative_difference(gpu_run.session->fetch(gpu_run.tg.loss),
+                                                      cpu_run.session->fetch(cpu_run.tg.loss));
+    EXPECT_LE(loss, half == DType::undefined ? 1e-5 : 1e-2);
+    if (half != DType::undefined) continue;
+    for (const std::string& name : cpu_run.states)
+      EXPECT_LE(test::max_relative_difference(gpu_run.session->fetch(name), cpu_run.session->fetch(name)), 1e-4) << name;
   }
 }

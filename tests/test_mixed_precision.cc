@@ -589,11 +589,29 @@ TEST(MixedPrecisionCli, GraphShowsTheMixedPrecisionGraphAndPlan) {
               report["tf32"]["activation_arena_bytes"].get<int64_t>()) << half;
     EXPECT_EQ(report[half]["parameter_bytes"], report["tf32"]["parameter_bytes"]) << half;
   }
+  // fp16 fuses the convolutions with their batch norms too (--conv-bn-fusion auto): the eight
+  // basic blocks' bn1 outputs are then applied in conv2's prologue, neither written nor
+  // recomputed.
   auto text = test::run_oxtrain("graph " + dir + "/r18.onnx --training -b 8 --precision fp16");
-  EXPECT_NE(text.out.find("17 batch norms fused with their ReLU, 17 of their outputs recomputed in backward, dynamic "
+  EXPECT_NE(text.out.find("17 batch norms fused with their ReLU, 9 of their outputs recomputed in backward, dynamic "
                           "loss scaling"),
             std::string::npos)
       << text.out;
+  EXPECT_NE(text.out.find("conv + BN    20 convolutions compute their batch norm's statistics, 8 batch-norm outputs "
+                          "applied in the next convolution's prologue, 8 batch-norm gradients computed with the data "
+                          "gradient before them"),
+            std::string::npos)
+      << text.out;
+  auto unfused = test::run_oxtrain("graph " + dir + "/r18.onnx --training -b 8 --precision fp16 --conv-bn-fusion off");
+  EXPECT_NE(unfused.out.find("17 batch norms fused with their ReLU, 17 of their outputs recomputed in backward"),
+            std::string::npos)
+      << unfused.out;
+  EXPECT_EQ(unfused.out.find("conv + BN"), std::string::npos) << unfused.out;
+  EXPECT_EQ(report["fp16"]["conv_batchnorm"]["statistics"], 20);
+  EXPECT_EQ(report["bf16"]["conv_batchnorm"]["statistics"], 0);  // auto: fp16 only
+  auto wrong = test::run_oxtrain("graph " + dir + "/r18.onnx --training --conv-bn-fusion maybe");
+  EXPECT_EQ(wrong.exit_code, 2);
+  EXPECT_NE(wrong.err.find("--conv-bn-fusion is auto, on or off, got 'maybe'"), std::string::npos) << wrong.err;
   // --no-recompute keeps the fused outputs from the forward: more memory, the same fusions.
   auto kept = test::run_oxtrain("graph " + dir + "/r18.onnx --training -b 8 --json --precision bf16 --no-recompute");
   ASSERT_EQ(kept.exit_code, 0) << kept.err;

@@ -180,6 +180,63 @@ __global__ void channel_sums_kernel(SumsParams p) {
   if (p.sum_sq) p.sum_sq[c] = static_cast<float>(sum_sq);
 }
 
+// Channels-last sums: blockIdx.x a chunk of rows, blockIdx.y a group of 32 channels; 8 lanes
+// of rows per channel, added in lane order.
+constexpr int kTileChannels = 32, kTileLanes = kThreads / kTileChannels;
+
+struct TiledSumsParams {
+  const void* y;
+  double* partial;  // [2][chunks][channels]: the sums, then the sums of squares
+  int64_t rows, channels, chunk_rows, chunks;
+};
+
+template <int kKind>
+__global__ void tiled_sums_kernel(TiledSumsParams p) {
+  __shared__ double s_sum[kTileLanes][kTileChannels], s_sq[kTileLanes][kTileChannels];
+  const int lane_c = static_cast<int>(threadIdx.x) % kTileChannels, lane_r = static_cast<int>(threadIdx.x) / kTileChannels;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * kTileChannels + lane_c;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * p.chunk_rows;
+  const int64_t end = first + p.chunk_rows < p.rows ? first + p.chunk_rows : p.rows;
+  double sum = 0, sq = 0;
+  if (c < p.channels)
+    for (int64_t r = first + lane_r; r < end; r += kTileLanes) {
+      const double v = load_float<kKind>(p.y, r * p.channels + c);
+      sum += v;
+      sq += v * v;
+    }
+  s_sum[lane_r][lane_c] = sum;
+  s_sq[lane_r][lane_c] = sq;
+  __syncthreads();
+  if (lane_r != 0 || c >= p.channels) return;
+  double ts = 0, tq = 0;
+  for (int k = 0; k < kTileLanes; ++k) {
+    ts += s_sum[k][lane_c];
+    tq += s_sq[k][lane_c];
+  }
+  p.partial[blockIdx.x * p.channels + c] = ts;
+  p.partial[(p.chunks + blockIdx.x) * p.channels + c] = tq;
+}
+
+__global__ void chunk_sums_kernel(const double* partial, int64_t chunks, int64_t channels, float* sum, float* sum_sq) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= channels) return;
+  double ts = 0, tq = 0;
+  for (int64_t k = 0; k < chunks; ++k) {
+    ts += partial[k * channels + c];
+    tq += partial[(chunks + k) * channels + c];
+  }
+  if (sum) sum[c] = static_cast<float>(ts);
+  if (sum_sq) sum_sq[c] = static_cast<float>(tq);
+}
+
+// Chunks of rows for the channels-last sums: enough blocks to fill a large GPU, at most 1024
+// partial rows to add per channel.
+int64_t sum_chunks(const BatchNormView& v) {
+  const int64_t rows = v.batch * v.spatial;
+  const int64_t chunks = (rows + 1023) / 1024;
+  return chunks < 1 ? 1 : chunks > 1024 ? 1024 : chunks;
+}
+
 struct FinalizeParams {
   const float *sum, *sum_sq, *scale, *bias, *run_mean, *run_var;
   float *mean_out, *var_out, *saved_mean, *saved_inv_std;  // each may be null
@@ -345,10 +402,28 @@ void scale_bias_relu(const BatchNormView& v, const void* x, const void* scale, c
   check(cudaGetLastError(), "prologue kernel launch", where);
 }
 
-void channel_sums(const BatchNormView& v, const void* y, float* sum, float* sum_sq, const CudaContext& ctx,
-                  const std::string& where) {
+size_t channel_sums_workspace(const BatchNormView& v) {
+  return v.channels_last ? static_cast<size_t>(2 * sum_chunks(v) * v.channels) * sizeof(double) : 0;
+}
+
+void channel_sums(const BatchNormView& v, const void* y, float* sum, float* sum_sq, void* workspace,
+                  const CudaContext& ctx, const std::string& where) {
   if (v.channels <= 0) return;
   check_channels(v, where);
+  if (v.channels_last) {
+    const int64_t rows = v.batch * v.spatial, chunks = sum_chunks(v);
+    TiledSumsParams t{y, static_cast<double*>(workspace), rows, v.channels, (rows + chunks - 1) / chunks, chunks};
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>((v.channels + kTileChannels - 1) / kTileChannels));
+    if (grid.y > 65535) throw Error(where + ": too many channels for the channel sums kernel");
+    with_float_kind(float_kind(v.data), [&](auto k) {
+      tiled_sums_kernel<decltype(k)::value><<<grid, kThreads, 0, ctx.stream>>>(t);
+    });
+    check(cudaGetLastError(), "channel sums kernel launch", where);
+    const Launch g = launch_for(v.channels, ctx);
+    chunk_sums_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(t.partial, chunks, v.channels, sum, sum_sq);
+    check(cudaGetLastError(), "channel sums kernel launch", where);
+    return;
+  }
   SumsParams p{y, sum, sum_sq, v.batch * v.spatial, index_of(v)};
   const auto blocks = static_cast<unsigned>(v.channels);
   with_float_kind(float_kind(v.data), [&](auto k) {

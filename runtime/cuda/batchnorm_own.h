@@ -44,9 +44,12 @@ void batchnorm_grad(const BatchNormView& v, const KernelArgs& a, const CudaConte
 void scale_bias_relu(const BatchNormView& v, const void* x, const void* scale, const void* bias, void* p,
                      const CudaContext& ctx, const std::string& where);
 // Each channel's sum and sum of squares of y (of v's type), into float32 sum and sum_sq (each
-// may be null); one block per channel sums in double in a fixed order.
-void channel_sums(const BatchNormView& v, const void* y, float* sum, float* sum_sq, const CudaContext& ctx,
-                  const std::string& where);
+// may be null), in double in a fixed order. Channels-last: tiles of 32 channels by a chunk of
+// rows, each written to `workspace` (channel_sums_workspace(v) bytes), then one thread per
+// channel adds its chunks in order; channels-first: one block per channel (no workspace).
+size_t channel_sums_workspace(const BatchNormView& v);
+void channel_sums(const BatchNormView& v, const void* y, float* sum, float* sum_sq, void* workspace,
+                  const CudaContext& ctx, const std::string& where);
 // oxtrain.BatchNormFinalize over `channels`: inputs sum, sum_sq, scale, B, running mean and
 // var (float32); outputs (each optional) running mean and var, saved mean and inverse std
 // (float32), the affine form's scale and bias (of type `affine`).

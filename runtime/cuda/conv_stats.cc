@@ -13,6 +13,7 @@
 #define OXTRAIN_CUDNN_FRONTEND
 #include "runtime/cuda/cudnn_common.h"
 
+#include <algorithm>
 #include <string>
 
 #include "graph/ops.h"
@@ -105,12 +106,15 @@ class ComposedConvStats final : public Kernel {
         throw Error(init.node.describe() + ": output " + std::to_string(i) + " must be float32 [" +
                     std::to_string(y_.channels) + "]");
   }
-  size_t workspace_bytes() const override { return conv_.workspace_bytes(); }
+  // The sums' partials after the convolution's workspace (not needed once it has run).
+  size_t workspace_bytes() const override {
+    return std::max(conv_.workspace_bytes(), cuda::channel_sums_workspace(y_));
+  }
   std::string describe() const override { return conv_.describe("Conv") + ", then the channel sums in a pass of their own"; }
   void run(const KernelArgs& a) override {
     conv_.run(a);
     auto out = [&](size_t i) { return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].as<float>() : nullptr; };
-    cuda::channel_sums(y_, a.outputs[0].data, out(1), out(2), conv_.context(a), conv_.where());
+    cuda::channel_sums(y_, a.outputs[0].data, out(1), out(2), a.workspace, conv_.context(a), conv_.where());
   }
 
  private:
