@@ -187,6 +187,10 @@ ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
     Node* apply;
   };
   std::vector<Applied> applied;
+  // The statistics of the batch norms fused with a ReLU and no residual: only their gradients
+  // take the ReLU's mask from BN(Y) alone. (BatchNormReluGrad has no dR output also where the
+  // residual takes no gradient, e.g. a graph input, so its outputs cannot tell.)
+  std::set<const Node*> plain_relu;
   auto fresh = [&](const std::string& name) { return g.add_value(g.unique_name(name)); };
   for (Node* bn : batchnorms) {
     Value* y = bn->input(0);
@@ -242,6 +246,7 @@ ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
       for (size_t i = 0; i < old->inputs.size(); ++i) g.set_input(old, i, nullptr);
     doomed.insert(conv);
     doomed.insert(bn);
+    if (relu && apply_inputs.size() == 5) plain_relu.insert(finalize);
     if (relu && apply_inputs.size() == 5 && outs[0]) applied.push_back({finalize, apply});
     ++report.statistics;
   }
@@ -305,7 +310,7 @@ ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
     Node* dgrad = dz ? dz->producer : nullptr;
     Node* finalize = mean ? mean->producer : nullptr;
     if (!dgrad || dgrad->op_type != "ConvGradData" || dgrad->domain != graph::kOxtrainDomain || dgrad->output(0) != dz ||
-        dz->consumers.size() != 1 || is_output(g, dz) || grad->output(3) || !finalize ||
+        dz->consumers.size() != 1 || is_output(g, dz) || grad->output(3) || !finalize || !plain_relu.count(finalize) ||
         finalize->op_type != "BatchNormFinalize" || finalize->output(2) != mean || !grad->input(2) || !grad->input(3) ||
         !grad->input(5) || !graph::shape_known(dz->shape))
       continue;

@@ -512,8 +512,13 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
       return count;
     };
     const int64_t before = recomputations();
+    const int64_t nodes_before = static_cast<int64_t>(g.nodes().size());
     const ConvBatchNormFusion fused = fuse_conv_batchnorm(g);
     result.recomputed_values -= before - recomputations();
+    // Forward: each batch norm became a finalize and an apply, each prologue took an apply away.
+    const int64_t forward_change = fused.statistics - fused.prologues;
+    result.forward_nodes += forward_change;
+    result.backward_nodes += static_cast<int64_t>(g.nodes().size()) - nodes_before - forward_change;
     result.conv_statistics = fused.statistics;
     result.conv_prologues = fused.prologues;
     result.conv_gradients = fused.gradients;

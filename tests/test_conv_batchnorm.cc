@@ -8,6 +8,7 @@
 
 #include "autodiff/training.h"
 #include "base/half.h"
+#include "graph/onnx_io.h"
 #include "graph/ops.h"
 #include "graph/zoo.h"
 #include "runtime/math/conv_batchnorm.h"
@@ -342,4 +343,67 @@ TEST(ConvBatchNormFusion, TrainsAsTheUnfusedGraph) {
       EXPECT_GT(test::differing_states(plain, fused), 0);
     }
   }
+}
+
+namespace {
+
+// input -> Conv -> BN -> Add(input) -> Relu -> Conv -> BN -> Relu -> pool -> Gemm: the first
+// batch norm has a residual, the graph's input, which takes no gradient, so its gradient node
+// has no dR output although its ReLU's mask depends on the residual. Random convolution and
+// Gemm weights; batch norms as PyTorch initialises them.
+Graph residual_from_input_model() {
+  test::ModelBuilder b(13);
+  b.input("input", {4, 8, 8, 8});
+  b.initializer("w1", {8, 8, 3, 3}, 0);
+  b.initializer("w2", {8, 8, 3, 3}, 0);
+  b.initializer("fc.w", {10, 8}, 0);
+  b.initializer("fc.b", {10}, 0);
+  for (const char* bn : {"bn1", "bn2"}) {
+    b.initializer(std::string(bn) + ".g", {8}, 1);
+    b.initializer(std::string(bn) + ".b", {8}, 0);
+    b.initializer(std::string(bn) + ".m", {8}, 0);
+    b.initializer(std::string(bn) + ".v", {8}, 1);
+  }
+  uint64_t seed = 5;
+  for (auto& t : *b.graph().mutable_initializer()) {
+    if (t.name().find(".w") == std::string::npos && t.name()[0] != 'w') continue;
+    const Tensor r = test::random_tensor(DType::f32, {static_cast<int64_t>(t.raw_data().size() / 4)}, ++seed, -0.3, 0.3);
+    t.set_raw_data(std::string(reinterpret_cast<const char*>(r.bytes.data()), r.bytes.size()));
+  }
+  auto& c1 = b.node("Conv", {"input", "w1"}, {"y1"}, "conv1");
+  test::set_ints(c1, "pads", {1, 1, 1, 1});
+  b.node("BatchNormalization", {"y1", "bn1.g", "bn1.b", "bn1.m", "bn1.v"}, {"n1"}, "bn1");
+  b.node("Add", {"n1", "input"}, {"s1"}, "join");
+  b.node("Relu", {"s1"}, {"z1"}, "relu1");
+  auto& c2 = b.node("Conv", {"z1", "w2"}, {"y2"}, "conv2");
+  test::set_ints(c2, "pads", {1, 1, 1, 1});
+  b.node("BatchNormalization", {"y2", "bn2.g", "bn2.b", "bn2.m", "bn2.v"}, {"n2"}, "bn2");
+  b.node("Relu", {"n2"}, {"z2"}, "relu2");
+  b.node("GlobalAveragePool", {"z2"}, {"p"}, "pool");
+  b.node("Flatten", {"p"}, {"f"}, "flatten");
+  auto& fc = b.node("Gemm", {"f", "fc.w", "fc.b"}, {"y"}, "fc");
+  test::set_int(fc, "transB", 1);
+  b.output("y");
+  return graph::import_onnx_model(b.model, ".", {});
+}
+
+}  // namespace
+
+// A batch norm whose residual takes no gradient keeps its own gradient node: the ReLU's mask
+// there is BN(Y) + R > 0, which the fused data gradient (BN(Y) > 0) does not compute. Its
+// statistics still come with the convolution, and the step matches the unfused graph's.
+TEST(ConvBatchNormFusion, KeepsTheGradientOfAResidualThatTakesNoGradient) {
+  std::vector<test::TrainingRun> runs;
+  for (bool fuse : {false, true}) {
+    autodiff::TrainingOptions o;
+    o.fuse_batchnorm_relu = o.recompute_batchnorm_relu = true;
+    o.fuse_conv_batchnorm = fuse;
+    runs.push_back(test::make_training_run(residual_from_input_model(), o));
+    test::run_training_step(runs.back(), 7, {1, 4, 9, 0}, 0.1f, 0);
+  }
+  EXPECT_EQ(runs[1].tg.conv_statistics, 2);
+  EXPECT_EQ(runs[1].tg.conv_gradients, 0);
+  EXPECT_EQ(op_counts(runs[1].session->graph())["BatchNormReluGrad"], 2);
+  std::string worst;
+  EXPECT_LT(state_difference(runs[0], runs[1], &worst), 1e-5) << worst;
 }

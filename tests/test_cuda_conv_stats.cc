@@ -57,8 +57,11 @@ const ConvCase kCases[] = {
     {{3, 11, 13, 5}, {7, 3, 3, 5}, {3, 6, 7, 7}, 1, 2, DType::f16, true},
     {{16, 28, 28, 64}, {64, 3, 3, 64}, {16, 28, 28, 64}, 1, 1, DType::f16, true},  // ResNet's: cuDNN's graphs
     {{16, 14, 14, 128}, {256, 1, 1, 128}, {16, 14, 14, 256}, 0, 1, DType::f16, true},
-    // Composed again (12 channels), with enough rows for the sums to run in 16 chunks.
-    {{16, 32, 32, 12}, {20, 3, 3, 12}, {16, 32, 32, 20}, 1, 1, DType::f16, true},
+    // Composed again (12 channels in), with enough rows for the sums to run in 16 chunks and
+    // 72 channels out: three tiles of channels, the last one partly filled.
+    {{16, 32, 32, 12}, {72, 3, 3, 12}, {16, 32, 32, 72}, 1, 1, DType::f16, true},
+    // ResNet's stem (3 channels in, 7x7, stride 2), for which cuDNN has no fused engine.
+    {{8, 64, 64, 3}, {64, 7, 7, 3}, {8, 32, 32, 64}, 3, 2, DType::f16, true},
 };
 
 }  // namespace

@@ -218,15 +218,16 @@ __global__ void tiled_sums_kernel(TiledSumsParams p) {
 }
 
 __global__ void chunk_sums_kernel(const double* partial, int64_t chunks, int64_t channels, float* sum, float* sum_sq) {
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= channels) return;
-  double ts = 0, tq = 0;
-  for (int64_t k = 0; k < chunks; ++k) {
-    ts += partial[k * channels + c];
-    tq += partial[(chunks + k) * channels + c];
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < channels;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double ts = 0, tq = 0;
+    for (int64_t k = 0; k < chunks; ++k) {
+      ts += partial[k * channels + c];
+      tq += partial[(chunks + k) * channels + c];
+    }
+    if (sum) sum[c] = static_cast<float>(ts);
+    if (sum_sq) sum_sq[c] = static_cast<float>(tq);
   }
-  if (sum) sum[c] = static_cast<float>(ts);
-  if (sum_sq) sum_sq[c] = static_cast<float>(tq);
 }
 
 // Chunks of rows for the channels-last sums: enough blocks to fill a large GPU, at most 1024
@@ -249,9 +250,7 @@ struct FinalizeParams {
 // One thread per channel; every input of a channel is read before its outputs are written
 // (the running statistics' outputs may share their inputs' buffers).
 template <int kKind>
-__global__ void finalize_kernel(FinalizeParams p) {
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= p.channels) return;
+__device__ void finalize_channel(const FinalizeParams& p, int64_t c) {
   const auto f = math::batchnorm_finalize<float>(p.sum[c], p.sum_sq[c], p.count, p.scale[c], p.bias[c], p.run_mean[c],
                                                  p.run_var[c], p.eps, p.momentum, p.unbiased);
   if (p.mean_out) p.mean_out[c] = f.running_mean;
@@ -261,6 +260,13 @@ __global__ void finalize_kernel(FinalizeParams p) {
   // Rounded to float32 first, as the CPU's float32 kernel and its half emulation round.
   if (p.apply_scale) store_float<kKind>(p.apply_scale, c, static_cast<float>(f.apply_scale));
   if (p.apply_bias) store_float<kKind>(p.apply_bias, c, static_cast<float>(f.apply_bias));
+}
+
+template <int kKind>
+__global__ void finalize_kernel(FinalizeParams p) {
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < p.channels;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    finalize_channel<kKind>(p, c);
 }
 
 struct MaskParams {
