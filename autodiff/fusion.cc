@@ -174,6 +174,40 @@ int recompute_batchnorm_relu(graph::Graph& g, size_t forward_nodes) {
 }
 
 
+namespace {
+
+// Takes `old`'s outputs away from it (they become the replacement's) and lets go of its inputs,
+// so consumer lists show the graph without it; returns the outputs. The caller removes it.
+std::vector<Value*> detach(graph::Graph& g, Node* old) {
+  std::vector<Value*> outputs = old->outputs;
+  for (size_t i = 0; i < old->outputs.size(); ++i) g.set_output(old, i, nullptr);
+  for (size_t i = 0; i < old->inputs.size(); ++i) g.set_input(old, i, nullptr);
+  return outputs;
+}
+
+// A new oxtrain node of `op` just before `anchor`, writing `outputs` (null: omitted), with
+// `attrs`; its shapes inferred.
+Node* insert_before(graph::Graph& g, const Node* anchor, const char* op, const std::string& name,
+                    std::vector<Value*> inputs, const std::vector<Value*>& outputs,
+                    std::map<std::string, graph::Attribute> attrs) {
+  Node* n = g.add_node(op, std::move(inputs), {}, g.unique_name(name), graph::kOxtrainDomain);
+  for (size_t i = 0; i < outputs.size(); ++i)
+    if (outputs[i]) g.set_output(n, i, outputs[i]);
+  n->attrs = std::move(attrs);
+  infer_node(g, *n);
+  g.move_before(n, anchor);
+  return n;
+}
+
+// The channels-last attribute of `n`, alone.
+std::map<std::string, graph::Attribute> layout_of(const Node& n) {
+  std::map<std::string, graph::Attribute> a;
+  if (graph::is_channels_last(n)) a[graph::kChannelsLast] = n.attrs.at(graph::kChannelsLast);
+  return a;
+}
+
+}  // namespace
+
 ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
   ConvBatchNormFusion report;
   std::vector<Node*> batchnorms;
@@ -208,42 +242,29 @@ ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
     // The convolution, with the sums of its output.
     Value* sum = fresh(bn->name + "/sum");
     Value* sum_sq = fresh(bn->name + "/sum_sq");
-    g.set_output(conv, 0, nullptr);
-    Node* stats = g.add_node("ConvStats", {conv->input(0), conv->input(1)}, {}, g.unique_name(conv->name + "+stats"),
-                             graph::kOxtrainDomain);
-    g.set_output(stats, 0, y);
-    g.set_output(stats, 1, sum);
-    g.set_output(stats, 2, sum_sq);
-    stats->attrs = conv->attrs;
-    infer_node(g, *stats);
-    g.move_before(stats, conv);
+    const std::vector<Value*> conv_inputs = conv->inputs;
+    detach(g, conv);
+    Node* stats = insert_before(g, conv, "ConvStats", conv->name + "+stats", {conv_inputs[0], conv_inputs[1]},
+                                {y, sum, sum_sq}, conv->attrs);
     stats_nodes.insert(stats);
     // The batch norm's statistics from the sums, then its output from them.
-    std::vector<Value*> outs(5, nullptr);
-    for (size_t i = 0; i < 5; ++i) outs[i] = bn->output(i);
+    const std::vector<Value*> bn_inputs = bn->inputs;
+    std::vector<Value*> outs = detach(g, bn);
+    outs.resize(5, nullptr);
     if (!outs[3]) outs[3] = fresh(bn->name + "/saved_mean");
     if (!outs[4]) outs[4] = fresh(bn->name + "/saved_inv_std");
-    for (size_t i = 0; i < bn->outputs.size(); ++i) g.set_output(bn, i, nullptr);
-    Node* finalize = g.add_node("BatchNormFinalize", {sum, sum_sq, bn->input(1), bn->input(2), bn->input(3), bn->input(4)},
-                                {}, g.unique_name(bn->name + "/finalize"), graph::kOxtrainDomain);
-    for (size_t i = 0; i < 4; ++i) g.set_output(finalize, i, outs[i + 1]);
+    std::map<std::string, graph::Attribute> finalize_attrs;
     for (const char* key : {"epsilon", "momentum", "unbiased_running_var"})
-      if (bn->has_attr(key)) finalize->attrs[key] = bn->attrs.at(key);
-    finalize->attrs["count"].value = y->numel() / channels;
-    finalize->attrs["to"].value = int64_t{graph::dtype_to_onnx(y->dtype)};
-    infer_node(g, *finalize);
-    g.move_before(finalize, bn);
-    std::vector<Value*> apply_inputs = {y, bn->input(1), bn->input(2), outs[3], outs[4]};
-    if (relu && bn->input(5)) apply_inputs.push_back(bn->input(5));
-    Node* apply = g.add_node(relu ? "BatchNormReluApply" : "BatchNormApply", apply_inputs, {},
-                             g.unique_name(bn->name + "/apply"), graph::kOxtrainDomain);
-    if (outs[0]) g.set_output(apply, 0, outs[0]);
-    if (channels_last) apply->attrs[graph::kChannelsLast] = bn->attrs.at(graph::kChannelsLast);
-    infer_node(g, *apply);
-    g.move_before(apply, bn);
-    // The replaced nodes let go of their inputs, so the consumer lists below are the new graph's.
-    for (Node* old : {conv, bn})
-      for (size_t i = 0; i < old->inputs.size(); ++i) g.set_input(old, i, nullptr);
+      if (bn->has_attr(key)) finalize_attrs[key] = bn->attrs.at(key);
+    finalize_attrs["count"].value = y->numel() / channels;
+    finalize_attrs["to"].value = int64_t{graph::dtype_to_onnx(y->dtype)};
+    Node* finalize = insert_before(g, bn, "BatchNormFinalize", bn->name + "/finalize",
+                                   {sum, sum_sq, bn_inputs[1], bn_inputs[2], bn_inputs[3], bn_inputs[4]},
+                                   {outs[1], outs[2], outs[3], outs[4]}, std::move(finalize_attrs));
+    std::vector<Value*> apply_inputs = {y, bn_inputs[1], bn_inputs[2], outs[3], outs[4]};
+    if (relu && bn_inputs.size() > 5 && bn_inputs[5]) apply_inputs.push_back(bn_inputs[5]);
+    Node* apply = insert_before(g, bn, relu ? "BatchNormReluApply" : "BatchNormApply", bn->name + "/apply",
+                                apply_inputs, {outs[0]}, layout_of(*bn));
     doomed.insert(conv);
     doomed.insert(bn);
     if (relu && apply_inputs.size() == 5) plain_relu.insert(finalize);
@@ -269,7 +290,7 @@ ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
     g.set_input(next, 2, scale);
     g.set_input(next, 3, bias);
     infer_node(g, *next);
-    for (size_t i = 0; i < a.apply->inputs.size(); ++i) g.set_input(a.apply, i, nullptr);
+    detach(g, a.apply);
     doomed.insert(a.apply);
     // Backward's copy of Z (oxtrain.BatchNormReluApply of the same Y and statistics) feeds the
     // weight gradient of `next`: that reads Y through the prologue too.
@@ -283,15 +304,10 @@ ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
         if (wgrad->op_type != "ConvGradFilter" || wgrad->domain != graph::kOxtrainDomain ||
             wgrad->input(1) != r->output(0) || wgrad->input(0) == r->output(0) || !wgrad->output(0))
           continue;
-        Value* dw = wgrad->output(0);
-        g.set_output(wgrad, 0, nullptr);
-        Node* fused = g.add_node("ConvGradFilterScaleBiasRelu", {wgrad->input(0), y, scale, bias}, {},
-                                 g.unique_name(wgrad->name + "+prologue"), graph::kOxtrainDomain);
-        g.set_output(fused, 0, dw);
-        fused->attrs = wgrad->attrs;
-        infer_node(g, *fused);
-        g.move_before(fused, wgrad);
-        for (size_t i = 0; i < wgrad->inputs.size(); ++i) g.set_input(wgrad, i, nullptr);
+        Value* dy = wgrad->input(0);
+        const std::vector<Value*> dw = detach(g, wgrad);
+        insert_before(g, wgrad, "ConvGradFilterScaleBiasRelu", wgrad->name + "+prologue", {dy, y, scale, bias}, dw,
+                      wgrad->attrs);
         doomed.insert(wgrad);
       }
     }
@@ -322,26 +338,14 @@ ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
     Value* dscale = grad->output(1);
     Value* dbias = grad->output(2);
     if (!dx || !dscale || !dbias) continue;
-    for (size_t i = 0; i < grad->outputs.size(); ++i) g.set_output(grad, i, nullptr);
-    Value* ds = g.add_value(g.unique_name(grad->name + "/dS"));
-    Node* weights = g.add_node("ConvGradDataReluBatchNormWeight",
-                               {dgrad->input(0), dgrad->input(1), y, scale, beta, mean, inv_std}, {},
-                               g.unique_name(dgrad->name + "+relu+bn"), graph::kOxtrainDomain);
-    g.set_output(weights, 0, ds);
-    g.set_output(weights, 1, dscale);
-    g.set_output(weights, 2, dbias);
-    weights->attrs = dgrad->attrs;
-    infer_node(g, *weights);
-    g.move_before(weights, dgrad);
-    Node* apply = g.add_node("BatchNormGradApply", {ds, y, scale, mean, inv_std, dscale, dbias}, {},
-                             g.unique_name(grad->name + "/apply"), graph::kOxtrainDomain);
-    g.set_output(apply, 0, dx);
-    if (graph::is_channels_last(*grad)) apply->attrs[graph::kChannelsLast] = grad->attrs.at(graph::kChannelsLast);
-    infer_node(g, *apply);
-    g.move_before(apply, grad);
-    for (Node* old : {dgrad, grad})
-      for (size_t i = 0; i < old->inputs.size(); ++i) g.set_input(old, i, nullptr);
-    g.set_output(dgrad, 0, nullptr);
+    const std::vector<Value*> dgrad_inputs = dgrad->inputs;
+    detach(g, dgrad);
+    detach(g, grad);
+    Value* ds = fresh(grad->name + "/dS");
+    insert_before(g, dgrad, "ConvGradDataReluBatchNormWeight", dgrad->name + "+relu+bn",
+                  {dgrad_inputs[0], dgrad_inputs[1], y, scale, beta, mean, inv_std}, {ds, dscale, dbias}, dgrad->attrs);
+    insert_before(g, grad, "BatchNormGradApply", grad->name + "/apply", {ds, y, scale, mean, inv_std, dscale, dbias}, {dx},
+                  layout_of(*grad));
     doomed.insert(dgrad);
     doomed.insert(grad);
     ++report.gradients;

@@ -173,34 +173,6 @@ GraphRecipe grad_data_recipe(const graph::Node& n) {
   return r;
 }
 
-GraphRecipe grad_filter_recipe(const graph::Node& n) {
-  const graph::Value* dy = cpu::required(n, 0);
-  const graph::Value* x = cpu::required(n, 1);
-  const graph::Value* dw = cpu::required(n, 0, true);
-  const DType dt = common_type(n, {dy, x, dw});
-  const fe::DataType_t type = fe_type(dt, n.describe());
-  auto bytes = [dt](const graph::Shape& dims) { return tensor_bytes(dims, dt); };
-  graph::Shape w_shape = cpu::shape_attr(n, "filter_shape");
-  if (logical(n, dw->shape) != w_shape)
-    throw Error(n.describe() + ": output shape " + join(dw->shape) + " differs from filter_shape " + join(w_shape) +
-                (graph::is_channels_last(n) ? " (channels-last)" : ""));
-  const bool nhwc = graph::is_channels_last(n);
-  ConvShapes s = conv_shapes(n, logical(n, x->shape), w_shape, logical(n, dy->shape));
-  GraphRecipe r;
-  r.graph = new_float_graph();
-  fe::graph::Graph& g = *r.graph;
-  TensorPtr DY = packed_tensor(g, "DY", s.y, type, nhwc);
-  TensorPtr X = packed_tensor(g, "X", s.x, type, nhwc);
-  TensorPtr DW = g.conv_wgrad(DY, X, window_attributes<fe::graph::Conv_wgrad_attributes>(s));
-  set_packed(DW, s.w, type, nhwc);
-  DW->set_output(true);
-  r.bindings.push_back({DY, false, 0, bytes(s.y)});
-  r.bindings.push_back({X, false, 1, bytes(s.x)});
-  r.bindings.push_back({DW, true, 0, bytes(s.w)});
-  r.signature = signature("ConvGradFilter", s, false, dt, nhwc);
-  return r;
-}
-
 // The prologue Relu(X * scale + bias) over X (dims [N, C, ...]) in the graph, scale and bias
 // [1, C, 1, 1] of X's type bound to the node's inputs `first` and `first + 1`; float32 inside.
 TensorPtr add_prologue(GraphRecipe& r, const graph::Node& n, const TensorPtr& x, const std::vector<int64_t>& x_dims,
@@ -224,6 +196,38 @@ TensorPtr add_prologue(GraphRecipe& r, const graph::Node& n, const TensorPtr& x,
   r.bindings.push_back({S, false, first, tensor_bytes(channel, dt)});
   r.bindings.push_back({B, false, first + 1, tensor_bytes(channel, dt)});
   return p;
+}
+
+// ConvGradFilter, and oxtrain.ConvGradFilterScaleBiasRelu: X through the scale-bias-ReLU
+// prologue first (cuDNN's "scale-bias-relu-wgrad" graph).
+GraphRecipe grad_filter_recipe(const graph::Node& n) {
+  const bool prologue = n.op_type == "ConvGradFilterScaleBiasRelu";
+  const graph::Value* dy = cpu::required(n, 0);
+  const graph::Value* x = cpu::required(n, 1);
+  const graph::Value* dw = cpu::required(n, 0, true);
+  const DType dt = common_type(n, {dy, x, dw, n.input(2), n.input(3)});
+  const fe::DataType_t type = fe_type(dt, n.describe());
+  auto bytes = [dt](const graph::Shape& dims) { return tensor_bytes(dims, dt); };
+  graph::Shape w_shape = cpu::shape_attr(n, "filter_shape");
+  if (logical(n, dw->shape) != w_shape)
+    throw Error(n.describe() + ": output shape " + join(dw->shape) + " differs from filter_shape " + join(w_shape) +
+                (graph::is_channels_last(n) ? " (channels-last)" : ""));
+  const bool nhwc = graph::is_channels_last(n);
+  ConvShapes s = conv_shapes(n, logical(n, x->shape), w_shape, logical(n, dy->shape));
+  GraphRecipe r;
+  r.graph = new_float_graph();
+  fe::graph::Graph& g = *r.graph;
+  TensorPtr DY = packed_tensor(g, "DY", s.y, type, nhwc);
+  TensorPtr X = packed_tensor(g, "X", s.x, type, nhwc);
+  r.bindings.push_back({DY, false, 0, bytes(s.y)});
+  r.bindings.push_back({X, false, 1, bytes(s.x)});
+  TensorPtr in = prologue ? add_prologue(r, n, X, s.x, 2, dt, nhwc) : X;
+  TensorPtr DW = g.conv_wgrad(DY, in, window_attributes<fe::graph::Conv_wgrad_attributes>(s));
+  set_packed(DW, s.w, type, nhwc);
+  DW->set_output(true);
+  r.bindings.push_back({DW, true, 0, bytes(s.w)});
+  r.signature = signature(prologue ? "ScaleBiasReluConvGradFilter" : "ConvGradFilter", s, false, dt, nhwc);
+  return r;
 }
 
 // oxtrain.ConvStats as cuDNN's "conv + genstats" graph, with the scale-bias-ReLU prologue
@@ -263,34 +267,6 @@ GraphRecipe conv_stats_recipe(const graph::Node& n) {
   r.bindings.push_back({SUM, true, 1, tensor_bytes(channel, DType::f32)});
   r.bindings.push_back({SUM_SQ, true, 2, tensor_bytes(channel, DType::f32)});
   r.signature = signature(prologue ? "ScaleBiasReluConvStats" : "ConvStats", s, false, dt, nhwc);
-  return r;
-}
-
-// oxtrain.ConvGradFilterScaleBiasRelu as cuDNN's "scale-bias-relu-wgrad" graph.
-GraphRecipe grad_filter_sbr_recipe(const graph::Node& n) {
-  const graph::Value* dy = cpu::required(n, 0);
-  const graph::Value* x = cpu::required(n, 1);
-  const graph::Value* dw = cpu::required(n, 0, true);
-  const DType dt = common_type(n, {dy, x, dw, n.input(2), n.input(3)});
-  const fe::DataType_t type = fe_type(dt, n.describe());
-  const graph::Shape w_shape = cpu::shape_attr(n, "filter_shape");
-  const bool nhwc = graph::is_channels_last(n);
-  if (logical(n, dw->shape) != w_shape)
-    throw Error(n.describe() + ": output shape " + join(dw->shape) + " differs from filter_shape " + join(w_shape));
-  ConvShapes s = conv_shapes(n, logical(n, x->shape), w_shape, logical(n, dy->shape));
-  GraphRecipe r;
-  r.graph = new_float_graph();
-  fe::graph::Graph& g = *r.graph;
-  TensorPtr DY = packed_tensor(g, "DY", s.y, type, nhwc);
-  TensorPtr X = packed_tensor(g, "X", s.x, type, nhwc);
-  r.bindings.push_back({DY, false, 0, tensor_bytes(s.y, dt)});
-  r.bindings.push_back({X, false, 1, tensor_bytes(s.x, dt)});
-  TensorPtr in = add_prologue(r, n, X, s.x, 2, dt, nhwc);
-  TensorPtr DW = g.conv_wgrad(DY, in, window_attributes<fe::graph::Conv_wgrad_attributes>(s));
-  set_packed(DW, s.w, type, nhwc);
-  DW->set_output(true);
-  r.bindings.push_back({DW, true, 0, tensor_bytes(s.w, dt)});
-  r.signature = signature("ScaleBiasReluConvGradFilter", s, false, dt, nhwc);
   return r;
 }
 
@@ -368,7 +344,7 @@ GraphRecipe conv_recipe(const graph::Node& node) {
   if (node.op_type == "ConvGradData") return grad_data_recipe(node);
   if (node.op_type == "ConvGradFilter") return grad_filter_recipe(node);
   if (node.op_type == "ConvStats") return conv_stats_recipe(node);
-  if (node.op_type == "ConvGradFilterScaleBiasRelu") return grad_filter_sbr_recipe(node);
+  if (node.op_type == "ConvGradFilterScaleBiasRelu") return grad_filter_recipe(node);
   if (node.op_type == "ConvGradDataReluBatchNormWeight") return grad_data_relu_bn_recipe(node);
   throw Error(node.describe() + ": not a convolution");
 }
