@@ -263,12 +263,14 @@ ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
                                    {outs[1], outs[2], outs[3], outs[4]}, std::move(finalize_attrs));
     std::vector<Value*> apply_inputs = {y, bn_inputs[1], bn_inputs[2], outs[3], outs[4]};
     if (relu && bn_inputs.size() > 5 && bn_inputs[5]) apply_inputs.push_back(bn_inputs[5]);
-    Node* apply = insert_before(g, bn, relu ? "BatchNormReluApply" : "BatchNormApply", bn->name + "/apply",
-                                apply_inputs, {outs[0]}, layout_of(*bn));
+    if (relu && apply_inputs.size() == 5) plain_relu.insert(finalize);
+    if (outs[0]) {
+      Node* apply = insert_before(g, bn, relu ? "BatchNormReluApply" : "BatchNormApply", bn->name + "/apply",
+                                  apply_inputs, {outs[0]}, layout_of(*bn));
+      if (relu && apply_inputs.size() == 5) applied.push_back({finalize, apply});
+    }
     doomed.insert(conv);
     doomed.insert(bn);
-    if (relu && apply_inputs.size() == 5) plain_relu.insert(finalize);
-    if (relu && apply_inputs.size() == 5 && outs[0]) applied.push_back({finalize, apply});
     ++report.statistics;
   }
   // The prologues: Z = Relu(BN(Y)) read in the forward by one ConvStats alone.
@@ -351,7 +353,15 @@ ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& g) {
     ++report.gradients;
   }
   g.remove_nodes_if([&](const Node& n) { return doomed.count(&n) != 0; });
+  // What is dead now are backward's recomputations that nothing reads any more.
+  auto recomputations = [&] {
+    return std::count_if(g.nodes().begin(), g.nodes().end(), [](const auto& n) {
+      return n->op_type == "BatchNormReluApply" || n->op_type == "BatchNormApply";
+    });
+  };
+  const auto before = recomputations();
   g.remove_dead_nodes();
+  report.recomputations_dropped = static_cast<int>(before - recomputations());
   g.prune_values();
   return report;
 }

@@ -55,6 +55,7 @@ struct ConvBatchNormFusion {
   int statistics = 0;  // convolutions that compute their batch norm's sums
   int prologues = 0;   // batch-norm outputs applied in the next convolution's prologue
   int gradients = 0;   // batch-norm gradients fused with the data gradient before them
+  int recomputations_dropped = 0;  // backward's recomputed outputs no node reads any more
 };
 ConvBatchNormFusion fuse_conv_batchnorm(graph::Graph& graph);
 

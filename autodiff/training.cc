@@ -503,18 +503,9 @@ TrainingGraph build_training_graph(Graph g, const TrainingOptions& options) {
   }
   if (options.fuse_cast_transpose) result.cast_transposes = graph::fuse_cast_transpose(g);
   if (options.fuse_conv_batchnorm) {
-    // Recomputed outputs the fusion leaves nobody to read are no longer recomputed.
-    auto recomputations = [&] {
-      int64_t count = 0;
-      for (const auto& n : g.nodes())
-        count += n->op_type == "BatchNormReluApply" && n->name.size() > 10 &&
-                 n->name.compare(n->name.size() - 10, 10, "/recompute") == 0;
-      return count;
-    };
-    const int64_t before = recomputations();
     const int64_t nodes_before = static_cast<int64_t>(g.nodes().size());
     const ConvBatchNormFusion fused = fuse_conv_batchnorm(g);
-    result.recomputed_values -= before - recomputations();
+    result.recomputed_values -= fused.recomputations_dropped;
     // Forward: each batch norm became a finalize and an apply, each prologue took an apply away.
     const int64_t forward_change = fused.statistics - fused.prologues;
     result.forward_nodes += forward_change;

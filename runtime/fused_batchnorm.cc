@@ -8,13 +8,11 @@
 namespace oxtrain::runtime {
 namespace {
 
-constexpr size_t kAlign = 256;
 
 // What the inner batch-norm nodes take from the fused one.
 constexpr std::initializer_list<const char*> kBatchNormAttributes = {"epsilon", "momentum", "unbiased_running_var",
                                                                       graph::kChannelsLast};
 
-size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 // Z = Relu(inner(X, ...) + R): the inner op (BatchNormTraining, or BatchNormApply when
 // recomputing) writes into Z's buffer, then one pass in place.
@@ -71,7 +69,7 @@ class BatchNormReluGradKernel final : public Kernel {
     dtype_ = n.input(0)->dtype;
     count_ = n.input(0)->numel();
     // Without dR, dS lives in the workspace, before the inner kernel's.
-    if (!n.output(3)) own_bytes_ = aligned(static_cast<size_t>(count_) * graph::dtype_size(dtype_));
+    if (!n.output(3)) own_bytes_ = workspace_slice(static_cast<size_t>(count_) * graph::dtype_size(dtype_));
   }
   size_t workspace_bytes() const override { return own_bytes_ + inner_.kernel->workspace_bytes(); }
   std::string describe() const override {

@@ -13,6 +13,10 @@
 
 namespace oxtrain::runtime {
 
+// Bytes a composed kernel keeps for itself at the start of its workspace, rounded up to the
+// 256-byte alignment the inner kernel's slice after them must have (cuDNN's workspaces).
+inline size_t workspace_slice(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
 struct InnerKernel {
   graph::Graph graph;
   graph::Node* node = nullptr;

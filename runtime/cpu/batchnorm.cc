@@ -20,6 +20,7 @@ namespace {
 using cpu::dispatch_float;
 using cpu::kParallelMin;
 using cpu::lane_sum;
+using cpu::optional_out;
 
 // Checks X [N,C,...] and that inputs first..last are [C] of X's type; returns X's type.
 DType check_inputs(const Node& n, size_t first, size_t last, const char* const names[]) {
@@ -56,11 +57,6 @@ Geometry geometry(const graph::Shape& x) {
   Geometry g{x[0], x[1], 1};
   for (size_t d = 2; d < x.size(); ++d) g.spatial *= x[d];
   return g;
-}
-
-template <typename T>
-T* optional_out(const KernelArgs& a, size_t i) {
-  return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].as<T>() : nullptr;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -22,6 +22,12 @@ constexpr int64_t kParallelMin = 1 << 15;
 constexpr int64_t kSegment = 4096;
 
 // Calls f(T{}) with T = float or double for `dtype`; throws naming `what` for other types.
+// Output i of a kernel's arguments, or null where the node omits it.
+template <typename T>
+T* optional_out(const KernelArgs& a, size_t i) {
+  return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].as<T>() : nullptr;
+}
+
 template <typename F>
 auto dispatch_float(graph::DType dtype, const std::string& what, F&& f) {
   if (dtype == graph::DType::f32) return f(float{});

@@ -15,6 +15,7 @@
 #include "graph/ops.h"
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernels.h"
+#include "runtime/cpu/node_checks.h"
 #include "runtime/inner_kernel.h"
 #include "runtime/math/conv_batchnorm.h"
 
@@ -24,14 +25,8 @@ namespace {
 using cpu::dispatch_float;
 using cpu::kParallelMin;
 
-constexpr size_t kAlign = 64;
-size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
-
-const graph::Value* required(const Node& n, size_t i, bool output = false) {
-  const graph::Value* v = output ? n.output(i) : n.input(i);
-  if (!v) throw Error(n.describe() + ": " + (output ? "output " : "input ") + std::to_string(i) + " is missing");
-  return v;
-}
+using cpu::optional_out;
+using cpu::required;
 
 // p = Relu(x * scale + bias) per channel of x [N, C, ...].
 template <typename T>
@@ -77,7 +72,7 @@ class ConvStatsKernel final : public Kernel {
       : inner_(init, "", "Conv", {required(init.node, 0), required(init.node, 1)}, {required(init.node, 0, true)}) {
     const Node& n = init.node;
     prologue_ = n.input(2) != nullptr;
-    if (prologue_) own_bytes_ = aligned(static_cast<size_t>(n.input(0)->numel()) * sizeof(T));
+    if (prologue_) own_bytes_ = workspace_slice(static_cast<size_t>(n.input(0)->numel()) * sizeof(T));
   }
   size_t workspace_bytes() const override { return own_bytes_ + inner_.kernel->workspace_bytes(); }
   std::string describe() const override {
@@ -91,8 +86,8 @@ class ConvStatsKernel final : public Kernel {
     const int64_t batch = y.shape[0], channels = y.shape[1];
     const int64_t spatial = batch * channels > 0 ? y.numel() / (batch * channels) : 0;
     const T* yd = y.as<T>();
-    T* sum = a.outputs.size() > 1 && a.outputs[1].present() ? a.outputs[1].as<T>() : nullptr;
-    T* sq = a.outputs.size() > 2 && a.outputs[2].present() ? a.outputs[2].as<T>() : nullptr;
+    T* sum = optional_out<T>(a, 1);
+    T* sq = optional_out<T>(a, 2);
 #pragma omp parallel for schedule(static) if (y.numel() >= kParallelMin && channels > 1)
     for (int64_t c = 0; c < channels; ++c) {
       double s = 0, s2 = 0;
@@ -118,7 +113,7 @@ class ConvGradFilterSbrKernel final : public Kernel {
   explicit ConvGradFilterSbrKernel(const KernelInit& init)
       : inner_(init, graph::kOxtrainDomain, "ConvGradFilter", {required(init.node, 0), required(init.node, 1)},
                {required(init.node, 0, true)}) {
-    own_bytes_ = aligned(static_cast<size_t>(init.node.input(1)->numel()) * sizeof(T));
+    own_bytes_ = workspace_slice(static_cast<size_t>(init.node.input(1)->numel()) * sizeof(T));
   }
   size_t workspace_bytes() const override { return own_bytes_ + inner_.kernel->workspace_bytes(); }
   std::string describe() const override {
@@ -143,8 +138,8 @@ void batchnorm_finalize(const KernelArgs& a, int64_t count, double eps, double m
   const T* beta = a.inputs[3].as<T>();
   const T* run_mean = a.inputs[4].as<T>();
   const T* run_var = a.inputs[5].as<T>();
-  T* out[6] = {};
-  for (size_t i = 0; i < 6 && i < a.outputs.size(); ++i) out[i] = a.outputs[i].present() ? a.outputs[i].as<T>() : nullptr;
+  T* out[6];
+  for (size_t i = 0; i < 6; ++i) out[i] = optional_out<T>(a, i);
   for (int64_t c = 0; c < channels; ++c) {
     // Every input of the channel is read before its outputs are written: the running
     // statistics' outputs may share their inputs' buffers.
@@ -170,10 +165,7 @@ class ConvGradDataReluBnKernel final : public Kernel {
     return "the ConvGradData kernel, then the ReLU's mask and batch norm's weight gradients in a pass of their own";
   }
   void run(const KernelArgs& a) override {
-    KernelArgs inner = a;
-    inner.inputs.resize(2);
-    inner.outputs.resize(1);
-    inner_.kernel->run(inner);
+    inner_.kernel->run(inner_args(a, {a.inputs[0], a.inputs[1]}, {a.outputs[0]}, 0));
     const TensorView& xv = a.inputs[2];
     const int64_t batch = xv.shape[0], channels = xv.shape[1];
     const int64_t spatial = batch * channels > 0 ? xv.numel() / (batch * channels) : 0;
@@ -181,8 +173,8 @@ class ConvGradDataReluBnKernel final : public Kernel {
     const T *scale = a.inputs[3].as<T>(), *bias = a.inputs[4].as<T>();
     const T *mean = a.inputs[5].as<T>(), *inv_std = a.inputs[6].as<T>();
     T* ds = a.outputs[0].as<T>();
-    T* dscale = a.outputs.size() > 1 && a.outputs[1].present() ? a.outputs[1].as<T>() : nullptr;
-    T* dbias = a.outputs.size() > 2 && a.outputs[2].present() ? a.outputs[2].as<T>() : nullptr;
+    T* dscale = optional_out<T>(a, 1);
+    T* dbias = optional_out<T>(a, 2);
 #pragma omp parallel for schedule(static) if (xv.numel() >= kParallelMin && channels > 1)
     for (int64_t c = 0; c < channels; ++c) {
       double sum = 0, sum_xc = 0;

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "base/half.h"
+#include "runtime/cuda/kernels.h"
 #include "runtime/math/conv_batchnorm.h"
 #include "runtime/math/normalization.h"
 
@@ -23,6 +24,11 @@ struct ChannelIndex {
     return channels_last ? j * channels + c : (j / spatial * channels + c) * spatial + j % spatial;
   }
 };
+
+// The channel of element i of [N, C, spatial] (channels-last: [N, spatial, C]).
+__device__ int64_t channel_of(int64_t i, int64_t spatial, int64_t channels, bool channels_last) {
+  return channels_last ? i % channels : (i / spatial) % channels;
+}
 
 // The block's sum of `v` in a fixed tree; every thread of the block calls it and gets the sum.
 __device__ double block_sum(double v, double* shared) {
@@ -49,7 +55,7 @@ template <int kKind>
 __global__ void inference_kernel(InferenceParams p) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = p.channels_last ? i % p.channels : (i / p.spatial) % p.channels;
+    const int64_t c = channel_of(i, p.spatial, p.channels, p.channels_last);
     const float k = math::batchnorm_inference_factor(p.scale[c], p.var[c], p.eps);
     store_float<kKind>(p.y, i, math::batchnorm_inference(load_float<kKind>(p.x, i), p.mean[c], k, p.bias[c]));
   }
@@ -149,7 +155,7 @@ template <int kKind>
 __global__ void scale_bias_relu_kernel(PrologueParams p) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = p.channels_last ? i % p.channels : (i / p.spatial) % p.channels;
+    const int64_t c = channel_of(i, p.spatial, p.channels, p.channels_last);
     store_float<kKind>(p.p, i, math::scale_bias_relu(load_float<kKind>(p.x, i), load_float<kKind>(p.scale, c),
                                                      load_float<kKind>(p.bias, c)));
   }
@@ -215,19 +221,6 @@ __global__ void tiled_sums_kernel(TiledSumsParams p) {
   }
   p.partial[blockIdx.x * p.channels + c] = ts;
   p.partial[(p.chunks + blockIdx.x) * p.channels + c] = tq;
-}
-
-__global__ void chunk_sums_kernel(const double* partial, int64_t chunks, int64_t channels, float* sum, float* sum_sq) {
-  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < channels;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    double ts = 0, tq = 0;
-    for (int64_t k = 0; k < chunks; ++k) {
-      ts += partial[k * channels + c];
-      tq += partial[(chunks + k) * channels + c];
-    }
-    if (sum) sum[c] = static_cast<float>(ts);
-    if (sum_sq) sum_sq[c] = static_cast<float>(tq);
-  }
 }
 
 // Chunks of rows for the channels-last sums: enough blocks to fill a large GPU, at most 1024
@@ -313,7 +306,7 @@ __global__ void grad_apply_kernel(GradApplyParams p) {
   const double md = static_cast<double>(p.m);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = p.channels_last ? i % p.channels : (i / p.spatial) % p.channels;
+    const int64_t c = channel_of(i, p.spatial, p.channels, p.channels_last);
     const double is = p.inv_std[c];
     const double k = p.m > 0 ? static_cast<double>(p.scale[c]) * is / md : 0.0;
     store_float<kKind>(p.dx, i,
@@ -425,9 +418,7 @@ void channel_sums(const BatchNormView& v, const void* y, float* sum, float* sum_
       tiled_sums_kernel<decltype(k)::value><<<grid, kThreads, 0, ctx.stream>>>(t);
     });
     check(cudaGetLastError(), "channel sums kernel launch", where);
-    const Launch g = launch_for(v.channels, ctx);
-    chunk_sums_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(t.partial, chunks, v.channels, sum, sum_sq);
-    check(cudaGetLastError(), "channel sums kernel launch", where);
+    add_chunk_partials(t.partial, chunks, v.channels, sum, sum_sq, ctx, where);
     return;
   }
   SumsParams p{y, sum, sum_sq, v.batch * v.spatial, index_of(v)};

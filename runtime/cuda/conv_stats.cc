@@ -17,6 +17,8 @@
 #include <string>
 
 #include "graph/ops.h"
+#include "runtime/cpu/broadcast.h"
+#include "runtime/cpu/node_checks.h"
 #include "runtime/cuda/batchnorm_own.h"
 #include "runtime/cuda/kernels.h"
 #include "runtime/inner_kernel.h"
@@ -24,14 +26,10 @@
 namespace oxtrain::runtime {
 namespace {
 
-constexpr size_t kAlign = 256;
-size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+using cpu::optional_out;
 
-const graph::Value& required(const graph::Node& n, size_t i, bool output = false) {
-  const graph::Value* v = output ? n.output(i) : n.input(i);
-  if (!v) throw Error(n.describe() + ": " + (output ? "output " : "input ") + std::to_string(i) + " is missing");
-  return *v;
-}
+// The node's input (or output) i, which it must have.
+const graph::Value& required(const graph::Node& n, size_t i, bool output = false) { return *cpu::required(n, i, output); }
 
 // v's geometry as the own batch-norm kernels see it: [N, C, positions], or channels-last
 // [N, positions, C] for a channels-last node's 4-D value.
@@ -62,7 +60,7 @@ class PrologueThen {
         if (required(init.node, i).dtype != x_.data || required(init.node, i).numel() != x_.channels)
           throw Error(where_ + ": the prologue's '" + init.node.input(i)->name + "' must be " +
                       graph::dtype_name(x_.data) + " [" + std::to_string(x_.channels) + "]");
-      own_bytes_ = aligned(static_cast<size_t>(required(init.node, x_slot).numel()) * graph::dtype_size(x_.data));
+      own_bytes_ = workspace_slice(static_cast<size_t>(required(init.node, x_slot).numel()) * graph::dtype_size(x_.data));
     }
   }
   size_t workspace_bytes() const { return own_bytes_ + inner_.kernel->workspace_bytes(); }
@@ -113,8 +111,8 @@ class ComposedConvStats final : public Kernel {
   std::string describe() const override { return conv_.describe("Conv") + ", then the channel sums in a pass of their own"; }
   void run(const KernelArgs& a) override {
     conv_.run(a);
-    auto out = [&](size_t i) { return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].as<float>() : nullptr; };
-    cuda::channel_sums(y_, a.outputs[0].data, out(1), out(2), a.workspace, conv_.context(a), conv_.where());
+    cuda::channel_sums(y_, a.outputs[0].data, optional_out<float>(a, 1), optional_out<float>(a, 2), a.workspace,
+                       conv_.context(a), conv_.where());
   }
 
  private:
@@ -162,10 +160,9 @@ class ComposedGradDataReluBn final : public Kernel {
     inner.inputs.resize(2);
     inner.outputs.resize(1);
     dgrad_.kernel->run(inner);
-    auto out = [&](size_t i) { return i < a.outputs.size() && a.outputs[i].present() ? a.outputs[i].as<float>() : nullptr; };
     cuda::relu_mask_weight_grads(x_, a.inputs[2].data, a.outputs[0].data, a.inputs[3].as<float>(), a.inputs[4].as<float>(),
-                                 a.inputs[5].as<float>(), a.inputs[6].as<float>(), out(1), out(2),
-                                 cuda::context_of(a, where_), where_);
+                                 a.inputs[5].as<float>(), a.inputs[6].as<float>(), optional_out<float>(a, 1),
+                                 optional_out<float>(a, 2), cuda::context_of(a, where_), where_);
   }
 
  private:

@@ -52,6 +52,12 @@ void register_cuda_conv_stats_kernels(KernelRegistry& registry);
 KernelFactory batchnorm_apply_kernel_factory(bool relu);
 
 namespace cuda {
+// normalization.cu: per-column sums of partial sums computed in `chunks` chunks, added in chunk
+// order: partials [2][chunks][d] (double, on the device) -> first[j], second[j] (float32; each
+// may be null). The second pass of the deterministic column reductions (LayerNormalization's
+// weight gradients, the channels-last channel sums of runtime/cuda/batchnorm_own.h).
+void add_chunk_partials(const double* partials, int64_t chunks, int64_t d, float* first, float* second,
+                        const CudaContext& ctx, const std::string& where);
 // half_emulation.cu: `float_factory` with half values handled for kernels that compute only
 // float32 (float32 copies in the kernel's workspace, outputs rounded); Cast to and from half.
 KernelFactory with_half_emulation(const std::string& domain, const std::string& op_type, KernelFactory float_factory);

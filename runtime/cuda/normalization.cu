@@ -189,20 +189,6 @@ __global__ void layer_norm_grad_partials_kernel(const float* dy, const float* x,
   }
 }
 
-// Adds the chunks' partial sums in order.
-__global__ void layer_norm_grad_finish_kernel(const double* partials, float* dscale, float* dbias, int64_t chunks,
-                                              int64_t d) {
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < d; j += stride) {
-    double s = 0, b = 0;
-    for (int64_t c = 0; c < chunks; ++c) {
-      s += partials[c * d + j];
-      b += partials[(chunks + c) * d + j];
-    }
-    if (dscale) dscale[j] = static_cast<float>(s);
-    if (dbias) dbias[j] = static_cast<float>(b);
-  }
-}
 
 // ---------------------------------------------------------------------------------------
 // ReduceSumGrad: dX[i] = dY[broadcast offset of i].
@@ -350,10 +336,7 @@ KernelFactory layer_norm_grad_factory() {
                   a.inputs[0].as<float>(), a.inputs[1].as<float>(), a.inputs[3].as<float>(), a.inputs[4].as<float>(),
                   partials, layout.rows, layout.d, per_chunk);
               cuda::check(cudaGetLastError(), "layer_norm_grad_partials_kernel launch", what);
-              const cuda::Launch g = cuda::launch_for(layout.d, ctx);
-              layer_norm_grad_finish_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(partials, dscale, dbias, chunks,
-                                                                                    layout.d);
-              cuda::check(cudaGetLastError(), "layer_norm_grad_finish_kernel launch", what);
+              cuda::add_chunk_partials(partials, chunks, layout.d, dscale, dbias, ctx, what);
             }
           }
           float* dx = optional_output(a, 0);
@@ -594,5 +577,34 @@ void register_cuda_normalization_kernels(KernelRegistry& registry) {
   registry.add("oxtrain", "ReduceSumGrad", cuda, reduce_sum_grad_factory());
   registry.add("oxtrain", "BatchNormApply", cuda, batchnorm_apply_kernel_factory(false));
 }
+
+namespace cuda {
+namespace {
+
+// Adds the chunks' partial sums in order.
+__global__ void chunk_partials_kernel(const double* partials, int64_t chunks, int64_t d, float* first, float* second) {
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < d; j += stride) {
+    double a = 0, b = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      a += partials[c * d + j];
+      b += partials[(chunks + c) * d + j];
+    }
+    if (first) first[j] = static_cast<float>(a);
+    if (second) second[j] = static_cast<float>(b);
+  }
+}
+
+}  // namespace
+
+void add_chunk_partials(const double* partials, int64_t chunks, int64_t d, float* first, float* second,
+                        const CudaContext& ctx, const std::string& where) {
+  if (d <= 0) return;
+  const Launch g = launch_for(d, ctx);
+  chunk_partials_kernel<<<g.blocks, g.threads, 0, ctx.stream>>>(partials, chunks, d, first, second);
+  check(cudaGetLastError(), "chunk partials kernel launch", where);
+}
+
+}  // namespace cuda
 
 }  // namespace oxtrain::runtime

@@ -15,23 +15,13 @@
 
 namespace oxtrain::runtime::math {
 
-// The prologue in float32: Relu(x * scale + bias), with the product rounded before the sum
-// (no fused multiply-add on either device), so the CPU and the GPU give the same bits.
-OXTRAIN_HD float scale_bias_relu(float x, float scale, float bias) {
-#ifdef __CUDA_ARCH__
-  const float y = __fadd_rn(__fmul_rn(x, scale), bias);
-#else
-  const float y = x * scale + bias;
-#endif
-  return y > 0.0f ? y : 0.0f;
-}
-OXTRAIN_HD double scale_bias_relu(double x, double scale, double bias) {
-#ifdef __CUDA_ARCH__
-  const double y = __dadd_rn(__dmul_rn(x, scale), bias);
-#else
-  const double y = x * scale + bias;
-#endif
-  return y > 0.0 ? y : 0.0;
+// The prologue, in T (float32 for half values): Relu(x * scale + bias), the product rounded
+// before the sum on both devices (the build keeps either compiler from fusing them:
+// -ffp-contract=off, --fmad=false), so the CPU and the GPU give the same bits.
+template <typename T>
+OXTRAIN_HD T scale_bias_relu(T x, T scale, T bias) {
+  const T y = x * scale + bias;
+  return y > T(0) ? y : T(0);
 }
 
 // One channel of oxtrain.BatchNormFinalize. Inputs: the channel's sum and sum of squares over
@@ -63,13 +53,8 @@ OXTRAIN_HD BatchNormFinalized<U> batchnorm_finalize(double sum, double sum_sq, i
   f.running_var = static_cast<U>(batchnorm_running_var(static_cast<double>(running_var), var, count, momentum, unbiased));
   f.saved_mean = static_cast<U>(mean);
   f.saved_inv_std = static_cast<U>(inv_std);
-#ifdef __CUDA_ARCH__
-  f.apply_scale = __dmul_rn(static_cast<double>(f.saved_inv_std), static_cast<double>(gamma));
-  f.apply_bias = __dsub_rn(static_cast<double>(beta), __dmul_rn(static_cast<double>(f.saved_mean), f.apply_scale));
-#else
   f.apply_scale = static_cast<double>(f.saved_inv_std) * static_cast<double>(gamma);
   f.apply_bias = static_cast<double>(beta) - static_cast<double>(f.saved_mean) * f.apply_scale;
-#endif
   return f;
 }
 
