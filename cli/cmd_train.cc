@@ -31,7 +31,10 @@
 #include "graph/passes.h"
 #include "graph/zoo.h"
 #include "runtime/checkpoint.h"
+#include "io/loader.h"
+#include "io/transforms.h"
 #include "runtime/device.h"
+#include "runtime/jpeg_decoder.h"
 #include "runtime/session.h"
 #include "runtime/step_metrics.h"
 
@@ -53,6 +56,7 @@ struct TrainArgs {
   int64_t seed = 0;
   bool synthetic = false;
   std::string device = "auto";
+  std::string decode = "cpu";  // --decode: where JPEGs are decoded
   std::string precision = "tf32";
   bool no_recompute = false;  // --no-recompute
   std::string conv_bn_fusion = "auto";  // --conv-bn-fusion
@@ -155,6 +159,13 @@ void check_args(const TrainArgs& a) {
   check_range("--nproc-per-node", a.nproc_per_node, 0, 1024);
   if (a.device != "cpu" && a.device != "cuda" && a.device != "auto")
     throw Error("--device is cpu, cuda or auto (cuda where a GPU is visible), got '" + escape_name(a.device) + "'");
+  if (a.decode != "cpu" && a.decode != "gpu")
+    throw Error("--decode is cpu (the loader's threads) or gpu (nvJPEG), got '" + escape_name(a.decode) + "'");
+  if (a.decode == "gpu" && a.data.empty())
+    throw Error("--decode gpu decodes the JPEGs of DATA (an ImageNet folder); --synthetic and --input-tensors "
+                "have nothing to decode");
+  if (a.decode == "gpu" && a.device == "cpu")
+    throw Error("--decode gpu needs the GPU, and --device cpu trains on the CPU; use --device cuda or --decode cpu");
   parse_precision(a.precision);
   std::error_code ec;
   if (!a.data.empty() && fs::is_regular_file(a.data, ec)) {
@@ -271,11 +282,15 @@ class TrainRun {
   }
   const graph::Shape& image_shape() const { return image_shape_; }
   // A batch's images into `input`: float [N, 3, H, W], or uint8 pixels [N, H, W, 3].
-  void feed_images(runtime::Session& s, const std::string& input, const TrainBatch& b) const {
+  void feed_images(runtime::Session& s, const std::string& input, const TrainBatch& b) {
     const graph::Shape& i = image_shape_;
-    if (b.pixels) s.feed(input, graph::DType::u8, {i[0], i[2], i[3], i[1]}, b.pixels);
+    if (b.encoded) feed_encoded(s, input, b);
+    else if (b.pixels) s.feed(input, graph::DType::u8, {i[0], i[2], i[3], i[1]}, b.pixels);
     else s.feed(input, graph::DType::f32, i, b.images);
   }
+  // --decode gpu: nvJPEG decodes the batch's JPEGs straight into the input's staging buffer.
+  void feed_encoded(runtime::Session& s, const std::string& input, const TrainBatch& b);
+  void make_decoder();
 
   TrainArgs args_;  // -b becomes this process's share under --multiprocessing-distributed
   const TrainArgs& a_;
@@ -288,6 +303,10 @@ class TrainRun {
   autodiff::TrainingGraph tg_;
   std::unique_ptr<runtime::Session> session_, eval_session_;
   std::unique_ptr<runtime::StepMetrics> step_metrics_;
+  std::unique_ptr<runtime::JpegDecoder> decoder_;  // --decode gpu
+  std::vector<runtime::EncodedImage> encoded_images_;
+  std::vector<uint8_t> black_;  // one padding sample
+
   std::string input_name_, eval_input_, eval_output_;
   int64_t classes_ = 0, global_step_ = 0, start_epoch_ = 0, resume_batch_ = 0;
   double best_acc1_ = 0;
@@ -303,6 +322,7 @@ void TrainRun::build_sources() {
   so.workers = static_cast<int>(a_.workers);
   so.seed = static_cast<uint64_t>(a_.seed);
   so.min_crop_scale = a_.min_crop_scale;
+  so.gpu_decode = a_.decode == "gpu";
   so.classes = a_.num_classes > 0 ? a_.num_classes : 1000;
   if (job_) {
     so.rank = job_->config.rank;
@@ -358,6 +378,7 @@ void TrainRun::build_sessions() {
     so.communicator = job_->comm.get();
     if (so.device == runtime::Device::cuda) so.device_index = job_->config.local_rank;  // a GPU per process
   }
+
   // As main.py, which turns cudnn.benchmark off for a seeded run: with --seed every cuDNN plan
   // is the heuristics' first that runs, not the fastest measured, so the run repeats bit for bit.
   so.measure_plans = !a_.seed_given;
@@ -522,6 +543,59 @@ void TrainRun::read_step_metrics(AverageMeter& losses, AverageMeter& top1, Avera
 }
 
 // --device auto: the GPU where this build has CUDA and one is visible.
+void TrainRun::make_decoder() {
+  if (a_.decode != "gpu") return;
+  if (device() != runtime::Device::cuda)
+    throw Error("--decode gpu needs a GPU, and this run trains on the CPU (no GPU is visible); use --decode cpu");
+  decoder_ = runtime::make_gpu_jpeg_decoder(job_ ? job_->config.local_rank : 0);
+  if (logs()) std::printf("=> decoding JPEGs on the GPU: %s\n", decoder_->describe().c_str());
+}
+
+void TrainRun::feed_encoded(runtime::Session& s, const std::string& input, const TrainBatch& b) {
+  const graph::Shape& i = image_shape_;
+  const int64_t n = i[0];
+  const int size = static_cast<int>(i[2]);
+  const size_t per_sample = static_cast<size_t>(size) * size * 3;
+  if (!decoder_) throw Error("internal: a batch of JPEGs for the GPU, but no GPU decoder");
+  encoded_images_.assign(static_cast<size_t>(n), runtime::EncodedImage{});
+  for (int64_t k = 0; k < n; ++k) {
+    runtime::EncodedImage& e = encoded_images_[static_cast<size_t>(k)];
+    if (k >= b.size) {  // padding of a short last batch
+      black_.resize(per_sample, 0);
+      e.pixels = black_.data();
+      continue;
+    }
+    const io::EncodedSample& from = b.encoded[k];
+    if (from.bytes.empty()) {
+      e.pixels = b.pixels + static_cast<size_t>(k) * per_sample;
+      continue;
+    }
+    if (from.taps.cols.size() != static_cast<size_t>(size) || from.taps.rows.size() != static_cast<size_t>(size))
+      throw Error("internal: a sample's taps are not of the image size " + std::to_string(size));
+    e.data = from.bytes.data();
+    e.size = from.bytes.size();
+    e.width = from.width;
+    e.height = from.height;
+    e.cols = from.taps.cols.data();
+    e.rows = from.taps.rows.data();
+  }
+  s.feed_written(input, graph::DType::u8, {i[0], i[2], i[3], i[1]}, [&](void* dst, void* stream) {
+    decoder_->decode(encoded_images_.data(), static_cast<int>(n), size, static_cast<uint8_t*>(dst), stream,
+                     [&](int k, uint8_t* out) {
+                       // nvJPEG refused it: the CPU decodes it, or names the file and gives
+                       // a black image (the run goes on, as the loader's do on a bad file).
+                       const io::EncodedSample& from = b.encoded[k];
+                       try {
+                         io::decode_resample(from.bytes.data(), from.bytes.size(), *from.path, from.taps, out);
+                       } catch (const std::exception& e) {
+                         std::fprintf(stderr, "oxtrain: warning: %s; a black image takes its place\n",
+                                      one_line(e.what()).c_str());
+                         std::fill(out, out + per_sample, uint8_t{0});
+                       }
+                     });
+  });
+}
+
 runtime::Device TrainRun::device() const {
   if (a_.device == "cpu") return runtime::Device::cpu;
   if (a_.device == "cuda") return runtime::Device::cuda;
@@ -722,6 +796,7 @@ int TrainRun::run() {
   prepare_outputs(a_);
   set_activity("loading the data");
   build_sources();
+  make_decoder();
   set_activity("building the model");
   build_sessions();
   start_epoch_ = a_.start_epoch;
@@ -788,6 +863,10 @@ int TrainRun::run() {
   double mean_step = timed_steps > 0 ? timed / static_cast<double>(timed_steps) : 0;
   if (train_->bad_files() > 0)
     std::printf("oxtrain: %lld unreadable images were skipped\n", static_cast<long long>(train_->bad_files()));
+  if (decoder_ && logs())
+    std::printf("oxtrain: nvJPEG decoded %lld images; %lld it refused were decoded on the CPU\n",
+                static_cast<long long>(decoder_->decoded_on_device()),
+                static_cast<long long>(decoder_->decoded_on_host()));
   // fp16's loss scale as the run leaves it (it halves on every overflow, a skipped step).
   double loss_scale = 0;
   if (session_ && !tg_.loss_scale.empty()) {
@@ -834,6 +913,10 @@ Subcommand add_train_command(CLI::App& app) {
                   "as main.py's, it also makes GPU runs repeat bit for bit (cuDNN plans not chosen by timing)")->capture_default_str();
   cmd->add_flag("--synthetic", a->synthetic, "train on one random batch made once (no data loading)");
   cmd->add_option("--device", a->device, "cpu, cuda, or auto: cuda where a GPU is visible")->capture_default_str();
+  cmd->add_option("--decode", a->decode,
+                  "where JPEGs are decoded: cpu (the loader's -j threads) or gpu (nvJPEG, the GPU's JPEG engines where "
+                  "it has them; the loader's threads read the files and decode on the CPU only what nvJPEG's "
+                  "hardware decoder does not take, e.g. progressive JPEGs)")->capture_default_str();
   cmd->add_option("--precision", a->precision, kPrecisionHelp)->capture_default_str();
   cmd->add_flag("--no-recompute", a->no_recompute, kNoRecomputeHelp);
   cmd->add_option("--conv-bn-fusion", a->conv_bn_fusion, kConvBnFusionHelp)->capture_default_str();

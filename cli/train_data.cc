@@ -42,6 +42,7 @@ class FolderSource : public BatchSource {
     lo.crop.scale_min = o.min_crop_scale;
     lo.rank = o.rank;
     lo.world = o.world;
+    lo.encoded = o.gpu_decode;
     loader_ = std::make_unique<io::Loader>(*dataset_, lo);
     pixels_.resize(static_cast<size_t>(o.batch_size * 3 * o.image_size * o.image_size));
     labels_.resize(static_cast<size_t>(o.batch_size));
@@ -58,14 +59,14 @@ class FolderSource : public BatchSource {
     // A full batch is fed from the loader's buffer (valid until the next call). A short last
     // batch is padded with black images: outputs of padded rows are ignored.
     const uint8_t* pixels = b.images;
-    if (b.size < options_.batch_size) {
+    if (b.size < options_.batch_size && !b.encoded) {
       std::fill(pixels_.begin(), pixels_.end(), uint8_t{0});
-      std::fill(labels_.begin(), labels_.end(), 0);
       std::copy(b.images, b.images + b.size * 3 * options_.image_size * options_.image_size, pixels_.begin());
       pixels = pixels_.data();
     }
     std::copy(b.labels, b.labels + b.size, labels_.begin());
-    batch = {b.size, nullptr, pixels, labels_.data()};
+    if (b.size < options_.batch_size) std::fill(labels_.begin() + b.size, labels_.end(), 0);
+    batch = {b.size, nullptr, pixels, labels_.data(), b.encoded};
     return true;
   }
   int64_t bad_files() const override { return loader_->stats().bad_files; }

@@ -12,6 +12,10 @@
 
 #include "graph/ir.h"
 
+namespace oxtrain::io {
+struct EncodedSample;
+}
+
 namespace oxtrain::cli {
 
 struct TrainBatch {
@@ -19,6 +23,9 @@ struct TrainBatch {
   const float* images = nullptr;    // [batch, 3, H, W] normalised (tensor files), or
   const uint8_t* pixels = nullptr;  // [batch, H, W, 3] as decoded (the loader, synthetic data)
   const int64_t* labels = nullptr;
+  // --decode gpu: `size` samples, each a JPEG for the GPU or decoded in `pixels`; rows from
+  // `size` on are padding (black).
+  const io::EncodedSample* encoded = nullptr;
 };
 
 class BatchSource {
@@ -48,6 +55,7 @@ struct SourceOptions {
   bool train = true;
   int64_t classes = 1000;  // for synthetic labels
   double min_crop_scale = 0.08;  // RandomResizedCrop's smallest area fraction
+  bool gpu_decode = false;       // JPEGs nvJPEG's hardware decoder takes stay encoded (--decode gpu)
   // Data parallel: this rank's share of each epoch (DistributedSampler's), and for synthetic
   // data a batch of its own.
   int rank = 0, world = 1;

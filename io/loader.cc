@@ -31,6 +31,7 @@
 #include "base/text.h"
 #include "io/decode.h"
 #include "io/image.h"
+#include "io/jpeg_info.h"
 #include "io/transforms.h"
 
 namespace oxtrain::io {
@@ -50,6 +51,7 @@ struct Loader::Impl {
   size_t buffer_size = 0;
   int nbuf = 0;
   std::vector<uint8_t*> buffers;
+  std::vector<std::vector<EncodedSample>> encoded;  // per buffer, with LoaderOptions::encoded
 
   std::mutex mu;
   std::condition_variable work_cv;   // workers: a sample may be claimed, or stop
@@ -156,6 +158,10 @@ struct Loader::Impl {
                     ") of the dataset's classes");
       try {
         read_image_file(s.path, file);
+        if (o.encoded && leave_encoded(s, i, ep, file, encoded[size_t(slot)][size_t(pos_in_batch)])) {
+          labels[pos_in_batch] = s.label;
+          return;
+        }
         if (o.train) {
           SampleRng rng(o.seed, ep, i);
           train_transform(file.data(), file.size(), s.path, o.image_size, rng, out, o.crop);
@@ -170,6 +176,29 @@ struct Loader::Impl {
     }
     throw Error("data loader: none of the " + std::to_string(n) + " images under '" +
                 data.root() + "' can be decoded");
+  }
+
+  // A JPEG the GPU's hardware decoder takes: the file moves into `e` (its old buffer comes back
+  // as the worker's file buffer) with the transform's taps. Anything else: false, and `e` says
+  // the sample is decoded here.
+  bool leave_encoded(const Sample& s, int64_t i, int64_t ep, std::vector<uint8_t>& file,
+                     EncodedSample& e) const {
+    JpegInfo info;
+    if (!read_jpeg_info(file.data(), file.size(), &info) || !hardware_decodable(info)) {
+      e.bytes.clear();
+      return false;
+    }
+    if (o.train) {
+      SampleRng rng(o.seed, ep, i);
+      e.taps = train_taps(info.width, info.height, o.image_size, rng, o.crop);
+    } else {
+      e.taps = val_taps(info.width, info.height, o.image_size);
+    }
+    e.width = info.width;
+    e.height = info.height;
+    e.path = &s.path;
+    e.bytes.swap(file);
+    return true;
   }
 
   void start(int64_t new_epoch, int64_t first_batch, int64_t batches);
@@ -247,6 +276,7 @@ Loader::Loader(const ImageFolder& dataset, const LoaderOptions& options)
       throw Error("data loader: cannot allocate a batch buffer of " +
                   std::to_string(m.buffer_size) + " bytes");
     m.buffers.push_back(b);
+    if (o.encoded) m.encoded.emplace_back(size_t(o.batch_size));
   }
   m.remaining.assign(size_t(m.nbuf), 0);
   for (int w = 0; w < o.workers; ++w) m.threads.emplace_back([&m] { m.worker(); });
@@ -328,6 +358,7 @@ bool Loader::next(Batch& batch) {
   batch.images = m.buffers[size_t(slot)];
   batch.labels = reinterpret_cast<const int64_t*>(m.buffers[size_t(slot)] + m.labels_offset);
   batch.image_size = m.o.image_size;
+  batch.encoded = m.o.encoded ? m.encoded[size_t(slot)].data() : nullptr;
   return true;
 }
 

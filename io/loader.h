@@ -30,9 +30,21 @@ struct LoaderOptions {
   uint64_t seed = 0;
   RandomResizedCropOptions crop;  // training crop: scale 0.08-1, ratio 3/4-4/3 as ImageNet's
   int rank = 0, world = 1;  // sharding
+  // Decoding on the GPU (nvJPEG): a JPEG its hardware decoder takes (io/jpeg_info.h) comes out
+  // encoded, with the transform's taps drawn as train_taps/val_taps draw them; any other image
+  // is decoded and transformed here, into `images`, as without this option.
+  bool encoded = false;
   // Allocates batch buffers (e.g. pinned host memory when CUDA is present); default: new[].
   std::function<uint8_t*(size_t)> allocate;
   std::function<void(uint8_t*)> release;
+};
+
+// A sample left for the device to decode (LoaderOptions::encoded).
+struct EncodedSample {
+  std::vector<uint8_t> bytes;  // the JPEG file; empty: the sample is decoded in Batch::images
+  int width = 0, height = 0;   // its frame header's size
+  SampleTaps taps;             // the transform, into the image decoded at full size
+  const std::string* path = nullptr;  // the file (the dataset's string)
 };
 
 // One batch: images uint8 NHWC (size x image x image x 3), labels int64. Returned to the
@@ -44,6 +56,8 @@ class Batch {
   const uint8_t* images = nullptr;
   const int64_t* labels = nullptr;
   int image_size = 0;
+  // With LoaderOptions::encoded: `size` samples, those with bytes still to decode.
+  const EncodedSample* encoded = nullptr;
 };
 
 struct LoaderStats {

@@ -21,16 +21,13 @@
 
 #include "base/error.h"
 #include "io/decode.h"
+#include "runtime/math/resample.h"
 
 namespace oxtrain::io {
 
 namespace {
 
-// One output coordinate: value = v[i0] + w * (v[i1] - v[i0]).
-struct Tap {
-  int i0 = 0, i1 = 0;
-  float w = 0;
-};
+using Tap = runtime::math::ResampleTap;
 
 // Taps of `count` output pixels. Output pixel o sits at full-size position
 //   u = clamp(origin + (first + o + 0.5) * step - 0.5, lo, hi),
@@ -94,7 +91,7 @@ void resample(const Image& src, const std::vector<Tap>& cols, const std::vector<
       } else {
         for (int k = 0; k < span; ++k) {
           float fa = a[k];
-          l[k] = fa + w * (float(b[k]) - fa);
+          l[k] = runtime::math::resample_lerp(fa, float(b[k]), w);
         }
       }
       last_i0 = r.i0;
@@ -117,16 +114,14 @@ void resample(const Image& src, const std::vector<Tap>& cols, const std::vector<
       __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(i0, i1), _mm_packs_epi32(i2, i3));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), bytes);
     }
-    for (; k < row_values; ++k)
-      out[k] = static_cast<uint8_t>(std::clamp(std::lrintf(h[k]), 0L, 255L));
+    for (; k < row_values; ++k) out[k] = runtime::math::resample_round(h[k]);
 #else
     for (int x = 0; x < out_w; ++x) {
       const float* p = l + c0[x];
       const float* q = l + c1[x];
-      for (int c = 0; c < 3; ++c) h[3 * x + c] = p[c] + cw[x] * (q[c] - p[c]);
+      for (int c = 0; c < 3; ++c) h[3 * x + c] = runtime::math::resample_lerp(p[c], q[c], cw[x]);
     }
-    for (int k = 0; k < row_values; ++k)
-      out[k] = static_cast<uint8_t>(std::clamp(std::lrintf(h[k]), 0L, 255L));
+    for (int k = 0; k < row_values; ++k) out[k] = runtime::math::resample_round(h[k]);
 #endif
     out += row_values;
   }
@@ -162,14 +157,21 @@ void decoded_scale(const Image& image, int full_width, int full_height, double* 
   *sy = double(image.height) / full_height;
 }
 
+SampleTaps crop_resize_taps(int decoded_width, int decoded_height, double sx, double sy,
+                            const CropBox& box, int size, bool flip) {
+  SampleTaps taps;
+  taps.cols = make_taps(size, box.x, 0, double(box.width) / size, box.x, box.x + box.width - 1,
+                        sx, decoded_width);
+  taps.rows = make_taps(size, box.y, 0, double(box.height) / size, box.y,
+                        box.y + box.height - 1, sy, decoded_height);
+  if (flip) std::reverse(taps.cols.begin(), taps.cols.end());
+  return taps;
+}
+
 void crop_resize_scaled(const Image& decoded, double sx, double sy, const CropBox& box, int size,
                         bool flip, uint8_t* out) {
-  std::vector<Tap> cols = make_taps(size, box.x, 0, double(box.width) / size, box.x,
-                                    box.x + box.width - 1, sx, decoded.width);
-  std::vector<Tap> rows = make_taps(size, box.y, 0, double(box.height) / size, box.y,
-                                    box.y + box.height - 1, sy, decoded.height);
-  if (flip) std::reverse(cols.begin(), cols.end());
-  resample(decoded, cols, rows, out);
+  SampleTaps taps = crop_resize_taps(decoded.width, decoded.height, sx, sy, box, size, flip);
+  resample(decoded, taps.cols, taps.rows, out);
 }
 
 // torchvision's Resize(int): the shorter side becomes resize_to, the longer one
@@ -184,18 +186,26 @@ void resized_size(int width, int height, int resize_to, int* new_width, int* new
   }
 }
 
-void resize_center_crop_scaled(const Image& decoded, int full_width, int full_height, double sx,
-                               double sy, int resize_to, int size, uint8_t* out) {
+SampleTaps center_crop_taps(int full_width, int full_height, int decoded_width,
+                            int decoded_height, double sx, double sy, int resize_to, int size) {
   int rw = 0, rh = 0;
   resized_size(full_width, full_height, resize_to, &rw, &rh);
   // CenterCrop: int(round((H' - size) / 2.0)), Python rounding half to even.
   int top = static_cast<int>(std::nearbyint((rh - size) / 2.0));
   int left = static_cast<int>(std::nearbyint((rw - size) / 2.0));
-  std::vector<Tap> cols =
-      make_taps(size, 0.0, left, double(full_width) / rw, 0.0, full_width - 1, sx, decoded.width);
-  std::vector<Tap> rows =
-      make_taps(size, 0.0, top, double(full_height) / rh, 0.0, full_height - 1, sy, decoded.height);
-  resample(decoded, cols, rows, out);
+  SampleTaps taps;
+  taps.cols =
+      make_taps(size, 0.0, left, double(full_width) / rw, 0.0, full_width - 1, sx, decoded_width);
+  taps.rows =
+      make_taps(size, 0.0, top, double(full_height) / rh, 0.0, full_height - 1, sy, decoded_height);
+  return taps;
+}
+
+void resize_center_crop_scaled(const Image& decoded, int full_width, int full_height, double sx,
+                               double sy, int resize_to, int size, uint8_t* out) {
+  SampleTaps taps = center_crop_taps(full_width, full_height, decoded.width, decoded.height, sx,
+                                     sy, resize_to, size);
+  resample(decoded, taps.cols, taps.rows, out);
 }
 
 void check_size(int size, const char* what) {
@@ -284,6 +294,42 @@ void resize_center_crop(const Image& decoded, int full_width, int full_height, i
 }
 
 int validation_resize(int size) { return static_cast<int>(std::lround(size * 256.0 / 224.0)); }
+
+SampleTaps train_taps(int width, int height, int size, SampleRng& rng,
+                      const RandomResizedCropOptions& crop) {
+  check_size(size, "train_taps");
+  CropBox box = random_resized_crop_box(width, height, rng, crop);
+  bool flip = rng.uniform() < 0.5;  // drawn after the box, as train_transform draws it
+  return crop_resize_taps(width, height, 1.0, 1.0, box, size, flip);
+}
+
+SampleTaps val_taps(int width, int height, int size) {
+  check_size(size, "val_taps");
+  if (width <= 0 || height <= 0)
+    throw Error("val_taps: bad image size " + std::to_string(width) + "x" + std::to_string(height));
+  return center_crop_taps(width, height, width, height, 1.0, 1.0, validation_resize(size), size);
+}
+
+void resample_taps(const Image& image, const SampleTaps& taps, uint8_t* out) {
+  check_image(image, image.width, image.height, "resample_taps");
+  if (taps.cols.empty() || taps.rows.empty())
+    throw Error("resample_taps: no taps");
+  auto inside = [](const std::vector<Tap>& t, int n) {
+    return std::all_of(t.begin(), t.end(), [n](const Tap& k) {
+      return k.i0 >= 0 && k.i0 < n && k.i1 >= 0 && k.i1 < n;
+    });
+  };
+  if (!inside(taps.cols, image.width) || !inside(taps.rows, image.height))
+    throw Error("resample_taps: taps reach outside the " + std::to_string(image.width) + "x" +
+                std::to_string(image.height) + " image");
+  resample(image, taps.cols, taps.rows, out);
+}
+
+void decode_resample(const uint8_t* data, size_t bytes, const std::string& path,
+                     const SampleTaps& taps, uint8_t* out) {
+  Decoded d = decode_image(data, bytes, path);
+  resample_taps(d.image, taps, out);
+}
 
 void train_transform(const uint8_t* data, size_t bytes, const std::string& path, int size,
                      SampleRng& rng, uint8_t* out, const RandomResizedCropOptions& crop) {

@@ -6,9 +6,13 @@
 // Validation: Resize(shorter side to round(size * 256 / 224)) + CenterCrop(size). Bilinear.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "io/image.h"
+#include "runtime/math/resample.h"
 
 namespace oxtrain::io {
 
@@ -38,6 +42,25 @@ void resize_center_crop(const Image& decoded, int full_width, int full_height, i
                         int size, uint8_t* out);
 
 int validation_resize(int size);  // round(size * 256 / 224): 256 for 224
+
+// A transform as resampling taps into the image decoded at full size: output pixel (y, x) is
+// math::resample_pixel with rows[y] and cols[x]. For a decoder that cannot shrink in the DCT
+// domain (nvJPEG on the GPU): the loader draws the taps, the device decodes and resamples.
+struct SampleTaps {
+  std::vector<runtime::math::ResampleTap> cols, rows;
+};
+// The training transform of a width x height image: draws the crop box, then the flip, from
+// `rng` exactly as train_transform does.
+SampleTaps train_taps(int width, int height, int size, SampleRng& rng,
+                      const RandomResizedCropOptions& crop = {});
+// The validation transform (Resize, CenterCrop) of a width x height image.
+SampleTaps val_taps(int width, int height, int size);
+// Resamples a full-size RGB image by `taps`: rows.size() x cols.size() x 3 bytes to `out`.
+void resample_taps(const Image& image, const SampleTaps& taps, uint8_t* out);
+// The GPU decoder's CPU twin: decodes the file at full size (libjpeg-turbo), then resamples it
+// by `taps`; throws DecodeError naming `path`.
+void decode_resample(const uint8_t* data, size_t bytes, const std::string& path,
+                     const SampleTaps& taps, uint8_t* out);
 
 // Both transforms end to end on one encoded file, decoding at the smallest useful DCT scale:
 // writes size*size*3 bytes to `out`; throws DecodeError.

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -66,6 +67,12 @@ class DeviceRuntime {
   // staging_consumed() marks, on the compute stream, that the staging buffers may be
   // overwritten. The CPU copies at once.
   virtual void stage_to_device(void* dst, const void* src, size_t bytes) { copy_to_device(dst, src, bytes); }
+  // The same for an input the device writes itself (decoded on the GPU): `write(dst, stream)`
+  // enqueues that work on the copy stream (a cudaStream_t; null on the CPU, where `dst` is
+  // host memory and `write` fills it at once).
+  virtual void stage_written(void* dst, const std::function<void(void*, void*)>& write) {
+    write(dst, nullptr);
+  }
   virtual void join_staged() {}
   virtual void staging_consumed() {}
   // Whether work queued on the compute stream goes to a staging buffer first (CUDA).

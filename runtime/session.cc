@@ -218,8 +218,7 @@ void Session::feed(const std::string& name, const Tensor& tensor) {
   feed(name, tensor.dtype, tensor.shape, tensor.bytes.data());
 }
 
-void Session::feed(const std::string& name, graph::DType dtype, const graph::Shape& shape,
-                   const void* data) {
+size_t Session::input_index(const std::string& name, graph::DType dtype, const graph::Shape& shape) const {
   const auto& inputs = compiled_.graph.inputs;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Value* v = inputs[i];
@@ -228,19 +227,40 @@ void Session::feed(const std::string& name, graph::DType dtype, const graph::Sha
       throw Error("input '" + name + "' expects " + graph::dtype_name(v->dtype) + " " +
                   graph::shape_str(v->shape) + ", got " + graph::dtype_name(dtype) + " " +
                   graph::shape_str(shape));
-    if (v->bytes() > 0) {
-      auto bytes = static_cast<size_t>(v->bytes());
-      if (runtime_->stages_inputs()) {
-        runtime_->stage_to_device(arenas_[arena_index(Arena::none)] + compiled_.plan.at(v).offset, data, bytes);
-        staged_.push_back(v);
-      } else {
-        runtime_->copy_to_device(address(v), data, bytes);
-      }
-    }
-    fed_[i] = true;
-    return;
+    return i;
   }
   throw Error("the graph has no input named '" + name + "'");
+}
+
+void Session::feed(const std::string& name, graph::DType dtype, const graph::Shape& shape,
+                   const void* data) {
+  const size_t i = input_index(name, dtype, shape);
+  const Value* v = compiled_.graph.inputs[i];
+  if (v->bytes() > 0) {
+    auto bytes = static_cast<size_t>(v->bytes());
+    if (runtime_->stages_inputs()) {
+      runtime_->stage_to_device(arenas_[arena_index(Arena::none)] + compiled_.plan.at(v).offset, data, bytes);
+      staged_.push_back(v);
+    } else {
+      runtime_->copy_to_device(address(v), data, bytes);
+    }
+  }
+  fed_[i] = true;
+}
+
+void Session::feed_written(const std::string& name, graph::DType dtype, const graph::Shape& shape,
+                           const std::function<void(void*, void*)>& write) {
+  const size_t i = input_index(name, dtype, shape);
+  const Value* v = compiled_.graph.inputs[i];
+  if (v->bytes() > 0) {
+    if (runtime_->stages_inputs()) {
+      runtime_->stage_written(arenas_[arena_index(Arena::none)] + compiled_.plan.at(v).offset, write);
+      staged_.push_back(v);
+    } else {
+      runtime_->stage_written(address(v), write);
+    }
+  }
+  fed_[i] = true;
 }
 
 void Session::wait_pending(bool rethrow) {

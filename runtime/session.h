@@ -14,6 +14,7 @@
 // waits for the device (DeviceRuntime::counters() shows it).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -78,6 +79,11 @@ class Session {
   // still running; the next run() waits for it on the device, not on the host.
   void feed(const std::string& name, graph::DType dtype, const graph::Shape& shape,
             const void* data);
+  // The same where the device writes the input itself: `write(dst, stream)` fills the input's
+  // bytes at `dst` (device memory on CUDA, work enqueued on `stream`, the copy stream; host
+  // memory and a null stream on the CPU).
+  void feed_written(const std::string& name, graph::DType dtype, const graph::Shape& shape,
+                    const std::function<void(void* dst, void* stream)>& write);
   // Runs every node once, then stores each update into its state. On CUDA it returns once
   // the step is queued; fetch() waits for it.
   void run();
@@ -100,6 +106,8 @@ class Session {
 
  private:
   void allocate();
+  // Index of graph input `name`, checked against `dtype` and `shape`.
+  size_t input_index(const std::string& name, graph::DType dtype, const graph::Shape& shape) const;
   void run_step();  // kernels, then updates not written in place
   void wait_pending(bool rethrow);
   void* address(const graph::Value* v) const;

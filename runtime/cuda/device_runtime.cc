@@ -159,14 +159,25 @@ class CudaRuntime : public DeviceRuntime {
   int64_t peak_allocated() const override { return peak_; }
 
   bool stages_inputs() const override { return true; }
+  // The copy stream and its two events, made at the first staged input.
+  void open_copy_stream(const std::string& where) {
+    if (copy_stream_) return;
+    cuda::check(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "cudaStreamCreate", where);
+    cuda::check(cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming), "cudaEventCreate", where);
+    cuda::check(cudaEventCreateWithFlags(&consumed_, cudaEventDisableTiming), "cudaEventCreate", where);
+    cuda::check(cudaEventRecord(consumed_, cuda_.stream), "cudaEventRecord", where);
+  }
+  void stage_written(void* dst, const std::function<void(void*, void*)>& write) override {
+    const std::string where = "staging an input written on the device";
+    open_copy_stream(where);
+    cuda::check(cudaStreamWaitEvent(copy_stream_, consumed_, 0), "cudaStreamWaitEvent", where);
+    write(dst, copy_stream_);
+    cuda::check(cudaEventRecord(staged_, copy_stream_), "cudaEventRecord", where);
+    staged_pending_ = true;
+  }
   void stage_to_device(void* dst, const void* src, size_t bytes) override {
     const std::string where = "staging an input";
-    if (!copy_stream_) {
-      cuda::check(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "cudaStreamCreate", where);
-      cuda::check(cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming), "cudaEventCreate", where);
-      cuda::check(cudaEventCreateWithFlags(&consumed_, cudaEventDisableTiming), "cudaEventCreate", where);
-      cuda::check(cudaEventRecord(consumed_, cuda_.stream), "cudaEventRecord", where);
-    }
+    open_copy_stream(where);
     Pinned& pinned = pinned_[dst];
     if (pinned.bytes < bytes) {
       if (pinned.data) {

@@ -1,0 +1,15 @@
+// Builds without CUDA have no GPU decoder (runtime/cuda/jpeg_decoder.cu is the real one).
+#include "runtime/jpeg_decoder.h"
+
+#include "base/error.h"
+
+namespace oxtrain::runtime {
+
+#ifndef OXTRAIN_HAVE_CUDA
+std::unique_ptr<JpegDecoder> make_gpu_jpeg_decoder(int) {
+  throw Error("GPU decoding needs oxtrain built with CUDA (this build has no CUDA runtime); "
+              "decode on the CPU (--decode cpu)");
+}
+#endif
+
+}  // namespace oxtrain::runtime
