@@ -10,6 +10,11 @@ std::unique_ptr<JpegDecoder> make_gpu_jpeg_decoder(int) {
   throw Error("GPU decoding needs oxtrain built with CUDA (this build has no CUDA runtime); "
               "decode on the CPU (--decode cpu)");
 }
+
+std::vector<uint8_t> resample_on_gpu(const uint8_t*, int, int, const math::ResampleTap*,
+                                     const math::ResampleTap*, int) {
+  throw Error("resample_on_gpu: this build has no CUDA runtime");
+}
 #endif
 
 }  // namespace oxtrain::runtime

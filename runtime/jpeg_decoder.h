@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "runtime/math/resample.h"
 
@@ -48,5 +49,12 @@ class JpegDecoder {
 // The decoder for CUDA device `device`; throws an Error saying what is missing (a build
 // without CUDA, no libnvjpeg, no GPU) and what to do.
 std::unique_ptr<JpegDecoder> make_gpu_jpeg_decoder(int device);
+
+// The decoder's resampling kernel alone (for its test against the CPU twin): resamples one
+// interleaved RGB host image of width x height by `size` column and row taps on CUDA device 0
+// and returns the size x size x 3 bytes.
+std::vector<uint8_t> resample_on_gpu(const uint8_t* rgb, int width, int height,
+                                     const math::ResampleTap* cols, const math::ResampleTap* rows,
+                                     int size);
 
 }  // namespace oxtrain::runtime

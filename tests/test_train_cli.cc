@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "runtime/checkpoint.h"
+#include "runtime/device.h"
 #include "tests/helpers.h"
 
 using namespace oxtrain;
@@ -112,6 +113,8 @@ TEST(TrainCli, BadSettingsAreRefusedBeforeTraining) {
       {"-b 1000", "larger than the 400 images"},
       {"-b 8 --num-classes 7", "the model has 7 classes but the dataset has 10"},
       {"-b 8 --world-size 2", "--rank is required with --world-size 2"},
+      {"-b 8 --decode jpeg", "--decode is cpu (the loader's threads) or gpu (nvJPEG), got 'jpeg'"},
+      {"-b 8 --decode gpu --device cpu", "--decode gpu needs the GPU, and --device cpu trains on the CPU"},
   };
   for (const auto& c : cases) {
     auto r = test::run_oxtrain("train " + dataset() + kSmall + c.args + " --checkpoint-dir " +
@@ -123,6 +126,19 @@ TEST(TrainCli, BadSettingsAreRefusedBeforeTraining) {
   auto none = test::run_oxtrain("train -a resnet18");
   EXPECT_EQ(none.exit_code, 2);
   EXPECT_NE(none.err.find("exactly one data source"), std::string::npos) << none.err;
+  auto synthetic = test::run_oxtrain("train -a resnet18 --synthetic --decode gpu");
+  EXPECT_EQ(synthetic.exit_code, 2);
+  EXPECT_NE(synthetic.err.find("--synthetic and --input-tensors have nothing to decode"), std::string::npos)
+      << synthetic.err;
+  if (runtime::cuda_devices().empty()) {  // --device auto trains on the CPU here
+    auto r = test::run_oxtrain("train " + dataset() + kSmall + "-b 8 --decode gpu --checkpoint-dir " +
+                               test::temp_dir());
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.err.find("--decode gpu needs a GPU, and this run trains on the CPU (no GPU is visible)"),
+              std::string::npos)
+        << r.err;
+    EXPECT_EQ(lines_with(r.out, "Epoch: ").size(), 0u);
+  }
 }
 
 TEST(TrainCli, NonFiniteLossStopsWithTheStepAndLastCheckpoint) {

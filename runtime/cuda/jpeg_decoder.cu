@@ -180,6 +180,16 @@ struct DeviceBuffer {
 
 size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
+void launch_resample(uint8_t* out, const ResampleJob* jobs, const math::ResampleTap* taps,
+                     int size, int64_t per_sample, int64_t jobs_count, cudaStream_t stream) {
+  const int64_t total = jobs_count * per_sample;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
+  resample_kernel<<<unsigned(blocks), threads, 0, stream>>>(out, jobs, taps, size, per_sample,
+                                                             total);
+  cuda::check(cudaGetLastError(), "resample kernel launch", "GPU decoding");
+}
+
 class NvjpegDecoder : public JpegDecoder {
  public:
   NvjpegDecoder(int device, NvjpegApi api) : device_(device), api_(std::move(api)) {
@@ -294,13 +304,9 @@ class NvjpegDecoder : public JpegDecoder {
       } else {
         cuda::check(cudaMemcpyAsync(table, staging, table_bytes, cudaMemcpyHostToDevice, stream),
                     "cudaMemcpyAsync", where);
-        const int64_t total = int64_t(device_list.size()) * per_sample;
-        const int threads = 256;
-        const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
-        resample_kernel<<<unsigned(blocks), threads, 0, stream>>>(
-            out, reinterpret_cast<const ResampleJob*>(table + jobs_offset),
-            reinterpret_cast<const math::ResampleTap*>(table), size, per_sample, total);
-        cuda::check(cudaGetLastError(), "resample kernel launch", where);
+        launch_resample(out, reinterpret_cast<const ResampleJob*>(table + jobs_offset),
+                        reinterpret_cast<const math::ResampleTap*>(table), size, per_sample,
+                        int64_t(device_list.size()), stream);
         on_device_ += int64_t(device_list.size());
       }
     }
@@ -349,6 +355,30 @@ class NvjpegDecoder : public JpegDecoder {
 };
 
 }  // namespace
+
+std::vector<uint8_t> resample_on_gpu(const uint8_t* rgb, int width, int height,
+                                     const math::ResampleTap* cols, const math::ResampleTap* rows,
+                                     int size) {
+  const char* where = "resample_on_gpu";
+  const size_t image = size_t(width) * height * 3, per_sample = size_t(size) * size * 3;
+  const size_t taps_bytes = 2 * size_t(size) * sizeof(math::ResampleTap);
+  std::vector<math::ResampleTap> taps(cols, cols + size);
+  taps.insert(taps.end(), rows, rows + size);
+  DeviceBuffer src, out, table;
+  src.reserve(image, where);
+  out.reserve(per_sample, where);
+  table.reserve(taps_bytes + sizeof(ResampleJob), where);
+  const ResampleJob job{src.data, int64_t(width) * 3, 0, 0};
+  cuda::check(cudaMemcpy(src.data, rgb, image, cudaMemcpyHostToDevice), "cudaMemcpy", where);
+  cuda::check(cudaMemcpy(table.data, taps.data(), taps_bytes, cudaMemcpyHostToDevice), "cudaMemcpy", where);
+  cuda::check(cudaMemcpy(table.data + taps_bytes, &job, sizeof job, cudaMemcpyHostToDevice), "cudaMemcpy", where);
+  launch_resample(out.data, reinterpret_cast<const ResampleJob*>(table.data + taps_bytes),
+                  reinterpret_cast<const math::ResampleTap*>(table.data), size, int64_t(per_sample), 1,
+                  nullptr);
+  std::vector<uint8_t> result(per_sample);
+  cuda::check(cudaMemcpy(result.data(), out.data, per_sample, cudaMemcpyDeviceToHost), "cudaMemcpy", where);
+  return result;
+}
 
 std::unique_ptr<JpegDecoder> make_gpu_jpeg_decoder(int device) {
   NvjpegApi api = load_nvjpeg();
