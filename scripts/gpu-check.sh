@@ -203,8 +203,13 @@ bench_oxtrain oxtrain-fp32 fp32 128 -
 if phase make-dataset 60 oxtrain make-dataset "$box/data" --classes 10 --train-per-class 700 --val-per-class 1 \
   --min-side 256 --max-side 500; then
   bench_oxtrain oxtrain-bf16-jpeg bf16 128 "$box/data/train" --channels-last
+  # The same with nvJPEG decoding on the GPU (the loader's threads only read the files).
+  bench_oxtrain oxtrain-bf16-nvjpeg bf16 128 "$box/data/train" --channels-last --decode gpu
+  nvjpeg_counts=$(grep -E '^(=> decoding JPEGs on the GPU|oxtrain: nvJPEG decoded)' "$logs/oxtrain-bf16-nvjpeg.log" 2>/dev/null |
+    head -2 | cut -c1-160 | tr '\n' ' ')
 else
   oxtrain_bf16_jpeg_img=- oxtrain_bf16_jpeg_ms=- oxtrain_bf16_jpeg_mem=-
+  oxtrain_bf16_nvjpeg_img=- oxtrain_bf16_nvjpeg_ms=- oxtrain_bf16_nvjpeg_mem=-
   notes+=("make-dataset did not run through (see make-dataset.log)")
 fi
 # A job of one rank over NCCL (main.py's --multiprocessing-distributed on one GPU: the bucketed
@@ -315,6 +320,8 @@ row "b256 fp16 NHWC vs PyTorch AMP fp16" "$oxtrain_fp16_b256_img" "$oxtrain_fp16
   printf '%-34s %9s %8s %8s | %9s %8s %8s | %7s %7s\n' config img/s ms/step GiB img/s ms/step GiB img/s memory
   for r in "${rows[@]}"; do echo "$r"; done
   echo "bf16 NHWC on real JPEGs: $oxtrain_bf16_jpeg_img img/s, $(ratio "$oxtrain_bf16_jpeg_img" "$oxtrain_bf16_nhwc_img") of synthetic"
+  echo "bf16 NHWC on real JPEGs, nvJPEG (--decode gpu): $oxtrain_bf16_nvjpeg_img img/s," \
+    "$(ratio "$oxtrain_bf16_nvjpeg_img" "$oxtrain_bf16_nhwc_img") of synthetic; ${nvjpeg_counts:-no decoder line}"
   echo "tf32 as a job of one rank over NCCL: $oxtrain_tf32_nccl1_img img/s, $(ratio "$oxtrain_tf32_nccl1_img" "$oxtrain_tf32_img") of alone" \
     "(same weights: CudaCollective.NcclJobOfOneTrainsAResNetLikeOneProcess)"
   echo "(oxtrain copies each synthetic batch's pixels from the host and reads the loss every 10 steps;"
