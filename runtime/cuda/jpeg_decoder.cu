@@ -47,8 +47,11 @@ struct NvjpegApi {
                                   const size_t*, nvjpegImage_t*, cudaStream_t) = nullptr;
   nvjpegStatus_t (*JpegStreamCreate)(nvjpegHandle_t, nvjpegJpegStream_t*) = nullptr;
   nvjpegStatus_t (*JpegStreamDestroy)(nvjpegJpegStream_t) = nullptr;
-  nvjpegStatus_t (*JpegStreamParse)(nvjpegHandle_t, const unsigned char*, size_t, int, int,
-                                    nvjpegJpegStream_t) = nullptr;
+  nvjpegStatus_t (*JpegStreamParseHeader)(nvjpegHandle_t, const unsigned char*, size_t,
+                                          nvjpegJpegStream_t) = nullptr;
+  // Optional: sizes the hardware decoder's memory pool once, so batches do not allocate.
+  nvjpegStatus_t (*DecodeBatchedPreAllocate)(nvjpegHandle_t, nvjpegJpegState_t, int, int, int,
+                                             nvjpegChromaSubsampling_t, nvjpegOutputFormat_t) = nullptr;
   nvjpegStatus_t (*DecodeBatchedSupported)(nvjpegHandle_t, nvjpegJpegStream_t, int*) = nullptr;
 };
 
@@ -112,8 +115,10 @@ NvjpegApi load_nvjpeg() {
   bind(api.DecodeBatched, "nvjpegDecodeBatched");
   bind(api.JpegStreamCreate, "nvjpegJpegStreamCreate");
   bind(api.JpegStreamDestroy, "nvjpegJpegStreamDestroy");
-  bind(api.JpegStreamParse, "nvjpegJpegStreamParse");
+  bind(api.JpegStreamParseHeader, "nvjpegJpegStreamParseHeader");
   bind(api.DecodeBatchedSupported, "nvjpegDecodeBatchedSupported");
+  api.DecodeBatchedPreAllocate = reinterpret_cast<decltype(api.DecodeBatchedPreAllocate)>(
+      dlsym(api.library, "nvjpegDecodeBatchedPreAllocate"));
   return api;
 }
 
@@ -204,6 +209,7 @@ class NvjpegDecoder : public JpegDecoder {
     if (api_.CreateEx(NVJPEG_BACKEND_HARDWARE, nullptr, nullptr, NVJPEG_FLAGS_DEFAULT, &handle_) ==
         NVJPEG_STATUS_SUCCESS) {
       backend_ = "hardware decoder";
+      hardware_ = true;
     } else {
       handle_ = nullptr;
       check(api_.CreateEx(NVJPEG_BACKEND_DEFAULT, nullptr, nullptr, NVJPEG_FLAGS_DEFAULT, &handle_),
@@ -211,6 +217,8 @@ class NvjpegDecoder : public JpegDecoder {
       backend_ = "default (hybrid) backend";
     }
     check(api_.JpegStateCreate(handle_, &state_), "nvjpegJpegStateCreate");
+    if (hardware_ && api_.DecodeBatchedPreAllocate)  // a pool for the engines; best effort
+      api_.DecodeBatchedPreAllocate(handle_, state_, 1, 1, 1, NVJPEG_CSS_444, NVJPEG_OUTPUT_RGBI);
     check(api_.JpegStreamCreate(handle_, &stream_), "nvjpegJpegStreamCreate");
     cuda::check(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreate",
                 "GPU decoding");
@@ -246,7 +254,7 @@ class NvjpegDecoder : public JpegDecoder {
       const EncodedImage& e = images[k];
       if (!e.data) continue;
       int supported = 1;
-      bool ok = api_.JpegStreamParse(handle_, e.data, e.size, 0, 0, stream_) ==
+      bool ok = api_.JpegStreamParseHeader(handle_, e.data, e.size, stream_) ==
                     NVJPEG_STATUS_SUCCESS &&
                 api_.DecodeBatchedSupported(handle_, stream_, &supported) ==
                     NVJPEG_STATUS_SUCCESS &&
@@ -287,18 +295,14 @@ class NvjpegDecoder : public JpegDecoder {
         jobs[j] = ResampleJob{decoded + image_offset[j], int64_t(e.width) * 3,
                               int64_t(j) * 2 * size, device_list[j]};
       }
-      if (initialized_for_ != int(device_list.size())) {
-        check(api_.DecodeBatchedInitialize(handle_, state_, int(device_list.size()), 1,
-                                           NVJPEG_OUTPUT_RGBI),
-              "nvjpegDecodeBatchedInitialize");
-        initialized_for_ = int(device_list.size());
-      }
+      check(api_.DecodeBatchedInitialize(handle_, state_, int(device_list.size()), 1,
+                                         NVJPEG_OUTPUT_RGBI),
+            "nvjpegDecodeBatchedInitialize");
       nvjpegStatus_t s = api_.DecodeBatched(handle_, state_, data.data(), lengths.data(),
                                             dst.data(), stream);
       if (s != NVJPEG_STATUS_SUCCESS) {
         // A broken file inside the batch: every sample of it goes to the host, which names
-        // the file it cannot decode; the state is reset for the next batch.
-        initialized_for_ = -1;
+        // the file it cannot decode (the next batch initializes the state afresh).
         host_list.insert(host_list.end(), device_list.begin(), device_list.end());
         std::sort(host_list.begin(), host_list.end());
       } else {
@@ -348,7 +352,7 @@ class NvjpegDecoder : public JpegDecoder {
   nvjpegJpegState_t state_ = nullptr;
   nvjpegJpegStream_t stream_ = nullptr;
   cudaEvent_t done_ = nullptr;
-  int initialized_for_ = -1;
+  bool hardware_ = false;
   DeviceBuffer decoded_, table_;
   Pinned pinned_table_, pinned_pixels_;
   int64_t on_device_ = 0, on_host_ = 0;
