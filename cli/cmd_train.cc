@@ -11,12 +11,15 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "autodiff/training.h"
@@ -148,6 +151,47 @@ void check_numbers(const TrainArgs& a) {
     throw Error("--min-crop-scale must be in (0, 1], got " + number_text(a.min_crop_scale));
 }
 
+// OXTRAIN_DECODE_ON_HOST=1: --decode gpu's path with the GPU decoder's CPU twin in nvJPEG's
+// place, on the CPU runtime, so its loader, feeding and fallbacks are tested without a GPU.
+bool decode_on_host() {
+  const char* v = std::getenv("OXTRAIN_DECODE_ON_HOST");
+  return v && std::string(v) == "1";
+}
+
+// The twin: each JPEG decoded at full size by libjpeg-turbo and resampled by its taps
+// (io::decode_resample), into host memory.
+class HostJpegDecoder : public runtime::JpegDecoder {
+ public:
+  void decode(const runtime::EncodedImage* images, int count, int size, uint8_t* out, void*,
+              const std::function<void(int, uint8_t*)>& on_host) override {
+    const size_t per_sample = static_cast<size_t>(size) * size * 3;
+    for (int k = 0; k < count; ++k) {
+      const runtime::EncodedImage& e = images[k];
+      uint8_t* sample = out + static_cast<size_t>(k) * per_sample;
+      if (!e.data) {
+        std::copy(e.pixels, e.pixels + per_sample, sample);
+        continue;
+      }
+      io::SampleTaps taps;
+      taps.cols.assign(e.cols, e.cols + size);
+      taps.rows.assign(e.rows, e.rows + size);
+      try {
+        io::decode_resample(e.data, e.size, "an encoded sample", taps, sample);
+        ++decoded_;
+      } catch (const std::exception&) {  // as nvJPEG refusing it: the caller's fallback
+        on_host(k, sample);
+        ++refused_;
+      }
+    }
+  }
+  std::string describe() const override { return "the GPU decoder's CPU twin (OXTRAIN_DECODE_ON_HOST=1)"; }
+  int64_t decoded_on_device() const override { return decoded_; }
+  int64_t decoded_on_host() const override { return refused_; }
+
+ private:
+  int64_t decoded_ = 0, refused_ = 0;
+};
+
 void check_args(const TrainArgs& a) {
   check_numbers(a);
   if (a.lr_schedule != "step" && a.lr_schedule != "cosine")
@@ -164,7 +208,7 @@ void check_args(const TrainArgs& a) {
   if (a.decode == "gpu" && a.data.empty())
     throw Error("--decode gpu decodes the JPEGs of DATA (an ImageNet folder); --synthetic and --input-tensors "
                 "have nothing to decode");
-  if (a.decode == "gpu" && a.device == "cpu")
+  if (a.decode == "gpu" && a.device == "cpu" && !decode_on_host())
     throw Error("--decode gpu needs the GPU, and --device cpu trains on the CPU; use --device cuda or --decode cpu");
   parse_precision(a.precision);
   std::error_code ec;
@@ -306,6 +350,7 @@ class TrainRun {
   std::unique_ptr<runtime::JpegDecoder> decoder_;  // --decode gpu
   std::vector<runtime::EncodedImage> encoded_images_;
   std::vector<uint8_t> black_;  // one padding sample
+  std::set<std::string> undecodable_;  // files neither nvJPEG nor the CPU decoded, warned of once
 
   std::string input_name_, eval_input_, eval_output_;
   int64_t classes_ = 0, global_step_ = 0, start_epoch_ = 0, resume_batch_ = 0;
@@ -545,6 +590,13 @@ void TrainRun::read_step_metrics(AverageMeter& losses, AverageMeter& top1, Avera
 // --device auto: the GPU where this build has CUDA and one is visible.
 void TrainRun::make_decoder() {
   if (a_.decode != "gpu") return;
+  if (decode_on_host()) {
+    if (device() != runtime::Device::cpu)
+      throw Error("OXTRAIN_DECODE_ON_HOST=1 (the GPU decoder's CPU twin) runs with --device cpu only");
+    decoder_ = std::make_unique<HostJpegDecoder>();
+    if (logs()) std::printf("=> decoding JPEGs with %s\n", decoder_->describe().c_str());
+    return;
+  }
   if (device() != runtime::Device::cuda)
     throw Error("--decode gpu needs a GPU, and this run trains on the CPU (no GPU is visible); use --decode cpu");
   decoder_ = runtime::make_gpu_jpeg_decoder(job_ ? job_->config.local_rank : 0);
@@ -582,14 +634,16 @@ void TrainRun::feed_encoded(runtime::Session& s, const std::string& input, const
   s.feed_written(input, graph::DType::u8, {i[0], i[2], i[3], i[1]}, [&](void* dst, void* stream) {
     decoder_->decode(encoded_images_.data(), static_cast<int>(n), size, static_cast<uint8_t*>(dst), stream,
                      [&](int k, uint8_t* out) {
-                       // nvJPEG refused it: the CPU decodes it, or names the file and gives
-                       // a black image (the run goes on, as the loader's do on a bad file).
+                       // nvJPEG refused it: the CPU decodes it. A file the CPU cannot decode
+                       // either becomes a black image under its own label (the CPU loader
+                       // would take the next decodable file instead), named once.
                        const io::EncodedSample& from = b.encoded[k];
                        try {
                          io::decode_resample(from.bytes.data(), from.bytes.size(), *from.path, from.taps, out);
                        } catch (const std::exception& e) {
-                         std::fprintf(stderr, "oxtrain: warning: %s; a black image takes its place\n",
-                                      one_line(e.what()).c_str());
+                         if (undecodable_.insert(*from.path).second)
+                           std::fprintf(stderr, "oxtrain: warning: %s; a black image takes its place\n",
+                                        one_line(e.what()).c_str());
                          std::fill(out, out + per_sample, uint8_t{0});
                        }
                      });

@@ -29,7 +29,7 @@ bool parse_sof(int marker, const uint8_t* p, size_t n, JpegInfo* out) {
     info.v[c] = hv & 15;
     if (info.h[c] < 1 || info.h[c] > 4 || info.v[c] < 1 || info.v[c] > 4) return false;
   }
-  info.adobe_transform_seen = out->adobe_transform_seen;
+  info.adobe_transform = out->adobe_transform;
   *out = info;
   return true;
 }
@@ -61,8 +61,9 @@ bool read_jpeg_info(const uint8_t* data, size_t size, JpegInfo* info) {
       *info = found;
       return true;
     }
-    if (m == 0xEE && n >= 5 && std::memcmp(payload, "Adobe", 5) == 0)
-      found.adobe_transform_seen = true;
+    // "Adobe", version (2 bytes), flags0 (2), flags1 (2), transform (1).
+    if (m == 0xEE && n >= 12 && std::memcmp(payload, "Adobe", 5) == 0)
+      found.adobe_transform = payload[11];
     pos += len;
   }
 }
@@ -71,6 +72,7 @@ bool hardware_decodable(const JpegInfo& info) {
   if ((info.sof != 0xC0 && info.sof != 0xC1) || info.precision != 8) return false;
   if (info.components == 1) return true;
   if (info.components != 3) return false;
+  if (info.adobe_transform == 0) return false;  // RGB stored as is; the decoder assumes YCbCr
   if (info.h[1] != 1 || info.v[1] != 1 || info.h[2] != 1 || info.v[2] != 1) return false;
   // Luma h x v: 4:4:4, 4:2:2, 4:2:0, 4:4:0. nvJPEG's hardware backend has no 4:1:1 and 4:1:0
   // (nvjpeg.h, NVJPEG_BACKEND_HARDWARE).

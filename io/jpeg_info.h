@@ -16,7 +16,9 @@ struct JpegInfo {
   // arithmetic.
   int sof = 0;
   int h[4] = {}, v[4] = {};           // per-component sampling factors
-  bool adobe_transform_seen = false;  // an APP14 "Adobe" segment came before the frame
+  // The colour transform of an APP14 "Adobe" segment before the frame: 0 none (RGB or CMYK as
+  // stored), 1 YCbCr, 2 YCCK; -1 without such a segment.
+  int adobe_transform = -1;
 };
 
 // Parses markers from SOI up to the first SOFn. Returns false (never throws, never reads out of
@@ -27,7 +29,8 @@ bool read_jpeg_info(const uint8_t* data, size_t size, JpegInfo* info);
 // Whether the hardware decoder path takes it: SOF0 or SOF1 (Huffman, sequential), 8-bit,
 // 1 component, or 3 components whose chroma (components 2 and 3) are 1x1 and whose luma
 // sampling is one of 4:4:4 (1x1), 4:2:2 (2x1), 4:2:0 (2x2), 4:4:0 (1x2). Progressive,
-// arithmetic-coded, lossless, 12-bit, CMYK/YCCK, 4:1:1, 4:1:0 and other samplings go to the CPU.
+// arithmetic-coded, lossless, 12-bit, CMYK/YCCK, RGB-coded (Adobe transform 0), 4:1:1, 4:1:0
+// and other samplings go to the CPU.
 bool hardware_decodable(const JpegInfo& info);
 
 }  // namespace oxtrain::io

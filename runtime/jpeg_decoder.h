@@ -36,7 +36,8 @@ class JpegDecoder {
   // Writes sample k of `images` into out + k * size * size * 3 (device memory), with the work
   // enqueued on `stream` (a cudaStream_t). A JPEG nvJPEG rejects or fails on is handed to
   // `on_host(k, pixels)`, which must write the sample (size x size x 3 bytes) on the host or
-  // throw. Returns once the host's inputs may be reused; the device work may still run.
+  // throw. Returns once the device is done with the batch (it waits for the stream, which
+  // includes what the stream waited for before: the previous step's start).
   virtual void decode(const EncodedImage* images, int count, int size, uint8_t* out,
                       void* stream, const std::function<void(int, uint8_t*)>& on_host) = 0;
   // "nvJPEG 13.0.0, hardware decoder" and the like.

@@ -102,7 +102,7 @@ TEST(JpegInfo, BaselineSamplingsGoToHardware) {
     EXPECT_EQ(info.height, kHeight);
     EXPECT_EQ(info.precision, 8);
     EXPECT_EQ(info.sof, 0xC0);
-    EXPECT_FALSE(info.adobe_transform_seen);
+    EXPECT_EQ(info.adobe_transform, -1);
     expect_sampling(info, {c.luma_h, 1, 1}, {c.luma_v, 1, 1});
     EXPECT_TRUE(hardware_decodable(info));
   }
@@ -141,7 +141,7 @@ TEST(JpegInfo, CmykGoesToCpu) {
   EXPECT_EQ(info.width, kWidth);
   EXPECT_EQ(info.height, kHeight);
   EXPECT_EQ(info.sof, 0xC0);
-  EXPECT_TRUE(info.adobe_transform_seen);
+  EXPECT_EQ(info.adobe_transform, 2);  // YCCK
   expect_sampling(info, {1, 1, 1, 1}, {1, 1, 1, 1});
   EXPECT_FALSE(hardware_decodable(info));
 }
@@ -187,14 +187,21 @@ TEST(JpegInfo, MarkersBeforeTheFrame) {
     const JpegInfo info = parse_ok(with_segment(base, m, {0, 1, 2}));
     EXPECT_EQ(info.sof, 0xC0) << std::hex << m;
   }
-  // APP14 "Adobe" sets the flag; another payload, a short one or another APPn does not.
+  // APP14 "Adobe" gives its transform byte; another payload, a short one or another APPn does
+  // not. An RGB-coded 3-component JPEG (transform 0) goes to the CPU, a YCbCr one does not.
   auto adobe = [&](int marker, std::vector<uint8_t> payload) {
-    return parse_ok(with_segment(base, marker, payload)).adobe_transform_seen;
+    return parse_ok(with_segment(base, marker, payload));
   };
-  EXPECT_TRUE(adobe(0xEE, {'A', 'd', 'o', 'b', 'e', 0, 100}));
-  EXPECT_FALSE(adobe(0xEE, {'A', 'd', 'o', 'b', 'f', 0, 100}));
-  EXPECT_FALSE(adobe(0xEE, {'A', 'd', 'o'}));
-  EXPECT_FALSE(adobe(0xED, {'A', 'd', 'o', 'b', 'e'}));
+  const std::vector<uint8_t> rgb = {'A', 'd', 'o', 'b', 'e', 0, 100, 0, 0, 0, 0, 0};
+  std::vector<uint8_t> ycc = rgb;
+  ycc[11] = 1;
+  EXPECT_EQ(adobe(0xEE, rgb).adobe_transform, 0);
+  EXPECT_FALSE(hardware_decodable(adobe(0xEE, rgb)));
+  EXPECT_EQ(adobe(0xEE, ycc).adobe_transform, 1);
+  EXPECT_TRUE(hardware_decodable(adobe(0xEE, ycc)));
+  EXPECT_EQ(adobe(0xEE, {'A', 'd', 'o', 'b', 'f', 0, 100, 0, 0, 0, 0, 0}).adobe_transform, -1);
+  EXPECT_EQ(adobe(0xEE, {'A', 'd', 'o', 'b', 'e', 0, 100}).adobe_transform, -1);
+  EXPECT_EQ(adobe(0xED, rgb).adobe_transform, -1);
 
   // Fill bytes, TEM and RSTn carry no length.
   std::vector<uint8_t> b = base;
@@ -246,11 +253,11 @@ TEST(JpegInfo, MalformedFramesAreRefused) {
 TEST(JpegInfo, FailureLeavesInfoAlone) {
   JpegInfo info;
   info.width = -7;
-  // Cut after the Adobe segment, before the frame: nothing is written, not even the Adobe flag.
+  // Cut after the Adobe segment, before the frame: nothing is written, not even the transform.
   const std::vector<uint8_t> jpeg = make_jpeg(TJSAMP_444, 0, TJPF_CMYK);
   EXPECT_FALSE(read_jpeg_info(jpeg.data(), 40, &info));
   EXPECT_EQ(info.width, -7);
-  EXPECT_FALSE(info.adobe_transform_seen);
+  EXPECT_EQ(info.adobe_transform, -1);
 }
 
 TEST(JpegInfo, EveryTruncationUpToTheFrameIsRefused) {

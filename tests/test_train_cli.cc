@@ -2,6 +2,8 @@
 // parses with DLPerf's rule, and bad settings and a diverging loss stop it with clear errors.
 #include <gtest/gtest.h>
 
+#include <stdlib.h>
+
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -176,4 +178,42 @@ TEST(TrainCli, LearnsTheGeneratedDataset) {
   auto eval_summary = lines_with(e.out, " * Acc@1 ");
   ASSERT_EQ(eval_summary.size(), 1u) << e.out;
   EXPECT_EQ(eval_summary[0], summaries.back());
+}
+
+// --decode gpu's whole path on the CPU (the loader leaving JPEGs encoded with their taps, the
+// feeding through Session::feed_written, the short validation batch's padding), with the GPU
+// decoder's CPU twin in nvJPEG's place: the same checkpoint, bit for bit, as --decode cpu
+// where the images are small enough (under twice the crop) that the loader decodes at full
+// size too.
+TEST(TrainCli, DecodeGpuPathTrainsAsDecodeCpu) {
+  std::string dir = test::temp_dir();
+  auto made = test::run_oxtrain("make-dataset " + dir + "/data --classes 4 --train-per-class 12 "
+                                "--val-per-class 5 --min-side 33 --max-side 63 --seed 3");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  // 48 training images at -b 16: 3 steps; 20 validation images: 16, then 4 and 12 padding.
+  const std::string common = "train " + dir + "/data" + kSmall +
+                             "-b 16 --lr 0.05 --epochs 1 -p 1 --seed 4 --device cpu --checkpoint-dir " + dir;
+  auto cpu = test::run_oxtrain(common + "/cpu --decode cpu");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  setenv("OXTRAIN_DECODE_ON_HOST", "1", 1);
+  auto twin = test::run_oxtrain(common + "/twin --decode gpu");
+  unsetenv("OXTRAIN_DECODE_ON_HOST");
+  ASSERT_EQ(twin.exit_code, 0) << twin.err;
+  EXPECT_NE(twin.out.find("=> decoding JPEGs with the GPU decoder's CPU twin"), std::string::npos) << twin.out;
+  EXPECT_NE(twin.out.find("oxtrain: nvJPEG decoded 68 images; 0 it refused"), std::string::npos) << twin.out;
+  // The losses and accuracies of every step and of validation, as printed.
+  auto metrics = [](const std::string& out) {
+    std::vector<std::string> kept;
+    for (const std::string& l : lines_with(out, "Loss ")) kept.push_back(l.substr(l.find("Loss ")));
+    for (const std::string& l : lines_with(out, " * Acc@1 ")) kept.push_back(l);
+    return kept;
+  };
+  const std::vector<std::string> want = metrics(cpu.out), got = metrics(twin.out);
+  ASSERT_EQ(want.size(), 3u + 2u + 1u) << cpu.out;  // 3 steps, 2 validation batches, the summary
+  EXPECT_EQ(got, want);
+  runtime::Checkpoint a = runtime::load_checkpoint(dir + "/cpu/checkpoint.oxt");
+  runtime::Checkpoint b = runtime::load_checkpoint(dir + "/twin/checkpoint.oxt");
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (size_t i = 0; i < a.tensors.size(); ++i)
+    EXPECT_EQ(a.tensors[i].second.bytes, b.tensors[i].second.bytes) << a.tensors[i].first;
 }

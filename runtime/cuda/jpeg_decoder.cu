@@ -165,7 +165,8 @@ struct Pinned {
   }
 };
 
-// A device buffer that grows.
+// A device buffer that grows by half again at least, so that batches of varying sizes soon
+// stop reallocating (cudaFree waits for the device).
 struct DeviceBuffer {
   uint8_t* data = nullptr;
   size_t bytes = 0;
@@ -174,6 +175,7 @@ struct DeviceBuffer {
   }
   uint8_t* reserve(size_t want, const char* what) {
     if (want <= bytes) return data;
+    want = std::max(want, bytes + bytes / 2);
     if (data) cudaFree(data);
     data = nullptr;
     bytes = 0;
@@ -190,9 +192,10 @@ void launch_resample(uint8_t* out, const ResampleJob* jobs, const math::Resample
   const int64_t total = jobs_count * per_sample;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
+  cudaGetLastError();  // an error nvJPEG left behind is not this launch's
   resample_kernel<<<unsigned(blocks), threads, 0, stream>>>(out, jobs, taps, size, per_sample,
                                                              total);
-  cuda::check(cudaGetLastError(), "resample kernel launch", "GPU decoding");
+  cuda::check(cudaPeekAtLastError(), "resample kernel launch", "GPU decoding");
 }
 
 class NvjpegDecoder : public JpegDecoder {
@@ -217,7 +220,9 @@ class NvjpegDecoder : public JpegDecoder {
       backend_ = "default (hybrid) backend";
     }
     check(api_.JpegStateCreate(handle_, &state_), "nvjpegJpegStateCreate");
-    if (hardware_ && api_.DecodeBatchedPreAllocate)  // a pool for the engines; best effort
+    // Turns on the hardware decoder's memory pool (NVIDIA's nvImageCodec does this once, with
+    // these minimal hints); best effort.
+    if (hardware_ && api_.DecodeBatchedPreAllocate)
       api_.DecodeBatchedPreAllocate(handle_, state_, 1, 1, 1, NVJPEG_CSS_444, NVJPEG_OUTPUT_RGBI);
     check(api_.JpegStreamCreate(handle_, &stream_), "nvjpegJpegStreamCreate");
     cuda::check(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreate",
@@ -247,18 +252,31 @@ class NvjpegDecoder : public JpegDecoder {
     auto stream = static_cast<cudaStream_t>(stream_ptr);
     cuda::check(cudaSetDevice(device_), "cudaSetDevice", where);
     const int64_t per_sample = int64_t(size) * size * 3;
+    // However decode() ends, it returns only once the device is done with what it enqueued:
+    // the caller may free the JPEG bytes, and the next batch reuses the pinned buffers.
+    struct Drain {
+      cudaEvent_t done;
+      cudaStream_t stream;
+      bool armed = true;
+      ~Drain() {
+        if (armed && cudaEventRecord(done, stream) == cudaSuccess) cudaEventSynchronize(done);
+      }
+    } drain{done_, stream};
 
-    // Which samples nvJPEG takes: the batched decoder's own check, per image.
+    // Which samples nvJPEG takes: for the hardware decoder, its own check per image (the
+    // loader sent only what io::hardware_decodable passes, but the engines may refuse more);
+    // the hybrid backend takes every JPEG the loader sends.
     std::vector<int> device_list, host_list;
     for (int k = 0; k < count; ++k) {
       const EncodedImage& e = images[k];
       if (!e.data) continue;
-      int supported = 1;
-      bool ok = api_.JpegStreamParseHeader(handle_, e.data, e.size, stream_) ==
-                    NVJPEG_STATUS_SUCCESS &&
-                api_.DecodeBatchedSupported(handle_, stream_, &supported) ==
-                    NVJPEG_STATUS_SUCCESS &&
-                supported == 0;  // 0: supported
+      int supported = 0;  // 0: supported
+      bool ok = !hardware_ ||
+                (api_.JpegStreamParseHeader(handle_, e.data, e.size, stream_) ==
+                     NVJPEG_STATUS_SUCCESS &&
+                 api_.DecodeBatchedSupported(handle_, stream_, &supported) ==
+                     NVJPEG_STATUS_SUCCESS &&
+                 supported == 0);
       (ok ? device_list : host_list).push_back(k);
     }
 
@@ -338,6 +356,7 @@ class NvjpegDecoder : public JpegDecoder {
                     "cudaMemcpyAsync", where);
       }
     }
+    drain.armed = false;
     cuda::check(cudaEventRecord(done_, stream), "cudaEventRecord", where);
     // nvJPEG may read the JPEG bytes, and the copies the pinned buffers, until the work on the
     // stream is done; the next batch overwrites both.
