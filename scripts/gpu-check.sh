@@ -83,7 +83,7 @@ diagnose() {  # NAME COMMAND...
   shift
   [ "$diagnosed" = 1 ] && return 0
   diagnosed=1
-  CUDA_LAUNCH_BLOCKING=1 phase "$name-blocking" 60 "$@"
+  CUDA_LAUNCH_BLOCKING=1 phase "$name-blocking" 120 "$@"
   notes+=("$name again with CUDA_LAUNCH_BLOCKING=1: $(grep -m1 -i 'error' "$logs/$name-blocking.log" | cut -c1-240)")
 }
 
@@ -103,9 +103,11 @@ echo "gpu-check: $gpu" >&2
   ldd "$box/bin/oxtrain" | grep -E 'not found|cudnn|nccl|cublas|cudart' || true
 } >"$logs/preflight-libraries.log" 2>&1
 preflight_ok=1
+# --seed: the heuristics' first plan that runs, none timed, so the session builds sooner (cuDNN
+# compiles the batch-norm engines at run time, which alone takes seconds each).
 preflight=(oxtrain train --synthetic -a resnet18 --image-size 32 --num-classes 10 -b 8 --steps 2 -p 1
-  --device cuda --checkpoint-dir "$box/ck")
-phase preflight 90 "${preflight[@]}" || {
+  --seed 0 --device cuda --checkpoint-dir "$box/ck")
+phase preflight 150 "${preflight[@]}" || {
   preflight_rc=$?
   preflight_ok=0
   notes+=("preflight: a resnet18 step on the GPU failed: $(grep -m1 -i 'error' "$logs/preflight.log" | cut -c1-240)")

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <turbojpeg.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -375,6 +376,20 @@ int differing_states(const TrainingRun& a, const TrainingRun& b) {
   for (const std::string& state : a.states)
     differing += a.session->fetch(state).bytes != b.session->fetch(state).bytes;
   return differing;
+}
+
+std::vector<uint8_t> tj_compress(const uint8_t* pixels, int width, int height, int pixel_format,
+                                 int subsamp, int quality, int flags) {
+  tjhandle h = tjInitCompress();
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  const int rc = tjCompress2(h, pixels, width, 0, height, pixel_format, &buf, &size, subsamp, quality, flags);
+  EXPECT_EQ(rc, 0) << tjGetErrorStr2(h);
+  std::vector<uint8_t> out;
+  if (rc == 0) out.assign(buf, buf + size);
+  tjFree(buf);
+  tjDestroy(h);
+  return out;
 }
 
 }  // namespace oxtrain::test

@@ -18,6 +18,7 @@
 #include "io/image.h"
 #include "io/transforms.h"
 #include "runtime/jpeg_decoder.h"
+#include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 
 #ifdef OXTRAIN_HAVE_CUDA
@@ -47,16 +48,7 @@ io::Image test_image(int width, int height, int seed) {
 }
 
 std::vector<uint8_t> jpeg_of(const io::Image& im, int subsampling, int flags = 0) {
-  tjhandle h = tjInitCompress();
-  unsigned char* buf = nullptr;
-  unsigned long size = 0;
-  const int rc = tjCompress2(h, im.rgb.data(), im.width, 0, im.height, TJPF_RGB, &buf, &size,
-                             subsampling, 92, flags);
-  std::vector<uint8_t> out;
-  if (rc == 0) out.assign(buf, buf + size);
-  tjFree(buf);
-  tjDestroy(h);
-  return out;
+  return test::tj_compress(im.rgb.data(), im.width, im.height, TJPF_RGB, subsampling, 92, flags);
 }
 
 #ifdef OXTRAIN_HAVE_CUDA

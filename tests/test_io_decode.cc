@@ -53,18 +53,7 @@ std::string write_file(const std::string& path, const std::vector<uint8_t>& byte
   return path;
 }
 
-std::vector<uint8_t> tj_compress(const uint8_t* pixels, int width, int height, int pixel_format,
-                                 int subsamp, int quality) {
-  tjhandle h = tjInitCompress();
-  unsigned char* buf = nullptr;
-  unsigned long size = 0;
-  int rc = tjCompress2(h, pixels, width, 0, height, pixel_format, &buf, &size, subsamp, quality, 0);
-  EXPECT_EQ(rc, 0) << tjGetErrorStr2(h);
-  std::vector<uint8_t> out(buf, buf + size);
-  tjFree(buf);
-  tjDestroy(h);
-  return out;
-}
+using test::tj_compress;
 
 uint32_t crc32(const uint8_t* data, size_t n, uint32_t crc = 0) {
   crc = ~crc;

@@ -131,16 +131,8 @@ void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
 }
 
 std::vector<uint8_t> progressive_jpeg(const Image& im) {
-  tjhandle h = tjInitCompress();
-  unsigned char* buf = nullptr;
-  unsigned long size = 0;
-  const int rc = tjCompress2(h, im.rgb.data(), im.width, 0, im.height, TJPF_RGB, &buf, &size,
-                             TJSAMP_420, 90, TJFLAG_PROGRESSIVE);
-  std::vector<uint8_t> out;
-  if (rc == 0) out.assign(buf, buf + size);
-  tjFree(buf);
-  tjDestroy(h);
-  return out;
+  return test::tj_compress(im.rgb.data(), im.width, im.height, TJPF_RGB, TJSAMP_420, 90,
+                           TJFLAG_PROGRESSIVE);
 }
 
 // Two classes of baseline JPEGs and one progressive JPEG each (decoded on the host).

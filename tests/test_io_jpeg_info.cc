@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "io/jpeg_info.h"
+#include "tests/helpers.h"
 
 using namespace oxtrain::io;
 
@@ -32,16 +33,7 @@ std::vector<uint8_t> smooth_pixels(int channels) {
 
 std::vector<uint8_t> make_jpeg(int subsamp, int flags = 0, int pixel_format = TJPF_RGB) {
   const std::vector<uint8_t> px = smooth_pixels(tjPixelSize[pixel_format]);
-  tjhandle h = tjInitCompress();
-  unsigned char* buf = nullptr;
-  unsigned long size = 0;
-  const int rc =
-      tjCompress2(h, px.data(), kWidth, 0, kHeight, pixel_format, &buf, &size, subsamp, 90, flags);
-  EXPECT_EQ(rc, 0) << tjGetErrorStr2(h);
-  std::vector<uint8_t> out(buf, buf + size);
-  tjFree(buf);
-  tjDestroy(h);
-  return out;
+  return oxtrain::test::tj_compress(px.data(), kWidth, kHeight, pixel_format, subsamp, 90, flags);
 }
 
 JpegInfo parse_ok(const std::vector<uint8_t>& jpeg) {

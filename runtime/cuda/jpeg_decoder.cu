@@ -146,44 +146,31 @@ __global__ void resample_kernel(uint8_t* out, const ResampleJob* jobs,
   }
 }
 
-// A pinned host buffer that grows.
-struct Pinned {
+// A pinned host buffer (kPinned) or a device buffer that grows by half again at least, so that
+// batches of varying sizes soon stop reallocating (freeing waits for the device).
+template <bool kPinned>
+struct GrowingBuffer {
   uint8_t* data = nullptr;
   size_t bytes = 0;
-  ~Pinned() {
-    if (data) cudaFreeHost(data);
-  }
-  uint8_t* reserve(size_t want, const char* what) {
-    if (want <= bytes) return data;
-    if (data) cudaFreeHost(data);
+  ~GrowingBuffer() { release(); }
+  void release() {
+    if (data) (void)(kPinned ? cudaFreeHost(data) : cudaFree(data));
     data = nullptr;
     bytes = 0;
-    cuda::check(cudaHostAlloc(reinterpret_cast<void**>(&data), want, cudaHostAllocDefault),
-                "cudaHostAlloc", what);
-    bytes = want;
-    return data;
-  }
-};
-
-// A device buffer that grows by half again at least, so that batches of varying sizes soon
-// stop reallocating (cudaFree waits for the device).
-struct DeviceBuffer {
-  uint8_t* data = nullptr;
-  size_t bytes = 0;
-  ~DeviceBuffer() {
-    if (data) cudaFree(data);
   }
   uint8_t* reserve(size_t want, const char* what) {
     if (want <= bytes) return data;
     want = std::max(want, bytes + bytes / 2);
-    if (data) cudaFree(data);
-    data = nullptr;
-    bytes = 0;
-    cuda::check(cudaMalloc(reinterpret_cast<void**>(&data), want), "cudaMalloc", what);
+    release();
+    void** p = reinterpret_cast<void**>(&data);
+    cuda::check(kPinned ? cudaHostAlloc(p, want, cudaHostAllocDefault) : cudaMalloc(p, want),
+                kPinned ? "cudaHostAlloc" : "cudaMalloc", what);
     bytes = want;
     return data;
   }
 };
+using Pinned = GrowingBuffer<true>;
+using DeviceBuffer = GrowingBuffer<false>;
 
 size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
