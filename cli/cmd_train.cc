@@ -33,9 +33,9 @@
 #include "graph/onnx_io.h"
 #include "graph/passes.h"
 #include "graph/zoo.h"
-#include "runtime/checkpoint.h"
 #include "io/loader.h"
 #include "io/transforms.h"
+#include "runtime/checkpoint.h"
 #include "runtime/device.h"
 #include "runtime/jpeg_decoder.h"
 #include "runtime/session.h"
@@ -351,7 +351,6 @@ class TrainRun {
   std::vector<runtime::EncodedImage> encoded_images_;
   std::vector<uint8_t> black_;  // one padding sample
   std::set<std::string> undecodable_;  // files neither nvJPEG nor the CPU decoded, warned of once
-
   std::string input_name_, eval_input_, eval_output_;
   int64_t classes_ = 0, global_step_ = 0, start_epoch_ = 0, resume_batch_ = 0;
   double best_acc1_ = 0;
@@ -423,7 +422,6 @@ void TrainRun::build_sessions() {
     so.communicator = job_->comm.get();
     if (so.device == runtime::Device::cuda) so.device_index = job_->config.local_rank;  // a GPU per process
   }
-
   // As main.py, which turns cudnn.benchmark off for a seeded run: with --seed every cuDNN plan
   // is the heuristics' first that runs, not the fastest measured, so the run repeats bit for bit.
   so.measure_plans = !a_.seed_given;
@@ -587,7 +585,6 @@ void TrainRun::read_step_metrics(AverageMeter& losses, AverageMeter& top1, Avera
   top5.set(100.0 * last.top5 / rows, 100.0 * total.top5, total.rows);
 }
 
-// --device auto: the GPU where this build has CUDA and one is visible.
 void TrainRun::make_decoder() {
   if (a_.decode != "gpu") return;
   if (decode_on_host()) {
@@ -650,6 +647,7 @@ void TrainRun::feed_encoded(runtime::Session& s, const std::string& input, const
   });
 }
 
+// --device auto: the GPU where this build has CUDA and one is visible.
 runtime::Device TrainRun::device() const {
   if (a_.device == "cpu") return runtime::Device::cpu;
   if (a_.device == "cuda") return runtime::Device::cuda;
