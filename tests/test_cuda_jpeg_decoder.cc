@@ -47,10 +47,6 @@ io::Image test_image(int width, int height, int seed) {
   return im;
 }
 
-std::vector<uint8_t> jpeg_of(const io::Image& im, int subsampling, int flags = 0) {
-  return test::tj_compress(im.rgb.data(), im.width, im.height, TJPF_RGB, subsampling, 92, flags);
-}
-
 #ifdef OXTRAIN_HAVE_CUDA
 TEST(CudaJpegDecoder, AMissingLibraryIsNamedWithWhatToDo) {
   // Loading comes before any GPU call, so this runs without a GPU.
@@ -92,6 +88,10 @@ TEST(CudaJpegDecoder, ResamplingKernelIsTheCpuTwinBitForBit) {
 }
 
 #ifdef OXTRAIN_HAVE_CUDA
+std::vector<uint8_t> jpeg_of(const io::Image& im, int subsampling, int flags = 0) {
+  return test::tj_compress(im.rgb.data(), im.width, im.height, TJPF_RGB, subsampling, 92, flags);
+}
+
 // A decoded batch in device memory, read back.
 std::vector<uint8_t> decode_batch(runtime::JpegDecoder& d, const std::vector<runtime::EncodedImage>& images,
                                   int size, int* host_calls) {
