@@ -152,6 +152,14 @@ if [ -z "$passed$failed" ]; then  # no summary: the run crashed or was stopped; 
 fi
 passed=${passed:-0} failed=${failed:-0} skipped=${skipped:-0}
 [ "$tests_rc" -ne 0 ] && [ "$failed" -eq 0 ] && notes+=("cuda-tests: exit $tests_rc (see cuda-tests.log)")
+# The on-disk cuDNN plan cache, for the benchmarks, once its GPU test passed: each graph's plan is
+# then built and timed by the first run that has it and loaded by the later ones.
+if grep -q '^\[       OK \] CudaConv.PlanCacheLoadsThePlanItWrote' "$logs/cuda-tests.log"; then
+  export OXTRAIN_PLAN_CACHE="$box/plans"
+  plan_cache="on (OXTRAIN_PLAN_CACHE: plans built and timed once, loaded by later runs)"
+else
+  plan_cache="off (CudaConv.PlanCacheLoadsThePlanItWrote did not pass)"
+fi
 grep '^\[  FAILED  \] [A-Za-z]' "$logs/cuda-tests.log" | grep -v ' ms)$' | sort -u | sed 's/^/  /' >"$logs/failed-tests.txt"
 
 # 2. ResNet-50, batch 128, synthetic data: oxtrain in TF32, strict fp32 and mixed precision
@@ -310,6 +318,7 @@ row "b256 fp16 NHWC vs PyTorch AMP fp16" "$oxtrain_fp16_b256_img" "$oxtrain_fp16
   echo
   echo "GPU: $gpu   ($(($(date +%s) - started)) s of ${GPU_CHECK_SECONDS:-480})"
   echo "CUDA tests: $passed passed, $failed failed, $skipped skipped"
+  echo "cuDNN plan cache for the benchmarks: $plan_cache"
   [ -s "$logs/failed-tests.txt" ] && cat "$logs/failed-tests.txt"
   echo "compute-sanitizer (resnet18 bf16 channels-last, conv+BN fusion composed, 4 steps): $san"
   echo "kernels of the fp16 channels-last step (oxtrain graph --device cuda; all in kernels.log):"

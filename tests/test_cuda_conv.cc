@@ -4,6 +4,9 @@
 // support for ResNet convolutions on an H100 from serialized device properties.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <set>
 #include <string>
@@ -385,6 +388,38 @@ TEST(CudnnDeviceless, ResNet50TrainingConvolutionsHaveH100Plans) {
     }
     EXPECT_GT(seen.size(), 30u) << c.name;  // ResNet-50 has 20 distinct convolutions, each with its gradients
   }
+}
+
+// The on-disk plan cache on the GPU: the first kernel builds and times its plan and writes it;
+// with the process's plans forgotten, the next one loads it (the file is not written again) and
+// computes the same bits; a damaged file is ignored and the plan is built again.
+TEST(CudaConv, PlanCacheLoadsThePlanItWrote) {
+  OXTRAIN_REQUIRE_GPU();
+  namespace fs = std::filesystem;
+  const std::string dir = test::temp_dir() + "/plans";
+  setenv("OXTRAIN_PLAN_CACHE", dir.c_str(), 1);
+  const ConvCase c{"3x3 pad 1", {4, 16, 19, 17}, {24, 16, 3, 3}, {1, 1}, {1, 1, 1, 1}, {1, 1}, 1, false};
+  runtime::cudnn::forget_plans();
+  KernelCase built = forward_case(c, 11);
+  built.run(17, runtime::Device::cuda, runtime::Precision::tf32);
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir)) files.push_back(e.path().string());
+  ASSERT_EQ(files.size(), 1u) << "one plan file for one graph";
+  runtime::cudnn::forget_plans();
+  const auto written = fs::last_write_time(files[0]);
+  KernelCase loaded = forward_case(c, 11);
+  loaded.run(17, runtime::Device::cuda, runtime::Precision::tf32);
+  EXPECT_EQ(fs::last_write_time(files[0]), written) << "loaded, not built and written again";
+  EXPECT_EQ(loaded.output(0).bytes, built.output(0).bytes) << "the same plan gives the same bits";
+  // A damaged file: built again, the same bits, the file rewritten whole.
+  std::ofstream(files[0], std::ios::binary | std::ios::trunc) << "oxtrain cuDNN plan 1\n";
+  runtime::cudnn::forget_plans();
+  KernelCase rebuilt = forward_case(c, 11);
+  rebuilt.run(17, runtime::Device::cuda, runtime::Precision::tf32);
+  EXPECT_EQ(rebuilt.output(0).bytes, built.output(0).bytes);
+  EXPECT_GT(fs::file_size(files[0]), 100u);
+  unsetenv("OXTRAIN_PLAN_CACHE");
+  runtime::cudnn::forget_plans();
 }
 #endif  // OXTRAIN_HAVE_CUDA
 

@@ -11,12 +11,14 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "graph/ir.h"
 #include "graph/ops.h"
 #include "runtime/kernel.h"
+#include "tests/helpers.h"
 #include "tests/kernel_helpers.h"
 #ifdef OXTRAIN_HAVE_CUDA
 #include "runtime/cuda/cudnn_common.h"
@@ -487,5 +489,64 @@ TEST(CudnnDeviceless, ConvBatchNormFusionHasH100Engines) {
       expect_h100_engine(dgrad, Precision::tf32);
     }
   }
+}
+
+// The on-disk plan cache (OXTRAIN_PLAN_CACHE): a convolution's plan for an H100 is serialized,
+// written, read back and deserialized with the same workspace, and a second recipe of the node
+// binds the same tensor uids (the variant pack of a loaded plan is made from them). Precompiled
+// engines build fully under the stub driver.
+TEST(CudnnDeviceless, PlanCacheRoundTripsAConvolutionPlan) {
+  std::string why;
+  const DevicelessRun run = here_or_under_stub("CudnnDeviceless.PlanCacheRoundTripsAConvolutionPlan", &why);
+  if (run == DevicelessRun::kSkip) GTEST_SKIP() << why;
+  if (run == DevicelessRun::kDone) return;
+  KernelCase conv("Conv", "", {random_tensor(DType::f32, {8, 64, 28, 28}, 1), random_tensor(DType::f32, {64, 64, 3, 3}, 2)},
+                  {{DType::f32, {8, 64, 28, 28}}});
+  conv.set_attr("pads", Attribute{std::vector<int64_t>{1, 1, 1, 1}});
+  const std::string dir = test::temp_dir();
+  const std::string path = runtime::cudnn::plan_file_path(dir, "a key");
+  const auto trip = runtime::cudnn::deviceless_plan_round_trip(conv.node(), Precision::tf32,
+                                                               runtime::cudnn::h100_target(), path);
+  ASSERT_TRUE(trip.failure.empty()) << trip.failure;
+  EXPECT_FALSE(trip.engine.empty());
+  EXPECT_GT(trip.plan_bytes, 100u);
+  EXPECT_GE(trip.built_workspace, 0);
+  EXPECT_EQ(trip.loaded_workspace, trip.built_workspace);
+  EXPECT_TRUE(trip.same_uids);
+}
+#endif
+
+#ifdef OXTRAIN_HAVE_CUDA
+// The cache's files: read back as written, and refused when damaged or another key's.
+TEST(CudnnPlanCache, FilesReadBackOnlyWhenWhole) {
+  namespace cd = runtime::cudnn;
+  const std::string dir = test::temp_dir() + "/plans";
+  cd::PlanFile f;
+  f.key = "Conv|8x64x28x28|tf32|fastest|NVIDIA H100|cudnn 91900";
+  f.engine = "eng0_k2=1";
+  f.ms = 0.125;
+  f.measured = 7;
+  for (int i = 0; i < 1000; ++i) f.plan.push_back(uint8_t(i * 37));
+  const std::string path = cd::plan_file_path(dir, f.key);
+  EXPECT_NE(path, cd::plan_file_path(dir, f.key + " "));
+  ASSERT_TRUE(cd::write_plan_file(path, f));
+  cd::PlanFile back;
+  ASSERT_TRUE(cd::read_plan_file(path, f.key, &back));
+  EXPECT_EQ(back.engine, f.engine);
+  EXPECT_EQ(back.ms, f.ms);
+  EXPECT_EQ(back.measured, f.measured);
+  EXPECT_EQ(back.plan, f.plan);
+  EXPECT_FALSE(cd::read_plan_file(path, f.key + "|other", &back));
+  EXPECT_FALSE(cd::read_plan_file(dir + "/absent.plan", f.key, &back));
+  // Cut short, or longer than its header says.
+  const std::string text = test::read_text(path);
+  for (size_t keep : {size_t{5}, text.size() / 2, text.size() - 1}) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << text.substr(0, keep);
+    EXPECT_FALSE(cd::read_plan_file(path, f.key, &back)) << keep;
+  }
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << text << "x";
+  EXPECT_FALSE(cd::read_plan_file(path, f.key, &back));
+  unsetenv("OXTRAIN_PLAN_CACHE");
+  EXPECT_EQ(cd::plan_cache_dir(), "");
 }
 #endif

@@ -6,9 +6,13 @@
 
 #include <dlfcn.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -238,6 +242,7 @@ std::shared_ptr<CompiledGraph> compile(GraphRecipe recipe, const CudaContext& ct
   compiled->graph = recipe.graph;
   compiled->bindings = std::move(recipe.bindings);
   compiled->plan_index = best;
+  compiled->last_built = built.back();
   compiled->chosen.engine = plan_name(graph, best);
   compiled->chosen.workspace = workspace[best];
   compiled->chosen.ms = measure ? best_ms : 0;
@@ -284,6 +289,7 @@ std::string PlannedKernel::describe() const {
   s << "cuDNN " << p.engine << " (workspace " << p.workspace << " B";
   if (p.measured > 0) s << ", " << p.ms << " ms, fastest of " << p.measured;
   else s << ", the heuristics' first that runs";
+  if (p.cached) s << ", from the plan cache";
   s << ")";
   return s.str();
 }
@@ -391,6 +397,120 @@ void CudnnKernel::run(const KernelArgs& args) {
     throw Error(where_ + ": cuDNN execute (" + c.chosen.engine + ") failed: " + status.get_message());
 }
 
+// ---------------------------------------------------------------------------------------
+// The on-disk plan cache.
+
+namespace {
+
+constexpr char kPlanFileMagic[] = "oxtrain cuDNN plan 1";
+
+uint64_t fnv1a(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// The cache's key: the process-wide key plus what a plan from another process depends on.
+std::string disk_key(const std::string& key, const CudaContext& ctx) {
+  cudaDeviceProp p{};
+  std::string name = cudaGetDeviceProperties(&p, ctx.device) == cudaSuccess ? p.name : "unknown GPU";
+  cudaGetLastError();
+  return key + "|" + name + "|cudnn " + std::to_string(cudnnGetVersion()) + "|cudnn-frontend " +
+         std::to_string(CUDNN_FRONTEND_VERSION);
+}
+
+// The chosen plan serialized, or empty where cudnn-frontend cannot (the cache then skips it).
+// Serialization takes the graph's last built plan: a chosen plan built earlier is built once
+// more (a precompiled engine; a runtime-compiled one is only ever built alone, so last).
+std::vector<uint8_t> serialize_plan(fe::graph::Graph& graph, int64_t index, int64_t last_built) {
+  std::vector<uint8_t> data;
+  if (index != last_built && graph.build_plan_at_index(index).is_bad()) return data;
+  if (graph.serialize(data, false).is_bad()) data.clear();
+  return data;
+}
+
+// A CompiledGraph from a cached plan, or null (the recipe untouched but for its tensor uids).
+// The plan goes into a graph of its own, executed at its only index; the recipe's graph is
+// validated only, which gives its tensors the uids the build path gives them (and the plan's
+// variant pack was made with).
+std::shared_ptr<CompiledGraph> load_compiled(GraphRecipe& recipe, const CudaContext& ctx,
+                                             const PlanFile& file) {
+  auto loaded = std::make_shared<fe::graph::Graph>();
+  if (loaded->deserialize(ctx.cudnn, file.plan).is_bad()) return nullptr;
+  int64_t workspace = 0;
+  if (loaded->get_workspace_size(workspace).is_bad()) return nullptr;
+  if (recipe.graph->validate().is_bad()) return nullptr;
+  auto compiled = std::make_shared<CompiledGraph>();
+  compiled->graph = loaded;
+  compiled->bindings = std::move(recipe.bindings);
+  compiled->plan_index = 0;
+  compiled->chosen.engine = file.engine;
+  compiled->chosen.workspace = workspace;
+  compiled->chosen.ms = file.ms;
+  compiled->chosen.measured = file.measured;
+  compiled->chosen.cached = true;
+  return compiled;
+}
+
+}  // namespace
+
+void forget_plans() {
+  std::lock_guard<std::mutex> lock(cache_mutex());
+  cache().clear();
+  failures().clear();
+}
+
+std::string plan_cache_dir() {
+  const char* dir = std::getenv("OXTRAIN_PLAN_CACHE");
+  return dir && *dir ? std::string(dir) : std::string();
+}
+
+std::string plan_file_path(const std::string& dir, const std::string& key) {
+  char name[32];
+  std::snprintf(name, sizeof name, "%016llx.plan", static_cast<unsigned long long>(fnv1a(key)));
+  return (std::filesystem::path(dir) / name).string();
+}
+
+bool write_plan_file(const std::string& path, const PlanFile& file) {
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  const std::string tmp = path + ".tmp" + std::to_string(getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) return false;
+    char ms[64];
+    std::snprintf(ms, sizeof ms, "%.17g", file.ms);
+    out << kPlanFileMagic << '\n' << file.key << '\n' << file.engine << '\n' << ms << ' ' << file.measured
+        << ' ' << file.plan.size() << '\n';
+    out.write(reinterpret_cast<const char*>(file.plan.data()), static_cast<std::streamsize>(file.plan.size()));
+    if (!out.flush()) {
+      std::filesystem::remove(tmp, ec);
+      return false;
+    }
+  }
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) std::filesystem::remove(tmp, ec);
+  return !ec;
+}
+
+bool read_plan_file(const std::string& path, const std::string& key, PlanFile* file) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  PlanFile f;
+  std::string magic, sizes;
+  if (!std::getline(in, magic) || magic != kPlanFileMagic) return false;
+  if (!std::getline(in, f.key) || f.key != key) return false;
+  if (!std::getline(in, f.engine) || !std::getline(in, sizes)) return false;
+  std::istringstream numbers(sizes);
+  size_t bytes = 0;
+  if (!(numbers >> f.ms >> f.measured >> bytes) || bytes == 0 || bytes > (size_t{64} << 20)) return false;
+  f.plan.resize(bytes);
+  if (!in.read(reinterpret_cast<char*>(f.plan.data()), static_cast<std::streamsize>(bytes))) return false;
+  if (in.peek() != std::ifstream::traits_type::eof()) return false;  // longer than it says
+  *file = std::move(f);
+  return true;
+}
+
 std::unique_ptr<Kernel> make_cudnn_kernel(GraphRecipe recipe, const KernelInit& init,
                                           const std::string& where) {
   const CudaContext* ctx =
@@ -418,8 +538,20 @@ std::unique_ptr<Kernel> make_cudnn_kernel(GraphRecipe recipe, const KernelInit& 
       compiled = it->second;
     } else {
       std::shared_ptr<CompiledGraph> fresh;
+      const std::string dir = plan_cache_dir();
+      const std::string full_key = dir.empty() ? std::string() : disk_key(key, *ctx);
+      const std::string path = dir.empty() ? std::string() : plan_file_path(dir, full_key);
+      PlanFile file;
+      if (!dir.empty() && read_plan_file(path, full_key, &file)) {
+        try {
+          fresh = load_compiled(recipe, *ctx, file);
+        } catch (const std::exception&) {
+          fresh = nullptr;
+        }
+        cudaGetLastError();  // a plan that does not load is built as without the cache
+      }
       try {
-        fresh = compile(std::move(recipe), *ctx, init.precision, measure, where);
+        if (!fresh) fresh = compile(std::move(recipe), *ctx, init.precision, measure, where);
       } catch (const NoPlan& e) {
         std::string why = e.what();
         if (why.rfind(where + ": ", 0) == 0) why = why.substr(where.size() + 2);
@@ -429,6 +561,14 @@ std::unique_ptr<Kernel> make_cudnn_kernel(GraphRecipe recipe, const KernelInit& 
         throw;
       } catch (const std::exception& e) {
         throw Error(where + ": cuDNN plan compilation failed: " + e.what());
+      }
+      if (!dir.empty() && !fresh->chosen.cached) {
+        file.key = full_key;
+        file.engine = fresh->chosen.engine;
+        file.ms = fresh->chosen.ms;
+        file.measured = fresh->chosen.measured;
+        file.plan = serialize_plan(*fresh->graph, fresh->plan_index, fresh->last_built);
+        if (!file.plan.empty()) write_plan_file(path, file);
       }
       fresh->workspace_bytes =
           place_scratch(fresh->bindings, fresh->chosen.workspace, fresh->scratch_offsets);
@@ -462,24 +602,34 @@ DevicelessTarget h100_target() {
   return t;
 }
 
-DevicelessSupport deviceless_support(const graph::Node& node, Precision precision,
-                                     const DevicelessTarget& target, int max_builds) {
-  const std::string where = node.describe();
-  GraphRecipe recipe;
-  if (node.op_type == "Conv" || node.op_type == "ConvGradData" || node.op_type == "ConvGradFilter" ||
-      node.op_type == "ConvStats" || node.op_type == "ConvGradFilterScaleBiasRelu" ||
-      node.op_type == "ConvGradDataReluBatchNormWeight")
-    recipe = conv_recipe(node);
-  else if (node.op_type == "BatchNormTraining" || node.op_type == "BatchNormGrad" ||
-           node.op_type == "BatchNormReluTraining" || node.op_type == "BatchNormReluGrad")
-    recipe = batchnorm_recipe(node);
-  else
-    throw Error(where + ": not a cuDNN-backed op");
+namespace {
+// The recipe of a cuDNN-backed node, as its kernel factory makes it.
+GraphRecipe recipe_for(const graph::Node& node) {
+  const std::string& op = node.op_type;
+  if (op == "Conv" || op == "ConvGradData" || op == "ConvGradFilter" || op == "ConvStats" ||
+      op == "ConvGradFilterScaleBiasRelu" || op == "ConvGradDataReluBatchNormWeight")
+    return conv_recipe(node);
+  if (op == "BatchNormTraining" || op == "BatchNormGrad" || op == "BatchNormReluTraining" ||
+      op == "BatchNormReluGrad")
+    return batchnorm_recipe(node);
+  throw Error(node.describe() + ": not a cuDNN-backed op");
+}
 
+std::shared_ptr<fe::DeviceProperties> target_properties(const DevicelessTarget& target,
+                                                        const std::string& where) {
   auto properties = std::make_shared<fe::DeviceProperties>();
   const std::string& json = target.device_properties_json;
   check_fe(properties->deserialize(std::vector<uint8_t>(json.begin(), json.end())),
            "device properties", where);
+  return properties;
+}
+}  // namespace
+
+DevicelessSupport deviceless_support(const graph::Node& node, Precision precision,
+                                     const DevicelessTarget& target, int max_builds) {
+  const std::string where = node.describe();
+  GraphRecipe recipe = recipe_for(node);
+  auto properties = target_properties(target, where);
   fe::graph::Graph& graph = *recipe.graph;
   graph.set_device_properties(properties).set_sm_version(target.sm_version);
 
@@ -504,6 +654,62 @@ DevicelessSupport deviceless_support(const graph::Node& node, Precision precisio
     }
   }
   return support;
+}
+
+PlanRoundTrip deviceless_plan_round_trip(const graph::Node& node, Precision precision,
+                                         const DevicelessTarget& target, const std::string& path) {
+  const std::string where = node.describe();
+  PlanRoundTrip out;
+  GraphRecipe recipe = recipe_for(node);
+  auto properties = target_properties(target, where);
+  fe::graph::Graph& graph = *recipe.graph;
+  graph.set_device_properties(properties).set_sm_version(target.sm_version);
+  check_fe(graph.validate(), "graph validation", where);
+  check_fe(graph.build_operation_graph(), "operation graph", where);
+  check_fe(graph.create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}),
+           "heuristics query", where);
+  graph.deselect_numeric_notes(excluded_notes(precision));
+  int64_t built = -1;
+  for (int64_t i = 0; i < graph.get_execution_plan_count() && built < 0; ++i)
+    if (!runtime_compiled(graph, i) && graph.build_plan_at_index(i).is_good()) built = i;
+  if (built < 0) {
+    out.failure = "no precompiled plan builds";
+    return out;
+  }
+  out.engine = plan_name(graph, built);
+  check_fe(graph.get_workspace_size_plan_at_index(built, out.built_workspace), "workspace query", where);
+  PlanFile file;
+  file.key = "deviceless|" + recipe.signature;
+  file.engine = out.engine;
+  file.plan = serialize_plan(graph, built, built);
+  out.plan_bytes = file.plan.size();
+  if (file.plan.empty()) {
+    out.failure = "serialize failed";
+    return out;
+  }
+  if (!write_plan_file(path, file)) {
+    out.failure = "cannot write " + path;
+    return out;
+  }
+  PlanFile back;
+  if (!read_plan_file(path, file.key, &back) || back.plan != file.plan || back.engine != file.engine) {
+    out.failure = "the file did not read back as written";
+    return out;
+  }
+  fe::graph::Graph loaded;
+  loaded.set_device_properties(properties);
+  fe::error_t status = loaded.deserialize(back.plan);
+  if (status.is_bad()) {
+    out.failure = "deserialize: " + status.get_message();
+    return out;
+  }
+  check_fe(loaded.get_workspace_size(out.loaded_workspace), "workspace query", where);
+  GraphRecipe second = recipe_for(node);
+  check_fe(second.graph->validate(), "graph validation", where);
+  out.same_uids = second.bindings.size() == recipe.bindings.size();
+  for (size_t i = 0; out.same_uids && i < second.bindings.size(); ++i)
+    out.same_uids = second.bindings[i].tensor->get_uid() == recipe.bindings[i].tensor->get_uid();
+  return out;
 }
 
 }  // namespace oxtrain::runtime::cudnn

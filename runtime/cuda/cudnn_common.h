@@ -31,6 +31,7 @@ struct ChosenPlan {
   int64_t workspace = 0;  // bytes of cuDNN workspace the plan needs
   double ms = 0;          // its measured time per execution (0 when not measured)
   int measured = 0;       // how many candidate plans were timed
+  bool cached = false;    // loaded from the on-disk plan cache (OXTRAIN_PLAN_CACHE)
 };
 
 // Implemented by every cuDNN-backed kernel, for `oxtrain graph --device cuda`: which engine it
@@ -78,6 +79,45 @@ std::unique_ptr<Kernel> fused_batchnorm_kernel(const KernelInit& init);
 // order; -1 tries every one.
 DevicelessSupport deviceless_support(const graph::Node& node, Precision precision,
                                      const DevicelessTarget& target, int max_builds = -1);
+
+// The on-disk plan cache (OXTRAIN_PLAN_CACHE=DIR; off when unset): a plan chosen in one process
+// (built, and timed unless --seed) is serialized to DIR, keyed by the graph's signature, the
+// precision, the choice (fastest or first), the GPU's name and architecture and the cuDNN and
+// cudnn-frontend versions, and the next process with the same graph loads it instead of
+// building and timing candidates again. A file that does not load, or belongs to another key,
+// is ignored and the plan is built as without the cache.
+struct PlanFile {
+  std::string key;     // everything the plan depends on
+  std::string engine;  // cuDNN's plan tag
+  double ms = 0;       // as ChosenPlan
+  int measured = 0;
+  std::vector<uint8_t> plan;  // cudnn-frontend's serialized execution plan
+};
+// The cache folder from OXTRAIN_PLAN_CACHE, or "" when the cache is off.
+std::string plan_cache_dir();
+// The file of `key` in `dir` (a hash of the key names it).
+std::string plan_file_path(const std::string& dir, const std::string& key);
+// Writes `file` atomically (a temporary file, then rename); false when it cannot.
+bool write_plan_file(const std::string& path, const PlanFile& file);
+// Reads the file at `path` if it holds `key`; false when absent, damaged or another key's.
+bool read_plan_file(const std::string& path, const std::string& key, PlanFile* file);
+
+// Drops the process-wide plans (not the files), so the next kernel of a graph loads its plan from
+// the disk cache or builds it: for tests of the cache.
+void forget_plans();
+
+// The cache's round trip without a GPU, for `node` on `target`: the first plan cuDNN builds is
+// serialized, written to `path`, read back and deserialized against the target's properties.
+struct PlanRoundTrip {
+  std::string engine;               // the plan built ("" when none)
+  int64_t built_workspace = -1;     // its workspace
+  int64_t loaded_workspace = -1;    // the workspace of the plan loaded back (-1: did not load)
+  size_t plan_bytes = 0;            // serialized size
+  bool same_uids = false;           // a second recipe of the node, only validated, binds the same uids
+  std::string failure;
+};
+PlanRoundTrip deviceless_plan_round_trip(const graph::Node& node, Precision precision,
+                                         const DevicelessTarget& target, const std::string& path);
 
 }  // namespace oxtrain::runtime::cudnn
 
@@ -145,6 +185,7 @@ struct CompiledGraph {
   ChosenPlan chosen;
   std::vector<int64_t> scratch_offsets;  // per binding: byte offset into the workspace, or -1
   int64_t workspace_bytes = 0;           // cuDNN workspace plus scratch
+  int64_t last_built = -1;               // the plan cuDNN built last (what serialize() writes)
 };
 
 // The kernel of every cuDNN-backed op. With a null `compiled` (compiled without a GPU) it
