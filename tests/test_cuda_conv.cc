@@ -398,6 +398,12 @@ TEST(CudaConv, PlanCacheLoadsThePlanItWrote) {
   namespace fs = std::filesystem;
   const std::string dir = test::temp_dir() + "/plans";
   setenv("OXTRAIN_PLAN_CACHE", dir.c_str(), 1);
+  struct Unset {  // however the test ends, the rest of the suite runs without the cache
+    ~Unset() {
+      unsetenv("OXTRAIN_PLAN_CACHE");
+      runtime::cudnn::forget_plans();
+    }
+  } unset;
   const ConvCase c{"3x3 pad 1", {4, 16, 19, 17}, {24, 16, 3, 3}, {1, 1}, {1, 1, 1, 1}, {1, 1}, 1, false};
   runtime::cudnn::forget_plans();
   KernelCase built = forward_case(c, 11);
@@ -418,8 +424,6 @@ TEST(CudaConv, PlanCacheLoadsThePlanItWrote) {
   rebuilt.run(17, runtime::Device::cuda, runtime::Precision::tf32);
   EXPECT_EQ(rebuilt.output(0).bytes, built.output(0).bytes);
   EXPECT_GT(fs::file_size(files[0]), 100u);
-  unsetenv("OXTRAIN_PLAN_CACHE");
-  runtime::cudnn::forget_plans();
 }
 #endif  // OXTRAIN_HAVE_CUDA
 

@@ -512,7 +512,9 @@ TEST(CudnnDeviceless, PlanCacheRoundTripsAConvolutionPlan) {
   EXPECT_GT(trip.plan_bytes, 100u);
   EXPECT_GE(trip.built_workspace, 0);
   EXPECT_EQ(trip.loaded_workspace, trip.built_workspace);
+  EXPECT_EQ(trip.plan_uids, 3u);  // X, W, Y
   EXPECT_TRUE(trip.same_uids);
+  EXPECT_TRUE(trip.same_graph_hash);
 }
 #endif
 
@@ -546,6 +548,8 @@ TEST(CudnnPlanCache, FilesReadBackOnlyWhenWhole) {
   }
   std::ofstream(path, std::ios::binary | std::ios::trunc) << text << "x";
   EXPECT_FALSE(cd::read_plan_file(path, f.key, &back));
+  setenv("OXTRAIN_PLAN_CACHE", dir.c_str(), 1);
+  EXPECT_EQ(cd::plan_cache_dir(), dir);
   unsetenv("OXTRAIN_PLAN_CACHE");
   EXPECT_EQ(cd::plan_cache_dir(), "");
 }

@@ -16,6 +16,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 
 namespace cudnn_frontend {
@@ -403,6 +404,7 @@ void CudnnKernel::run(const KernelArgs& args) {
 namespace {
 
 constexpr char kPlanFileMagic[] = "oxtrain cuDNN plan 1";
+constexpr size_t kMaxPlanBytes = size_t{64} << 20;
 
 uint64_t fnv1a(const std::string& text) {
   uint64_t h = 1469598103934665603ull;
@@ -419,27 +421,68 @@ std::string disk_key(const std::string& key, const CudaContext& ctx) {
          std::to_string(CUDNN_FRONTEND_VERSION);
 }
 
-// The chosen plan serialized, or empty where cudnn-frontend cannot (the cache then skips it).
-// Serialization takes the graph's last built plan: a chosen plan built earlier is built once
-// more (a precompiled engine; a runtime-compiled one is only ever built alone, so last).
+// The chosen plan serialized, or empty where cudnn-frontend cannot (the cache then skips it;
+// not every engine can be serialized, and the frontend then throws). Serialization takes the
+// graph's candidate plan, which build_plan_at_index sets (without building an index again).
 std::vector<uint8_t> serialize_plan(fe::graph::Graph& graph, int64_t index, int64_t last_built) {
   std::vector<uint8_t> data;
-  if (index != last_built && graph.build_plan_at_index(index).is_bad()) return data;
-  if (graph.serialize(data, false).is_bad()) data.clear();
+  try {
+    if (index != last_built && graph.build_plan_at_index(index).is_bad()) return data;
+    if (graph.serialize(data, false).is_bad()) data.clear();
+  } catch (const std::exception&) {
+    data.clear();
+  }
   return data;
 }
 
-// A CompiledGraph from a cached plan, or null (the recipe untouched but for its tensor uids).
-// The plan goes into a graph of its own, executed at its only index; the recipe's graph is
-// validated only, which gives its tensors the uids the build path gives them (and the plan's
-// variant pack was made with).
+// What the recipe's cuDNN graph is, as a hash: its tensors (uids, dims, strides, types), nodes
+// and pass-by-value values, so a plan written by another build of oxtrain whose recipe differs
+// under the same signature is never loaded. Empty when the graph does not validate.
+std::string graph_hash(fe::graph::Graph& graph) {
+  try {
+    if (graph.validate().is_bad()) return {};
+    nlohmann::json j;
+    graph.serialize(j);
+    j.erase("gid");  // a process-wide counter
+    char text[32];
+    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(fnv1a(j.dump())));
+    return text;
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+// Whether every tensor the plan's variant pack asks for is one of the bindings.
+bool binds_plan_uids(const fe::graph::Graph& plan, const std::vector<Binding>& bindings) {
+  std::set<int64_t> bound;
+  for (const Binding& b : bindings) bound.insert(b.tensor->get_uid());
+  for (int64_t uid : plan.get_variant_pack_uids_sorted())
+    if (!bound.count(uid)) return false;
+  return true;
+}
+
+// A CompiledGraph from a cached plan, or null. The plan goes into a graph of its own, executed
+// at its only index with the recipe's tensors' uids (its graph was validated for the key, which
+// gives them the uids the build path gives them). Like every candidate of compile(), it must run
+// once on zero-filled buffers before it is taken.
 std::shared_ptr<CompiledGraph> load_compiled(GraphRecipe& recipe, const CudaContext& ctx,
-                                             const PlanFile& file) {
+                                             const PlanFile& file, const std::string& where) {
   auto loaded = std::make_shared<fe::graph::Graph>();
-  if (loaded->deserialize(ctx.cudnn, file.plan).is_bad()) return nullptr;
+  // No warm-up capture: it would run before any tensor is bound, on the compute stream.
+  if (loaded->deserialize(ctx.cudnn, file.plan, false, false).is_bad()) return nullptr;
   int64_t workspace = 0;
   if (loaded->get_workspace_size(workspace).is_bad()) return nullptr;
-  if (recipe.graph->validate().is_bad()) return nullptr;
+  if (!binds_plan_uids(*loaded, recipe.bindings)) return nullptr;
+  {
+    ScratchBuffers buffers(where);
+    std::unordered_map<int64_t, void*> pack;
+    for (const Binding& b : recipe.bindings) pack[b.tensor->get_uid()] = buffers.allocate(b.bytes, ctx.stream);
+    void* ws = workspace > 0 ? buffers.allocate(workspace, ctx.stream) : nullptr;
+    const bool ran = loaded->execute_plan_at_index(ctx.cudnn, pack, ws, 0).is_good();
+    const bool done = cudaStreamSynchronize(ctx.stream) == cudaSuccess;
+    cudaGetLastError();
+    if (!ran || !done) return nullptr;
+  }
   auto compiled = std::make_shared<CompiledGraph>();
   compiled->graph = loaded;
   compiled->bindings = std::move(recipe.bindings);
@@ -474,10 +517,16 @@ std::string plan_file_path(const std::string& dir, const std::string& key) {
 bool write_plan_file(const std::string& path, const PlanFile& file) {
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
-  const std::string tmp = path + ".tmp" + std::to_string(getpid());
+  std::string tmp = path + ".XXXXXX";
+  const int fd = mkstemp(tmp.data());
+  if (fd < 0) return false;
+  close(fd);
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return false;
+    if (!out || file.plan.size() > kMaxPlanBytes) {
+      std::filesystem::remove(tmp, ec);
+      return false;
+    }
     char ms[64];
     std::snprintf(ms, sizeof ms, "%.17g", file.ms);
     out << kPlanFileMagic << '\n' << file.key << '\n' << file.engine << '\n' << ms << ' ' << file.measured
@@ -503,7 +552,7 @@ bool read_plan_file(const std::string& path, const std::string& key, PlanFile* f
   if (!std::getline(in, f.engine) || !std::getline(in, sizes)) return false;
   std::istringstream numbers(sizes);
   size_t bytes = 0;
-  if (!(numbers >> f.ms >> f.measured >> bytes) || bytes == 0 || bytes > (size_t{64} << 20)) return false;
+  if (!(numbers >> f.ms >> f.measured >> bytes) || bytes == 0 || bytes > kMaxPlanBytes) return false;
   f.plan.resize(bytes);
   if (!in.read(reinterpret_cast<char*>(f.plan.data()), static_cast<std::streamsize>(bytes))) return false;
   if (in.peek() != std::ifstream::traits_type::eof()) return false;  // longer than it says
@@ -538,17 +587,22 @@ std::unique_ptr<Kernel> make_cudnn_kernel(GraphRecipe recipe, const KernelInit& 
       compiled = it->second;
     } else {
       std::shared_ptr<CompiledGraph> fresh;
-      const std::string dir = plan_cache_dir();
-      const std::string full_key = dir.empty() ? std::string() : disk_key(key, *ctx);
+      std::string dir = plan_cache_dir();
+      std::error_code ignored;
+      const std::string graph_id = dir.empty() ? std::string() : graph_hash(*recipe.graph);
+      if (graph_id.empty()) dir.clear();  // a graph that does not validate fails in compile()
+      const std::string full_key = dir.empty() ? std::string() : disk_key(key, *ctx) + "|graph " + graph_id;
       const std::string path = dir.empty() ? std::string() : plan_file_path(dir, full_key);
       PlanFile file;
       if (!dir.empty() && read_plan_file(path, full_key, &file)) {
         try {
-          fresh = load_compiled(recipe, *ctx, file);
+          fresh = load_compiled(recipe, *ctx, file, where);
         } catch (const std::exception&) {
           fresh = nullptr;
         }
-        cudaGetLastError();  // a plan that does not load is built as without the cache
+        cudaGetLastError();
+        // A plan that does not load or run is built as without the cache, and written anew.
+        if (!fresh) std::filesystem::remove(path, ignored);
       }
       try {
         if (!fresh) fresh = compile(std::move(recipe), *ctx, init.precision, measure, where);
@@ -704,11 +758,15 @@ PlanRoundTrip deviceless_plan_round_trip(const graph::Node& node, Precision prec
     return out;
   }
   check_fe(loaded.get_workspace_size(out.loaded_workspace), "workspace query", where);
+  // A second recipe, only validated (as the load path does), binds every tensor the plan asks for.
   GraphRecipe second = recipe_for(node);
   check_fe(second.graph->validate(), "graph validation", where);
-  out.same_uids = second.bindings.size() == recipe.bindings.size();
-  for (size_t i = 0; out.same_uids && i < second.bindings.size(); ++i)
-    out.same_uids = second.bindings[i].tensor->get_uid() == recipe.bindings[i].tensor->get_uid();
+  out.plan_uids = loaded.get_variant_pack_uids_sorted().size();
+  out.same_uids = out.plan_uids > 0 && binds_plan_uids(loaded, second.bindings);
+  // The cache key's graph hash is the same for two recipes of the node.
+  GraphRecipe third = recipe_for(node);
+  const std::string a = graph_hash(*second.graph), b = graph_hash(*third.graph);
+  out.same_graph_hash = !a.empty() && a == b;
   return out;
 }
 

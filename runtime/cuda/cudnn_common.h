@@ -113,7 +113,9 @@ struct PlanRoundTrip {
   int64_t built_workspace = -1;     // its workspace
   int64_t loaded_workspace = -1;    // the workspace of the plan loaded back (-1: did not load)
   size_t plan_bytes = 0;            // serialized size
-  bool same_uids = false;           // a second recipe of the node, only validated, binds the same uids
+  size_t plan_uids = 0;             // tensors the loaded plan's variant pack asks for
+  bool same_uids = false;           // a second recipe of the node, only validated, binds them all
+  bool same_graph_hash = false;     // two recipes of the node hash alike (the key's graph part)
   std::string failure;
 };
 PlanRoundTrip deviceless_plan_round_trip(const graph::Node& node, Precision precision,
