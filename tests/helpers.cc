@@ -378,6 +378,12 @@ int differing_states(const TrainingRun& a, const TrainingRun& b) {
   return differing;
 }
 
+void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
 std::vector<uint8_t> tj_compress(const uint8_t* pixels, int width, int height, int pixel_format,
                                  int subsamp, int quality, int flags) {
   tjhandle h = tjInitCompress();

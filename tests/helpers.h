@@ -104,6 +104,9 @@ std::string read_text(const std::string& path);
 // Uniform random RGB pixels, the same for a seed (a JPEG of it is mostly entropy-coded data).
 io::Image random_image(int width, int height, uint64_t seed);
 
+// Writes `bytes` to `path`, making its folder first.
+void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes);
+
 // A JPEG of `pixels` through TurboJPEG (pixel_format TJPF_*, subsamp TJSAMP_*, flags TJFLAG_*,
 // e.g. progressive), for tests that need a file of a particular kind.
 std::vector<uint8_t> tj_compress(const uint8_t* pixels, int width, int height, int pixel_format,

@@ -124,11 +124,7 @@ TEST(EncodedSamples, TapsOutsideTheImageAreRefused) {
   EXPECT_THROW(decode_resample(nullptr, 0, "empty.jpg", val_taps(10, 10, 4), out.data()), DecodeError);
 }
 
-void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream(path, std::ios::binary)
-      .write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-}
+using test::write_bytes;
 
 std::vector<uint8_t> progressive_jpeg(const Image& im) {
   return test::tj_compress(im.rgb.data(), im.width, im.height, TJPF_RGB, TJSAMP_420, 90,
@@ -145,10 +141,10 @@ void make_mixed_dataset(const std::string& root, int* jpegs, int* others) {
       std::snprintf(name, sizeof name, "/%s/img_%02d.JPEG", c ? "cat" : "dog", k);
       const Image im = pattern_image(w, h, 100 * c + k);
       if (k == 4) {
-        write_file(root + name, progressive_jpeg(im));
+        write_bytes(root + name, progressive_jpeg(im));
         ++*others;
       } else {
-        write_file(root + name, encode_jpeg(im, 90));
+        write_bytes(root + name, encode_jpeg(im, 90));
         ++*jpegs;
       }
     }

@@ -30,11 +30,7 @@ namespace fs = std::filesystem;
 
 using TempDir = test::ScopedTempDir;
 
-void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream(path, std::ios::binary)
-      .write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-}
+using test::write_bytes;
 
 // Class c's images are dominated by channel c (220 against 30) with a +-20 pattern that
 // differs from image to image, so crops and flips change the bytes while the colour still
@@ -66,7 +62,7 @@ std::string make_dataset(const std::string& root, int per_class) {
       int w = 48 + 8 * (k % 4), h = 40 + 6 * (k % 3);
       char name[32];
       std::snprintf(name, sizeof name, "img_%04d.JPEG", k);
-      write_file(root + "/" + kClasses[c] + "/" + name,
+      write_bytes(root + "/" + kClasses[c] + "/" + name,
                  encode_jpeg(class_image(colour_channel(kClasses[c]), k + 50 * c, w, h)));
     }
   return root;
@@ -364,9 +360,9 @@ TEST(IoLoaderFiles, BadFilesAreReplacedAndReportedOnce) {
   // A JPEG cut in half and a text file with a JPEG name, both in b_red (label 1).
   std::vector<uint8_t> jpeg = encode_jpeg(class_image(0, 7, 64, 64));
   jpeg.resize(jpeg.size() / 2);
-  write_file(root + "/b_red/img_0001_truncated.JPEG", jpeg);
+  write_bytes(root + "/b_red/img_0001_truncated.JPEG", jpeg);
   std::string text = "these are notes, not an image\n";
-  write_file(root + "/b_red/notes.JPEG", std::vector<uint8_t>(text.begin(), text.end()));
+  write_bytes(root + "/b_red/notes.JPEG", std::vector<uint8_t>(text.begin(), text.end()));
   ImageFolder data = ImageFolder::scan(root, no_cache());
   ASSERT_EQ(data.size(), 14);
   std::vector<std::string> bad = {root + "/b_red/img_0001_truncated.JPEG",
@@ -440,8 +436,8 @@ TEST(IoLoaderFiles, AFileThatDisappearsIsABadFile) {
 TEST(IoLoaderFiles, NothingDecodesIsAnError) {
   TempDir t;
   std::string text = "no image";
-  write_file(t.path + "/a/1.jpg", std::vector<uint8_t>(text.begin(), text.end()));
-  write_file(t.path + "/b/2.jpg", std::vector<uint8_t>(text.begin(), text.end()));
+  write_bytes(t.path + "/a/1.jpg", std::vector<uint8_t>(text.begin(), text.end()));
+  write_bytes(t.path + "/b/2.jpg", std::vector<uint8_t>(text.begin(), text.end()));
   ImageFolder data = ImageFolder::scan(t.path, no_cache());
   for (int workers : {0, 2}) {
     Loader l(data, options(workers, true, 1));
@@ -499,7 +495,7 @@ TEST(IoLoaderFiles, MemoryIsBounded) {
   std::string root = t.path + "/big";
   for (int c = 0; c < 3; ++c)
     for (int k = 0; k < 100; ++k)
-      write_file(root + "/" + kClasses[c] + "/" + std::to_string(k) + ".jpg",
+      write_bytes(root + "/" + kClasses[c] + "/" + std::to_string(k) + ".jpg",
                  encode_jpeg(class_image(colour_channel(kClasses[c]), k, 320 + 16 * (k % 5),
                                          240 + 8 * (k % 7))));
   ImageFolder data = ImageFolder::scan(root, no_cache());
